@@ -1,0 +1,96 @@
+# reactor.hpp — every command the README promises.
+#
+#   make            build the examples into build/examples/
+#   make test       build and run every test (installs doctest-dev if root)
+#   make check      what CI runs beyond `make test`: clang and C++20,
+#                   sanitizers, the select() backend, -fno-exceptions builds
+#   make demo       the IRC demo on loopback (see README)
+#   make bench      benchmarks (see README)
+#
+# Variables: CXX, STD (c++17), VARIANT (the build/ subdirectory), EXTRA
+# (more compiler flags), TEST_ARGS (doctest options, e.g. -tc="timers*").
+
+CXX      ?= g++
+STD      ?= c++17
+VARIANT  ?= gcc-$(STD)
+EXTRA    ?=
+OPT      ?= -O0 -g
+WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror
+CXXFLAGS := -std=$(STD) $(OPT) $(WARN) -I. $(EXTRA)
+LDFLAGS  := -pthread
+OUT      := build/$(VARIANT)
+TEST_ARGS ?=
+# Every test run is bounded, even if the code under test hangs.
+TEST_TIMEOUT ?= 600
+
+DOCTEST_HEADER := /usr/include/doctest/doctest.h
+
+TEST_SRCS := tests/main.cpp $(sort $(wildcard tests/test_*.cpp))
+TEST_OBJS := $(patsubst tests/%.cpp,$(OUT)/tests/%.o,$(TEST_SRCS))
+EXAMPLE_SRCS := $(sort $(wildcard examples/*.cpp))
+EXDIR    ?= build/examples
+EXAMPLES := $(patsubst examples/%.cpp,$(EXDIR)/%,$(EXAMPLE_SRCS))
+
+.PHONY: all examples test check doctest clean compile-checks
+
+all: examples
+
+examples: $(EXAMPLES)
+
+$(EXDIR)/%: examples/%.cpp reactor.hpp
+	@mkdir -p $(dir $@)
+	$(CXX) -std=$(STD) -O2 $(WARN) -I. $< -o $@ $(LDFLAGS)
+
+# ---- tests --------------------------------------------------------------
+
+doctest:
+	@if [ ! -f $(DOCTEST_HEADER) ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "doctest is missing: installing Debian's doctest-dev"; \
+	    apt-get install -y doctest-dev >/dev/null 2>&1 || \
+	      (apt-get update >/dev/null && apt-get install -y doctest-dev >/dev/null) || exit 1; \
+	  else \
+	    echo "doctest is missing. Install it with:  sudo apt-get install doctest-dev"; exit 1; \
+	  fi; \
+	fi
+
+$(OUT)/tests/%.o: tests/%.cpp reactor.hpp tests/support.hpp | doctest
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) -c $< -o $@
+
+$(OUT)/run_tests: $(TEST_OBJS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS)
+
+test: $(OUT)/run_tests
+	timeout $(TEST_TIMEOUT) $(OUT)/run_tests $(TEST_ARGS)
+
+# ---- make check ---------------------------------------------------------
+
+SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+check: compile-checks
+	$(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=clang-c++20
+	$(MAKE) --no-print-directory test STD=c++20 VARIANT=gcc-c++20
+	$(MAKE) --no-print-directory test VARIANT=select EXTRA=-DREACTOR_USE_SELECT
+	$(SAN_ENV) $(MAKE) --no-print-directory test CXX=clang++ VARIANT=asan \
+	  EXTRA="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
+	TSAN_OPTIONS=halt_on_error=1 $(MAKE) --no-print-directory test CXX=clang++ VARIANT=tsan \
+	  EXTRA="-fsanitize=thread" TEST_ARGS='-ts=threads'
+	$(MAKE) --no-print-directory examples CXX=clang++ EXDIR=build/examples-clang
+	@echo "make check: all passed"
+
+# The header on its own: included twice in one program (ODR), alone in a
+# TU, and built without exceptions and RTTI.
+compile-checks:
+	@mkdir -p build/compile
+	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/alone.cpp -o build/compile/alone.o
+	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/odr_second.cpp -o build/compile/odr_second.o
+	$(CXX) -std=$(STD) $(WARN) -I. build/compile/alone.o build/compile/odr_second.o -o build/compile/odr $(LDFLAGS)
+	./build/compile/odr
+	$(CXX) -std=$(STD) $(WARN) -fno-exceptions -fno-rtti -I. tests/compile/no_exceptions.cpp -o build/compile/no_exceptions $(LDFLAGS)
+	./build/compile/no_exceptions
+	clang++ -std=c++17 $(WARN) -fno-exceptions -fno-rtti -I. tests/compile/no_exceptions.cpp -o build/compile/no_exceptions_clang $(LDFLAGS)
+	./build/compile/no_exceptions_clang
+
+clean:
+	rm -rf build

@@ -1,0 +1,3 @@
+// The doctest main: the only translation unit that defines it.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
