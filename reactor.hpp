@@ -49,7 +49,12 @@
 //   5. TIME            IReactorTime, DelayedCall, Clock
 //   6. THREADS         ThreadPool
 //   7. REACTOR         the event loop
-//   8. TESTING         dirty-reactor checks, runUntil
+//   8. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory
+//   9. TCP             listenTCP, connectTCP, the TCP transport
+//  10. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
+//  11. TASK            LoopingCall, deferLater, deferToThread
+//  12. IRC             irc::parsemsg, irc::IRCClient
+//  13. TESTING         StringTransport, dirty-reactor checks, runUntil
 //
 // ============================================================================
 #ifndef REACTOR_HPP_INCLUDED
@@ -89,6 +94,7 @@
 #include <cstring>      // std::strcmp, std::strerror
 #include <exception>    // std::exception, std::exception_ptr
 #include <functional>   // std::function for user callbacks
+#include <initializer_list>  // writeSequence({a, b})
 #include <memory>       // std::shared_ptr, std::unique_ptr
 #include <mutex>        // cross-thread call queue
 #include <string>       // messages, buffers
@@ -1515,11 +1521,455 @@ inline void Reactor::stop() {
 }
 
 // ============================================================================
-// ==== 8. TESTING ====
+// ==== 8. PROTOCOLS ====
+// The transport/protocol split. A transport moves bytes (a TCP socket, or a
+// StringTransport in tests); a protocol decides what the bytes mean. A
+// factory makes one protocol per connection.
+//
+//   connection accepted/connected
+//        -> factory.buildProtocol(addr)       1. a protocol per connection
+//        -> protocol.makeConnection(transport) 2. transport attached
+//        -> protocol.connectionMade()          3. say hello
+//        -> protocol.dataReceived(bytes) ...   4. as bytes arrive
+//        -> protocol.connectionLost(reason)    5. exactly once; then destroyed
+// ============================================================================
+
+/// A transport endpoint address (Twisted's IPv4Address / IPv6Address).
+struct Address {
+    std::string type = "TCP";
+    std::string host;
+    std::uint16_t port = 0;
+    bool ipv6 = false;
+    /// "127.0.0.1:8000", or "[::1]:8000" for IPv6.
+    std::string str() const {
+        return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    }
+    friend bool operator==(const Address& a, const Address& b) {
+        return a.type == b.type && a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
+    }
+};
+
+/// Something that produces data on demand (Twisted's IPushProducer and
+/// IPullProducer in one). A consumer (a transport) pauses a streaming
+/// producer when its buffer is full and resumes it when it drains; a
+/// non-streaming (pull) producer gets resumeProducing() for each chunk.
+class IProducer {
+public:
+    virtual ~IProducer() = default;
+    virtual void pauseProducing() {}
+    virtual void resumeProducing() = 0;
+    virtual void stopProducing() = 0;
+};
+
+/// The byte pipe a protocol writes to (Twisted's ITCPTransport). As a
+/// producer it stands for the *incoming* data: pauseProducing() stops
+/// reading, resumeProducing() starts again.
+class ITransport : public IProducer {
+public:
+    /// Queues bytes to send. Bytes written after loseConnection() are still
+    /// sent (Twisted's behaviour); after the connection is gone, ignored.
+    virtual void write(std::string_view data) = 0;
+    /// Queues several pieces, as if written one after the other.
+    virtual void writeSequence(const std::string_view* parts, std::size_t count) {
+        for (std::size_t i = 0; i < count; ++i) write(parts[i]);
+    }
+    void writeSequence(std::initializer_list<std::string_view> parts) { writeSequence(parts.begin(), parts.size()); }
+    void writeSequence(const std::vector<std::string_view>& parts) { writeSequence(parts.data(), parts.size()); }
+    void writeSequence(const std::vector<std::string>& parts) {
+        for (const auto& part : parts) write(part);
+    }
+    /// Closes after everything buffered has been sent.
+    virtual void loseConnection() = 0;
+    /// Closes now, dropping buffered data (the peer sees a reset).
+    virtual void abortConnection() = 0;
+    /// Half-close: shuts down the sending side once the buffer drains.
+    virtual void loseWriteConnection() = 0;
+    virtual Address getPeer() const = 0;
+    virtual Address getHost() const = 0;
+    /// Flow control for outgoing data: a streaming producer is paused while
+    /// the buffer is above the high-water mark and resumed below the low
+    /// one; a pull producer is asked for more each time the buffer drains.
+    virtual void registerProducer(IProducer* producer, bool streaming) = 0;
+    virtual void unregisterProducer() = 0;
+    /// TCP options; false where the transport has no such thing.
+    virtual bool setTcpNoDelay(bool enabled) { (void)enabled; return false; }
+    virtual bool setTcpKeepAlive(bool enabled) { (void)enabled; return false; }
+
+    bool connected = false;      ///< true until the connection is gone
+    bool disconnecting = false;  ///< loseConnection() was called
+};
+
+class Factory;
+
+/// The base of every protocol. Override the event methods; the transport
+/// calls them, always on the reactor thread.
+class Protocol {
+public:
+    virtual ~Protocol() = default;
+
+    /// Attaches the transport and calls connectionMade(). Called by the
+    /// transport (or by a test with a StringTransport).
+    void makeConnection(ITransport* t) {
+        connected = true;
+        transport = t;
+        connectionMade();
+    }
+    /// The connection is up; `transport` is set.
+    virtual void connectionMade() {}
+    /// Bytes arrived. The view is valid only during the call; chunks are
+    /// arbitrary (a "message" may arrive in pieces or several at once).
+    virtual void dataReceived(std::string_view data) { (void)data; }
+    /// The connection is gone (exactly once): `error::ConnectionDone` for a
+    /// clean close, `error::ConnectionLost` (or the error) otherwise. The
+    /// transport destroys a protocol it owns right after this returns.
+    virtual void connectionLost(const Failure& reason) { (void)reason; }
+
+    /// Half-close (Twisted's IHalfCloseableProtocol): return true to get
+    /// readConnectionLost() when the peer stops sending, instead of
+    /// connectionLost(ConnectionDone); you then call loseConnection() yourself.
+    virtual bool halfCloseable() const { return false; }
+    virtual void readConnectionLost() {}
+    /// Our loseWriteConnection() completed (only for halfCloseable protocols).
+    virtual void writeConnectionLost() {}
+
+    ITransport* transport = nullptr;  ///< valid from makeConnection until connectionLost returns
+    Factory* factory = nullptr;       ///< the factory that built this protocol, if any
+    bool connected = false;
+};
+
+/// Makes protocols for connections (Twisted's Factory). Set `protocol` (or
+/// use forProtocol), or override buildProtocol. Outlives its ports and
+/// connections: listenTCP/connectTCP keep a reference, not a copy.
+class Factory {
+public:
+    Factory() = default;
+    virtual ~Factory() = default;
+
+    /// Makes a protocol (Twisted's `protocol` class attribute, as a function).
+    std::function<std::unique_ptr<Protocol>()> protocol;
+
+    /// A factory whose protocol is `P(args...)`.
+    template <class P, class... Args>
+    static Factory forProtocol(Args... args) {
+        Factory f;
+        f.protocol = [args...]() -> std::unique_ptr<Protocol> { return std::make_unique<P>(args...); };
+        return f;
+    }
+
+    /// Called for each new connection; return null to refuse it (the
+    /// connection is closed). The default calls `protocol` and sets
+    /// the new protocol's `factory`.
+    virtual std::unique_ptr<Protocol> buildProtocol(const Address& addr) {
+        (void)addr;
+        if (!protocol) return nullptr;
+        std::unique_ptr<Protocol> p = protocol();
+        if (p) p->factory = this;
+        return p;
+    }
+    /// Called once before the first port (or connector) starts using it.
+    virtual void startFactory() {}
+    /// Called once after the last one stops.
+    virtual void stopFactory() {}
+
+    /// Reference-counted start/stop, called by ports and connectors.
+    void doStart() {
+        if (numPorts++ == 0) startFactory();
+    }
+    void doStop() {
+        if (numPorts == 0) return;
+        if (--numPorts == 0) stopFactory();
+    }
+    int numPorts = 0;
+};
+
+/// A client connection attempt (Twisted's IConnector), handed to the
+/// ClientFactory's callbacks; `connect()` tries again.
+class IConnector {
+public:
+    virtual ~IConnector() = default;
+    /// Starts a new attempt (only when disconnected).
+    virtual void connect() = 0;
+    /// Stops an attempt in progress, or closes the connection.
+    virtual void disconnect() = 0;
+    /// Stops an attempt in progress (`error::NotConnectingError` otherwise).
+    virtual void stopConnecting() = 0;
+    virtual Address getDestination() const = 0;
+};
+
+/// A factory for outgoing connections (Twisted's ClientFactory).
+class ClientFactory : public Factory {
+public:
+    /// An attempt started (called before connectTCP returns).
+    virtual void startedConnecting(IConnector& connector) { (void)connector; }
+    /// The attempt failed: refused, timed out, unknown host...
+    virtual void clientConnectionFailed(IConnector& connector, const Failure& reason) {
+        (void)connector;
+        (void)reason;
+    }
+    /// An established connection ended.
+    virtual void clientConnectionLost(IConnector& connector, const Failure& reason) {
+        (void)connector;
+        (void)reason;
+    }
+};
+
+// ============================================================================
+// ==== 10. BASIC FRAMING ====
+// Protocols that cut a byte stream into messages: LineReceiver and friends.
+// ============================================================================
+
+/// Splits incoming data into lines (Twisted's LineReceiver), with a raw
+/// mode for binary payloads. Semantics follow Twisted exactly:
+/// - a line longer than MAX_LENGTH calls lineLengthExceeded (default: close
+///   the connection), both when its delimiter arrives and as soon as the
+///   buffer exceeds MAX_LENGTH without one, so memory stays bounded;
+/// - switching mode, pausing (pauseProducing) or losing the connection
+///   inside lineReceived takes effect for the very next byte; buffered data
+///   is delivered in the new mode, or after resumeProducing, never lost.
+class LineReceiver : public Protocol, public IProducer {
+public:
+    /// The line delimiter; settable per instance.
+    std::string delimiter = "\r\n";
+    /// The longest line accepted (without delimiter).
+    std::size_t MAX_LENGTH = 16384;
+
+    /// A complete line, without its delimiter. Valid during the call only.
+    virtual void lineReceived(std::string_view line) = 0;
+    /// Raw-mode data (after setRawMode()).
+    virtual void rawDataReceived(std::string_view data) { (void)data; }
+    /// A line over MAX_LENGTH: `line` is everything buffered (for a line
+    /// whose delimiter arrived: line + delimiter + the rest). Default: close.
+    virtual void lineLengthExceeded(std::string_view line) {
+        (void)line;
+        if (transport) transport->loseConnection();
+    }
+
+    /// Sends `line` followed by the delimiter.
+    void sendLine(std::string_view line) {
+        if (transport) transport->writeSequence({line, std::string_view(delimiter)});
+    }
+    /// From now on, data goes to rawDataReceived.
+    void setRawMode() { lineMode_ = false; }
+    /// From now on, data is split into lines; `extra` is processed first
+    /// (after whatever is already buffered).
+    void setLineMode(std::string_view extra = {}) {
+        lineMode_ = true;
+        if (!extra.empty()) dataReceived(extra);
+    }
+    bool lineMode() const { return lineMode_; }
+    /// Returns and discards whatever is buffered and not yet delivered.
+    std::string clearLineBuffer() {
+        std::string rest = buffer_.substr(pos_) + incoming_;
+        pos_ = buffer_.size();  // no reallocation: a line being delivered stays valid
+        incoming_.clear();
+        searchFrom_ = pos_;
+        return rest;
+    }
+
+    /// As a producer: stop delivering lines (and reading) until resumed.
+    void pauseProducing() override {
+        paused_ = true;
+        if (transport) transport->pauseProducing();
+    }
+    void resumeProducing() override {
+        paused_ = false;
+        if (transport) transport->resumeProducing();
+        dataReceived({});  // deliver what was buffered while paused
+    }
+    void stopProducing() override {
+        paused_ = true;
+        if (transport) transport->stopProducing();
+    }
+    bool paused() const { return paused_; }
+
+    void dataReceived(std::string_view data) override {
+        if (busy_) {  // re-entrant (setLineMode(extra) inside a callback): queue it
+            incoming_.append(data);
+            return;
+        }
+        busy_ = true;
+        buffer_.append(data);
+        process();
+        busy_ = false;
+    }
+
+private:
+    void process() {
+        for (;;) {
+            if (!incoming_.empty()) {  // safe here: no line view is outstanding
+                compact();
+                buffer_ += incoming_;
+                incoming_.clear();
+            }
+            if (pos_ >= buffer_.size() || paused_) break;
+            if (!lineMode_) {
+                std::string_view chunk(buffer_.data() + pos_, buffer_.size() - pos_);
+                pos_ = buffer_.size();
+                searchFrom_ = pos_;
+                rawDataReceived(chunk);
+                continue;
+            }
+            if (delimiter != searchDelimiter_) {  // changed by the user: search again
+                searchDelimiter_ = delimiter;
+                searchFrom_ = pos_;
+            }
+            std::size_t at = delimiter.empty() ? std::string::npos
+                                               : buffer_.find(delimiter, std::max(searchFrom_, pos_));
+            if (at == std::string::npos) {
+                std::size_t pending = buffer_.size() - pos_;
+                if (pending >= MAX_LENGTH + delimiter.size()) {
+                    std::string line = buffer_.substr(pos_);
+                    reset();
+                    lineLengthExceeded(line);
+                } else if (delimiter.size() > 1) {  // keep a partial delimiter in the search window
+                    searchFrom_ = buffer_.size() - std::min(pending, delimiter.size() - 1);
+                } else {
+                    searchFrom_ = buffer_.size();
+                }
+                break;
+            }
+            std::size_t length = at - pos_;
+            if (length > MAX_LENGTH) {
+                std::string exceeded = buffer_.substr(pos_);
+                reset();
+                lineLengthExceeded(exceeded);
+                break;
+            }
+            std::string_view line(buffer_.data() + pos_, length);
+            pos_ = at + delimiter.size();
+            searchFrom_ = pos_;
+            lineReceived(line);
+            if (transport && transport->disconnecting) break;
+        }
+        compact();
+    }
+    void compact() {
+        if (pos_ == 0) return;
+        buffer_.erase(0, pos_);
+        searchFrom_ -= std::min(searchFrom_, pos_);
+        pos_ = 0;
+    }
+    void reset() {
+        buffer_.clear();
+        incoming_.clear();
+        pos_ = searchFrom_ = 0;
+    }
+
+    std::string buffer_;     // received, not yet delivered (from pos_)
+    std::string incoming_;   // arrived re-entrantly while delivering
+    std::size_t pos_ = 0;
+    std::size_t searchFrom_ = 0;  // where the delimiter search resumes
+    std::string searchDelimiter_ = "\r\n";
+    bool lineMode_ = true;
+    bool paused_ = false;
+    bool busy_ = false;
+};
+
+// ============================================================================
+// ==== 13. TESTING ====
 // Helpers for tests that drive a real Reactor: run until a condition holds
 // (never sleep), and fail when a test leaves timers or descriptors behind
 // (Trial's "dirty reactor" check).
 // ============================================================================
+/// An in-memory transport for protocol tests (Twisted's StringTransport):
+/// what the protocol writes accumulates in value(); nothing touches a
+/// socket or the clock.
+///
+///     MyProtocol p; reactor::StringTransport t;
+///     p.makeConnection(&t);
+///     p.dataReceived("hello\r\n");
+///     CHECK(t.value() == "expected reply\r\n");
+class StringTransport : public ITransport {
+public:
+    explicit StringTransport(Address host = {"TCP", "10.0.0.1", 12345, false},
+                             Address peer = {"TCP", "192.168.1.1", 54321, false})
+        : hostAddress(std::move(host)), peerAddress(std::move(peer)) {
+        connected = true;
+    }
+
+    /// Everything written since the last clear().
+    const std::string& value() const { return io_; }
+    void clear() { io_.clear(); }
+
+    void write(std::string_view data) override { io_.append(data); }  // accepted even after loseConnection, as Twisted
+    void writeSequence(const std::string_view* parts, std::size_t count) override {
+        for (std::size_t i = 0; i < count; ++i) io_.append(parts[i]);
+    }
+    /// Only records the request: connectionLost is not called (see
+    /// StringTransportWithDisconnection for that).
+    void loseConnection() override { disconnecting = true; }
+    void abortConnection() override {
+        disconnecting = true;
+        aborted = true;
+    }
+    void loseWriteConnection() override { writeConnectionLost = true; }
+    Address getPeer() const override { return peerAddress; }
+    Address getHost() const override { return hostAddress; }
+
+    /// The reading side, as the protocol controls it: "producing", "paused", "stopped".
+    void pauseProducing() override {
+        if (checkNotDisconnecting("pause")) producerState = "paused";
+    }
+    void resumeProducing() override {
+        if (checkNotDisconnecting("resume")) producerState = "producing";
+    }
+    void stopProducing() override { producerState = "stopped"; }
+
+    void registerProducer(IProducer* p, bool isStreaming) override {
+        if (producer) {
+            detail::raise<error::RuntimeError>("Cannot register two producers");
+            return;
+        }
+        producer = p;
+        streaming = isStreaming;
+    }
+    void unregisterProducer() override {
+        if (!producer) {
+            detail::raise<error::RuntimeError>("Cannot unregister a producer unless one is registered");
+            return;
+        }
+        producer = nullptr;
+    }
+    bool setTcpNoDelay(bool enabled) override { return noDelay = enabled, true; }
+    bool setTcpKeepAlive(bool enabled) override { return keepAlive = enabled, true; }
+
+    std::string producerState = "producing";
+    IProducer* producer = nullptr;  ///< the registered producer, if any
+    bool streaming = false;
+    bool aborted = false;
+    bool writeConnectionLost = false;  ///< loseWriteConnection() was called
+    bool noDelay = false;
+    bool keepAlive = false;
+    Address hostAddress;
+    Address peerAddress;
+
+private:
+    bool checkNotDisconnecting(const char* what) {
+        if (!disconnecting) return true;
+        detail::raise<error::RuntimeError>(std::string("Cannot ") + what + " producing after loseConnection");
+        return false;
+    }
+    std::string io_;
+};
+
+/// A StringTransport whose loseConnection() does complete: it calls the
+/// protocol's connectionLost(ConnectionDone) (Twisted's
+/// StringTransportWithDisconnection). Set `protocol` first.
+class StringTransportWithDisconnection : public StringTransport {
+public:
+    using StringTransport::StringTransport;
+    Protocol* protocol = nullptr;
+    void loseConnection() override {
+        if (!connected) return;
+        StringTransport::loseConnection();
+        connected = false;
+        if (protocol) {
+            protocol->connected = false;
+            protocol->connectionLost(Failure(error::ConnectionDone("Bye.")));
+        }
+    }
+};
+
 namespace testing {
 
 /// Turns the loop until `done()` is true or `timeout` real seconds pass.
