@@ -1449,6 +1449,11 @@ public:
     /// bind the local end first. `factory` must outlive the connector.
     inline std::shared_ptr<IConnector> connectTCP(const std::string& host, std::uint16_t port, ClientFactory& factory,
                                                   double timeout = 30, const Address& bindAddress = {});
+    /// The same, with the connector sharing ownership of the factory: handy
+    /// for a factory per connection (a proxy's outgoing side, say).
+    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, std::uint16_t port,
+                                                  std::shared_ptr<ClientFactory> factory, double timeout = 30,
+                                                  const Address& bindAddress = {});
 
 private:
     friend struct detail::ReactorAccess;
@@ -2447,6 +2452,10 @@ private:
         }
     }
 
+public:
+    std::shared_ptr<ClientFactory> keepFactory;  // set by the shared_ptr overload of connectTCP
+
+private:
     Reactor& reactor_;
     std::string host_;
     std::uint16_t port_;
@@ -2709,6 +2718,15 @@ inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, 
                                                        ClientFactory& factory, double timeout,
                                                        const Address& bindAddress) {
     auto c = std::make_shared<detail::TcpConnector>(*this, host, port, factory, timeout, bindAddress);
+    c->connect();
+    return c;
+}
+
+inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, std::uint16_t port,
+                                                       std::shared_ptr<ClientFactory> factory, double timeout,
+                                                       const Address& bindAddress) {
+    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, *factory, timeout, bindAddress);
+    c->keepFactory = std::move(factory);
     c->connect();
     return c;
 }

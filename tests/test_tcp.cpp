@@ -157,7 +157,7 @@ TEST_CASE("IPv6: listen on ::1 and connect to it") {
     port.stopListening();
 }
 
-TEST_CASE("a host name is resolved off the loop: localhost") {
+TEST_CASE("a host name is resolved off the loop: localhost" * doctest::test_suite("threads")) {
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;
@@ -171,7 +171,7 @@ TEST_CASE("a host name is resolved off the loop: localhost") {
     port.stopListening();
 }
 
-TEST_CASE("an unresolvable name fails with DNSLookupError naming the host") {
+TEST_CASE("an unresolvable name fails with DNSLookupError naming the host" * doctest::test_suite("threads")) {
     test::CleanReactor t;
     Reactor& r = t.r;
     Client client;
