@@ -976,13 +976,13 @@ private:
 // Twisted's Deferred: a result that is not there yet, with a chain of
 // (callback, errback) pairs that runs when it arrives.
 //
-//     d.callback(v)                d.errback(f)
-//          |                            |
-//          v    value track   failure   v
-//     [ cb1 ]------------+   +------[ eb1 ]     one addCallbacks(cb1, eb1)
-//          | ok   throws \ / recovers   |
-//          v              X             v
-//     [ cb2 ]------------/ \--------[ eb2 ]
+//       d.callback(v)             d.errback(f)
+//            |                         |
+//     [ callback 1 ]            [ errback 1 ]      one pair
+//            |     \ fails      / recovers |
+//            |      \          /          |
+//            v       v        v            v
+//     [ callback 2 ]            [ errback 2 ]      the next pair
 //
 // Design (who owns what):
 //   - `Deferred<T>` is a handle: copies share one `detail::DeferredState<T>`.
