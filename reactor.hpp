@@ -92,6 +92,7 @@
 #include <condition_variable>  // thread pool
 #include <cstdint>      // fixed-width integers
 #include <cstdio>       // std::fputs for the default logger
+#include <cstdlib>      // std::getenv for REACTOR_TRACE
 #include <cstring>      // std::strcmp, std::strerror
 #include <exception>    // std::exception, std::exception_ptr
 #include <functional>   // std::function for user callbacks
@@ -561,7 +562,29 @@ inline void log(LogLevel level, std::string_view message) {
         detail::defaultLog(level, message);
 }
 
+/// Receives one trace line per loop event (Reactor::setTracer).
+using Tracer = std::function<void(std::string_view line)>;
+
 namespace detail {
+
+/// The tracer of the reactor turning on this thread, or null. Lets code that
+/// does not know its reactor (a Deferred firing) report to the trace.
+inline const Tracer*& activeTracer() {
+    static thread_local const Tracer* tracer = nullptr;
+    return tracer;
+}
+
+/// "12.3 ms" / "850 us": a short human duration for trace lines.
+inline std::string formatDuration(double seconds) {
+    char buf[32];
+    if (seconds >= 1)
+        std::snprintf(buf, sizeof buf, "%.2f s", seconds);
+    else if (seconds >= 0.001)
+        std::snprintf(buf, sizeof buf, "%.1f ms", seconds * 1e3);
+    else
+        std::snprintf(buf, sizeof buf, "%.0f us", seconds * 1e6);
+    return buf;
+}
 
 /// Where a call was made from, captured by default arguments so that a
 /// leaked timer can be reported with the line that scheduled it.
@@ -1441,6 +1464,9 @@ public:
         }
         called = true;
         canceller = nullptr;
+        if (const Tracer* tracer = activeTracer())
+            (*tracer)(r.ok() ? std::string("  Deferred fired with a value")
+                             : "  Deferred fired with a failure: " + r.failure().str());
         setResult(std::move(r));
         run(shared_from_this());
     }
@@ -2179,6 +2205,14 @@ class ListeningPort;
 class Reactor : public IReactorTime {
 public:
     Reactor() : epoch_(std::chrono::steady_clock::now()) {
+        const char* env = std::getenv("REACTOR_TRACE");
+        if (env && *env && std::strcmp(env, "0") != 0)
+            tracer_ = [](std::string_view line) {
+                std::string out(line);
+                out += '\n';
+                std::fflush(stdout);  // keep the program's own output in order with the trace
+                std::fputs(out.c_str(), stderr);
+            };
         wakerSlot_ = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
                                waker_.drain();
                                wakePending_.store(false);
@@ -2269,6 +2303,23 @@ public:
         fireEvent(std::string(eventType), [] {});
     }
 
+    // ---- tracing (for teaching) ----------------------------------------
+
+    /// Reports every turn of the loop, one readable line per event: how long
+    /// poll() waited and why it woke, each ready descriptor and the protocol
+    /// callback it led to, timers (and how late), thread calls, connections
+    /// made and lost, Deferreds fired. REACTOR_TRACE=1 in the environment
+    /// turns it on (to stderr) for every new Reactor. Off: one branch per event.
+    void setTracer(Tracer tracer) { tracer_ = std::move(tracer); }
+    bool tracing() const { return static_cast<bool>(tracer_); }
+    /// Sends a line to the tracer (indented under the current turn).
+    void trace(std::string_view line) const {
+        if (!tracer_) return;
+        std::string out = "  ";
+        out += line;
+        tracer_(out);
+    }
+
     // ---- time ---------------------------------------------------------
 
     /// Seconds on the monotonic clock (steady_clock), not the wall clock.
@@ -2285,9 +2336,13 @@ public:
     /// Calls `f` whenever `fd` is readable (or has hung up / failed).
     /// Replaces an earlier reader of the same fd. Returns false if the fd
     /// cannot be watched (negative, or >= FD_SETSIZE with select()).
-    bool addReader(int fd, std::function<void()> f) { return watch(fd, os::evRead, detail::makeHandler(std::move(f))) != npos; }
+    bool addReader(int fd, std::function<void()> f) {
+        return watch(fd, os::evRead, detail::makeHandler(std::move(f)), true) != npos;
+    }
     /// Calls `f` whenever `fd` is writable.
-    bool addWriter(int fd, std::function<void()> f) { return watch(fd, os::evWrite, detail::makeHandler(std::move(f))) != npos; }
+    bool addWriter(int fd, std::function<void()> f) {
+        return watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
+    }
     /// Stops watching; removing what is not watched is not an error. Safe
     /// inside any callback: a removed fd is not dispatched later in the turn.
     void removeReader(int fd) { unwatch(fd, os::evRead); }
@@ -2375,6 +2430,7 @@ private:
         detail::Handler reader;
         detail::Handler writer;
         bool internal = false;
+        bool foreign = false;  // added with addReader/addWriter (traced here, not by a transport)
     };
     struct Trigger {
         TriggerId id;
@@ -2460,7 +2516,7 @@ private:
 
     // ---- the descriptor table: a pollfd array kept incrementally ------
 
-    std::size_t watch(int fd, short event, detail::Handler handler) {
+    std::size_t watch(int fd, short event, detail::Handler handler, bool foreign = false) {
         if (fd < 0) {
             detail::raise<error::ValueError>("cannot watch a negative file descriptor");
             return npos;
@@ -2484,6 +2540,7 @@ private:
         }
         pollfds_[slot].events = static_cast<short>(pollfds_[slot].events | event);
         pollfds_[slot].revents = 0;  // a new interest is not dispatched this turn
+        slots_[slot].foreign = foreign;
         (event == os::evRead ? slots_[slot].reader : slots_[slot].writer) = std::move(handler);
         return slot;
     }
@@ -2544,11 +2601,13 @@ private:
                 continue;
             }
             if ((rev & (os::evRead | os::evError)) && slots_[i].reader) {
+                if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
                 detail::Handler h = slots_[i].reader;  // keeps it alive if it removes itself
                 detail::runGuarded("reader callback", *h);
             }
             // The reader may have removed the writer, or the whole fd.
             if ((rev & (os::evWrite | os::evError)) && pollfds_[i].fd == fd && slots_[i].writer) {
+                if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
                 detail::Handler h = slots_[i].writer;
                 detail::runGuarded("writer callback", *h);
             }
@@ -2574,11 +2633,14 @@ private:
         int ms = -1;
         if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
 
+        const double waitStart = tracer_ ? seconds() : 0.0;
 #if defined(REACTOR_USE_SELECT)
         int ready = detail::os::selectWait(pollfds_.data(), pollfds_.size(), ms);
 #else
         int ready = detail::os::pollWait(pollfds_.data(), pollfds_.size(), ms);
 #endif
+        TraceScope traceScope(*this);
+        if (tracer_) traceTurn(ready, ms, seconds() - waitStart);
         if (ready < 0) {
             int err = detail::os::lastError();
             if (!detail::os::interrupted(err))  // EINTR: simply the next turn
@@ -2588,8 +2650,10 @@ private:
             dispatch();
         }
 
-        timers_.runDue(seconds(), false, [](std::function<void()>& fn, detail::TimerEntry& e) {
+        const double now = seconds();
+        timers_.runDue(now, false, [this, now](std::function<void()>& fn, detail::TimerEntry& e) {
             if (!fn) return;
+            if (tracer_) trace("timer from " + e.where.str() + " fired, " + detail::formatDuration(now - e.time) + " late");
             detail::runGuarded(("timed call scheduled at " + e.where.str()).c_str(), fn);
         });
 
@@ -2599,6 +2663,7 @@ private:
                 runningCalls_.swap(threadCalls_);
                 threadCallsPending_.store(false);
             }
+            if (tracer_) trace(std::to_string(runningCalls_.size()) + " call(s) from other threads");
             for (auto& f : runningCalls_) detail::runGuarded("callFromThread call", f);
             runningCalls_.clear();
         }
@@ -2612,9 +2677,42 @@ private:
         }
     }
 
+    /// Publishes this reactor's tracer to code that does not know it
+    /// (Deferreds) for the duration of a turn.
+    struct TraceScope {
+        const Tracer* previous;
+        explicit TraceScope(const Reactor& r) : previous(detail::activeTracer()) {
+            if (r.tracer_) detail::activeTracer() = &r.tracer_;
+        }
+        ~TraceScope() { detail::activeTracer() = previous; }
+        TraceScope(const TraceScope&) = delete;
+        TraceScope& operator=(const TraceScope&) = delete;
+    };
+
+    void traceTurn(int ready, int timeoutMs, double waited) {
+        std::string line = "turn " + std::to_string(++turnNumber_) + ": ";
+#if defined(REACTOR_USE_SELECT)
+        line += "select()";
+#else
+        line += "poll()";
+#endif
+        line += " waited " + detail::formatDuration(waited) + ", woke: ";
+        if (ready > 0)
+            line += std::to_string(ready) + (ready == 1 ? " descriptor ready" : " descriptors ready");
+        else if (ready < 0)
+            line += "interrupted";
+        else if (timeoutMs == 0)
+            line += "no wait (work pending)";
+        else
+            line += "timeout (a timer is due)";
+        tracer_(line);
+    }
+
     // ---- state ----------------------------------------------------------
 
     std::chrono::steady_clock::time_point epoch_;
+    Tracer tracer_;
+    std::uint64_t turnNumber_ = 0;
     detail::TimerQueue timers_{*this};
     detail::os::Waker waker_;
     std::size_t wakerSlot_ = npos;
@@ -2778,6 +2876,18 @@ public:
     virtual void readConnectionLost() {}
     /// Our loseWriteConnection() completed (only for halfCloseable protocols).
     virtual void writeConnectionLost() {}
+
+    /// The name used in logs and traces (Twisted's logPrefix): the class
+    /// name when RTTI is available, else "Protocol". Override to choose.
+    virtual std::string logPrefix() const {
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+        std::string name = detail::demangle(typeid(*this).name());
+        std::size_t colon = name.rfind("::");
+        return colon == std::string::npos ? name : name.substr(colon + 2);
+#else
+        return "Protocol";
+#endif
+    }
 
     ITransport* transport = nullptr;  ///< valid from makeConnection until connectionLost returns
     Factory* factory = nullptr;       ///< the factory that built this protocol, if any
@@ -2973,6 +3083,9 @@ public:
         if (!ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_)) return false;
         reading_ = true;
         Protocol* p = protocol_.get();
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
+                           peer_.str() + " -> " + p->logPrefix() + ".connectionMade");
         Failure failure;
         if (!runGuarded("connectionMade", [&] { p->makeConnection(this); }, &failure)) closeWith(failure, true);
         return true;
@@ -3003,6 +3116,10 @@ public:
                 sent = 0;
             }
             skip = static_cast<std::size_t>(sent);
+            if (reactor_.tracing())
+                reactor_.trace("transport.write(" + std::to_string(total) + " bytes): " +
+                               (skip == total ? std::string("sent at once")
+                                              : std::to_string(skip) + " sent, the rest buffered until writable"));
             if (skip == total) return;
         }
         for (std::size_t i = 0; i < count; ++i) {
@@ -3108,6 +3225,9 @@ private:
         if (n > 0) {
             Protocol* p = protocol_.get();
             std::string_view data(buf.data(), static_cast<std::size_t>(n));
+            if (reactor_.tracing())
+                reactor_.trace("fd " + std::to_string(fd_) + " readable -> " + p->logPrefix() + ".dataReceived(" +
+                               std::to_string(n) + " bytes)");
             Failure failure;
             // A protocol that throws loses its own connection, nothing else.
             if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) closeWith(failure, true);
@@ -3137,6 +3257,9 @@ private:
             closeWith(lostFailure(writeError_), true);
             return;
         }
+        if (reactor_.tracing() && pending() > 0)
+            reactor_.trace("fd " + std::to_string(fd_) + " writable -> sending " + std::to_string(pending()) +
+                           " buffered bytes");
         while (pending() > 0) {
             std::string_view rest(out_.data() + outPos_, pending());
             long sent = os::sendParts(fd_, &rest, 1);
@@ -3339,6 +3462,9 @@ private:
         if (failCall_.active()) failCall_.cancel();
         ++attempt_;
         state_ = State::disconnected;
+        if (reactor_.tracing())
+            reactor_.trace("connect to " + getDestination().str() + " failed -> clientConnectionFailed(" + reason.str() +
+                           ")");
         runGuarded("clientConnectionFailed", [&] { factory_.clientConnectionFailed(*this, reason); });
         finishCycle();
     }
@@ -3505,6 +3631,9 @@ inline void TcpConnection::closeWith(const Failure& reason, bool reset) {
     if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
     Protocol* p = protocol_.get();
     p->connected = false;
+    if (reactor_.tracing())
+        reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
+                       reason.str() + ")");
     runGuarded("connectionLost", [&] { p->connectionLost(reason); });
     if (connector_) connector_->connectionLost(reason);
     protocol_.reset();  // the protocol's life ends after connectionLost
