@@ -63,6 +63,9 @@ $(OUT)/tests/%.o: tests/%.cpp reactor.hpp tests/support.hpp | doctest
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+# test_basic.cpp includes the chat server example to test its protocol.
+$(OUT)/tests/test_basic.o: examples/chat_server.cpp
+
 $(OUT)/run_tests: $(TEST_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS)
 

@@ -10,6 +10,9 @@
 
 #include "support.hpp"
 
+#define CHAT_SERVER_NO_MAIN
+#include "examples/chat_server.cpp"
+
 using namespace reactor;
 
 namespace {
@@ -717,3 +720,224 @@ TEST_CASE("IntNStringReceiver: sendString refuses what the prefix cannot encode"
 }
 
 }  // TEST_SUITE basic
+
+// ---- the chat server example, on StringTransports --------------------------
+
+namespace {
+/// A chat user on an in-memory transport whose loseConnection completes.
+struct FakeUser {
+    StringTransportWithDisconnection t;
+    std::unique_ptr<Protocol> p;
+    explicit FakeUser(ChatFactory& room) : p(room.buildProtocol(Address{})) {
+        t.protocol = p.get();
+        p->makeConnection(&t);
+    }
+    void say(std::string_view text) { p->dataReceived(text); }
+    std::string heard() {
+        std::string v = t.value();
+        t.clear();
+        return v;
+    }
+};
+}  // namespace
+
+TEST_SUITE("basic") {
+
+TEST_CASE("chat: names, messages to everybody else, joins and leaves") {
+    ChatFactory room;
+    FakeUser alice(room), bob(room), carol(room);
+    CHECK(alice.heard() == "What's your name?\n");
+    bob.heard();
+    carol.heard();
+    alice.say("alice\r\n");  // "\r\n" and "\n" both end a line
+    CHECK(alice.heard() == "Welcome, alice!\n");
+    bob.say("al");
+    bob.say("ice\n");
+    CHECK(bob.heard() == "Name taken, please choose another.\n");
+    bob.say("\nbob\n");
+    CHECK(bob.heard() == "Names can't be empty. What's your name?\nWelcome, bob!\n");
+    CHECK(alice.heard() == "* bob has joined\n");
+    carol.say("carol\nhi all\nsecond");
+    CHECK(alice.heard() == "* carol has joined\n<carol> hi all\n");
+    CHECK(bob.heard() == "* carol has joined\n<carol> hi all\n");
+    CHECK(carol.heard() == "Welcome, carol!\n");  // never her own lines
+    carol.say(" line\n");
+    CHECK(alice.heard() == "<carol> second line\n");
+    CHECK(room.users.size() == 3);
+    bob.t.loseConnection();
+    CHECK(room.users.size() == 2);
+    CHECK(alice.heard() == "* bob has left\n");
+    CHECK(carol.heard() == "* bob has left\n");
+}
+
+TEST_CASE("chat: a line over the limit gets an error and the user is disconnected") {
+    ChatFactory room;
+    FakeUser alice(room), mallory(room);
+    alice.say("alice\n");
+    mallory.say("mallory\n");
+    alice.heard();
+    mallory.heard();
+    mallory.say(std::string(300, 'x'));
+    mallory.say(std::string(300, 'x'));  // 600 bytes, no newline: over 512 already
+    CHECK(mallory.heard() == "Error: line too long (the limit is 512 bytes). Bye.\n");
+    CHECK_FALSE(mallory.t.connected);
+    CHECK(alice.heard() == "* mallory has left\n");
+    CHECK(room.users.count("mallory") == 0);
+}
+
+}  // TEST_SUITE basic
+
+// ---- the chat server on real loopback sockets -------------------------------
+
+namespace {
+
+/// What one chat client saw; outlives the protocol (the transport owns it).
+struct ClientLog {
+    std::vector<std::string> lines;
+    ITransport* transport = nullptr;
+    bool lost = false;
+    std::size_t count(std::string_view prefix) const {
+        std::size_t n = 0;
+        for (auto& l : lines) n += l.compare(0, prefix.size(), prefix) == 0;
+        return n;
+    }
+};
+
+struct ChatClient : LineReceiver {
+    std::shared_ptr<ClientLog> log;
+    std::string name;
+    ChatClient(std::shared_ptr<ClientLog> l, std::string n) : log(std::move(l)), name(std::move(n)) { delimiter = "\n"; }
+    void connectionMade() override { log->transport = transport; }
+    void lineReceived(std::string_view line) override {
+        log->lines.emplace_back(line);
+        if (line == "What's your name?") sendLine(name);
+    }
+    void connectionLost(const Failure&) override {
+        log->lost = true;
+        log->transport = nullptr;
+    }
+};
+
+/// Makes ChatClients named user0, user1... in connection order.
+struct ChatClients : ClientFactory {
+    std::vector<std::shared_ptr<ClientLog>> logs;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        logs.push_back(std::make_shared<ClientLog>());
+        return std::make_unique<ChatClient>(logs.back(), "user" + std::to_string(logs.size() - 1));
+    }
+};
+
+/// Sends 10 MB with no newline as soon as it is connected.
+struct Flooder : Protocol {
+    std::shared_ptr<ClientLog> log;
+    explicit Flooder(std::shared_ptr<ClientLog> l) : log(std::move(l)) {}
+    void connectionMade() override {
+        log->transport = transport;
+        transport->write(std::string(10u << 20, 'x'));
+    }
+    void dataReceived(std::string_view data) override { log->lines.emplace_back(data); }
+    void connectionLost(const Failure&) override {
+        log->lost = true;
+        log->transport = nullptr;
+    }
+};
+struct FlooderFactory : ClientFactory {
+    std::shared_ptr<ClientLog> log = std::make_shared<ClientLog>();
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override { return std::make_unique<Flooder>(log); }
+};
+
+/// The example's room, with each Chat reporting how big an over-long line got.
+struct WatchedRoom : ChatFactory {
+    std::vector<std::size_t> exceeded;  // sizes handed to lineLengthExceeded
+    struct WatchedChat : Chat {
+        WatchedRoom& room;
+        explicit WatchedChat(WatchedRoom& r) : Chat(r), room(r) {}
+        void lineLengthExceeded(std::string_view line) override {
+            room.exceeded.push_back(line.size());
+            Chat::lineLengthExceeded(line);
+        }
+    };
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override { return std::make_unique<WatchedChat>(*this); }
+};
+
+}  // namespace
+
+TEST_SUITE("basic-sockets") {
+
+TEST_CASE("chat server: 50 clients on 127.0.0.1, every line reaches the 49 others") {
+    ChatFactory room;  // factories first: they must outlive the reactor's connections
+    ChatClients clients;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ListeningPort port = r.listenTCP(0, room, 50, "127.0.0.1");
+    REQUIRE(port.listening());
+    const std::size_t n = 50;
+    std::vector<std::shared_ptr<IConnector>> connectors;
+    for (std::size_t i = 0; i < n; ++i) connectors.push_back(r.connectTCP("127.0.0.1", port.getHost().port, clients));
+    REQUIRE(testing::runUntil(r, [&] { return room.users.size() == n; }, 20));
+    for (auto& log : clients.logs) REQUIRE(log->transport);
+    // Everybody speaks once; each message goes to the 49 others.
+    for (std::size_t i = 0; i < n; ++i) {
+        std::string line = "hello from user" + std::to_string(i) + "\n";
+        clients.logs[i]->transport->write(line);
+    }
+    auto allHeard = [&] {
+        for (auto& log : clients.logs)
+            if (log->count("<user") < n - 1) return false;
+        return true;
+    };
+    REQUIRE(testing::runUntil(r, allHeard, 20));
+    for (std::size_t i = 0; i < n; ++i) {
+        const ClientLog& log = *clients.logs[i];
+        CHECK(log.count("<user") == n - 1);
+        CHECK(log.count("Welcome, user" + std::to_string(i) + "!") == 1);
+        for (std::size_t j = 0; j < n; ++j) {
+            std::string expected = "<user" + std::to_string(j) + "> hello from user" + std::to_string(j);
+            std::size_t seen = 0;
+            for (auto& l : log.lines) seen += l == expected;
+            CHECK(seen == (i == j ? 0u : 1u));
+        }
+    }
+    // Everybody leaves; the last one hears the 48 others leave before it.
+    for (std::size_t i = 0; i + 1 < n; ++i) clients.logs[i]->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return room.users.size() == 1; }, 20));
+    auto leftHeard = [&] {
+        std::size_t left = 0;
+        for (auto& l : clients.logs.back()->lines) left += l.find(" has left") != std::string::npos;
+        return left;
+    };
+    REQUIRE(testing::runUntil(r, [&] { return leftHeard() == n - 1; }, 20));
+    clients.logs.back()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] {
+        for (auto& log : clients.logs)
+            if (!log->lost) return false;
+        return room.users.empty();
+    }, 20));
+    port.stopListening();
+}
+
+TEST_CASE("chat server: 10 MB without a newline is cut off early; others keep chatting") {
+    WatchedRoom room;  // factories first: they must outlive the reactor's connections
+    ChatClients clients;
+    FlooderFactory flood;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ListeningPort port = r.listenTCP(0, room, 50, "127.0.0.1");
+    r.connectTCP("127.0.0.1", port.getHost().port, clients);
+    r.connectTCP("127.0.0.1", port.getHost().port, clients);
+    REQUIRE(testing::runUntil(r, [&] { return room.users.size() == 2; }));
+
+    r.connectTCP("127.0.0.1", port.getHost().port, flood);
+    REQUIRE(testing::runUntil(r, [&] { return flood.log->lost && room.exceeded.size() == 1; }, 20));
+    // Cut off after at most one read past the limit, not after 10 MB.
+    CHECK(room.exceeded[0] > 512);
+    CHECK(room.exceeded[0] <= 512 + 1 + REACTOR_READ_BUFFER_SIZE);
+
+    clients.logs[0]->transport->write("still here?\n");
+    REQUIRE(testing::runUntil(r, [&] { return clients.logs[1]->count("<user0> still here?") == 1; }));
+    for (auto& log : clients.logs) log->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return clients.logs[0]->lost && clients.logs[1]->lost && room.users.empty(); }));
+    port.stopListening();
+}
+
+}  // TEST_SUITE basic-sockets
