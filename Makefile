@@ -30,8 +30,13 @@ TEST_OBJS := $(patsubst tests/%.cpp,$(OUT)/tests/%.o,$(TEST_SRCS))
 EXAMPLE_SRCS := $(sort $(wildcard examples/*.cpp))
 EXDIR    ?= build/examples
 EXAMPLES := $(patsubst examples/%.cpp,$(EXDIR)/%,$(EXAMPLE_SRCS))
+# Every tests/fuzz/*.cpp is a libFuzzer target, built into build/fuzz/<name>.
+FUZZ_SRCS := $(sort $(wildcard tests/fuzz/*.cpp))
+FUZZERS  := $(patsubst tests/fuzz/%.cpp,build/fuzz/%,$(FUZZ_SRCS))
+FUZZ_SECONDS ?= 30
+FUZZ_FLAGS := -std=c++17 -g -O1 -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=all -I.
 
-.PHONY: all examples test check doctest clean compile-checks
+.PHONY: all examples test check doctest clean compile-checks fuzz
 
 all: examples
 
@@ -58,11 +63,32 @@ $(OUT)/tests/%.o: tests/%.cpp reactor.hpp tests/support.hpp | doctest
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
+# test_basic.cpp includes the chat server example to test its protocol.
+$(OUT)/tests/test_basic.o: examples/chat_server.cpp
+
 $(OUT)/run_tests: $(TEST_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS)
 
 test: $(OUT)/run_tests
 	timeout $(TEST_TIMEOUT) $(OUT)/run_tests $(TEST_ARGS)
+
+# ---- fuzzing (clang's libFuzzer) -------------------------------------------
+# `make fuzz` runs each target for FUZZ_SECONDS; its corpus grows under
+# build/fuzz/corpus/<name>, a crash is saved as build/fuzz/<name>-crash-*.
+
+build/fuzz/%: tests/fuzz/%.cpp reactor.hpp
+	@mkdir -p $(dir $@)
+	clang++ $(FUZZ_FLAGS) $< -o $@ $(LDFLAGS)
+
+fuzz: $(FUZZERS)
+	@for f in $(FUZZERS); do \
+	  n=$$(basename $$f); mkdir -p build/fuzz/corpus/$$n; \
+	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
+	  $$f -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/$$n- \
+	    build/fuzz/corpus/$$n >build/fuzz/$$n.log 2>&1 \
+	    || { tail -n 60 build/fuzz/$$n.log; echo "fuzz: $$n FAILED (log: build/fuzz/$$n.log)"; exit 1; }; \
+	  grep -E '^(Done|#[0-9]+ *DONE)' build/fuzz/$$n.log | tail -n 1; \
+	done
 
 # ---- make check ---------------------------------------------------------
 
@@ -77,6 +103,16 @@ check: compile-checks
 	TSAN_OPTIONS=halt_on_error=1 $(MAKE) --no-print-directory test CXX=clang++ VARIANT=tsan \
 	  EXTRA="-fsanitize=thread" TEST_ARGS='-ts=threads'
 	$(MAKE) --no-print-directory examples CXX=clang++ EXDIR=build/examples-clang
+	@mkdir -p build/fuzz
+	@if printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, __SIZE_TYPE__) { return 0; }\n' \
+	    | clang++ -x c++ -fsanitize=fuzzer,address,undefined - -o build/fuzz/probe >/dev/null 2>&1; then \
+	  $(MAKE) --no-print-directory fuzz; \
+	else \
+	  echo "*****************************************************************"; \
+	  echo "*** make fuzz SKIPPED: clang's libFuzzer runtime is missing     ***"; \
+	  echo "*** (Debian: apt-get install clang libclang-rt-14-dev)          ***"; \
+	  echo "*****************************************************************"; \
+	fi
 	@echo "make check: all passed"
 
 # The header on its own: included twice in one program (ODR), alone in a
