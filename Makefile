@@ -65,6 +65,7 @@ $(OUT)/tests/%.o: tests/%.cpp reactor.hpp tests/support.hpp | doctest
 
 # test_basic.cpp includes the chat server example to test its protocol.
 $(OUT)/tests/test_basic.o: examples/chat_server.cpp
+$(OUT)/tests/test_http.o: examples/http_get.cpp
 
 $(OUT)/run_tests: $(TEST_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS)
