@@ -104,6 +104,8 @@ check: compile-checks
 	TSAN_OPTIONS=halt_on_error=1 $(MAKE) --no-print-directory test CXX=clang++ VARIANT=tsan \
 	  EXTRA="-fsanitize=thread" TEST_ARGS='-ts=threads'
 	$(MAKE) --no-print-directory examples CXX=clang++ EXDIR=build/examples-clang
+	$(MAKE) --no-print-directory examples
+	python3 tests/examples_test.py build/examples
 	@mkdir -p build/fuzz
 	@if printf 'extern "C" int LLVMFuzzerTestOneInput(const unsigned char*, __SIZE_TYPE__) { return 0; }\n' \
 	    | clang++ -x c++ -fsanitize=fuzzer,address,undefined - -o build/fuzz/probe >/dev/null 2>&1; then \

@@ -8,91 +8,105 @@
 // high-water mark, the transport pauses the producer — it stops reading from
 // the fast sender — and resumes it once the buffer drains. Memory stays
 // bounded however fast one side sends and however slowly the other reads.
+//
+// It is also half-close aware: when one side finishes sending, the proxy
+// passes the end-of-stream on (loseWriteConnection) and keeps relaying the
+// other direction until that one ends too.
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "reactor.hpp"
 
-struct Relay;
-
-// The outgoing half: connects to the target and relays back to the client.
-struct Outgoing : reactor::Protocol {
-    Relay* peer = nullptr;
-    void connectionMade() override;
-    void dataReceived(std::string_view data) override;
-    void connectionLost(const reactor::Failure&) override;
+// One relayed connection has two halves, each a Protocol on its own
+// transport; `Pipe` links them and outlives whichever half goes first.
+struct Half;
+struct Pipe {
+    Half* client = nullptr;  // the accepted connection
+    Half* server = nullptr;  // our connection to the target
+    std::string early;       // client bytes that arrived before the target answered
+    bool clientDone = false, serverDone = false, clientEof = false;
 };
 
-// The incoming half: one per client connection.
-struct Relay : reactor::Protocol {
+struct Half : reactor::Protocol {
+    std::shared_ptr<Pipe> pipe;
+    bool isClient = false;
+
+    Half* other() const { return isClient ? pipe->server : pipe->client; }
+    bool halfCloseable() const override { return true; }
+
+    void dataReceived(std::string_view data) override {
+        if (Half* o = other())
+            o->transport->write(data);
+        else
+            pipe->early.append(data);  // only the client side can be early
+    }
+    // Our peer finished sending: pass the end-of-stream on.
+    void readConnectionLost() override {
+        (isClient ? pipe->clientDone : pipe->serverDone) = true;
+        if (Half* o = other())
+            o->transport->loseWriteConnection();
+        else
+            pipe->clientEof = true;  // forwarded once the target is connected
+        if (pipe->clientDone && pipe->serverDone) {
+            transport->loseConnection();
+            if (Half* o = other()) o->transport->loseConnection();
+        }
+    }
+    void connectionLost(const reactor::Failure&) override {
+        (isClient ? pipe->client : pipe->server) = nullptr;
+        if (Half* o = other()) {
+            o->transport->unregisterProducer();  // we were its producer
+            o->transport->loseConnection();      // after what it still has to send
+        }
+    }
+};
+
+// The server half: our connection to the target.
+struct Target : Half {
+    void connectionMade() override {
+        Half* client = pipe->client;
+        // Backpressure, both ways: a full buffer on one side pauses reading
+        // on the other.
+        transport->registerProducer(client->transport, true);
+        client->transport->registerProducer(transport, true);
+        if (!pipe->early.empty()) transport->write(pipe->early);
+        pipe->early.clear();
+        if (pipe->clientEof) transport->loseWriteConnection();
+        client->transport->resumeProducing();
+    }
+};
+
+// Connects to the target for one client. Owned by its connector (the
+// shared_ptr overload of connectTCP), so it lives exactly as long as needed.
+struct Connect : reactor::ClientFactory {
+    std::shared_ptr<Pipe> pipe;
+    std::unique_ptr<reactor::Protocol> buildProtocol(const reactor::Address&) override {
+        if (!pipe->client) return nullptr;  // the client left while we were connecting
+        auto target = std::make_unique<Target>();
+        target->pipe = pipe;
+        pipe->server = target.get();
+        return target;
+    }
+    void clientConnectionFailed(reactor::IConnector&, const reactor::Failure& why) override {
+        std::printf("cannot reach the target: %s\n", why.getErrorMessage().c_str());
+        if (pipe->client) pipe->client->transport->loseConnection();
+    }
+};
+
+// The client half: reads nothing until the target answers.
+struct ClientHalf : Half {
     reactor::Reactor* r = nullptr;
     std::string host;
     std::uint16_t port = 0;
-    Outgoing* peer = nullptr;
-    std::string early;  // bytes that arrived before the target answered
-
-    // A client factory per relay, owned by its connector (the shared_ptr
-    // overload of connectTCP), so it lives exactly as long as it is needed.
-    struct Connect : reactor::ClientFactory {
-        Relay* relay = nullptr;
-        std::unique_ptr<reactor::Protocol> buildProtocol(const reactor::Address&) override {
-            auto p = std::make_unique<Outgoing>();
-            p->peer = relay;
-            relay->peer = p.get();
-            return p;
-        }
-        void clientConnectionFailed(reactor::IConnector&, const reactor::Failure& why) override {
-            std::printf("cannot reach target: %s\n", why.getErrorMessage().c_str());
-            if (relay) relay->transport->loseConnection();
-        }
-    };
-    std::shared_ptr<Connect> outgoing;
-    std::shared_ptr<reactor::IConnector> connector;
-
     void connectionMade() override {
-        transport->pauseProducing();  // read nothing until the target is connected
-        outgoing = std::make_shared<Connect>();
-        outgoing->relay = this;
-        connector = r->connectTCP(host, port, outgoing);
-    }
-    void dataReceived(std::string_view data) override {
-        if (peer)
-            peer->transport->write(data);
-        else
-            early.append(data);
-    }
-    void connectionLost(const reactor::Failure&) override {
-        outgoing->relay = nullptr;
-        if (peer) {
-            peer->peer = nullptr;
-            peer->transport->unregisterProducer();
-            peer->transport->loseConnection();
-        } else {
-            connector->disconnect();  // still connecting: give up
-        }
+        transport->pauseProducing();
+        auto connect = std::make_shared<Connect>();
+        connect->pipe = pipe;
+        r->connectTCP(host, port, connect);
     }
 };
-
-void Outgoing::connectionMade() {
-    // Each transport consumes from the other: a full buffer on one side
-    // pauses reading on the other.
-    transport->registerProducer(peer->transport, true);
-    peer->transport->registerProducer(transport, true);
-    if (!peer->early.empty()) transport->write(peer->early);
-    peer->early.clear();
-    peer->transport->resumeProducing();
-}
-void Outgoing::dataReceived(std::string_view data) {
-    if (peer) peer->transport->write(data);
-}
-void Outgoing::connectionLost(const reactor::Failure&) {
-    if (peer) {
-        peer->peer = nullptr;
-        peer->transport->unregisterProducer();
-        peer->transport->loseConnection();
-    }
-}
 
 struct RelayFactory : reactor::Factory {
     reactor::Reactor& r;
@@ -100,11 +114,14 @@ struct RelayFactory : reactor::Factory {
     std::uint16_t port;
     RelayFactory(reactor::Reactor& reactor, std::string h, std::uint16_t p) : r(reactor), host(std::move(h)), port(p) {}
     std::unique_ptr<reactor::Protocol> buildProtocol(const reactor::Address&) override {
-        auto p = std::make_unique<Relay>();
-        p->r = &r;
-        p->host = host;
-        p->port = port;
-        return p;
+        auto half = std::make_unique<ClientHalf>();
+        half->isClient = true;
+        half->r = &r;
+        half->host = host;
+        half->port = port;
+        half->pipe = std::make_shared<Pipe>();
+        half->pipe->client = half.get();
+        return half;
     }
 };
 

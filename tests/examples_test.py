@@ -1,0 +1,146 @@
+#!/usr/bin/env python3
+"""Runs every example as a user would, with REACTOR_TRACE=1, and checks what
+it prints. Servers are started on free loopback ports and stopped by PID;
+every step has a timeout.
+
+    python3 tests/examples_test.py [build/examples]
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+BIN = sys.argv[1] if len(sys.argv) > 1 else "build/examples"
+ENV = dict(os.environ, REACTOR_TRACE="1")
+failures = []
+
+
+def check(name, condition, detail=""):
+    print(("ok   " if condition else "FAIL ") + name + ("" if condition else ": " + detail))
+    if not condition:
+        failures.append(name)
+
+
+def run(args, stdin=b"", timeout=20):
+    p = subprocess.run([os.path.join(BIN, args[0])] + args[1:], input=stdin, capture_output=True,
+                       env=ENV, timeout=timeout)
+    return p.returncode, p.stdout.decode(errors="replace"), p.stderr.decode(errors="replace")
+
+
+class Server:
+    """An example server started on port 0; its first line says where it listens."""
+
+    def __init__(self, args):
+        self.proc = subprocess.Popen([os.path.join(BIN, args[0])] + args[1:], stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=ENV)
+        line = self.proc.stdout.readline().decode()
+        m = re.search(r"(?:\d+\.\d+\.\d+\.\d+|\[[^\]]*\]):(\d+)", line)  # the first address printed
+        if not m:
+            self.stop()
+            raise RuntimeError("%s did not say where it listens: %r" % (args[0], line))
+        self.port = int(m.group(1))
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)  # the examples stop cleanly on SIGINT
+        try:
+            out, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
+
+
+def recv_until(sock, needle, timeout=10):
+    sock.settimeout(timeout)
+    data = b""
+    while needle not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def main():
+    # timers: the time API, traced.
+    rc, out, err = run(["timers"])
+    check("timers runs", rc == 0 and "idle timeout (after two resets)" in out and "this never prints" not in out, out)
+    check("timers trace", "turn 1: poll() waited" in err and "timer from examples/timers.cpp" in err, err[:500])
+
+    # stdin_echo: a foreign descriptor.
+    rc, out, err = run(["stdin_echo"], b"hello\nworld\n")
+    check("stdin_echo echoes", rc == 0 and "echo: hello" in out and "stdin closed" in out, out)
+    check("stdin_echo trace", "readable -> reader callback" in err, err[:500])
+
+    # echo_server + echo_client.
+    server = Server(["echo_server", "0"])
+    rc, out, err = run(["echo_client", "127.0.0.1", str(server.port)], b"one\ntwo\n")
+    check("echo_client talks to echo_server", rc == 0 and "server: one" in out and "closed cleanly" in out, out + err)
+    check("echo_client trace", "EchoClient.connectionMade" in err and "EchoClient.dataReceived" in err, err[:800])
+
+    # port_forward in front of the echo server: 2 MB each way, intact.
+    fwd = Server(["port_forward", "0", "127.0.0.1", str(server.port)])
+    payload = os.urandom(2 * 1024 * 1024)
+    with socket.create_connection(("127.0.0.1", fwd.port), timeout=10) as s:
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        got = b""
+        s.settimeout(10)
+        while len(got) < len(payload):
+            chunk = s.recv(1 << 16)
+            if not chunk:
+                break
+            got += chunk
+    check("port_forward relays 2 MB intact", got == payload, "got %d of %d bytes" % (len(got), len(payload)))
+    rc, out, err = fwd.stop()
+    check("port_forward trace", "ClientHalf.dataReceived" in err and "Target.dataReceived" in err, err[-800:])
+    rc, out, err = server.stop()
+    check("echo_server logs connections", "connection from 127.0.0.1" in out, out)
+    check("echo_server trace", "Echo.dataReceived" in err and "Echo.connectionLost" in err, err[-800:])
+
+    # chat_server: two users.
+    if os.path.exists(os.path.join(BIN, "chat_server")):
+        chat = Server(["chat_server", "0"])
+        a = socket.create_connection(("127.0.0.1", chat.port), timeout=10)
+        b = socket.create_connection(("127.0.0.1", chat.port), timeout=10)
+        recv_until(a, b"name")
+        recv_until(b, b"name")
+        a.sendall(b"alice\n")
+        recv_until(a, b"alice")
+        b.sendall(b"bob\n")
+        recv_until(a, b"bob")
+        b.sendall(b"hi there\n")
+        got = recv_until(a, b"hi there")
+        check("chat_server relays between users", b"hi there" in got, repr(got))
+        a.close()
+        b.close()
+        rc, out, err = chat.stop()
+        check("chat_server trace", "dataReceived" in err, err[-500:])
+
+    # deferred_chain and blocking_db: no network.
+    rc, out, err = run(["deferred_chain"])
+    check("deferred_chain runs", rc == 0 and "errback" in out and "callback" in out, out)
+    rc, out, err = run(["blocking_db"], timeout=30)
+    check("blocking_db runs", rc == 0, out + err)
+    check("blocking_db trace", "call(s) from other threads" in err and "Deferred fired" in err, err[-800:])
+
+    # http_get against python's http.server.
+    web = subprocess.Popen([sys.executable, "-m", "http.server", "0", "--bind", "127.0.0.1"],
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="tests")
+    line = web.stdout.readline().decode()
+    port = re.search(r"port (\d+)", line).group(1)
+    rc, out, err = run(["http_get", "http://127.0.0.1:%s/" % port])
+    web.terminate()
+    web.wait(timeout=10)
+    check("http_get fetches a page", rc == 0 and out.startswith("HTTP 200 OK"), out[:300] + err[-300:])
+    check("http_get trace", "ResponseReader.dataReceived" in err and "Deferred fired with a value" in err, err[-800:])
+
+    print("\n%d failure(s)" % len(failures) if failures else "\nall examples ok")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
