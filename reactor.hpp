@@ -2578,6 +2578,11 @@ public:
             inbound_ += c == '\r' ? '\n' : c;
         }
         LineReceiver::dataReceived(inbound_);
+        while (!afterOverflow_.empty()) {  // lines that followed an over-long one
+            std::string rest = std::move(afterOverflow_);
+            afterOverflow_.clear();
+            LineReceiver::dataReceived(rest);
+        }
     }
     /// A line longer than MAX_LENGTH: dropped with a log line; the
     /// connection stays up and the following lines still count.
@@ -2587,7 +2592,7 @@ public:
         if (nl == std::string_view::npos)
             discarding_ = true;
         else
-            LineReceiver::dataReceived(line.substr(nl + 1));  // queued: delivered after this returns
+            afterOverflow_.assign(line.substr(nl + 1));  // LineReceiver stops here; dataReceived resumes
     }
     /// One server line (also callable directly from tests): checked,
     /// parsed, and dispatched through handleCommand. Bad lines go to
@@ -3483,6 +3488,7 @@ private:
     std::string userHost_;  // "!user@host" from our own JOIN echo
     std::string inbound_;   // dataReceived's CR-normalised copy (reused)
     bool discarding_ = false;
+    std::string afterOverflow_;  // what followed an over-long line in the same chunk
     const std::vector<std::pair<std::string, std::string>>* currentTags_ = nullptr;
     std::vector<std::string> queue_;
     std::size_t queueHead_ = 0;
