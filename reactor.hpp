@@ -115,10 +115,17 @@
 // POSIX: the only OS headers, used by section 3 alone.
 #include <cerrno>
 #include <csignal>
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
-#include <unistd.h>
 #include <sys/select.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+#include <unistd.h>
 #if defined(__linux__)
 #include <sys/eventfd.h>
 #endif
@@ -260,6 +267,194 @@ private:
     Fd readFd_ = invalidFd;
     Fd writeFd_ = invalidFd;
 };
+
+// ---- sockets ----------------------------------------------------------------
+
+/// A socket address of either family.
+struct SockAddr {
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    int family() const { return storage.ss_family; }
+    const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+    sockaddr* get() { return reinterpret_cast<sockaddr*>(&storage); }
+};
+
+/// Parses an IPv4 or IPv6 literal ("127.0.0.1", "::1"). False if `host`
+/// is not a literal (a name, or garbage).
+inline bool parseLiteral(const std::string& host, std::uint16_t port, SockAddr& out) {
+    out = SockAddr{};
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+    if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        out.length = sizeof(sockaddr_in);
+        return true;
+    }
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+    if (::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        out.length = sizeof(sockaddr_in6);
+        return true;
+    }
+    return false;
+}
+
+/// Blocking name resolution (run it on a thread). Returns the addresses,
+/// or an empty vector with `error` set to the resolver's reason.
+inline std::vector<SockAddr> resolve(const std::string& host, std::uint16_t port, std::string& error) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    addrinfo* list = nullptr;
+    std::vector<SockAddr> out;
+    int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
+    if (rc != 0) {
+        error = ::gai_strerror(rc);
+        return out;
+    }
+    for (addrinfo* ai = list; ai; ai = ai->ai_next) {
+        if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
+        SockAddr a;
+        std::memcpy(&a.storage, ai->ai_addr, ai->ai_addrlen);
+        a.length = ai->ai_addrlen;
+        out.push_back(a);
+    }
+    ::freeaddrinfo(list);
+    if (out.empty()) error = "no addresses";
+    return out;
+}
+
+/// The host string and port of an address.
+inline void describe(const SockAddr& a, std::string& host, std::uint16_t& port, bool& ipv6) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    ipv6 = a.family() == AF_INET6;
+    if (ipv6) {
+        auto* v6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
+        ::inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof buf);
+        port = ntohs(v6->sin6_port);
+    } else {
+        auto* v4 = reinterpret_cast<const sockaddr_in*>(&a.storage);
+        ::inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof buf);
+        port = ntohs(v4->sin_port);
+    }
+    host = buf;
+}
+
+/// A non-blocking, close-on-exec TCP socket, or invalidFd with errno set.
+inline Fd tcpSocket(int family) {
+#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
+    Fd fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+#else
+    Fd fd = ::socket(family, SOCK_STREAM, 0);
+    if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
+#endif
+#if defined(SO_NOSIGPIPE)  // macOS/BSD: no SIGPIPE from this socket
+    if (fd >= 0) { int one = 1; ::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one); }
+#endif
+    return fd;
+}
+
+inline bool setIntOption(Fd fd, int level, int name, int value) {
+    return ::setsockopt(fd, level, name, &value, sizeof value) == 0;
+}
+inline bool setReuseAddress(Fd fd) { return setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1); }
+inline bool setNoDelay(Fd fd, bool on) { return setIntOption(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0); }
+inline bool setKeepAlive(Fd fd, bool on) { return setIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0); }
+/// Makes close() send a reset instead of a FIN (abortConnection).
+inline void setLingerZero(Fd fd) {
+    linger l{};
+    l.l_onoff = 1;
+    l.l_linger = 0;
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+inline int bindTo(Fd fd, const SockAddr& a) { return ::bind(fd, a.get(), a.length); }
+inline int listenOn(Fd fd, int backlog) { return ::listen(fd, backlog); }
+
+/// Starts a non-blocking connect: 0 when connected at once, -1 with errno
+/// (EINPROGRESS: wait for writability, then check socketError()).
+inline int startConnect(Fd fd, const SockAddr& a) {
+    int rc;
+    do rc = ::connect(fd, a.get(), a.length);
+    while (rc < 0 && errno == EINTR);
+    return rc;
+}
+inline bool connectInProgress(int err) { return err == EINPROGRESS || err == EALREADY; }
+
+/// The pending error of a socket (SO_ERROR): how a non-blocking connect ended.
+inline int socketError(Fd fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+    return err;
+}
+
+/// Accepts one connection, non-blocking and close-on-exec; EINTR retried.
+inline Fd acceptOne(Fd listener, SockAddr& peer) {
+    Fd fd;
+    do {
+        peer.length = sizeof peer.storage;
+#if defined(__linux__)
+        fd = ::accept4(listener, peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+        fd = ::accept(listener, peer.get(), &peer.length);
+        if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
+#endif
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+/// accept() failed because the process or system is out of descriptors
+/// (or memory): retrying at once would spin.
+inline bool outOfDescriptors(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
+
+/// A descriptor kept in reserve so that, out of descriptors, the listener
+/// can still accept-and-close the connection at the head of the queue.
+inline Fd openSpareFd() { return ::open("/dev/null", O_RDONLY | O_CLOEXEC); }
+
+inline bool localAddress(Fd fd, SockAddr& a) {
+    a.length = sizeof a.storage;
+    return ::getsockname(fd, a.get(), &a.length) == 0;
+}
+inline bool peerAddress(Fd fd, SockAddr& a) {
+    a.length = sizeof a.storage;
+    return ::getpeername(fd, a.get(), &a.length) == 0;
+}
+
+/// recv(); EINTR retried. Returns bytes, 0 at EOF, -1 with errno.
+inline long receive(Fd fd, char* buf, std::size_t size) {
+    ssize_t n;
+    do n = ::recv(fd, buf, size, 0);
+    while (n < 0 && errno == EINTR);
+    return static_cast<long>(n);
+}
+
+/// Gather-write without SIGPIPE (MSG_NOSIGNAL): writev for sockets.
+inline long sendParts(Fd fd, const std::string_view* parts, std::size_t count) {
+    constexpr std::size_t maxParts = 16;
+    iovec iov[maxParts];
+    std::size_t n = std::min(count, maxParts);
+    for (std::size_t i = 0; i < n; ++i) {
+        iov[i].iov_base = const_cast<char*>(parts[i].data());
+        iov[i].iov_len = parts[i].size();
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(n);
+#if defined(MSG_NOSIGNAL)
+    constexpr int flags = MSG_NOSIGNAL;
+#else
+    constexpr int flags = 0;  // SO_NOSIGPIPE was set on the socket
+#endif
+    ssize_t sent;
+    do sent = ::sendmsg(fd, &msg, flags);
+    while (sent < 0 && errno == EINTR);
+    return static_cast<long>(sent);
+}
+
+inline int shutdownWrite(Fd fd) { return ::shutdown(fd, SHUT_WR); }
+
 
 /// SIGINT/SIGTERM handling for `Reactor::run(true)`. A signal handler can
 /// only touch lock-free atomics, so the one reactor that asked for signals
@@ -1065,7 +1260,38 @@ inline Handler makeHandler(std::function<void()> f) {
 
 /// Where a trigger is in the three-phase event.
 enum class Phase { before, during, after };
+
+/// Something the reactor owns and closes at shutdown: a TCP connection, a
+/// listening port, a connector (section 9).
+class Owned {
+public:
+    virtual ~Owned() = default;
+    /// Close now: called during shutdown and by ~Reactor.
+    virtual void shutdownNow() = 0;
+    std::size_t ownedIndex = static_cast<std::size_t>(-1);
+};
+struct ReactorAccess;
 }  // namespace detail
+
+/// A transport endpoint address (Twisted's IPv4Address / IPv6Address).
+struct Address {
+    std::string type = "TCP";
+    std::string host;
+    std::uint16_t port = 0;
+    bool ipv6 = false;
+    /// "127.0.0.1:8000", or "[::1]:8000" for IPv6.
+    std::string str() const {
+        return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    }
+    friend bool operator==(const Address& a, const Address& b) {
+        return a.type == b.type && a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
+    }
+};
+
+class Factory;
+class ClientFactory;
+class IConnector;
+class ListeningPort;
 
 /// The event loop (Twisted's reactor). Create as many as you like; nothing
 /// is shared between two reactors. Not thread-safe except callFromThread.
@@ -1079,7 +1305,11 @@ public:
         slots_[wakerSlot_].internal = true;
     }
     ~Reactor() {
+        disconnectAll();
+        if (resolver_) resolver_->stop();
         if (pool_) pool_->stop();
+        dead_.clear();
+        if (spareFd_ >= 0) detail::os::closeFd(spareFd_);
     }
     Reactor(const Reactor&) = delete;
     Reactor& operator=(const Reactor&) = delete;
@@ -1206,7 +1436,36 @@ public:
         if (pool_) pool_->setMaxThreads(n);
     }
 
+    // ---- TCP (defined in section 9) -------------------------------------
+
+    /// Listens on `port` (0: a free one; see getHost()) on `interface` (an
+    /// IP literal; "" = every IPv4 address, "::" = every IPv6 address).
+    /// `factory` must outlive the port and its connections. A bind failure
+    /// throws `error::CannotListenError` (without exceptions: logged, and
+    /// the returned port is not listening).
+    inline ListeningPort listenTCP(std::uint16_t port, Factory& factory, int backlog = 50,
+                                   std::string_view interface = "");
+    /// Connects to `host` (an IP literal, connected at once, or a name,
+    /// resolved on a thread without blocking the loop). Failures reach
+    /// `factory.clientConnectionFailed` with the reason, always after this
+    /// returns. `timeout` <= 0 means none. `bindAddress.host` non-empty:
+    /// bind the local end first. `factory` must outlive the connector.
+    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, std::uint16_t port, ClientFactory& factory,
+                                                  double timeout = 30, const Address& bindAddress = {});
+    /// The same, with the connector sharing ownership of the factory: handy
+    /// for a factory per connection (a proxy's outgoing side, say).
+    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, std::uint16_t port,
+                                                  std::shared_ptr<ClientFactory> factory, double timeout = 30,
+                                                  const Address& bindAddress = {});
+
 private:
+    friend struct detail::ReactorAccess;
+
+    /// Closes every connection (reason ConnectionLost), port and connector.
+    void disconnectAll() {
+        std::vector<std::shared_ptr<detail::Owned>> all = owned_;
+        for (auto& o : all) o->shutdownNow();
+    }
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
     // Shorthand for the platform layer inside the class.
     struct os {
@@ -1298,7 +1557,8 @@ private:
             running_ = true;
         } else if (event == "shutdown") {
             running_ = false;
-            for (auto& hook : shutdownHooks_) hook.second();
+            disconnectAll();
+            if (resolver_) resolver_->stop();
             if (pool_) pool_->stop();
         }
     }
@@ -1448,6 +1708,8 @@ private:
             runningCalls_.clear();
         }
 
+        dead_.clear();  // connections closed this turn: nothing on the stack uses them now
+
         if (signalHandlers_ && detail::os::signalReceived().load() != 0) {
             int sig = detail::os::signalReceived().exchange(0);
             log(LogLevel::info, std::string("Received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", shutting down.");
@@ -1487,10 +1749,12 @@ private:
     bool loopDone_ = false;
     std::unique_ptr<os::SignalHandlers> signalHandlers_;
 
-protected:
-    /// Hooks run by the built-in "during shutdown" trigger (the TCP layer
-    /// registers one that closes every connection and port).
-    std::vector<std::pair<std::uint64_t, std::function<void()>>> shutdownHooks_;
+    // TCP state (section 9).
+    std::vector<std::shared_ptr<detail::Owned>> owned_;  // live connections, ports, connectors
+    std::vector<std::shared_ptr<detail::Owned>> dead_;   // closed this turn; freed at its end
+    std::vector<char> readBuffer_;                       // one buffer for every recv()
+    std::unique_ptr<ThreadPool> resolver_;               // name lookups, apart from the user's pool
+    int spareFd_ = -1;                                   // see TcpPort::acceptError
 };
 
 inline void Reactor::run(bool installSignalHandlers) {
@@ -1536,21 +1800,6 @@ inline void Reactor::stop() {
 //        -> protocol.dataReceived(bytes) ...   4. as bytes arrive
 //        -> protocol.connectionLost(reason)    5. exactly once; then destroyed
 // ============================================================================
-
-/// A transport endpoint address (Twisted's IPv4Address / IPv6Address).
-struct Address {
-    std::string type = "TCP";
-    std::string host;
-    std::uint16_t port = 0;
-    bool ipv6 = false;
-    /// "127.0.0.1:8000", or "[::1]:8000" for IPv6.
-    std::string str() const {
-        return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
-    }
-    friend bool operator==(const Address& a, const Address& b) {
-        return a.type == b.type && a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
-    }
-};
 
 /// Something that produces data on demand (Twisted's IPushProducer and
 /// IPullProducer in one). A consumer (a transport) pauses a streaming
@@ -1687,7 +1936,7 @@ public:
 
 /// A client connection attempt (Twisted's IConnector), handed to the
 /// ClientFactory's callbacks; `connect()` tries again.
-class IConnector {
+class IConnector : public std::enable_shared_from_this<IConnector> {
 public:
     virtual ~IConnector() = default;
     /// Starts a new attempt (only when disconnected).
@@ -1713,6 +1962,874 @@ public:
     virtual void clientConnectionLost(IConnector& connector, const Failure& reason) {
         (void)connector;
         (void)reason;
+    }
+};
+
+// ============================================================================
+// ==== 9. TCP ====
+// The TCP transport (one per connection), listening ports, connectors, and
+// ReconnectingClientFactory. Only this section and section 3 know sockets.
+// ============================================================================
+
+namespace detail {
+
+/// The reactor internals the TCP classes use (a narrow friend interface).
+struct ReactorAccess {
+    static bool watch(Reactor& r, int fd, short event, const Handler& h) {
+        return r.watch(fd, event, h) != Reactor::npos;
+    }
+    static void unwatch(Reactor& r, int fd, short events) { r.unwatch(fd, events); }
+    static void adopt(Reactor& r, std::shared_ptr<Owned> o) {
+        o->ownedIndex = r.owned_.size();
+        r.owned_.push_back(std::move(o));
+    }
+    /// Stops owning `o`; it is freed at the end of the turn, so a method of
+    /// `o` on the stack may still return through it.
+    static void release(Reactor& r, Owned* o) {
+        std::size_t i = o->ownedIndex;
+        if (i >= r.owned_.size() || r.owned_[i].get() != o) return;
+        r.dead_.push_back(std::move(r.owned_[i]));
+        if (i + 1 != r.owned_.size()) {
+            r.owned_[i] = std::move(r.owned_.back());
+            r.owned_[i]->ownedIndex = i;
+        }
+        r.owned_.pop_back();
+        o->ownedIndex = static_cast<std::size_t>(-1);
+    }
+    static std::vector<char>& readBuffer(Reactor& r) {
+        if (r.readBuffer_.empty()) r.readBuffer_.resize(REACTOR_READ_BUFFER_SIZE);
+        return r.readBuffer_;
+    }
+    static ThreadPool& resolver(Reactor& r) {
+        if (!r.resolver_) r.resolver_ = std::make_unique<ThreadPool>(2);
+        return *r.resolver_;
+    }
+    static int& spareFd(Reactor& r) { return r.spareFd_; }
+};
+
+/// A seed that differs between objects and runs (time, a counter), mixed
+/// with splitmix64; for jitter, not for cryptography.
+inline std::uint64_t randomSeed() {
+    static std::atomic<std::uint64_t> counter{0};
+    std::uint64_t z = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) +
+                      0x9E3779B97F4A7C15ull * (counter.fetch_add(1) + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return z ? z : 1;  // xorshift must not start at 0
+}
+
+inline Address toAddress(const os::SockAddr& a) {
+    Address out;
+    os::describe(a, out.host, out.port, out.ipv6);
+    return out;
+}
+
+/// The reason a connection ended, from an errno value.
+inline Failure lostFailure(int err) {
+    if (err == 0) return Failure(error::ConnectionDone());
+    return Failure(error::ConnectionLost(error::ConnectionLost().message() + ": " + os::errorString(err) + "."));
+}
+
+/// `E` with Twisted's ConnectError wording: "<doc>: <detail>."
+template <class E>
+inline Failure connectError(const std::string& detail) {
+    std::string base = E().message();
+    if (!base.empty() && base.back() == '.') base.pop_back();
+    return Failure(E(base + ": " + detail + "."));
+}
+
+/// The reason a connect failed, from an errno value (Twisted's messages).
+inline Failure connectFailure(int err) {
+    std::string detail = std::to_string(err) + ": " + os::errorString(err);
+    switch (err) {
+        case ECONNREFUSED: return connectError<error::ConnectionRefusedError>(detail);
+        case ETIMEDOUT: return connectError<error::TCPTimedOutError>(detail);
+        case ENETUNREACH:
+        case EHOSTUNREACH: return connectError<error::NoRouteError>(detail);
+        case EADDRINUSE:
+        case EADDRNOTAVAIL: return connectError<error::ConnectBindError>(detail);
+        default: return connectError<error::ConnectError>(detail);
+    }
+}
+
+class TcpConnector;
+
+/// One TCP connection: the ITransport a protocol writes to. Owned by the
+/// reactor; it owns its protocol and destroys it after connectionLost.
+class TcpConnection final : public ITransport, public Owned {
+public:
+    /// Outgoing data above this many buffered bytes pauses a streaming producer...
+    static constexpr std::size_t highWaterMark = 64 * 1024;
+    /// ...and below this many resumes it.
+    static constexpr std::size_t lowWaterMark = 16 * 1024;
+
+    TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector)
+        : reactor_(r), fd_(fd), protocol_(std::move(p)), connector_(std::move(connector)) {
+        connected = true;
+        readHandler_ = makeHandler([this] { doRead(); });
+        writeHandler_ = makeHandler([this] { doWrite(); });
+    }
+    ~TcpConnection() override { os::closeFd(fd_); }
+
+    /// Starts reading and hands the transport to the protocol. False if the
+    /// descriptor cannot be watched (the caller closes the connection).
+    bool start() {
+        if (!ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_)) return false;
+        reading_ = true;
+        Protocol* p = protocol_.get();
+        Failure failure;
+        if (!runGuarded("connectionMade", [&] { p->makeConnection(this); }, &failure)) closeWith(failure, true);
+        return true;
+    }
+
+    // ---- ITransport -----------------------------------------------------
+
+    void write(std::string_view data) override {
+        if (data.empty()) return;
+        writeSequence(&data, 1);
+    }
+    void writeSequence(const std::string_view* parts, std::size_t count) override {
+        if (!connected || writeShut_ || closing_) return;  // gone, or half-closed: ignored, as Twisted
+        std::size_t total = 0;
+        for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+        if (total == 0) return;
+        std::size_t skip = 0;
+        if (pending() == 0 && !writeError_) {
+            // Nothing queued: try the socket now (writev, no copy).
+            long sent = os::sendParts(fd_, parts, count);
+            if (sent < 0) {
+                int err = os::lastError();
+                if (!os::wouldBlock(err)) {
+                    writeError_ = err;  // reported from the loop, never inside the caller's write()
+                    startWriting();
+                    return;
+                }
+                sent = 0;
+            }
+            skip = static_cast<std::size_t>(sent);
+            if (skip == total) return;
+        }
+        for (std::size_t i = 0; i < count; ++i) {
+            std::string_view part = parts[i];
+            if (skip >= part.size()) {
+                skip -= part.size();
+                continue;
+            }
+            out_.append(part.data() + skip, part.size() - skip);
+            skip = 0;
+        }
+        startWriting();
+        if (producer_ && streaming_ && !producerPaused_ && pending() > highWaterMark) {
+            producerPaused_ = true;
+            producer_->pauseProducing();
+        }
+    }
+    void loseConnection() override {
+        if (!connected || disconnecting) return;
+        disconnecting = true;
+        stopReading();
+        startWriting();  // doWrite closes once the buffer is empty
+    }
+    void abortConnection() override {
+        if (!connected || aborting_) return;
+        aborting_ = true;
+        stopReading();
+        stopWriting();
+        out_.clear();
+        outPos_ = 0;
+        // Asynchronous, as Twisted: connectionLost never runs inside the caller.
+        abortCall_ = reactor_.callLater(0, [this] { closeWith(Failure(error::ConnectionAborted()), true); });
+    }
+    void loseWriteConnection() override {
+        if (!connected || writeShut_) return;
+        wantWriteShut_ = true;
+        startWriting();
+    }
+    Address getPeer() const override {
+        os::SockAddr a;
+        return os::peerAddress(fd_, a) ? toAddress(a) : peer_;
+    }
+    Address getHost() const override {
+        os::SockAddr a;
+        return os::localAddress(fd_, a) ? toAddress(a) : Address{};
+    }
+    bool setTcpNoDelay(bool enabled) override { return os::setNoDelay(fd_, enabled); }
+    bool setTcpKeepAlive(bool enabled) override { return os::setKeepAlive(fd_, enabled); }
+
+    /// The reading side: stop and restart reading.
+    void pauseProducing() override { stopReading(); }
+    void resumeProducing() override {
+        if (connected && !disconnecting && !readShut_) startReading();
+    }
+    void stopProducing() override { loseConnection(); }
+
+    void registerProducer(IProducer* producer, bool streaming) override {
+        if (producer_) {
+            raise<error::RuntimeError>("Cannot register producer, because another producer was never unregistered.");
+            return;
+        }
+        if (!connected) {
+            producer->stopProducing();
+            return;
+        }
+        producer_ = producer;
+        streaming_ = streaming;
+        producerPaused_ = false;
+        if (!streaming) producer->resumeProducing();  // a pull producer is asked at once
+    }
+    void unregisterProducer() override {
+        producer_ = nullptr;
+        if (connected && disconnecting) startWriting();  // the close was waiting for it
+    }
+
+    void shutdownNow() override { closeWith(Failure(error::ConnectionLost("Connection lost")), false); }
+
+    void setPeer(Address a) { peer_ = std::move(a); }
+    Protocol* protocol() const { return protocol_.get(); }
+
+private:
+    std::size_t pending() const { return out_.size() - outPos_; }
+
+    void startReading() {
+        if (!reading_ && connected && !closing_) reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
+    }
+    void stopReading() {
+        if (reading_) ReactorAccess::unwatch(reactor_, fd_, os::evRead);
+        reading_ = false;
+    }
+    void startWriting() {
+        if (!writing_ && connected && !closing_) writing_ = ReactorAccess::watch(reactor_, fd_, os::evWrite, writeHandler_);
+    }
+    void stopWriting() {
+        if (writing_) ReactorAccess::unwatch(reactor_, fd_, os::evWrite);
+        writing_ = false;
+    }
+
+    void doRead() {
+        if (!connected || closing_) return;
+        std::vector<char>& buf = ReactorAccess::readBuffer(reactor_);
+        long n = os::receive(fd_, buf.data(), buf.size());
+        if (n > 0) {
+            Protocol* p = protocol_.get();
+            std::string_view data(buf.data(), static_cast<std::size_t>(n));
+            Failure failure;
+            // A protocol that throws loses its own connection, nothing else.
+            if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) closeWith(failure, true);
+            return;
+        }
+        if (n < 0) {
+            int err = os::lastError();
+            if (os::wouldBlock(err)) return;
+            closeWith(lostFailure(err), true);
+            return;
+        }
+        // EOF: the peer stopped sending.
+        if (protocol_->halfCloseable()) {
+            readShut_ = true;
+            stopReading();
+            Protocol* p = protocol_.get();
+            Failure failure;
+            if (!runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure)) closeWith(failure, true);
+            return;
+        }
+        closeWith(Failure(error::ConnectionDone()), false);
+    }
+
+    void doWrite() {
+        if (!connected || closing_) return;
+        if (writeError_) {
+            closeWith(lostFailure(writeError_), true);
+            return;
+        }
+        while (pending() > 0) {
+            std::string_view rest(out_.data() + outPos_, pending());
+            long sent = os::sendParts(fd_, &rest, 1);
+            if (sent < 0) {
+                int err = os::lastError();
+                if (os::wouldBlock(err)) return;  // still writable-interested; poll tells us when
+                closeWith(lostFailure(err), true);
+                return;
+            }
+            outPos_ += static_cast<std::size_t>(sent);
+        }
+        out_.clear();  // keeps its capacity: no allocation next time
+        outPos_ = 0;
+        stopWriting();
+        if (producer_ && (!streaming_ || producerPaused_)) {
+            producerPaused_ = false;
+            IProducer* p = producer_;
+            p->resumeProducing();
+            if (pending() > 0) return;
+        }
+        if (wantWriteShut_ && !writeShut_) {
+            writeShut_ = true;
+            os::shutdownWrite(fd_);
+            if (protocol_->halfCloseable()) {
+                Protocol* p = protocol_.get();
+                runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
+            }
+        }
+        if (disconnecting && !producer_) closeWith(Failure(error::ConnectionDone()), false);
+    }
+
+    /// The one way a connection ends: connectionLost exactly once, then the
+    /// protocol is destroyed and the reactor frees this object after the turn.
+    inline void closeWith(const Failure& reason, bool reset);
+
+    Reactor& reactor_;
+    int fd_;
+    std::unique_ptr<Protocol> protocol_;
+    std::shared_ptr<TcpConnector> connector_;  // client side only
+    Handler readHandler_, writeHandler_;       // made once: pausing allocates nothing
+    std::string out_;                          // unsent bytes, from outPos_
+    std::size_t outPos_ = 0;
+    Address peer_;
+    IProducer* producer_ = nullptr;
+    DelayedCall abortCall_;
+    int writeError_ = 0;
+    bool streaming_ = false, producerPaused_ = false;
+    bool reading_ = false, writing_ = false;
+    bool readShut_ = false, writeShut_ = false, wantWriteShut_ = false;
+    bool aborting_ = false, closing_ = false;
+};
+
+/// An outgoing connection attempt and its lifecycle (Twisted's
+/// tcp.Connector): disconnected -> connecting -> connected -> disconnected.
+class TcpConnector final : public IConnector, public Owned {
+public:
+    TcpConnector(Reactor& r, std::string host, std::uint16_t port, ClientFactory& factory, double timeout,
+                 Address bindAddress)
+        : reactor_(r), host_(std::move(host)), port_(port), factory_(factory), timeout_(timeout),
+          bindAddress_(std::move(bindAddress)) {}
+    ~TcpConnector() override { dropSocket(); }
+
+    inline void connect() override;
+    void disconnect() override {
+        if (state_ == State::connecting)
+            stopConnecting();
+        else if (state_ == State::connected && transport_)
+            transport_->loseConnection();
+    }
+    void stopConnecting() override {
+        if (state_ != State::connecting) {
+            raise<error::NotConnectingError>();
+            return;
+        }
+        fail(Failure(error::UserError()));
+    }
+    Address getDestination() const override {
+        Address a;
+        a.host = host_;
+        a.port = port_;
+        a.ipv6 = host_.find(':') != std::string::npos;
+        return a;
+    }
+    void shutdownNow() override {
+        if (state_ == State::connecting) fail(Failure(error::UserError("Reactor shut down while connecting.")));
+    }
+
+    /// Called by the transport when the established connection ends.
+    inline void connectionLost(const Failure& reason);
+
+private:
+    enum class State { disconnected, connecting, connected };
+
+    void beginAttempt() {
+        os::SockAddr literal;
+        if (os::parseLiteral(host_, port_, literal)) {
+            candidates_.assign(1, literal);
+            next_ = 0;
+            tryNext(0);
+            return;
+        }
+        // A name: resolve on a thread, hand the answer back to the loop.
+        std::uint64_t attempt = attempt_;
+        std::weak_ptr<IConnector> self = weak_from_this();
+        Reactor* r = &reactor_;
+        std::string host = host_;
+        std::uint16_t port = port_;
+        ReactorAccess::resolver(reactor_).callInThread([r, self, attempt, host, port] {
+            std::string err;
+            std::vector<os::SockAddr> found = os::resolve(host, port, err);
+            r->callFromThread([self, attempt, found = std::move(found), err, host]() mutable {
+                auto strong = self.lock();
+                if (!strong) return;
+                auto* c = static_cast<TcpConnector*>(strong.get());
+                if (c->attempt_ != attempt || c->state_ != State::connecting) return;  // stale answer
+                if (found.empty()) {
+                    c->fail(connectError<error::DNSLookupError>("address '" + host + "' not found: " + err));
+                    return;
+                }
+                c->candidates_ = std::move(found);
+                c->next_ = 0;
+                c->tryNext(0);
+            });
+        });
+    }
+
+    /// Tries the next resolved address; `lastErr` is why the previous failed.
+    void tryNext(int lastErr) {
+        while (next_ < candidates_.size()) {
+            const os::SockAddr& a = candidates_[next_++];
+            fd_ = os::tcpSocket(a.family());
+            if (fd_ < 0) {
+                lastErr = os::lastError();
+                continue;
+            }
+            if (!bindAddress_.host.empty()) {
+                os::SockAddr local;
+                if (!os::parseLiteral(bindAddress_.host, bindAddress_.port, local) || os::bindTo(fd_, local) != 0) {
+                    int err = os::lastError();
+                    dropSocket();
+                    failSoon(connectError<error::ConnectBindError>(bindAddress_.str() + ": " + os::errorString(err)));
+                    return;
+                }
+            }
+            if (os::startConnect(fd_, a) == 0) {
+                connected(a);
+                return;
+            }
+            int err = os::lastError();
+            if (os::connectInProgress(err)) {
+                target_ = a;
+                auto h = makeHandler([this] { connectDone(); });
+                if (ReactorAccess::watch(reactor_, fd_, os::evWrite, h)) return;
+                err = EMFILE;  // select() cannot watch it
+            }
+            dropSocket();
+            lastErr = err;
+        }
+        failSoon(connectFailure(lastErr ? lastErr : ECONNREFUSED));
+    }
+
+    void connectDone() {
+        ReactorAccess::unwatch(reactor_, fd_, os::evWrite);
+        int err = os::socketError(fd_);
+        if (err == 0) {
+            connected(target_);
+            return;
+        }
+        dropSocket();
+        tryNext(err);
+    }
+
+    inline void connected(const os::SockAddr& peer);
+
+    void dropSocket() {
+        if (fd_ >= 0) {
+            ReactorAccess::unwatch(reactor_, fd_, os::evRead | os::evWrite);
+            os::closeFd(fd_);
+            fd_ = -1;
+        }
+    }
+    void cancelTimeout() {
+        if (timeoutCall_.active()) timeoutCall_.cancel();
+        timeoutCall_ = DelayedCall();
+    }
+    /// Failures are reported from the loop, never inside connect()'s caller.
+    void failSoon(Failure reason) {
+        std::uint64_t attempt = attempt_;
+        std::weak_ptr<IConnector> self = weak_from_this();
+        failCall_ = reactor_.callLater(0, [self, attempt, reason] {
+            auto strong = self.lock();
+            auto* c = static_cast<TcpConnector*>(strong.get());
+            if (c && c->attempt_ == attempt && c->state_ == State::connecting) c->fail(reason);
+        });
+    }
+    void fail(const Failure& reason) {
+        auto keep = shared_from_this();
+        dropSocket();
+        cancelTimeout();
+        if (failCall_.active()) failCall_.cancel();
+        ++attempt_;
+        state_ = State::disconnected;
+        runGuarded("clientConnectionFailed", [&] { factory_.clientConnectionFailed(*this, reason); });
+        finishCycle();
+    }
+    /// After the factory's callback: if it did not reconnect, the cycle ends.
+    void finishCycle() {
+        if (state_ == State::disconnected) {
+            factory_.doStop();
+            ReactorAccess::release(reactor_, this);
+        }
+    }
+
+public:
+    std::shared_ptr<ClientFactory> keepFactory;  // set by the shared_ptr overload of connectTCP
+
+private:
+    Reactor& reactor_;
+    std::string host_;
+    std::uint16_t port_;
+    ClientFactory& factory_;
+    double timeout_;
+    Address bindAddress_;
+    State state_ = State::disconnected;
+    int fd_ = -1;
+    std::vector<os::SockAddr> candidates_;
+    std::size_t next_ = 0;
+    os::SockAddr target_;
+    std::uint64_t attempt_ = 0;  // answers for an older attempt are ignored
+    DelayedCall timeoutCall_, failCall_;
+    TcpConnection* transport_ = nullptr;
+};
+
+/// A listening socket (Twisted's tcp.Port).
+class TcpPort final : public Owned, public std::enable_shared_from_this<TcpPort> {
+public:
+    TcpPort(Reactor& r, Factory& factory) : reactor_(r), factory_(factory) {}
+    ~TcpPort() override { closeSocket(); }
+
+    /// Binds and listens; on failure returns the reason (and listens not).
+    bool listen(std::uint16_t port, int backlog, std::string_view interface, std::string& why) {
+        std::string host(interface.empty() ? "0.0.0.0" : interface);
+        os::SockAddr a;
+        std::string where = (interface.empty() ? std::string("0.0.0.0") : host) + ":" + std::to_string(port);
+        if (!os::parseLiteral(host, port, a)) {
+            why = "Couldn't listen on " + where + ": the interface must be an IP address.";
+            return false;
+        }
+        fd_ = os::tcpSocket(a.family());
+        if (fd_ < 0 || !os::setReuseAddress(fd_) || os::bindTo(fd_, a) != 0 || os::listenOn(fd_, backlog) != 0) {
+            int err = os::lastError();
+            why = "Couldn't listen on " + where + ": [Errno " + std::to_string(err) + "] " + os::errorString(err) + ".";
+            closeSocket();
+            return false;
+        }
+        os::SockAddr bound;
+        if (os::localAddress(fd_, bound)) host_ = toAddress(bound);
+        int& spare = ReactorAccess::spareFd(reactor_);
+        if (spare < 0) spare = os::openSpareFd();
+        handler_ = makeHandler([this] { doRead(); });
+        if (!ReactorAccess::watch(reactor_, fd_, os::evRead, handler_)) {
+            why = "Couldn't listen on " + where + ": descriptor cannot be watched.";
+            closeSocket();
+            return false;
+        }
+        listening_ = true;
+        factory_.doStart();
+        return true;
+    }
+
+    Address getHost() const { return host_; }
+    bool listening() const { return listening_; }
+
+    /// Stops accepting now; established connections stay open.
+    void stopListening() {
+        if (!listening_) return;
+        listening_ = false;
+        if (resumeCall_.active()) resumeCall_.cancel();
+        closeSocket();
+        factory_.doStop();
+        ReactorAccess::release(reactor_, this);
+    }
+    void shutdownNow() override { stopListening(); }
+
+private:
+    void closeSocket() {
+        if (fd_ >= 0) {
+            ReactorAccess::unwatch(reactor_, fd_, os::evRead);
+            os::closeFd(fd_);
+            fd_ = -1;
+        }
+    }
+
+    /// Accepts a bounded batch per wake-up (Twisted: 100, growing by 20 when
+    /// full) so one busy listener cannot starve the rest of the loop.
+    inline void doRead();
+
+    /// Out of descriptors. Retrying at once would spin the CPU (the listener
+    /// stays readable), so use the spare descriptor to accept and close the
+    /// connection at the head of the queue, and pause accepting briefly.
+    void acceptError(int err) {
+        log(LogLevel::error, "accept() on " + host_.str() + " failed: " + os::errorString(err) +
+                                 "; dropping a pending connection and pausing accepts for 0.1s");
+        int& spare = ReactorAccess::spareFd(reactor_);
+        if (spare >= 0) {
+            os::closeFd(spare);
+            os::SockAddr peer;
+            int fd = os::acceptOne(fd_, peer);
+            if (fd >= 0) os::closeFd(fd);
+            spare = os::openSpareFd();
+        }
+        ReactorAccess::unwatch(reactor_, fd_, os::evRead);
+        resumeCall_ = reactor_.callLater(0.1, [this] {
+            if (listening_) ReactorAccess::watch(reactor_, fd_, os::evRead, handler_);
+        });
+    }
+
+    Reactor& reactor_;
+    Factory& factory_;
+    int fd_ = -1;
+    Address host_;
+    Handler handler_;
+    DelayedCall resumeCall_;
+    int numberAccepts_ = 100;
+    bool listening_ = false;
+};
+
+}  // namespace detail
+
+/// A handle to a listening port (Twisted's IListeningPort). Copies refer to
+/// the same port; the reactor keeps it open until stopListening() or
+/// shutdown, whether or not a handle is kept.
+class ListeningPort {
+public:
+    ListeningPort() = default;
+    explicit ListeningPort(std::shared_ptr<detail::TcpPort> port) : port_(std::move(port)) {}
+    /// Where it listens; with port 0, the port the OS picked.
+    Address getHost() const { return port_ ? port_->getHost() : Address{}; }
+    /// Stops accepting (now; Twisted returns a Deferred). Established
+    /// connections stay open. The factory's stopFactory runs if this was
+    /// its last port.
+    void stopListening() {
+        if (port_) port_->stopListening();
+    }
+    bool listening() const { return port_ && port_->listening(); }
+    explicit operator bool() const { return listening(); }
+
+private:
+    std::shared_ptr<detail::TcpPort> port_;
+};
+
+namespace detail {
+
+inline void TcpConnection::closeWith(const Failure& reason, bool reset) {
+    if (closing_) return;
+    closing_ = true;
+    if (abortCall_.active()) abortCall_.cancel();
+    stopReading();
+    stopWriting();
+    if (reset) os::setLingerZero(fd_);  // the peer sees a reset, not a clean close
+    os::closeFd(fd_);
+    fd_ = -1;
+    connected = false;
+    IProducer* producer = producer_;
+    producer_ = nullptr;
+    if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
+    Protocol* p = protocol_.get();
+    p->connected = false;
+    runGuarded("connectionLost", [&] { p->connectionLost(reason); });
+    if (connector_) connector_->connectionLost(reason);
+    protocol_.reset();  // the protocol's life ends after connectionLost
+    ReactorAccess::release(reactor_, this);
+}
+
+inline void TcpConnector::connect() {
+    if (state_ != State::disconnected) {
+        raise<error::RuntimeError>("can't connect in this state");
+        return;
+    }
+    if (ownedIndex == static_cast<std::size_t>(-1))
+        ReactorAccess::adopt(reactor_, std::static_pointer_cast<TcpConnector>(shared_from_this()));
+    state_ = State::connecting;
+    ++attempt_;
+    factory_.doStart();
+    if (timeout_ > 0) {
+        timeoutCall_ = reactor_.callLater(timeout_, [this] {
+            timeoutCall_ = DelayedCall();
+            if (state_ == State::connecting) fail(Failure(error::TimeoutError()));
+        });
+    }
+    beginAttempt();
+    runGuarded("startedConnecting", [&] { factory_.startedConnecting(*this); });
+}
+
+inline void TcpConnector::connected(const os::SockAddr& peer) {
+    cancelTimeout();
+    int fd = std::exchange(fd_, -1);
+    Address peerAddress = toAddress(peer);
+    std::unique_ptr<Protocol> p;
+    runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+    if (!p) {
+        os::closeFd(fd);
+        fail(Failure(error::ConnectError("An error occurred while connecting: the factory refused to build a protocol.")));
+        return;
+    }
+    if (!p->factory) p->factory = &factory_;
+    state_ = State::connected;
+    auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p),
+                                                std::static_pointer_cast<TcpConnector>(shared_from_this()));
+    conn->setPeer(peerAddress);
+    transport_ = conn.get();
+    ReactorAccess::adopt(reactor_, conn);
+    if (!conn->start()) {
+        log(LogLevel::error, "connection to " + peerAddress.str() + " closed: its descriptor cannot be watched");
+        conn->shutdownNow();
+    }
+}
+
+inline void TcpConnector::connectionLost(const Failure& reason) {
+    auto keep = shared_from_this();
+    transport_ = nullptr;
+    state_ = State::disconnected;
+    runGuarded("clientConnectionLost", [&] { factory_.clientConnectionLost(*this, reason); });
+    finishCycle();
+}
+
+inline void TcpPort::doRead() {
+    auto keep = shared_from_this();  // a protocol may stop this port while we accept
+    int accepted = 0;
+    for (; accepted < numberAccepts_ && listening_; ++accepted) {
+        os::SockAddr peer;
+        int fd = os::acceptOne(fd_, peer);
+        if (fd < 0) {
+            int err = os::lastError();
+            if (os::wouldBlock(err) || err == ECONNABORTED) break;
+            if (os::outOfDescriptors(err)) {
+                acceptError(err);
+                return;
+            }
+            log(LogLevel::error, "accept() on " + host_.str() + " failed: " + os::errorString(err));
+            break;
+        }
+        Address peerAddress = toAddress(peer);
+        std::unique_ptr<Protocol> p;
+        runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+        if (!p) {  // refused by the factory
+            os::closeFd(fd);
+            continue;
+        }
+        if (!p->factory) p->factory = &factory_;
+        auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p), nullptr);
+        conn->setPeer(peerAddress);
+        ReactorAccess::adopt(reactor_, conn);
+        if (!conn->start()) {
+            log(LogLevel::error, "connection from " + peerAddress.str() + " closed: its descriptor cannot be watched");
+            conn->shutdownNow();
+        }
+    }
+    numberAccepts_ = accepted == numberAccepts_ ? numberAccepts_ + 20 : std::max(1, accepted);
+    numberAccepts_ = std::max(numberAccepts_, 100);
+}
+
+}  // namespace detail
+
+inline ListeningPort Reactor::listenTCP(std::uint16_t port, Factory& factory, int backlog, std::string_view interface) {
+    auto p = std::make_shared<detail::TcpPort>(*this, factory);
+    std::string why;
+    if (!p->listen(port, backlog, interface, why)) {
+        detail::raise<error::CannotListenError>(why);
+        return ListeningPort();
+    }
+    detail::ReactorAccess::adopt(*this, p);
+    return ListeningPort(std::move(p));
+}
+
+inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, std::uint16_t port,
+                                                       ClientFactory& factory, double timeout,
+                                                       const Address& bindAddress) {
+    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, factory, timeout, bindAddress);
+    c->connect();
+    return c;
+}
+
+inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, std::uint16_t port,
+                                                       std::shared_ptr<ClientFactory> factory, double timeout,
+                                                       const Address& bindAddress) {
+    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, *factory, timeout, bindAddress);
+    c->keepFactory = std::move(factory);
+    c->connect();
+    return c;
+}
+
+/// A ClientFactory that reconnects with exponential backoff (Twisted's
+/// ReconnectingClientFactory, with the same formula and defaults). Call
+/// resetDelay() when a connection succeeds (e.g. in connectionMade), and
+/// stopTrying() before shutting down. Time comes from `clock`, so tests can
+/// use a Clock.
+class ReconnectingClientFactory : public ClientFactory {
+public:
+    explicit ReconnectingClientFactory(IReactorTime& clockRef) : clock(&clockRef) {}
+
+    double maxDelay = 3600;
+    double initialDelay = 1.0;
+    double factor = 2.7182818284590451;  // e
+    double jitter = 0.119626565582;      // Twisted's: the molar Planck constant times c
+    double delay = 1.0;                  ///< the current delay (initialDelay after resetDelay)
+    int retries = 0;
+    int maxRetries = -1;                 ///< -1: retry forever
+    bool continueTrying = true;
+    std::shared_ptr<IConnector> connector;  ///< the connector being retried
+    IReactorTime* clock;
+
+    void clientConnectionFailed(IConnector& c, const Failure& reason) override {
+        (void)reason;
+        if (continueTrying) {
+            connector = c.shared_from_this();
+            retry();
+        }
+    }
+    void clientConnectionLost(IConnector& c, const Failure& reason) override {
+        (void)reason;
+        if (continueTrying) {
+            connector = c.shared_from_this();
+            retry();
+        }
+    }
+
+    /// Schedules the next attempt: delay = min(delay * factor, maxDelay),
+    /// then a normal variate with standard deviation delay * jitter.
+    void retry(std::shared_ptr<IConnector> c = nullptr) {
+        if (!continueTrying) return;
+        if (!c) c = connector;
+        if (!c) return;
+        ++retries;
+        if (maxRetries >= 0 && retries > maxRetries) {
+            log(LogLevel::info, "Abandoning " + c->getDestination().str() + " after " + std::to_string(retries - 1) +
+                                    " retries.");
+            return;
+        }
+        delay = std::min(delay * factor, maxDelay);
+        if (jitter > 0) delay = std::max(0.0, normalVariate(delay, delay * jitter));
+        callID = clock->callLater(delay, [this, c] {
+            callID = DelayedCall();
+            c->connect();
+        });
+    }
+    /// Stops reconnecting: cancels a scheduled retry and an attempt in progress.
+    void stopTrying() {
+        if (callID.active()) callID.cancel();
+        callID = DelayedCall();
+        continueTrying = false;
+        if (connector) {
+            auto c = connector;
+            detail::runGuarded("stopTrying", [&] {
+#if REACTOR_HAS_EXCEPTIONS
+                try {
+                    c->stopConnecting();
+                } catch (const error::NotConnectingError&) {
+                }
+#else
+                (void)c;
+#endif
+            });
+        }
+    }
+    /// Back to the first delay and zero retries (call it once connected).
+    void resetDelay() {
+        delay = initialDelay;
+        retries = 0;
+        callID = DelayedCall();
+        continueTrying = true;
+    }
+    /// The pending retry, if any.
+    DelayedCall callID;
+
+    /// The random source for jitter; replace it for deterministic tests.
+    std::function<double()> uniform01 = [state = detail::randomSeed()]() mutable {
+        state ^= state << 13;  // xorshift64: plenty for jitter, no <random> cost
+        state ^= state >> 7;
+        state ^= state << 17;
+        return static_cast<double>(state >> 11) * (1.0 / 9007199254740992.0);
+    };
+
+private:
+    double normalVariate(double mean, double stddev) {
+        double u1 = uniform01(), u2 = uniform01();
+        if (u1 < 1e-300) u1 = 1e-300;
+        return mean + stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
     }
 };
 

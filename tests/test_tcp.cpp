@@ -1,0 +1,757 @@
+// TCP on real loopback sockets: listen/connect, the protocol lifecycle,
+// close reasons, buffering, half-close, flow control, failures, robustness;
+// plus ReconnectingClientFactory on a Clock.
+#include <netinet/in.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace reactor;
+
+namespace {
+
+/// What a test protocol saw; outlives the protocol (which the transport destroys).
+struct Record {
+    bool made = false;
+    std::string data;
+    int lostCount = 0;
+    std::string lostType;
+    std::string lostMessage;
+    bool readLost = false;
+    bool writeLost = false;
+    int destroyed = 0;
+    ITransport* transport = nullptr;
+    bool lost() const { return lostCount > 0; }
+};
+
+/// Records everything; optionally echoes.
+struct Recorder : Protocol {
+    std::shared_ptr<Record> rec;
+    bool echo = false;
+    bool halfClose = false;
+    explicit Recorder(std::shared_ptr<Record> r, bool echoing = false, bool half = false)
+        : rec(std::move(r)), echo(echoing), halfClose(half) {}
+    ~Recorder() override { ++rec->destroyed; }
+    void connectionMade() override {
+        rec->made = true;
+        rec->transport = transport;
+    }
+    void dataReceived(std::string_view d) override {
+        rec->data.append(d);
+        if (echo) transport->write(d);
+    }
+    void connectionLost(const Failure& reason) override {
+        ++rec->lostCount;
+        rec->lostType = reason.type();
+        rec->lostMessage = reason.getErrorMessage();
+        rec->transport = nullptr;
+    }
+    bool halfCloseable() const override { return halfClose; }
+    void readConnectionLost() override { rec->readLost = true; }
+    void writeConnectionLost() override { rec->writeLost = true; }
+};
+
+/// A server factory that records every protocol it makes, in order.
+struct ServerFactory : Factory {
+    std::vector<std::shared_ptr<Record>> records;
+    bool echo = false;
+    bool halfClose = false;
+    int started = 0, stopped = 0;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        records.push_back(std::make_shared<Record>());
+        return std::make_unique<Recorder>(records.back(), echo, halfClose);
+    }
+    void startFactory() override { ++started; }
+    void stopFactory() override { ++stopped; }
+    std::shared_ptr<Record> last() const { return records.empty() ? nullptr : records.back(); }
+};
+
+/// A client factory recording failures and losses.
+struct Client : ClientFactory {
+    std::vector<std::shared_ptr<Record>> records;
+    std::vector<std::string> failed;  // "Type: message"
+    std::vector<std::string> lost;
+    int started = 0;
+    bool halfClose = false;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        records.push_back(std::make_shared<Record>());
+        return std::make_unique<Recorder>(records.back(), false, halfClose);
+    }
+    void startedConnecting(IConnector&) override { ++started; }
+    void clientConnectionFailed(IConnector&, const Failure& reason) override { failed.push_back(reason.str()); }
+    void clientConnectionLost(IConnector&, const Failure& reason) override { lost.push_back(reason.str()); }
+    std::shared_ptr<Record> last() const { return records.empty() ? nullptr : records.back(); }
+};
+
+bool contains(const std::string& haystack, std::string_view needle) { return haystack.find(needle) != std::string::npos; }
+
+}  // namespace
+
+TEST_SUITE("tcp") {
+
+TEST_CASE("echo on 127.0.0.1: port 0, the five-step lifecycle, addresses, factory start/stop") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    server.echo = true;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    REQUIRE(port.listening());
+    CHECK(port.getHost().host == "127.0.0.1");
+    CHECK(port.getHost().port != 0);
+    CHECK(server.started == 1);
+
+    Client client;
+    auto connector = r.connectTCP("127.0.0.1", port.getHost().port, client);
+    CHECK(client.started == 1);  // synchronously, as Twisted
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->made; }));
+    auto c = client.last();
+    c->transport->write("hello, ");
+    c->transport->writeSequence({"wor", "ld"});
+    REQUIRE(testing::runUntil(r, [&] { return c->data == "hello, world"; }));
+    auto s = server.last();
+    CHECK(s->data == "hello, world");
+    // Addresses agree from both ends.
+    CHECK(c->transport->getPeer().port == port.getHost().port);
+    CHECK(s->transport->getPeer().port == c->transport->getHost().port);
+    CHECK(s->transport->getPeer().host == "127.0.0.1");
+    CHECK(connector->getDestination().port == port.getHost().port);
+
+    c->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return c->lost() && s->lost(); }));
+    CHECK(c->lostCount == 1);
+    CHECK(s->lostCount == 1);
+    CHECK(c->lostType == "ConnectionDone");
+    CHECK(s->lostType == "ConnectionDone");
+    CHECK(c->destroyed == 1);  // destroyed right after connectionLost
+    CHECK(s->destroyed == 1);
+    CHECK(client.lost.size() == 1);
+    port.stopListening();
+    CHECK(server.stopped == 1);
+    CHECK_FALSE(port.listening());
+}
+
+TEST_CASE("IPv6: listen on ::1 and connect to it") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    server.echo = true;
+    ListeningPort port = r.listenTCP(0, server, 50, "::1");
+    REQUIRE(port.listening());
+    CHECK(port.getHost().ipv6);
+    CHECK(port.getHost().host == "::1");
+    Client client;
+    r.connectTCP("::1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->made; }));
+    client.last()->transport->write("six");
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->data == "six"; }));
+    CHECK(client.last()->transport->getPeer().str() == "[::1]:" + std::to_string(port.getHost().port));
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost(); }));
+    port.stopListening();
+}
+
+TEST_CASE("a host name is resolved off the loop: localhost" * doctest::test_suite("threads")) {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("localhost", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return (client.last() && client.last()->made) || !client.failed.empty(); }, 20));
+    REQUIRE(client.failed.empty());
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->lost(); }));
+    port.stopListening();
+}
+
+TEST_CASE("an unresolvable name fails with DNSLookupError naming the host" * doctest::test_suite("threads")) {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Client client;
+    r.connectTCP("no-such-host.invalid", 80, client);
+    CHECK(client.failed.empty());  // never inside connectTCP
+    REQUIRE(testing::runUntil(r, [&] { return !client.failed.empty(); }, 20));
+    CHECK(contains(client.failed[0], "DNSLookupError"));
+    CHECK(contains(client.failed[0], "no-such-host.invalid"));
+}
+
+TEST_CASE("a refused connect fails with ConnectionRefusedError, after connectTCP returns") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    // A port that was free a moment ago: listen, note it, stop.
+    ServerFactory tmp;
+    ListeningPort p = r.listenTCP(0, tmp, 50, "127.0.0.1");
+    std::uint16_t freePort = p.getHost().port;
+    p.stopListening();
+    Client client;
+    r.connectTCP("127.0.0.1", freePort, client);
+    CHECK(client.failed.empty());
+    REQUIRE(testing::runUntil(r, [&] { return !client.failed.empty(); }));
+    CHECK(client.failed[0] == "ConnectionRefusedError: Connection was refused by other side: 111: Connection refused.");
+    CHECK(client.records.empty());
+}
+
+TEST_CASE("a connect that never completes times out with TimeoutError") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    // A listener that never accepts, with its queue filled: further SYNs are dropped.
+    int lfd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(lfd >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(lfd, 0) == 0);
+    socklen_t len = sizeof a;
+    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &len);
+    std::vector<int> fillers;
+    for (int i = 0; i < 8; ++i) {
+        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+        fillers.push_back(fd);
+    }
+    Client client;
+    r.connectTCP("127.0.0.1", ntohs(a.sin_port), client, 0.3);
+    REQUIRE(testing::runUntil(r, [&] { return !client.failed.empty() || !client.records.empty(); }, 10));
+    for (int fd : fillers) ::close(fd);
+    ::close(lfd);
+    REQUIRE(client.failed.size() == 1);
+    CHECK(client.failed[0] == "TimeoutError: User timeout caused connection failure.");
+}
+
+TEST_CASE("listening on a port in use is CannotListenError with the reason") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory f1, f2;
+    ListeningPort a = r.listenTCP(0, f1, 50, "127.0.0.1");
+    std::string expected = "Couldn't listen on 127.0.0.1:" + std::to_string(a.getHost().port) +
+                           ": [Errno 98] Address already in use.";
+    CHECK_THROWS_WITH_AS(r.listenTCP(a.getHost().port, f2, 50, "127.0.0.1"), expected.c_str(), error::CannotListenError);
+    CHECK(f2.started == 0);
+    CHECK_THROWS_AS(r.listenTCP(0, f2, 50, "localhost"), error::CannotListenError);  // must be an IP literal
+    a.stopListening();
+}
+
+TEST_CASE("abortConnection: ConnectionAborted here, ConnectionLost (reset) there") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    auto s = server.last();
+    s->transport->write(std::string(100000, 'x'));  // dropped, not sent
+    s->transport->abortConnection();
+    CHECK_FALSE(s->lost());  // asynchronous, as Twisted
+    REQUIRE(testing::runUntil(r, [&] { return s->lost() && client.last()->lost(); }));
+    CHECK(s->lostType == "ConnectionAborted");
+    CHECK(client.last()->lostType == "ConnectionLost");
+    port.stopListening();
+}
+
+TEST_CASE("loseConnection sends a 10 MB buffered write completely, then closes cleanly") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    std::string big(10 * 1024 * 1024, '\0');
+    for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 26);
+    auto s = server.last();
+    s->transport->write(big);
+    s->transport->loseConnection();
+    s->transport->write("tail");  // after loseConnection but before the close: still sent (Twisted)
+    auto c = client.last();
+    REQUIRE(testing::runUntil(r, [&] { return c->lost() && s->lost(); }, 30));
+    CHECK(c->data.size() == big.size() + 4);
+    CHECK(c->data.compare(0, big.size(), big) == 0);
+    CHECK(c->data.substr(big.size()) == "tail");
+    CHECK(c->lostType == "ConnectionDone");
+    CHECK(s->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
+TEST_CASE("half-close: loseWriteConnection reaches a half-close aware peer as readConnectionLost") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    server.halfClose = true;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    client.halfClose = true;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    auto s = server.last();
+    auto c = client.last();
+
+    // Client -> server half-close: the server can still answer.
+    c->transport->write("request");
+    c->transport->loseWriteConnection();
+    REQUIRE(testing::runUntil(r, [&] { return s->readLost; }));
+    CHECK(c->writeLost);
+    CHECK(s->data == "request");
+    CHECK_FALSE(s->lost());
+    c->transport->write("ignored after half-close");
+    s->transport->write("response");
+    // Server -> client half-close too: the client sees it as readConnectionLost.
+    s->transport->loseWriteConnection();
+    REQUIRE(testing::runUntil(r, [&] { return c->readLost; }));
+    CHECK(c->data == "response");
+    CHECK(s->data == "request");
+    // Both sides must close themselves.
+    c->transport->loseConnection();
+    s->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return c->lost() && s->lost(); }));
+    port.stopListening();
+}
+
+TEST_CASE("without half-close support, the peer's EOF is ConnectionDone") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;  // not half-close aware
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    client.halfClose = true;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    client.last()->transport->loseWriteConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost(); }));
+    CHECK(server.last()->lostType == "ConnectionDone");
+    CHECK_FALSE(server.last()->readLost);
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost() || client.last()->readLost; }));
+    if (!client.last()->lost()) client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
+    port.stopListening();
+}
+
+TEST_CASE("pauseProducing stops reading; resumeProducing delivers what waited") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    auto s = server.last();
+    s->transport->pauseProducing();
+    client.last()->transport->write("while paused");
+    // Drive the loop for a bounded time: nothing may arrive while paused.
+    CHECK_FALSE(testing::runUntil(r, [&] { return !s->data.empty(); }, 0.2));
+    s->transport->resumeProducing();
+    REQUIRE(testing::runUntil(r, [&] { return s->data == "while paused"; }));
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return s->lost(); }));
+    port.stopListening();
+}
+
+namespace {
+/// A streaming producer that writes chunks until told to pause.
+struct Streamer : IProducer {
+    ITransport* out = nullptr;
+    int pauses = 0, resumes = 0, stops = 0;
+    bool paused = false;
+    std::size_t sent = 0, total = 0;
+    void pump() {
+        while (!paused && sent < total) {
+            out->write(std::string(16 * 1024, 's'));
+            sent += 16 * 1024;
+        }
+        if (sent >= total && out) {
+            out->unregisterProducer();
+            out->loseConnection();
+        }
+    }
+    void pauseProducing() override {
+        ++pauses;
+        paused = true;
+    }
+    void resumeProducing() override {
+        ++resumes;
+        paused = false;
+        pump();
+    }
+    void stopProducing() override { ++stops; }
+};
+}  // namespace
+
+TEST_CASE("a streaming producer is paused above the high-water mark and resumed as it drains") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    auto c = client.last();
+    c->transport->pauseProducing();  // a slow reader: the server's buffer fills
+    Streamer producer;
+    producer.out = server.last()->transport;
+    producer.total = 8 * 1024 * 1024;
+    producer.out->registerProducer(&producer, true);
+    CHECK_THROWS_AS(producer.out->registerProducer(&producer, true), error::RuntimeError);
+    producer.pump();
+    CHECK(producer.pauses == 1);  // paused, not an unbounded buffer
+    CHECK(producer.sent < producer.total);
+    c->transport->resumeProducing();
+    REQUIRE(testing::runUntil(r, [&] { return c->lost(); }, 30));
+    CHECK(producer.resumes >= 1);
+    CHECK(c->data.size() == producer.total);
+    CHECK(c->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
+namespace {
+struct Thrower : Protocol {
+    void dataReceived(std::string_view) override { throw std::runtime_error("protocol bug"); }
+};
+struct ThrowerFactory : Factory {
+    std::vector<std::shared_ptr<Record>> records;
+    int n = 0;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        if (n++ == 0) return std::make_unique<Thrower>();
+        records.push_back(std::make_shared<Record>());
+        return std::make_unique<Recorder>(records.back(), true);
+    }
+};
+}  // namespace
+
+TEST_CASE("a protocol that throws in dataReceived loses only its own connection") {
+    test::LogCapture logs;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ThrowerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client bad, good;
+    r.connectTCP("127.0.0.1", port.getHost().port, bad);
+    REQUIRE(testing::runUntil(r, [&] { return bad.last() && bad.last()->made; }));
+    r.connectTCP("127.0.0.1", port.getHost().port, good);
+    REQUIRE(testing::runUntil(r, [&] { return good.last() && good.last()->made && !server.records.empty(); }));
+    bad.last()->transport->write("trigger");
+    REQUIRE(testing::runUntil(r, [&] { return bad.last()->lost(); }));
+    CHECK(logs.contains("protocol bug"));
+    good.last()->transport->write("still fine");
+    REQUIRE(testing::runUntil(r, [&] { return good.last()->data == "still fine"; }));
+    good.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.records[0]->lost(); }));
+    port.stopListening();
+}
+
+TEST_CASE("a factory that refuses: the client sees connectionMade then ConnectionDone") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Factory refuser;  // no `protocol`: buildProtocol returns null
+    ListeningPort port = r.listenTCP(0, refuser, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->lost(); }));
+    CHECK(client.last()->made);
+    CHECK(client.last()->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
+TEST_CASE("writes after the connection is closed are ignored; closing another connection from a callback is safe") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client a, b;
+    r.connectTCP("127.0.0.1", port.getHost().port, a);
+    r.connectTCP("127.0.0.1", port.getHost().port, b);
+    REQUIRE(testing::runUntil(r, [&] { return server.records.size() == 2 && a.last() && a.last()->made && b.last() && b.last()->made; }));
+    // Server connection 0 aborts connection 1 from inside a callback of its own.
+    ITransport* other = server.records[1]->transport;
+    r.callLater(0, [&] {
+        other->abortConnection();
+        other->abortConnection();  // twice: a no-op
+    });
+    REQUIRE(testing::runUntil(r, [&] { return server.records[1]->lost(); }));
+    CHECK(server.records[1]->lostType == "ConnectionAborted");
+    a.last()->transport->loseConnection();
+    b.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return a.last()->lost() && b.last()->lost() && server.records[0]->lost(); }));
+    port.stopListening();
+}
+
+TEST_CASE("stopListening keeps established connections; shutdown loses them with ConnectionLost") {
+    Reactor r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    port.stopListening();
+    CHECK(server.stopped == 1);
+    client.last()->transport->write("still open");
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->data == "still open"; }));
+    r.callWhenRunning([&] { r.stop(); });
+    r.run();
+    CHECK(server.last()->lostType == "ConnectionLost");
+    CHECK(server.last()->lostMessage == "Connection lost");
+    CHECK(client.last()->lostType == "ConnectionLost");
+    CHECK(testing::dirtyReport(r).empty());
+}
+
+TEST_CASE("stopConnecting fails the attempt with UserError; connect() twice is an error") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Client client;
+    auto c = r.connectTCP("no-such-host.invalid", 80, client);
+    CHECK_THROWS_AS(c->connect(), error::RuntimeError);
+    c->stopConnecting();
+    REQUIRE(client.failed.size() == 1);
+    CHECK(contains(client.failed[0], "UserError"));
+    CHECK_THROWS_AS(c->stopConnecting(), error::NotConnectingError);
+    // The resolver's late answer is ignored; drain it so nothing is left.
+    testing::runUntil(r, [] { return false; }, 0.2);
+    CHECK(client.failed.size() == 1);
+}
+
+TEST_CASE("1,000 simultaneous connections echo and close") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    server.echo = true;
+    ListeningPort port = r.listenTCP(0, server, 1024, "127.0.0.1");
+    Client client;
+#if defined(REACTOR_USE_SELECT)
+    constexpr int n = 400;  // both ends live in this process: 2 fds each, under FD_SETSIZE
+#else
+    constexpr int n = 1000;
+#endif
+    for (int i = 0; i < n; ++i) r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] {
+        if (client.records.size() != n) return false;
+        for (auto& rec : client.records)
+            if (!rec->made) return false;
+        return true;
+    }, 30));
+    for (size_t i = 0; i < n; ++i) client.records[i]->transport->write("#" + std::to_string(i));
+    REQUIRE(testing::runUntil(r, [&] {
+        for (size_t i = 0; i < n; ++i)
+            if (client.records[i]->data != "#" + std::to_string(i)) return false;
+        return true;
+    }, 30));
+    for (auto& rec : client.records) rec->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] {
+        for (auto& rec : server.records)
+            if (!rec->lost()) return false;
+        return true;
+    }, 30));
+    CHECK(server.records.size() == n);
+    port.stopListening();
+}
+
+TEST_CASE("out of descriptors on accept: no spinning, and recovery afterwards") {
+    test::LogCapture logs;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    rlimit old{};
+    REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+    // The next descriptor number is the lowest free one; leave room for the
+    // client's socket only, so the server's accept() hits EMFILE.
+    int probe = ::dup(0);
+    REQUIRE(probe >= 0);
+    ::close(probe);
+    rlimit low = old;
+    low.rlim_cur = static_cast<rlim_t>(probe + 1);
+    REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    Client starved;
+    r.connectTCP("127.0.0.1", port.getHost().port, starved);
+    bool dropped = testing::runUntil(r, [&] { return starved.last() && starved.last()->lost(); }, 5);
+    std::size_t logLines = logs.lines.size();
+    ::setrlimit(RLIMIT_NOFILE, &old);
+    CHECK(dropped);                 // accepted-and-closed with the spare descriptor
+    CHECK(server.records.empty());  // no protocol was built
+    CHECK(logs.contains("accept()"));
+    CHECK(logLines < 20);  // a spinning accept loop would log thousands
+    // Recovery: with descriptors back, new connections are served.
+    Client later;
+    r.connectTCP("127.0.0.1", port.getHost().port, later);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made; }, 5));
+    later.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost(); }));
+    port.stopListening();
+}
+
+#if defined(REACTOR_USE_SELECT)
+TEST_CASE("select backend: a descriptor >= FD_SETSIZE is refused with a logged reason") {
+    test::LogCapture logs;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::vector<int> filler;
+    while (true) {  // occupy every descriptor below FD_SETSIZE
+        int fd = ::dup(0);
+        if (fd < 0) break;
+        filler.push_back(fd);
+        if (fd >= FD_SETSIZE) break;
+    }
+    int high = filler.back();
+    CHECK_FALSE(r.addReader(high, [] {}));
+    CHECK(logs.contains("FD_SETSIZE"));
+    Client client;
+    r.connectTCP("127.0.0.1", 9, client);
+    REQUIRE(testing::runUntil(r, [&] { return !client.failed.empty(); }));
+    for (int fd : filler) ::close(fd);
+    CHECK(contains(client.failed[0], "ConnectError"));
+    CHECK(r.selectables().empty());
+}
+#endif
+
+}  // TEST_SUITE tcp
+
+TEST_SUITE("reconnect") {
+
+namespace {
+/// A connector that only counts attempts, for backoff tests on a Clock.
+struct FakeConnector : IConnector {
+    int connects = 0, stops = 0;
+    bool connecting = false;
+    void connect() override {
+        ++connects;
+        connecting = true;
+    }
+    void disconnect() override {}
+    void stopConnecting() override {
+        if (!connecting) throw error::NotConnectingError();
+        ++stops;
+        connecting = false;
+    }
+    Address getDestination() const override { return Address{"TCP", "example", 6667, false}; }
+};
+}  // namespace
+
+TEST_CASE("backoff: e, e^2, ... capped at maxDelay (jitter off)") {
+    Clock clock;
+    ReconnectingClientFactory f(clock);
+    f.jitter = 0;
+    auto c = std::make_shared<FakeConnector>();
+    std::vector<double> delays;
+    for (int i = 0; i < 10; ++i) {
+        c->connecting = false;
+        f.clientConnectionFailed(*c, Failure(error::ConnectionRefusedError()));
+        delays.push_back(f.callID.getTime() - clock.seconds());
+        clock.advance(delays.back());
+    }
+    std::vector<double> expected{2.718, 7.389, 20.09, 54.60, 148.4, 403.4, 1096.6, 2981.0, 3600, 3600};
+    for (size_t i = 0; i < expected.size(); ++i) CHECK(delays[i] == doctest::Approx(expected[i]).epsilon(0.001));
+    CHECK(c->connects == 10);
+    CHECK(f.retries == 10);
+}
+
+TEST_CASE("maxRetries: delays 2, 4, 8 with factor 2, then gives up") {
+    test::LogCapture logs;
+    Clock clock;
+    ReconnectingClientFactory f(clock);
+    f.jitter = 0;
+    f.factor = 2;
+    f.maxRetries = 3;
+    auto c = std::make_shared<FakeConnector>();
+    std::vector<double> delays;
+    for (int i = 0; i < 4; ++i) {
+        f.clientConnectionLost(*c, Failure(error::ConnectionLost()));
+        if (f.callID.active()) {
+            delays.push_back(f.callID.getTime() - clock.seconds());
+            clock.advance(delays.back());
+        }
+    }
+    CHECK(delays == std::vector<double>{2, 4, 8});
+    CHECK(f.retries == 4);
+    CHECK(c->connects == 3);
+    CHECK(logs.contains("Abandoning"));
+}
+
+TEST_CASE("jitter: normal variate around the delay with sd delay*jitter") {
+    Clock clock;
+    double sum = 0, sumSq = 0;
+    const int n = 2000;
+    for (int i = 0; i < n; ++i) {
+        ReconnectingClientFactory f(clock);
+        auto c = std::make_shared<FakeConnector>();
+        f.clientConnectionFailed(*c, Failure(error::ConnectionRefusedError()));
+        double d = f.callID.getTime() - clock.seconds();
+        f.stopTrying();
+        sum += d;
+        sumSq += d * d;
+    }
+    double mean = sum / n, sd = std::sqrt(sumSq / n - mean * mean);
+    CHECK(mean == doctest::Approx(2.718).epsilon(0.03));
+    CHECK(sd == doctest::Approx(2.718 * 0.119626565582).epsilon(0.15));
+}
+
+TEST_CASE("stopTrying cancels the pending retry and stops a connect in progress; resetDelay restarts") {
+    Clock clock;
+    ReconnectingClientFactory f(clock);
+    f.jitter = 0;
+    auto c = std::make_shared<FakeConnector>();
+    f.clientConnectionFailed(*c, Failure(error::ConnectionRefusedError()));
+    CHECK(f.callID.active());
+    DelayedCall pending = f.callID;
+    c->connecting = true;
+    f.stopTrying();
+    CHECK(pending.cancelled());
+    CHECK(c->stops == 1);
+    CHECK(clock.getDelayedCalls().empty());
+    f.clientConnectionFailed(*c, Failure(error::ConnectionRefusedError()));
+    CHECK(clock.getDelayedCalls().empty());  // no longer trying
+    f.resetDelay();
+    CHECK(f.delay == 1.0);
+    CHECK(f.retries == 0);
+    f.clientConnectionFailed(*c, Failure(error::ConnectionRefusedError()));
+    CHECK(f.callID.getTime() == doctest::Approx(std::exp(1.0)));
+    f.stopTrying();
+}
+
+namespace {
+struct Reconnector : ReconnectingClientFactory {
+    using ReconnectingClientFactory::ReconnectingClientFactory;
+    std::vector<std::shared_ptr<Record>> records;
+    int failures = 0, losses = 0;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        resetDelay();  // connected: start the backoff afresh
+        records.push_back(std::make_shared<Record>());
+        return std::make_unique<Recorder>(records.back());
+    }
+    void clientConnectionFailed(IConnector& c, const Failure& reason) override {
+        ++failures;
+        ReconnectingClientFactory::clientConnectionFailed(c, reason);
+    }
+    void clientConnectionLost(IConnector& c, const Failure& reason) override {
+        ++losses;
+        ReconnectingClientFactory::clientConnectionLost(c, reason);
+    }
+};
+}  // namespace
+
+TEST_CASE("on real sockets: dropped by the server, the client reconnects") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Reconnector client(r);
+    client.initialDelay = client.delay = 0.01;
+    client.factor = 1.5;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made; }));
+    server.last()->transport->abortConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.records.size() == 2 && server.last()->made; }));
+    CHECK(client.losses == 1);
+    client.stopTrying();
+    client.records.back()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && client.records.back()->lost(); }));
+    CHECK(server.records.size() == 2);
+    port.stopListening();
+}
+
+}  // TEST_SUITE reconnect
