@@ -94,3 +94,14 @@ compile-checks:
 
 clean:
 	rm -rf build
+
+# ---- make demo ------------------------------------------------------------
+# The toy IRC server, the bot and a scripted user on loopback (tests/demo.cpp).
+
+.PHONY: demo
+demo: $(EXDIR)/irc_server $(EXDIR)/irc_bot $(OUT)/demo
+	timeout 60 $(OUT)/demo $(EXDIR)
+
+$(OUT)/demo: tests/demo.cpp reactor.hpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS)
