@@ -785,3 +785,284 @@ TEST_CASE("an exception from a callback is logged; the client carries on") {
 #endif
 
 }  // TEST_SUITE
+
+// ---- interop against a real server (Debian's ngircd) ------------------------
+// The test starts ngircd itself on a free loopback port with a config in a
+// temporary directory, and stops it by PID. Without ngircd it says SKIPPED.
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+extern char** environ;
+
+namespace {
+
+const char* findNgircd() {
+    for (const char* path : {"/usr/sbin/ngircd", "/usr/bin/ngircd", "/usr/local/sbin/ngircd"})
+        if (::access(path, X_OK) == 0) return path;
+    return nullptr;
+}
+
+/// A loopback port nobody listens on right now.
+std::uint16_t freePort() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    std::uint16_t port = 0;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+        port = ntohs(a.sin_port);
+    ::close(fd);
+    return port;
+}
+
+bool accepting(std::uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    return ok;
+}
+
+/// ngircd in the foreground (-n), its config and log in a temp directory.
+struct Ngircd {
+    pid_t pid = -1;
+    std::uint16_t port = 0;
+    std::string dir;
+    bool start(const char* binary, Reactor& r) {
+        char tmpl[] = "/tmp/reactor-ngircd-XXXXXX";
+        if (!::mkdtemp(tmpl)) return false;
+        dir = tmpl;
+        port = freePort();
+        std::string conf = "[Global]\nName = irc.interop.test\nInfo = reactor.hpp interop test\n"
+                           "AdminInfo1 = test\nAdminInfo2 = test\nAdminEMail = test@example.invalid\n"
+                           "Listen = 127.0.0.1\nPorts = " + std::to_string(port) + "\nMotdPhrase = hello from ngircd\n"
+                           "[Limits]\nMaxConnectionsIP = 0\nMaxPenaltyTime = 0\nPingTimeout = 120\n"
+                           "[Options]\nDNS = no\nIdent = no\nPAM = no\n";
+        std::FILE* f = std::fopen((dir + "/ngircd.conf").c_str(), "w");
+        if (!f) return false;
+        std::fputs(conf.c_str(), f);
+        std::fclose(f);
+        int log = ::open((dir + "/ngircd.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        std::string confPath = dir + "/ngircd.conf";
+        std::vector<char*> argv = {const_cast<char*>(binary), const_cast<char*>("-n"), const_cast<char*>("-f"),
+                                   const_cast<char*>(confPath.c_str()), nullptr};
+        posix_spawn_file_actions_t actions;
+        posix_spawn_file_actions_init(&actions);
+        posix_spawn_file_actions_adddup2(&actions, log, STDOUT_FILENO);
+        posix_spawn_file_actions_adddup2(&actions, log, STDERR_FILENO);
+        int rc = posix_spawn(&pid, binary, &actions, nullptr, argv.data(), environ);
+        posix_spawn_file_actions_destroy(&actions);
+        ::close(log);
+        if (rc != 0) return false;
+        return testing::runUntil(r, [&] { return accepting(port); }, 10.0);
+    }
+    ~Ngircd() {
+        if (pid > 0) {
+            ::kill(pid, SIGTERM);
+            int i = 0;
+            while (::waitpid(pid, nullptr, WNOHANG) != pid) {
+                if (++i == 200) {  // ~4 s: then SIGKILL
+                    ::kill(pid, SIGKILL);
+                    ::waitpid(pid, nullptr, 0);
+                    break;
+                }
+                ::poll(nullptr, 0, 20);
+            }
+        }
+        if (!dir.empty()) {
+            ::unlink((dir + "/ngircd.conf").c_str());
+            ::unlink((dir + "/ngircd.log").c_str());
+            ::rmdir(dir.c_str());
+        }
+    }
+};
+
+/// Everything the interop clients saw, by nick.
+struct Seen {
+    std::vector<std::string> events;
+    bool has(const std::string& e) const { return std::find(events.begin(), events.end(), e) != events.end(); }
+};
+
+struct Person : IRCClient {
+    Seen& seen;
+    Person** self;
+    Person(IReactorTime* time, Seen& s, Person** slot) : IRCClient(time), seen(s), self(slot) { *self = this; }
+    ~Person() override {
+        if (*self == this) *self = nullptr;
+    }
+    void signedOn() override { seen.events.push_back("signedOn"); }
+    void joined(const std::string& c) override { seen.events.push_back("joined " + c); }
+    void userJoined(const std::string& u, const std::string& c) override { seen.events.push_back("userJoined " + u + " " + c); }
+    void privmsg(const std::string& u, const std::string& c, const std::string& m) override {
+        seen.events.push_back("privmsg " + irc::detail::nickOf(u) + " " + c + " " + m);
+    }
+    void topicUpdated(const std::string& u, const std::string& c, const std::string& t) override {
+        seen.events.push_back("topic " + u + " " + c + " " + t);
+    }
+    void nickChanged(const std::string& n) override {
+        IRCClient::nickChanged(n);
+        seen.events.push_back("nickChanged " + n);
+    }
+    void userRenamed(const std::string& o, const std::string& n) override { seen.events.push_back("renamed " + o + " " + n); }
+    void kickedFrom(const std::string& c, const std::string& k, const std::string& m) override {
+        seen.events.push_back("kickedFrom " + c + " " + k + " " + m);
+    }
+    void userKicked(const std::string& e, const std::string& c, const std::string& k, const std::string& m) override {
+        seen.events.push_back("userKicked " + e + " " + c + " " + k + " " + m);
+    }
+    void userQuit(const std::string& u, const std::string& m) override { seen.events.push_back("userQuit " + u + " " + m); }
+    void receivedMOTD(const std::vector<std::string>& lines) override {
+        for (const auto& l : lines) seen.events.push_back("motd " + l);
+    }
+    void connectionLost(const Failure& reason) override {
+        IRCClient::connectionLost(reason);
+        seen.events.push_back("connectionLost");
+    }
+};
+
+/// The example bot, on a ReconnectingClientFactory.
+struct InteropBot : Person {
+    ReconnectingClientFactory* reconnecting = nullptr;
+    using Person::Person;
+    void signedOn() override {
+        Person::signedOn();
+        reconnecting->resetDelay();
+        join("#interop");
+    }
+    void userJoined(const std::string& user, const std::string& channel) override {
+        Person::userJoined(user, channel);
+        say(channel, "Hello " + user);
+    }
+    void privmsg(const std::string& user, const std::string& target, const std::string& message) override {
+        std::string addressed = nickname + ": ";
+        if (message.compare(0, addressed.size(), addressed) != 0) return;
+        std::string nick = irc::detail::nickOf(user);
+        msg(isChannel(target) ? target : nick, nick + ": " + message.substr(addressed.size()));
+    }
+};
+
+}  // namespace
+
+TEST_SUITE("irc-interop") {
+
+TEST_CASE("ngircd: two clients, the bot, and a reconnect") {
+    const char* binary = findNgircd();
+    if (!binary) {
+        std::fprintf(stderr,
+                      "\n*** SKIPPED irc-interop: ngircd is not installed (sudo apt-get install ngircd) ***\n\n");
+        return;
+    }
+    test::CleanReactor cr;
+    Reactor& r = cr.r;
+    Ngircd server;
+    bool started = server.start(binary, r);
+    std::string where = "ngircd did not start; see its log in " + server.dir;
+    REQUIRE_MESSAGE(started, where);
+
+    Seen aliceSaw, bobSaw, botSaw;
+    Person* alice = nullptr;
+    Person* bob = nullptr;
+    Person* botSlot = nullptr;
+    ClientFactory aliceFactory, bobFactory;
+    aliceFactory.protocol = [&]() -> std::unique_ptr<Protocol> {
+        auto p = std::make_unique<Person>(&r, aliceSaw, &alice);
+        p->nickname = "alice";
+        return p;
+    };
+    bobFactory.protocol = [&]() -> std::unique_ptr<Protocol> {
+        auto p = std::make_unique<Person>(&r, bobSaw, &bob);
+        p->nickname = "bob";
+        return p;
+    };
+    r.connectTCP("127.0.0.1", server.port, aliceFactory);
+    r.connectTCP("127.0.0.1", server.port, bobFactory);
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("signedOn") && bobSaw.has("signedOn"); }, 10));
+    CHECK(aliceSaw.has("motd hello from ngircd"));
+    CHECK(alice->supported.announced("CHANTYPES"));  // ISUPPORT parsed from a real 005
+    CHECK(alice->supported.announced("NICKLEN"));
+    CHECK(alice->hostname == "irc.interop.test");
+
+    alice->join("#interop");
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("joined #interop"); }, 10));
+    bob->join("interop");  // the '#' is added
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("userJoined bob #interop") && bobSaw.has("joined #interop"); }, 10));
+
+    alice->say("#interop", "hello bob");
+    bob->msg("alice", "hi alice, privately");
+    REQUIRE(testing::runUntil(r, [&] {
+        return bobSaw.has("privmsg alice #interop hello bob") && aliceSaw.has("privmsg bob alice hi alice, privately");
+    }, 10));
+
+    alice->topic("#interop", std::string("interop topic"));
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("topic alice #interop interop topic"); }, 10));
+
+    bob->setNick("bobby");
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("nickChanged bobby") && aliceSaw.has("renamed bob bobby"); }, 10));
+    CHECK(bob->nickname == "bobby");
+
+    alice->kick("#interop", "bobby", "bye now");
+    REQUIRE(testing::runUntil(r, [&] {
+        return bobSaw.has("kickedFrom #interop alice bye now") && aliceSaw.has("userKicked bobby #interop alice bye now");
+    }, 10));
+
+    // Injection attempts never reach the server: bob stays out of #evil.
+    CHECK_FALSE(alice->say("#interop", std::string("x\0y", 3)));
+    CHECK_FALSE(alice->join("#ok\r\nJOIN #evil"));
+
+    // The bot joins, greets whoever joins after it, and answers.
+    ReconnectingClientFactory botFactory(r);
+    botFactory.initialDelay = botFactory.delay = 0.1;
+    botFactory.maxDelay = 0.5;
+    botFactory.jitter = 0;
+    int botConnections = 0;
+    botFactory.protocol = [&]() -> std::unique_ptr<Protocol> {
+        auto p = std::make_unique<InteropBot>(&r, botSaw, &botSlot);
+        p->nickname = "greeter";
+        p->reconnecting = &botFactory;
+        ++botConnections;
+        return p;
+    };
+    r.connectTCP("127.0.0.1", server.port, botFactory);
+    REQUIRE(testing::runUntil(r, [&] { return botSaw.has("joined #interop"); }, 10));
+    bob->join("#interop");
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("privmsg greeter #interop Hello bobby"); }, 10));
+    bob->say("#interop", "greeter: are you there?");
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("privmsg greeter #interop bobby: are you there?"); }, 10));
+
+    // Kill the bot's connection: it reconnects with backoff and signs on again.
+    REQUIRE(botSlot != nullptr);
+    botSlot->transport->abortConnection();
+    REQUIRE(testing::runUntil(r, [&] {
+        return botConnections == 2 && std::count(botSaw.events.begin(), botSaw.events.end(), "joined #interop") == 2;
+    }, 15));
+    CHECK(botFactory.retries == 0);  // resetDelay() on signedOn
+
+    bob->quit("gone");
+    REQUIRE(testing::runUntil(r, [&] {
+        for (const auto& e : aliceSaw.events)
+            if (e.rfind("userQuit bobby", 0) == 0 && e.find("gone") != std::string::npos) return true;
+        return false;
+    }, 10));
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("connectionLost"); }, 10));
+
+    botFactory.stopTrying();
+    if (botSlot) botSlot->quit("done");
+    alice->quit("done");
+    REQUIRE(testing::runUntil(r, [&] { return alice == nullptr && botSlot == nullptr; }, 10));
+}
+
+}  // TEST_SUITE
