@@ -95,6 +95,17 @@ compile-checks:
 clean:
 	rm -rf build
 
+# ---- make bench ---------------------------------------------------------
+# A load generator on raw sockets (tests/bench/bench.cpp) against the
+# echo_server example, then against a plain poll() loop, one table.
+BENCH_SECONDS ?= 2
+
+.PHONY: bench
+bench: build/examples/echo_server
+	@mkdir -p build/bench
+	$(CXX) -std=$(STD) -O2 -Wall -Wextra tests/bench/bench.cpp -o build/bench/bench
+	./build/bench/bench build/examples/echo_server $(BENCH_SECONDS)
+
 # ---- make demo ------------------------------------------------------------
 # The toy IRC server, the bot and a scripted user on loopback (tests/demo.cpp).
 

@@ -47,14 +47,15 @@
 //   3. PLATFORM        the OS layer: sockets, poll/select, wake-up, signals
 //   4. UTILITIES       logging, errors, Failure, call-site capture
 //   5. TIME            IReactorTime, DelayedCall, Clock
-//   6. THREADS         ThreadPool
-//   7. REACTOR         the event loop
-//   8. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory
-//   9. TCP             listenTCP, connectTCP, the TCP transport
-//  10. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
-//  11. TASK            LoopingCall, deferLater, deferToThread
-//  12. IRC             irc::parsemsg, irc::IRCClient
-//  13. TESTING         StringTransport, dirty-reactor checks, runUntil
+//   6. DEFERRED        Deferred<T>, Result<T>, DeferredList, gatherResults
+//   7. THREADS         ThreadPool
+//   8. REACTOR         the event loop
+//   9. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory
+//  10. TCP             listenTCP, connectTCP, the TCP transport
+//  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
+//  12. TASK            LoopingCall, deferLater, deferToThread
+//  13. IRC             irc::parsemsg, irc::IRCClient
+//  14. TESTING         StringTransport, dirty-reactor checks, runUntil
 //
 // ============================================================================
 #ifndef REACTOR_HPP_INCLUDED
@@ -91,6 +92,7 @@
 #include <condition_variable>  // thread pool
 #include <cstdint>      // fixed-width integers
 #include <cstdio>       // std::fputs for the default logger
+#include <cstdlib>      // std::getenv for REACTOR_TRACE
 #include <cstring>      // std::strcmp, std::strerror
 #include <exception>    // std::exception, std::exception_ptr
 #include <functional>   // std::function for user callbacks
@@ -102,10 +104,19 @@
 #include <thread>       // thread pool workers
 #include <type_traits>  // SFINAE helpers
 #include <utility>      // std::move, std::exchange
+#include <variant>      // Result<T>: a value or a Failure
 #include <vector>       // everything array-like
-// IRC (section 12)
+// IRC (section 13)
 #include <ctime>        // CTCP TIME: std::time, std::strftime, localtime_r
 #include <optional>     // IRC: absent CTCP data, optional command arguments
+
+// C++20 coroutines: Deferred<T> is awaitable and a coroutine return type.
+#if defined(__cpp_impl_coroutine) && defined(__has_include)
+#if __has_include(<coroutine>)
+#include <coroutine>    // std::coroutine_handle, std::suspend_never
+#define REACTOR_HAS_COROUTINES 1
+#endif
+#endif
 
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
 #include <cxxabi.h>     // demangled type names for Failure
@@ -554,7 +565,29 @@ inline void log(LogLevel level, std::string_view message) {
         detail::defaultLog(level, message);
 }
 
+/// Receives one trace line per loop event (Reactor::setTracer).
+using Tracer = std::function<void(std::string_view line)>;
+
 namespace detail {
+
+/// The tracer of the reactor turning on this thread, or null. Lets code that
+/// does not know its reactor (a Deferred firing) report to the trace.
+inline const Tracer*& activeTracer() {
+    static thread_local const Tracer* tracer = nullptr;
+    return tracer;
+}
+
+/// "12.3 ms" / "850 us": a short human duration for trace lines.
+inline std::string formatDuration(double seconds) {
+    char buf[32];
+    if (seconds >= 1)
+        std::snprintf(buf, sizeof buf, "%.2f s", seconds);
+    else if (seconds >= 0.001)
+        std::snprintf(buf, sizeof buf, "%.1f ms", seconds * 1e3);
+    else
+        std::snprintf(buf, sizeof buf, "%.0f us", seconds * 1e6);
+    return buf;
+}
 
 /// Where a call was made from, captured by default arguments so that a
 /// leaked timer can be reported with the line that scheduled it.
@@ -783,6 +816,26 @@ public:
         if (!check<E>()) raiseException();
     }
 
+    /// Twisted's `failure.value`: the error object when it is an `E` (a
+    /// library error class), else null. Works without exceptions and RTTI.
+    template <class E>
+    const E* value() const {
+        static_assert(std::is_base_of<Error, E>::value, "Failure::value<E>: E must derive from reactor::Error");
+        if (!check<E>()) return nullptr;
+        if (error_) return static_cast<const E*>(error_.get());
+#if REACTOR_HAS_EXCEPTIONS
+        if (exception_) {
+            try {
+                std::rethrow_exception(exception_);
+            } catch (const E& e) {
+                return &e;  // the exception_ptr keeps the object alive
+            } catch (...) {
+            }
+        }
+#endif
+        return nullptr;
+    }
+
     /// Throws the original exception (or an `Error` with the message).
     [[noreturn]] void raiseException() const {
 #if REACTOR_HAS_EXCEPTIONS
@@ -799,6 +852,7 @@ private:
     void describe(const E& e) {
         if constexpr (std::is_base_of<Error, E>::value) {
             e.typeNames(chain_);
+            error_ = std::make_shared<E>(e);  // for value<E>() without exceptions
         } else {
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
             dynamicName_ = detail::demangle(typeid(e).name());
@@ -830,6 +884,7 @@ private:
     std::string message_;
     std::string dynamicName_;  // a demangled type name for non-library exceptions
     detail::TypeChain chain_;  // static names: the type and its ancestors
+    std::shared_ptr<const Error> error_;  // the library error object, when built from one
 #if REACTOR_HAS_EXCEPTIONS
     std::exception_ptr exception_;
 #endif
@@ -1143,7 +1198,862 @@ private:
 };
 
 // ============================================================================
-// ==== 6. THREADS ====
+// ==== 6. DEFERRED ====
+// Twisted's Deferred: a result that is not there yet, with a chain of
+// (callback, errback) pairs that runs when it arrives.
+//
+//       d.callback(v)             d.errback(f)
+//            |                         |
+//     [ callback 1 ]            [ errback 1 ]      one pair
+//            |     \ fails      / recovers |
+//            |      \          /          |
+//            v       v        v            v
+//     [ callback 2 ]            [ errback 2 ]      the next pair
+//
+// Design (who owns what):
+//   - `Deferred<T>` is a handle: copies share one `detail::DeferredState<T>`.
+//   - Callbacks that keep the type (`T -> T`, `T -> Failure`, `T ->
+//     Deferred<T>`, errbacks) go on the Deferred's own chain and the call
+//     returns the same Deferred, as in Twisted.
+//   - A callback that changes the type (`A -> B`) returns a *new*
+//     `Deferred<B>` fed by the original: when the chain reaches that pair,
+//     the result (value or failure) *moves* into the new Deferred. The
+//     original chain is then left holding a handled "ResultConsumed"
+//     failure; callbacks added to the original handle after that point see
+//     it on the errback track (Twisted's "result becomes None").
+//   - A callback may fail without exceptions by returning a `Failure` or a
+//     `Result<T>` (value or Failure).
+//   - The chain is run by one loop over an explicit stack (Twisted's
+//     `_runCallbacks`), so long chains and deeply nested Deferreds do not
+//     grow the C++ stack.
+//   - A Deferred whose result is an unhandled Failure logs "Unhandled error
+//     in Deferred" when its last owner lets go (a handle, or a pending
+//     callback of another Deferred that would have fed it).
+// ============================================================================
+
+template <class T>
+class Deferred;
+template <class T>
+class Result;
+
+namespace detail {
+/// Stands in for "no value": the stored value of `Result<void>`.
+struct Unit {};
+template <class T>
+using Stored = std::conditional_t<std::is_void<T>::value, Unit, T>;
+
+#if defined(REACTOR_HAS_COROUTINES)
+template <class T, bool AsResult>
+struct DeferredAwaiter;
+template <class T>
+struct DeferredPromise;
+#endif
+
+template <class R>
+struct IsDeferred : std::false_type {};
+template <class T>
+struct IsDeferred<Deferred<T>> : std::true_type {};
+template <class R>
+struct IsResult : std::false_type {};
+template <class T>
+struct IsResult<Result<T>> : std::true_type {};
+}  // namespace detail
+
+/// The errors a Deferred reports (Twisted's `twisted.internet.defer`). Their
+/// type names carry a "defer." prefix so that `defer::TimeoutError` is not
+/// mistaken for `error::TimeoutError` by `Failure::check`.
+namespace defer {
+
+/// Firing a Deferred that has already been fired.
+class AlreadyCalledError : public ErrorType<AlreadyCalledError, Error> {
+public:
+    static constexpr const char* typeName = "defer.AlreadyCalledError";
+    explicit AlreadyCalledError(std::string message = "Deferred was already called")
+        : ErrorType<AlreadyCalledError, Error>(std::move(message)) {}
+};
+
+/// What a cancelled Deferred errbacks with (unless its canceller fired it).
+class CancelledError : public ErrorType<CancelledError, Error> {
+public:
+    static constexpr const char* typeName = "defer.CancelledError";
+    explicit CancelledError(std::string message = "Deferred was cancelled")
+        : ErrorType<CancelledError, Error>(std::move(message)) {}
+};
+
+/// What `addTimeout` turns the CancelledError of a timed-out Deferred into.
+class TimeoutError : public ErrorType<TimeoutError, Error> {
+public:
+    static constexpr const char* typeName = "defer.TimeoutError";
+    explicit TimeoutError(std::string message = "Deferred timed out")
+        : ErrorType<TimeoutError, Error>(std::move(message)) {}
+};
+
+/// A DeferredList with fireOnOneErrback (and gatherResults) fails with this:
+/// `subFailure` is the member's failure, `index` its position in the list.
+/// Read it with `f.value<defer::FirstError>()` (works without exceptions).
+class FirstError : public ErrorType<FirstError, Error> {
+public:
+    static constexpr const char* typeName = "defer.FirstError";
+    FirstError(Failure failure, std::size_t failedIndex)
+        : ErrorType<FirstError, Error>("FirstError[#" + std::to_string(failedIndex) + ", " + failure.str() + "]"),
+          subFailure(std::move(failure)),
+          index(failedIndex) {}
+    Failure subFailure;
+    std::size_t index;
+};
+
+}  // namespace defer
+
+/// A value or a Failure: what a callback returns to fail without throwing,
+/// what `addBoth` callbacks receive, what `asResult(d)` gives a coroutine.
+/// `Result<void>` holds nothing or a Failure.
+template <class T>
+class Result {
+public:
+    using value_type = T;
+    using Stored = detail::Stored<T>;
+    /// A success holding a default value (for `Result<void>`: plain success).
+    Result() : v_(std::in_place_index<1>) {}
+    Result(Stored value) : v_(std::in_place_index<1>, std::move(value)) {}  // NOLINT: implicit on purpose
+    Result(Failure failure) : v_(std::in_place_index<0>, std::move(failure)) {}  // NOLINT
+
+    bool ok() const { return v_.index() == 1; }
+    bool failed() const { return v_.index() == 0; }
+    explicit operator bool() const { return ok(); }
+    /// The value; on a failure this raises it (Failure::raiseException).
+    Stored& value() {
+        if (!ok()) failure().raiseException();
+        return *std::get_if<1>(&v_);
+    }
+    const Stored& value() const {
+        if (!ok()) failure().raiseException();
+        return *std::get_if<1>(&v_);
+    }
+    /// The failure; only meaningful when failed().
+    Failure& failure() { return *std::get_if<0>(&v_); }
+    const Failure& failure() const { return *std::get_if<0>(&v_); }
+
+private:
+    std::variant<Failure, Stored> v_;
+};
+
+namespace detail {
+
+class DeferredBase;
+using DeferredPtr = std::shared_ptr<DeferredBase>;
+
+/// The untyped part of a Deferred: firing state, pause count, cancellation,
+/// and the run loop. Only touched on the thread that owns the Deferred.
+class DeferredBase : public std::enable_shared_from_this<DeferredBase> {
+public:
+    DeferredBase() = default;
+    DeferredBase(const DeferredBase&) = delete;
+    DeferredBase& operator=(const DeferredBase&) = delete;
+    virtual ~DeferredBase() = default;
+
+    bool called = false;                 // callback/errback happened
+    bool running = false;                // on a run loop's stack right now
+    bool suppressAlreadyCalled = false;  // cancelled without canceller: ignore the next fire
+    int paused = 0;                      // user pauses + waiting on an inner Deferred
+    std::weak_ptr<DeferredBase> waitingOn;  // the inner Deferred a callback returned
+    std::function<void()> canceller;
+
+    /// Runs the chain's pairs until it is exhausted or paused. Returns a
+    /// Deferred the loop must run first (then this one again), or null.
+    virtual DeferredPtr advance() = 0;
+    virtual void errbackCancelled() = 0;
+
+    /// Twisted's cancel(): the canceller (or "suppress the next fire"), then
+    /// CancelledError if still unfired; a fired Deferred waiting on an inner
+    /// one cancels that one instead.
+    void cancel() {
+        DeferredPtr keep = shared_from_this();
+        if (!called) {
+            if (canceller) {
+                std::function<void()> c = std::move(canceller);
+                canceller = nullptr;
+                c();
+            } else {
+                suppressAlreadyCalled = true;
+            }
+            if (!called) errbackCancelled();
+        } else if (DeferredPtr inner = waitingOn.lock()) {
+            inner->cancel();
+        }
+    }
+
+    void unpause() {
+        if (paused == 0) return;
+        if (--paused == 0 && called) run(shared_from_this());
+    }
+
+    /// The loop (Twisted's `_runCallbacks`): an explicit stack instead of
+    /// recursion, so a chain finishing an outer Deferred that finishes an
+    /// outer one... runs in constant C++ stack depth.
+    static void run(DeferredPtr start) {
+        if (start->running || !start->called) return;  // the running loop will see new pairs
+        std::vector<DeferredPtr> stack;
+        start->running = true;
+        stack.push_back(std::move(start));
+        while (!stack.empty()) {
+            DeferredPtr next = stack.back()->advance();
+            if (next) {
+                if (!next->running && next->called) {
+                    next->running = true;
+                    stack.push_back(std::move(next));
+                }
+            } else {
+                stack.back()->running = false;
+                stack.pop_back();
+            }
+        }
+    }
+};
+
+inline Failure consumedFailure() {
+    return Failure("ResultConsumed", "this Deferred's result was passed on to another Deferred");
+}
+
+/// One Deferred's chain and result.
+template <class T>
+class DeferredState final : public DeferredBase {
+public:
+    using Step = std::function<DeferredPtr(DeferredState&)>;
+
+    Result<T> result{Failure()};
+    bool consumed = false;  // the result moved on: nothing to report
+    std::vector<Step> steps;
+    std::size_t next = 0;
+
+    ~DeferredState() override {
+        if (called && !consumed && result.failed())
+            log(LogLevel::critical, "Unhandled error in Deferred: " + result.failure().str());
+    }
+
+    DeferredPtr advance() override {
+        while (next < steps.size()) {
+            if (paused) return nullptr;
+            Step step = std::move(steps[next++]);
+            if (DeferredPtr other = step(*this)) return other;
+        }
+        steps.clear();
+        next = 0;
+        return nullptr;
+    }
+    void errbackCancelled() override { fire(Result<T>(Failure(defer::CancelledError()))); }
+
+    std::shared_ptr<DeferredState> self() { return std::static_pointer_cast<DeferredState>(shared_from_this()); }
+
+    void setResult(Result<T>&& r) {
+        result = std::move(r);
+        consumed = false;
+    }
+    /// Moves the result out, leaving the handled "ResultConsumed" marker.
+    Result<T> take() {
+        Result<T> r = std::move(result);
+        result = consumedFailure();
+        consumed = true;
+        return r;
+    }
+    /// callback()/errback(): AlreadyCalledError on a second fire.
+    void fire(Result<T>&& r) {
+        if (called) {
+            if (suppressAlreadyCalled) {
+                suppressAlreadyCalled = false;
+                return;
+            }
+            raise<defer::AlreadyCalledError>();
+            return;
+        }
+        called = true;
+        canceller = nullptr;
+        if (const Tracer* tracer = activeTracer())
+            (*tracer)(r.ok() ? std::string("  Deferred fired with a value")
+                             : "  Deferred fired with a failure: " + r.failure().str());
+        setResult(std::move(r));
+        run(shared_from_this());
+    }
+    /// Fires without running: the caller (a step) returns it to the loop.
+    DeferredPtr prime(Result<T>&& r) {
+        if (called) return nullptr;
+        called = true;
+        canceller = nullptr;
+        setResult(std::move(r));
+        return shared_from_this();
+    }
+    void addStep(Step step) {
+        steps.push_back(std::move(step));
+        if (called && !running && paused == 0) run(shared_from_this());
+    }
+};
+
+/// Reaches a handle's state (the handle class befriends it).
+struct DeferredAccess {
+    template <class T>
+    static const std::shared_ptr<DeferredState<T>>& state(const Deferred<T>& d) {
+        return d.s_;
+    }
+};
+template <class T>
+const std::shared_ptr<DeferredState<T>>& stateOf(const Deferred<T>& d) {
+    return DeferredAccess::state(d);
+}
+
+/// A half of a pair that passes the result through.
+struct Pass {};
+
+template <class U>
+DeferredPtr settle(DeferredState<U>& s, Result<U>&& r) {
+    s.setResult(std::move(r));
+    return nullptr;
+}
+
+/// A callback returned `inner`: take its result now if it has one,
+/// otherwise pause `s` until `inner` finishes its chain.
+template <class U>
+DeferredPtr settleDeferred(DeferredState<U>& s, const std::shared_ptr<DeferredState<U>>& inner) {
+    if (inner.get() == &s)
+        return settle(s, Result<U>(Failure(error::RuntimeError("a callback returned the Deferred it was attached to"))));
+    if (inner->called && !inner->running && inner->paused == 0 && inner->next == inner->steps.size())
+        return settle(s, inner->take());
+    ++s.paused;
+    s.waitingOn = inner;
+    std::shared_ptr<DeferredState<U>> parent = s.self();
+    inner->steps.push_back([parent](DeferredState<U>& me) -> DeferredPtr {
+        parent->setResult(me.take());
+        parent->waitingOn.reset();
+        return --parent->paused == 0 ? DeferredPtr(parent) : nullptr;
+    });
+    return inner->called && !inner->running ? DeferredPtr(inner) : nullptr;
+}
+
+template <class U, class R>
+DeferredPtr settleReturn(DeferredState<U>& s, R&& r) {
+    if constexpr (IsDeferred<std::decay_t<R>>::value)
+        return settleDeferred(s, stateOf(r));
+    else
+        return settle(s, Result<U>(std::forward<R>(r)));
+}
+
+template <class F, class A>
+decltype(auto) callWith(F& f, A&& a) {
+    if constexpr (std::is_same<std::decay_t<A>, Unit>::value)
+        return f();
+    else
+        return f(std::forward<A>(a));
+}
+
+/// Calls a user callback and stores what it returns (or throws) in `s`.
+template <class U, class F, class A>
+DeferredPtr invokeInto(DeferredState<U>& s, F& f, A&& a) {
+#if REACTOR_HAS_EXCEPTIONS
+    try {
+#endif
+        using R = decltype(callWith(f, std::forward<A>(a)));
+        if constexpr (std::is_void<R>::value) {
+            callWith(f, std::forward<A>(a));
+            return settle(s, Result<U>());
+        } else {
+            return settleReturn(s, callWith(f, std::forward<A>(a)));
+        }
+#if REACTOR_HAS_EXCEPTIONS
+    } catch (...) {
+        return settle(s, Result<U>(Failure::current()));
+    }
+#endif
+}
+
+/// Runs one (callback, errback) pair on `r`, storing the outcome in `target`.
+template <class U, class T, class CB, class EB>
+DeferredPtr runPair(DeferredState<U>& target, Result<T>&& r, CB& cb, EB& eb) {
+    if (r.ok()) {
+        if constexpr (std::is_same<CB, Pass>::value)
+            return settle(target, std::move(r));
+        else
+            return invokeInto(target, cb, std::move(r.value()));
+    }
+    if constexpr (std::is_same<EB, Pass>::value)
+        return settle(target, Result<U>(std::move(r.failure())));
+    else
+        return invokeInto(target, eb, std::move(r.failure()));
+}
+
+/// The result type of calling a callback of a Deferred<T>.
+template <class F, class T>
+struct CallbackReturn {
+    static_assert(std::is_invocable<F&, T&&>::value, "a callback of Deferred<T> must be callable with a T");
+    using type = std::decay_t<std::invoke_result_t<F&, T&&>>;
+};
+template <class F>
+struct CallbackReturn<F, void> {
+    static_assert(std::is_invocable<F&>::value, "a callback of Deferred<void> takes no arguments");
+    using type = std::decay_t<std::invoke_result_t<F&>>;
+};
+
+/// What type a callback returning `R` gives the chain of a Deferred<T>.
+template <class R, class T>
+struct Unwrap {
+    using type = R;
+};
+template <class T>
+struct Unwrap<Failure, T> {
+    using type = T;
+};
+template <class V, class T>
+struct Unwrap<Result<V>, T> {
+    using type = V;
+};
+template <class V, class T>
+struct Unwrap<Deferred<V>, T> {
+    using type = V;
+};
+
+/// Whether a half returning `R` can feed a Deferred<U>.
+template <class R, class U>
+constexpr bool feeds() {
+    if constexpr (std::is_void<R>::value)
+        return std::is_void<U>::value;
+    else if constexpr (IsDeferred<R>::value)
+        return std::is_same<R, Deferred<U>>::value;
+    else
+        return std::is_convertible<R, Result<U>>::value;
+}
+
+inline std::string formatSeconds(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", s);
+    return buf;
+}
+
+}  // namespace detail
+
+/// A result that will arrive later, with a chain of callbacks (Twisted's
+/// Deferred). A handle: copies refer to the same Deferred. Single-threaded:
+/// use it on the reactor thread (deferToThread brings results there).
+template <class T>
+class Deferred {
+    static_assert(!detail::IsDeferred<T>::value,
+                  "Deferred<Deferred<T>>: return the inner Deferred from a callback instead");
+    static_assert(!detail::IsResult<T>::value && !std::is_same<T, Failure>::value,
+                  "Deferred<Result<T>> / Deferred<Failure>: use Deferred<T> and errback");
+
+public:
+    using value_type = T;
+
+    /// A new, unfired Deferred.
+    Deferred() : s_(std::make_shared<detail::DeferredState<T>>()) {}
+    /// With a canceller, called by cancel() while unfired; it may fire the
+    /// Deferred itself (otherwise it errbacks with defer::CancelledError).
+    explicit Deferred(std::function<void(Deferred&)> canceller) : Deferred() {
+        std::weak_ptr<detail::DeferredState<T>> weak = s_;
+        s_->canceller = [weak, c = std::move(canceller)] {
+            if (auto s = weak.lock()) {
+                Deferred d(std::move(s));
+                c(d);
+            }
+        };
+    }
+
+    // ---- firing (the producer calls one of these, once) ----------------
+
+    /// Fires the callback track with `value` and runs the chain now.
+    /// A second fire is defer::AlreadyCalledError.
+    template <class U = T, std::enable_if_t<!std::is_void<U>::value, int> = 0>
+    void callback(detail::Stored<U> value) {
+        s_->fire(Result<T>(std::move(value)));
+    }
+    template <class U = T, std::enable_if_t<std::is_void<U>::value, int> = 0>
+    void callback() {
+        s_->fire(Result<T>());
+    }
+    /// Fires the errback track with `failure`.
+    void errback(Failure failure = Failure()) { s_->fire(Result<T>(std::move(failure))); }
+
+    // ---- the chain (the consumer adds these) -----------------------------
+
+    /// Adds ONE pair: `cb` runs on a value, `eb` on a failure; `eb` never
+    /// sees what `cb` throws or returns (use addCallback(cb).addErrback(eb)
+    /// for that). `cb` takes the value (nothing for Deferred<void>) and
+    /// returns a value, nothing, a Failure, a Result<U> or a Deferred<U>;
+    /// `eb` takes a Failure and must produce the same type as `cb`.
+    /// Returns this Deferred, or a new Deferred<U> if `cb` changes the type.
+    template <class CB, class EB>
+    auto addCallbacks(CB cb, EB eb) {
+        using R1 = typename detail::CallbackReturn<CB, T>::type;
+        using U = typename detail::Unwrap<R1, T>::type;
+        static_assert(std::is_invocable<EB&, Failure&&>::value, "an errback takes a Failure");
+        using R2 = std::decay_t<std::invoke_result_t<EB&, Failure&&>>;
+        static_assert(detail::feeds<R2, U>(),
+                      "addCallbacks: the errback must return what the callback gives (a U, Result<U>, "
+                      "Failure or Deferred<U>; nothing for void)");
+        return chain<U>(std::move(cb), std::move(eb));
+    }
+    /// Adds (cb, pass-through). Returns this Deferred, or a Deferred<U> if
+    /// `cb` returns another type U (the result then moves to it).
+    template <class CB>
+    auto addCallback(CB cb) {
+        using R1 = typename detail::CallbackReturn<CB, T>::type;
+        using U = typename detail::Unwrap<R1, T>::type;
+        return chain<U>(std::move(cb), detail::Pass{});
+    }
+    /// Adds (pass-through, eb). `eb(Failure)` returns a T (recovers), a
+    /// Failure (fails on), a Result<T> or a Deferred<T>; for Deferred<void>
+    /// it may return nothing (recovers).
+    template <class EB>
+    Deferred addErrback(EB eb) {
+        static_assert(std::is_invocable<EB&, Failure&&>::value, "an errback takes a Failure");
+        using R2 = std::decay_t<std::invoke_result_t<EB&, Failure&&>>;
+        static_assert(detail::feeds<R2, T>(),
+                      "addErrback on Deferred<T>: the errback must return T, Result<T>, Failure or "
+                      "Deferred<T> (nothing for Deferred<void>)");
+        return chain<T>(detail::Pass{}, std::move(eb));
+    }
+    /// Adds (f, f): `f(Result<T>)` sees either track and returns like a callback.
+    template <class F>
+    auto addBoth(F f) {
+        static_assert(std::is_invocable<F&, Result<T>&&>::value, "addBoth: the function takes a Result<T>");
+        using R = std::decay_t<std::invoke_result_t<F&, Result<T>&&>>;
+        using U = typename detail::Unwrap<R, T>::type;
+        return chainBoth<U>(std::move(f));
+    }
+
+    // ---- flow control -------------------------------------------------------
+
+    /// Stops the chain from running until unpause() (a counter).
+    void pause() { ++s_->paused; }
+    void unpause() { s_->unpause(); }
+    /// Twisted's cancel(): unfired → canceller (or "ignore the next fire"),
+    /// then CancelledError if still unfired; waiting on a Deferred returned
+    /// by a callback → cancels that one; otherwise nothing.
+    void cancel() { s_->cancel(); }
+    /// Cancels this Deferred if it has not fired after `seconds` on `clock`
+    /// and turns that CancelledError into defer::TimeoutError. Covers the
+    /// callbacks added before this call. The timer does not keep the
+    /// Deferred alive; it is cancelled when the Deferred fires.
+    Deferred addTimeout(double seconds, IReactorTime& clock) {
+        auto timedOut = std::make_shared<bool>(false);
+        std::weak_ptr<detail::DeferredState<T>> weak = s_;
+        DelayedCall call = clock.callLater(seconds, [weak, timedOut] {
+            if (auto s = weak.lock()) {
+                *timedOut = true;
+                s->cancel();
+            }
+        });
+        return addBoth([call, timedOut, seconds](Result<T> r) mutable -> Result<T> {
+            if (call.active()) call.cancel();
+            if (*timedOut && r.failed() && r.failure().template check<defer::CancelledError>())
+                return Failure(defer::TimeoutError("Deferred timed out after " + detail::formatSeconds(seconds) + " seconds"));
+            return r;
+        });
+    }
+
+    /// callback() or errback() has happened (the chain may still be paused).
+    bool called() const { return s_->called; }
+    /// Paused by pause() or waiting for a Deferred a callback returned.
+    bool paused() const { return s_->paused > 0; }
+
+    friend bool operator==(const Deferred& a, const Deferred& b) { return a.s_ == b.s_; }
+    friend bool operator!=(const Deferred& a, const Deferred& b) { return a.s_ != b.s_; }
+
+#if defined(REACTOR_HAS_COROUTINES)
+    using promise_type = detail::DeferredPromise<T>;
+    /// `co_await d` in a coroutine: the value, or the failure thrown.
+    auto operator co_await() const { return detail::DeferredAwaiter<T, false>{s_}; }
+#endif
+
+private:
+    friend struct detail::DeferredAccess;
+    template <class>
+    friend class Deferred;
+    explicit Deferred(std::shared_ptr<detail::DeferredState<T>> s) : s_(std::move(s)) {}
+
+    /// Same type: append to this chain. New type: a Deferred<U> fed by it.
+    template <class U, class Fn>
+    Deferred<U> append(Fn fn) {
+        if constexpr (std::is_same<U, T>::value) {
+            s_->addStep([fn = std::move(fn)](detail::DeferredState<T>& s) mutable -> detail::DeferredPtr {
+                Result<T> r = std::move(s.result);
+                return fn(s, std::move(r));
+            });
+            return *this;
+        } else {
+            Deferred<U> out;
+            std::shared_ptr<detail::DeferredState<U>> target = out.s_;
+            std::weak_ptr<detail::DeferredState<T>> source = s_;
+            target->canceller = [source] {  // cancelling the branch cancels its source
+                if (auto s = source.lock()) s->cancel();
+            };
+            s_->addStep([target, fn = std::move(fn)](detail::DeferredState<T>& s) mutable -> detail::DeferredPtr {
+                Result<T> r = s.take();
+                if (target->called) return nullptr;  // fired directly (e.g. cancelled): drop
+                target->called = true;
+                target->canceller = nullptr;
+                if (detail::DeferredPtr first = fn(*target, std::move(r))) return first;
+                return target->paused == 0 ? detail::DeferredPtr(target) : nullptr;
+            });
+            return out;
+        }
+    }
+    template <class U, class CB, class EB>
+    Deferred<U> chain(CB cb, EB eb) {
+        if constexpr (std::is_same<U, T>::value && std::is_same<CB, detail::Pass>::value) {
+            // addErrback: skip the value track without moving the result.
+            s_->addStep([eb = std::move(eb)](detail::DeferredState<T>& s) mutable -> detail::DeferredPtr {
+                if (s.result.ok()) return nullptr;
+                Failure f = std::move(s.result.failure());
+                return detail::invokeInto(s, eb, std::move(f));
+            });
+            return *this;
+        } else {
+            return append<U>([cb = std::move(cb), eb = std::move(eb)](detail::DeferredState<U>& target,
+                                                                      Result<T>&& r) mutable {
+                return detail::runPair(target, std::move(r), cb, eb);
+            });
+        }
+    }
+    template <class U, class F>
+    Deferred<U> chainBoth(F f) {
+        return append<U>([f = std::move(f)](detail::DeferredState<U>& target, Result<T>&& r) mutable {
+            return detail::invokeInto(target, f, std::move(r));
+        });
+    }
+
+    std::shared_ptr<detail::DeferredState<T>> s_;
+};
+
+/// An already-fired Deferred (Twisted's succeed).
+template <class V>
+Deferred<std::decay_t<V>> succeed(V&& value) {
+    Deferred<std::decay_t<V>> d;
+    d.callback(std::forward<V>(value));
+    return d;
+}
+inline Deferred<void> succeed() {
+    Deferred<void> d;
+    d.callback();
+    return d;
+}
+/// An already-failed Deferred<T> (Twisted's fail).
+template <class T = void>
+Deferred<T> fail(Failure failure) {
+    Deferred<T> d;
+    d.errback(std::move(failure));
+    return d;
+}
+
+/// Calls `f()` now and wraps what it gives in a Deferred: a Deferred as is,
+/// a value or nothing → succeed, a Failure or a throw → fail.
+template <class F>
+auto maybeDeferred(F&& f) {
+    using R = std::decay_t<std::invoke_result_t<F&>>;
+    using U = typename detail::Unwrap<R, void>::type;
+    if constexpr (detail::IsDeferred<R>::value) {
+#if REACTOR_HAS_EXCEPTIONS
+        try {
+            return R(f());
+        } catch (...) {
+            return fail<U>(Failure::current());
+        }
+#else
+        return R(f());
+#endif
+    } else {
+        Deferred<U> d;
+        const auto& s = detail::stateOf(d);
+        s->called = true;
+        detail::invokeInto(*s, f, detail::Unit{});
+        return d;
+    }
+}
+
+// ---- DeferredList and gatherResults -----------------------------------------
+
+/// What a DeferredList<T> fires with: one (success, value-or-Failure) pair
+/// per input Deferred, in input order. With fireOnOneCallback, `index` is
+/// the position of the success that fired the list (the pairs of members
+/// that had not fired yet hold a "NotFired" failure); otherwise npos.
+template <class T>
+struct DeferredListResult : std::vector<std::pair<bool, Result<T>>> {
+    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+    std::size_t index = npos;
+};
+
+/// Twisted's DeferredList: a Deferred that fires when every member has
+/// (or on the first success / failure with the flags). Members' failures
+/// stay in the members unless `consumeErrors` (then they are handled).
+/// An empty list fires at once, except with fireOnOneCallback (never).
+/// cancel() cancels every member while the list is unfired.
+template <class T>
+class DeferredList : public Deferred<DeferredListResult<T>> {
+public:
+    explicit DeferredList(std::vector<Deferred<T>> members, bool fireOnOneCallback = false,
+                          bool fireOnOneErrback = false, bool consumeErrors = false) {
+        using ListState = detail::DeferredState<DeferredListResult<T>>;
+        std::shared_ptr<ListState> self = detail::stateOf<DeferredListResult<T>>(*this);
+        std::vector<std::weak_ptr<detail::DeferredState<T>>> weak;
+        for (auto& m : members) weak.push_back(detail::stateOf(m));
+        self->canceller = [weak] {
+            for (auto& w : weak)
+                if (auto m = w.lock()) m->cancel();
+        };
+        struct Shared {
+            DeferredListResult<T> results;
+            std::size_t finished = 0;
+        };
+        auto shared = std::make_shared<Shared>();
+        const std::size_t n = members.size();
+        for (std::size_t i = 0; i < n; ++i)
+            shared->results.emplace_back(false, Result<T>(Failure("NotFired", "this Deferred had not fired")));
+        if (n == 0) {
+            if (!fireOnOneCallback) this->callback(DeferredListResult<T>{});
+            return;
+        }
+        for (std::size_t i = 0; i < n; ++i) {
+            detail::stateOf(members[i])->addStep([self, shared, i, n, fireOnOneCallback, fireOnOneErrback,
+                                                  consumeErrors](detail::DeferredState<T>& m) -> detail::DeferredPtr {
+                Result<T> r = copyOrTake(m, consumeErrors);
+                if (self->called) return nullptr;  // fired already (results moved on)
+                const bool ok = r.ok();
+                Failure failure = ok ? Failure() : r.failure();
+                shared->results[i] = {ok, std::move(r)};
+                ++shared->finished;
+                if (ok && fireOnOneCallback) {
+                    shared->results.index = i;
+                    return self->prime(std::move(shared->results));
+                }
+                if (!ok && fireOnOneErrback)
+                    return self->prime(Result<DeferredListResult<T>>(Failure(defer::FirstError(failure, i))));
+                if (shared->finished == n) return self->prime(std::move(shared->results));
+                return nullptr;
+            });
+        }
+    }
+
+private:
+    /// The member keeps its value if it can be copied (else it moves on);
+    /// its failure stays unless consumeErrors.
+    static Result<T> copyOrTake(detail::DeferredState<T>& m, bool consumeErrors) {
+        if (m.result.failed()) {
+            if (consumeErrors) return m.take();
+            return Result<T>(m.result.failure());
+        }
+        if constexpr (std::is_copy_constructible<detail::Stored<T>>::value)
+            return m.result;
+        else
+            return m.take();
+    }
+};
+
+namespace detail {
+template <class T>
+struct GatherType {
+    using type = std::vector<T>;
+};
+template <>
+struct GatherType<void> {
+    using type = void;
+};
+}  // namespace detail
+
+/// Every member's value in input order (a Deferred<void> for void members);
+/// the first failure fails it as defer::FirstError (with the index).
+template <class T>
+Deferred<typename detail::GatherType<T>::type> gatherResults(std::vector<Deferred<T>> members,
+                                                             bool consumeErrors = false) {
+    DeferredList<T> list(std::move(members), false, true, consumeErrors);
+    if constexpr (std::is_void<T>::value) {
+        return list.addCallback([](DeferredListResult<T>) {});
+    } else {
+        return list.addCallback([](DeferredListResult<T> results) {
+            std::vector<T> values;
+            values.reserve(results.size());
+            for (auto& entry : results) values.push_back(std::move(entry.second.value()));
+            return values;
+        });
+    }
+}
+
+// ---- C++20: coroutines (Twisted's inlineCallbacks / ensureDeferred) ---------
+
+#if defined(REACTOR_HAS_COROUTINES)
+namespace detail {
+
+/// `co_await d` (AsResult = false: the value, failures thrown) or
+/// `co_await asResult(d)` (a Result<T>, for -fno-exceptions code).
+template <class T, bool AsResult>
+struct DeferredAwaiter {
+    std::shared_ptr<DeferredState<T>> s;
+    Result<T> result{Failure()};
+    bool inSuspend = false;
+    bool ready = false;
+
+    bool await_ready() const noexcept { return false; }
+    bool await_suspend(std::coroutine_handle<> h) {
+        inSuspend = true;
+        s->addStep([this, h](DeferredState<T>& st) -> DeferredPtr {
+            result = st.take();
+            if (inSuspend)
+                ready = true;  // fired already: resume without suspending
+            else
+                h.resume();
+            return nullptr;
+        });
+        inSuspend = false;
+        return !ready;
+    }
+    auto await_resume() {
+        if constexpr (AsResult) {
+            return std::move(result);
+        } else if constexpr (std::is_void<T>::value) {
+            if (result.failed()) result.failure().raiseException();
+        } else {
+            return std::move(result.value());
+        }
+    }
+};
+
+template <class T>
+struct DeferredPromiseBase {
+    Deferred<T> deferred;
+    Deferred<T> get_return_object() { return deferred; }
+    std::suspend_never initial_suspend() noexcept { return {}; }  // runs at once, like ensureDeferred
+    std::suspend_never final_suspend() noexcept { return {}; }
+    void unhandled_exception() {
+#if REACTOR_HAS_EXCEPTIONS
+        deferred.errback(Failure::current());
+#else
+        std::abort();
+#endif
+    }
+};
+
+template <class T>
+struct DeferredPromise : DeferredPromiseBase<T> {
+    /// `co_return value;`, `co_return failure;` or `co_return result;`.
+    template <class V>
+    void return_value(V&& v) {
+        if constexpr (std::is_convertible<V, Result<T>>::value)
+            stateOf(this->deferred)->fire(Result<T>(std::forward<V>(v)));
+        else
+            stateOf(this->deferred)->fire(Result<T>(T(std::forward<V>(v))));
+    }
+};
+template <>
+struct DeferredPromise<void> : DeferredPromiseBase<void> {
+    void return_void() { this->deferred.callback(); }
+};
+
+}  // namespace detail
+
+/// `co_await asResult(d)`: the Result<T> instead of a throw on failure.
+template <class T>
+detail::DeferredAwaiter<T, true> asResult(const Deferred<T>& d) {
+    return detail::DeferredAwaiter<T, true>{detail::stateOf(d)};
+}
+#endif  // REACTOR_HAS_COROUTINES
+
+// ============================================================================
+// ==== 7. THREADS ====
 // A small thread pool for blocking work (database calls, name lookups).
 // Every callback still runs on the reactor thread: results come back with
 // Reactor::callFromThread.
@@ -1231,7 +2141,7 @@ private:
 };
 
 // ============================================================================
-// ==== 7. REACTOR ====
+// ==== 8. REACTOR ====
 // The event loop. One turn:
 //
 //     +--> wait in poll() (until an fd is ready, the next timer is due,
@@ -1298,6 +2208,14 @@ class ListeningPort;
 class Reactor : public IReactorTime {
 public:
     Reactor() : epoch_(std::chrono::steady_clock::now()) {
+        const char* env = std::getenv("REACTOR_TRACE");
+        if (env && *env && std::strcmp(env, "0") != 0)
+            tracer_ = [](std::string_view line) {
+                std::string out(line);
+                out += '\n';
+                std::fflush(stdout);  // keep the program's own output in order with the trace
+                std::fputs(out.c_str(), stderr);
+            };
         wakerSlot_ = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
                                waker_.drain();
                                wakePending_.store(false);
@@ -1351,6 +2269,20 @@ public:
         if (!parsePhase(phase, p)) return 0;
         return addTrigger(p, eventType, syncTrigger(std::move(f)), false);
     }
+    /// A trigger that returns a Deferred (any `Deferred<T>`): the event
+    /// waits until it fires, as in Twisted ("before" phase). A failure is
+    /// left in that Deferred (logged as unhandled when it is dropped).
+    template <class F, class R = std::decay_t<std::invoke_result_t<F&>>,
+              std::enable_if_t<detail::IsDeferred<R>::value, int> = 0>
+    TriggerId addSystemEventTrigger(std::string_view phase, std::string_view eventType, F f) {
+        return addAsyncSystemEventTrigger(phase, eventType, [f = std::move(f)](std::function<void()> done) mutable {
+            R d = f();
+            d.addBoth([done = std::move(done)](Result<typename R::value_type> r) {
+                done();
+                return r;
+            });
+        });
+    }
     /// The asynchronous form: a "before" trigger receives a `done` function
     /// and the event waits until every such trigger has called it.
     TriggerId addAsyncSystemEventTrigger(std::string_view phase, std::string_view eventType,
@@ -1374,6 +2306,23 @@ public:
         fireEvent(std::string(eventType), [] {});
     }
 
+    // ---- tracing (for teaching) ----------------------------------------
+
+    /// Reports every turn of the loop, one readable line per event: how long
+    /// poll() waited and why it woke, each ready descriptor and the protocol
+    /// callback it led to, timers (and how late), thread calls, connections
+    /// made and lost, Deferreds fired. REACTOR_TRACE=1 in the environment
+    /// turns it on (to stderr) for every new Reactor. Off: one branch per event.
+    void setTracer(Tracer tracer) { tracer_ = std::move(tracer); }
+    bool tracing() const { return static_cast<bool>(tracer_); }
+    /// Sends a line to the tracer (indented under the current turn).
+    void trace(std::string_view line) const {
+        if (!tracer_) return;
+        std::string out = "  ";
+        out += line;
+        tracer_(out);
+    }
+
     // ---- time ---------------------------------------------------------
 
     /// Seconds on the monotonic clock (steady_clock), not the wall clock.
@@ -1390,9 +2339,13 @@ public:
     /// Calls `f` whenever `fd` is readable (or has hung up / failed).
     /// Replaces an earlier reader of the same fd. Returns false if the fd
     /// cannot be watched (negative, or >= FD_SETSIZE with select()).
-    bool addReader(int fd, std::function<void()> f) { return watch(fd, os::evRead, detail::makeHandler(std::move(f))) != npos; }
+    bool addReader(int fd, std::function<void()> f) {
+        return watch(fd, os::evRead, detail::makeHandler(std::move(f)), true) != npos;
+    }
     /// Calls `f` whenever `fd` is writable.
-    bool addWriter(int fd, std::function<void()> f) { return watch(fd, os::evWrite, detail::makeHandler(std::move(f))) != npos; }
+    bool addWriter(int fd, std::function<void()> f) {
+        return watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
+    }
     /// Stops watching; removing what is not watched is not an error. Safe
     /// inside any callback: a removed fd is not dispatched later in the turn.
     void removeReader(int fd) { unwatch(fd, os::evRead); }
@@ -1480,6 +2433,7 @@ private:
         detail::Handler reader;
         detail::Handler writer;
         bool internal = false;
+        bool foreign = false;  // added with addReader/addWriter (traced here, not by a transport)
     };
     struct Trigger {
         TriggerId id;
@@ -1565,7 +2519,7 @@ private:
 
     // ---- the descriptor table: a pollfd array kept incrementally ------
 
-    std::size_t watch(int fd, short event, detail::Handler handler) {
+    std::size_t watch(int fd, short event, detail::Handler handler, bool foreign = false) {
         if (fd < 0) {
             detail::raise<error::ValueError>("cannot watch a negative file descriptor");
             return npos;
@@ -1589,6 +2543,7 @@ private:
         }
         pollfds_[slot].events = static_cast<short>(pollfds_[slot].events | event);
         pollfds_[slot].revents = 0;  // a new interest is not dispatched this turn
+        slots_[slot].foreign = foreign;
         (event == os::evRead ? slots_[slot].reader : slots_[slot].writer) = std::move(handler);
         return slot;
     }
@@ -1649,11 +2604,13 @@ private:
                 continue;
             }
             if ((rev & (os::evRead | os::evError)) && slots_[i].reader) {
+                if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
                 detail::Handler h = slots_[i].reader;  // keeps it alive if it removes itself
                 detail::runGuarded("reader callback", *h);
             }
             // The reader may have removed the writer, or the whole fd.
             if ((rev & (os::evWrite | os::evError)) && pollfds_[i].fd == fd && slots_[i].writer) {
+                if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
                 detail::Handler h = slots_[i].writer;
                 detail::runGuarded("writer callback", *h);
             }
@@ -1679,11 +2636,14 @@ private:
         int ms = -1;
         if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
 
+        const double waitStart = tracer_ ? seconds() : 0.0;
 #if defined(REACTOR_USE_SELECT)
         int ready = detail::os::selectWait(pollfds_.data(), pollfds_.size(), ms);
 #else
         int ready = detail::os::pollWait(pollfds_.data(), pollfds_.size(), ms);
 #endif
+        TraceScope traceScope(*this);
+        if (tracer_) traceTurn(ready, ms, seconds() - waitStart);
         if (ready < 0) {
             int err = detail::os::lastError();
             if (!detail::os::interrupted(err))  // EINTR: simply the next turn
@@ -1693,8 +2653,10 @@ private:
             dispatch();
         }
 
-        timers_.runDue(seconds(), false, [](std::function<void()>& fn, detail::TimerEntry& e) {
+        const double now = seconds();
+        timers_.runDue(now, false, [this, now](std::function<void()>& fn, detail::TimerEntry& e) {
             if (!fn) return;
+            if (tracer_) trace("timer from " + e.where.str() + " fired, " + detail::formatDuration(now - e.time) + " late");
             detail::runGuarded(("timed call scheduled at " + e.where.str()).c_str(), fn);
         });
 
@@ -1704,6 +2666,7 @@ private:
                 runningCalls_.swap(threadCalls_);
                 threadCallsPending_.store(false);
             }
+            if (tracer_) trace(std::to_string(runningCalls_.size()) + " call(s) from other threads");
             for (auto& f : runningCalls_) detail::runGuarded("callFromThread call", f);
             runningCalls_.clear();
         }
@@ -1717,9 +2680,42 @@ private:
         }
     }
 
+    /// Publishes this reactor's tracer to code that does not know it
+    /// (Deferreds) for the duration of a turn.
+    struct TraceScope {
+        const Tracer* previous;
+        explicit TraceScope(const Reactor& r) : previous(detail::activeTracer()) {
+            if (r.tracer_) detail::activeTracer() = &r.tracer_;
+        }
+        ~TraceScope() { detail::activeTracer() = previous; }
+        TraceScope(const TraceScope&) = delete;
+        TraceScope& operator=(const TraceScope&) = delete;
+    };
+
+    void traceTurn(int ready, int timeoutMs, double waited) {
+        std::string line = "turn " + std::to_string(++turnNumber_) + ": ";
+#if defined(REACTOR_USE_SELECT)
+        line += "select()";
+#else
+        line += "poll()";
+#endif
+        line += " waited " + detail::formatDuration(waited) + ", woke: ";
+        if (ready > 0)
+            line += std::to_string(ready) + (ready == 1 ? " descriptor ready" : " descriptors ready");
+        else if (ready < 0)
+            line += "interrupted";
+        else if (timeoutMs == 0)
+            line += "no wait (work pending)";
+        else
+            line += "timeout (a timer is due)";
+        tracer_(line);
+    }
+
     // ---- state ----------------------------------------------------------
 
     std::chrono::steady_clock::time_point epoch_;
+    Tracer tracer_;
+    std::uint64_t turnNumber_ = 0;
     detail::TimerQueue timers_{*this};
     detail::os::Waker waker_;
     std::size_t wakerSlot_ = npos;
@@ -1788,7 +2784,7 @@ inline void Reactor::stop() {
 }
 
 // ============================================================================
-// ==== 8. PROTOCOLS ====
+// ==== 9. PROTOCOLS ====
 // The transport/protocol split. A transport moves bytes (a TCP socket, or a
 // StringTransport in tests); a protocol decides what the bytes mean. A
 // factory makes one protocol per connection.
@@ -1884,6 +2880,18 @@ public:
     /// Our loseWriteConnection() completed (only for halfCloseable protocols).
     virtual void writeConnectionLost() {}
 
+    /// The name used in logs and traces (Twisted's logPrefix): the class
+    /// name when RTTI is available, else "Protocol". Override to choose.
+    virtual std::string logPrefix() const {
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+        std::string name = detail::demangle(typeid(*this).name());
+        std::size_t colon = name.rfind("::");
+        return colon == std::string::npos ? name : name.substr(colon + 2);
+#else
+        return "Protocol";
+#endif
+    }
+
     ITransport* transport = nullptr;  ///< valid from makeConnection until connectionLost returns
     Factory* factory = nullptr;       ///< the factory that built this protocol, if any
     bool connected = false;
@@ -1966,7 +2974,7 @@ public:
 };
 
 // ============================================================================
-// ==== 9. TCP ====
+// ==== 10. TCP ====
 // The TCP transport (one per connection), listening ports, connectors, and
 // ReconnectingClientFactory. Only this section and section 3 know sockets.
 // ============================================================================
@@ -2078,6 +3086,9 @@ public:
         if (!ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_)) return false;
         reading_ = true;
         Protocol* p = protocol_.get();
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
+                           peer_.str() + " -> " + p->logPrefix() + ".connectionMade");
         Failure failure;
         if (!runGuarded("connectionMade", [&] { p->makeConnection(this); }, &failure)) closeWith(failure, true);
         return true;
@@ -2108,6 +3119,10 @@ public:
                 sent = 0;
             }
             skip = static_cast<std::size_t>(sent);
+            if (reactor_.tracing())
+                reactor_.trace("transport.write(" + std::to_string(total) + " bytes): " +
+                               (skip == total ? std::string("sent at once")
+                                              : std::to_string(skip) + " sent, the rest buffered until writable"));
             if (skip == total) return;
         }
         for (std::size_t i = 0; i < count; ++i) {
@@ -2213,6 +3228,9 @@ private:
         if (n > 0) {
             Protocol* p = protocol_.get();
             std::string_view data(buf.data(), static_cast<std::size_t>(n));
+            if (reactor_.tracing())
+                reactor_.trace("fd " + std::to_string(fd_) + " readable -> " + p->logPrefix() + ".dataReceived(" +
+                               std::to_string(n) + " bytes)");
             Failure failure;
             // A protocol that throws loses its own connection, nothing else.
             if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) closeWith(failure, true);
@@ -2242,6 +3260,9 @@ private:
             closeWith(lostFailure(writeError_), true);
             return;
         }
+        if (reactor_.tracing() && pending() > 0)
+            reactor_.trace("fd " + std::to_string(fd_) + " writable -> sending " + std::to_string(pending()) +
+                           " buffered bytes");
         while (pending() > 0) {
             std::string_view rest(out_.data() + outPos_, pending());
             long sent = os::sendParts(fd_, &rest, 1);
@@ -2444,6 +3465,9 @@ private:
         if (failCall_.active()) failCall_.cancel();
         ++attempt_;
         state_ = State::disconnected;
+        if (reactor_.tracing())
+            reactor_.trace("connect to " + getDestination().str() + " failed -> clientConnectionFailed(" + reason.str() +
+                           ")");
         runGuarded("clientConnectionFailed", [&] { factory_.clientConnectionFailed(*this, reason); });
         finishCycle();
     }
@@ -2610,6 +3634,9 @@ inline void TcpConnection::closeWith(const Failure& reason, bool reset) {
     if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
     Protocol* p = protocol_.get();
     p->connected = false;
+    if (reactor_.tracing())
+        reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
+                       reason.str() + ")");
     runGuarded("connectionLost", [&] { p->connectionLost(reason); });
     if (connector_) connector_->connectionLost(reason);
     protocol_.reset();  // the protocol's life ends after connectionLost
@@ -2834,7 +3861,7 @@ private:
 };
 
 // ============================================================================
-// ==== 10. BASIC FRAMING ====
+// ==== 11. BASIC FRAMING ====
 // Protocols that cut a byte stream into messages: LineReceiver and friends.
 // ============================================================================
 
@@ -2986,7 +4013,215 @@ private:
 };
 
 // ============================================================================
-// ==== 12. IRC ====
+// ==== 12. TASK ====
+// Time-based helpers on any IReactorTime (a Reactor, or a Clock in tests):
+// LoopingCall and deferLater (Twisted's twisted.internet.task), and
+// deferToThread (Twisted's threads.deferToThread).
+// ============================================================================
+
+namespace detail {
+/// The same Deferred without its value (LoopingCall only needs "done").
+template <class T>
+Deferred<void> asVoid(Deferred<T> d) {
+    if constexpr (std::is_void<T>::value)
+        return d;
+    else
+        return d.addCallback([](const T&) {});
+}
+
+/// Runs `f` (on a worker thread) and captures its outcome as a Result.
+template <class U, class F>
+Result<U> captureResult(F& f) {
+#if REACTOR_HAS_EXCEPTIONS
+    try {
+#endif
+        if constexpr (std::is_void<std::invoke_result_t<F&>>::value) {
+            f();
+            return Result<U>();
+        } else {
+            return Result<U>(f());
+        }
+#if REACTOR_HAS_EXCEPTIONS
+    } catch (...) {
+        return Result<U>(Failure::current());
+    }
+#endif
+}
+}  // namespace detail
+
+/// Runs `f()` on `r`'s thread pool and returns a Deferred fired with its
+/// result (or what it threw, or the Failure it returned) on the reactor
+/// thread, through callFromThread. `f` must not touch the reactor; every
+/// callback on the returned Deferred runs on the reactor thread.
+/// Call from the reactor thread.
+template <class F>
+auto deferToThread(Reactor& r, F f) {
+    using R = std::decay_t<std::invoke_result_t<F&>>;
+    static_assert(!detail::IsDeferred<R>::value, "deferToThread: f runs on a worker thread; it cannot return a Deferred");
+    using U = typename detail::Unwrap<R, void>::type;
+    Deferred<U> d;
+    r.getThreadPool().callInThread([&r, d, f = std::move(f)]() mutable {
+        auto outcome = std::make_shared<Result<U>>(detail::captureResult<U>(f));
+        // Move the handle out so this worker never drops the last reference.
+        r.callFromThread([d = std::move(d), outcome]() mutable { detail::stateOf(d)->fire(std::move(*outcome)); });
+    });
+    return d;
+}
+
+namespace task {
+
+/// Calls `f` every `interval` seconds on `clock` (Twisted's LoopingCall).
+///   - `f` may return nothing, a value, a Failure/Result, or a Deferred: the
+///     next call is scheduled only after that Deferred fires.
+///   - Missed intervals are skipped: the next call is at the next multiple
+///     of `interval` after the start time that is strictly in the future.
+///   - If `f` throws or fails, the loop stops and the start() Deferred
+///     errbacks (unobserved, that Deferred logs "Unhandled error").
+/// Not copyable or movable: the start() Deferred fires with `this`.
+/// Destroying it cancels the pending call (the start() Deferred never fires).
+class LoopingCall {
+public:
+    template <class F>
+    LoopingCall(IReactorTime& clock, F f) : clock_(clock), alive_(std::make_shared<LoopingCall*>(this)) {
+        f_ = [f = std::move(f)]() mutable { return detail::asVoid(maybeDeferred(f)); };
+    }
+    ~LoopingCall() {
+        *alive_ = nullptr;
+        if (call_.active()) call_.cancel();
+    }
+    LoopingCall(const LoopingCall&) = delete;
+    LoopingCall& operator=(const LoopingCall&) = delete;
+
+    /// Starts calling: now (if `now`) and then every `seconds`. Returns a
+    /// Deferred fired with this LoopingCall by stop(), or failed by `f`.
+    /// Starting a running loop or a negative interval is an error.
+    Deferred<LoopingCall*> start(double seconds, bool now = true) {
+        if (running_) {
+            detail::raise<error::RuntimeError>("Tried to start an already running LoopingCall.");
+            return deferred_;
+        }
+        if (!(seconds >= 0)) {
+            detail::raise<error::ValueError>("interval must be >= 0");
+            return fail<LoopingCall*>(Failure(error::ValueError("interval must be >= 0")));
+        }
+        running_ = true;
+        interval = seconds;
+        deferred_ = Deferred<LoopingCall*>();
+        Deferred<LoopingCall*> d = deferred_;
+        starttime_ = clock_.seconds();
+        if (now)
+            call();
+        else
+            schedule();
+        return d;
+    }
+
+    /// Stops the loop and fires the start() Deferred (after `f` returns or
+    /// its Deferred fires, if called from inside). Unlike Twisted, stopping
+    /// a loop that is not running is harmless: it returns false.
+    bool stop() {
+        if (!running_) return false;
+        running_ = false;
+        if (call_) {  // between calls: finish now
+            if (call_.active()) call_.cancel();
+            call_ = DelayedCall();
+            finish();
+        }
+        return true;
+    }
+
+    /// Restarts the interval from now (the next call is `interval` from now).
+    void reset() {
+        if (!running_) {
+            detail::raise<error::RuntimeError>("Tried to reset a LoopingCall that was not running.");
+            return;
+        }
+        if (call_.active()) call_.cancel();
+        call_ = DelayedCall();
+        starttime_ = clock_.seconds();
+        schedule();
+    }
+
+    bool running() const { return running_; }
+    /// When the loop was started (or last reset), on the clock's scale.
+    double starttime() const { return starttime_; }
+    /// Seconds between calls; takes effect at the next scheduling.
+    double interval = 0;
+
+private:
+    void call() {
+        call_ = DelayedCall();
+        std::weak_ptr<LoopingCall*> alive = alive_;
+        f_().addCallbacks(
+            [alive] {
+                auto self = alive.lock();
+                if (!self || !*self) return;
+                LoopingCall& lc = **self;
+                if (lc.running_)
+                    lc.schedule();
+                else
+                    lc.finish();
+            },
+            [alive](Failure failure) -> Result<void> {
+                auto self = alive.lock();
+                if (!self || !*self) return failure;  // nobody left to tell: report it
+                LoopingCall& lc = **self;
+                lc.running_ = false;
+                Deferred<LoopingCall*> d = std::exchange(lc.deferred_, Deferred<LoopingCall*>());
+                d.errback(std::move(failure));
+                return {};
+            });
+    }
+    void schedule() {
+        std::weak_ptr<LoopingCall*> alive = alive_;
+        auto tick = [alive] {
+            auto self = alive.lock();
+            if (self && *self) (*self)->call();
+        };
+        const double now = clock_.seconds();
+        if (interval == 0) {
+            call_ = clock_.callLater(0, tick);
+            return;
+        }
+        // The next boundary start + k*interval strictly after now.
+        double k = std::floor((now - starttime_) / interval) + 1;
+        double next = starttime_ + k * interval;
+        if (next - now < interval * 1e-9) next += interval;  // float noise at a boundary
+        call_ = clock_.callLater(next - now, tick);
+    }
+    void finish() {
+        Deferred<LoopingCall*> d = std::exchange(deferred_, Deferred<LoopingCall*>());
+        d.callback(this);
+    }
+
+    IReactorTime& clock_;
+    std::function<Deferred<void>()> f_;
+    std::shared_ptr<LoopingCall*> alive_;  // callbacks hold it weakly: safe after destruction
+    Deferred<LoopingCall*> deferred_;
+    DelayedCall call_;
+    double starttime_ = 0;
+    bool running_ = false;
+};
+
+/// A Deferred fired with `f()` after `delay` seconds on `clock` (Twisted's
+/// deferLater). cancel() cancels the timer and errbacks CancelledError.
+inline Deferred<void> deferLater(IReactorTime& clock, double delay) {
+    auto call = std::make_shared<DelayedCall>();
+    Deferred<void> d([call](Deferred<void>&) {
+        if (call->active()) call->cancel();
+    });
+    *call = clock.callLater(delay, [d]() mutable { d.callback(); });
+    return d;
+}
+template <class F>
+auto deferLater(IReactorTime& clock, double delay, F f) {
+    return deferLater(clock, delay).addCallback(std::move(f));
+}
+
+}  // namespace task
+
+// ============================================================================
+// ==== 13. IRC ====
 // Twisted's twisted.words.protocols.irc client side: parsemsg, the CTCP
 // quoting helpers, ServerSupportedFeatures (ISUPPORT), parseModes, split,
 // and IRCClient, a LineReceiver that speaks IRC.
@@ -4619,7 +5854,7 @@ private:
 }  // namespace irc
 
 // ============================================================================
-// ==== 13. TESTING ====
+// ==== 14. TESTING ====
 // Helpers for tests that drive a real Reactor: run until a condition holds
 // (never sleep), and fail when a test leaves timers or descriptors behind
 // (Trial's "dirty reactor" check).

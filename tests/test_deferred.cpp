@@ -1,0 +1,700 @@
+// Deferred<T>: chain semantics (as tables, like Twisted's test_defer),
+// type changes, nested Deferreds, pause, cancel, timeouts, unhandled
+// errors, DeferredList/gatherResults, deep chains, and C++20 coroutines.
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace reactor;
+
+namespace {
+
+/// Everything a chain test wants to know about the end of a chain.
+struct Outcome {
+    bool fired = false;
+    bool ok = false;
+    int value = 0;
+    std::string error;  // Failure::type()
+};
+
+/// Records the final result of `d` (and handles it).
+template <class T>
+std::shared_ptr<Outcome> observe(Deferred<T> d) {
+    auto out = std::make_shared<Outcome>();
+    d.addBoth([out](Result<T> r) -> Result<T> {
+        out->fired = true;
+        out->ok = r.ok();
+        if constexpr (!std::is_void<T>::value) {
+            if (r.ok()) out->value = static_cast<int>(r.value());
+        }
+        if (r.failed()) out->error = r.failure().type();
+        return Result<T>();  // handled
+    });
+    return out;
+}
+
+Failure boom() { return Failure(error::ValueError("boom")); }
+
+/// One step of a table-driven chain.
+enum class Op {
+    cbAdd1,          // addCallback(x -> x + 1)
+    cbFail,          // addCallback(x -> Failure)
+    cbThrow,         // addCallback(x -> throw)   (skipped without exceptions)
+    ebRecover100,    // addErrback(f -> 100)
+    ebRefail,        // addErrback(f -> f)
+    pairAdd10Or200,  // addCallbacks(x -> x + 10, f -> 200)
+    pairFailOr300,   // addCallbacks(x -> Failure, f -> 300)
+    bothTag1000,     // addBoth(r -> ok ? x + 1000 : 1000)
+};
+
+void apply(Deferred<int>& d, Op op, std::string& trace) {
+    switch (op) {
+        case Op::cbAdd1: d.addCallback([&trace](int x) { trace += "c"; return x + 1; }); break;
+        case Op::cbFail: d.addCallback([&trace](int) -> Result<int> { trace += "F"; return boom(); }); break;
+        case Op::cbThrow:
+            d.addCallback([&trace](int x) -> int {
+                trace += "T";
+#if REACTOR_HAS_EXCEPTIONS
+                if (x >= 0) throw error::ValueError("thrown");
+#endif
+                return x;
+            });
+            break;
+        case Op::ebRecover100: d.addErrback([&trace](const Failure&) { trace += "e"; return 100; }); break;
+        case Op::ebRefail: d.addErrback([&trace](Failure f) { trace += "E"; return f; }); break;
+        case Op::pairAdd10Or200:
+            d.addCallbacks([&trace](int x) { trace += "p"; return x + 10; },
+                           [&trace](const Failure&) { trace += "q"; return 200; });
+            break;
+        case Op::pairFailOr300:
+            d.addCallbacks([&trace](int) -> Result<int> { trace += "P"; return boom(); },
+                           [&trace](const Failure&) -> Result<int> { trace += "Q"; return 300; });
+            break;
+        case Op::bothTag1000:
+            d.addBoth([&trace](Result<int> r) -> int {
+                trace += "b";
+                return r.ok() ? r.value() + 1000 : 1000;
+            });
+            break;
+    }
+}
+
+struct ChainCase {
+    const char* name;
+    bool startOk;  // callback(1) or errback(boom)
+    std::vector<Op> ops;
+    std::string trace;  // which halves ran
+    bool ok;
+    int value;
+};
+
+}  // namespace
+
+TEST_SUITE("deferred") {
+
+TEST_CASE("chain semantics: value/failure alternation, table of cases") {
+    const std::vector<ChainCase> cases = {
+        {"callbacks transform the value", true, {Op::cbAdd1, Op::cbAdd1}, "cc", true, 3},
+        {"errbacks are skipped on success", true, {Op::ebRecover100, Op::cbAdd1}, "c", true, 2},
+        {"callbacks are skipped on failure", false, {Op::cbAdd1, Op::cbAdd1}, "", false, 0},
+        {"an errback that returns a value recovers", false, {Op::cbAdd1, Op::ebRecover100, Op::cbAdd1}, "ec", true,
+         101},
+        {"a callback returning Failure switches to errbacks", true, {Op::cbFail, Op::cbAdd1, Op::ebRecover100}, "Fe",
+         true, 100},
+        {"an errback returning the failure fails on", false, {Op::ebRefail, Op::ebRecover100}, "Ee", true, 100},
+        {"addCallbacks: cb runs on success", true, {Op::pairAdd10Or200}, "p", true, 11},
+        {"addCallbacks: eb runs on failure", false, {Op::pairAdd10Or200}, "q", true, 200},
+        // D-08: the eb of a pair never sees its own cb's failure...
+        {"addCallbacks: eb never sees what cb fails with", true, {Op::pairFailOr300}, "P", false, 0},
+        // ...but the next pair's eb does: addCallback(cb).addErrback(eb).
+        {"addCallback(cb).addErrback(eb): eb sees cb's failure", true, {Op::cbFail, Op::ebRecover100}, "Fe", true,
+         100},
+        {"a failed pair is caught by the next pair", true, {Op::pairFailOr300, Op::pairFailOr300}, "PQ", true, 300},
+        {"addBoth sees a value", true, {Op::bothTag1000}, "b", true, 1001},
+        {"addBoth sees a failure and recovers", false, {Op::bothTag1000, Op::cbAdd1}, "bc", true, 1001},
+        {"a long alternation", true,
+         {Op::cbAdd1, Op::cbFail, Op::cbAdd1, Op::ebRefail, Op::ebRecover100, Op::cbAdd1, Op::pairFailOr300,
+          Op::pairAdd10Or200},
+         "cFEecPq", true, 200},
+#if REACTOR_HAS_EXCEPTIONS
+        {"a throwing callback switches to errbacks", true, {Op::cbThrow, Op::cbAdd1, Op::ebRecover100}, "Te", true,
+         100},
+#endif
+    };
+    for (const ChainCase& c : cases) {
+        CAPTURE(c.name);
+        // The same chain, built before firing and after firing, agrees.
+        for (bool fireFirst : {false, true}) {
+            CAPTURE(fireFirst);
+            std::string trace;
+            Deferred<int> d;
+            if (fireFirst) {
+                if (c.startOk) d.callback(1); else d.errback(boom());
+            }
+            for (Op op : c.ops) apply(d, op, trace);
+            auto out = observe(d);
+            if (!fireFirst) {
+                CHECK_FALSE(out->fired);
+                if (c.startOk) d.callback(1); else d.errback(boom());
+            }
+            CHECK(out->fired);
+            CHECK(trace == c.trace);
+            CHECK(out->ok == c.ok);
+            if (c.ok) CHECK(out->value == c.value);
+        }
+    }
+}
+
+TEST_CASE("a failure carries its type through the chain; trap-style errbacks") {
+    Deferred<int> d;
+    std::string seen;
+    d.addErrback([&](Failure f) -> Result<int> {
+         if (!f.check<error::ConnectionLost>()) return f;  // not ours: fail on
+         return 0;
+     }).addErrback([&](Failure f) -> Result<int> {
+        seen = f.type();
+        if (f.check<error::ConnectionClosed>()) return 7;
+        return f;
+    });
+    auto out = observe(d);
+    d.errback(Failure(error::ConnectionDone()));
+    CHECK(seen == "ConnectionDone");
+    CHECK(out->value == 7);
+}
+
+TEST_CASE("type-changing callbacks return a Deferred of the new type") {
+    Deferred<int> d;
+    Deferred<std::string> s = d.addCallback([](int x) { return std::to_string(x * 2); });
+    Deferred<std::size_t> n = s.addCallback([](const std::string& str) { return str.size(); });
+    std::size_t got = 0;
+    n.addCallback([&](std::size_t v) { got = v; });
+    d.callback(21);
+    CHECK(got == 2);
+    CHECK(s.called());
+    CHECK(n.called());
+
+    SUBCASE("a failure before the type change reaches the new Deferred's errbacks") {
+        Deferred<int> e;
+        std::string err;
+        e.addCallback([](int x) { return std::to_string(x); }).addErrback([&](Failure f) {
+            err = f.type();
+            return std::string("recovered");
+        });
+        e.errback(boom());
+        CHECK(err == "ValueError");
+    }
+    SUBCASE("void callbacks on Deferred<int> give Deferred<void>; the original then holds a handled marker") {
+        test::LogCapture log;
+        Deferred<int> e;
+        int seen = 0;
+        Deferred<void> v = e.addCallback([&](int x) { seen = x; });
+        std::string later;
+        e.addErrback([&](Failure f) { later = f.type(); return -1; });
+        e.callback(5);
+        CHECK(seen == 5);
+        CHECK(v.called());
+        CHECK(later == "ResultConsumed");
+    }
+    SUBCASE("a callback may return Result<U>") {
+        Deferred<int> e;
+        auto out = observe(e.addCallback([](int x) -> Result<double> {
+                                if (x < 0) return boom();
+                                return x / 2.0;
+                            }).addCallback([](double v) { return static_cast<int>(v * 10); }));
+        e.callback(3);
+        CHECK(out->value == 15);
+    }
+}
+
+TEST_CASE("a callback returning a Deferred pauses the chain until it fires") {
+    Deferred<int> outer;
+    Deferred<int> inner;
+    std::vector<int> seen;
+    outer.addCallback([&](int x) {
+        seen.push_back(x);
+        return inner;
+    });
+    outer.addCallback([&](int x) {
+        seen.push_back(x);
+        return x + 1;
+    });
+    auto out = observe(outer);
+    outer.callback(1);
+    CHECK(seen == std::vector<int>{1});
+    CHECK(outer.paused());
+    CHECK_FALSE(out->fired);
+    inner.callback(10);
+    CHECK(seen == std::vector<int>{1, 10});
+    CHECK(out->value == 11);
+    CHECK_FALSE(outer.paused());
+
+    SUBCASE("an already-fired inner Deferred is taken at once") {
+        Deferred<int> d;
+        auto o = observe(d.addCallback([](int x) { return succeed(x * 3); }));
+        d.callback(2);
+        CHECK(o->value == 6);
+    }
+    SUBCASE("an inner failure takes the outer chain to its errbacks") {
+        Deferred<int> d;
+        Deferred<int> in;
+        auto o = observe(d.addCallback([&](int) { return in; }));
+        d.callback(0);
+        in.errback(boom());
+        CHECK_FALSE(o->ok);
+        CHECK(o->error == "ValueError");
+    }
+    SUBCASE("a type-changing callback may return a Deferred of the new type") {
+        Deferred<int> d;
+        Deferred<std::string> in;
+        std::string got;
+        d.addCallback([&](int) { return in; }).addCallback([&](std::string s) { got = s; });
+        d.callback(0);
+        CHECK(got.empty());
+        in.callback("late");
+        CHECK(got == "late");
+    }
+}
+
+TEST_CASE("callbacks added after firing run at once; added while running run after the current one") {
+    Deferred<int> d;
+    d.callback(1);
+    std::vector<std::string> order;
+    d.addCallback([&](int x) {
+        order.push_back("first");
+        d.addCallback([&](int y) {
+            order.push_back("nested");
+            return y;
+        });
+        order.push_back("first-end");
+        return x;
+    });
+    d.addCallback([&](int x) {
+        order.push_back("second");
+        return x;
+    });
+    CHECK(order == std::vector<std::string>{"first", "first-end", "nested", "second"});
+}
+
+TEST_CASE("pause and unpause") {
+    Deferred<int> d;
+    int seen = 0;
+    d.pause();
+    d.pause();
+    d.addCallback([&](int x) { seen = x; return x; });
+    d.callback(4);
+    CHECK(seen == 0);
+    CHECK(d.called());
+    CHECK(d.paused());
+    d.unpause();
+    CHECK(seen == 0);
+    d.unpause();
+    CHECK(seen == 4);
+    d.unpause();  // extra unpause: ignored
+}
+
+TEST_CASE("firing twice is AlreadyCalledError") {
+    Deferred<int> d;
+    d.callback(1);
+#if REACTOR_HAS_EXCEPTIONS
+    CHECK_THROWS_AS(d.callback(2), defer::AlreadyCalledError);
+    CHECK_THROWS_AS(d.errback(boom()), defer::AlreadyCalledError);
+#endif
+    Deferred<void> v;
+    v.callback();
+#if REACTOR_HAS_EXCEPTIONS
+    CHECK_THROWS_AS(v.callback(), defer::AlreadyCalledError);
+#endif
+}
+
+TEST_CASE("cancel") {
+    SUBCASE("without a canceller: CancelledError, and the next fire is silently ignored once") {
+        Deferred<int> d;
+        auto out = observe(d);
+        d.cancel();
+        CHECK(out->error == "defer.CancelledError");
+        d.callback(1);  // ignored, like Twisted
+#if REACTOR_HAS_EXCEPTIONS
+        CHECK_THROWS_AS(d.callback(2), defer::AlreadyCalledError);
+#endif
+    }
+    SUBCASE("with a canceller that does not fire: canceller runs, then CancelledError") {
+        int cancels = 0;
+        Deferred<int> d([&](Deferred<int>&) { ++cancels; });
+        auto out = observe(d);
+        d.cancel();
+        CHECK(cancels == 1);
+        CHECK(out->error == "defer.CancelledError");
+#if REACTOR_HAS_EXCEPTIONS
+        CHECK_THROWS_AS(d.callback(2), defer::AlreadyCalledError);  // no suppression with a canceller
+#endif
+    }
+    SUBCASE("a canceller that fires the Deferred decides the result") {
+        Deferred<int> d([](Deferred<int>& self) { self.callback(42); });
+        auto out = observe(d);
+        d.cancel();
+        CHECK(out->ok);
+        CHECK(out->value == 42);
+    }
+    SUBCASE("cancelling a fired Deferred does nothing; the canceller is not called") {
+        int cancels = 0;
+        Deferred<int> d([&](Deferred<int>&) { ++cancels; });
+        auto out = observe(d);
+        d.callback(1);
+        d.cancel();
+        CHECK(cancels == 0);
+        CHECK(out->value == 1);
+    }
+    SUBCASE("cancelling a Deferred waiting on an inner one cancels the inner") {
+        int innerCancels = 0;
+        Deferred<int> inner([&](Deferred<int>&) { ++innerCancels; });
+        Deferred<int> outer;
+        outer.addCallback([&](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(0);
+        outer.cancel();
+        CHECK(innerCancels == 1);
+        CHECK(out->error == "defer.CancelledError");
+    }
+    SUBCASE("cancelling a type-changed handle cancels the source") {
+        int cancels = 0;
+        Deferred<int> d([&](Deferred<int>&) { ++cancels; });
+        Deferred<std::string> s = d.addCallback([](int x) { return std::to_string(x); });
+        std::string err;
+        s.addErrback([&](Failure f) { err = f.type(); return std::string(); });
+        s.cancel();
+        CHECK(cancels == 1);
+        CHECK(err == "defer.CancelledError");
+    }
+}
+
+TEST_CASE("addTimeout on a Clock") {
+    Clock clock;
+    SUBCASE("times out: TimeoutError, not CancelledError") {
+        Deferred<int> d;
+        d.addTimeout(10, clock);
+        auto out = observe(d);
+        clock.advance(9.9);
+        CHECK_FALSE(out->fired);
+        clock.advance(0.1);
+        CHECK(out->error == "defer.TimeoutError");
+        CHECK(clock.getDelayedCalls().empty());
+    }
+    SUBCASE("fires in time: the timer is cancelled") {
+        Deferred<int> d;
+        d.addTimeout(10, clock);
+        auto out = observe(d);
+        d.callback(3);
+        CHECK(out->value == 3);
+        CHECK(clock.getDelayedCalls().empty());
+        clock.advance(20);
+        CHECK(out->value == 3);
+    }
+    SUBCASE("a canceller that fires with a value wins over the timeout") {
+        Deferred<int> d([](Deferred<int>& self) { self.callback(-1); });
+        d.addTimeout(1, clock);
+        auto out = observe(d);
+        clock.advance(1);
+        CHECK(out->ok);
+        CHECK(out->value == -1);
+    }
+    SUBCASE("an explicit cancel stays a CancelledError") {
+        Deferred<int> d;
+        d.addTimeout(1, clock);
+        auto out = observe(d);
+        d.cancel();
+        CHECK(out->error == "defer.CancelledError");
+        CHECK(clock.getDelayedCalls().empty());
+    }
+}
+
+TEST_CASE("unhandled failures are logged when the last owner goes, not before") {
+    test::LogCapture log;
+    {
+        Deferred<int> d;
+        d.errback(boom());
+        CHECK(log.lines.empty());
+        Deferred<int> copy = d;
+        d = Deferred<int>();
+        CHECK(log.lines.empty());  // `copy` still owns it
+    }
+    REQUIRE(log.lines.size() == 1);
+    CHECK(log.contains("Unhandled error in Deferred: ValueError: boom"));
+
+    log.lines.clear();
+    {
+        Deferred<int> d;
+        d.addErrback([](Failure) { return 0; });
+        d.errback(boom());
+    }
+    CHECK(log.lines.empty());  // handled
+
+    {  // a failure handed on to an outer Deferred is reported once, by the outer
+        Deferred<int> inner;
+        Deferred<int> outer;
+        outer.addCallback([&](int) { return inner; });
+        outer.callback(0);
+        inner.errback(boom());
+    }
+    CHECK(log.lines.size() == 1);
+
+    log.lines.clear();
+    {  // an unfired Deferred is not an error
+        Deferred<int> d;
+        d.addCallback([](int x) { return x; });
+    }
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("succeed, fail, maybeDeferred") {
+    auto a = observe(succeed(5));
+    CHECK(a->value == 5);
+    auto b = observe(fail<int>(boom()));
+    CHECK(b->error == "ValueError");
+    bool ran = false;
+    succeed().addCallback([&] { ran = true; });
+    CHECK(ran);
+
+    auto c = observe(maybeDeferred([] { return 3; }));
+    CHECK(c->value == 3);
+    auto d = observe(maybeDeferred([]() -> Result<int> { return boom(); }));
+    CHECK(d->error == "ValueError");
+    Deferred<int> pending;
+    CHECK(maybeDeferred([&] { return pending; }) == pending);
+    int calls = 0;
+    auto e = observe(maybeDeferred([&] { ++calls; }));
+    CHECK(calls == 1);
+    CHECK(e->ok);
+#if REACTOR_HAS_EXCEPTIONS
+    auto f = observe(maybeDeferred([]() -> int { throw error::ConnectionLost(); }));
+    CHECK(f->error == "ConnectionLost");
+#endif
+}
+
+TEST_CASE("Failure::value<E> gives the error object, also FirstError's subFailure and index") {
+    Failure f{defer::FirstError(boom(), 3)};
+    REQUIRE(f.value<defer::FirstError>() != nullptr);
+    CHECK(f.value<defer::FirstError>()->index == 3);
+    CHECK(f.value<defer::FirstError>()->subFailure.type() == "ValueError");
+    CHECK(f.value<defer::CancelledError>() == nullptr);
+}
+
+TEST_CASE("DeferredList: results in input order, (success, value-or-Failure)") {
+    std::vector<Deferred<int>> ds(3);
+    DeferredList<int> list(ds);
+    DeferredListResult<int> got;
+    bool fired = false;
+    list.addCallback([&](DeferredListResult<int> r) {
+        got = r;
+        fired = true;
+    });
+    ds[2].callback(30);
+    ds[0].callback(10);
+    CHECK_FALSE(fired);
+    test::LogCapture log;
+    ds[1].errback(boom());
+    REQUIRE(fired);
+    REQUIRE(got.size() == 3);
+    CHECK(got[0].first);
+    CHECK(got[0].second.value() == 10);
+    CHECK_FALSE(got[1].first);
+    CHECK(got[1].second.failure().type() == "ValueError");
+    CHECK(got[2].second.value() == 30);
+    CHECK(got.index == DeferredListResult<int>::npos);
+    ds.clear();  // without consumeErrors the member still holds its failure: logged
+    CHECK(log.contains("Unhandled error in Deferred: ValueError"));
+}
+
+TEST_CASE("DeferredList flags") {
+    SUBCASE("empty list fires [] at once, except with fireOnOneCallback") {
+        bool fired = false;
+        DeferredList<int>({}).addCallback([&](DeferredListResult<int> r) { fired = r.empty(); });
+        CHECK(fired);
+        DeferredList<int> never({}, true);
+        CHECK_FALSE(never.called());
+    }
+    SUBCASE("fireOnOneCallback fires with (value, index) of the first success") {
+        std::vector<Deferred<int>> ds(3);
+        DeferredList<int> list(ds, true, false, true);
+        DeferredListResult<int> got;
+        list.addCallback([&](DeferredListResult<int> r) { got = r; });
+        ds[0].errback(boom());
+        CHECK_FALSE(list.called());
+        ds[2].callback(7);
+        REQUIRE(list.called());
+        CHECK(got.index == 2);
+        CHECK(got[got.index].second.value() == 7);
+        ds[1].callback(8);  // after the list fired: ignored by it
+    }
+    SUBCASE("fireOnOneCallback with every member failing still fires with the full list") {
+        std::vector<Deferred<int>> ds(2);
+        DeferredList<int> list(ds, true, false, true);
+        DeferredListResult<int> got;
+        list.addCallback([&](DeferredListResult<int> r) { got = r; });
+        ds[0].errback(boom());
+        ds[1].errback(boom());
+        CHECK(got.size() == 2);
+        CHECK(got.index == DeferredListResult<int>::npos);
+    }
+    SUBCASE("fireOnOneErrback fails with FirstError(subFailure, index); consumeErrors handles members") {
+        test::LogCapture log;
+        std::vector<Deferred<int>> ds(3);
+        DeferredList<int> list(ds, false, true, true);
+        std::size_t index = 99;
+        std::string sub;
+        list.addErrback([&](Failure f) {
+            if (auto* fe = f.value<defer::FirstError>()) {
+                index = fe->index;
+                sub = fe->subFailure.type();
+            }
+            return DeferredListResult<int>{};
+        });
+        ds[0].callback(1);
+        ds[1].errback(Failure(error::ConnectionLost()));
+        CHECK(index == 1);
+        CHECK(sub == "ConnectionLost");
+        ds.clear();
+        CHECK(log.lines.empty());  // consumed
+    }
+    SUBCASE("cancel() cancels every member") {
+        std::vector<Deferred<int>> ds(2);
+        DeferredList<int> list(ds, false, false, true);
+        bool fired = false;
+        list.addCallback([&](DeferredListResult<int> r) {
+            fired = true;
+            CHECK(r[0].second.failure().type() == "defer.CancelledError");
+        });
+        list.cancel();
+        CHECK(fired);
+        CHECK(ds[0].called());
+        CHECK(ds[1].called());
+    }
+}
+
+TEST_CASE("gatherResults") {
+    std::vector<Deferred<int>> ds(3);
+    std::vector<int> got;
+    gatherResults(ds).addCallback([&](std::vector<int> v) { got = v; });
+    ds[1].callback(2);
+    ds[0].callback(1);
+    ds[2].callback(3);
+    CHECK(got == std::vector<int>{1, 2, 3});
+
+    SUBCASE("the first failure wins, as FirstError with its index") {
+        std::vector<Deferred<int>> es(3);
+        std::size_t index = 99;
+        gatherResults(es, true).addErrback([&](Failure f) {
+            index = f.value<defer::FirstError>()->index;
+            return std::vector<int>{};
+        });
+        es[2].errback(boom());
+        es[0].errback(boom());
+        CHECK(index == 2);
+    }
+    SUBCASE("empty and void") {
+        bool emptyFired = false;
+        gatherResults(std::vector<Deferred<int>>{}).addCallback([&](std::vector<int> v) { emptyFired = v.empty(); });
+        CHECK(emptyFired);
+        std::vector<Deferred<void>> vs(2);
+        bool done = false;
+        gatherResults(vs).addCallback([&] { done = true; });
+        vs[0].callback();
+        vs[1].callback();
+        CHECK(done);
+    }
+}
+
+TEST_CASE("deep chains: 100,000 callbacks and 10,000 nested Deferreds do not overflow the stack") {
+    Deferred<int> d;
+    for (int i = 0; i < 100000; ++i) d.addCallback([](int x) { return x + 1; });
+    auto out = observe(d);
+    d.callback(0);
+    CHECK(out->value == 100000);
+
+    // d[i]'s callback returns d[i+1]; every level waits for the next one,
+    // and firing the last unwinds 10,000 levels at once.
+    const int n = 10000;
+    std::vector<Deferred<int>> ds(n + 1);
+    for (int i = 0; i < n; ++i) {
+        Deferred<int> next = ds[static_cast<std::size_t>(i) + 1];
+        ds[static_cast<std::size_t>(i)].addCallback([next](int) { return next; }).addCallback([](int x) { return x + 1; });
+    }
+    auto top = observe(ds[0]);
+    for (int i = 0; i < n; ++i) ds[static_cast<std::size_t>(i)].callback(0);
+    CHECK_FALSE(top->fired);
+    ds[static_cast<std::size_t>(n)].callback(0);
+    CHECK(top->value == n);
+
+    // 10,000 already-fired Deferreds returned in a row.
+    Deferred<int> e;
+    for (int i = 0; i < 10000; ++i) e.addCallback([](int x) { return succeed(x + 1); });
+    auto eo = observe(e);
+    e.callback(0);
+    CHECK(eo->value == 10000);
+}
+
+#if defined(REACTOR_HAS_COROUTINES)
+namespace {
+Deferred<int> addLater(Deferred<int> a, Deferred<int> b) {
+    int x = co_await a;
+    int y = co_await b;
+    co_return x + y;
+}
+Deferred<std::string> describe(Deferred<int> a) {
+    Result<int> r = co_await asResult(a);
+    if (r.failed()) co_return "failed: " + r.failure().type();
+    co_return std::to_string(r.value());
+}
+#if REACTOR_HAS_EXCEPTIONS
+Deferred<int> catches(Deferred<int> a) {
+    try {
+        co_return co_await a;
+    } catch (const error::ConnectionLost&) {
+        co_return -1;
+    }
+}
+Deferred<void> throwsOut(Deferred<int> a) {
+    co_await a;
+    throw error::ValueError("after await");
+}
+#endif
+Deferred<int> loopOverFired() {
+    int sum = 0;
+    for (int i = 0; i < 100000; ++i) sum += co_await succeed(1);  // no recursion per await
+    co_return sum;
+}
+}  // namespace
+
+TEST_CASE("coroutines: co_await a Deferred, return a Deferred (inlineCallbacks)") {
+    Deferred<int> a, b;
+    auto out = observe(addLater(a, b));
+    CHECK_FALSE(out->fired);
+    b.callback(2);  // order of firing does not matter
+    a.callback(1);
+    CHECK(out->value == 3);
+
+    Deferred<int> c;
+    std::string got;
+    describe(c).addCallback([&](std::string s) { got = s; });
+    c.errback(boom());
+    CHECK(got == "failed: ValueError");
+
+    auto l = observe(loopOverFired());
+    CHECK(l->value == 100000);
+
+#if REACTOR_HAS_EXCEPTIONS
+    Deferred<int> e;
+    auto caught = observe(catches(e));
+    e.errback(Failure(error::ConnectionLost()));
+    CHECK(caught->value == -1);
+
+    Deferred<int> f;
+    auto thrown = observe(throwsOut(f));
+    f.callback(0);
+    CHECK(thrown->error == "ValueError");
+#endif
+}
+#endif
+
+}  // TEST_SUITE deferred

@@ -1,0 +1,254 @@
+// The task module on a Clock (LoopingCall, deferLater), deferToThread on a
+// real reactor, and a before-shutdown trigger that returns a Deferred.
+#include <atomic>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace reactor;
+
+TEST_SUITE("task") {
+
+TEST_CASE("LoopingCall: now=true calls at once, then every interval; stop fires the Deferred") {
+    Clock clock;
+    std::vector<double> calls;
+    task::LoopingCall lc(clock, [&] { calls.push_back(clock.seconds()); });
+    task::LoopingCall* stoppedWith = nullptr;
+    lc.start(1.0).addCallback([&](task::LoopingCall* l) { stoppedWith = l; });
+    CHECK(lc.running());
+    CHECK(calls == std::vector<double>{0.0});
+    clock.pump({1, 1, 1});
+    CHECK(calls == std::vector<double>{0, 1, 2, 3});
+    CHECK(lc.stop());
+    CHECK(stoppedWith == &lc);
+    CHECK_FALSE(lc.running());
+    CHECK_FALSE(lc.stop());  // not running: harmless (Twisted asserts)
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+TEST_CASE("LoopingCall: now=false waits one interval") {
+    Clock clock;
+    int n = 0;
+    task::LoopingCall lc(clock, [&] { ++n; });
+    lc.start(2.0, false);
+    CHECK(n == 0);
+    clock.advance(1.9);
+    CHECK(n == 0);
+    clock.advance(0.1);
+    CHECK(n == 1);
+    lc.stop();
+}
+
+TEST_CASE("LoopingCall skips missed intervals: interval 1, jump to 5.5, next call at 6.0") {
+    Clock clock;
+    std::vector<double> calls;
+    task::LoopingCall lc(clock, [&] { calls.push_back(clock.seconds()); });
+    lc.start(1.0);
+    clock.advance(5.5);
+    CHECK(calls == std::vector<double>{0.0, 5.5});
+    REQUIRE(clock.getDelayedCalls().size() == 1);
+    CHECK(clock.getDelayedCalls()[0].getTime() == doctest::Approx(6.0));
+    clock.advance(0.5);
+    CHECK(calls.back() == doctest::Approx(6.0));
+    lc.stop();
+}
+
+TEST_CASE("LoopingCall: a Deferred-returning f delays the next call until it fires") {
+    Clock clock;
+    int n = 0;
+    Deferred<void> pending;
+    task::LoopingCall lc(clock, [&] {
+        ++n;
+        pending = Deferred<void>();
+        return pending;
+    });
+    bool stopped = false;
+    lc.start(1.0).addCallback([&](task::LoopingCall*) { stopped = true; });
+    CHECK(n == 1);
+    clock.advance(3);  // still waiting for the first Deferred
+    CHECK(n == 1);
+    CHECK(clock.getDelayedCalls().empty());
+    pending.callback();  // at t=3: the next boundary strictly after now is 4
+    clock.advance(1);
+    CHECK(n == 2);
+    lc.stop();  // while f's Deferred is pending: the loop finishes when it fires
+    CHECK_FALSE(stopped);
+    CHECK(clock.getDelayedCalls().empty());
+    pending.callback();
+    CHECK(stopped);
+}
+
+TEST_CASE("LoopingCall: f failing kills the loop and errbacks the start Deferred") {
+    Clock clock;
+    int n = 0;
+    task::LoopingCall lc(clock, [&]() -> Result<void> {
+        if (++n == 3) return Failure(error::ValueError("third call fails"));
+        return {};
+    });
+    std::string error;
+    lc.start(1.0).addErrback([&](Failure f) -> task::LoopingCall* {
+        error = f.getErrorMessage();
+        return nullptr;
+    });
+    clock.pump({1, 1, 1, 1});
+    CHECK(n == 3);
+    CHECK(error == "third call fails");
+    CHECK_FALSE(lc.running());
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+#if REACTOR_HAS_EXCEPTIONS
+TEST_CASE("LoopingCall: a throwing f kills the loop too; unobserved, it is logged") {
+    test::LogCapture log;
+    Clock clock;
+    task::LoopingCall lc(clock, []() { throw error::ConnectionLost(); });
+    lc.start(1.0);  // Deferred dropped: nobody observes the failure
+    CHECK_FALSE(lc.running());
+    CHECK(log.contains("Unhandled error in Deferred: ConnectionLost"));
+}
+#endif
+
+TEST_CASE("LoopingCall: stop from inside f fires after f returns; reset restarts the interval") {
+    Clock clock;
+    int n = 0;
+    task::LoopingCall* self = nullptr;
+    task::LoopingCall lc(clock, [&] {
+        if (++n == 2) self->stop();
+    });
+    self = &lc;
+    bool stopped = false;
+    lc.start(1.0).addCallback([&](task::LoopingCall*) { stopped = true; });
+    clock.advance(1);
+    CHECK(n == 2);
+    CHECK(stopped);
+    CHECK(clock.getDelayedCalls().empty());
+
+    int m = 0;
+    task::LoopingCall lr(clock, [&] { ++m; });
+    lr.start(1.0, false);  // at t=1: next at 2
+    clock.advance(0.5);
+    lr.reset();  // t=1.5: next at 2.5
+    clock.advance(0.9);
+    CHECK(m == 0);
+    clock.advance(0.1);
+    CHECK(m == 1);
+    lr.stop();
+}
+
+TEST_CASE("LoopingCall: start twice and a negative interval are errors; destruction cancels") {
+    Clock clock;
+    {
+        task::LoopingCall lc(clock, [] {});
+        lc.start(1.0);
+#if REACTOR_HAS_EXCEPTIONS
+        CHECK_THROWS_AS(lc.start(1.0), error::RuntimeError);
+        task::LoopingCall neg(clock, [] {});
+        CHECK_THROWS_AS(neg.start(-1), error::ValueError);
+#endif
+    }
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+TEST_CASE("deferLater fires with f() after the delay; cancel gives CancelledError and cancels the timer") {
+    Clock clock;
+    int got = 0;
+    task::deferLater(clock, 2.0, [] { return 42; }).addCallback([&](int v) { got = v; });
+    clock.advance(1.9);
+    CHECK(got == 0);
+    clock.advance(0.1);
+    CHECK(got == 42);
+
+    bool ran = false;
+    std::string error;
+    Deferred<void> d = task::deferLater(clock, 1.0, [&] { ran = true; });
+    d.addErrback([&](Failure f) { error = f.type(); });
+    CHECK(clock.getDelayedCalls().size() == 1);
+    d.cancel();
+    CHECK(error == "defer.CancelledError");
+    CHECK(clock.getDelayedCalls().empty());
+    clock.advance(5);
+    CHECK_FALSE(ran);
+}
+
+}  // TEST_SUITE task
+
+TEST_SUITE("threads") {
+
+TEST_CASE("deferToThread: the value arrives on the reactor thread") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const std::thread::id loop = std::this_thread::get_id();
+    std::atomic<bool> ranOffLoop{false};
+    int got = 0;
+    bool onLoop = false;
+    deferToThread(r, [&] {
+        ranOffLoop = std::this_thread::get_id() != loop;
+        return 6 * 7;
+    }).addCallback([&](int v) {
+        got = v;
+        onLoop = std::this_thread::get_id() == loop;
+    });
+    CHECK(testing::runUntil(r, [&] { return got != 0; }));
+    CHECK(got == 42);
+    CHECK(ranOffLoop);
+    CHECK(onLoop);
+    r.getThreadPool().stop();
+}
+
+TEST_CASE("deferToThread: a returned Failure (and a throw) arrive as failures") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::string a, b;
+    deferToThread(r, []() -> Result<int> { return Failure(error::ValueError("worker says no")); })
+        .addErrback([&](Failure f) {
+            a = f.getErrorMessage();
+            return 0;
+        });
+#if REACTOR_HAS_EXCEPTIONS
+    deferToThread(r, []() -> int { throw error::ConnectionLost(); }).addErrback([&](Failure f) {
+        b = f.type();
+        return 0;
+    });
+#else
+    b = "ConnectionLost";
+#endif
+    CHECK(testing::runUntil(r, [&] { return !a.empty() && !b.empty(); }));
+    CHECK(a == "worker says no");
+    CHECK(b == "ConnectionLost");
+    r.getThreadPool().stop();
+}
+
+TEST_CASE("deferToThread: many jobs, results all delivered") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::vector<Deferred<int>> ds;
+    for (int i = 0; i < 100; ++i) ds.push_back(deferToThread(r, [i] { return i * i; }));
+    std::vector<int> got;
+    gatherResults(ds).addCallback([&](std::vector<int> v) { got = v; });
+    CHECK(testing::runUntil(r, [&] { return !got.empty(); }));
+    REQUIRE(got.size() == 100);
+    CHECK(got[9] == 81);
+    r.getThreadPool().stop();
+}
+
+}  // TEST_SUITE threads
+
+TEST_SUITE("reactor") {
+
+TEST_CASE("a before-shutdown trigger returning a Deferred delays shutdown until it fires") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::vector<std::string> order;
+    r.addSystemEventTrigger("before", "shutdown", [&] {
+        order.push_back("before");
+        return task::deferLater(r, 0.01, [&] { order.push_back("deferred fired"); });
+    });
+    r.addSystemEventTrigger("during", "shutdown", [&] { order.push_back("during"); });
+    r.callWhenRunning([&] { r.stop(); });
+    r.run();
+    CHECK(order == std::vector<std::string>{"before", "deferred fired", "during"});
+}
+
+}  // TEST_SUITE reactor

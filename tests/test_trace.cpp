@@ -1,0 +1,101 @@
+// Trace mode: a scripted echo exchange on loopback, checked line by line.
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace reactor;
+
+namespace {
+struct EchoProtocol : Protocol {
+    void dataReceived(std::string_view data) override { transport->write(data); }
+};
+struct Greeter : Protocol {
+    std::string* got = nullptr;
+    void connectionMade() override { transport->write("hello, reactor"); }
+    void dataReceived(std::string_view data) override {
+        got->append(data);
+        if (*got == "hello, reactor") transport->loseConnection();
+    }
+};
+struct GreeterFactory : ClientFactory {
+    std::string got;
+    bool done = false;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        auto p = std::make_unique<Greeter>();
+        p->got = &got;
+        return p;
+    }
+    void clientConnectionLost(IConnector&, const Failure&) override { done = true; }
+};
+
+bool anyLine(const std::vector<std::string>& lines, std::string_view needle) {
+    for (auto& l : lines)
+        if (l.find(needle) != std::string::npos) return true;
+    return false;
+}
+}  // namespace
+
+TEST_SUITE("trace") {
+
+TEST_CASE("an echo exchange, traced: turns, ready fds, protocol callbacks, connections") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::vector<std::string> lines;
+    r.setTracer([&](std::string_view line) { lines.emplace_back(line); });
+    CHECK(r.tracing());
+    auto echo = Factory::forProtocol<EchoProtocol>();
+    ListeningPort port = r.listenTCP(0, echo, 50, "127.0.0.1");
+    GreeterFactory client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return client.done && anyLine(lines, "EchoProtocol.connectionLost"); }));
+    port.stopListening();
+    CHECK(client.got == "hello, reactor");
+
+    // One header per turn, events indented under it.
+    CHECK(lines.front().rfind("turn 1: poll()", 0) == 0);
+    CHECK(anyLine(lines, "descriptor ready"));
+    CHECK(anyLine(lines, ": connected to 127.0.0.1:" + std::to_string(port.getHost().port) + " -> Greeter.connectionMade"));
+    CHECK(anyLine(lines, ": connection from 127.0.0.1:"));
+    CHECK(anyLine(lines, "-> EchoProtocol.connectionMade"));
+    CHECK(anyLine(lines, "readable -> EchoProtocol.dataReceived(14 bytes)"));
+    CHECK(anyLine(lines, "readable -> Greeter.dataReceived(14 bytes)"));
+    CHECK(anyLine(lines, "transport.write(14 bytes): sent at once"));
+    CHECK(anyLine(lines, "closed -> Greeter.connectionLost(ConnectionDone: Connection was closed cleanly.)"));
+    CHECK(anyLine(lines, "closed -> EchoProtocol.connectionLost(ConnectionDone: Connection was closed cleanly.)"));
+    for (auto& l : lines) {
+        bool header = l.rfind("turn ", 0) == 0;
+        bool event = l.rfind("  ", 0) == 0;
+        CHECK_MESSAGE((header || event), l);
+    }
+}
+
+TEST_CASE("timers, thread calls, foreign fds and Deferreds are traced") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::vector<std::string> lines;
+    r.setTracer([&](std::string_view line) { lines.emplace_back(line); });
+    bool fired = false, threadCall = false;
+    Deferred<int> d;
+    r.callLater(0, [&] {
+        fired = true;
+        d.callback(42);
+    });
+    r.callFromThread([&] { threadCall = true; });
+    REQUIRE(testing::runUntil(r, [&] { return fired && threadCall; }));
+    CHECK(anyLine(lines, "timer from "));
+    CHECK(anyLine(lines, "test_trace.cpp:"));
+    CHECK(anyLine(lines, " late"));
+    CHECK(anyLine(lines, "1 call(s) from other threads"));
+    CHECK(anyLine(lines, "Deferred fired with a value"));
+    d.addCallback([](int v) { return v; });
+}
+
+TEST_CASE("tracing off: nothing is produced and nothing is published") {
+    Reactor r;
+    CHECK_FALSE(r.tracing());
+    r.iterate(0);
+    CHECK(detail::activeTracer() == nullptr);
+}
+
+}  // TEST_SUITE trace
