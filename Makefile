@@ -144,3 +144,34 @@ bench: build/examples/echo_server
 	@mkdir -p build/bench
 	$(CXX) -std=$(STD) -O2 -Wall -Wextra tests/bench/bench.cpp -o build/bench/bench
 	./build/bench/bench build/examples/echo_server $(BENCH_SECONDS)
+
+# ---- make demo ------------------------------------------------------------
+# The toy IRC server, the bot and a scripted user on loopback (tests/demo.cpp).
+
+.PHONY: demo
+demo: $(EXDIR)/irc_server $(EXDIR)/irc_bot $(OUT)/demo
+	timeout 60 $(OUT)/demo $(EXDIR)
+
+$(OUT)/demo: tests/demo.cpp reactor.hpp
+	@mkdir -p $(dir $@)
+	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS)
+
+# ---- IRC interop: Debian's ngircd -----------------------------------------
+# The irc-interop suite (tests/test_irc.cpp) starts ngircd itself on a free
+# loopback port. As root a missing ngircd is installed first; otherwise the
+# suite prints SKIPPED.
+
+.PHONY: ngircd
+ngircd:
+	@if [ ! -x /usr/sbin/ngircd ] && ! command -v ngircd >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "ngircd is missing: installing Debian's ngircd for the IRC interop tests"; \
+	    apt-get install -y ngircd >/dev/null 2>&1 || \
+	      (apt-get update >/dev/null && apt-get install -y ngircd >/dev/null) || \
+	      echo "*** could not install ngircd: the IRC interop tests will be SKIPPED ***"; \
+	  else \
+	    echo "*** ngircd is missing: the IRC interop tests will be SKIPPED (sudo apt-get install ngircd) ***"; \
+	  fi; \
+	fi
+
+test: | ngircd

@@ -106,6 +106,9 @@
 #include <utility>      // std::move, std::exchange
 #include <variant>      // Result<T>: a value or a Failure
 #include <vector>       // everything array-like
+// IRC (section 13)
+#include <ctime>        // CTCP TIME: std::time, std::strftime, localtime_r
+#include <optional>     // IRC: absent CTCP data, optional command arguments
 
 // C++20 coroutines: Deferred<T> is awaitable and a coroutine return type.
 #if defined(__cpp_impl_coroutine) && defined(__has_include)
@@ -4658,6 +4661,1639 @@ auto deferLater(IReactorTime& clock, double delay, F f) {
 }
 
 }  // namespace task
+
+// ============================================================================
+// ==== 13. IRC ====
+// Twisted's twisted.words.protocols.irc client side: parsemsg, the CTCP
+// quoting helpers, ServerSupportedFeatures (ISUPPORT), parseModes, split,
+// and IRCClient, a LineReceiver that speaks IRC.
+//
+// Lines are bytes (std::string), not decoded text: UTF-8 passes through
+// untouched, and msg() never cuts a UTF-8 character in two.
+//
+// Outgoing CR/LF/NUL policy (Twisted M-quotes them; we REJECT):
+//   - every IRCClient command refuses an argument that contains CR, LF or
+//     NUL: nothing is sent, a warning is logged, the command returns false;
+//   - the message text of msg/notice/say is the one exception for CR and
+//     LF: a line break there starts a new PRIVMSG/NOTICE (Twisted's msg
+//     behaviour), each with its own "PRIVMSG target :" header; NUL is
+//     still refused;
+//   - IRCClient::sendLine itself refuses a line containing CR, LF or NUL,
+//     so even raw lines cannot smuggle in a second command.
+// Incoming: CR, LF and CRLF all end a line; an empty line is skipped; a line
+// that is malformed, contains NUL, or is over the IRC limit (510 bytes plus
+// up to 8191 bytes of IRCv3 tags) is dropped with a log line.
+// ============================================================================
+namespace irc {
+
+/// The longest line, CRLF included (RFC 2812 section 2.3).
+constexpr std::size_t MAX_COMMAND_LENGTH = 512;
+/// The longest IRCv3 tag section ("@..." up to the space).
+constexpr std::size_t MAX_TAGS_LENGTH = 8191;
+/// Channel prefixes assumed until the server announces CHANTYPES.
+constexpr std::string_view CHANNEL_PREFIXES = "&#!+";
+
+/// X_DELIM: CTCP messages are wrapped in it.
+constexpr char X_DELIM = '\x01';
+/// M_QUOTE: the low-level quote character.
+constexpr char M_QUOTE = '\x10';
+/// X_QUOTE: the CTCP quote character.
+constexpr char X_QUOTE = '\\';
+
+/// One parsed server line (what Twisted's parsemsg returns, plus tags).
+/// On malformed input `error` says why and the other fields are partial.
+struct Message {
+    /// IRCv3 message tags, in order, values unescaped ("" when absent).
+    std::vector<std::pair<std::string, std::string>> tags;
+    std::string prefix;   ///< "nick!user@host" or a server name; "" if none
+    std::string command;  ///< as sent ("PRIVMSG", "001")
+    std::vector<std::string> params;  ///< middle params, then the trailing one
+    std::string error;    ///< non-empty: the line was malformed
+
+    bool ok() const { return error.empty(); }
+    explicit operator bool() const { return ok(); }
+    /// The value of tag `key`, or null when the tag is absent.
+    const std::string* tag(std::string_view key) const {
+        for (const auto& t : tags)
+            if (t.first == key) return &t.second;
+        return nullptr;
+    }
+};
+
+namespace detail {
+
+inline bool hasUnsafeChar(std::string_view s) {
+    return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+}
+
+inline char asciiUpper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
+inline char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+/// Parses a non-negative decimal int; false on anything else (or overflow).
+inline bool parseInt(std::string_view s, int& out) {
+    if (s.empty() || s.size() > 9) return false;
+    int v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return false;
+        v = v * 10 + (c - '0');
+    }
+    out = v;
+    return true;
+}
+
+inline std::string unescapeTagValue(std::string_view v) {
+    std::string out;
+    out.reserve(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (v[i] != '\\') {
+            out += v[i];
+            continue;
+        }
+        if (++i == v.size()) break;  // a lone trailing backslash is dropped
+        switch (v[i]) {
+            case ':': out += ';'; break;
+            case 's': out += ' '; break;
+            case 'r': out += '\r'; break;
+            case 'n': out += '\n'; break;
+            default: out += v[i]; break;  // "\\" -> "\", "\x" -> "x"
+        }
+    }
+    return out;
+}
+
+/// The part of "nick!user@host" before '!'.
+inline std::string nickOf(std::string_view prefix) {
+    return std::string(prefix.substr(0, prefix.find('!')));
+}
+
+}  // namespace detail
+
+/// Splits a server line into tags, prefix, command and params (Twisted's
+/// parsemsg, plus IRCv3 tags). Never throws: malformed input gives a
+/// Message whose `error` is set ("Empty line.", "Prefix without command.").
+inline Message parsemsg(std::string_view line) {
+    Message m;
+    if (line.empty()) {
+        m.error = "Empty line.";
+        return m;
+    }
+    std::string_view s = line;
+    if (s[0] == '@') {
+        std::size_t sp = s.find(' ');
+        if (sp == std::string_view::npos) {
+            m.error = "Tags without command.";
+            return m;
+        }
+        std::string_view tags = s.substr(1, sp - 1);
+        if (tags.empty()) {
+            m.error = "Empty tag section.";
+            return m;
+        }
+        while (!tags.empty()) {
+            std::size_t semi = tags.find(';');
+            std::string_view item = tags.substr(0, semi);
+            tags = semi == std::string_view::npos ? std::string_view() : tags.substr(semi + 1);
+            if (item.empty()) continue;
+            std::size_t eq = item.find('=');
+            std::string key(item.substr(0, eq));
+            if (key.empty()) continue;
+            std::string value = eq == std::string_view::npos ? std::string() : detail::unescapeTagValue(item.substr(eq + 1));
+            m.tags.emplace_back(std::move(key), std::move(value));
+        }
+        s = s.substr(sp + 1);
+        while (!s.empty() && s[0] == ' ') s.remove_prefix(1);
+    }
+    if (!s.empty() && s[0] == ':') {
+        std::size_t sp = s.find(' ');
+        if (sp == std::string_view::npos) {
+            m.error = "Prefix without command.";
+            return m;
+        }
+        m.prefix = std::string(s.substr(1, sp - 1));
+        if (m.prefix.empty()) {
+            m.error = "Empty prefix.";
+            return m;
+        }
+        s = s.substr(sp + 1);
+    }
+    std::size_t trailingAt = s.find(" :");
+    std::string_view head = trailingAt == std::string_view::npos ? s : s.substr(0, trailingAt);
+    std::vector<std::string> args;
+    while (!head.empty()) {
+        std::size_t sp = head.find(' ');
+        std::string_view word = head.substr(0, sp);
+        if (!word.empty()) args.emplace_back(word);
+        if (sp == std::string_view::npos) break;
+        head.remove_prefix(sp + 1);
+    }
+    if (trailingAt != std::string_view::npos) {
+        if (args.empty()) {  // " :text" with nothing before it
+            m.error = "Missing command.";
+            return m;
+        }
+        args.emplace_back(s.substr(trailingAt + 2));
+    }
+    if (args.empty() || args[0][0] == ':') {
+        m.error = "Missing command.";
+        return m;
+    }
+    m.command = std::move(args[0]);
+    m.params.assign(std::make_move_iterator(args.begin() + 1), std::make_move_iterator(args.end()));
+    return m;
+}
+
+// ---- quoting (Twisted's lowQuote, ctcpQuote and friends) -------------------
+
+/// Low-level quoting: \x10 -> \x10\x10, NUL -> \x10 0, LF -> \x10 n, CR -> \x10 r.
+/// IRCClient does not apply it on the wire (see the CR/LF policy above).
+inline std::string lowQuote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        switch (c) {
+            case M_QUOTE: out += M_QUOTE; out += M_QUOTE; break;
+            case '\0': out += M_QUOTE; out += '0'; break;
+            case '\n': out += M_QUOTE; out += 'n'; break;
+            case '\r': out += M_QUOTE; out += 'r'; break;
+            default: out += c;
+        }
+    }
+    return out;
+}
+
+/// Reverses lowQuote; an unknown escape \x10 z gives z.
+inline std::string lowDequote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != M_QUOTE || i + 1 == s.size()) {
+            out += s[i];
+            continue;
+        }
+        char c = s[++i];
+        out += c == '0' ? '\0' : c == 'n' ? '\n' : c == 'r' ? '\r' : c;
+    }
+    return out;
+}
+
+/// CTCP-level quoting: \ -> \\, \x01 -> \a.
+inline std::string ctcpQuote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        if (c == X_QUOTE) {
+            out += X_QUOTE;
+            out += X_QUOTE;
+        } else if (c == X_DELIM) {
+            out += X_QUOTE;
+            out += 'a';
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+/// Reverses ctcpQuote: \a -> \x01, \\ -> \, \z -> z.
+inline std::string ctcpDequote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != X_QUOTE || i + 1 == s.size()) {
+            out += s[i];
+            continue;
+        }
+        char c = s[++i];
+        out += c == 'a' ? X_DELIM : c;
+    }
+    return out;
+}
+
+/// One CTCP message: a tag ("PING") and its data (absent for "\x01VERSION\x01").
+struct CtcpMessage {
+    std::string tag;
+    std::optional<std::string> data;
+    friend bool operator==(const CtcpMessage& a, const CtcpMessage& b) { return a.tag == b.tag && a.data == b.data; }
+};
+
+/// What ctcpExtract returns: the CTCP (extended) messages and the plain text
+/// pieces around them, empty pieces dropped.
+struct CtcpExtracted {
+    std::vector<CtcpMessage> extended;
+    std::vector<std::string> normal;
+};
+
+/// Splits a PRIVMSG/NOTICE text on \x01: pieces alternate normal, extended,
+/// normal... (an unterminated \x01 still opens an extended piece).
+inline CtcpExtracted ctcpExtract(std::string_view message) {
+    CtcpExtracted out;
+    bool extended = false;
+    for (;;) {
+        std::size_t at = message.find(X_DELIM);
+        std::string_view piece = message.substr(0, at);
+        if (!piece.empty()) {
+            if (extended) {
+                std::string text = ctcpDequote(piece);
+                std::size_t sp = text.find(' ');
+                CtcpMessage msg;
+                msg.tag = text.substr(0, sp);
+                if (sp != std::string::npos) msg.data = text.substr(sp + 1);
+                out.extended.push_back(std::move(msg));
+            } else {
+                out.normal.emplace_back(piece);
+            }
+        }
+        if (at == std::string_view::npos) break;
+        message.remove_prefix(at + 1);
+        extended = !extended;
+    }
+    return out;
+}
+
+/// Builds "\x01TAG data\x01..." from CTCP messages (data absent or empty:
+/// the tag alone).
+inline std::string ctcpStringify(const std::vector<CtcpMessage>& messages) {
+    std::string out;
+    for (const auto& m : messages) {
+        std::string body = m.tag;
+        if (m.data && !m.data->empty()) body += ' ' + *m.data;
+        out += X_DELIM;
+        out += ctcpQuote(body);
+        out += X_DELIM;
+    }
+    return out;
+}
+
+/// Splits text into chunks of at most `length` bytes (Twisted's irc.split):
+/// breaks at LF (and CR), prefers to break at a space, drops empty lines
+/// and the spaces at each break, turns tabs into spaces, and never cuts a
+/// UTF-8 character in two. `length` 0 gives nothing.
+inline std::vector<std::string> split(std::string_view text, std::size_t length = 80) {
+    std::vector<std::string> out;
+    if (length == 0) return out;
+    auto isCont = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; };
+    while (!text.empty()) {
+        std::size_t eol = text.find_first_of("\r\n");
+        std::string line(text.substr(0, eol));
+        text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
+        std::replace(line.begin(), line.end(), '\t', ' ');
+        std::string_view rest = line;
+        while (!rest.empty() && rest.back() == ' ') rest.remove_suffix(1);
+        bool first = true;
+        while (!rest.empty()) {
+            if (!first)
+                while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+            first = false;
+            if (rest.empty()) break;
+            if (rest.size() <= length) {
+                out.emplace_back(rest);
+                break;
+            }
+            std::size_t cut = rest.rfind(' ', length);
+            std::string_view chunk;
+            if (cut != std::string_view::npos) {
+                chunk = rest.substr(0, cut);
+                while (!chunk.empty() && chunk.back() == ' ') chunk.remove_suffix(1);
+            }
+            if (chunk.empty()) {  // no usable space: cut at a character boundary
+                cut = length;
+                std::size_t back = 0;
+                while (cut > 0 && back < 4 && isCont(rest[cut])) --cut, ++back;
+                if (cut == 0 || back == 4) cut = length;  // invalid UTF-8, or length < one character
+                chunk = rest.substr(0, cut);
+            }
+            out.emplace_back(chunk);
+            rest.remove_prefix(chunk.size());
+        }
+    }
+    return out;
+}
+
+// ---- modes -------------------------------------------------------------------
+
+/// One mode change: the mode letter and its parameter, if it takes one.
+struct ModeChange {
+    char mode = 0;
+    std::optional<std::string> param;
+    friend bool operator==(const ModeChange& a, const ModeChange& b) { return a.mode == b.mode && a.param == b.param; }
+};
+
+/// What parseModes returns; `error` is set for a malformed mode string
+/// (Twisted raises IRCBadModes with the same messages).
+struct ParsedModes {
+    std::vector<ModeChange> added;
+    std::vector<ModeChange> removed;
+    std::string error;
+    bool ok() const { return error.empty(); }
+};
+
+/// Parses "+o-v", with `params` consumed by the modes listed in
+/// `paramModes` (first: modes taking a param when added; second: removed).
+inline ParsedModes parseModes(std::string_view modes, std::vector<std::string> params,
+                              const std::pair<std::string, std::string>& paramModes = {}) {
+    ParsedModes out;
+    if (modes.empty()) {
+        out.error = "Empty mode string";
+        return out;
+    }
+    if (modes[0] != '+' && modes[0] != '-') {
+        out.error = "Malformed modes string: " + std::string(modes);
+        return out;
+    }
+    std::size_t next = 0;
+    bool adding = true;
+    int count = -1;
+    for (char ch : modes) {
+        if (ch == '+' || ch == '-') {
+            if (count == 0) {
+                out.error = "Empty mode sequence: " + std::string(modes);
+                return out;
+            }
+            adding = ch == '+';
+            count = 0;
+            continue;
+        }
+        ModeChange change{ch, std::nullopt};
+        const std::string& takes = adding ? paramModes.first : paramModes.second;
+        if (takes.find(ch) != std::string::npos) {
+            if (next >= params.size()) {
+                out.error = std::string("Not enough parameters: ") + ch;
+                return out;
+            }
+            change.param = std::move(params[next++]);
+        }
+        (adding ? out.added : out.removed).push_back(std::move(change));
+        ++count;
+    }
+    if (next < params.size()) {
+        out.error = "Too many parameters: " + std::string(modes);
+        return out;
+    }
+    if (count == 0) out.error = "Empty mode sequence: " + std::string(modes);
+    return out;
+}
+
+// ---- numerics ----------------------------------------------------------------
+
+/// "001" -> "RPL_WELCOME" (Twisted's numeric_to_symbolic); "" if unknown.
+inline std::string_view numericToSymbolic(std::string_view numeric) {
+    static constexpr std::pair<std::string_view, std::string_view> table[] = {
+        {"001", "RPL_WELCOME"}, {"002", "RPL_YOURHOST"}, {"003", "RPL_CREATED"}, {"004", "RPL_MYINFO"},
+        {"005", "RPL_ISUPPORT"}, {"010", "RPL_BOUNCE"}, {"221", "RPL_UMODEIS"},
+        {"251", "RPL_LUSERCLIENT"}, {"252", "RPL_LUSEROP"}, {"253", "RPL_LUSERUNKNOWN"},
+        {"254", "RPL_LUSERCHANNELS"}, {"255", "RPL_LUSERME"}, {"301", "RPL_AWAY"},
+        {"305", "RPL_UNAWAY"}, {"306", "RPL_NOWAWAY"}, {"311", "RPL_WHOISUSER"},
+        {"312", "RPL_WHOISSERVER"}, {"313", "RPL_WHOISOPERATOR"}, {"317", "RPL_WHOISIDLE"},
+        {"318", "RPL_ENDOFWHOIS"}, {"319", "RPL_WHOISCHANNELS"}, {"321", "RPL_LISTSTART"},
+        {"322", "RPL_LIST"}, {"323", "RPL_LISTEND"}, {"324", "RPL_CHANNELMODEIS"},
+        {"331", "RPL_NOTOPIC"}, {"332", "RPL_TOPIC"}, {"341", "RPL_INVITING"},
+        {"352", "RPL_WHOREPLY"}, {"353", "RPL_NAMREPLY"}, {"366", "RPL_ENDOFNAMES"},
+        {"372", "RPL_MOTD"}, {"375", "RPL_MOTDSTART"}, {"376", "RPL_ENDOFMOTD"},
+        {"401", "ERR_NOSUCHNICK"}, {"403", "ERR_NOSUCHCHANNEL"}, {"404", "ERR_CANNOTSENDTOCHAN"},
+        {"421", "ERR_UNKNOWNCOMMAND"}, {"422", "ERR_NOMOTD"}, {"431", "ERR_NONICKNAMEGIVEN"},
+        {"432", "ERR_ERRONEUSNICKNAME"}, {"433", "ERR_NICKNAMEINUSE"}, {"436", "ERR_NICKCOLLISION"},
+        {"441", "ERR_USERNOTINCHANNEL"}, {"442", "ERR_NOTONCHANNEL"}, {"451", "ERR_NOTREGISTERED"},
+        {"461", "ERR_NEEDMOREPARAMS"}, {"462", "ERR_ALREADYREGISTRED"}, {"464", "ERR_PASSWDMISMATCH"},
+        {"465", "ERR_YOUREBANNEDCREEP"}, {"471", "ERR_CHANNELISFULL"}, {"473", "ERR_INVITEONLYCHAN"},
+        {"474", "ERR_BANNEDFROMCHAN"}, {"475", "ERR_BADCHANNELKEY"}, {"481", "ERR_NOPRIVILEGES"},
+        {"482", "ERR_CHANOPRIVSNEEDED"},
+    };
+    for (const auto& entry : table)
+        if (entry.first == numeric) return entry.second;
+    return {};
+}
+
+// ---- ISUPPORT ------------------------------------------------------------------
+
+/// The server's RPL_ISUPPORT (005) announcements (Twisted's
+/// ServerSupportedFeatures). Starts with Twisted's defaults; parse() adds
+/// what the server says, keeping the old value for a malformed NICKLEN,
+/// CHANNELLEN, PREFIX or CHANMODES.
+class ServerSupportedFeatures {
+public:
+    /// A PREFIX entry: mode 'o' shows as symbol '@'; priority 0 is the highest.
+    struct PrefixMode {
+        char mode;
+        char symbol;
+        int priority;
+    };
+    /// CHANMODES, in its four categories.
+    struct ChanModes {
+        std::string addressModes;  ///< list modes, always with a param (b)
+        std::string param;         ///< always with a param (k on some servers)
+        std::string setParam;      ///< a param only when set (l)
+        std::string noParam;       ///< never a param (n, t)
+    };
+
+    ServerSupportedFeatures() {
+        set("CHANNELLEN", {"200"}, false);
+        set("CHANTYPES", {"#&"}, false);
+        set("MODES", {"3"}, false);
+        set("NICKLEN", {"9"}, false);
+        set("PREFIX", {"(ovh)@+%"}, false);
+        set("CHANMODES", {"b", "", "lk", ""}, false);
+    }
+
+    /// Parses 005 tokens ("KEY", "KEY=v1,v2", "-KEY"). Values are \xHH
+    /// unescaped; a token with a bad escape is skipped with a log line.
+    void parse(const std::vector<std::string>& params) {
+        for (const std::string& param : params) {
+            std::size_t eq = param.find('=');
+            std::string key = param.substr(0, eq);
+            if (key.empty()) continue;
+            if (key[0] == '-') {
+                erase(key.substr(1));
+                continue;
+            }
+            std::vector<std::string> values;
+            std::string_view raw = eq == std::string::npos ? std::string_view() : std::string_view(param).substr(eq + 1);
+            bool good = true;
+            for (;;) {
+                std::size_t comma = raw.find(',');
+                std::string value;
+                if (!unescape(raw.substr(0, comma), value)) good = false;
+                values.push_back(std::move(value));
+                if (comma == std::string_view::npos) break;
+                raw.remove_prefix(comma + 1);
+            }
+            if (!good) {
+                reactor::log(LogLevel::warning, "irc: ISUPPORT token with a bad \\xHH escape ignored: " + param);
+                continue;
+            }
+            if (!acceptable(key, values)) continue;  // Twisted keeps the old value
+            set(key, std::move(values), true);
+        }
+    }
+
+    /// Whether the feature is present (Twisted's hasFeature).
+    bool hasFeature(std::string_view feature) const { return find(feature) != nullptr; }
+    /// The feature's values (split on ','), or nullopt (Twisted's getFeature).
+    std::optional<std::vector<std::string>> getFeature(std::string_view feature) const {
+        const Entry* e = find(feature);
+        if (!e) return std::nullopt;
+        return e->values;
+    }
+    /// Whether the server itself announced the feature (not just a default).
+    bool announced(std::string_view feature) const {
+        const Entry* e = find(feature);
+        return e && e->announced;
+    }
+    /// An integer feature, or `fallback` when absent or not a number.
+    int getFeatureInt(std::string_view feature, int fallback) const {
+        const Entry* e = find(feature);
+        int v = 0;
+        return (e && !e->values.empty() && detail::parseInt(e->values[0], v)) ? v : fallback;
+    }
+    /// A string feature's first value, or `fallback`.
+    std::string getFeatureString(std::string_view feature, std::string fallback = {}) const {
+        const Entry* e = find(feature);
+        return (e && !e->values.empty()) ? e->values[0] : fallback;
+    }
+
+    /// CHANTYPES ("#&" by default; "" if the server removed it).
+    std::string chanTypes() const { return getFeatureString("CHANTYPES"); }
+    /// PREFIX, highest priority first.
+    std::vector<PrefixMode> prefix() const {
+        std::vector<PrefixMode> out;
+        std::string value = getFeatureString("PREFIX");
+        std::size_t close = value.find(')');
+        if (value.empty() || value[0] != '(' || close == std::string::npos) return out;
+        std::string modes = value.substr(1, close - 1), symbols = value.substr(close + 1);
+        for (std::size_t i = 0; i < modes.size() && i < symbols.size(); ++i)
+            out.push_back({modes[i], symbols[i], static_cast<int>(i)});
+        return out;
+    }
+    /// CHANMODES.
+    ChanModes chanModes() const {
+        ChanModes out;
+        auto v = getFeature("CHANMODES");
+        if (!v) return out;
+        std::string* fields[] = {&out.addressModes, &out.param, &out.setParam, &out.noParam};
+        for (std::size_t i = 0; i < v->size() && i < 4; ++i) *fields[i] = (*v)[i];
+        return out;
+    }
+    int nickLen() const { return getFeatureInt("NICKLEN", 9); }
+    int channelLen() const { return getFeatureInt("CHANNELLEN", 200); }
+    /// Params accepted per MODE command; nullopt when unlimited/unknown.
+    std::optional<int> modes() const {
+        int v = 0;
+        if (!hasFeature("MODES") || (v = getFeatureInt("MODES", -1)) < 0) return std::nullopt;
+        return v;
+    }
+    std::string network() const { return getFeatureString("NETWORK"); }
+    /// CASEMAPPING ("rfc1459" when not announced).
+    std::string caseMapping() const { return getFeatureString("CASEMAPPING", "rfc1459"); }
+
+private:
+    struct Entry {
+        std::string key;
+        std::vector<std::string> values;
+        bool announced;
+    };
+    const Entry* find(std::string_view key) const {
+        for (const Entry& e : entries_)
+            if (e.key == key) return &e;
+        return nullptr;
+    }
+    void set(const std::string& key, std::vector<std::string> values, bool announced) {
+        for (Entry& e : entries_)
+            if (e.key == key) {
+                e.values = std::move(values);
+                e.announced = announced;
+                return;
+            }
+        entries_.push_back({key, std::move(values), announced});
+    }
+    void erase(const std::string& key) {
+        entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.key == key; }),
+                       entries_.end());
+    }
+    static bool unescape(std::string_view in, std::string& out) {
+        out.clear();
+        for (std::size_t i = 0; i < in.size(); ++i) {
+            if (in[i] == '\\' && i + 1 < in.size() && in[i + 1] == 'x') {
+                auto hex = [](char c) -> int {
+                    if (c >= '0' && c <= '9') return c - '0';
+                    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+                    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+                    return -1;
+                };
+                if (i + 3 >= in.size()) return false;
+                int hi = hex(in[i + 2]), lo = hex(in[i + 3]);
+                if (hi < 0 || lo < 0) return false;
+                out += static_cast<char>(hi * 16 + lo);
+                i += 3;
+            } else {
+                out += in[i];
+            }
+        }
+        return true;
+    }
+    /// Twisted's processors that keep the old value on a malformed one.
+    static bool acceptable(const std::string& key, const std::vector<std::string>& values) {
+        int v = 0;
+        if (key == "NICKLEN" || key == "CHANNELLEN") return !values.empty() && detail::parseInt(values[0], v);
+        if (key == "PREFIX") {
+            const std::string& p = values[0];
+            if (p.empty()) return true;  // Twisted stores None: the feature is off
+            std::size_t close = p.find(')');
+            return p[0] == '(' && close != std::string::npos && close - 1 == p.size() - close - 1;
+        }
+        if (key == "CHANMODES") return values.size() <= 4;
+        return true;
+    }
+    std::vector<Entry> entries_;
+};
+
+/// An IRC client protocol (Twisted's IRCClient). Subclass it, override the
+/// callbacks you care about, and call the commands; the transport calls
+/// dataReceived, which delivers one lineReceived per server line, which
+/// dispatches through handleCommand to irc_<COMMAND> and then to the
+/// callbacks. Everything runs on the reactor thread.
+///
+///     struct Bot : reactor::irc::IRCClient {
+///         void signedOn() override { join("#foo"); }
+///         void userJoined(const std::string& user, const std::string& channel) override {
+///             say(channel, "Hello " + user);
+///         }
+///     };
+///
+/// Time (flood control with `lineRate`, the heartbeat PING, CTCP PING
+/// round trips) comes from `clock`, an IReactorTime: pass the Reactor in
+/// production and a Clock in tests. Without a clock there is no heartbeat
+/// and lines are never delayed. Commands return false, send nothing and log
+/// a warning when an argument contains CR, LF or NUL (see the section notes).
+class IRCClient : public LineReceiver {
+public:
+    /// `timeSource`: the clock for lineRate and the heartbeat (may be null).
+    explicit IRCClient(IReactorTime* timeSource = nullptr) : clock(timeSource) {
+        delimiter = "\n";  // dataReceived turns CR into LF: CR, LF and CRLF all end a line
+        MAX_LENGTH = MAX_TAGS_LENGTH + 1 + MAX_COMMAND_LENGTH;
+    }
+    ~IRCClient() override { cancelTimers(); }
+    IRCClient(const IRCClient&) = delete;
+    IRCClient& operator=(const IRCClient&) = delete;
+
+    // ---- attributes (Twisted's; an empty string stands for Twisted's None) ----
+    std::string nickname = "irc";   ///< our nick; updated on 001 and by nickChanged
+    std::string password;           ///< sent as PASS before NICK/USER when non-empty
+    std::string realname;           ///< USER's real name (empty: the nickname; Twisted sends "None")
+    std::string username;           ///< USER's user name (empty: the nickname)
+    std::string userinfo;           ///< CTCP USERINFO reply; empty: no reply
+    std::string fingerReply;        ///< CTCP FINGER reply; empty: no reply
+    std::string versionName;        ///< CTCP VERSION reply name; empty: no reply
+    std::string versionNum;
+    std::string versionEnv;
+    std::string sourceURL = "https://example.invalid/reactor.hpp";  ///< CTCP SOURCE reply
+    double lineRate = 0;            ///< seconds between lines sent (needs `clock`); 0: no delay
+    bool performLogin = true;       ///< register (PASS/NICK/USER) in connectionMade
+    std::string erroneousNickFallback = "defaultnick";  ///< nick to try after 432 before 001
+    double heartbeatInterval = 120; ///< PING the server this often after 001 (needs `clock`); 0: off
+    std::string hostname;           ///< the server's name, from the prefix of 001
+    std::optional<std::vector<std::string>> motd;  ///< the MOTD being collected (375..376)
+    ServerSupportedFeatures supported;  ///< ISUPPORT (005), reset in connectionMade
+    IReactorTime* clock = nullptr;  ///< lineRate, heartbeat, CTCP PING timing
+
+    /// True between 001 and the end of the connection.
+    bool registered() const { return registered_; }
+    /// The nick we asked for last (NICK); becomes `nickname` on 001.
+    const std::string& attemptedNick() const { return attemptedNick_; }
+    /// The IRCv3 tags of the line being dispatched (empty outside callbacks).
+    const std::vector<std::pair<std::string, std::string>>& tags() const {
+        static const std::vector<std::pair<std::string, std::string>> none;
+        return currentTags_ ? *currentTags_ : none;
+    }
+
+    // ---- the wire: called by the transport ----------------------------------
+
+    /// Called by the transport on connect: resets ISUPPORT and registers
+    /// (PASS, NICK, USER) when performLogin.
+    void connectionMade() override {
+        supported = ServerSupportedFeatures();
+        registered_ = false;
+        if (performLogin) register_(nickname);
+    }
+    /// Called by the transport once: stops the heartbeat and the send queue.
+    void connectionLost(const Failure& reason) override {
+        (void)reason;
+        cancelTimers();
+        queue_.clear();
+        queueHead_ = 0;
+    }
+    /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
+    /// line), then LineReceiver splitting.
+    void dataReceived(std::string_view data) override {
+        inbound_.clear();
+        for (char c : data) {
+            if (discarding_) {  // the tail of an over-long line
+                if (c == '\n' || c == '\r') discarding_ = false;
+                continue;
+            }
+            inbound_ += c == '\r' ? '\n' : c;
+        }
+        LineReceiver::dataReceived(inbound_);
+        while (!afterOverflow_.empty()) {  // lines that followed an over-long one
+            std::string rest = std::move(afterOverflow_);
+            afterOverflow_.clear();
+            LineReceiver::dataReceived(rest);
+        }
+    }
+    /// A line longer than MAX_LENGTH: dropped with a log line; the
+    /// connection stays up and the following lines still count.
+    void lineLengthExceeded(std::string_view line) override {
+        reactor::log(LogLevel::warning, "irc: dropped a server line over " + std::to_string(MAX_LENGTH) + " bytes");
+        std::size_t nl = line.find('\n');
+        if (nl == std::string_view::npos)
+            discarding_ = true;
+        else
+            afterOverflow_.assign(line.substr(nl + 1));  // LineReceiver stops here; dataReceived resumes
+    }
+    /// One server line (also callable directly from tests): checked,
+    /// parsed, and dispatched through handleCommand. Bad lines go to
+    /// badMessage and are otherwise ignored.
+    void lineReceived(std::string_view line) override {
+        if (line.empty()) return;  // the LF of a CRLF, or a blank line
+        if (line.find('\0') != std::string_view::npos) return badMessage(line, "NUL byte in line");
+        std::size_t body = line.size();
+        if (line[0] == '@') {
+            std::size_t sp = line.find(' ');
+            if (sp != std::string_view::npos) {
+                if (sp > MAX_TAGS_LENGTH) return badMessage(line, "tags over 8191 bytes");
+                body = line.size() - sp - 1;
+            }
+        }
+        if (body > MAX_COMMAND_LENGTH - 2) return badMessage(line, "line over 512 bytes");
+        Message m = parsemsg(line);
+        if (!m) return badMessage(line, m.error);
+        std::string command = m.command;
+        for (char& c : command) c = detail::asciiUpper(c);
+        std::string_view symbolic = numericToSymbolic(command);
+        if (!symbolic.empty()) command = std::string(symbolic);
+        currentTags_ = &m.tags;
+        reactor::detail::runGuarded("IRCClient::handleCommand", [&] { handleCommand(command, m.prefix, m.params); });
+        currentTags_ = nullptr;
+    }
+    /// Calls irc_<command> (command upper-cased, numerics by symbolic
+    /// name, "001" -> RPL_WELCOME), or irc_unknown.
+    virtual void handleCommand(const std::string& command, const std::string& prefix,
+                               const std::vector<std::string>& params) {
+        using Handler = void (IRCClient::*)(const std::string&, const std::vector<std::string>&);
+        static const std::pair<const char*, Handler> handlers[] = {
+            {"PING", &IRCClient::irc_PING}, {"PRIVMSG", &IRCClient::irc_PRIVMSG},
+            {"NOTICE", &IRCClient::irc_NOTICE}, {"JOIN", &IRCClient::irc_JOIN},
+            {"PART", &IRCClient::irc_PART}, {"QUIT", &IRCClient::irc_QUIT},
+            {"KICK", &IRCClient::irc_KICK}, {"TOPIC", &IRCClient::irc_TOPIC},
+            {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE},
+            {"RPL_WELCOME", &IRCClient::irc_RPL_WELCOME}, {"RPL_YOURHOST", &IRCClient::irc_RPL_YOURHOST},
+            {"RPL_CREATED", &IRCClient::irc_RPL_CREATED}, {"RPL_MYINFO", &IRCClient::irc_RPL_MYINFO},
+            {"RPL_ISUPPORT", &IRCClient::irc_RPL_ISUPPORT}, {"RPL_BOUNCE", &IRCClient::irc_RPL_BOUNCE},
+            {"RPL_LUSERCLIENT", &IRCClient::irc_RPL_LUSERCLIENT}, {"RPL_LUSEROP", &IRCClient::irc_RPL_LUSEROP},
+            {"RPL_LUSERCHANNELS", &IRCClient::irc_RPL_LUSERCHANNELS}, {"RPL_LUSERME", &IRCClient::irc_RPL_LUSERME},
+            {"RPL_TOPIC", &IRCClient::irc_RPL_TOPIC}, {"RPL_NOTOPIC", &IRCClient::irc_RPL_NOTOPIC},
+            {"RPL_MOTDSTART", &IRCClient::irc_RPL_MOTDSTART}, {"RPL_MOTD", &IRCClient::irc_RPL_MOTD},
+            {"RPL_ENDOFMOTD", &IRCClient::irc_RPL_ENDOFMOTD}, {"RPL_NAMREPLY", &IRCClient::irc_RPL_NAMREPLY},
+            {"RPL_ENDOFNAMES", &IRCClient::irc_RPL_ENDOFNAMES},
+            {"ERR_NICKNAMEINUSE", &IRCClient::irc_ERR_NICKNAMEINUSE},
+            {"ERR_ERRONEUSNICKNAME", &IRCClient::irc_ERR_ERRONEUSNICKNAME},
+            {"ERR_PASSWDMISMATCH", &IRCClient::irc_ERR_PASSWDMISMATCH},
+        };
+        for (const auto& h : handlers)
+            if (command == h.first) return (this->*h.second)(prefix, params);
+        irc_unknown(prefix, command, params);
+    }
+
+    // ---- server -> client handlers (override to change the protocol) ----------
+
+    /// PING: answers PONG with the last param, at once.
+    virtual void irc_PING(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (!need(params, 1, "PING")) return;
+        const std::string& token = params.back();
+        bool plain = !token.empty() && token[0] != ':' && token.find(' ') == std::string::npos;
+        sendLine((plain ? "PONG " : "PONG :") + token);
+    }
+    /// PRIVMSG: CTCP queries go to ctcpQuery (only when the text starts with
+    /// \x01), the rest to privmsg(user = full prefix, channel = target).
+    virtual void irc_PRIVMSG(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 2, "PRIVMSG")) return;
+        const std::string& message = params.back();
+        if (message.empty()) return;
+        if (message[0] == X_DELIM) {
+            CtcpExtracted m = ctcpExtract(message);
+            if (!m.extended.empty()) ctcpQuery(prefix, params[0], m.extended);
+            if (m.normal.empty()) return;
+            return privmsg(prefix, params[0], join(m.normal));
+        }
+        privmsg(prefix, params[0], message);
+    }
+    /// NOTICE: CTCP replies go to ctcpReply, the rest to noticed.
+    virtual void irc_NOTICE(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 2, "NOTICE")) return;
+        const std::string& message = params.back();
+        if (message.empty()) return;
+        if (message[0] == X_DELIM) {
+            CtcpExtracted m = ctcpExtract(message);
+            if (!m.extended.empty()) ctcpReply(prefix, params[0], m.extended);
+            if (m.normal.empty()) return;
+            return noticed(prefix, params[0], join(m.normal));
+        }
+        noticed(prefix, params[0], message);
+    }
+    /// JOIN: joined(channel) for us, else userJoined(nick, channel).
+    virtual void irc_JOIN(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 1, "JOIN")) return;
+        std::string nick = detail::nickOf(prefix);
+        if (nickEquals(nick, nickname)) {
+            userHost_ = prefix.substr(nick.size());  // "!user@host": sizes msg() lines exactly
+            joined(params.back());
+        } else {
+            userJoined(nick, params.back());
+        }
+    }
+    /// PART: left(channel) for us, else userLeft(nick, channel).
+    virtual void irc_PART(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 1, "PART")) return;
+        std::string nick = detail::nickOf(prefix);
+        if (nickEquals(nick, nickname))
+            left(params[0]);
+        else
+            userLeft(nick, params[0]);
+    }
+    /// QUIT: userQuit(nick, message), also for our own nick (as Twisted).
+    virtual void irc_QUIT(const std::string& prefix, const std::vector<std::string>& params) {
+        userQuit(detail::nickOf(prefix), params.empty() ? std::string() : params[0]);
+    }
+    /// KICK: kickedFrom(channel, kicker, message) for us, else userKicked.
+    virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 2, "KICK")) return;
+        std::string kicker = detail::nickOf(prefix);
+        std::string message = params.size() > 2 ? params[2] : std::string();
+        if (nickEquals(params[1], nickname))
+            kickedFrom(params[0], kicker, message);
+        else
+            userKicked(params[1], params[0], kicker, message);
+    }
+    /// TOPIC: topicUpdated(nick, channel, newTopic).
+    virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 2, "TOPIC")) return;
+        topicUpdated(detail::nickOf(prefix), params[0], params[1]);
+    }
+    /// NICK: nickChanged(new) for us, else userRenamed(old, new).
+    virtual void irc_NICK(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 1, "NICK")) return;
+        std::string nick = detail::nickOf(prefix);
+        if (nickEquals(nick, nickname))
+            nickChanged(params[0]);
+        else
+            userRenamed(nick, params[0]);
+    }
+    /// MODE: parsed with the ISUPPORT-derived parameter modes, then
+    /// modeChanged(user, channel, true, added...) and (..., false, removed...).
+    virtual void irc_MODE(const std::string& prefix, const std::vector<std::string>& params) {
+        if (!need(params, 2, "MODE")) return;
+        const std::string& channel = params[0];
+        std::string modes = params[1];
+        if (modes.empty() || (modes[0] != '+' && modes[0] != '-')) modes.insert(modes.begin(), '+');
+        std::vector<std::string> args(params.begin() + 2, params.end());
+        auto paramModes = nickEquals(channel, nickname) ? getUserModeParams() : getChannelModeParams();
+        ParsedModes parsed = parseModes(modes, std::move(args), paramModes);
+        if (!parsed.ok()) {
+            reactor::log(LogLevel::warning, "irc: bad MODE message (" + parsed.error + ")");
+            return;
+        }
+        auto report = [&](bool set, const std::vector<ModeChange>& changes) {
+            if (changes.empty()) return;
+            std::string letters;
+            std::vector<std::optional<std::string>> changeArgs;
+            for (const auto& c : changes) {
+                letters += c.mode;
+                changeArgs.push_back(c.param);
+            }
+            modeChanged(prefix, channel, set, letters, changeArgs);
+        };
+        report(true, parsed.added);
+        report(false, parsed.removed);
+    }
+    /// 001: we are registered. Sets hostname and nickname (the nick the
+    /// server says we got), calls signedOn, starts the heartbeat.
+    virtual void irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params) {
+        hostname = prefix;
+        registered_ = true;
+        if (!params.empty() && !params[0].empty())
+            nickname = params[0];
+        else if (!attemptedNick_.empty())
+            nickname = attemptedNick_;
+        signedOn();
+        startHeartbeat();
+    }
+    virtual void irc_RPL_YOURHOST(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (need(params, 2, "RPL_YOURHOST")) yourHost(params[1]);
+    }
+    virtual void irc_RPL_CREATED(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (need(params, 2, "RPL_CREATED")) created(params[1]);
+    }
+    /// 004: both ":srv 004 me srv ver umodes cmodes" and the one-trailing
+    /// form fill all four fields (Twisted reads only the trailing form).
+    virtual void irc_RPL_MYINFO(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (!need(params, 2, "RPL_MYINFO")) return;
+        std::vector<std::string> info;
+        if (params.size() >= 3) {
+            info.assign(params.begin() + 1, params.end());
+        } else {
+            std::string_view s = params[1];
+            while (!s.empty() && info.size() < 3) {
+                std::size_t sp = s.find(' ');
+                if (sp != 0) info.emplace_back(s.substr(0, sp));
+                if (sp == std::string_view::npos) s = {};
+                else s.remove_prefix(sp + 1);
+            }
+            if (!s.empty()) info.emplace_back(s);
+        }
+        info.resize(std::max<std::size_t>(info.size(), 4));
+        myInfo(info[0], info[1], info[2], info[3]);
+    }
+    /// 005: `supported.parse(options)` then isupport(options), where options
+    /// drops our nick and the trailing "are supported by this server".
+    virtual void irc_RPL_ISUPPORT(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        std::vector<std::string> options;
+        if (params.size() > 2) options.assign(params.begin() + 1, params.end() - 1);
+        supported.parse(options);
+        isupport(options);
+    }
+    virtual void irc_RPL_BOUNCE(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (need(params, 2, "RPL_BOUNCE")) bounce(params[1]);
+    }
+    virtual void irc_RPL_LUSERCLIENT(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (need(params, 2, "RPL_LUSERCLIENT")) luserClient(params[1]);
+    }
+    /// 252: luserOp(count); a non-number is ignored.
+    virtual void irc_RPL_LUSEROP(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        int n = 0;
+        if (params.size() >= 2 && detail::parseInt(params[1], n)) luserOp(n);
+    }
+    /// 254: luserChannels(count); a non-number is ignored.
+    virtual void irc_RPL_LUSERCHANNELS(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        int n = 0;
+        if (params.size() >= 2 && detail::parseInt(params[1], n)) luserChannels(n);
+    }
+    virtual void irc_RPL_LUSERME(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (need(params, 2, "RPL_LUSERME")) luserMe(params[1]);
+    }
+    /// 332: topicUpdated(server, channel, topic) on joining.
+    virtual void irc_RPL_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
+        if (need(params, 3, "RPL_TOPIC")) topicUpdated(detail::nickOf(prefix), params[1], params[2]);
+    }
+    /// 331: topicUpdated(server, channel, "").
+    virtual void irc_RPL_NOTOPIC(const std::string& prefix, const std::vector<std::string>& params) {
+        if (need(params, 2, "RPL_NOTOPIC")) topicUpdated(detail::nickOf(prefix), params[1], std::string());
+    }
+    /// 375: starts a new MOTD (a leading "- " is stripped from each line).
+    virtual void irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        motd = std::vector<std::string>{motdLine(params)};
+    }
+    /// 372: one more MOTD line.
+    virtual void irc_RPL_MOTD(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (!motd) motd.emplace();
+        motd->push_back(motdLine(params));
+    }
+    /// 376: receivedMOTD(lines); `motd` is reset.
+    virtual void irc_RPL_ENDOFMOTD(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        (void)params;
+        std::vector<std::string> lines = motd ? std::move(*motd) : std::vector<std::string>();
+        motd.reset();
+        receivedMOTD(lines);
+    }
+    /// 353: collects nicks for receivedNames (an addition to Twisted).
+    virtual void irc_RPL_NAMREPLY(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (!need(params, 3, "RPL_NAMREPLY")) return;
+        const std::string& channel = params[params.size() - 2];
+        std::vector<std::string>& list = pendingNames(channel);
+        std::string_view s = params.back();
+        while (!s.empty()) {
+            std::size_t sp = s.find(' ');
+            if (sp != 0) list.emplace_back(s.substr(0, sp));
+            if (sp == std::string_view::npos) break;
+            s.remove_prefix(sp + 1);
+        }
+    }
+    /// 366: receivedNames(channel, nicks) with what 353 collected.
+    virtual void irc_RPL_ENDOFNAMES(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        if (!need(params, 2, "RPL_ENDOFNAMES")) return;
+        std::vector<std::string> nicks = std::move(pendingNames(params[1]));
+        names_.erase(std::remove_if(names_.begin(), names_.end(),
+                                    [&](const auto& entry) { return entry.first == params[1]; }),
+                     names_.end());
+        receivedNames(params[1], nicks);
+    }
+    /// 433: tries alterCollidedNick(attempted nick) at once.
+    virtual void irc_ERR_NICKNAMEINUSE(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        (void)params;
+        attemptedNick_ = alterCollidedNick(attemptedNick_.empty() ? nickname : attemptedNick_);
+        setNick(attemptedNick_);
+    }
+    /// 432 before registration: tries erroneousNickFallback.
+    virtual void irc_ERR_ERRONEUSNICKNAME(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        (void)params;
+        if (!registered_) setNick(erroneousNickFallback);
+    }
+    /// 464: logged (Twisted raises IRCPasswordMismatch, which it logs).
+    virtual void irc_ERR_PASSWDMISMATCH(const std::string& prefix, const std::vector<std::string>& params) {
+        (void)prefix;
+        (void)params;
+        reactor::log(LogLevel::error, "irc: Password Incorrect.");
+    }
+    /// Everything without a handler, e.g. irc_unknown(prefix, "RPL_WHOISUSER", params)
+    /// or an unknown numeric "999". Default: nothing.
+    virtual void irc_unknown(const std::string& prefix, const std::string& command,
+                             const std::vector<std::string>& params) {
+        (void)prefix;
+        (void)command;
+        (void)params;
+    }
+
+    // ---- callbacks: override these ------------------------------------------
+
+    /// 001 arrived: registration is complete. Join channels here.
+    virtual void signedOn() {}
+    virtual void created(const std::string& when) { (void)when; }
+    virtual void yourHost(const std::string& info) { (void)info; }
+    /// 004; fields the server left out are "".
+    virtual void myInfo(const std::string& servername, const std::string& version, const std::string& umodes,
+                        const std::string& cmodes) {
+        (void)servername, (void)version, (void)umodes, (void)cmodes;
+    }
+    virtual void luserClient(const std::string& info) { (void)info; }
+    virtual void bounce(const std::string& info) { (void)info; }
+    /// 005 tokens, after `supported` has parsed them.
+    virtual void isupport(const std::vector<std::string>& options) { (void)options; }
+    virtual void luserChannels(int channels) { (void)channels; }
+    virtual void luserOp(int ops) { (void)ops; }
+    virtual void luserMe(const std::string& info) { (void)info; }
+    /// The MOTD lines between 375 and 376.
+    virtual void receivedMOTD(const std::vector<std::string>& lines) { (void)lines; }
+    /// The nicks of `channel` (353 ... 366), with status prefixes ("@alice").
+    virtual void receivedNames(const std::string& channel, const std::vector<std::string>& nicks) {
+        (void)channel, (void)nicks;
+    }
+    /// We joined `channel` (the server echoed our JOIN).
+    virtual void joined(const std::string& channel) { (void)channel; }
+    virtual void left(const std::string& channel) { (void)channel; }
+    virtual void kickedFrom(const std::string& channel, const std::string& kicker, const std::string& message) {
+        (void)channel, (void)kicker, (void)message;
+    }
+    /// Our nick changed; the default records it in `nickname`.
+    virtual void nickChanged(const std::string& nick) { nickname = nick; }
+    /// A CTCP PING we sent with ping() came back after `secs` seconds.
+    virtual void pong(const std::string& user, double secs) { (void)user, (void)secs; }
+    /// A message: `user` is "nick!user@host"; `channel` is the target (our
+    /// nick for a private message: see isChannel).
+    virtual void privmsg(const std::string& user, const std::string& channel, const std::string& message) {
+        (void)user, (void)channel, (void)message;
+    }
+    virtual void noticed(const std::string& user, const std::string& channel, const std::string& message) {
+        (void)user, (void)channel, (void)message;
+    }
+    /// A CTCP ACTION ("/me waves").
+    virtual void action(const std::string& user, const std::string& channel, const std::string& data) {
+        (void)user, (void)channel, (void)data;
+    }
+    /// Someone else joined; `user` is the nick only.
+    virtual void userJoined(const std::string& user, const std::string& channel) { (void)user, (void)channel; }
+    virtual void userLeft(const std::string& user, const std::string& channel) { (void)user, (void)channel; }
+    virtual void userQuit(const std::string& user, const std::string& quitMessage) { (void)user, (void)quitMessage; }
+    virtual void userKicked(const std::string& kickee, const std::string& channel, const std::string& kicker,
+                            const std::string& message) {
+        (void)kickee, (void)channel, (void)kicker, (void)message;
+    }
+    /// TOPIC, or 332/331 on joining (`user` is then the server).
+    virtual void topicUpdated(const std::string& user, const std::string& channel, const std::string& newTopic) {
+        (void)user, (void)channel, (void)newTopic;
+    }
+    virtual void userRenamed(const std::string& oldname, const std::string& newname) { (void)oldname, (void)newname; }
+    /// Modes set (`set`) or unset on `channel` (or on us); `args[i]` is the
+    /// parameter of `modes[i]`, if it has one.
+    virtual void modeChanged(const std::string& user, const std::string& channel, bool set, const std::string& modes,
+                             const std::vector<std::optional<std::string>>& args) {
+        (void)user, (void)channel, (void)set, (void)modes, (void)args;
+    }
+    /// A line that could not be parsed or broke a limit. Default: a log line.
+    virtual void badMessage(std::string_view line, const std::string& why) {
+        reactor::log(LogLevel::warning, "irc: ignored a bad server line (" + why + "): " + printable(line));
+    }
+    /// Something odd but harmless (a VERSION query with data). Default: log.
+    virtual void quirkyMessage(const std::string& s) { reactor::log(LogLevel::info, "irc: " + s); }
+
+    // ---- hooks -----------------------------------------------------------------
+
+    /// The nick to try after 433. Default: append '_' (Twisted); once at
+    /// NICKLEN, cycle the last character through digits instead, so a
+    /// server that truncates nicks cannot loop us forever on one name.
+    virtual std::string alterCollidedNick(const std::string& nick) {
+        std::size_t limit = static_cast<std::size_t>(std::max(1, supported.nickLen()));
+        if (nick.size() < limit) return nick + "_";
+        std::string out = nick.substr(0, limit);
+        char& last = out.back();
+        last = (last >= '0' && last < '9') ? static_cast<char>(last + 1) : (last == '9' ? '_' : '0');
+        return out;
+    }
+    /// Modes that take a parameter on us (added, removed): none.
+    virtual std::pair<std::string, std::string> getUserModeParams() { return {"", ""}; }
+    /// From ISUPPORT: (PREFIX modes + address + param + setParam,
+    /// PREFIX modes + address + param); "ovhblk","ovhb" by default.
+    virtual std::pair<std::string, std::string> getChannelModeParams() {
+        std::string prefixModes;
+        for (const auto& p : supported.prefix()) prefixModes += p.mode;
+        ServerSupportedFeatures::ChanModes cm = supported.chanModes();
+        std::string removing = prefixModes + cm.addressModes + cm.param;
+        return {removing + cm.setParam, removing};
+    }
+    /// Starts PINGing the server every heartbeatInterval (called after 001).
+    void startHeartbeat() {
+        stopHeartbeat();
+        if (heartbeatInterval <= 0 || !clock) return;
+        heartbeat_ = clock->callLater(heartbeatInterval, [this] {
+            sendHeartbeat();
+            startHeartbeat();
+        });
+    }
+    void stopHeartbeat() {
+        if (heartbeat_.active()) heartbeat_.cancel();
+        heartbeat_ = DelayedCall();
+    }
+
+    // ---- CTCP ----------------------------------------------------------------
+
+    /// CTCP queries in one PRIVMSG. Each tag is answered once per message
+    /// (Twisted's flood fix); unknown tags go to ctcpUnknownQuery.
+    virtual void ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages) {
+        std::vector<std::string> seen;
+        for (const CtcpMessage& m : messages) {
+            if (std::find(seen.begin(), seen.end(), m.tag) != seen.end()) continue;
+            seen.push_back(m.tag);
+            if (m.tag == "ACTION") ctcpQuery_ACTION(user, channel, m.data);
+            else if (m.tag == "PING") ctcpQuery_PING(user, channel, m.data);
+            else if (m.tag == "VERSION") ctcpQuery_VERSION(user, channel, m.data);
+            else if (m.tag == "SOURCE") ctcpQuery_SOURCE(user, channel, m.data);
+            else if (m.tag == "USERINFO") ctcpQuery_USERINFO(user, channel, m.data);
+            else if (m.tag == "FINGER") ctcpQuery_FINGER(user, channel, m.data);
+            else if (m.tag == "CLIENTINFO") ctcpQuery_CLIENTINFO(user, channel, m.data);
+            else if (m.tag == "ERRMSG") ctcpQuery_ERRMSG(user, channel, m.data);
+            else if (m.tag == "TIME") ctcpQuery_TIME(user, channel, m.data);
+            else ctcpUnknownQuery(user, channel, m.tag, m.data);
+        }
+    }
+    virtual void ctcpQuery_ACTION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        action(user, channel, data.value_or(""));
+    }
+    virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        ctcpMakeReply(detail::nickOf(user), {{"PING", data}});
+    }
+    /// Replies versionName:versionNum:versionEnv; nothing without versionName.
+    virtual void ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a VERSION query?");
+        if (versionName.empty()) return;
+        ctcpMakeReply(detail::nickOf(user), {{"VERSION", versionName + ":" + versionNum + ":" + versionEnv}});
+    }
+    virtual void ctcpQuery_SOURCE(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a SOURCE query?");
+        if (sourceURL.empty()) return;
+        ctcpMakeReply(detail::nickOf(user), {{"SOURCE", sourceURL}, {"SOURCE", std::nullopt}});
+    }
+    virtual void ctcpQuery_USERINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a USERINFO query?");
+        if (!userinfo.empty()) ctcpMakeReply(detail::nickOf(user), {{"USERINFO", userinfo}});
+    }
+    virtual void ctcpQuery_FINGER(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a FINGER query?");
+        if (!fingerReply.empty()) ctcpMakeReply(detail::nickOf(user), {{"FINGER", fingerReply}});
+    }
+    /// No data: the tags we answer; "CLIENTINFO TAG": what TAG does.
+    virtual void ctcpQuery_CLIENTINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        static constexpr std::pair<std::string_view, std::string_view> info[] = {
+            {"ACTION", "ACTION text: a /me action"}, {"CLIENTINFO", "CLIENTINFO [tag]: what we answer"},
+            {"ERRMSG", "ERRMSG text: echoes text"}, {"FINGER", "FINGER: who is behind the keyboard"},
+            {"PING", "PING data: echoes data"}, {"SOURCE", "SOURCE: where the source is"},
+            {"TIME", "TIME: local time"}, {"USERINFO", "USERINFO: user information"},
+            {"VERSION", "VERSION: client version"},
+        };
+        std::string nick = detail::nickOf(user);
+        if (!data || data->empty()) {
+            std::string all;
+            for (const auto& i : info) all += (all.empty() ? "" : " ") + std::string(i.first);
+            ctcpMakeReply(nick, {{"CLIENTINFO", all}});
+            return;
+        }
+        std::string tag = data->substr(0, data->find(' '));
+        for (const auto& i : info)
+            if (i.first == tag) {
+                ctcpMakeReply(nick, {{"CLIENTINFO", std::string(i.second)}});
+                return;
+            }
+        ctcpMakeReply(nick, {{"ERRMSG", "CLIENTINFO " + *data + " :Unknown query '" + tag + "'"}});
+    }
+    virtual void ctcpQuery_ERRMSG(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        ctcpMakeReply(detail::nickOf(user), {{"ERRMSG", data.value_or("") + " :No error has occurred."}});
+    }
+    /// Replies ":" + the local time in asctime() format.
+    virtual void ctcpQuery_TIME(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a TIME query?");
+        char text[64] = {};
+        std::time_t now = std::time(nullptr);
+        std::tm local{};
+        if (localtime_r(&now, &local) == nullptr || std::strftime(text, sizeof text, "%a %b %e %H:%M:%S %Y", &local) == 0)
+            return;
+        ctcpMakeReply(detail::nickOf(user), {{"TIME", std::string(":") + text}});
+    }
+    /// An unknown CTCP query: logged, never answered (no reflection floods).
+    virtual void ctcpUnknownQuery(const std::string& user, const std::string& channel, const std::string& tag,
+                                  const std::optional<std::string>& data) {
+        (void)channel, (void)data;
+        reactor::log(LogLevel::info, "irc: unknown CTCP query " + printable(tag) + " from " + printable(user));
+    }
+    /// CTCP replies in one NOTICE (no de-duplication, as Twisted).
+    virtual void ctcpReply(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages) {
+        for (const CtcpMessage& m : messages) {
+            if (m.tag == "PING")
+                ctcpReply_PING(user, channel, m.data);
+            else
+                ctcpUnknownReply(user, channel, m.tag, m.data);
+        }
+    }
+    /// The answer to our ping(): pong(user, seconds), or a log line for a
+    /// PING reply we never asked for.
+    virtual void ctcpReply_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+        (void)channel;
+        std::string nick = detail::nickOf(user);
+        std::string key = data.value_or("");
+        for (auto it = pings_.begin(); it != pings_.end(); ++it) {
+            if (nickEquals(detail::nickOf(it->user), nick) && it->key == key) {
+                double secs = now() - it->sent;
+                pings_.erase(it);
+                return pong(user, secs);
+            }
+        }
+        reactor::log(LogLevel::warning, "irc: Bogus PING response from " + printable(user) + ": " + printable(key));
+    }
+    virtual void ctcpUnknownReply(const std::string& user, const std::string& channel, const std::string& tag,
+                                  const std::optional<std::string>& data) {
+        (void)channel, (void)data;
+        reactor::log(LogLevel::info, "irc: unknown CTCP reply " + printable(tag) + " from " + printable(user));
+    }
+
+    // ---- commands ----------------------------------------------------------------
+    // Each returns true when the line was sent (or queued by lineRate) and
+    // false, having sent nothing, when an argument contains CR, LF or NUL.
+
+    /// JOIN #channel [key] ("chan" gets a '#').
+    bool join(const std::string& channel, const std::string& key = "") {
+        if (!checkArgs("JOIN", {channel, key})) return false;
+        std::string c = withChannelPrefix(channel);
+        return sendLine(key.empty() ? "JOIN " + c : "JOIN " + c + " " + key);
+    }
+    /// PART #channel [:reason].
+    bool leave(const std::string& channel, const std::string& reason = "") {
+        if (!checkArgs("PART", {channel, reason})) return false;
+        std::string c = withChannelPrefix(channel);
+        return sendLine(reason.empty() ? "PART " + c : "PART " + c + " :" + reason);
+    }
+    /// Same as leave (Twisted's alias).
+    bool part(const std::string& channel, const std::string& reason = "") { return leave(channel, reason); }
+    /// KICK #channel user [:reason].
+    bool kick(const std::string& channel, const std::string& user, const std::string& reason = "") {
+        if (!checkArgs("KICK", {channel, user, reason})) return false;
+        std::string line = "KICK " + withChannelPrefix(channel) + " " + user;
+        return sendLine(reason.empty() ? line : line + " :" + reason);
+    }
+    /// INVITE user #channel.
+    bool invite(const std::string& user, const std::string& channel) {
+        if (!checkArgs("INVITE", {user, channel})) return false;
+        return sendLine("INVITE " + user + " " + withChannelPrefix(channel));
+    }
+    /// TOPIC #channel (ask), or TOPIC #channel :text (set; "" clears it).
+    bool topic(const std::string& channel, const std::optional<std::string>& newTopic = std::nullopt) {
+        if (!checkArgs("TOPIC", {channel, newTopic.value_or("")})) return false;
+        std::string c = withChannelPrefix(channel);
+        return sendLine(newTopic ? "TOPIC " + c + " :" + *newTopic : "TOPIC " + c);
+    }
+    /// MODE chan +modes|-modes [limit | user | mask] (the first given wins).
+    bool mode(const std::string& chan, bool set, const std::string& modes, std::optional<int> limit = std::nullopt,
+              const std::optional<std::string>& user = std::nullopt,
+              const std::optional<std::string>& mask = std::nullopt) {
+        if (!checkArgs("MODE", {chan, modes, user.value_or(""), mask.value_or("")})) return false;
+        std::string line = "MODE " + chan + (set ? " +" : " -") + modes;
+        if (limit) line += " " + std::to_string(*limit);
+        else if (user) line += " " + *user;
+        else if (mask) line += " " + *mask;
+        return sendLine(line);
+    }
+    /// PRIVMSG to a channel ("chan" gets a '#'), split like msg.
+    bool say(const std::string& channel, const std::string& message, std::size_t length = 0) {
+        if (!checkArgs("PRIVMSG", {channel})) return false;
+        return msg(withChannelPrefix(channel), message, length);
+    }
+    /// PRIVMSG user :message, split into as many lines as needed: at line
+    /// breaks, then (preferably at spaces, never inside a UTF-8 character)
+    /// so that each line the server relays, with its ":nick!user@host "
+    /// prefix, fits in 512 bytes. `length` > 0 is Twisted's explicit limit
+    /// (the whole line, command included, with 2 bytes to spare).
+    bool msg(const std::string& user, const std::string& message, std::size_t length = 0) {
+        return sendMessage("PRIVMSG", user, message, length);
+    }
+    /// NOTICE user :message, split like msg (Twisted trunk).
+    bool notice(const std::string& user, const std::string& message, std::size_t length = 0) {
+        return sendMessage("NOTICE", user, message, length);
+    }
+    /// PRIVMSG target :\x01ACTION text\x01 (a /me). CR/LF are refused here.
+    bool describe(const std::string& channel, const std::string& text) {
+        return ctcpMakeQuery(channel, {{"ACTION", text}});
+    }
+    /// AWAY :message.
+    bool away(const std::string& message = "") {
+        if (!checkArgs("AWAY", {message})) return false;
+        return sendLine("AWAY :" + message);
+    }
+    /// Not away any more (AWAY :).
+    bool back() { return away(); }
+    /// WHOIS nick, or WHOIS server nick.
+    bool whois(const std::string& nick, const std::string& server = "") {
+        if (!checkArgs("WHOIS", {nick, server})) return false;
+        return sendLine(server.empty() ? "WHOIS " + nick : "WHOIS " + server + " " + nick);
+    }
+    /// NICK nick (nickname changes when the server confirms).
+    bool setNick(const std::string& nick) {
+        if (!checkArgs("NICK", {nick})) return false;
+        attemptedNick_ = nick;
+        return sendLine("NICK " + nick);
+    }
+    /// QUIT :message.
+    bool quit(const std::string& message = "") {
+        if (!checkArgs("QUIT", {message})) return false;
+        return sendLine("QUIT :" + message);
+    }
+    /// NAMES #channel; the answer arrives as receivedNames (not in Twisted).
+    bool names(const std::string& channel) {
+        if (!checkArgs("NAMES", {channel})) return false;
+        return sendLine("NAMES " + withChannelPrefix(channel));
+    }
+    /// CTCP PING to `user` (the key is `text`, or 12 random letters); the
+    /// answer comes back as pong(user, seconds). Keeps the newest 12.
+    bool ping(const std::string& user, const std::string& text = "") {
+        if (!checkArgs("PING", {user, text})) return false;
+        std::string key = text.empty() ? randomKey() : text;
+        if (!msg(user, std::string(1, X_DELIM) + "PING " + key + X_DELIM)) return false;
+        pings_.push_back({user, key, now()});
+        if (pings_.size() > 12) pings_.erase(pings_.begin());
+        return true;
+    }
+    /// Registers: [PASS password], NICK nick, USER (username or nick)
+    /// hostName serverName :(realname or nick). Called by connectionMade
+    /// when performLogin. (Twisted's `register`, a C++ keyword.)
+    bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar") {
+        if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname})) return false;
+        if (!password.empty()) sendLine("PASS " + password);
+        setNick(nick);
+        if (username.empty()) username = nick;
+        return sendLine("USER " + username + " " + hostName + " " + serverName + " :" +
+                        (realname.empty() ? nick : realname));
+    }
+    /// Sends CTCP queries to `user` in one PRIVMSG.
+    bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages) {
+        if (!checkCtcp("PRIVMSG", user, messages)) return false;
+        return msg(user, ctcpStringify(messages));
+    }
+    /// Sends CTCP replies to `user` in one NOTICE.
+    bool ctcpMakeReply(const std::string& user, const std::vector<CtcpMessage>& messages) {
+        if (!checkCtcp("NOTICE", user, messages)) return false;
+        return notice(user, ctcpStringify(messages));
+    }
+
+    /// Sends one raw line (CRLF added), through the lineRate queue. Refuses
+    /// (returns false, logs) a line containing CR, LF or NUL. Hides
+    /// LineReceiver::sendLine, which knows nothing of IRC.
+    bool sendLine(std::string_view line) {
+        if (detail::hasUnsafeChar(line)) {
+            reactor::log(LogLevel::warning, "irc: refused to send a line containing CR, LF or NUL");
+            return false;
+        }
+        if (lineRate <= 0 || !clock) {
+            reallySendLine(line);
+            return true;
+        }
+        queue_.emplace_back(line);
+        if (!queueTimer_.active()) sendQueued();
+        return true;
+    }
+    /// Lines waiting for their lineRate slot.
+    std::size_t queuedLines() const { return queue_.size() - queueHead_; }
+
+    /// Whether `target` names a channel: its first character (after any
+    /// STATUSMSG prefix such as '@') is a CHANTYPES character.
+    bool isChannel(std::string_view target) const {
+        std::string status = supported.getFeatureString("STATUSMSG");
+        std::size_t i = 0;
+        while (i < target.size() && status.find(target[i]) != std::string::npos) ++i;
+        return i < target.size() && channelPrefixes().find(target[i]) != std::string::npos;
+    }
+    /// CHANTYPES once the server announced it, else Twisted's "&#!+".
+    std::string channelPrefixes() const {
+        return supported.announced("CHANTYPES") ? supported.chanTypes() : std::string(CHANNEL_PREFIXES);
+    }
+    /// Nick comparison under the server's CASEMAPPING (rfc1459 by default:
+    /// "[]\~" are the upper case of "{}|^").
+    bool nickEquals(std::string_view a, std::string_view b) const {
+        if (a.size() != b.size()) return false;
+        std::string mapping = supported.caseMapping();
+        bool rfc = mapping != "ascii";
+        bool strict = mapping == "strict-rfc1459";
+        auto fold = [&](char c) -> char {
+            c = detail::asciiLower(c);
+            if (rfc) {
+                if (c == '[') return '{';
+                if (c == ']') return '}';
+                if (c == '\\') return '|';
+                if (c == '~' && !strict) return '^';
+            }
+            return c;
+        };
+        for (std::size_t i = 0; i < a.size(); ++i)
+            if (fold(a[i]) != fold(b[i])) return false;
+        return true;
+    }
+    /// The most text one PRIVMSG/NOTICE to `target` can carry so that the
+    /// relayed line fits 512 bytes (assumes NICKLEN/USERLEN/HOSTLEN maxima
+    /// until our own JOIN echo tells us our exact "!user@host").
+    std::size_t maxMessageLength(const std::string& command, const std::string& target) const {
+        std::size_t prefixLen;
+        if (!userHost_.empty()) {
+            prefixLen = nickname.size() + userHost_.size();
+        } else {
+            std::size_t nickLen = std::max(nickname.size(), static_cast<std::size_t>(std::max(0, supported.nickLen())));
+            std::size_t userLen = static_cast<std::size_t>(std::max(0, supported.getFeatureInt("USERLEN", 10))) + 1;
+            std::size_t hostLen = static_cast<std::size_t>(std::max(0, supported.getFeatureInt("HOSTLEN", 63)));
+            prefixLen = nickLen + 1 + userLen + 1 + hostLen;
+        }
+        std::size_t overhead = 1 + prefixLen + 1 + command.size() + 1 + target.size() + 2 + 2;  // ":" p " " cmd " " t " :" .. CRLF
+        return overhead >= MAX_COMMAND_LENGTH ? 0 : MAX_COMMAND_LENGTH - overhead;
+    }
+
+private:
+    struct Ping {
+        std::string user;
+        std::string key;
+        double sent;
+    };
+
+    bool sendMessage(const std::string& command, const std::string& target, const std::string& message,
+                     std::size_t length) {
+        if (!checkArgs(command.c_str(), {target})) return false;
+        if (message.find('\0') != std::string::npos) {
+            reactor::log(LogLevel::warning, "irc: refused to send " + command + ": the message contains NUL");
+            return false;
+        }
+        std::string fmt = command + " " + target + " :";
+        std::size_t width;
+        if (length > 0) {
+            std::size_t minimum = fmt.size() + 2;
+            if (length <= minimum) {
+                reactor::log(LogLevel::error, "irc: Maximum length must exceed " + std::to_string(minimum) +
+                                                  " for message to " + target);
+                return false;
+            }
+            width = length - minimum;
+        } else {
+            width = maxMessageLength(command, target);
+        }
+        if (width < 4) {  // room for at least one UTF-8 character
+            reactor::log(LogLevel::error, "irc: no room for text in a " + command + " to " + printable(target));
+            return false;
+        }
+        for (const std::string& chunk : split(message, width)) sendLine(fmt + chunk);
+        return true;
+    }
+
+    void reallySendLine(std::string_view line) {
+        if (!transport) return;
+        transport->writeSequence({line, std::string_view("\r\n")});
+    }
+    /// The lineRate pump: one line now, the next after lineRate seconds
+    /// (Twisted's _sendLine, on our injectable clock).
+    void sendQueued() {
+        if (queueHead_ < queue_.size()) {
+            std::string line = std::move(queue_[queueHead_++]);
+            if (queueHead_ == queue_.size()) {
+                queue_.clear();
+                queueHead_ = 0;
+            }
+            reallySendLine(line);
+            queueTimer_ = clock->callLater(lineRate, [this] { sendQueued(); });
+        } else {
+            queueTimer_ = DelayedCall();
+        }
+    }
+    void sendHeartbeat() { sendLine("PING " + (hostname.empty() ? nickname : hostname)); }
+    void cancelTimers() {
+        stopHeartbeat();
+        if (queueTimer_.active()) queueTimer_.cancel();
+        queueTimer_ = DelayedCall();
+    }
+
+    bool checkArgs(const char* command, std::initializer_list<std::string_view> args) {
+        for (std::string_view a : args)
+            if (detail::hasUnsafeChar(a)) {
+                reactor::log(LogLevel::warning,
+                             std::string("irc: refused to send ") + command + ": an argument contains CR, LF or NUL");
+                return false;
+            }
+        return true;
+    }
+    bool checkCtcp(const char* command, const std::string& user, const std::vector<CtcpMessage>& messages) {
+        if (!checkArgs(command, {user})) return false;
+        for (const auto& m : messages)
+            if (!checkArgs(command, {m.tag, m.data.value_or("")})) return false;
+        return true;
+    }
+    static bool need(const std::vector<std::string>& params, std::size_t n, const char* command) {
+        if (params.size() >= n) return true;
+        reactor::log(LogLevel::warning, std::string("irc: ignored ") + command + " with too few parameters");
+        return false;
+    }
+    std::string withChannelPrefix(const std::string& channel) const {
+        if (!channel.empty() && channelPrefixes().find(channel[0]) != std::string::npos) return channel;
+        return "#" + channel;
+    }
+    static std::string join(const std::vector<std::string>& pieces) {
+        std::string out;
+        for (const auto& p : pieces) out += (out.empty() ? "" : " ") + p;
+        return out;
+    }
+    static std::string motdLine(const std::vector<std::string>& params) {
+        std::string line = params.empty() ? std::string() : params.back();
+        if (line.compare(0, 2, "- ") == 0) line.erase(0, 2);
+        return line;
+    }
+    /// For log lines: control bytes as \xHH, at most 200 bytes.
+    static std::string printable(std::string_view s) {
+        static const char hex[] = "0123456789abcdef";
+        std::string out;
+        for (char c : s.substr(0, 200)) {
+            unsigned char u = static_cast<unsigned char>(c);
+            if (u < 0x20 || u == 0x7f) {
+                out += "\\x";
+                out += hex[u >> 4];
+                out += hex[u & 15];
+            } else {
+                out += c;
+            }
+        }
+        if (s.size() > 200) out += "...";
+        return out;
+    }
+    std::vector<std::string>& pendingNames(const std::string& channel) {
+        for (auto& entry : names_)
+            if (entry.first == channel) return entry.second;
+        names_.emplace_back(channel, std::vector<std::string>());
+        return names_.back().second;
+    }
+    double now() const {
+        if (clock) return clock->seconds();
+        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    }
+    std::string randomKey() {
+        if (rng_ == 0)
+            rng_ = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+                   reinterpret_cast<std::uintptr_t>(this) ^ 0x9E3779B97F4A7C15ull;
+        std::string key;
+        for (int i = 0; i < 12; ++i) {
+            rng_ ^= rng_ << 13;  // xorshift64: unpredictability is not needed, only uniqueness
+            rng_ ^= rng_ >> 7;
+            rng_ ^= rng_ << 17;
+            std::uint64_t r = rng_ % 52;
+            key += static_cast<char>(r < 26 ? 'a' + static_cast<int>(r) : 'A' + static_cast<int>(r - 26));
+        }
+        return key;
+    }
+
+    bool registered_ = false;
+    std::string attemptedNick_;
+    std::string userHost_;  // "!user@host" from our own JOIN echo
+    std::string inbound_;   // dataReceived's CR-normalised copy (reused)
+    bool discarding_ = false;
+    std::string afterOverflow_;  // what followed an over-long line in the same chunk
+    const std::vector<std::pair<std::string, std::string>>* currentTags_ = nullptr;
+    std::vector<std::string> queue_;
+    std::size_t queueHead_ = 0;
+    DelayedCall queueTimer_;
+    DelayedCall heartbeat_;
+    std::vector<Ping> pings_;
+    std::vector<std::pair<std::string, std::vector<std::string>>> names_;
+    std::uint64_t rng_ = 0;
+};
+
+}  // namespace irc
 
 // ============================================================================
 // ==== 14. TESTING ====

@@ -1,0 +1,1070 @@
+// IRC: parsemsg and the quoting helpers, ServerSupportedFeatures,
+// parseModes, split, and IRCClient driven through a StringTransport and a
+// Clock: every server line to its callback, every command to its bytes,
+// splitting, flood control, CTCP, nick collision, injection, bad input.
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+using namespace reactor;
+using namespace reactor::irc;
+
+namespace {
+
+/// The seed's bot.
+struct Bot : IRCClient {
+    void userJoined(const std::string& user, const std::string& channel) override { say(channel, "Hello " + user); }
+};
+
+std::string q(const std::optional<std::string>& s) { return s ? *s : std::string("None"); }
+
+/// Records every callback as "name(arg, arg)".
+struct Recorder : IRCClient {
+    using IRCClient::IRCClient;
+    std::vector<std::string> calls;
+    void rec(std::string name, std::initializer_list<std::string> args) {
+        std::string s = std::move(name) + "(";
+        bool first = true;
+        for (const auto& a : args) {
+            s += (first ? "" : ", ") + a;
+            first = false;
+        }
+        calls.push_back(s + ")");
+    }
+    std::string last() const { return calls.empty() ? std::string() : calls.back(); }
+
+    void signedOn() override { rec("signedOn", {}); }
+    void created(const std::string& when) override { rec("created", {when}); }
+    void yourHost(const std::string& info) override { rec("yourHost", {info}); }
+    void myInfo(const std::string& a, const std::string& b, const std::string& c, const std::string& d) override {
+        rec("myInfo", {a, b, c, d});
+    }
+    void luserClient(const std::string& info) override { rec("luserClient", {info}); }
+    void bounce(const std::string& info) override { rec("bounce", {info}); }
+    void isupport(const std::vector<std::string>& options) override {
+        std::string all;
+        for (const auto& o : options) all += (all.empty() ? "" : " ") + o;
+        rec("isupport", {all});
+    }
+    void luserChannels(int n) override { rec("luserChannels", {std::to_string(n)}); }
+    void luserOp(int n) override { rec("luserOp", {std::to_string(n)}); }
+    void luserMe(const std::string& info) override { rec("luserMe", {info}); }
+    void receivedMOTD(const std::vector<std::string>& lines) override {
+        std::string all;
+        for (const auto& l : lines) all += "[" + l + "]";
+        rec("receivedMOTD", {all});
+    }
+    void receivedNames(const std::string& channel, const std::vector<std::string>& nicks) override {
+        std::string all;
+        for (const auto& n : nicks) all += (all.empty() ? "" : " ") + n;
+        rec("receivedNames", {channel, all});
+    }
+    void joined(const std::string& channel) override { rec("joined", {channel}); }
+    void left(const std::string& channel) override { rec("left", {channel}); }
+    void kickedFrom(const std::string& c, const std::string& k, const std::string& m) override {
+        rec("kickedFrom", {c, k, m});
+    }
+    void nickChanged(const std::string& nick) override {
+        IRCClient::nickChanged(nick);
+        rec("nickChanged", {nick});
+    }
+    void pong(const std::string& user, double secs) override { rec("pong", {user, std::to_string(secs)}); }
+    void privmsg(const std::string& u, const std::string& c, const std::string& m) override { rec("privmsg", {u, c, m}); }
+    void noticed(const std::string& u, const std::string& c, const std::string& m) override { rec("noticed", {u, c, m}); }
+    void action(const std::string& u, const std::string& c, const std::string& d) override { rec("action", {u, c, d}); }
+    void userJoined(const std::string& u, const std::string& c) override { rec("userJoined", {u, c}); }
+    void userLeft(const std::string& u, const std::string& c) override { rec("userLeft", {u, c}); }
+    void userQuit(const std::string& u, const std::string& m) override { rec("userQuit", {u, m}); }
+    void userKicked(const std::string& e, const std::string& c, const std::string& k, const std::string& m) override {
+        rec("userKicked", {e, c, k, m});
+    }
+    void topicUpdated(const std::string& u, const std::string& c, const std::string& t) override {
+        rec("topicUpdated", {u, c, t});
+    }
+    void userRenamed(const std::string& o, const std::string& n) override { rec("userRenamed", {o, n}); }
+    void modeChanged(const std::string& u, const std::string& c, bool set, const std::string& modes,
+                     const std::vector<std::optional<std::string>>& args) override {
+        std::string all;
+        for (const auto& a : args) all += (all.empty() ? "" : " ") + q(a);
+        rec("modeChanged", {u, c, set ? "True" : "False", modes, all});
+    }
+    void irc_unknown(const std::string& prefix, const std::string& command,
+                     const std::vector<std::string>& params) override {
+        std::string all;
+        for (const auto& p : params) all += (all.empty() ? "" : " ") + p;
+        rec("irc_unknown", {prefix, command, all});
+    }
+};
+
+/// A Recorder connected to a StringTransport, output cleared.
+struct Connected {
+    Clock clock;
+    StringTransport t;
+    Recorder p{&clock};
+    explicit Connected(const std::string& nick = "me") {
+        p.nickname = nick;
+        p.heartbeatInterval = 0;
+        p.makeConnection(&t);
+        t.clear();
+    }
+    ~Connected() { p.connectionLost(Failure(error::ConnectionDone())); }
+    void line(std::string_view s) { p.lineReceived(s); }
+    std::string out() {
+        std::string v = t.value();
+        t.clear();
+        return v;
+    }
+};
+
+/// Splits wire output into lines (without CRLF).
+std::vector<std::string> lines(const std::string& wire) {
+    std::vector<std::string> out;
+    std::size_t pos = 0;
+    while (pos < wire.size()) {
+        std::size_t end = wire.find("\r\n", pos);
+        if (end == std::string::npos) end = wire.size();
+        out.push_back(wire.substr(pos, end - pos));
+        pos = end + 2;
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_SUITE("irc") {
+
+TEST_CASE("the seed's bot greets who joins") {
+    Bot p;
+    p.nickname = "bot";
+    StringTransport t;
+    p.makeConnection(&t);
+    CHECK(t.value() == "NICK bot\r\nUSER bot foo bar :bot\r\n");
+    t.clear();
+    p.lineReceived(":bob!b@host JOIN #foo");
+    CHECK(t.value() == "PRIVMSG #foo :Hello bob\r\n");
+}
+
+TEST_CASE("parsemsg: prefix, command, middle and trailing params") {
+    Message m = parsemsg(":nick!u@h PRIVMSG #chan :hello  there :x");
+    REQUIRE(m.ok());
+    CHECK(m.prefix == "nick!u@h");
+    CHECK(m.command == "PRIVMSG");
+    CHECK(m.params == std::vector<std::string>{"#chan", "hello  there :x"});
+
+    m = parsemsg("PING  srv1   srv2");
+    CHECK(m.prefix.empty());
+    CHECK(m.command == "PING");
+    CHECK(m.params == std::vector<std::string>{"srv1", "srv2"});
+
+    m = parsemsg(":srv 001 me :");
+    CHECK(m.params == std::vector<std::string>{"me", ""});
+}
+
+TEST_CASE("parsemsg: IRCv3 tags, unescaped") {
+    Message m = parsemsg("@time=2024-01-01T00:00:00Z;msgid=a\\sb\\:c\\\\d\\r\\n\\x;flag :n!u@h PRIVMSG #c :hi");
+    REQUIRE(m.ok());
+    REQUIRE(m.tags.size() == 3);
+    CHECK(*m.tag("time") == "2024-01-01T00:00:00Z");
+    CHECK(*m.tag("msgid") == "a b;c\\d\r\nx");
+    CHECK(*m.tag("flag") == "");
+    CHECK(m.tag("nope") == nullptr);
+    CHECK(m.prefix == "n!u@h");
+    CHECK(m.command == "PRIVMSG");
+    CHECK(parsemsg("@a=b\\ CMD").tags[0].second == "b");  // trailing lone backslash dropped
+}
+
+TEST_CASE("parsemsg: malformed input is an error value") {
+    CHECK(parsemsg("").error == "Empty line.");
+    CHECK(parsemsg(":onlyprefix").error == "Prefix without command.");
+    CHECK(parsemsg(": CMD").error == "Empty prefix.");
+    CHECK(parsemsg("@tags").error == "Tags without command.");
+    CHECK(parsemsg("@ CMD").error == "Empty tag section.");
+    CHECK(parsemsg(":p  ").error == "Missing command.");
+    CHECK(parsemsg(" :trailing only").error == "Missing command.");
+    CHECK(parsemsg(":p :x").error == "Missing command.");
+    CHECK_FALSE(parsemsg("   "));
+}
+
+TEST_CASE("lowQuote and lowDequote") {
+    CHECK(lowQuote(std::string("a\x10" "b\0c\nd\re", 9)) == "a\x10\x10" "b\x10" "0c\x10nd\x10re");
+    CHECK(lowDequote(lowQuote(std::string("x\0\n\r\x10y", 6))) == std::string("x\0\n\r\x10y", 6));
+    CHECK(lowDequote("\x10z") == "z");
+}
+
+TEST_CASE("ctcpQuote, ctcpDequote, ctcpExtract, ctcpStringify") {
+    CHECK(ctcpQuote("a\\b\x01" "c") == "a\\\\b\\ac");
+    CHECK(ctcpDequote("a\\\\b\\ac\\z") == "a\\b\x01" "cz");
+    CtcpExtracted e = ctcpExtract("hi \x01PING 123\x01 there \x01VERSION\x01");
+    REQUIRE(e.extended.size() == 2);
+    CHECK(e.extended[0] == CtcpMessage{"PING", std::string("123")});
+    CHECK(e.extended[1] == CtcpMessage{"VERSION", std::nullopt});
+    CHECK(e.normal == std::vector<std::string>{"hi ", " there "});
+    e = ctcpExtract("\x01" "ACTION waves");  // unterminated: still extended
+    REQUIRE(e.extended.size() == 1);
+    CHECK(e.extended[0] == CtcpMessage{"ACTION", std::string("waves")});
+    CHECK(ctcpStringify({{"PING", std::string("1")}, {"VERSION", std::nullopt}, {"X", std::string()}}) ==
+          "\x01PING 1\x01\x01VERSION\x01\x01X\x01");
+    CHECK(ctcpStringify({{"ACTION", std::string("a\x01z")}}) == "\x01" "ACTION a\\az\x01");
+}
+
+TEST_CASE("split: spaces preferred, empty lines dropped, UTF-8 kept whole") {
+    CHECK(split("") == std::vector<std::string>{});
+    CHECK(split("hello world foo", 11) == std::vector<std::string>{"hello world", "foo"});
+    CHECK(split("a\n\nb\r\nc  ", 80) == std::vector<std::string>{"a", "b", "c"});
+    CHECK(split("abcdefghij", 4) == std::vector<std::string>{"abcd", "efgh", "ij"});
+    CHECK(split("a\tb", 10) == std::vector<std::string>{"a b"});
+    // "é" is 2 bytes, "€" 3: never cut inside one.
+    std::string text;
+    for (int i = 0; i < 10; ++i) text += "\xc3\xa9\xe2\x82\xac";  // 50 bytes, no spaces
+    for (std::size_t width = 4; width < 12; ++width) {
+        std::string joined;
+        for (const auto& chunk : split(text, width)) {
+            CHECK(chunk.size() <= width);
+            CHECK((static_cast<unsigned char>(chunk[0]) & 0xC0) != 0x80);  // starts on a character
+            joined += chunk;
+        }
+        CHECK(joined == text);
+    }
+}
+
+TEST_CASE("parseModes: Twisted's results and errors") {
+    ParsedModes p = parseModes("+ob-l", {"alice", "*!*@bad"}, {"ovhblk", "ovhb"});
+    REQUIRE(p.ok());
+    CHECK(p.added == std::vector<ModeChange>{{'o', std::string("alice")}, {'b', std::string("*!*@bad")}});
+    CHECK(p.removed == std::vector<ModeChange>{{'l', std::nullopt}});
+    CHECK(parseModes("", {}).error == "Empty mode string");
+    CHECK(parseModes("o", {}).error.rfind("Malformed modes string", 0) == 0);
+    CHECK(parseModes("+", {}).error.rfind("Empty mode sequence", 0) == 0);
+    CHECK(parseModes("++k", {}, {"k", ""}).error.rfind("Empty mode sequence", 0) == 0);
+    CHECK(parseModes("+k", {}, {"k", ""}).error == "Not enough parameters: k");
+    CHECK(parseModes("+n", {"x"}).error.rfind("Too many parameters", 0) == 0);
+}
+
+TEST_CASE("ServerSupportedFeatures: defaults and parse") {
+    test::LogCapture log;
+    ServerSupportedFeatures s;
+    CHECK(s.nickLen() == 9);
+    CHECK(s.channelLen() == 200);
+    CHECK(s.chanTypes() == "#&");
+    CHECK(s.modes() == 3);
+    REQUIRE(s.prefix().size() == 3);
+    CHECK(s.prefix()[0].mode == 'o');
+    CHECK(s.prefix()[0].symbol == '@');
+    CHECK(s.chanModes().setParam == "lk");
+    CHECK_FALSE(s.announced("CHANTYPES"));
+
+    s.parse({"NICKLEN=30", "CHANTYPES=#", "PREFIX=(qaov)~&@+", "CHANMODES=beI,k,l,imnst", "NETWORK=Test\\x20Net",
+             "EXCEPTS", "FOO=a,b", "-MODES", "CHANNELLEN=bogus", "BAD=\\xZZ"});
+    CHECK(s.nickLen() == 30);
+    CHECK(s.chanTypes() == "#");
+    CHECK(s.announced("CHANTYPES"));
+    REQUIRE(s.prefix().size() == 4);
+    CHECK(s.prefix()[0].symbol == '~');
+    CHECK(s.prefix()[3].priority == 3);
+    CHECK(s.chanModes().addressModes == "beI");
+    CHECK(s.chanModes().noParam == "imnst");
+    CHECK(s.network() == "Test Net");
+    CHECK(s.hasFeature("EXCEPTS"));
+    CHECK(s.getFeature("FOO") == std::vector<std::string>{"a", "b"});
+    CHECK_FALSE(s.hasFeature("MODES"));
+    CHECK(s.modes() == std::nullopt);
+    CHECK(s.channelLen() == 200);  // malformed: the old value stays
+    CHECK_FALSE(s.hasFeature("BAD"));
+    s.parse({"PREFIX=(ov)@", "CHANMODES=a,b,c,d,e"});  // malformed: both keep their old value
+    CHECK(s.prefix().size() == 4);
+    CHECK(s.chanModes().addressModes == "beI");
+}
+
+TEST_CASE("registration: PASS, NICK, USER on connect; signedOn after 001") {
+    Clock clock;
+    StringTransport t;
+    Recorder p(&clock);
+    p.nickname = "alice";
+    p.password = "secret";
+    p.username = "al";
+    p.realname = "Alice Liddell";
+    p.heartbeatInterval = 0;
+    p.makeConnection(&t);
+    CHECK(t.value() == "PASS secret\r\nNICK alice\r\nUSER al foo bar :Alice Liddell\r\n");
+    CHECK_FALSE(p.registered());
+    p.lineReceived(":irc.example 001 alice :Welcome to IRC alice!al@host");
+    CHECK(p.registered());
+    CHECK(p.hostname == "irc.example");
+    CHECK(p.last() == "signedOn()");
+
+    Recorder quiet;
+    quiet.performLogin = false;
+    StringTransport t2;
+    quiet.makeConnection(&t2);
+    CHECK(t2.value().empty());
+}
+
+TEST_CASE("server information callbacks") {
+    Connected c;
+    c.line(":srv 002 me :Your host is srv");
+    CHECK(c.p.last() == "yourHost(Your host is srv)");
+    c.line(":srv 003 me :This server was created today");
+    CHECK(c.p.last() == "created(This server was created today)");
+    c.line(":srv 004 me srv ngircd-26 abc defg");
+    CHECK(c.p.last() == "myInfo(srv, ngircd-26, abc, defg)");
+    c.line(":srv 004 me :srv v1 iw");
+    CHECK(c.p.last() == "myInfo(srv, v1, iw, )");
+    c.line(":srv 005 me NICKLEN=20 CHANTYPES=#& :are supported by this server");
+    CHECK(c.p.last() == "isupport(NICKLEN=20 CHANTYPES=#&)");
+    CHECK(c.p.supported.nickLen() == 20);
+    c.line(":srv 010 me :other.server 6667");
+    CHECK(c.p.last() == "bounce(other.server 6667)");
+    c.line(":srv 251 me :There are 3 users");
+    CHECK(c.p.last() == "luserClient(There are 3 users)");
+    c.line(":srv 252 me 2 :operators online");
+    CHECK(c.p.last() == "luserOp(2)");
+    c.line(":srv 254 me 7 :channels formed");
+    CHECK(c.p.last() == "luserChannels(7)");
+    std::size_t before = c.p.calls.size();
+    c.line(":srv 254 me lots :channels formed");  // not a number: ignored
+    CHECK(c.p.calls.size() == before);
+    c.line(":srv 255 me :I have 3 clients");
+    CHECK(c.p.last() == "luserMe(I have 3 clients)");
+    c.line(":srv 375 me :- srv Message of the day -");
+    c.line(":srv 372 me :- line one");
+    c.line(":srv 372 me :line two");
+    CHECK(c.p.motd->size() == 3);
+    c.line(":srv 376 me :End of MOTD");
+    CHECK(c.p.last() == "receivedMOTD([srv Message of the day -][line one][line two])");
+    CHECK_FALSE(c.p.motd.has_value());
+    c.line(":srv 353 me = #c :@alice +bob");
+    c.line(":srv 353 me = #c :carol");
+    c.line(":srv 366 me #c :End of NAMES list");
+    CHECK(c.p.last() == "receivedNames(#c, @alice +bob carol)");
+    c.line(":srv 999 me odd :thing");
+    CHECK(c.p.last() == "irc_unknown(srv, 999, me odd thing)");
+    c.line(":srv 311 me bob b host * :Bob");
+    CHECK(c.p.last() == "irc_unknown(srv, RPL_WHOISUSER, me bob b host * Bob)");
+    CHECK(c.out().empty());
+}
+
+TEST_CASE("channel and user events") {
+    Connected c;
+    c.line(":me!u@h JOIN #c");
+    CHECK(c.p.last() == "joined(#c)");
+    c.line(":bob!b@h JOIN :#c");
+    CHECK(c.p.last() == "userJoined(bob, #c)");
+    c.line(":bob!b@h PART #c :bye");
+    CHECK(c.p.last() == "userLeft(bob, #c)");
+    c.line(":ME!u@h PART #c");  // nicks compare under CASEMAPPING
+    CHECK(c.p.last() == "left(#c)");
+    c.line(":bob!b@h QUIT :gone");
+    CHECK(c.p.last() == "userQuit(bob, gone)");
+    c.line(":op!o@h KICK #c bob :spam");
+    CHECK(c.p.last() == "userKicked(bob, #c, op, spam)");
+    c.line(":op!o@h KICK #c Me :out");
+    CHECK(c.p.last() == "kickedFrom(#c, op, out)");
+    c.line(":bob!b@h TOPIC #c :new topic");
+    CHECK(c.p.last() == "topicUpdated(bob, #c, new topic)");
+    c.line(":srv 332 me #c :the topic");
+    CHECK(c.p.last() == "topicUpdated(srv, #c, the topic)");
+    c.line(":srv 331 me #c :No topic is set");
+    CHECK(c.p.last() == "topicUpdated(srv, #c, )");
+    c.line(":bob!b@h NICK robert");
+    CHECK(c.p.last() == "userRenamed(bob, robert)");
+    c.line(":me!u@h NICK :me2");
+    CHECK(c.p.last() == "nickChanged(me2)");
+    CHECK(c.p.nickname == "me2");
+    CHECK(c.out().empty());
+}
+
+TEST_CASE("messages, notices, actions") {
+    Connected c;
+    c.line(":bob!b@h PRIVMSG #c :hello there");
+    CHECK(c.p.last() == "privmsg(bob!b@h, #c, hello there)");
+    c.line(":bob!b@h PRIVMSG me :psst");
+    CHECK(c.p.last() == "privmsg(bob!b@h, me, psst)");
+    c.line(":bob!b@h NOTICE me :note");
+    CHECK(c.p.last() == "noticed(bob!b@h, me, note)");
+    c.line(":bob!b@h PRIVMSG #c :\x01" "ACTION waves\x01");
+    CHECK(c.p.last() == "action(bob!b@h, #c, waves)");
+    c.line(":bob!b@h PRIVMSG #c :hi \x01PING 1\x01");  // does not start with \x01: plain text
+    CHECK(c.p.last() == "privmsg(bob!b@h, #c, hi \x01PING 1\x01)");
+    std::size_t before = c.p.calls.size();
+    c.line(":bob!b@h PRIVMSG #c :");  // empty: ignored
+    CHECK(c.p.calls.size() == before);
+    CHECK(c.p.isChannel("#c"));
+    CHECK_FALSE(c.p.isChannel("me"));
+    c.line(":srv 005 me CHANTYPES=# STATUSMSG=@+ :are supported");
+    CHECK(c.p.isChannel("@#c"));
+    CHECK_FALSE(c.p.isChannel("&c"));
+    CHECK(c.out().empty());
+}
+
+TEST_CASE("MODE: parsed with ISUPPORT's parameter modes") {
+    test::LogCapture log;
+    Connected c;
+    c.line(":op!o@h MODE #c +o-v+l alice bob 10");
+    REQUIRE(c.p.calls.size() == 2);
+    CHECK(c.p.calls[0] == "modeChanged(op!o@h, #c, True, ol, alice 10)");
+    CHECK(c.p.calls[1] == "modeChanged(op!o@h, #c, False, v, bob)");
+    c.line(":me MODE me :+iw");
+    CHECK(c.p.last() == "modeChanged(me, me, True, iw, None None)");
+    c.line(":op!o@h MODE #c n");  // no sign: '+' is assumed
+    CHECK(c.p.last() == "modeChanged(op!o@h, #c, True, n, None)");
+    std::size_t before = c.p.calls.size();
+    c.line(":op!o@h MODE #c +o");  // missing parameter: logged, no callback
+    CHECK(c.p.calls.size() == before);
+    c.line(":srv 005 me PREFIX=(qo)~@ CHANMODES=b,k,l,n :ok");
+    c.line(":op!o@h MODE #c +qk owner key");
+    CHECK(c.p.last() == "modeChanged(op!o@h, #c, True, qk, owner key)");
+}
+
+TEST_CASE("PING is answered with PONG at once") {
+    Connected c;
+    c.line("PING :irc.example.net");
+    CHECK(c.out() == "PONG irc.example.net\r\n");
+    c.line("PING a b");
+    CHECK(c.out() == "PONG b\r\n");
+    c.line("PING :two words");
+    CHECK(c.out() == "PONG :two words\r\n");
+}
+
+TEST_CASE("commands write Twisted's exact bytes") {
+    Connected c;
+    auto sent = [&](bool ok) {
+        CHECK(ok);
+        return c.out();
+    };
+    CHECK(sent(c.p.join("chan")) == "JOIN #chan\r\n");
+    CHECK(sent(c.p.join("#c", "key")) == "JOIN #c key\r\n");
+    CHECK(sent(c.p.join("&local")) == "JOIN &local\r\n");
+    CHECK(sent(c.p.leave("chan")) == "PART #chan\r\n");
+    CHECK(sent(c.p.leave("#c", "bye now")) == "PART #c :bye now\r\n");
+    CHECK(sent(c.p.part("#c")) == "PART #c\r\n");
+    CHECK(sent(c.p.kick("chan", "bob")) == "KICK #chan bob\r\n");
+    CHECK(sent(c.p.kick("#c", "bob", "spam")) == "KICK #c bob :spam\r\n");
+    CHECK(sent(c.p.invite("bob", "chan")) == "INVITE bob #chan\r\n");
+    CHECK(sent(c.p.topic("chan")) == "TOPIC #chan\r\n");
+    CHECK(sent(c.p.topic("#c", std::string("t"))) == "TOPIC #c :t\r\n");
+    CHECK(sent(c.p.topic("#c", std::string())) == "TOPIC #c :\r\n");
+    CHECK(sent(c.p.mode("#c", true, "o", std::nullopt, std::string("bob"))) == "MODE #c +o bob\r\n");
+    CHECK(sent(c.p.mode("#c", false, "l")) == "MODE #c -l\r\n");
+    CHECK(sent(c.p.mode("#c", true, "l", 10)) == "MODE #c +l 10\r\n");
+    CHECK(sent(c.p.mode("#c", true, "b", std::nullopt, std::nullopt, std::string("*!*@bad"))) == "MODE #c +b *!*@bad\r\n");
+    CHECK(sent(c.p.say("chan", "hello")) == "PRIVMSG #chan :hello\r\n");
+    CHECK(sent(c.p.msg("bob", "hi")) == "PRIVMSG bob :hi\r\n");
+    CHECK(sent(c.p.notice("bob", "note")) == "NOTICE bob :note\r\n");
+    CHECK(sent(c.p.describe("#c", "waves")) == "PRIVMSG #c :\x01" "ACTION waves\x01\r\n");
+    CHECK(sent(c.p.away("brb")) == "AWAY :brb\r\n");
+    CHECK(sent(c.p.back()) == "AWAY :\r\n");
+    CHECK(sent(c.p.whois("bob")) == "WHOIS bob\r\n");
+    CHECK(sent(c.p.whois("bob", "srv")) == "WHOIS srv bob\r\n");
+    CHECK(sent(c.p.setNick("n")) == "NICK n\r\n");
+    CHECK(c.p.attemptedNick() == "n");
+    CHECK(sent(c.p.quit("bye")) == "QUIT :bye\r\n");
+    CHECK(sent(c.p.quit()) == "QUIT :\r\n");
+    CHECK(sent(c.p.names("#c")) == "NAMES #c\r\n");
+    CHECK(sent(c.p.ping("bob", "k1")) == "PRIVMSG bob :\x01PING k1\x01\r\n");
+    CHECK(sent(c.p.ctcpMakeQuery("bob", {{"VERSION", std::nullopt}})) == "PRIVMSG bob :\x01VERSION\x01\r\n");
+    CHECK(sent(c.p.ctcpMakeReply("bob", {{"PING", std::string("1")}})) == "NOTICE bob :\x01PING 1\x01\r\n");
+    std::string key = sent(c.p.ping("bob"));
+    CHECK(key.size() == std::string("PRIVMSG bob :\x01PING 123456789012\x01\r\n").size());
+    CHECK(sent(c.p.msg("bob", "")) == "");  // nothing to say: nothing sent
+    c.p.password.clear();
+    c.p.username.clear();
+    CHECK(sent(c.p.register_("nn", "h", "s")) == "NICK nn\r\nUSER nn h s :nn\r\n");
+}
+
+TEST_CASE("msg: multi-line text becomes one PRIVMSG per line") {
+    Connected c;
+    CHECK(c.p.msg("#c", "one\ntwo\r\nthree\rfour\n\n"));
+    CHECK(c.out() == "PRIVMSG #c :one\r\nPRIVMSG #c :two\r\nPRIVMSG #c :three\r\nPRIVMSG #c :four\r\n");
+    CHECK(c.p.msg("#c", "hi\r\nQUIT :pwned"));  // Twisted's example: two harmless PRIVMSGs
+    CHECK(c.out() == "PRIVMSG #c :hi\r\nPRIVMSG #c :QUIT :pwned\r\n");
+}
+
+TEST_CASE("msg: every relayed line fits 512 bytes, UTF-8 never cut") {
+    Connected c("somebot");
+    const std::string worstPrefix = ":" + std::string(9, 'n') + "!" + std::string(11, 'u') + "@" + std::string(63, 'h') + " ";
+    std::string text;
+    for (int i = 0; i < 300; ++i) text += "\xe2\x82\xac";  // 900 bytes of "€", no spaces
+    text += " tail words here";
+    REQUIRE(c.p.msg("#chan", text));
+    auto sentLines = lines(c.out());
+    REQUIRE(sentLines.size() >= 2);
+    std::string rebuilt;
+    for (const auto& l : sentLines) {
+        CHECK(l.rfind("PRIVMSG #chan :", 0) == 0);
+        CHECK(worstPrefix.size() + l.size() + 2 <= 512);
+        std::string body = l.substr(15);
+        CHECK((static_cast<unsigned char>(body[0]) & 0xC0) != 0x80);
+        CHECK((static_cast<unsigned char>(body.back()) & 0xC0) != 0xC0);  // no dangling lead byte
+        rebuilt += body;
+    }
+    std::string expected = text;
+    expected.erase(std::remove(expected.begin(), expected.end(), ' '), expected.end());
+    rebuilt.erase(std::remove(rebuilt.begin(), rebuilt.end(), ' '), rebuilt.end());
+    CHECK(rebuilt == expected);
+    // Exactly at the limit: the longest text that fits is one line, one byte more is two.
+    std::size_t max = c.p.maxMessageLength("PRIVMSG", "#chan");
+    CHECK(worstPrefix.size() + std::string("PRIVMSG #chan :").size() + max + 2 == 512);
+    c.p.msg("#chan", std::string(max, 'x'));
+    CHECK(lines(c.out()).size() == 1);
+    c.p.msg("#chan", std::string(max + 1, 'x'));
+    CHECK(lines(c.out()).size() == 2);
+    // After our own JOIN echo the real prefix is known and lines get longer.
+    c.line(":somebot!~sb@1.2.3.4 JOIN #chan");
+    std::size_t exact = c.p.maxMessageLength("PRIVMSG", "#chan");
+    CHECK(exact == 512 - std::string(":somebot!~sb@1.2.3.4 PRIVMSG #chan :\r\n").size());
+    // A bigger NICKLEN from ISUPPORT shrinks the worst-case budget.
+    Connected d("x");
+    std::size_t before = d.p.maxMessageLength("PRIVMSG", "#c");
+    d.line(":srv 005 x NICKLEN=30 :ok");
+    CHECK(d.p.maxMessageLength("PRIVMSG", "#c") == before - 21);
+}
+
+TEST_CASE("msg with Twisted's explicit length") {
+    Connected c;
+    // fmt "PRIVMSG bob :" (13) + 2: 20 leaves 5 bytes of text per line.
+    CHECK(c.p.msg("bob", "abc defgh ij", 20));
+    CHECK(c.out() == "PRIVMSG bob :abc\r\nPRIVMSG bob :defgh\r\nPRIVMSG bob :ij\r\n");
+    test::LogCapture log;
+    CHECK_FALSE(c.p.msg("bob", "x", 15));
+    CHECK(log.contains("Maximum length must exceed 15"));
+    CHECK(c.out().empty());
+}
+
+TEST_CASE("injection: CR, LF and NUL in arguments are refused, nothing sent") {
+    Connected c;
+    test::LogCapture log;
+    CHECK_FALSE(c.p.join("#c\r\nQUIT"));
+    CHECK_FALSE(c.p.join("#c", "k\nQUIT"));
+    CHECK_FALSE(c.p.leave("#c", "bye\r\nQUIT"));
+    CHECK_FALSE(c.p.kick("#c", "bob\n", "x"));
+    CHECK_FALSE(c.p.invite("bob", "#c\r"));
+    CHECK_FALSE(c.p.topic("#c", std::string("a\r\nQUIT :x")));
+    CHECK_FALSE(c.p.mode("#c", true, "o", std::nullopt, std::string("bob\nQUIT")));
+    CHECK_FALSE(c.p.say("#c\n", "hi"));
+    CHECK_FALSE(c.p.msg("bob\r\nQUIT", "hi"));
+    CHECK_FALSE(c.p.msg("bob", std::string("a\0b", 3)));
+    CHECK_FALSE(c.p.notice("bob\n", "hi"));
+    CHECK_FALSE(c.p.describe("#c", "waves\r\nQUIT"));
+    CHECK_FALSE(c.p.away("x\ny"));
+    CHECK_FALSE(c.p.whois("bob\r\n"));
+    CHECK_FALSE(c.p.setNick("n\r\nQUIT"));
+    CHECK_FALSE(c.p.quit("bye\r\nJOIN #x"));
+    CHECK_FALSE(c.p.ping("bob", "k\n"));
+    CHECK_FALSE(c.p.names("#c\n"));
+    CHECK_FALSE(c.p.ctcpMakeReply("bob", {{"PING", std::string("a\rb")}}));
+    CHECK_FALSE(c.p.sendLine("PRIVMSG #c :x\r\nQUIT"));
+    CHECK_FALSE(c.p.sendLine(std::string("NICK a\0b", 8)));
+    c.p.realname = "evil\r\nQUIT";
+    CHECK_FALSE(c.p.register_("n"));
+    CHECK(c.out().empty());
+    CHECK(log.contains("CR, LF or NUL"));
+    CHECK(c.p.attemptedNick() == "me");  // the refused setNick changed nothing
+}
+
+TEST_CASE("nick collision: 433 retries with an altered nick; 432 falls back") {
+    Clock clock;
+    StringTransport t;
+    Recorder p(&clock);
+    p.nickname = "bot";
+    p.heartbeatInterval = 0;
+    p.makeConnection(&t);
+    t.clear();
+    p.lineReceived(":srv 433 * bot :Nickname is already in use");
+    CHECK(t.value() == "NICK bot_\r\n");
+    t.clear();
+    p.lineReceived(":srv 433 * bot_ :Nickname is already in use");
+    CHECK(t.value() == "NICK bot__\r\n");
+    CHECK(p.nickname == "bot");  // unchanged until 001
+    p.lineReceived(":srv 001 bot__ :Welcome");
+    CHECK(p.nickname == "bot__");
+
+    // At NICKLEN the last character cycles instead of growing forever.
+    CHECK(p.alterCollidedNick("abcdefghi") == "abcdefgh0");
+    CHECK(p.alterCollidedNick("abcdefgh0") == "abcdefgh1");
+    CHECK(p.alterCollidedNick("abcdefgh9") == "abcdefgh_");
+
+    Recorder q;
+    StringTransport t2;
+    q.makeConnection(&t2);
+    t2.clear();
+    q.lineReceived(":srv 432 * b@d :Erroneous Nickname");
+    CHECK(t2.value() == "NICK defaultnick\r\n");
+    t2.clear();
+    q.lineReceived(":srv 001 defaultnick :Welcome");
+    q.lineReceived(":srv 432 defaultnick x :Erroneous Nickname");  // registered: no fallback
+    CHECK(t2.value().empty());
+}
+
+TEST_CASE("CTCP queries are answered, once per tag") {
+    Connected c;
+    c.p.versionName = "reactorbot";
+    c.p.versionNum = "1.0";
+    c.p.versionEnv = "C++";
+    c.line(":bob!b@h PRIVMSG me :\x01VERSION\x01");
+    CHECK(c.out() == "NOTICE bob :\x01VERSION reactorbot:1.0:C++\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01PING 12345\x01");
+    CHECK(c.out() == "NOTICE bob :\x01PING 12345\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01PING 1\x01\x01PING 2\x01\x01PING 3\x01");  // a flood: one reply
+    CHECK(c.out() == "NOTICE bob :\x01PING 1\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01" "CLIENTINFO\x01");
+    CHECK(c.out() == "NOTICE bob :\x01" "CLIENTINFO ACTION CLIENTINFO ERRMSG FINGER PING SOURCE TIME USERINFO VERSION\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01" "CLIENTINFO PING\x01");
+    CHECK(c.out() == "NOTICE bob :\x01" "CLIENTINFO PING data: echoes data\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01" "CLIENTINFO BOGUS\x01");
+    CHECK(c.out() == "NOTICE bob :\x01" "ERRMSG CLIENTINFO BOGUS :Unknown query 'BOGUS'\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01" "ERRMSG oops\x01");
+    CHECK(c.out() == "NOTICE bob :\x01" "ERRMSG oops :No error has occurred.\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01SOURCE\x01");
+    CHECK(c.out() == "NOTICE bob :\x01SOURCE https://example.invalid/reactor.hpp\x01\x01SOURCE\x01\r\n");
+    c.line(":bob!b@h PRIVMSG me :\x01TIME\x01");
+    std::string time = c.out();
+    CHECK(time.rfind("NOTICE bob :\x01TIME :", 0) == 0);
+    CHECK(time.size() == std::string("NOTICE bob :\x01TIME :Sun Sep 16 01:03:52 1973\x01\r\n").size());
+    c.line(":bob!b@h PRIVMSG me :\x01USERINFO\x01");  // no userinfo: no reply
+    c.line(":bob!b@h PRIVMSG me :\x01" "FINGER\x01");
+    CHECK(c.out().empty());
+    c.p.userinfo = "just a bot";
+    c.line(":bob!b@h PRIVMSG me :\x01USERINFO\x01");
+    CHECK(c.out() == "NOTICE bob :\x01USERINFO just a bot\x01\r\n");
+    test::LogCapture log;
+    c.line(":bob!b@h PRIVMSG me :\x01" "DCC SEND x 1 2 3\x01\x01WHATEVER\x01");  // unknown: never answered
+    CHECK(c.out().empty());
+    CHECK(log.contains("unknown CTCP query"));
+    c.line(":bob!b@h PRIVMSG #c :\x01" "ACTION dances\x01 and \x01" "ACTION sings\x01");
+    CHECK(c.p.calls[c.p.calls.size() - 2] == "action(bob!b@h, #c, dances)");  // once per tag
+    CHECK(c.p.last() == "privmsg(bob!b@h, #c,  and )");
+    c.p.versionName.clear();
+    c.line(":bob!b@h PRIVMSG me :\x01VERSION\x01");
+    CHECK(c.out().empty());
+}
+
+TEST_CASE("CTCP PING round trip calls pong with the elapsed time") {
+    Connected c;
+    c.p.ping("bob", "key1");
+    c.out();
+    c.clock.advance(2.5);
+    c.line(":bob!b@h NOTICE me :\x01PING key1\x01");
+    CHECK(c.p.last() == "pong(bob!b@h, 2.500000)");
+    test::LogCapture log;
+    c.line(":bob!b@h NOTICE me :\x01PING key1\x01");  // answered already
+    CHECK(log.contains("Bogus PING response"));
+    c.line(":bob!b@h NOTICE me :\x01VERSION x\x01");
+    CHECK(log.contains("unknown CTCP reply"));
+}
+
+TEST_CASE("flood control: one line per lineRate seconds on the Clock") {
+    Connected c;
+    c.p.lineRate = 1.0;
+    c.p.msg("#c", "A");
+    c.p.msg("#c", "B");
+    c.p.msg("#c", "C");
+    CHECK(c.out() == "PRIVMSG #c :A\r\n");
+    CHECK(c.p.queuedLines() == 2);
+    c.clock.advance(0.5);
+    CHECK(c.out().empty());
+    c.clock.advance(0.5);
+    CHECK(c.out() == "PRIVMSG #c :B\r\n");
+    c.clock.advance(1.0);
+    CHECK(c.out() == "PRIVMSG #c :C\r\n");
+    c.clock.advance(1.0);  // the queue drains: the pump stops
+    CHECK(c.clock.getDelayedCalls().empty());
+    c.p.msg("#c", "D");
+    CHECK(c.out() == "PRIVMSG #c :D\r\n");
+    c.p.msg("#c", "E");
+    c.p.connectionLost(Failure(error::ConnectionDone()));  // pending lines and timers go away
+    CHECK(c.clock.getDelayedCalls().empty());
+    c.clock.advance(5);
+    CHECK(c.out().empty());
+}
+
+TEST_CASE("heartbeat: PING the server every heartbeatInterval after 001") {
+    Clock clock;
+    StringTransport t;
+    {
+        Recorder p(&clock);
+        p.heartbeatInterval = 60;
+        p.makeConnection(&t);
+        clock.advance(120);
+        t.clear();
+        CHECK(clock.getDelayedCalls().empty());  // not before 001
+        p.lineReceived(":irc.example 001 irc :Welcome");
+        clock.advance(59);
+        CHECK(t.value().empty());
+        clock.advance(1);
+        CHECK(t.value() == "PING irc.example\r\n");
+        clock.advance(60);
+        CHECK(t.value() == "PING irc.example\r\nPING irc.example\r\n");
+        p.stopHeartbeat();
+        CHECK(clock.getDelayedCalls().empty());
+        p.startHeartbeat();
+        CHECK(clock.getDelayedCalls().size() == 1);
+    }  // destroyed without connectionLost: the timer goes with it
+    CHECK(clock.getDelayedCalls().empty());
+    Recorder noClock;  // no clock: no heartbeat, no crash
+    StringTransport t2;
+    noClock.makeConnection(&t2);
+    noClock.lineReceived(":srv 001 irc :Welcome");
+    CHECK(noClock.registered());
+}
+
+TEST_CASE("dataReceived: CRLF, LF and CR all end a line, in any chunking") {
+    Connected c;
+    std::string wire = ":a!a@h PRIVMSG #c :one\r\n:a!a@h PRIVMSG #c :two\n:a!a@h PRIVMSG #c :three\r:a!a@h PRIVMSG #c :four\r\n";
+    for (char ch : wire) c.p.dataReceived(std::string_view(&ch, 1));
+    REQUIRE(c.p.calls.size() == 4);
+    CHECK(c.p.calls[0] == "privmsg(a!a@h, #c, one)");
+    CHECK(c.p.calls[2] == "privmsg(a!a@h, #c, three)");
+    CHECK(c.p.calls[3] == "privmsg(a!a@h, #c, four)");
+    c.p.calls.clear();
+    c.p.dataReceived("@k=v :a!a@h PRIVMSG #c :tagged\r\n");
+    CHECK(c.p.last() == "privmsg(a!a@h, #c, tagged)");
+}
+
+TEST_CASE("tags are visible to callbacks") {
+    struct Tagged : IRCClient {
+        std::string seen;
+        void privmsg(const std::string&, const std::string&, const std::string&) override {
+            for (const auto& t : tags()) seen += t.first + "=" + t.second + ";";
+        }
+    } p;
+    StringTransport t;
+    p.makeConnection(&t);
+    p.lineReceived("@time=12:00;+draft/x=a\\sb :a!a@h PRIVMSG #c :hi");
+    CHECK(p.seen == "time=12:00;+draft/x=a b;");
+    CHECK(p.tags().empty());
+}
+
+TEST_CASE("malformed, oversized and hostile server lines are logged and ignored") {
+    Connected c;
+    test::LogCapture log;
+    c.line(":onlyprefix");
+    CHECK(log.contains("Prefix without command"));
+    c.line(std::string(":a!a@h PRIVMSG #c :x\0y", 23));
+    CHECK(log.contains("NUL byte"));
+    c.line(":a!a@h PRIVMSG #c :" + std::string(600, 'x'));
+    CHECK(log.contains("line over 512 bytes"));
+    c.line("@" + std::string(9000, 't') + " PING x");
+    CHECK(log.contains("tags over 8191"));
+    // Too few params: a log line, no callback, no crash.
+    for (const char* l : {"PRIVMSG", "PRIVMSG #c", "NOTICE", "JOIN", "PART", "KICK #c", "TOPIC", "NICK", "MODE #c",
+                          "PING", ":s 002", ":s 003", ":s 004 me", ":s 010", ":s 251", ":s 252", ":s 254", ":s 255",
+                          ":s 332 me #c", ":s 331 me", ":s 353 me", ":s 366 me", ":s 372", ":s 375", ":s 376",
+                          ":s 005", ":s 433", ":s 432", ":s 464", "QUIT", ":s 001"})
+        c.line(l);
+    CHECK(c.p.registered());  // the bare 001 still registered us
+    c.out();
+    CHECK(c.p.calls.size() >= 1);
+    // A line over MAX_LENGTH through dataReceived: dropped, the next line survives.
+    c.p.calls.clear();
+    c.p.dataReceived(std::string(20000, 'z'));
+    c.p.dataReceived(std::string(100, 'z') + "\r\n:a!a@h PRIVMSG #c :after\r\n");
+    CHECK(c.p.last() == "privmsg(a!a@h, #c, after)");
+    c.p.calls.clear();
+    c.p.dataReceived(std::string(20000, 'y') + "\r\n:a!a@h PRIVMSG #c :next\r\n");
+    CHECK(c.p.last() == "privmsg(a!a@h, #c, next)");
+    CHECK_FALSE(c.t.disconnecting);
+    CHECK(log.contains("over"));
+}
+
+#if REACTOR_HAS_EXCEPTIONS
+TEST_CASE("an exception from a callback is logged; the client carries on") {
+    struct Thrower : IRCClient {
+        int n = 0;
+        void privmsg(const std::string&, const std::string&, const std::string&) override {
+            if (++n == 1) throw std::runtime_error("boom");
+        }
+    } p;
+    StringTransport t;
+    p.makeConnection(&t);
+    test::LogCapture log;
+    p.dataReceived(":a!a@h PRIVMSG #c :1\r\n:a!a@h PRIVMSG #c :2\r\n");
+    CHECK(p.n == 2);
+    CHECK(log.contains("boom"));
+}
+#endif
+
+}  // TEST_SUITE
+
+// ---- interop against a real server (Debian's ngircd) ------------------------
+// The test starts ngircd itself on a free loopback port with a config in a
+// temporary directory, and stops it by PID. Without ngircd it says SKIPPED.
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+extern char** environ;
+
+namespace {
+
+const char* findNgircd() {
+    for (const char* path : {"/usr/sbin/ngircd", "/usr/bin/ngircd", "/usr/local/sbin/ngircd"})
+        if (::access(path, X_OK) == 0) return path;
+    return nullptr;
+}
+
+/// A loopback port nobody listens on right now.
+std::uint16_t freePort() {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof a;
+    std::uint16_t port = 0;
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0)
+        port = ntohs(a.sin_port);
+    ::close(fd);
+    return port;
+}
+
+bool accepting(std::uint16_t port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    a.sin_port = htons(port);
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+    ::close(fd);
+    return ok;
+}
+
+/// ngircd in the foreground (-n), its config and log in a temp directory.
+struct Ngircd {
+    pid_t pid = -1;
+    std::uint16_t port = 0;
+    std::string dir;
+    bool start(const char* binary, Reactor& r) {
+        char tmpl[] = "/tmp/reactor-ngircd-XXXXXX";
+        if (!::mkdtemp(tmpl)) return false;
+        dir = tmpl;
+        port = freePort();
+        std::string conf = "[Global]\nName = irc.interop.test\nInfo = reactor.hpp interop test\n"
+                           "AdminInfo1 = test\nAdminInfo2 = test\nAdminEMail = test@example.invalid\n"
+                           "Listen = 127.0.0.1\nPorts = " + std::to_string(port) + "\nMotdPhrase = hello from ngircd\n"
+                           "[Limits]\nMaxConnectionsIP = 0\nMaxPenaltyTime = 0\nPingTimeout = 120\n"
+                           "[Options]\nDNS = no\nIdent = no\nPAM = no\n";
+        std::FILE* f = std::fopen((dir + "/ngircd.conf").c_str(), "w");
+        if (!f) return false;
+        std::fputs(conf.c_str(), f);
+        std::fclose(f);
+        int log = ::open((dir + "/ngircd.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        std::string confPath = dir + "/ngircd.conf";
+        std::vector<char*> argv = {const_cast<char*>(binary), const_cast<char*>("-n"), const_cast<char*>("-f"),
+                                   const_cast<char*>(confPath.c_str()), nullptr};
+        posix_spawn_file_actions_t actions;
+        posix_spawn_file_actions_init(&actions);
+        posix_spawn_file_actions_adddup2(&actions, log, STDOUT_FILENO);
+        posix_spawn_file_actions_adddup2(&actions, log, STDERR_FILENO);
+        int rc = posix_spawn(&pid, binary, &actions, nullptr, argv.data(), environ);
+        posix_spawn_file_actions_destroy(&actions);
+        ::close(log);
+        if (rc != 0) return false;
+        return testing::runUntil(r, [&] { return accepting(port); }, 10.0);
+    }
+    ~Ngircd() {
+        if (pid > 0) {
+            ::kill(pid, SIGTERM);
+            int i = 0;
+            while (::waitpid(pid, nullptr, WNOHANG) != pid) {
+                if (++i == 200) {  // ~4 s: then SIGKILL
+                    ::kill(pid, SIGKILL);
+                    ::waitpid(pid, nullptr, 0);
+                    break;
+                }
+                ::poll(nullptr, 0, 20);
+            }
+        }
+        if (!dir.empty()) {
+            ::unlink((dir + "/ngircd.conf").c_str());
+            ::unlink((dir + "/ngircd.log").c_str());
+            ::rmdir(dir.c_str());
+        }
+    }
+};
+
+/// Everything the interop clients saw, by nick.
+struct Seen {
+    std::vector<std::string> events;
+    bool has(const std::string& e) const { return std::find(events.begin(), events.end(), e) != events.end(); }
+};
+
+struct Person : IRCClient {
+    Seen& seen;
+    Person** self;
+    Person(IReactorTime* time, Seen& s, Person** slot) : IRCClient(time), seen(s), self(slot) { *self = this; }
+    ~Person() override {
+        if (*self == this) *self = nullptr;
+    }
+    void signedOn() override { seen.events.push_back("signedOn"); }
+    void joined(const std::string& c) override { seen.events.push_back("joined " + c); }
+    void userJoined(const std::string& u, const std::string& c) override { seen.events.push_back("userJoined " + u + " " + c); }
+    void privmsg(const std::string& u, const std::string& c, const std::string& m) override {
+        seen.events.push_back("privmsg " + irc::detail::nickOf(u) + " " + c + " " + m);
+    }
+    void topicUpdated(const std::string& u, const std::string& c, const std::string& t) override {
+        seen.events.push_back("topic " + u + " " + c + " " + t);
+    }
+    void nickChanged(const std::string& n) override {
+        IRCClient::nickChanged(n);
+        seen.events.push_back("nickChanged " + n);
+    }
+    void userRenamed(const std::string& o, const std::string& n) override { seen.events.push_back("renamed " + o + " " + n); }
+    void kickedFrom(const std::string& c, const std::string& k, const std::string& m) override {
+        seen.events.push_back("kickedFrom " + c + " " + k + " " + m);
+    }
+    void userKicked(const std::string& e, const std::string& c, const std::string& k, const std::string& m) override {
+        seen.events.push_back("userKicked " + e + " " + c + " " + k + " " + m);
+    }
+    void userQuit(const std::string& u, const std::string& m) override { seen.events.push_back("userQuit " + u + " " + m); }
+    void receivedMOTD(const std::vector<std::string>& lines) override {
+        for (const auto& l : lines) seen.events.push_back("motd " + l);
+    }
+    void connectionLost(const Failure& reason) override {
+        IRCClient::connectionLost(reason);
+        seen.events.push_back("connectionLost");
+    }
+};
+
+/// The example bot, on a ReconnectingClientFactory.
+struct InteropBot : Person {
+    ReconnectingClientFactory* reconnecting = nullptr;
+    using Person::Person;
+    void signedOn() override {
+        Person::signedOn();
+        reconnecting->resetDelay();
+        join("#interop");
+    }
+    void userJoined(const std::string& user, const std::string& channel) override {
+        Person::userJoined(user, channel);
+        say(channel, "Hello " + user);
+    }
+    void privmsg(const std::string& user, const std::string& target, const std::string& message) override {
+        std::string addressed = nickname + ": ";
+        if (message.compare(0, addressed.size(), addressed) != 0) return;
+        std::string nick = irc::detail::nickOf(user);
+        msg(isChannel(target) ? target : nick, nick + ": " + message.substr(addressed.size()));
+    }
+};
+
+}  // namespace
+
+TEST_SUITE("irc-interop") {
+
+TEST_CASE("ngircd: two clients, the bot, and a reconnect") {
+    const char* binary = findNgircd();
+    if (!binary) {
+        std::fprintf(stderr,
+                      "\n*** SKIPPED irc-interop: ngircd is not installed (sudo apt-get install ngircd) ***\n\n");
+        return;
+    }
+    test::CleanReactor cr;
+    Reactor& r = cr.r;
+    Ngircd server;
+    bool started = server.start(binary, r);
+    std::string where = "ngircd did not start; see its log in " + server.dir;
+    REQUIRE_MESSAGE(started, where);
+
+    Seen aliceSaw, bobSaw, botSaw;
+    Person* alice = nullptr;
+    Person* bob = nullptr;
+    Person* botSlot = nullptr;
+    ClientFactory aliceFactory, bobFactory;
+    aliceFactory.protocol = [&]() -> std::unique_ptr<Protocol> {
+        auto p = std::make_unique<Person>(&r, aliceSaw, &alice);
+        p->nickname = "alice";
+        return p;
+    };
+    bobFactory.protocol = [&]() -> std::unique_ptr<Protocol> {
+        auto p = std::make_unique<Person>(&r, bobSaw, &bob);
+        p->nickname = "bob";
+        return p;
+    };
+    r.connectTCP("127.0.0.1", server.port, aliceFactory);
+    r.connectTCP("127.0.0.1", server.port, bobFactory);
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("signedOn") && bobSaw.has("signedOn"); }, 10));
+    CHECK(aliceSaw.has("motd hello from ngircd"));
+    CHECK(alice->supported.announced("CHANTYPES"));  // ISUPPORT parsed from a real 005
+    CHECK(alice->supported.announced("NICKLEN"));
+    CHECK(alice->hostname == "irc.interop.test");
+
+    alice->join("#interop");
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("joined #interop"); }, 10));
+    bob->join("interop");  // the '#' is added
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("userJoined bob #interop") && bobSaw.has("joined #interop"); }, 10));
+
+    alice->say("#interop", "hello bob");
+    bob->msg("alice", "hi alice, privately");
+    REQUIRE(testing::runUntil(r, [&] {
+        return bobSaw.has("privmsg alice #interop hello bob") && aliceSaw.has("privmsg bob alice hi alice, privately");
+    }, 10));
+
+    alice->topic("#interop", std::string("interop topic"));
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("topic alice #interop interop topic"); }, 10));
+
+    bob->setNick("bobby");
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("nickChanged bobby") && aliceSaw.has("renamed bob bobby"); }, 10));
+    CHECK(bob->nickname == "bobby");
+
+    alice->kick("#interop", "bobby", "bye now");
+    REQUIRE(testing::runUntil(r, [&] {
+        return bobSaw.has("kickedFrom #interop alice bye now") && aliceSaw.has("userKicked bobby #interop alice bye now");
+    }, 10));
+
+    {  // Injection attempts never reach the server.
+        test::LogCapture quiet;
+        CHECK_FALSE(alice->say("#interop", std::string("x\0y", 3)));
+        CHECK_FALSE(alice->join("#ok\r\nJOIN #evil"));
+    }
+
+    // The bot joins, greets whoever joins after it, and answers.
+    ReconnectingClientFactory botFactory(r);
+    botFactory.initialDelay = botFactory.delay = 0.1;
+    botFactory.maxDelay = 0.5;
+    botFactory.jitter = 0;
+    int botConnections = 0;
+    botFactory.protocol = [&]() -> std::unique_ptr<Protocol> {
+        auto p = std::make_unique<InteropBot>(&r, botSaw, &botSlot);
+        p->nickname = "greeter";
+        p->reconnecting = &botFactory;
+        ++botConnections;
+        return p;
+    };
+    r.connectTCP("127.0.0.1", server.port, botFactory);
+    REQUIRE(testing::runUntil(r, [&] { return botSaw.has("joined #interop"); }, 10));
+    bob->join("#interop");
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("privmsg greeter #interop Hello bobby"); }, 10));
+    bob->say("#interop", "greeter: are you there?");
+    REQUIRE(testing::runUntil(r, [&] { return aliceSaw.has("privmsg greeter #interop bobby: are you there?"); }, 10));
+
+    // Kill the bot's connection: it reconnects with backoff and signs on again.
+    REQUIRE(botSlot != nullptr);
+    botSlot->transport->abortConnection();
+    REQUIRE(testing::runUntil(r, [&] {
+        return botConnections == 2 && std::count(botSaw.events.begin(), botSaw.events.end(), "joined #interop") == 2;
+    }, 15));
+    CHECK(botFactory.retries == 0);  // resetDelay() on signedOn
+
+    bob->quit("gone");
+    REQUIRE(testing::runUntil(r, [&] {
+        for (const auto& e : aliceSaw.events)
+            if (e.rfind("userQuit bobby", 0) == 0 && e.find("gone") != std::string::npos) return true;
+        return false;
+    }, 10));
+    REQUIRE(testing::runUntil(r, [&] { return bobSaw.has("connectionLost"); }, 10));
+
+    botFactory.stopTrying();
+    if (botSlot) botSlot->quit("done");
+    alice->quit("done");
+    REQUIRE(testing::runUntil(r, [&] { return alice == nullptr && botSlot == nullptr; }, 10));
+}
+
+}  // TEST_SUITE
