@@ -148,9 +148,11 @@ bench: build/examples/echo_server
 # ---- make demo ------------------------------------------------------------
 # The toy IRC server, the bot and a scripted user on loopback (tests/demo.cpp).
 
+# `make demo TRACE=1` interleaves the trace of the bot's and alice's loops.
+TRACE ?=
 .PHONY: demo
 demo: $(EXDIR)/irc_server $(EXDIR)/irc_bot $(OUT)/demo
-	timeout 60 $(OUT)/demo $(EXDIR)
+	REACTOR_TRACE=$(TRACE) timeout 60 $(OUT)/demo $(EXDIR)
 
 $(OUT)/demo: tests/demo.cpp reactor.hpp
 	@mkdir -p $(dir $@)

@@ -17,6 +17,8 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -35,15 +37,16 @@ void show(const char* who, const std::string& what) {
     std::fflush(stdout);
 }
 
-/// Starts `argv` with stdout to `out` (a pipe's write end or a file); returns the PID.
-pid_t spawn(const std::vector<std::string>& args, int out) {
+/// Starts `argv` with stdout to `out` and stderr to `err` (-1: same as
+/// `out`), each a pipe's write end or a file; returns the PID.
+pid_t spawn(const std::vector<std::string>& args, int out, int err = -1) {
     std::vector<char*> argv;
     for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
     argv.push_back(nullptr);
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_adddup2(&actions, out, STDOUT_FILENO);
-    posix_spawn_file_actions_adddup2(&actions, out, STDERR_FILENO);
+    posix_spawn_file_actions_adddup2(&actions, err >= 0 ? err : out, STDERR_FILENO);
     pid_t pid = -1;
     int rc = posix_spawn(&pid, argv[0], &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);
@@ -148,9 +151,26 @@ int main(int argc, char** argv) {
     });
     show("demo", "irc_server listening on 127.0.0.1:" + std::to_string(port));
 
-    // 2. The bot.
+    // 2. The bot. With REACTOR_TRACE=1 (make demo TRACE=1) its trace comes
+    // back through a pipe and is shown interleaved with alice's own.
+    const char* traceEnv = std::getenv("REACTOR_TRACE");
+    const bool tracing = traceEnv && *traceEnv && std::strcmp(traceEnv, "0") != 0;
     int botLog = ::open((logDir + "/irc_bot.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    pid_t bot = spawn({dir + "/irc_bot", "127.0.0.1", std::to_string(port), "bot", "#demo"}, botLog);
+    int traceFds[2] = {-1, -1};
+    std::string botTrace;
+    if (tracing && ::pipe(traceFds) == 0) {
+        r.setTracer([](std::string_view line) { show("alice  |", std::string(line)); });
+        r.addReader(traceFds[0], [&] {
+            char buf[4096];
+            ssize_t n = ::read(traceFds[0], buf, sizeof buf);
+            if (n <= 0) return r.removeReader(traceFds[0]);
+            botTrace.append(buf, static_cast<std::size_t>(n));
+            for (std::size_t nl; (nl = botTrace.find('\n')) != std::string::npos; botTrace.erase(0, nl + 1))
+                show("bot    |", botTrace.substr(0, nl));
+        });
+    }
+    pid_t bot = spawn({dir + "/irc_bot", "127.0.0.1", std::to_string(port), "bot", "#demo"}, botLog, traceFds[1]);
+    if (traceFds[1] >= 0) ::close(traceFds[1]);
     show("demo", "irc_bot started (pid " + std::to_string(bot) + ")");
 
     // 3. Alice, in this process.
@@ -173,6 +193,7 @@ int main(int argc, char** argv) {
     stop(server, "irc_server");
     r.removeAll();
     ::close(pipeFds[0]);
+    if (traceFds[0] >= 0) ::close(traceFds[0]);
     if (serverLog >= 0) ::close(serverLog);
     if (botLog >= 0) ::close(botLog);
     if (!(greeted && answered)) {
