@@ -2544,15 +2544,27 @@ private:
         pollfds_[slot].events = static_cast<short>(pollfds_[slot].events | event);
         pollfds_[slot].revents = 0;  // a new interest is not dispatched this turn
         slots_[slot].foreign = foreign;
-        (event == os::evRead ? slots_[slot].reader : slots_[slot].writer) = std::move(handler);
+        detail::Handler& target = event == os::evRead ? slots_[slot].reader : slots_[slot].writer;
+        retire(target);
+        target = std::move(handler);
         return slot;
+    }
+
+    /// Drops a handler. During dispatch it may be the one running, so it is
+    /// kept until the pass ends (no reference counting per event).
+    void retire(detail::Handler& handler) {
+        if (!handler) return;
+        if (dispatching_)
+            retired_.push_back(std::move(handler));
+        else
+            handler.reset();
     }
 
     void unwatch(int fd, short events) {
         std::size_t slot = slotOf(fd);
         if (slot == npos || slots_[slot].internal) return;
-        if (events & os::evRead) slots_[slot].reader.reset();
-        if (events & os::evWrite) slots_[slot].writer.reset();
+        if (events & os::evRead) retire(slots_[slot].reader);
+        if (events & os::evWrite) retire(slots_[slot].writer);
         pollfds_[slot].events = static_cast<short>(pollfds_[slot].events & ~events);
         if (pollfds_[slot].events != 0) return;
         slotOf_[static_cast<std::size_t>(fd)] = npos;
@@ -2605,17 +2617,18 @@ private:
             }
             if ((rev & (os::evRead | os::evError)) && slots_[i].reader) {
                 if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
-                detail::Handler h = slots_[i].reader;  // keeps it alive if it removes itself
-                detail::runGuarded("reader callback", *h);
+                std::function<void()>& h = *slots_[i].reader;  // kept alive by retire() if removed
+                detail::runGuarded("reader callback", h);
             }
             // The reader may have removed the writer, or the whole fd.
             if ((rev & (os::evWrite | os::evError)) && pollfds_[i].fd == fd && slots_[i].writer) {
                 if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
-                detail::Handler h = slots_[i].writer;
-                detail::runGuarded("writer callback", *h);
+                std::function<void()>& h = *slots_[i].writer;
+                detail::runGuarded("writer callback", h);
             }
         }
         dispatching_ = false;
+        retired_.clear();
         if (!deadSlots_.empty()) {
             std::sort(deadSlots_.begin(), deadSlots_.end(), std::greater<std::size_t>());
             for (std::size_t slot : deadSlots_) removeSlot(slot);
@@ -2653,12 +2666,14 @@ private:
             dispatch();
         }
 
-        const double now = seconds();
-        timers_.runDue(now, false, [this, now](std::function<void()>& fn, detail::TimerEntry& e) {
-            if (!fn) return;
-            if (tracer_) trace("timer from " + e.where.str() + " fired, " + detail::formatDuration(now - e.time) + " late");
-            detail::runGuarded(("timed call scheduled at " + e.where.str()).c_str(), fn);
-        });
+        if (timers_.liveCount()) {  // no clock read on turns without timers
+            const double now = seconds();
+            timers_.runDue(now, false, [this, now](std::function<void()>& fn, detail::TimerEntry& e) {
+                if (!fn) return;
+                if (tracer_) trace("timer from " + e.where.str() + " fired, " + detail::formatDuration(now - e.time) + " late");
+                detail::runGuarded(("timed call scheduled at " + e.where.str()).c_str(), fn);
+            });
+        }
 
         if (threadCallsPending_.load()) {
             {
@@ -2724,6 +2739,7 @@ private:
     std::vector<Slot> slots_;          // parallel to pollfds_
     std::vector<std::size_t> slotOf_;  // fd -> index, npos if unwatched
     std::vector<std::size_t> deadSlots_;
+    std::vector<detail::Handler> retired_;  // removed during dispatch; freed after it
     bool dispatching_ = false;
 
     std::mutex threadMutex_;
