@@ -37,7 +37,6 @@ PUBLIC_NAMESPACES = {"reactor", "reactor::irc", "reactor::task", "reactor::testi
 INLINE_NAMESPACES = {"v0"}
 MAX_ROWS = 700
 
-IDENT = re.compile(r"[A-Za-z_]\w*")
 KEYWORDS_BEFORE_PAREN = {"decltype", "alignas", "sizeof", "noexcept", "alignof", "__attribute__",
                          "static_assert", "requires"}
 
@@ -441,8 +440,6 @@ class Header:
                     access = "public" if keyword in ("struct", "union") else "private"
                     visible = top.public and (top.kind == "ns" or top.access == "public")
                     scope = Scope("class", name, top.ns, visible, access, template, i)
-                    if top.kind == "class":
-                        scope.outer = top
                     scope.entity = self.record_class(stack, stmt, i, keyword, name, template, visible)
                     stack.append(scope)
                     i += 1
@@ -971,16 +968,88 @@ def generate(src):
     return text, rep
 
 
+SELF_TEST_HEADER = r"""
+// ==== 1. ONE ====
+namespace reactor {
+inline namespace v0 {
+namespace detail { struct Hidden { void no(); }; }
+/// A colour.
+enum class Colour { red, green };
+/// Text with braces.
+inline const char* braces() { return "}{"; }
+/// A raw string.
+constexpr const char* raw = R"x(} " { )x";
+/// A widget.
+class Widget {
+    int privateByDefault;
+public:
+    /// Makes one.
+    Widget() : a_{1}, b_(2) {}
+    Widget(const Widget&) = delete;
+    ~Widget() {}
+    /// Compares.
+    friend bool operator==(const Widget& a, const Widget& b) { return a.a_ == b.a_; }
+    explicit operator bool() const { return true; }
+    /// Brace chars.
+    char open() const { return '{'; }
+#if defined(SOMETHING)
+    /// First branch.
+    void first() { if (x) {
+#else
+    void second() { if (y) {
+#endif
+    } }
+    /// A callback with a lambda in its default.
+    std::function<int()> f = [] { return 1; };  ///< trailing wins not
+    int value = 3;  ///< a value
+    /// Template.
+    template <class T, class U = int>
+    static Widget make(U u = {});
+    inline void later();
+private:
+    struct Slot { int x; };
+    int a_, b_;
+};
+inline void Widget::later() {}
+}  // namespace v0
+}  // namespace reactor
+"""
+
+
+def self_test():
+    h = Header(SELF_TEST_HEADER)
+    h.scan()
+    rep = Report(h)
+    text = rep.render()
+    expect = ["[`Colour`](reactor.hpp#L7) (enum) | A colour.", "`braces()`", "`raw = R\"x(} \" { )x\"`", "**[`Widget`]",
+              "`Widget()`](reactor.hpp#L17) | Makes one.", "`operator==(a, b)`", "`operator bool()`",
+              "`open()`", "`first()`", "[`f`](reactor.hpp#L33) | A callback", "`value = 3`](reactor.hpp#L34) | a value",
+              "`static make<T>(u = {})`", "`later()`"]
+    absent = ["Hidden", "second", "Slot", "privateByDefault", "a_", "~Widget", "Widget(a", "no()"]
+    bad = [e for e in expect if e not in text] + ["unexpected: " + a for a in absent if a in text]
+    if bad:
+        print(text, file=sys.stderr)
+        print("gen_reference self-test FAILED:\n  " + "\n  ".join(bad), file=sys.stderr)
+        return 1
+    print("gen_reference: self-test passed")
+    return 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--check", action="store_true", help="exit 1 if README.md's reference block is stale")
     ap.add_argument("--quiet", action="store_true", help="do not list undocumented members")
+    ap.add_argument("--self-test", action="store_true", help="check the scanner on a tricky snippet")
     args = ap.parse_args()
+    if args.self_test:
+        return self_test()
     with open(os.path.join(ROOT, HEADER), encoding="utf-8") as f:
         src = f.read()
     readme_path = os.path.join(ROOT, README)
     with open(readme_path, encoding="utf-8") as f:
         readme = f.read()
+    if args.check and self_test() != 0:
+        return 1
     body, rep = generate(src)
     if not args.quiet and rep.undocumented:
         print("gen_reference: %d public members without a /// comment:" % len(rep.undocumented), file=sys.stderr)
