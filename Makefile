@@ -116,6 +116,7 @@ check: compile-checks
 	  echo "*** (Debian: apt-get install clang libclang-rt-14-dev)          ***"; \
 	  echo "*****************************************************************"; \
 	fi
+	python3 tests/gen_reference.py --check --quiet
 	@echo "make check: all passed"
 
 # The header on its own: included twice in one program (ODR), alone in a
