@@ -975,7 +975,7 @@ public:
     std::shared_ptr<TimerEntry> schedule(double delay, std::function<void()> fn, Where where) {
         if (!(delay >= 0)) {  // also catches NaN
             raise<error::ValueError>("callLater: delay must be >= 0 seconds, got " + std::to_string(delay));
-            delay = 0;
+            return nullptr;  // without exceptions: logged, nothing scheduled (an empty handle)
         }
         auto entry = std::make_shared<TimerEntry>();
         entry->time = clock_.seconds() + delay;
@@ -2840,6 +2840,9 @@ public:
     virtual void disconnect() = 0;
     /// Stops an attempt in progress (`error::NotConnectingError` otherwise).
     virtual void stopConnecting() = 0;
+    /// True while an attempt is in progress, so that stopConnecting() is
+    /// legal; lets callers built without exceptions ask instead of catching.
+    virtual bool isConnecting() const { return true; }
     virtual Address getDestination() const = 0;
 };
 
@@ -3213,6 +3216,7 @@ public:
         }
         fail(Failure(error::UserError()));
     }
+    bool isConnecting() const override { return state_ == State::connecting; }
     Address getDestination() const override {
         Address a;
         a.host = host_;
@@ -3697,7 +3701,7 @@ public:
                 } catch (const error::NotConnectingError&) {
                 }
 #else
-                (void)c;
+                if (c->isConnecting()) c->stopConnecting();
 #endif
             });
         }
