@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# footprint — what `make footprint` prints: the stripped size of the example
+# servers built with -Os (libstdc++ dynamic, then fully static), and the
+# compile time of a TU that includes reactor.hpp and runs an echo server
+# (examples/echo_server.cpp), median of 5 runs at -O0 and -O2, next to a
+# reference TU with only the POSIX socket and common std headers.
+#
+#   tests/bench/footprint.sh [CXX]        (from the repository root)
+set -euo pipefail
+CXX=${1:-g++}
+STD=${STD:-c++17}
+RUNS=${RUNS:-5}
+out=build/footprint
+mkdir -p "$out"
+
+# ---- binary sizes -------------------------------------------------------
+printf '%-14s %16s %16s\n' "binary (-Os)" "dynamic, strip" "static, strip"
+for name in echo_server chat_server irc_bot; do
+  src=examples/$name.cpp
+  if [ ! -f "$src" ]; then
+    printf '%-14s %16s %16s\n' "$name" "(no example)" "-"
+    continue
+  fi
+  "$CXX" -std="$STD" -Os -I. "$src" -o "$out/$name" -pthread
+  strip "$out/$name"
+  # A static glibc warns that getaddrinfo still loads NSS modules at run
+  # time; the binary is built all the same.
+  if "$CXX" -std="$STD" -Os -I. -static "$src" -o "$out/$name-static" -pthread 2>"$out/$name-static.log"; then
+    strip "$out/$name-static"
+    static=$(stat -c %s "$out/$name-static")
+  else
+    static="(failed)"
+  fi
+  printf '%-14s %16s %16s\n' "$name" "$(stat -c %s "$out/$name") B" "$static B"
+done
+
+# ---- compile time -------------------------------------------------------
+# Wall-clock seconds of one `CXX -c`, median of $RUNS.
+median_compile() {
+  local src=$1 opt=$2 times=() i t0 t1
+  for ((i = 0; i < RUNS; i++)); do
+    t0=$(date +%s%N)
+    "$CXX" -std="$STD" "$opt" -I. -c "$src" -o "$out/tu.o"
+    t1=$(date +%s%N)
+    times+=($(( (t1 - t0) / 1000000 )))
+  done
+  printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p" |
+    awk '{ printf "%.2f s", $1 / 1000 }'
+}
+echo
+printf '%-44s %8s %8s\n' "compile time, median of $RUNS ($CXX -std=$STD)" "-O0" "-O2"
+printf '%-44s %8s %8s\n' "echo server TU (examples/echo_server.cpp)" \
+  "$(median_compile examples/echo_server.cpp -O0)" "$(median_compile examples/echo_server.cpp -O2)"
+printf '%-44s %8s %8s\n' "reference TU (POSIX sockets + std headers)" \
+  "$(median_compile tests/bench/footprint_ref.cpp -O0)" "$(median_compile tests/bench/footprint_ref.cpp -O2)"
+echo
+echo "aims: echo server TU <= 0.6 s at -O0; stripped -Os echo server <= 40 KB dynamically linked"
