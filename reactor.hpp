@@ -88,7 +88,7 @@
 #include <algorithm>    // std::push_heap, std::pop_heap, std::find_if
 #include <atomic>       // wake-up flag, signal flag
 #include <chrono>       // steady_clock: the monotonic time source
-#include <cmath>        // std::ceil for poll timeouts
+#include <cmath>        // std::floor (LoopingCall), std::sqrt/log/cos (reconnect jitter)
 #include <condition_variable>  // thread pool
 #include <cstdint>      // fixed-width integers
 #include <cstdio>       // std::fputs for the default logger
