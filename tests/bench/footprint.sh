@@ -51,6 +51,9 @@ echo
 printf '%-44s %8s %8s\n' "compile CPU time, median of $RUNS ($CXX -std=$STD)" "-O0" "-O2"
 printf '%-44s %8s %8s\n' "echo server TU (examples/echo_server.cpp)" \
   "$(median_compile examples/echo_server.cpp -O0)" "$(median_compile examples/echo_server.cpp -O2)"
+echo '#include "reactor.hpp"' > "$out/include_only.cpp"
+printf '%-44s %8s %8s\n' "#include \"reactor.hpp\" alone" \
+  "$(median_compile "$out/include_only.cpp" -O0)" "$(median_compile "$out/include_only.cpp" -O2)"
 printf '%-44s %8s %8s\n' "reference TU (POSIX sockets + std headers)" \
   "$(median_compile tests/bench/footprint_ref.cpp -O0)" "$(median_compile tests/bench/footprint_ref.cpp -O2)"
 echo
