@@ -2643,7 +2643,7 @@ private:
     detail::os::Waker waker_;
     std::size_t wakerSlot_ = npos;
 
-    std::vector<detail::os::PollFd> pollfds_;      // handed to poll() as is
+    std::vector<detail::os::PollFd> pollfds_;  // handed to poll() as is
     std::vector<Slot> slots_;          // parallel to pollfds_
     std::vector<std::size_t> slotOf_;  // fd -> index, npos if unwatched
     std::vector<std::size_t> deadSlots_;
