@@ -88,7 +88,7 @@
 #include <algorithm>    // std::push_heap, std::pop_heap, std::find_if
 #include <atomic>       // wake-up flag, signal flag
 #include <chrono>       // steady_clock: the monotonic time source
-#include <cmath>        // std::ceil for poll timeouts
+#include <cmath>        // std::floor (LoopingCall), std::sqrt/log/cos (reconnect jitter)
 #include <condition_variable>  // thread pool
 #include <cstdint>      // fixed-width integers
 #include <cstdio>       // std::fputs for the default logger
@@ -159,6 +159,25 @@ inline int lastError() { return errno; }
 inline bool interrupted(int err) { return err == EINTR; }
 inline bool wouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 inline std::string errorString(int err) { return std::strerror(err); }
+/// Error values the layers above set or test by name.
+constexpr int errConnectionRefused = ECONNREFUSED;
+constexpr int errTooManyFiles = EMFILE;
+/// accept() found the connection already reset by the peer: try the next one.
+inline bool connectionAborted(int err) { return err == ECONNABORTED; }
+
+/// What a failed connect() means, for Twisted's ConnectError subclasses.
+enum class ConnectErrorKind { refused, timedOut, noRoute, bindError, other };
+inline ConnectErrorKind classifyConnectError(int err) {
+    switch (err) {
+        case ECONNREFUSED: return ConnectErrorKind::refused;
+        case ETIMEDOUT: return ConnectErrorKind::timedOut;
+        case ENETUNREACH:
+        case EHOSTUNREACH: return ConnectErrorKind::noRoute;
+        case EADDRINUSE:
+        case EADDRNOTAVAIL: return ConnectErrorKind::bindError;
+        default: return ConnectErrorKind::other;
+    }
+}
 
 inline void closeFd(Fd fd) {
     if (fd >= 0) ::close(fd);  // never retried on EINTR: the fd is gone either way on Linux
@@ -173,6 +192,9 @@ inline bool setCloseOnExec(Fd fd) {
     int flags = ::fcntl(fd, F_GETFD, 0);
     return flags >= 0 && ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0;
 }
+
+/// One entry of the readiness array (WSAPOLLFD has the same fields).
+using PollFd = pollfd;
 
 /// The event bits the reactor uses, named once; poll() values on POSIX.
 constexpr short evRead = POLLIN;
@@ -483,6 +505,8 @@ extern "C" inline void reactorSignalHandler(int sig) {
     int fd = signalWakeFd().load();
     if (fd >= 0) Waker::wake(fd);
 }
+
+inline const char* signalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 
 /// Installs the handlers, remembering the previous ones so they can be put back.
 class SignalHandlers {
@@ -1001,7 +1025,7 @@ public:
     std::shared_ptr<TimerEntry> schedule(double delay, std::function<void()> fn, Where where) {
         if (!(delay >= 0)) {  // also catches NaN
             raise<error::ValueError>("callLater: delay must be >= 0 seconds, got " + std::to_string(delay));
-            delay = 0;
+            return nullptr;  // without exceptions: logged, nothing scheduled (an empty handle)
         }
         auto entry = std::make_shared<TimerEntry>();
         entry->time = clock_.seconds() + delay;
@@ -2534,7 +2558,7 @@ private:
         std::size_t slot = slotOf(fd);
         if (slot == npos) {
             slot = pollfds_.size();
-            pollfd p{};
+            detail::os::PollFd p{};
             p.fd = fd;
             pollfds_.push_back(p);
             slots_.emplace_back();
@@ -2690,7 +2714,7 @@ private:
 
         if (signalHandlers_ && detail::os::signalReceived().load() != 0) {
             int sig = detail::os::signalReceived().exchange(0);
-            log(LogLevel::info, std::string("Received ") + (sig == SIGINT ? "SIGINT" : "SIGTERM") + ", shutting down.");
+            log(LogLevel::info, std::string("Received ") + detail::os::signalName(sig) + ", shutting down.");
             if (running_ && !stopRequested_) stop();
         }
     }
@@ -2735,7 +2759,7 @@ private:
     detail::os::Waker waker_;
     std::size_t wakerSlot_ = npos;
 
-    std::vector<pollfd> pollfds_;      // handed to poll() as is
+    std::vector<detail::os::PollFd> pollfds_;  // handed to poll() as is
     std::vector<Slot> slots_;          // parallel to pollfds_
     std::vector<std::size_t> slotOf_;  // fd -> index, npos if unwatched
     std::vector<std::size_t> deadSlots_;
@@ -2969,6 +2993,9 @@ public:
     virtual void disconnect() = 0;
     /// Stops an attempt in progress (`error::NotConnectingError` otherwise).
     virtual void stopConnecting() = 0;
+    /// True while an attempt is in progress, so that stopConnecting() is
+    /// legal; lets callers built without exceptions ask instead of catching.
+    virtual bool isConnecting() const { return true; }
     virtual Address getDestination() const = 0;
 };
 
@@ -3066,15 +3093,14 @@ inline Failure connectError(const std::string& detail) {
 /// The reason a connect failed, from an errno value (Twisted's messages).
 inline Failure connectFailure(int err) {
     std::string detail = std::to_string(err) + ": " + os::errorString(err);
-    switch (err) {
-        case ECONNREFUSED: return connectError<error::ConnectionRefusedError>(detail);
-        case ETIMEDOUT: return connectError<error::TCPTimedOutError>(detail);
-        case ENETUNREACH:
-        case EHOSTUNREACH: return connectError<error::NoRouteError>(detail);
-        case EADDRINUSE:
-        case EADDRNOTAVAIL: return connectError<error::ConnectBindError>(detail);
-        default: return connectError<error::ConnectError>(detail);
+    switch (os::classifyConnectError(err)) {
+        case os::ConnectErrorKind::refused: return connectError<error::ConnectionRefusedError>(detail);
+        case os::ConnectErrorKind::timedOut: return connectError<error::TCPTimedOutError>(detail);
+        case os::ConnectErrorKind::noRoute: return connectError<error::NoRouteError>(detail);
+        case os::ConnectErrorKind::bindError: return connectError<error::ConnectBindError>(detail);
+        case os::ConnectErrorKind::other: break;
     }
+    return connectError<error::ConnectError>(detail);
 }
 
 class TcpConnector;
@@ -3355,6 +3381,7 @@ public:
         }
         fail(Failure(error::UserError()));
     }
+    bool isConnecting() const override { return state_ == State::connecting; }
     Address getDestination() const override {
         Address a;
         a.host = host_;
@@ -3432,12 +3459,12 @@ private:
                 target_ = a;
                 auto h = makeHandler([this] { connectDone(); });
                 if (ReactorAccess::watch(reactor_, fd_, os::evWrite, h)) return;
-                err = EMFILE;  // select() cannot watch it
+                err = os::errTooManyFiles;  // select() cannot watch it
             }
             dropSocket();
             lastErr = err;
         }
-        failSoon(connectFailure(lastErr ? lastErr : ECONNREFUSED));
+        failSoon(connectFailure(lastErr ? lastErr : os::errConnectionRefused));
     }
 
     void connectDone() {
@@ -3719,7 +3746,7 @@ inline void TcpPort::doRead() {
         int fd = os::acceptOne(fd_, peer);
         if (fd < 0) {
             int err = os::lastError();
-            if (os::wouldBlock(err) || err == ECONNABORTED) break;
+            if (os::wouldBlock(err) || os::connectionAborted(err)) break;
             if (os::outOfDescriptors(err)) {
                 acceptError(err);
                 return;
@@ -3845,7 +3872,7 @@ public:
                 } catch (const error::NotConnectingError&) {
                 }
 #else
-                (void)c;
+                if (c->isConnecting()) c->stopConnecting();
 #endif
             });
         }

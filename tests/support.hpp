@@ -35,3 +35,23 @@ struct LogCapture {
 };
 
 }  // namespace test
+
+// API misuse (cancelling a called timer, stopping a stopped reactor...)
+// throws `E` when exceptions are on; built with -fno-exceptions the library
+// logs "E: message" and the call does nothing. These check whichever applies,
+// so a misuse test runs in both builds. `text` is part of the message.
+#if REACTOR_HAS_EXCEPTIONS
+#define CHECK_MISUSE(expr, E) CHECK_THROWS_AS(expr, E)
+#define CHECK_MISUSE_WITH(expr, E, text) CHECK_THROWS_WITH_AS(expr, doctest::Contains(text), E)
+#else
+#define CHECK_MISUSE(expr, E) TEST_CHECK_LOGGED_(expr, E, "")
+#define CHECK_MISUSE_WITH(expr, E, text) TEST_CHECK_LOGGED_(expr, E, text)
+#define TEST_CHECK_LOGGED_(expr, E, text)                                                       \
+    do {                                                                                        \
+        ::test::LogCapture misuseLog_;                                                          \
+        static_cast<void>(expr);                                                                \
+        std::string misuseType_ = std::string(E::typeName) + ": ";                              \
+        CHECK_MESSAGE((misuseLog_.contains(misuseType_) && misuseLog_.contains(text)),          \
+                      "not logged as misuse: " << misuseType_ << (text));                      \
+    } while (false)
+#endif

@@ -297,15 +297,11 @@ TEST_CASE("pause and unpause") {
 TEST_CASE("firing twice is AlreadyCalledError") {
     Deferred<int> d;
     d.callback(1);
-#if REACTOR_HAS_EXCEPTIONS
-    CHECK_THROWS_AS(d.callback(2), defer::AlreadyCalledError);
-    CHECK_THROWS_AS(d.errback(boom()), defer::AlreadyCalledError);
-#endif
+    CHECK_MISUSE(d.callback(2), defer::AlreadyCalledError);
+    CHECK_MISUSE(d.errback(boom()), defer::AlreadyCalledError);
     Deferred<void> v;
     v.callback();
-#if REACTOR_HAS_EXCEPTIONS
-    CHECK_THROWS_AS(v.callback(), defer::AlreadyCalledError);
-#endif
+    CHECK_MISUSE(v.callback(), defer::AlreadyCalledError);
 }
 
 TEST_CASE("cancel") {
@@ -315,9 +311,7 @@ TEST_CASE("cancel") {
         d.cancel();
         CHECK(out->error == "defer.CancelledError");
         d.callback(1);  // ignored, like Twisted
-#if REACTOR_HAS_EXCEPTIONS
-        CHECK_THROWS_AS(d.callback(2), defer::AlreadyCalledError);
-#endif
+        CHECK_MISUSE(d.callback(2), defer::AlreadyCalledError);
     }
     SUBCASE("with a canceller that does not fire: canceller runs, then CancelledError") {
         int cancels = 0;
@@ -326,9 +320,7 @@ TEST_CASE("cancel") {
         d.cancel();
         CHECK(cancels == 1);
         CHECK(out->error == "defer.CancelledError");
-#if REACTOR_HAS_EXCEPTIONS
-        CHECK_THROWS_AS(d.callback(2), defer::AlreadyCalledError);  // no suppression with a canceller
-#endif
+        CHECK_MISUSE(d.callback(2), defer::AlreadyCalledError);  // no suppression with a canceller
     }
     SUBCASE("a canceller that fires the Deferred decides the result") {
         Deferred<int> d([](Deferred<int>& self) { self.callback(42); });

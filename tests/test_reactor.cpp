@@ -61,10 +61,10 @@ TEST_CASE("run returns after stop, and the reactor can run again") {
 
 TEST_CASE("stop when not running and a second stop are errors") {
     Reactor r;
-    CHECK_THROWS_AS(r.stop(), error::ReactorNotRunning);
+    CHECK_MISUSE(r.stop(), error::ReactorNotRunning);
     r.callLater(0, [&] {
         r.stop();
-        CHECK_THROWS_AS(r.stop(), error::ReactorNotRunning);
+        CHECK_MISUSE(r.stop(), error::ReactorNotRunning);
     });
     r.run();
 }
@@ -72,7 +72,7 @@ TEST_CASE("stop when not running and a second stop are errors") {
 TEST_CASE("run inside run is refused") {
     Reactor r;
     r.callLater(0, [&] {
-        CHECK_THROWS_AS(r.run(), error::ReactorAlreadyRunning);
+        CHECK_MISUSE(r.run(), error::ReactorAlreadyRunning);
         r.stop();
     });
     r.run();
@@ -134,8 +134,8 @@ TEST_CASE("removeSystemEventTrigger and bad phases") {
     int calls = 0;
     TriggerId id = r.addSystemEventTrigger("during", "shutdown", [&] { ++calls; });
     CHECK(r.removeSystemEventTrigger(id));
-    CHECK_THROWS_AS(r.removeSystemEventTrigger(id), error::ValueError);
-    CHECK_THROWS_AS(r.addSystemEventTrigger("whenever", "shutdown", [] {}), error::ValueError);
+    CHECK_MISUSE(r.removeSystemEventTrigger(id), error::ValueError);
+    CHECK_MISUSE(r.addSystemEventTrigger("whenever", "shutdown", [] {}), error::ValueError);
     r.callWhenRunning([&] { r.stop(); });
     r.run();
     CHECK(calls == 0);
@@ -226,8 +226,8 @@ TEST_CASE("cancel, active, and the errors for cancelling twice or after the call
     CHECK_FALSE(c.active());
     CHECK(c.cancelled());
     CHECK(clock.getDelayedCalls().empty());
-    CHECK_THROWS_AS(c.cancel(), error::AlreadyCancelled);
-    CHECK_THROWS_WITH(c.reset(1), "Tried to cancel an already-cancelled event.");
+    CHECK_MISUSE(c.cancel(), error::AlreadyCancelled);
+    CHECK_MISUSE_WITH(c.reset(1), error::AlreadyCancelled, "Tried to cancel an already-cancelled event.");
     clock.advance(2);
     CHECK(fired == 0);
 
@@ -235,10 +235,14 @@ TEST_CASE("cancel, active, and the errors for cancelling twice or after the call
     clock.advance(1);
     CHECK(fired == 1);
     CHECK(d.called());
-    CHECK_THROWS_AS(d.cancel(), error::AlreadyCalled);
-    CHECK_THROWS_WITH(d.delay(1), "Tried to cancel an already-called event.");
+    CHECK_MISUSE(d.cancel(), error::AlreadyCalled);
+    CHECK_MISUSE_WITH(d.delay(1), error::AlreadyCalled, "Tried to cancel an already-called event.");
     // Both are ValueErrors, as in Twisted.
+#if REACTOR_HAS_EXCEPTIONS
     CHECK_THROWS_AS(d.cancel(), error::ValueError);
+#else
+    CHECK(Failure(error::AlreadyCalled()).check<error::ValueError>());
+#endif
 }
 
 TEST_CASE("cancelling a call from inside itself is AlreadyCalled") {
@@ -246,11 +250,17 @@ TEST_CASE("cancelling a call from inside itself is AlreadyCalled") {
     DelayedCall self;
     bool threw = false;
     self = clock.callLater(1, [&] {
+#if REACTOR_HAS_EXCEPTIONS
         try {
             self.cancel();
         } catch (const error::AlreadyCalled&) {
             threw = true;
         }
+#else
+        test::LogCapture logs;
+        self.cancel();
+        threw = logs.contains("AlreadyCalled: ");
+#endif
     });
     clock.advance(1);
     CHECK(threw);
@@ -307,8 +317,8 @@ TEST_CASE("cancel and reset one timer from another timer's callback") {
 TEST_CASE("a negative or NaN delay is an error") {
     Clock clock;
     Reactor r;
-    CHECK_THROWS_AS(clock.callLater(-1, [] {}), error::ValueError);
-    CHECK_THROWS_WITH(r.callLater(-1, [] {}), doctest::Contains("delay must be >= 0"));
+    CHECK_MISUSE(clock.callLater(-1, [] {}), error::ValueError);
+    CHECK_MISUSE_WITH(r.callLater(-1, [] {}), error::ValueError, "delay must be >= 0");
     CHECK(clock.getDelayedCalls().empty());
     CHECK(r.pendingCalls().empty());
 }
@@ -336,11 +346,13 @@ TEST_CASE("Clock pump advances step by step") {
     CHECK(clock.seconds() == doctest::Approx(3));
 }
 
+#if REACTOR_HAS_EXCEPTIONS
 TEST_CASE("exceptions from a Clock call propagate out of advance") {
     Clock clock;
     clock.callLater(1, [] { throw std::runtime_error("boom"); });
     CHECK_THROWS_WITH(clock.advance(1), "boom");
 }
+#endif
 
 TEST_CASE("many cancelled timers do not accumulate") {
     Clock clock;
@@ -474,7 +486,7 @@ TEST_CASE("removeAll returns the watched fds and leaves internal ones") {
 
 TEST_CASE("a negative fd is refused") {
     Reactor r;
-    CHECK_THROWS_AS(r.addReader(-1, [] {}), error::ValueError);
+    CHECK_MISUSE(r.addReader(-1, [] {}), error::ValueError);
 }
 
 TEST_CASE("iterate(timeout) returns when a timer is due, without overshooting much") {
@@ -491,6 +503,7 @@ TEST_CASE("iterate(timeout) returns when a timer is due, without overshooting mu
 
 TEST_SUITE("errors") {
 
+#if REACTOR_HAS_EXCEPTIONS  // callbacks that throw need exceptions
 TEST_CASE("a throwing timer is logged and the loop keeps running") {
     test::LogCapture logs;
     Reactor r;
@@ -535,6 +548,7 @@ TEST_CASE("a throwing trigger is logged and shutdown completes") {
     CHECK(after);
     CHECK(logs.contains("trigger broke"));
 }
+#endif
 
 TEST_CASE("the dirty-reactor report names leftover timers with their call site, and fds") {
     Reactor r;
@@ -561,19 +575,24 @@ TEST_CASE("Failure: type, message, check through the hierarchy") {
     CHECK(f.check("ConnectionLost"));
     CHECK(f.str() == "ConnectionAborted: Connection was aborted locally using ITCPTransport.abortConnection.");
 
+#if REACTOR_HAS_EXCEPTIONS && REACTOR_HAS_RTTI  // non-library errors are named by RTTI
     Failure g{std::runtime_error("plain")};
     CHECK(g.check<std::runtime_error>());
     CHECK(g.check<std::exception>());
     CHECK_FALSE(g.check<error::ConnectionDone>());
     CHECK(g.type() == "std::runtime_error");
     CHECK_THROWS_AS(g.raiseException(), std::runtime_error);
+#endif
 
     Failure byName("ParseError", "bad header");
     CHECK(byName.check("ParseError"));
     CHECK(byName.str() == "ParseError: bad header");
+#if REACTOR_HAS_EXCEPTIONS
     CHECK_THROWS_WITH(byName.raiseException(), "ParseError: bad header");
+#endif
 }
 
+#if REACTOR_HAS_EXCEPTIONS
 TEST_CASE("Failure::current captures a thrown library error with its hierarchy") {
     Failure f;
     try {
@@ -589,6 +608,7 @@ TEST_CASE("Failure::current captures a thrown library error with its hierarchy")
     CHECK_NOTHROW(copy.trap<error::ConnectError>());
     CHECK_THROWS_AS(copy.trap<error::ConnectionDone>(), error::TimeoutError);
 }
+#endif
 
 TEST_CASE("signal handling is off by default and stops cleanly when asked") {
     Reactor r;

@@ -142,11 +142,9 @@ TEST_CASE("LoopingCall: start twice and a negative interval are errors; destruct
     {
         task::LoopingCall lc(clock, [] {});
         lc.start(1.0);
-#if REACTOR_HAS_EXCEPTIONS
-        CHECK_THROWS_AS(lc.start(1.0), error::RuntimeError);
+        CHECK_MISUSE(lc.start(1.0), error::RuntimeError);
         task::LoopingCall neg(clock, [] {});
-        CHECK_THROWS_AS(neg.start(-1), error::ValueError);
-#endif
+        CHECK_MISUSE(neg.start(-1), error::ValueError);
     }
     CHECK(clock.getDelayedCalls().empty());
 }

@@ -233,9 +233,9 @@ TEST_CASE("listening on a port in use is CannotListenError with the reason") {
     ListeningPort a = r.listenTCP(0, f1, 50, "127.0.0.1");
     std::string expected = "Couldn't listen on 127.0.0.1:" + std::to_string(a.getHost().port) +
                            ": [Errno 98] Address already in use.";
-    CHECK_THROWS_WITH_AS(r.listenTCP(a.getHost().port, f2, 50, "127.0.0.1"), expected.c_str(), error::CannotListenError);
+    CHECK_MISUSE_WITH(r.listenTCP(a.getHost().port, f2, 50, "127.0.0.1"), error::CannotListenError, expected.c_str());
     CHECK(f2.started == 0);
-    CHECK_THROWS_AS(r.listenTCP(0, f2, 50, "localhost"), error::CannotListenError);  // must be an IP literal
+    CHECK_MISUSE(r.listenTCP(0, f2, 50, "localhost"), error::CannotListenError);  // must be an IP literal
     a.stopListening();
 }
 
@@ -398,7 +398,7 @@ TEST_CASE("a streaming producer is paused above the high-water mark and resumed 
     producer.out = server.last()->transport;
     producer.total = 8 * 1024 * 1024;
     producer.out->registerProducer(&producer, true);
-    CHECK_THROWS_AS(producer.out->registerProducer(&producer, true), error::RuntimeError);
+    CHECK_MISUSE(producer.out->registerProducer(&producer, true), error::RuntimeError);
     producer.pump();
     CHECK(producer.pauses == 1);  // paused, not an unbounded buffer
     CHECK(producer.sent < producer.total);
@@ -410,6 +410,7 @@ TEST_CASE("a streaming producer is paused above the high-water mark and resumed 
     port.stopListening();
 }
 
+#if REACTOR_HAS_EXCEPTIONS  // a protocol that throws needs exceptions
 namespace {
 struct Thrower : Protocol {
     void dataReceived(std::string_view) override { throw std::runtime_error("protocol bug"); }
@@ -445,6 +446,7 @@ TEST_CASE("a protocol that throws in dataReceived loses only its own connection"
     REQUIRE(testing::runUntil(r, [&] { return server.records[0]->lost(); }));
     port.stopListening();
 }
+#endif
 
 TEST_CASE("a factory that refuses: the client sees connectionMade then ConnectionDone") {
     test::CleanReactor t;
@@ -506,11 +508,11 @@ TEST_CASE("stopConnecting fails the attempt with UserError; connect() twice is a
     Reactor& r = t.r;
     Client client;
     auto c = r.connectTCP("no-such-host.invalid", 80, client);
-    CHECK_THROWS_AS(c->connect(), error::RuntimeError);
+    CHECK_MISUSE(c->connect(), error::RuntimeError);
     c->stopConnecting();
     REQUIRE(client.failed.size() == 1);
     CHECK(contains(client.failed[0], "UserError"));
-    CHECK_THROWS_AS(c->stopConnecting(), error::NotConnectingError);
+    CHECK_MISUSE(c->stopConnecting(), error::NotConnectingError);
     // The resolver's late answer is ignored; drain it so nothing is left.
     testing::runUntil(r, [] { return false; }, 0.2);
     CHECK(client.failed.size() == 1);
@@ -623,8 +625,12 @@ struct FakeConnector : IConnector {
         connecting = true;
     }
     void disconnect() override {}
+    bool isConnecting() const override { return connecting; }
     void stopConnecting() override {
-        if (!connecting) throw error::NotConnectingError();
+        if (!connecting) {
+            detail::raise<error::NotConnectingError>();  // as the real one: throws, or logs
+            return;
+        }
         ++stops;
         connecting = false;
     }

@@ -369,6 +369,7 @@ int main(int argc, char** argv) {
         std::fflush(stdout);
     }
     std::printf("\nratio = reactor.hpp / raw poll() loop (higher is better; aim >= 0.90).\n");
-    std::printf("RSS/conn = server RSS growth per idle connection (user space + kernel-charged pages).\n");
+    std::printf("RSS/conn = (server VmRSS with the idle connections - before them) / connections: user-space\n"
+                "memory only; the kernel's socket buffers are not in a process's RSS.\n");
     return 0;
 }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# footprint — what `make footprint` prints: the stripped size of the example
+# servers built with -Os (libstdc++ dynamic, fully static, and dynamic with
+# -fno-exceptions -fno-rtti), and the compile time of a TU that includes
+# reactor.hpp and runs an echo server (examples/echo_server.cpp), median of 5
+# runs at -O0 and -O2, next to a reference TU with only the POSIX socket and
+# common std headers. Compile time is CPU time (user + sys) of the compiler:
+# on a shared machine it varies much less than wall-clock time.
+#
+#   tests/bench/footprint.sh [CXX]        (from the repository root)
+set -euo pipefail
+CXX=${1:-g++}
+STD=${STD:-c++17}
+RUNS=${RUNS:-5}
+out=build/footprint
+mkdir -p "$out"
+
+# ---- binary sizes -------------------------------------------------------
+printf '%-14s %14s %14s %14s\n' "stripped, -Os" "dynamic" "static" "dyn. no-exc"
+for name in echo_server chat_server irc_bot; do
+  src=examples/$name.cpp
+  if [ ! -f "$src" ]; then
+    printf '%-14s %14s\n' "$name" "(no example)"
+    continue
+  fi
+  "$CXX" -std="$STD" -Os -I. "$src" -o "$out/$name" -pthread
+  strip "$out/$name"
+  # A static glibc warns that getaddrinfo still loads NSS modules at run
+  # time; the binary is built all the same.
+  if "$CXX" -std="$STD" -Os -I. -static "$src" -o "$out/$name-static" -pthread 2>"$out/$name-static.log"; then
+    strip "$out/$name-static"
+    static=$(stat -c %s "$out/$name-static")
+  else
+    static="(failed)"
+  fi
+  "$CXX" -std="$STD" -Os -fno-exceptions -fno-rtti -I. "$src" -o "$out/$name-noexc" -pthread
+  strip "$out/$name-noexc"
+  printf '%-14s %14s %14s %14s\n' "$name" "$(stat -c %s "$out/$name") B" "$static B" \
+    "$(stat -c %s "$out/$name-noexc") B"
+done
+
+# ---- compile time -------------------------------------------------------
+# CPU seconds (user + sys) of one `CXX -c`, median of $RUNS.
+median_compile() {
+  local src=$1 opt=$2 i TIMEFORMAT='%U %S'
+  for ((i = 0; i < RUNS; i++)); do
+    { time "$CXX" -std="$STD" "$opt" -I. -c "$src" -o "$out/tu.o" ; } 2>&1 | awk '{ print $1 + $2 }'
+  done | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p" | awk '{ printf "%.2f s", $1 }'
+}
+echo
+printf '%-44s %8s %8s\n' "compile CPU time, median of $RUNS ($CXX -std=$STD)" "-O0" "-O2"
+printf '%-44s %8s %8s\n' "echo server TU (examples/echo_server.cpp)" \
+  "$(median_compile examples/echo_server.cpp -O0)" "$(median_compile examples/echo_server.cpp -O2)"
+echo '#include "reactor.hpp"' > "$out/include_only.cpp"
+printf '%-44s %8s %8s\n' "#include \"reactor.hpp\" alone" \
+  "$(median_compile "$out/include_only.cpp" -O0)" "$(median_compile "$out/include_only.cpp" -O2)"
+printf '%-44s %8s %8s\n' "reference TU (POSIX sockets + std headers)" \
+  "$(median_compile tests/bench/footprint_ref.cpp -O0)" "$(median_compile tests/bench/footprint_ref.cpp -O2)"
+echo
+echo "aims: echo server TU <= 0.6 s at -O0; stripped -Os echo server <= 40 KB dynamically linked"
