@@ -205,6 +205,10 @@ constexpr short evInvalid = POLLNVAL;
 /// The largest descriptor the select() backend can watch.
 constexpr int selectLimit = FD_SETSIZE;
 
+/// Sleeps `ms` milliseconds without watching anything: the back-off after a
+/// failed poll(), so a persistent error cannot spin the CPU.
+inline void pause(int ms) { ::poll(nullptr, 0, ms); }
+
 /// Waits for readiness on `fds` (entries with fd < 0 are ignored), at most
 /// `timeoutMs` milliseconds (-1: forever). Returns the number of ready
 /// entries, 0 on timeout, -1 with errno set on failure.
@@ -236,6 +240,18 @@ inline int selectWait(pollfd* fds, size_t count, int timeoutMs) {
         tvp = &tv;
     }
     int n = ::select(maxFd + 1, &readSet, &writeSet, &errorSet, tvp);
+    if (n < 0 && errno == EBADF) {
+        // A watched descriptor was closed: report it as poll() would
+        // (POLLNVAL) instead of failing every turn.
+        int bad = 0;
+        for (size_t i = 0; i < count; ++i)
+            if (fds[i].fd >= 0 && ::fcntl(fds[i].fd, F_GETFD) < 0) {
+                fds[i].revents = evInvalid;
+                ++bad;
+            }
+        if (bad) return bad;
+        errno = EBADF;
+    }
     if (n <= 0) return n;
     int ready = 0;
     for (size_t i = 0; i < count; ++i) {
@@ -659,6 +675,13 @@ public:
     const std::string& message() const { return message_; }
     /// Appends this error's type name and its ancestors', most derived first.
     virtual void typeNames(detail::TypeChain& chain) const { chain.push(typeName); }
+    /// A copy of the most derived object (a Failure keeps the real error,
+    /// even when given it through a base-class reference).
+    virtual std::shared_ptr<const Error> clone() const { return std::make_shared<Error>(*this); }
+#if REACTOR_HAS_EXCEPTIONS
+    /// The error as an exception_ptr of its most derived type.
+    virtual std::exception_ptr toExceptionPtr() const { return std::make_exception_ptr(*this); }
+#endif
 
 private:
     std::string message_;
@@ -673,6 +696,14 @@ public:
         chain.push(Self::typeName);
         Parent::typeNames(chain);
     }
+    std::shared_ptr<const Error> clone() const override {
+        return std::make_shared<Self>(static_cast<const Self&>(*this));
+    }
+#if REACTOR_HAS_EXCEPTIONS
+    std::exception_ptr toExceptionPtr() const override {
+        return std::make_exception_ptr(static_cast<const Self&>(*this));
+    }
+#endif
 };
 
 /// The error classes, Twisted's `twisted.internet.error` with the same names
@@ -765,7 +796,10 @@ public:
     Failure(const E& e) : message_(e.what()) {  // NOLINT: implicit on purpose, like Twisted's Failure(exc)
         describe(e);
 #if REACTOR_HAS_EXCEPTIONS
-        exception_ = std::make_exception_ptr(e);
+        if constexpr (std::is_base_of<Error, E>::value)
+            exception_ = e.toExceptionPtr();  // the most derived type, not E
+        else
+            exception_ = std::make_exception_ptr(e);
 #endif
     }
 
@@ -876,7 +910,7 @@ private:
     void describe(const E& e) {
         if constexpr (std::is_base_of<Error, E>::value) {
             e.typeNames(chain_);
-            error_ = std::make_shared<E>(e);  // for value<E>() without exceptions
+            error_ = e.clone();  // for value<E>() without exceptions; never sliced
         } else {
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
             dynamicName_ = detail::demangle(typeid(e).name());
@@ -917,17 +951,17 @@ private:
 namespace detail {
 
 /// Runs `f`, catching what it throws at the reactor's edge: the error is
-/// logged with `context` and returned as a Failure. Returns true if `f`
-/// completed normally.
-template <class F>
-inline bool runGuarded(const char* context, F&& f, Failure* failure = nullptr) {
+/// logged with `context()` (called only then, so the happy path builds no
+/// string) and returned as a Failure. Returns true if `f` completed normally.
+template <class Context, class F>
+inline bool runGuardedWith(Context&& context, F&& f, Failure* failure = nullptr) {
 #if REACTOR_HAS_EXCEPTIONS
     try {
         f();
         return true;
     } catch (...) {
         Failure caught = Failure::current();
-        log(LogLevel::error, std::string("Unhandled error in ") + context + ": " + caught.str());
+        log(LogLevel::error, "Unhandled error in " + std::string(context()) + ": " + caught.str());
         if (failure) *failure = std::move(caught);
         return false;
     }
@@ -937,6 +971,12 @@ inline bool runGuarded(const char* context, F&& f, Failure* failure = nullptr) {
     f();
     return true;
 #endif
+}
+
+/// The same with a fixed context string.
+template <class F>
+inline bool runGuarded(const char* context, F&& f, Failure* failure = nullptr) {
+    return runGuardedWith([context] { return context; }, std::forward<F>(f), failure);
 }
 
 }  // namespace detail
@@ -1042,6 +1082,7 @@ public:
         entry->time = newTime;
         ++stale_;  // the old node is now garbage
         push(entry);
+        maybeCompact();
     }
     void cancelled() {
         --live_;
@@ -1176,14 +1217,22 @@ inline void DelayedCall::cancel() {
 
 inline void DelayedCall::reset(double secondsFromNow) {
     if (!checkActive("reset")) return;
+    if (!(secondsFromNow >= 0) || !std::isfinite(secondsFromNow)) {  // also NaN
+        detail::raise<error::ValueError>("DelayedCall::reset: seconds must be >= 0, got " +
+                                         std::to_string(secondsFromNow));
+        return;
+    }
     if (!entry_->queue) return;
-    // The queue knows the clock; ask it for "now" through a zero-delay probe.
     detail::TimerQueue& q = *entry_->queue;
     q.reschedule(entry_, q.now() + secondsFromNow);
 }
 
 inline void DelayedCall::delay(double secondsLater) {
     if (!checkActive("delay")) return;
+    if (!std::isfinite(secondsLater)) {  // negative is fine: earlier, as Twisted
+        detail::raise<error::ValueError>("DelayedCall::delay: seconds must be finite");
+        return;
+    }
     if (entry_->queue) entry_->queue->reschedule(entry_, entry_->time + secondsLater);
 }
 
@@ -2274,7 +2323,14 @@ public:
     bool running() const { return running_; }
     /// One turn of the loop, waiting at most `timeout` seconds for events
     /// (0: don't wait). For embedding in a foreign loop. Not re-entrant.
-    void iterate(double timeout = 0) { turn(timeout < 0 ? 0 : timeout); }
+    void iterate(double timeout = 0) {
+        if (inTurn_) {
+            detail::raise<error::ReactorAlreadyRunning>(
+                "iterate() called from inside a reactor callback (the loop is not re-entrant)");
+            return;
+        }
+        turn(timeout < 0 ? 0 : timeout);
+    }
 
     /// Runs `f` when the reactor starts (now, if it is already running).
     TriggerId callWhenRunning(std::function<void()> f) {
@@ -2663,13 +2719,20 @@ private:
     // ---- one turn -----------------------------------------------------
 
     void turn(double maxWait /* < 0: no limit */) {
+        struct InTurn {  // re-entrant turns would corrupt the dispatch and timer passes
+            bool& flag;
+            explicit InTurn(bool& f) : flag(f) { flag = true; }
+            ~InTurn() { flag = false; }
+            InTurn(const InTurn&) = delete;
+            InTurn& operator=(const InTurn&) = delete;
+        } inTurn(inTurn_);
         double wait = maxWait;
         double next = timers_.nextTime();
         if (next >= 0) {
             double untilNext = std::max(0.0, next - seconds());
             wait = wait < 0 ? untilNext : std::min(wait, untilNext);
         }
-        if (threadCallsPending_.load() || (stopRequested_ && !shutdownStarted_) || loopDone_) wait = 0;
+        if (threadCallsPending_.load() || (stopRequested_ && !shutdownStarted_) || (inRun_ && loopDone_)) wait = 0;
         int ms = -1;
         if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
 
@@ -2683,8 +2746,14 @@ private:
         if (tracer_) traceTurn(ready, ms, seconds() - waitStart);
         if (ready < 0) {
             int err = detail::os::lastError();
-            if (!detail::os::interrupted(err))  // EINTR: simply the next turn
-                log(LogLevel::error, "poll failed: " + detail::os::errorString(err));
+            if (!detail::os::interrupted(err)) {  // EINTR: simply the next turn
+                // Persistent (too many descriptors for RLIMIT_NOFILE, say):
+                // log it, and back off instead of spinning.
+                if (pollErrors_++ % 1000 == 0)
+                    log(LogLevel::error, "poll failed: " + detail::os::errorString(err) + " (" +
+                                             std::to_string(pollErrors_) + " time(s)); retrying in 10 ms");
+                detail::os::pause(10);
+            }
             for (auto& p : pollfds_) p.revents = 0;
         } else if (ready > 0) {
             dispatch();
@@ -2695,7 +2764,7 @@ private:
             timers_.runDue(now, false, [this, now](std::function<void()>& fn, detail::TimerEntry& e) {
                 if (!fn) return;
                 if (tracer_) trace("timer from " + e.where.str() + " fired, " + detail::formatDuration(now - e.time) + " late");
-                detail::runGuarded(("timed call scheduled at " + e.where.str()).c_str(), fn);
+                detail::runGuardedWith([&e] { return "timed call scheduled at " + e.where.str(); }, fn);
             });
         }
 
@@ -2780,6 +2849,8 @@ private:
 
     bool running_ = false;
     bool inRun_ = false;
+    bool inTurn_ = false;
+    std::uint64_t pollErrors_ = 0;
     bool stopRequested_ = false;
     bool shutdownStarted_ = false;
     bool loopDone_ = false;
@@ -2794,7 +2865,7 @@ private:
 };
 
 inline void Reactor::run(bool installSignalHandlers) {
-    if (inRun_) {
+    if (inRun_ || inTurn_) {
         detail::raise<error::ReactorAlreadyRunning>();
         return;
     }
@@ -2812,6 +2883,7 @@ inline void Reactor::run(bool installSignalHandlers) {
     signalHandlers_.reset();
     running_ = false;
     inRun_ = false;
+    loopDone_ = false;  // iterate() after run() waits normally again
 }
 
 inline void Reactor::stop() {
