@@ -324,6 +324,7 @@ struct SockAddr {
     sockaddr_storage storage{};
     socklen_t length = 0;
     int family() const { return storage.ss_family; }
+    bool ipv6() const { return storage.ss_family == AF_INET6; }
     const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
     sockaddr* get() { return reinterpret_cast<sockaddr*>(&storage); }
 };
@@ -411,6 +412,13 @@ inline bool setIntOption(Fd fd, int level, int name, int value) {
 inline bool setReuseAddress(Fd fd) { return setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1); }
 inline bool setNoDelay(Fd fd, bool on) { return setIntOption(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0); }
 inline bool setKeepAlive(Fd fd, bool on) { return setIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0); }
+inline bool getIntOption(Fd fd, int level, int name) {
+    int value = 0;
+    socklen_t len = sizeof value;
+    return ::getsockopt(fd, level, name, &value, &len) == 0 && value != 0;
+}
+inline bool getNoDelay(Fd fd) { return getIntOption(fd, IPPROTO_TCP, TCP_NODELAY); }
+inline bool getKeepAlive(Fd fd) { return getIntOption(fd, SOL_SOCKET, SO_KEEPALIVE); }
 /// Makes close() send a reset instead of a FIN (abortConnection).
 inline void setLingerZero(Fd fd) {
     linger l{};
@@ -517,9 +525,11 @@ inline std::atomic<int>& signalReceived() {
     return sig;
 }
 extern "C" inline void reactorSignalHandler(int sig) {
+    int savedErrno = errno;  // the interrupted code may be about to read it
     signalReceived().store(sig);
     int fd = signalWakeFd().load();
     if (fd >= 0) Waker::wake(fd);
+    errno = savedErrno;
 }
 
 inline const char* signalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
@@ -2145,10 +2155,10 @@ public:
     void callInThread(std::function<void()> job) {
         std::lock_guard<std::mutex> lock(mutex_);
         queue_.push_back(std::move(job));
-        if (idle_ == 0 && workers_.size() < max_)
-            workers_.emplace_back([this] { work(); });
-        else
-            wake_.notify_one();
+        // More jobs waiting than idle workers to take them (a notified worker
+        // counts as idle until it wakes): start another, up to the maximum.
+        if (queue_.size() - head_ > idle_ && workers_.size() < max_) workers_.emplace_back([this] { work(); });
+        wake_.notify_one();
     }
     /// Twisted's adjustPoolsize(maxthreads=n); existing workers are kept.
     void setMaxThreads(std::size_t n) {
@@ -2430,11 +2440,22 @@ public:
     /// inside any callback: a removed fd is not dispatched later in the turn.
     void removeReader(int fd) { unwatch(fd, os::evRead); }
     void removeWriter(int fd) { unwatch(fd, os::evWrite); }
-    /// Removes every reader and writer (except internal ones) and returns their fds.
+    /// Removes every reader and writer added with addReader/addWriter and returns their fds.
+    /// TCP transports and ports are not touched: close them (disconnectAll),
+    /// or they would be left open and deaf.
     std::vector<int> removeAll() {
-        std::vector<int> fds = selectables();
+        std::vector<int> fds;
+        for (std::size_t i = 0; i < pollfds_.size(); ++i)
+            if (pollfds_[i].fd >= 0 && slots_[i].foreign) fds.push_back(pollfds_[i].fd);
         for (int fd : fds) unwatch(fd, os::evRead | os::evWrite);
         return fds;
+    }
+    /// Closes every TCP connection (their protocols get connectionLost with
+    /// ConnectionLost), listening port and connection attempt. Shutdown
+    /// does this; tests use it to clean up.
+    void disconnectAll() {
+        std::vector<std::shared_ptr<detail::Owned>> all = owned_;
+        for (auto& o : all) o->shutdownNow();
     }
     std::vector<int> getReaders() const { return fdsWith(os::evRead); }
     std::vector<int> getWriters() const { return fdsWith(os::evWrite); }
@@ -2476,29 +2497,23 @@ public:
     /// `factory` must outlive the port and its connections. A bind failure
     /// throws `error::CannotListenError` (without exceptions: logged, and
     /// the returned port is not listening).
-    inline ListeningPort listenTCP(std::uint16_t port, Factory& factory, int backlog = 50,
-                                   std::string_view interface = "");
+    inline ListeningPort listenTCP(int port, Factory& factory, int backlog = 50, std::string_view interface = "");
     /// Connects to `host` (an IP literal, connected at once, or a name,
     /// resolved on a thread without blocking the loop). Failures reach
     /// `factory.clientConnectionFailed` with the reason, always after this
     /// returns. `timeout` <= 0 means none. `bindAddress.host` non-empty:
     /// bind the local end first. `factory` must outlive the connector.
-    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, std::uint16_t port, ClientFactory& factory,
+    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, int port, ClientFactory& factory,
                                                   double timeout = 30, const Address& bindAddress = {});
     /// The same, with the connector sharing ownership of the factory: handy
     /// for a factory per connection (a proxy's outgoing side, say).
-    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, std::uint16_t port,
+    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, int port,
                                                   std::shared_ptr<ClientFactory> factory, double timeout = 30,
                                                   const Address& bindAddress = {});
 
 private:
     friend struct detail::ReactorAccess;
 
-    /// Closes every connection (reason ConnectionLost), port and connector.
-    void disconnectAll() {
-        std::vector<std::shared_ptr<detail::Owned>> all = owned_;
-        for (auto& o : all) o->shutdownNow();
-    }
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
     // Shorthand for the platform layer inside the class.
     struct os {
@@ -2954,6 +2969,9 @@ public:
     /// TCP options; false where the transport has no such thing.
     virtual bool setTcpNoDelay(bool enabled) { (void)enabled; return false; }
     virtual bool setTcpKeepAlive(bool enabled) { (void)enabled; return false; }
+    /// The current TCP_NODELAY / SO_KEEPALIVE settings (false where none).
+    virtual bool getTcpNoDelay() const { return false; }
+    virtual bool getTcpKeepAlive() const { return false; }
 
     bool connected = false;      ///< true until the connection is gone
     bool disconnecting = false;  ///< loseConnection() was called
@@ -3067,13 +3085,22 @@ public:
     virtual void stopConnecting() = 0;
     /// True while an attempt is in progress, so that stopConnecting() is
     /// legal; lets callers built without exceptions ask instead of catching.
-    virtual bool isConnecting() const { return true; }
+    virtual bool isConnecting() const = 0;
+    /// Where it connects to (host as given, and port).
     virtual Address getDestination() const = 0;
 };
 
 /// A factory for outgoing connections (Twisted's ClientFactory).
 class ClientFactory : public Factory {
 public:
+    /// A client factory whose protocol is `P(args...)` (Factory::forProtocol
+    /// for clients, so that connectTCP accepts it).
+    template <class P, class... Args>
+    static ClientFactory forProtocol(Args... args) {
+        ClientFactory f;
+        f.protocol = [args...]() -> std::unique_ptr<Protocol> { return std::make_unique<P>(args...); };
+        return f;
+    }
     /// An attempt started (called before connectTCP returns).
     virtual void startedConnecting(IConnector& connector) { (void)connector; }
     /// The attempt failed: refused, timed out, unknown host...
@@ -3128,6 +3155,14 @@ struct ReactorAccess {
         return *r.resolver_;
     }
     static int& spareFd(Reactor& r) { return r.spareFd_; }
+    /// False for a descriptor the backend cannot watch (select(): >= FD_SETSIZE).
+    static bool canWatch(int fd) {
+#if defined(REACTOR_USE_SELECT)
+        return fd >= 0 && fd < os::selectLimit;
+#else
+        return fd >= 0;
+#endif
+    }
 };
 
 /// A seed that differs between objects and runs (time, a counter), mixed
@@ -3199,6 +3234,8 @@ public:
     bool start() {
         if (!ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_)) return false;
         reading_ = true;
+        os::SockAddr local;
+        if (os::localAddress(fd_, local)) host_ = toAddress(local);  // still known after the close
         Protocol* p = protocol_.get();
         if (reactor_.tracing())
             reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
@@ -3215,7 +3252,7 @@ public:
         writeSequence(&data, 1);
     }
     void writeSequence(const std::string_view* parts, std::size_t count) override {
-        if (!connected || writeShut_ || closing_) return;  // gone, or half-closed: ignored, as Twisted
+        if (!connected || writeShut_ || closing_ || aborting_) return;  // gone, half-closed or aborted: ignored
         std::size_t total = 0;
         for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
         if (total == 0) return;
@@ -3237,7 +3274,12 @@ public:
                 reactor_.trace("transport.write(" + std::to_string(total) + " bytes): " +
                                (skip == total ? std::string("sent at once")
                                               : std::to_string(skip) + " sent, the rest buffered until writable"));
-            if (skip == total) return;
+            if (skip == total) {
+                // A pull producer is asked for more when the socket can take
+                // it, and only doWrite asks: make sure doWrite runs.
+                if (producer_ && !streaming_) startWriting();
+                return;
+            }
         }
         for (std::size_t i = 0; i < count; ++i) {
             std::string_view part = parts[i];
@@ -3255,7 +3297,7 @@ public:
         }
     }
     void loseConnection() override {
-        if (!connected || disconnecting) return;
+        if (!connected || disconnecting || aborting_) return;
         disconnecting = true;
         stopReading();
         startWriting();  // doWrite closes once the buffer is empty
@@ -3271,7 +3313,7 @@ public:
         abortCall_ = reactor_.callLater(0, [this] { closeWith(Failure(error::ConnectionAborted()), true); });
     }
     void loseWriteConnection() override {
-        if (!connected || writeShut_) return;
+        if (!connected || writeShut_ || aborting_) return;
         wantWriteShut_ = true;
         startWriting();
     }
@@ -3279,12 +3321,11 @@ public:
         os::SockAddr a;
         return os::peerAddress(fd_, a) ? toAddress(a) : peer_;
     }
-    Address getHost() const override {
-        os::SockAddr a;
-        return os::localAddress(fd_, a) ? toAddress(a) : Address{};
-    }
-    bool setTcpNoDelay(bool enabled) override { return os::setNoDelay(fd_, enabled); }
-    bool setTcpKeepAlive(bool enabled) override { return os::setKeepAlive(fd_, enabled); }
+    Address getHost() const override { return host_; }
+    bool setTcpNoDelay(bool enabled) override { return fd_ >= 0 && os::setNoDelay(fd_, enabled); }
+    bool setTcpKeepAlive(bool enabled) override { return fd_ >= 0 && os::setKeepAlive(fd_, enabled); }
+    bool getTcpNoDelay() const override { return fd_ >= 0 && os::getNoDelay(fd_); }
+    bool getTcpKeepAlive() const override { return fd_ >= 0 && os::getKeepAlive(fd_); }
 
     /// The reading side: stop and restart reading.
     void pauseProducing() override { stopReading(); }
@@ -3321,14 +3362,16 @@ private:
     std::size_t pending() const { return out_.size() - outPos_; }
 
     void startReading() {
-        if (!reading_ && connected && !closing_) reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
+        if (!reading_ && connected && !closing_ && !aborting_)
+            reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
     }
     void stopReading() {
         if (reading_) ReactorAccess::unwatch(reactor_, fd_, os::evRead);
         reading_ = false;
     }
     void startWriting() {
-        if (!writing_ && connected && !closing_) writing_ = ReactorAccess::watch(reactor_, fd_, os::evWrite, writeHandler_);
+        if (!writing_ && connected && !closing_ && !aborting_)
+            writing_ = ReactorAccess::watch(reactor_, fd_, os::evWrite, writeHandler_);
     }
     void stopWriting() {
         if (writing_) ReactorAccess::unwatch(reactor_, fd_, os::evWrite);
@@ -3336,7 +3379,7 @@ private:
     }
 
     void doRead() {
-        if (!connected || closing_) return;
+        if (!connected || closing_ || aborting_) return;
         std::vector<char>& buf = ReactorAccess::readBuffer(reactor_);
         long n = os::receive(fd_, buf.data(), buf.size());
         if (n > 0) {
@@ -3356,7 +3399,13 @@ private:
             closeWith(lostFailure(err), true);
             return;
         }
-        // EOF: the peer stopped sending.
+        // EOF. If a send already failed, the kernel handed its error to that
+        // send and reports only "closed" here: the send's error is the reason.
+        if (writeError_) {
+            closeWith(lostFailure(writeError_), true);
+            return;
+        }
+        // The peer stopped sending.
         if (protocol_->halfCloseable()) {
             readShut_ = true;
             stopReading();
@@ -3369,7 +3418,7 @@ private:
     }
 
     void doWrite() {
-        if (!connected || closing_) return;
+        if (!connected || closing_ || aborting_) return;
         if (writeError_) {
             closeWith(lostFailure(writeError_), true);
             return;
@@ -3382,20 +3431,31 @@ private:
             long sent = os::sendParts(fd_, &rest, 1);
             if (sent < 0) {
                 int err = os::lastError();
-                if (os::wouldBlock(err)) return;  // still writable-interested; poll tells us when
+                if (os::wouldBlock(err)) break;  // still writable-interested; poll tells us when
                 closeWith(lostFailure(err), true);
                 return;
             }
             outPos_ += static_cast<std::size_t>(sent);
         }
-        out_.clear();  // keeps its capacity: no allocation next time
-        outPos_ = 0;
-        stopWriting();
-        if (producer_ && (!streaming_ || producerPaused_)) {
+        if (pending() == 0) {
+            out_.clear();  // keeps its capacity: no allocation next time
+            outPos_ = 0;
+        } else if (outPos_ >= 64 * 1024 && outPos_ * 2 >= out_.size()) {
+            out_.erase(0, outPos_);  // a buffer that never quite drains must not keep its sent prefix
+            outPos_ = 0;
+        }
+        // Below the low-water mark a paused streaming producer resumes
+        // (it may write more, straight into the buffer).
+        if (producer_ && streaming_ && producerPaused_ && pending() <= lowWaterMark) {
             producerPaused_ = false;
-            IProducer* p = producer_;
-            p->resumeProducing();
-            if (pending() > 0) return;
+            producer_->resumeProducing();
+            if (closing_ || aborting_) return;
+        }
+        if (pending() > 0) return;
+        stopWriting();
+        if (producer_ && !streaming_) {  // a pull producer: one chunk per drained buffer
+            producer_->resumeProducing();
+            if (closing_ || aborting_ || pending() > 0 || writing_) return;
         }
         if (wantWriteShut_ && !writeShut_) {
             writeShut_ = true;
@@ -3419,7 +3479,7 @@ private:
     Handler readHandler_, writeHandler_;       // made once: pausing allocates nothing
     std::string out_;                          // unsent bytes, from outPos_
     std::size_t outPos_ = 0;
-    Address peer_;
+    Address peer_, host_;
     IProducer* producer_ = nullptr;
     DelayedCall abortCall_;
     int writeError_ = 0;
@@ -3433,10 +3493,10 @@ private:
 /// tcp.Connector): disconnected -> connecting -> connected -> disconnected.
 class TcpConnector final : public IConnector, public Owned {
 public:
-    TcpConnector(Reactor& r, std::string host, std::uint16_t port, ClientFactory& factory, double timeout,
+    TcpConnector(Reactor& r, std::string host, int port, ClientFactory& factory, double timeout,
                  Address bindAddress)
-        : reactor_(r), host_(std::move(host)), port_(port), factory_(factory), timeout_(timeout),
-          bindAddress_(std::move(bindAddress)) {}
+        : reactor_(r), host_(std::move(host)), port_(port > 0 && port <= 65535 ? static_cast<std::uint16_t>(port) : 0),
+          badPort_(port_ == 0 ? port : 0), factory_(factory), timeout_(timeout), bindAddress_(std::move(bindAddress)) {}
     ~TcpConnector() override { dropSocket(); }
 
     inline void connect() override;
@@ -3472,6 +3532,11 @@ private:
     enum class State { disconnected, connecting, connected };
 
     void beginAttempt() {
+        if (port_ == 0) {  // bad input: a clear failure, reported like any other
+            failSoon(connectError<error::ConnectError>("invalid port " + std::to_string(badPort_) +
+                                                      " (a port is 1 to 65535)"));
+            return;
+        }
         os::SockAddr literal;
         if (os::parseLiteral(host_, port_, literal)) {
             candidates_.assign(1, literal);
@@ -3513,21 +3578,23 @@ private:
                 lastErr = os::lastError();
                 continue;
             }
-            if (!bindAddress_.host.empty()) {
+            if (!bindAddress_.host.empty() || bindAddress_.port != 0) {
+                // A port alone binds the wildcard address of the target's family.
+                std::string host = !bindAddress_.host.empty() ? bindAddress_.host
+                                   : a.ipv6() ? std::string("::") : std::string("0.0.0.0");
                 os::SockAddr local;
-                if (!os::parseLiteral(bindAddress_.host, bindAddress_.port, local) || os::bindTo(fd_, local) != 0) {
+                if (!os::parseLiteral(host, bindAddress_.port, local) || os::bindTo(fd_, local) != 0) {
                     int err = os::lastError();
                     dropSocket();
                     failSoon(connectError<error::ConnectBindError>(bindAddress_.str() + ": " + os::errorString(err)));
                     return;
                 }
             }
-            if (os::startConnect(fd_, a) == 0) {
-                connected(a);
-                return;
-            }
-            int err = os::lastError();
-            if (os::connectInProgress(err)) {
+            // Connected at once (possible on loopback) or in progress: either
+            // way completion is seen as writability on a later turn, so
+            // connectionMade never runs inside connectTCP.
+            int err = os::startConnect(fd_, a) == 0 ? 0 : os::lastError();
+            if (err == 0 || os::connectInProgress(err)) {
                 target_ = a;
                 auto h = makeHandler([this] { connectDone(); });
                 if (ReactorAccess::watch(reactor_, fd_, os::evWrite, h)) return;
@@ -3600,7 +3667,8 @@ public:
 private:
     Reactor& reactor_;
     std::string host_;
-    std::uint16_t port_;
+    std::uint16_t port_;  // 0: the port given was out of range (badPort_)
+    int badPort_;
     ClientFactory& factory_;
     double timeout_;
     Address bindAddress_;
@@ -3827,6 +3895,12 @@ inline void TcpPort::doRead() {
             break;
         }
         Address peerAddress = toAddress(peer);
+        if (!ReactorAccess::canWatch(fd)) {  // select() and fd >= FD_SETSIZE: refuse before any callback
+            log(LogLevel::error, "connection from " + peerAddress.str() + " refused: descriptor " + std::to_string(fd) +
+                                     " cannot be watched by the select() backend (FD_SETSIZE)");
+            os::closeFd(fd);
+            continue;
+        }
         std::unique_ptr<Protocol> p;
         runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
         if (!p) {  // refused by the factory
@@ -3848,10 +3922,15 @@ inline void TcpPort::doRead() {
 
 }  // namespace detail
 
-inline ListeningPort Reactor::listenTCP(std::uint16_t port, Factory& factory, int backlog, std::string_view interface) {
+inline ListeningPort Reactor::listenTCP(int port, Factory& factory, int backlog, std::string_view interface) {
     auto p = std::make_shared<detail::TcpPort>(*this, factory);
     std::string why;
-    if (!p->listen(port, backlog, interface, why)) {
+    if (port < 0 || port > 65535) {
+        detail::raise<error::CannotListenError>("Couldn't listen on port " + std::to_string(port) +
+                                                ": a port is 0 (any free port) to 65535.");
+        return ListeningPort();
+    }
+    if (!p->listen(static_cast<std::uint16_t>(port), backlog, interface, why)) {
         detail::raise<error::CannotListenError>(why);
         return ListeningPort();
     }
@@ -3859,7 +3938,7 @@ inline ListeningPort Reactor::listenTCP(std::uint16_t port, Factory& factory, in
     return ListeningPort(std::move(p));
 }
 
-inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, std::uint16_t port,
+inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, int port,
                                                        ClientFactory& factory, double timeout,
                                                        const Address& bindAddress) {
     auto c = std::make_shared<detail::TcpConnector>(*this, host, port, factory, timeout, bindAddress);
@@ -3867,7 +3946,7 @@ inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, 
     return c;
 }
 
-inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, std::uint16_t port,
+inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, int port,
                                                        std::shared_ptr<ClientFactory> factory, double timeout,
                                                        const Address& bindAddress) {
     auto c = std::make_shared<detail::TcpConnector>(*this, host, port, *factory, timeout, bindAddress);
@@ -3893,20 +3972,30 @@ public:
     int retries = 0;
     int maxRetries = -1;                 ///< -1: retry forever
     bool continueTrying = true;
-    std::shared_ptr<IConnector> connector;  ///< the connector being retried
-    IReactorTime* clock;
+    /// The connector being retried. Weak: a connector made with the
+    /// shared_ptr overload of connectTCP owns its factory, and a strong
+    /// reference back would keep both alive forever.
+    std::weak_ptr<IConnector> connector;
+    IReactorTime* clock;  ///< where the retry timers are scheduled
 
+    /// Cancels a pending retry: its timer must not call a destroyed factory.
+    ~ReconnectingClientFactory() override {
+        if (callID.active()) callID.cancel();
+    }
+
+    /// Remembers the connector, so stopTrying() can stop even the first attempt.
+    void startedConnecting(IConnector& c) override { connector = c.weak_from_this(); }
     void clientConnectionFailed(IConnector& c, const Failure& reason) override {
         (void)reason;
         if (continueTrying) {
-            connector = c.shared_from_this();
+            connector = c.weak_from_this();
             retry();
         }
     }
     void clientConnectionLost(IConnector& c, const Failure& reason) override {
         (void)reason;
         if (continueTrying) {
-            connector = c.shared_from_this();
+            connector = c.weak_from_this();
             retry();
         }
     }
@@ -3915,8 +4004,11 @@ public:
     /// then a normal variate with standard deviation delay * jitter.
     void retry(std::shared_ptr<IConnector> c = nullptr) {
         if (!continueTrying) return;
-        if (!c) c = connector;
-        if (!c) return;
+        if (!c) c = connector.lock();
+        if (!c) {
+            detail::raise<error::ValueError>("no connector to retry");
+            return;
+        }
         ++retries;
         if (maxRetries >= 0 && retries > maxRetries) {
             log(LogLevel::info, "Abandoning " + c->getDestination().str() + " after " + std::to_string(retries - 1) +
@@ -3935,19 +4027,8 @@ public:
         if (callID.active()) callID.cancel();
         callID = DelayedCall();
         continueTrying = false;
-        if (connector) {
-            auto c = connector;
-            detail::runGuarded("stopTrying", [&] {
-#if REACTOR_HAS_EXCEPTIONS
-                try {
-                    c->stopConnecting();
-                } catch (const error::NotConnectingError&) {
-                }
-#else
-                if (c->isConnecting()) c->stopConnecting();
-#endif
-            });
-        }
+        if (auto c = connector.lock())
+            if (c->isConnecting()) c->stopConnecting();
     }
     /// Back to the first delay and zero retries (call it once connected).
     void resetDelay() {
@@ -6554,6 +6635,7 @@ inline std::string dirtyReport(const Reactor& r) {
 /// starts clean.
 inline std::string cleanUp(Reactor& r) {
     std::string report = dirtyReport(r);
+    r.disconnectAll();  // may schedule nothing: closing is synchronous here
     for (auto& c : r.pendingCalls()) c.cancel();
     r.removeAll();
     return report;

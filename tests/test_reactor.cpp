@@ -3,6 +3,9 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cmath>
+#include <condition_variable>
+#include <mutex>
 #include <csignal>
 #include <string>
 #include <thread>
@@ -617,8 +620,10 @@ TEST_CASE("signal handling is off by default and stops cleanly when asked") {
     bool stoppedBySignal = false;
     r.addSystemEventTrigger("during", "shutdown", [&] { stoppedBySignal = true; });
     r.callWhenRunning([] { std::raise(SIGTERM); });
+    DelayedCall watchdog = r.callLater(10, [&] { r.stop(); });  // bounded even if the signal is lost
     test::LogCapture logs;
     r.run(true);
+    if (watchdog.active()) watchdog.cancel();
     CHECK(stoppedBySignal);
     CHECK(logs.contains("SIGTERM"));
     // The previous disposition is restored after run().
@@ -688,9 +693,13 @@ TEST_CASE("callFromThread wakes a reactor blocked in poll with no timers") {
             });
         });
     });
-    r.run();  // no timer: only the wake-up can end this
+    DelayedCall watchdog = r.callLater(10, [&] { r.stop(); });  // a bound, not the way out
+    const double start = r.seconds();
+    r.run();  // otherwise blocked in poll: only the wake-up ends it early
     t.join();
     CHECK(ran);
+    CHECK(r.seconds() - start < 5);
+    if (watchdog.active()) watchdog.cancel();
 }
 
 TEST_CASE("thread pool: callInThread runs off the loop; results come back with callFromThread") {
@@ -724,6 +733,97 @@ TEST_CASE("ThreadPool::stop finishes queued jobs and the pool is reusable") {
     pool.callInThread([&] { ++done; });
     pool.stop();
     CHECK(done == 101);
+}
+
+}  // TEST_SUITE threads
+
+TEST_SUITE("reactor") {
+
+TEST_CASE("iterate, runUntil and run refuse to run inside a callback (not re-entrant)") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    bool checked = false;
+    r.callLater(0, [&] {
+        CHECK_MISUSE_WITH(r.iterate(0), error::ReactorAlreadyRunning, "not re-entrant");
+        CHECK_MISUSE(r.run(), error::ReactorAlreadyRunning);
+        checked = true;
+    });
+    CHECK(testing::runUntil(r, [&] { return checked; }));
+}
+
+TEST_CASE("crash() leaves run() without the shutdown event; iterate() afterwards waits again") {
+    Reactor r;
+    bool shutdownRan = false;
+    r.addSystemEventTrigger("during", "shutdown", [&] { shutdownRan = true; });
+    r.callWhenRunning([&] { r.crash(); });
+    r.run();
+    CHECK_FALSE(r.running());
+    CHECK_FALSE(shutdownRan);
+    // A foreign loop driving iterate() must not be spun by the old crash.
+    double start = r.seconds();
+    r.iterate(0.2);
+    CHECK(r.seconds() - start >= 0.15);
+}
+
+}  // TEST_SUITE reactor
+
+TEST_SUITE("timers") {
+
+TEST_CASE("reset and delay validate their argument") {
+    Clock clock;
+    int fired = 0;
+    DelayedCall c = clock.callLater(1, [&] { ++fired; });
+    CHECK_MISUSE(c.reset(-1), error::ValueError);
+    CHECK_MISUSE(c.reset(std::nan("")), error::ValueError);
+    CHECK_MISUSE(c.delay(std::nan("")), error::ValueError);
+    CHECK(c.getTime() == doctest::Approx(1));  // unchanged
+    c.delay(-0.5);                             // earlier is fine (Twisted)
+    CHECK(c.getTime() == doctest::Approx(0.5));
+    clock.advance(0.5);
+    CHECK(fired == 1);
+}
+
+}  // TEST_SUITE timers
+
+TEST_SUITE("descriptors") {
+
+TEST_CASE("a descriptor closed while watched is reported once and dropped, without spinning") {
+    test::LogCapture logs;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    r.addReader(fds[0], [] {});
+    ::close(fds[0]);  // the user's bug: closed without removeReader
+    CHECK(testing::runUntil(r, [&] { return r.selectables().empty(); }, 2));
+    // Drive a few more turns: no repeated errors.
+    testing::runUntil(r, [] { return false; }, 0.1);
+    ::close(fds[1]);
+    std::size_t complaints = 0;
+    for (auto& l : logs.lines) complaints += l.find("closed while still watched") != std::string::npos;
+    CHECK(complaints == 1);
+}
+
+}  // TEST_SUITE descriptors
+
+TEST_SUITE("threads") {
+
+TEST_CASE("the pool starts a second worker for a job queued behind a busy one") {
+    ThreadPool pool(4);
+    std::mutex m;
+    std::condition_variable cv;
+    bool bRan = false, aSawB = false;
+    pool.callInThread([&] {  // A waits (bounded) for B
+        std::unique_lock<std::mutex> lock(m);
+        aSawB = cv.wait_for(lock, std::chrono::seconds(5), [&] { return bRan; });
+    });
+    pool.callInThread([&] {  // B, queued right after A
+        std::lock_guard<std::mutex> lock(m);
+        bRan = true;
+        cv.notify_all();
+    });
+    pool.stop();
+    CHECK(aSawB);  // with one worker, A would time out before B ran
 }
 
 }  // TEST_SUITE threads

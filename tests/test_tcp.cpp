@@ -24,6 +24,7 @@ struct Record {
     int lostCount = 0;
     std::string lostType;
     std::string lostMessage;
+    Address hostAtLoss, peerAtLoss;
     bool readLost = false;
     bool writeLost = false;
     int destroyed = 0;
@@ -51,6 +52,8 @@ struct Recorder : Protocol {
         ++rec->lostCount;
         rec->lostType = reason.type();
         rec->lostMessage = reason.getErrorMessage();
+        rec->hostAtLoss = transport->getHost();
+        rec->peerAtLoss = transport->getPeer();
         rec->transport = nullptr;
     }
     bool halfCloseable() const override { return halfClose; }
@@ -248,12 +251,16 @@ TEST_CASE("abortConnection: ConnectionAborted here, ConnectionLost (reset) there
     r.connectTCP("127.0.0.1", port.getHost().port, client);
     REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
     auto s = server.last();
-    s->transport->write(std::string(100000, 'x'));  // dropped, not sent
     s->transport->abortConnection();
+    // After the abort nothing more goes out, and it stays an abort.
+    s->transport->write("LEAKED-AFTER-ABORT");
+    s->transport->loseConnection();
+    s->transport->resumeProducing();
     CHECK_FALSE(s->lost());  // asynchronous, as Twisted
     REQUIRE(testing::runUntil(r, [&] { return s->lost() && client.last()->lost(); }));
     CHECK(s->lostType == "ConnectionAborted");
     CHECK(client.last()->lostType == "ConnectionLost");
+    CHECK(client.last()->data.find("LEAKED") == std::string::npos);
     port.stopListening();
 }
 
@@ -611,6 +618,140 @@ TEST_CASE("select backend: a descriptor >= FD_SETSIZE is refused with a logged r
 }
 #endif
 
+namespace {
+/// A pull producer: one chunk per resumeProducing, then it finishes.
+struct Puller : IProducer {
+    ITransport* out = nullptr;
+    int asked = 0, chunks = 10;
+    void resumeProducing() override {
+        if (++asked <= chunks) {
+            out->write("chunk " + std::to_string(asked) + "\n");
+            if (asked == chunks) {
+                out->unregisterProducer();
+                out->loseConnection();
+            }
+        }
+    }
+    void stopProducing() override {}
+};
+}  // namespace
+
+TEST_CASE("a pull producer is asked for one chunk each time the buffer drains, to the end") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    Puller puller;
+    puller.out = server.last()->transport;
+    puller.out->registerProducer(&puller, false);  // asked at once, then on every drain
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
+    CHECK(puller.asked == 10);
+    std::string expected;
+    for (int i = 1; i <= 10; ++i) expected += "chunk " + std::to_string(i) + "\n";
+    CHECK(client.last()->data == expected);
+    CHECK(client.last()->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
+TEST_CASE("startFactory/stopFactory once for the first and last of two ports") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory f;
+    ListeningPort a = r.listenTCP(0, f, 50, "127.0.0.1");
+    ListeningPort b = r.listenTCP(0, f, 50, "127.0.0.1");
+    CHECK(f.started == 1);
+    CHECK(f.numPorts == 2);
+    a.stopListening();
+    CHECK(f.stopped == 0);
+    a.stopListening();  // twice: a no-op
+    b.stopListening();
+    CHECK(f.stopped == 1);
+    CHECK(f.numPorts == 0);
+}
+
+TEST_CASE("bindAddress, TCP options, and addresses still known in connectionLost") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    ServerFactory probe;  // find a free local port to bind the client to
+    ListeningPort tmp = r.listenTCP(0, probe, 50, "127.0.0.1");
+    std::uint16_t localPort = tmp.getHost().port;
+    tmp.stopListening();
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client, 30, Address{"TCP", "127.0.0.1", localPort, false});
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    CHECK(server.last()->transport->getPeer().port == localPort);
+    ITransport* tr = client.last()->transport;
+    CHECK(tr->setTcpNoDelay(true));
+    CHECK(tr->getTcpNoDelay());
+    CHECK(tr->setTcpKeepAlive(true));
+    CHECK(tr->getTcpKeepAlive());
+    CHECK(tr->setTcpNoDelay(false));
+    CHECK_FALSE(tr->getTcpNoDelay());
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && client.last()->lost(); }));
+    CHECK(server.last()->lostType == "ConnectionDone");
+    // getHost/getPeer still answer inside connectionLost (the socket is closed by then).
+    CHECK(client.last()->hostAtLoss.port == localPort);
+    CHECK(client.last()->peerAtLoss.port == port.getHost().port);
+    port.stopListening();
+}
+
+TEST_CASE("a peer that resets while we write: the writer gets ConnectionLost") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    auto s = server.last();
+    client.last()->transport->abortConnection();  // RST
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
+    // Keep writing until the reset is noticed (a send error, or the read side).
+    std::string chunk(64 * 1024, 'w');
+    REQUIRE(testing::runUntil(r, [&] {
+        if (!s->lost() && s->transport) s->transport->write(chunk);
+        return s->lost();
+    }));
+    CHECK_MESSAGE(s->lostType == "ConnectionLost", s->lostMessage);
+    port.stopListening();
+}
+
+TEST_CASE("bad ports: listenTCP refuses, connectTCP fails with the reason") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Factory f;
+    CHECK_MISUSE_WITH(r.listenTCP(70000, f), error::CannotListenError, "65535");
+    CHECK_MISUSE(r.listenTCP(-1, f), error::CannotListenError);
+    Client client;
+    r.connectTCP("127.0.0.1", 70000, client);
+    r.connectTCP("127.0.0.1", 0, client);
+    CHECK(client.failed.empty());  // never inside connectTCP
+    REQUIRE(testing::runUntil(r, [&] { return client.failed.size() == 2; }));
+    CHECK(contains(client.failed[0], "invalid port 70000"));
+    CHECK(contains(client.failed[1], "invalid port 0"));
+}
+
+TEST_CASE("ClientFactory::forProtocol makes a factory connectTCP accepts") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    struct Hello : Protocol {
+        void connectionMade() override { transport->write("hello"); transport->loseConnection(); }
+    };
+    ClientFactory hello = ClientFactory::forProtocol<Hello>();
+    r.connectTCP("127.0.0.1", port.getHost().port, hello);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->lost(); }));
+    CHECK(server.last()->data == "hello");
+    port.stopListening();
+}
+
 }  // TEST_SUITE tcp
 
 TEST_SUITE("reconnect") {
@@ -758,6 +899,32 @@ TEST_CASE("on real sockets: dropped by the server, the client reconnects") {
     REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && client.records.back()->lost(); }));
     CHECK(server.records.size() == 2);
     port.stopListening();
+}
+
+TEST_CASE("stopTrying stops even the first connection attempt") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Reconnector client(r);
+    // A name being resolved is an attempt in progress for long enough.
+    r.connectTCP("no-such-host.invalid", 80, client);
+    client.stopTrying();
+    CHECK(client.failures == 1);            // stopped: UserError, reported at once
+    CHECK(r.pendingCalls().empty());        // and no retry scheduled
+    testing::runUntil(r, [] { return false; }, 0.2);  // the late DNS answer is ignored
+    CHECK(client.failures == 1);
+}
+
+TEST_CASE("a ReconnectingClientFactory destroyed with a retry pending cancels it") {
+    Clock clock;
+    auto c = std::make_shared<FakeConnector>();
+    {
+        ReconnectingClientFactory f(clock);
+        f.clientConnectionFailed(*c, Failure(error::ConnectionRefusedError()));
+        CHECK(clock.getDelayedCalls().size() == 1);
+    }
+    CHECK(clock.getDelayedCalls().empty());
+    clock.advance(10);
+    CHECK(c->connects == 0);
 }
 
 }  // TEST_SUITE reconnect
