@@ -95,6 +95,15 @@ struct Client : ClientFactory {
 
 bool contains(const std::string& haystack, std::string_view needle) { return haystack.find(needle) != std::string::npos; }
 
+/// Listens with `server` on 127.0.0.1, connects `client` to it, and waits
+/// (bounded) until both ends have seen connectionMade.
+ListeningPort connectedPair(Reactor& r, ServerFactory& server, Client& client) {
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    return port;
+}
+
 }  // namespace
 
 TEST_SUITE("tcp") {
@@ -246,10 +255,8 @@ TEST_CASE("abortConnection: ConnectionAborted here, ConnectionLost (reset) there
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     auto s = server.last();
     s->transport->abortConnection();
     // After the abort nothing more goes out, and it stays an abort.
@@ -268,10 +275,8 @@ TEST_CASE("loseConnection sends a 10 MB buffered write completely, then closes c
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     std::string big(10 * 1024 * 1024, '\0');
     for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 26);
     auto s = server.last();
@@ -293,11 +298,9 @@ TEST_CASE("half-close: loseWriteConnection reaches a half-close aware peer as re
     Reactor& r = t.r;
     ServerFactory server;
     server.halfClose = true;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
     client.halfClose = true;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     auto s = server.last();
     auto c = client.last();
 
@@ -326,11 +329,9 @@ TEST_CASE("without half-close support, the peer's EOF is ConnectionDone") {
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;  // not half-close aware
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
     client.halfClose = true;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     client.last()->transport->loseWriteConnection();
     REQUIRE(testing::runUntil(r, [&] { return server.last()->lost(); }));
     CHECK(server.last()->lostType == "ConnectionDone");
@@ -345,10 +346,8 @@ TEST_CASE("pauseProducing stops reading; resumeProducing delivers what waited") 
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     auto s = server.last();
     s->transport->pauseProducing();
     client.last()->transport->write("while paused");
@@ -395,10 +394,8 @@ TEST_CASE("a streaming producer is paused above the high-water mark and resumed 
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     auto c = client.last();
     c->transport->pauseProducing();  // a slow reader: the server's buffer fills
     Streamer producer;
@@ -494,10 +491,8 @@ TEST_CASE("writes after the connection is closed are ignored; closing another co
 TEST_CASE("stopListening keeps established connections; shutdown loses them with ConnectionLost") {
     Reactor r;
     ServerFactory server;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     port.stopListening();
     CHECK(server.stopped == 1);
     client.last()->transport->write("still open");
@@ -640,10 +635,8 @@ TEST_CASE("a pull producer is asked for one chunk each time the buffer drains, t
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     Puller puller;
     puller.out = server.last()->transport;
     puller.out->registerProducer(&puller, false);  // asked at once, then on every drain
@@ -705,10 +698,8 @@ TEST_CASE("a peer that resets while we write: the writer gets ConnectionLost") {
     test::CleanReactor t;
     Reactor& r = t.r;
     ServerFactory server;
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
     Client client;
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+    ListeningPort port = connectedPair(r, server, client);
     auto s = server.last();
     client.last()->transport->abortConnection();  // RST
     REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
