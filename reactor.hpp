@@ -571,6 +571,7 @@ private:
 /// Severity of a log line.
 enum class LogLevel { debug, info, warning, error, critical };
 
+/// The level's lower-case name ("debug" ... "critical"), as the default logger prints it.
 inline const char* logLevelName(LogLevel level) {
     switch (level) {
         case LogLevel::debug: return "debug";
@@ -679,9 +680,13 @@ struct TypeChain {
 /// names as data, so Failure::check works without RTTI or exceptions.
 class Error : public std::exception {
 public:
+    /// The name Failure::check and Failure::type see; every error class declares its own.
     static constexpr const char* typeName = "Error";
+    /// An error carrying `message` (what() returns it).
     explicit Error(std::string message = "") : message_(std::move(message)) {}
+    /// The message (std::exception's interface).
     const char* what() const noexcept override { return message_.c_str(); }
+    /// The message given to the constructor.
     const std::string& message() const { return message_; }
     /// Appends this error's type name and its ancestors', most derived first.
     virtual void typeNames(detail::TypeChain& chain) const { chain.push(typeName); }
@@ -702,14 +707,17 @@ template <class Self, class Parent>
 class ErrorType : public Parent {
 public:
     using Parent::Parent;
+    /// Pushes Self::typeName, then the Parent's names.
     void typeNames(detail::TypeChain& chain) const override {
         chain.push(Self::typeName);
         Parent::typeNames(chain);
     }
+    /// A copy of this object as a Self (not sliced to the base).
     std::shared_ptr<const Error> clone() const override {
         return std::make_shared<Self>(static_cast<const Self&>(*this));
     }
 #if REACTOR_HAS_EXCEPTIONS
+    /// The error as an exception_ptr holding a Self.
     std::exception_ptr toExceptionPtr() const override {
         return std::make_exception_ptr(static_cast<const Self&>(*this));
     }
@@ -820,6 +828,9 @@ public:
     /// From a caught exception: `catch (...) { return Failure::current(); }`.
     static Failure current() { return fromException(std::current_exception()); }
 
+    /// From an exception_ptr: a library Error keeps its type names (no RTTI
+    /// needed), another std::exception is named by its dynamic type (RTTI) or
+    /// "std::exception", anything else is "UnknownException".
     static Failure fromException(std::exception_ptr ep) {
         Failure f;
         f.chain_ = {};
@@ -1018,6 +1029,7 @@ struct TimerEntry {
 class DelayedCall {
 public:
     DelayedCall() = default;
+    /// Wraps a scheduled entry; made by Reactor::callLater and Clock::callLater.
     explicit DelayedCall(std::shared_ptr<detail::TimerEntry> entry) : entry_(std::move(entry)) {}
 
     /// Unschedules the call. Cancelling a called or cancelled call is an
@@ -1031,12 +1043,17 @@ public:
     bool active() const { return entry_ && !entry_->called && !entry_->cancelled; }
     /// The absolute time (on its clock's `seconds()` scale) it runs at.
     double getTime() const { return entry_ ? entry_->time : 0.0; }
+    /// It has run (set just before the call, so it is true inside it).
     bool called() const { return entry_ && entry_->called; }
+    /// cancel() was called on it.
     bool cancelled() const { return entry_ && entry_->cancelled; }
     /// "file.cpp:42": where the call was scheduled (for leak reports).
     std::string where() const { return entry_ ? entry_->where.str() : std::string(); }
+    /// Refers to a call (false for a default-constructed handle), active or not.
     explicit operator bool() const { return static_cast<bool>(entry_); }
+    /// Both handles refer to the same call.
     friend bool operator==(const DelayedCall& a, const DelayedCall& b) { return a.entry_ == b.entry_; }
+    /// The handles refer to different calls.
     friend bool operator!=(const DelayedCall& a, const DelayedCall& b) { return a.entry_ != b.entry_; }
 
 private:
@@ -1381,7 +1398,9 @@ public:
         : ErrorType<FirstError, Error>("FirstError[#" + std::to_string(failedIndex) + ", " + failure.str() + "]"),
           subFailure(std::move(failure)),
           index(failedIndex) {}
+    /// The failing member's Failure.
     Failure subFailure;
+    /// The failing member's position in the list.
     std::size_t index;
 };
 
@@ -1400,8 +1419,11 @@ public:
     Result(Stored value) : v_(std::in_place_index<1>, std::move(value)) {}  // NOLINT: implicit on purpose
     Result(Failure failure) : v_(std::in_place_index<0>, std::move(failure)) {}  // NOLINT
 
+    /// Holds a value (for Result<void>: a success).
     bool ok() const { return v_.index() == 1; }
+    /// Holds a Failure.
     bool failed() const { return v_.index() == 0; }
+    /// Same as ok().
     explicit operator bool() const { return ok(); }
     /// The value; on a failure this raises it (Failure::raiseException).
     Stored& value() {
@@ -1804,6 +1826,7 @@ public:
 
     /// Stops the chain from running until unpause() (a counter).
     void pause() { ++s_->paused; }
+    /// Undoes one pause(); at zero a fired chain runs on at once. Extra calls are ignored.
     void unpause() { s_->unpause(); }
     /// Twisted's cancel(): unfired → canceller (or "ignore the next fire"),
     /// then CancelledError if still unfired; waiting on a Deferred returned
@@ -1835,7 +1858,9 @@ public:
     /// Paused by pause() or waiting for a Deferred a callback returned.
     bool paused() const { return s_->paused > 0; }
 
+    /// Both handles share one chain (copies of a Deferred do).
     friend bool operator==(const Deferred& a, const Deferred& b) { return a.s_ == b.s_; }
+    /// The handles are different Deferreds.
     friend bool operator!=(const Deferred& a, const Deferred& b) { return a.s_ != b.s_; }
 
 #if defined(REACTOR_HAS_COROUTINES)
@@ -1957,7 +1982,9 @@ auto maybeDeferred(F&& f) {
 /// that had not fired yet hold a "NotFired" failure); otherwise npos.
 template <class T>
 struct DeferredListResult : std::vector<std::pair<bool, Result<T>>> {
+    /// `index` when no single success fired the list.
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+    /// With fireOnOneCallback, the position of the success that fired the list; else npos.
     std::size_t index = npos;
 };
 
@@ -1969,6 +1996,10 @@ struct DeferredListResult : std::vector<std::pair<bool, Result<T>>> {
 template <class T>
 class DeferredList : public Deferred<DeferredListResult<T>> {
 public:
+    /// Watches `members` (the handles stay usable); `fireOnOneCallback` fires
+    /// with the first success, `fireOnOneErrback` fails with defer::FirstError
+    /// on the first failure, `consumeErrors` takes members' failures (so they
+    /// are not reported as unhandled).
     explicit DeferredList(std::vector<Deferred<T>> members, bool fireOnOneCallback = false,
                           bool fireOnOneErrback = false, bool consumeErrors = false) {
         using ListState = detail::DeferredState<DeferredListResult<T>>;
@@ -2146,6 +2177,7 @@ detail::DeferredAwaiter<T, true> asResult(const Deferred<T>& d) {
 /// lets queued jobs finish, joins the workers, and leaves the pool reusable.
 class ThreadPool {
 public:
+    /// At most `maxThreads` workers (0 counts as 1); none starts before the first job.
     explicit ThreadPool(std::size_t maxThreads = 10) : max_(maxThreads ? maxThreads : 1) {}
     ~ThreadPool() { stop(); }
     ThreadPool(const ThreadPool&) = delete;
@@ -2165,6 +2197,7 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         max_ = n ? n : 1;
     }
+    /// The current maximum number of workers. Thread-safe.
     std::size_t maxThreads() const {
         std::lock_guard<std::mutex> lock(mutex_);
         return max_;
@@ -2174,6 +2207,7 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         return queue_.size() - std::min(queue_.size(), head_);
     }
+    /// Workers started and not yet joined by stop(). Thread-safe.
     std::size_t threadCount() const {
         std::lock_guard<std::mutex> lock(mutex_);
         return workers_.size();
@@ -2268,14 +2302,19 @@ struct ReactorAccess;
 
 /// A transport endpoint address (Twisted's IPv4Address / IPv6Address).
 struct Address {
+    /// The transport type: "TCP".
     std::string type = "TCP";
+    /// The IP literal, without brackets: "127.0.0.1", "::1".
     std::string host;
+    /// The port number (host byte order).
     std::uint16_t port = 0;
+    /// An IPv6 address (Twisted's IPv6Address); str() brackets the host.
     bool ipv6 = false;
     /// "127.0.0.1:8000", or "[::1]:8000" for IPv6.
     std::string str() const {
         return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
     }
+    /// All four fields are equal.
     friend bool operator==(const Address& a, const Address& b) {
         return a.type == b.type && a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
     }
@@ -2290,6 +2329,8 @@ class ListeningPort;
 /// is shared between two reactors. Not thread-safe except callFromThread.
 class Reactor : public IReactorTime {
 public:
+    /// A stopped reactor, time zero now. REACTOR_TRACE set (and not "0") in the
+    /// environment installs a tracer that writes to stderr.
     Reactor() : epoch_(std::chrono::steady_clock::now()) {
         const char* env = std::getenv("REACTOR_TRACE");
         if (env && *env && std::strcmp(env, "0") != 0)
@@ -2404,6 +2445,7 @@ public:
     /// made and lost, Deferreds fired. REACTOR_TRACE=1 in the environment
     /// turns it on (to stderr) for every new Reactor. Off: one branch per event.
     void setTracer(Tracer tracer) { tracer_ = std::move(tracer); }
+    /// A tracer is set: callers can skip building trace lines when not.
     bool tracing() const { return static_cast<bool>(tracer_); }
     /// Sends a line to the tracer (indented under the current turn).
     void trace(std::string_view line) const {
@@ -2436,9 +2478,10 @@ public:
     bool addWriter(int fd, std::function<void()> f) {
         return watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
     }
-    /// Stops watching; removing what is not watched is not an error. Safe
-    /// inside any callback: a removed fd is not dispatched later in the turn.
+    /// Stops calling the reader of `fd`; removing what is not watched is not an
+    /// error. Safe inside any callback: a removed fd is not dispatched later in the turn.
     void removeReader(int fd) { unwatch(fd, os::evRead); }
+    /// Stops calling the writer of `fd` (as removeReader).
     void removeWriter(int fd) { unwatch(fd, os::evWrite); }
     /// Removes every reader and writer added with addReader/addWriter and returns their fds.
     /// TCP transports and ports are not touched: close them (disconnectAll),
@@ -2457,7 +2500,10 @@ public:
         std::vector<std::shared_ptr<detail::Owned>> all = owned_;
         for (auto& o : all) o->shutdownNow();
     }
+    /// Every fd watched for reading: addReader's, TCP connections and ports
+    /// (not the reactor's own wake-up pipe). Twisted's getReaders.
     std::vector<int> getReaders() const { return fdsWith(os::evRead); }
+    /// Every fd watched for writing (addWriter's, TCP connections with data to send).
     std::vector<int> getWriters() const { return fdsWith(os::evWrite); }
     /// Every watched fd (the dirty-reactor check: empty after a clean test).
     std::vector<int> selectables() const { return fdsWith(os::evRead | os::evWrite); }
@@ -2485,6 +2531,8 @@ public:
         if (!pool_) pool_ = std::make_unique<ThreadPool>(poolSize_);
         return *pool_;
     }
+    /// Sets the pool's maximum number of threads (0 counts as 1): now if the
+    /// pool exists, else when getThreadPool() makes it. Twisted's name.
     void suggestThreadPoolSize(std::size_t n) {
         poolSize_ = n;
         if (pool_) pool_->setMaxThreads(n);
@@ -2931,8 +2979,14 @@ inline void Reactor::stop() {
 class IProducer {
 public:
     virtual ~IProducer() = default;
+    /// Stop producing until resumeProducing() (a streaming producer; the
+    /// consumer calls it when its buffer is full). Default: nothing.
     virtual void pauseProducing() {}
+    /// Streaming: start producing again. Pull: produce one chunk now (the
+    /// consumer calls it each time its buffer drains).
     virtual void resumeProducing() = 0;
+    /// Stop for good: the consumer is going away (a TCP transport calls it
+    /// when the connection closes with the producer still registered).
     virtual void stopProducing() = 0;
 };
 
@@ -2959,18 +3013,24 @@ public:
     virtual void abortConnection() = 0;
     /// Half-close: shuts down the sending side once the buffer drains.
     virtual void loseWriteConnection() = 0;
+    /// The other end's address.
     virtual Address getPeer() const = 0;
+    /// Our end's address.
     virtual Address getHost() const = 0;
     /// Flow control for outgoing data: a streaming producer is paused while
     /// the buffer is above the high-water mark and resumed below the low
     /// one; a pull producer is asked for more each time the buffer drains.
     virtual void registerProducer(IProducer* producer, bool streaming) = 0;
+    /// Detaches the registered producer. A loseConnection() that was
+    /// waiting for it (on TCP) then completes.
     virtual void unregisterProducer() = 0;
-    /// TCP options; false where the transport has no such thing.
+    /// Sets TCP_NODELAY; false where the transport has no such option.
     virtual bool setTcpNoDelay(bool enabled) { (void)enabled; return false; }
+    /// Sets SO_KEEPALIVE; false where the transport has no such option.
     virtual bool setTcpKeepAlive(bool enabled) { (void)enabled; return false; }
-    /// The current TCP_NODELAY / SO_KEEPALIVE settings (false where none).
+    /// The current TCP_NODELAY setting (false where there is none).
     virtual bool getTcpNoDelay() const { return false; }
+    /// The current SO_KEEPALIVE setting (false where there is none).
     virtual bool getTcpKeepAlive() const { return false; }
 
     bool connected = false;      ///< true until the connection is gone
@@ -3006,6 +3066,8 @@ public:
     /// readConnectionLost() when the peer stops sending, instead of
     /// connectionLost(ConnectionDone); you then call loseConnection() yourself.
     virtual bool halfCloseable() const { return false; }
+    /// The peer stopped sending (halfCloseable protocols only); reading has
+    /// stopped and we can still write.
     virtual void readConnectionLost() {}
     /// Our loseWriteConnection() completed (only for halfCloseable protocols).
     virtual void writeConnectionLost() {}
@@ -3024,6 +3086,7 @@ public:
 
     ITransport* transport = nullptr;  ///< valid from makeConnection until connectionLost returns
     Factory* factory = nullptr;       ///< the factory that built this protocol, if any
+    /// Set by makeConnection; false again before connectionLost is called.
     bool connected = false;
 };
 
@@ -3061,14 +3124,17 @@ public:
     /// Called once after the last one stops.
     virtual void stopFactory() {}
 
-    /// Reference-counted start/stop, called by ports and connectors.
+    /// Called by a port or connector when it starts using the factory; the
+    /// first call runs startFactory().
     void doStart() {
         if (numPorts++ == 0) startFactory();
     }
+    /// Called when one stops; the last call runs stopFactory(). Extra calls are ignored.
     void doStop() {
         if (numPorts == 0) return;
         if (--numPorts == 0) stopFactory();
     }
+    /// How many ports and connectors are using the factory (Twisted's numPorts).
     int numPorts = 0;
 };
 
@@ -3784,6 +3850,7 @@ private:
 class ListeningPort {
 public:
     ListeningPort() = default;
+    /// Wraps a port; Reactor::listenTCP makes these.
     explicit ListeningPort(std::shared_ptr<detail::TcpPort> port) : port_(std::move(port)) {}
     /// Where it listens; with port 0, the port the OS picked.
     Address getHost() const { return port_ ? port_->getHost() : Address{}; }
@@ -3793,7 +3860,9 @@ public:
     void stopListening() {
         if (port_) port_->stopListening();
     }
+    /// Accepting connections: the bind succeeded and stopListening() has not run.
     bool listening() const { return port_ && port_->listening(); }
+    /// Same as listening().
     explicit operator bool() const { return listening(); }
 
 private:
@@ -3962,15 +4031,23 @@ inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, 
 /// use a Clock.
 class ReconnectingClientFactory : public ClientFactory {
 public:
+    /// Retry timers go on `clockRef` (a Reactor, or a Clock in tests), which
+    /// must outlive the factory.
     explicit ReconnectingClientFactory(IReactorTime& clockRef) : clock(&clockRef) {}
 
+    /// The longest delay between attempts, in seconds.
     double maxDelay = 3600;
+    /// What resetDelay() sets `delay` back to, in seconds.
     double initialDelay = 1.0;
+    /// Each retry multiplies the delay by this.
     double factor = 2.7182818284590451;  // e
+    /// The random spread: standard deviation as a fraction of the delay (0: none).
     double jitter = 0.119626565582;      // Twisted's: the molar Planck constant times c
     double delay = 1.0;                  ///< the current delay (initialDelay after resetDelay)
+    /// Retries since the last resetDelay() (compared with maxRetries).
     int retries = 0;
     int maxRetries = -1;                 ///< -1: retry forever
+    /// Retry after a failure or a loss; stopTrying() clears it, resetDelay() sets it.
     bool continueTrying = true;
     /// The connector being retried. Weak: a connector made with the
     /// shared_ptr overload of connectTCP owns its factory, and a strong
@@ -3985,6 +4062,7 @@ public:
 
     /// Remembers the connector, so stopTrying() can stop even the first attempt.
     void startedConnecting(IConnector& c) override { connector = c.weak_from_this(); }
+    /// The attempt failed: retry() while continueTrying.
     void clientConnectionFailed(IConnector& c, const Failure& reason) override {
         (void)reason;
         if (continueTrying) {
@@ -3992,6 +4070,7 @@ public:
             retry();
         }
     }
+    /// The connection ended: retry() while continueTrying.
     void clientConnectionLost(IConnector& c, const Failure& reason) override {
         (void)reason;
         if (continueTrying) {
@@ -4236,10 +4315,13 @@ public:
         if (transport) transport->resumeProducing();
         dataReceived({});
     }
+    /// Stops delivering lines for good and stops the transport (on TCP:
+    /// loseConnection()).
     void stopProducing() override {
         paused_ = true;
         if (transport) transport->stopProducing();
     }
+    /// pauseProducing() (or stopProducing()) is in effect.
     bool paused() const { return paused_; }
 
     /// Called by the transport with each chunk read. Re-entrant calls (from
@@ -4331,7 +4413,9 @@ private:
 /// close the connection (Twisted keeps it, #7500).
 class LineOnlyReceiver : public Protocol {
 public:
+    /// The line delimiter; must not be empty.
     std::string delimiter = "\r\n";
+    /// The longest line accepted (without delimiter).
     std::size_t MAX_LENGTH = 16384;
 
     /// Called by dataReceived for each complete line, without its delimiter.
@@ -4534,13 +4618,15 @@ private:
 /// resumeProducing().
 class IntNStringReceiver : public Protocol, public IProducer {
 public:
-    /// The size of the length prefix in bytes (1, 2 or 4 in Twisted).
+    /// A length prefix of `prefixBytes` bytes (Twisted uses 1, 2 or 4); outside
+    /// 1 to 8 it is an error::ValueError (without exceptions: logged, 4 is used).
     explicit IntNStringReceiver(std::size_t prefixBytes)
         : prefixLength(prefixBytes >= 1 && prefixBytes <= 8 ? prefixBytes : 4) {
         if (prefixLength != prefixBytes)
             detail::raise<error::ValueError>("IntNStringReceiver: prefixLength must be 1 to 8 bytes");
     }
 
+    /// The size of the length prefix in bytes (1 to 8), fixed at construction.
     const std::size_t prefixLength;
     /// The longest string accepted.
     std::size_t MAX_LENGTH = 99999;
@@ -4576,19 +4662,24 @@ public:
     /// Bytes buffered and not yet delivered (for tests and monitoring).
     std::size_t bufferedSize() const { return buf_.size(); }
 
+    /// Holds the following strings (they stay buffered) and stops reading.
     void pauseProducing() override {
         paused_ = true;
         if (transport) transport->pauseProducing();
     }
+    /// Starts reading again and delivers the held strings, in order.
     void resumeProducing() override {
         paused_ = false;
         if (transport) transport->resumeProducing();
         dataReceived({});
     }
+    /// Stops delivering strings for good and stops the transport (on TCP:
+    /// loseConnection()).
     void stopProducing() override {
         paused_ = true;
         if (transport) transport->stopProducing();
     }
+    /// pauseProducing() (or stopProducing()) is in effect.
     bool paused() const { return paused_; }
 
     /// Called by the transport with each chunk read. Re-entrant calls only
@@ -4637,16 +4728,19 @@ private:
 /// A 4-byte big-endian length prefix (Twisted's Int32StringReceiver).
 class Int32StringReceiver : public IntNStringReceiver {
 public:
+    /// prefixLength 4.
     Int32StringReceiver() : IntNStringReceiver(4) {}
 };
 /// A 2-byte big-endian length prefix (Twisted's Int16StringReceiver).
 class Int16StringReceiver : public IntNStringReceiver {
 public:
+    /// prefixLength 2.
     Int16StringReceiver() : IntNStringReceiver(2) {}
 };
 /// A 1-byte length prefix (Twisted's Int8StringReceiver).
 class Int8StringReceiver : public IntNStringReceiver {
 public:
+    /// prefixLength 1.
     Int8StringReceiver() : IntNStringReceiver(1) {}
 };
 
@@ -4719,6 +4813,7 @@ namespace task {
 /// Destroying it cancels the pending call (the start() Deferred never fires).
 class LoopingCall {
 public:
+    /// Will call `f` on `clock` (which must outlive it); nothing runs before start().
     template <class F>
     LoopingCall(IReactorTime& clock, F f) : clock_(clock), alive_(std::make_shared<LoopingCall*>(this)) {
         f_ = [f = std::move(f)]() mutable { return detail::asVoid(maybeDeferred(f)); };
@@ -4780,6 +4875,7 @@ public:
         schedule();
     }
 
+    /// Between start() and stop() (or a failure of `f`).
     bool running() const { return running_; }
     /// When the loop was started (or last reset), on the clock's scale.
     double starttime() const { return starttime_; }
@@ -4906,7 +5002,9 @@ struct Message {
     std::vector<std::string> params;  ///< middle params, then the trailing one
     std::string error;    ///< non-empty: the line was malformed
 
+    /// The line parsed: `error` is empty.
     bool ok() const { return error.empty(); }
+    /// Same as ok().
     explicit operator bool() const { return ok(); }
     /// The value of tag `key`, or null when the tag is absent.
     const std::string* tag(std::string_view key) const {
@@ -5107,15 +5205,20 @@ inline std::string ctcpDequote(std::string_view s) {
 
 /// One CTCP message: a tag ("PING") and its data (absent for "\x01VERSION\x01").
 struct CtcpMessage {
+    /// The CTCP command as sent: "PING", "ACTION".
     std::string tag;
+    /// What follows the first space; absent when there is no space.
     std::optional<std::string> data;
+    /// Same tag and same data.
     friend bool operator==(const CtcpMessage& a, const CtcpMessage& b) { return a.tag == b.tag && a.data == b.data; }
 };
 
 /// What ctcpExtract returns: the CTCP (extended) messages and the plain text
 /// pieces around them, empty pieces dropped.
 struct CtcpExtracted {
+    /// The CTCP messages, dequoted, in order.
     std::vector<CtcpMessage> extended;
+    /// The plain-text pieces around them, in order.
     std::vector<std::string> normal;
 };
 
@@ -5209,17 +5312,24 @@ inline std::vector<std::string> split(std::string_view text, std::size_t length 
 
 /// One mode change: the mode letter and its parameter, if it takes one.
 struct ModeChange {
+    /// The mode letter ('o').
     char mode = 0;
+    /// Its parameter ("alice" in "+o alice"); absent for a mode without one.
     std::optional<std::string> param;
+    /// Same letter and same parameter.
     friend bool operator==(const ModeChange& a, const ModeChange& b) { return a.mode == b.mode && a.param == b.param; }
 };
 
 /// What parseModes returns; `error` is set for a malformed mode string
 /// (Twisted raises IRCBadModes with the same messages).
 struct ParsedModes {
+    /// The modes after a '+', in order.
     std::vector<ModeChange> added;
+    /// The modes after a '-', in order.
     std::vector<ModeChange> removed;
+    /// Why the mode string is malformed; empty if it parsed (else the lists are partial).
     std::string error;
+    /// The mode string parsed: `error` is empty.
     bool ok() const { return error.empty(); }
 };
 
@@ -5309,8 +5419,11 @@ class ServerSupportedFeatures {
 public:
     /// A PREFIX entry: mode 'o' shows as symbol '@'; priority 0 is the highest.
     struct PrefixMode {
+        /// The mode letter ('o').
         char mode;
+        /// The prefix shown before a nick ('@').
         char symbol;
+        /// Its position in PREFIX; 0 is the highest.
         int priority;
     };
     /// CHANMODES, in its four categories.
@@ -5321,6 +5434,8 @@ public:
         std::string noParam;       ///< never a param (n, t)
     };
 
+    /// Twisted's defaults, not marked announced: CHANNELLEN 200, CHANTYPES #&,
+    /// MODES 3, NICKLEN 9, PREFIX (ovh)@+%, CHANMODES b,,lk,.
     ServerSupportedFeatures() {
         set("CHANNELLEN", {"200"}, false);
         set("CHANTYPES", {"#&"}, false);
@@ -5408,7 +5523,9 @@ public:
         for (std::size_t i = 0; i < v->size() && i < 4; ++i) *fields[i] = (*v)[i];
         return out;
     }
+    /// NICKLEN (9 when absent or not a number).
     int nickLen() const { return getFeatureInt("NICKLEN", 9); }
+    /// CHANNELLEN (200 when absent or not a number).
     int channelLen() const { return getFeatureInt("CHANNELLEN", 200); }
     /// Params accepted per MODE command; nullopt when unlimited/unknown.
     std::optional<int> modes() const {
@@ -5416,6 +5533,7 @@ public:
         if (!hasFeature("MODES") || (v = getFeatureInt("MODES", -1)) < 0) return std::nullopt;
         return v;
     }
+    /// NETWORK, the network's name ("" when not announced).
     std::string network() const { return getFeatureString("NETWORK"); }
     /// CASEMAPPING ("rfc1459" when not announced).
     std::string caseMapping() const { return getFeatureString("CASEMAPPING", "rfc1459"); }
@@ -5518,7 +5636,9 @@ public:
     std::string userinfo;           ///< CTCP USERINFO reply; empty: no reply
     std::string fingerReply;        ///< CTCP FINGER reply; empty: no reply
     std::string versionName;        ///< CTCP VERSION reply name; empty: no reply
+    /// CTCP VERSION reply version (sent only when versionName is set).
     std::string versionNum;
+    /// CTCP VERSION reply environment (sent only when versionName is set).
     std::string versionEnv;
     std::string sourceURL = "https://example.invalid/reactor.hpp";  ///< CTCP SOURCE reply
     double lineRate = 0;            ///< seconds between lines sent (needs `clock`); 0: no delay
@@ -5762,10 +5882,12 @@ public:
         signedOn();
         startHeartbeat();
     }
+    /// 002: yourHost(text).
     virtual void irc_RPL_YOURHOST(const std::string& prefix, const std::vector<std::string>& params) {
         (void)prefix;
         if (need(params, 2, "RPL_YOURHOST")) yourHost(params[1]);
     }
+    /// 003: created(text).
     virtual void irc_RPL_CREATED(const std::string& prefix, const std::vector<std::string>& params) {
         (void)prefix;
         if (need(params, 2, "RPL_CREATED")) created(params[1]);
@@ -5800,10 +5922,12 @@ public:
         supported.parse(options);
         isupport(options);
     }
+    /// 010: bounce(text).
     virtual void irc_RPL_BOUNCE(const std::string& prefix, const std::vector<std::string>& params) {
         (void)prefix;
         if (need(params, 2, "RPL_BOUNCE")) bounce(params[1]);
     }
+    /// 251: luserClient(text).
     virtual void irc_RPL_LUSERCLIENT(const std::string& prefix, const std::vector<std::string>& params) {
         (void)prefix;
         if (need(params, 2, "RPL_LUSERCLIENT")) luserClient(params[1]);
@@ -5820,6 +5944,7 @@ public:
         int n = 0;
         if (params.size() >= 2 && detail::parseInt(params[1], n)) luserChannels(n);
     }
+    /// 255: luserMe(text).
     virtual void irc_RPL_LUSERME(const std::string& prefix, const std::vector<std::string>& params) {
         (void)prefix;
         if (need(params, 2, "RPL_LUSERME")) luserMe(params[1]);
@@ -5907,19 +6032,26 @@ public:
 
     /// 001 arrived: registration is complete. Join channels here.
     virtual void signedOn() {}
+    /// 003: when the server was created (the server's free text).
     virtual void created(const std::string& when) { (void)when; }
+    /// 002: the server's name and version (free text).
     virtual void yourHost(const std::string& info) { (void)info; }
     /// 004; fields the server left out are "".
     virtual void myInfo(const std::string& servername, const std::string& version, const std::string& umodes,
                         const std::string& cmodes) {
         (void)servername, (void)version, (void)umodes, (void)cmodes;
     }
+    /// 251: how many users and servers there are (free text).
     virtual void luserClient(const std::string& info) { (void)info; }
+    /// 010: the server points us to another server (free text).
     virtual void bounce(const std::string& info) { (void)info; }
     /// 005 tokens, after `supported` has parsed them.
     virtual void isupport(const std::vector<std::string>& options) { (void)options; }
+    /// 254: how many channels there are.
     virtual void luserChannels(int channels) { (void)channels; }
+    /// 252: how many IRC operators are online.
     virtual void luserOp(int ops) { (void)ops; }
+    /// 255: this server's own clients and servers (free text).
     virtual void luserMe(const std::string& info) { (void)info; }
     /// The MOTD lines between 375 and 376.
     virtual void receivedMOTD(const std::vector<std::string>& lines) { (void)lines; }
@@ -5929,7 +6061,9 @@ public:
     }
     /// We joined `channel` (the server echoed our JOIN).
     virtual void joined(const std::string& channel) { (void)channel; }
+    /// We left `channel` (the server echoed our PART).
     virtual void left(const std::string& channel) { (void)channel; }
+    /// We were kicked from `channel` by `kicker` (a nick), with `message`.
     virtual void kickedFrom(const std::string& channel, const std::string& kicker, const std::string& message) {
         (void)channel, (void)kicker, (void)message;
     }
@@ -5942,6 +6076,7 @@ public:
     virtual void privmsg(const std::string& user, const std::string& channel, const std::string& message) {
         (void)user, (void)channel, (void)message;
     }
+    /// A NOTICE (CTCP replies go to ctcpReply); arguments as for privmsg.
     virtual void noticed(const std::string& user, const std::string& channel, const std::string& message) {
         (void)user, (void)channel, (void)message;
     }
@@ -5951,8 +6086,11 @@ public:
     }
     /// Someone else joined; `user` is the nick only.
     virtual void userJoined(const std::string& user, const std::string& channel) { (void)user, (void)channel; }
+    /// Someone else left `channel`; `user` is the nick only.
     virtual void userLeft(const std::string& user, const std::string& channel) { (void)user, (void)channel; }
+    /// Someone quit (we too: see irc_QUIT); `user` is the nick only.
     virtual void userQuit(const std::string& user, const std::string& quitMessage) { (void)user, (void)quitMessage; }
+    /// Someone else (`kickee`) was kicked from `channel` by `kicker` (nicks).
     virtual void userKicked(const std::string& kickee, const std::string& channel, const std::string& kicker,
                             const std::string& message) {
         (void)kickee, (void)channel, (void)kicker, (void)message;
@@ -5961,6 +6099,7 @@ public:
     virtual void topicUpdated(const std::string& user, const std::string& channel, const std::string& newTopic) {
         (void)user, (void)channel, (void)newTopic;
     }
+    /// Someone else changed nick from `oldname` to `newname`.
     virtual void userRenamed(const std::string& oldname, const std::string& newname) { (void)oldname, (void)newname; }
     /// Modes set (`set`) or unset on `channel` (or on us); `args[i]` is the
     /// parameter of `modes[i]`, if it has one.
@@ -6008,6 +6147,7 @@ public:
             startHeartbeat();
         });
     }
+    /// Cancels the heartbeat; connectionLost and the destructor call it.
     void stopHeartbeat() {
         if (heartbeat_.active()) heartbeat_.cancel();
         heartbeat_ = DelayedCall();
@@ -6034,9 +6174,11 @@ public:
             else ctcpUnknownQuery(user, channel, m.tag, m.data);
         }
     }
+    /// ACTION: action(user, channel, data) ("" without data).
     virtual void ctcpQuery_ACTION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         action(user, channel, data.value_or(""));
     }
+    /// PING: echoes the data back to the sender's nick.
     virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         (void)channel;
         ctcpMakeReply(detail::nickOf(user), {{"PING", data}});
@@ -6048,17 +6190,21 @@ public:
         if (versionName.empty()) return;
         ctcpMakeReply(detail::nickOf(user), {{"VERSION", versionName + ":" + versionNum + ":" + versionEnv}});
     }
+    /// Replies with sourceURL, then an empty SOURCE (end of list); nothing
+    /// when sourceURL is empty.
     virtual void ctcpQuery_SOURCE(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         (void)channel;
         if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a SOURCE query?");
         if (sourceURL.empty()) return;
         ctcpMakeReply(detail::nickOf(user), {{"SOURCE", sourceURL}, {"SOURCE", std::nullopt}});
     }
+    /// Replies with userinfo; nothing when it is empty.
     virtual void ctcpQuery_USERINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         (void)channel;
         if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a USERINFO query?");
         if (!userinfo.empty()) ctcpMakeReply(detail::nickOf(user), {{"USERINFO", userinfo}});
     }
+    /// Replies with fingerReply; nothing when it is empty.
     virtual void ctcpQuery_FINGER(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         (void)channel;
         if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a FINGER query?");
@@ -6089,6 +6235,7 @@ public:
             }
         ctcpMakeReply(nick, {{"ERRMSG", "CLIENTINFO " + *data + " :Unknown query '" + tag + "'"}});
     }
+    /// Replies ERRMSG "<data> :No error has occurred.".
     virtual void ctcpQuery_ERRMSG(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         (void)channel;
         ctcpMakeReply(detail::nickOf(user), {{"ERRMSG", data.value_or("") + " :No error has occurred."}});
@@ -6134,6 +6281,7 @@ public:
         }
         reactor::log(LogLevel::warning, "irc: Bogus PING response from " + printable(user) + ": " + printable(key));
     }
+    /// A CTCP reply other than PING. Default: a log line.
     virtual void ctcpUnknownReply(const std::string& user, const std::string& channel, const std::string& tag,
                                   const std::optional<std::string>& data) {
         (void)channel, (void)data;
@@ -6507,6 +6655,8 @@ private:
 ///     CHECK(t.value() == "expected reply\r\n");
 class StringTransport : public ITransport {
 public:
+    /// Connected from the start; getHost()/getPeer() return `host` and `peer`
+    /// (Twisted's defaults).
     explicit StringTransport(Address host = {"TCP", "10.0.0.1", 12345, false},
                              Address peer = {"TCP", "192.168.1.1", 54321, false})
         : hostAddress(std::move(host)), peerAddress(std::move(peer)) {
@@ -6515,32 +6665,43 @@ public:
 
     /// Everything written since the last clear().
     const std::string& value() const { return io_; }
+    /// Empties value().
     void clear() { io_.clear(); }
 
+    /// Appends `data` to value().
     void write(std::string_view data) override { io_.append(data); }  // accepted even after loseConnection, as Twisted
+    /// Appends each piece to value().
     void writeSequence(const std::string_view* parts, std::size_t count) override {
         for (std::size_t i = 0; i < count; ++i) io_.append(parts[i]);
     }
     /// Only records the request: connectionLost is not called (see
     /// StringTransportWithDisconnection for that).
     void loseConnection() override { disconnecting = true; }
+    /// Only records the request: sets disconnecting and aborted.
     void abortConnection() override {
         disconnecting = true;
         aborted = true;
     }
+    /// Only records the request: sets writeConnectionLost.
     void loseWriteConnection() override { writeConnectionLost = true; }
+    /// peerAddress.
     Address getPeer() const override { return peerAddress; }
+    /// hostAddress.
     Address getHost() const override { return hostAddress; }
 
-    /// The reading side, as the protocol controls it: "producing", "paused", "stopped".
+    /// The reading side, as the protocol controls it: producerState = "paused";
+    /// an error after loseConnection.
     void pauseProducing() override {
         if (checkNotDisconnecting("pause")) producerState = "paused";
     }
+    /// producerState = "producing"; an error after loseConnection.
     void resumeProducing() override {
         if (checkNotDisconnecting("resume")) producerState = "producing";
     }
+    /// producerState = "stopped".
     void stopProducing() override { producerState = "stopped"; }
 
+    /// Records `producer` and `streaming`; registering a second one is an error.
     void registerProducer(IProducer* p, bool isStreaming) override {
         if (producer) {
             detail::raise<error::RuntimeError>("Cannot register two producers");
@@ -6549,6 +6710,7 @@ public:
         producer = p;
         streaming = isStreaming;
     }
+    /// Clears `producer`; an error when none is registered.
     void unregisterProducer() override {
         if (!producer) {
             detail::raise<error::RuntimeError>("Cannot unregister a producer unless one is registered");
@@ -6556,17 +6718,26 @@ public:
         }
         producer = nullptr;
     }
+    /// Records the setting in noDelay; returns true.
     bool setTcpNoDelay(bool enabled) override { return noDelay = enabled, true; }
+    /// Records the setting in keepAlive; returns true.
     bool setTcpKeepAlive(bool enabled) override { return keepAlive = enabled, true; }
 
+    /// What the protocol asked of the reading side: "producing", "paused", "stopped".
     std::string producerState = "producing";
     IProducer* producer = nullptr;  ///< the registered producer, if any
+    /// The registered producer is a streaming one (registerProducer's argument).
     bool streaming = false;
+    /// abortConnection() was called.
     bool aborted = false;
     bool writeConnectionLost = false;  ///< loseWriteConnection() was called
+    /// The last setTcpNoDelay() value.
     bool noDelay = false;
+    /// The last setTcpKeepAlive() value.
     bool keepAlive = false;
+    /// What getHost() returns.
     Address hostAddress;
+    /// What getPeer() returns.
     Address peerAddress;
 
 private:
@@ -6584,7 +6755,10 @@ private:
 class StringTransportWithDisconnection : public StringTransport {
 public:
     using StringTransport::StringTransport;
+    /// The protocol to tell (not owned): loseConnection() calls its connectionLost.
     Protocol* protocol = nullptr;
+    /// Once: sets disconnecting, clears connected (ours and the protocol's) and
+    /// calls protocol->connectionLost(ConnectionDone).
     void loseConnection() override {
         if (!connected) return;
         StringTransport::loseConnection();
