@@ -4090,7 +4090,7 @@ public:
         }
         ++retries;
         if (maxRetries >= 0 && retries > maxRetries) {
-            log(LogLevel::info, "Abandoning " + c->getDestination().str() + " after " + std::to_string(retries - 1) +
+            log(LogLevel::info, "Abandoning " + c->getDestination().str() + " after " + std::to_string(retries) +
                                     " retries.");
             return;
         }
@@ -4240,6 +4240,36 @@ private:
 
 }  // namespace detail
 
+/// A protocol that can hold delivery of what it has framed (Twisted's
+/// _PauseableMixin): as a producer, pausing it stops both the callbacks and
+/// the transport's reading; resuming delivers what was held, in order.
+/// The base of LineReceiver and IntNStringReceiver.
+class PauseableProtocol : public Protocol, public IProducer {
+public:
+    /// Stop delivering messages (buffered ones wait) and stop reading.
+    void pauseProducing() override {
+        paused_ = true;
+        if (transport) transport->pauseProducing();
+    }
+    /// Start reading again and deliver what was held, in order.
+    void resumeProducing() override {
+        paused_ = false;
+        if (transport) transport->resumeProducing();
+        dataReceived({});
+    }
+    /// Stops delivering messages for good and stops the transport (on TCP:
+    /// loseConnection()).
+    void stopProducing() override {
+        paused_ = true;
+        if (transport) transport->stopProducing();
+    }
+    /// pauseProducing() (or stopProducing()) is in effect.
+    bool paused() const { return paused_; }
+
+protected:
+    bool paused_ = false;
+};
+
 /// Splits incoming data into lines (Twisted's LineReceiver), with a raw
 /// mode for binary payloads. Semantics follow Twisted exactly:
 /// - a line longer than MAX_LENGTH calls lineLengthExceeded (default: close
@@ -4260,7 +4290,7 @@ private:
 ///   still deliver one line; here it does not depend on how reads are cut);
 ///   later bytes are kept for clearLineBuffer() up to MAX_LENGTH +
 ///   delimiter, then discarded.
-class LineReceiver : public Protocol, public IProducer {
+class LineReceiver : public PauseableProtocol {
 public:
     /// The line delimiter; settable per instance, even from lineReceived.
     std::string delimiter = "\r\n";
@@ -4303,26 +4333,6 @@ public:
     }
     /// Bytes buffered and not yet delivered (for tests and monitoring).
     std::size_t bufferedSize() const { return buf_.size(); }
-
-    /// Stop delivering lines (buffered ones wait) and stop reading.
-    void pauseProducing() override {
-        paused_ = true;
-        if (transport) transport->pauseProducing();
-    }
-    /// Start reading again and deliver what was held, in order.
-    void resumeProducing() override {
-        paused_ = false;
-        if (transport) transport->resumeProducing();
-        dataReceived({});
-    }
-    /// Stops delivering lines for good and stops the transport (on TCP:
-    /// loseConnection()).
-    void stopProducing() override {
-        paused_ = true;
-        if (transport) transport->stopProducing();
-    }
-    /// pauseProducing() (or stopProducing()) is in effect.
-    bool paused() const { return paused_; }
 
     /// Called by the transport with each chunk read. Re-entrant calls (from
     /// inside a callback) only queue the bytes.
@@ -4397,7 +4407,6 @@ private:
     std::size_t searchFrom_ = 0;  // offset in buf_.pending() where the search resumes
     std::string searchDelimiter_ = "\r\n";
     bool lineMode_ = true;
-    bool paused_ = false;
 };
 
 /// Lines only (Twisted's LineOnlyReceiver): no raw mode, no pausing, a
@@ -4616,7 +4625,7 @@ private:
 /// Int16StringReceiver or Int8StringReceiver. Pausable like LineReceiver:
 /// pauseProducing() inside stringReceived holds the following strings until
 /// resumeProducing().
-class IntNStringReceiver : public Protocol, public IProducer {
+class IntNStringReceiver : public PauseableProtocol {
 public:
     /// A length prefix of `prefixBytes` bytes (Twisted uses 1, 2 or 4); outside
     /// 1 to 8 it is an error::ValueError (without exceptions: logged, 4 is used).
@@ -4662,26 +4671,6 @@ public:
     /// Bytes buffered and not yet delivered (for tests and monitoring).
     std::size_t bufferedSize() const { return buf_.size(); }
 
-    /// Holds the following strings (they stay buffered) and stops reading.
-    void pauseProducing() override {
-        paused_ = true;
-        if (transport) transport->pauseProducing();
-    }
-    /// Starts reading again and delivers the held strings, in order.
-    void resumeProducing() override {
-        paused_ = false;
-        if (transport) transport->resumeProducing();
-        dataReceived({});
-    }
-    /// Stops delivering strings for good and stops the transport (on TCP:
-    /// loseConnection()).
-    void stopProducing() override {
-        paused_ = true;
-        if (transport) transport->stopProducing();
-    }
-    /// pauseProducing() (or stopProducing()) is in effect.
-    bool paused() const { return paused_; }
-
     /// Called by the transport with each chunk read. Re-entrant calls only
     /// queue the bytes.
     void dataReceived(std::string_view data) override {
@@ -4721,7 +4710,6 @@ public:
 
 private:
     detail::FrameBuffer buf_;
-    bool paused_ = false;
     bool exceeded_ = false;
 };
 
@@ -4869,7 +4857,11 @@ public:
             detail::raise<error::RuntimeError>("Tried to reset a LoopingCall that was not running.");
             return;
         }
-        if (call_.active()) call_.cancel();
+        // Only between calls, as Twisted: from inside `f` (or while its
+        // Deferred is pending) the next call is scheduled when `f` finishes,
+        // and a second timer would make the loop run twice per interval.
+        if (!call_.active()) return;
+        call_.cancel();
         call_ = DelayedCall();
         starttime_ = clock_.seconds();
         schedule();
@@ -6722,6 +6714,10 @@ public:
     bool setTcpNoDelay(bool enabled) override { return noDelay = enabled, true; }
     /// Records the setting in keepAlive; returns true.
     bool setTcpKeepAlive(bool enabled) override { return keepAlive = enabled, true; }
+    /// The recorded noDelay.
+    bool getTcpNoDelay() const override { return noDelay; }
+    /// The recorded keepAlive.
+    bool getTcpKeepAlive() const override { return keepAlive; }
 
     /// What the protocol asked of the reading side: "producing", "paused", "stopped".
     std::string producerState = "producing";

@@ -250,3 +250,36 @@ TEST_CASE("a before-shutdown trigger returning a Deferred delays shutdown until 
 }
 
 }  // TEST_SUITE reactor
+
+TEST_SUITE("task") {
+
+TEST_CASE("LoopingCall::reset from inside f does not double the loop (Twisted: a no-op there)") {
+    Clock clock;
+    int calls = 0;
+    task::LoopingCall* self = nullptr;
+    task::LoopingCall lc(clock, [&] {
+        if (++calls == 1) self->reset();
+    });
+    self = &lc;
+    lc.start(1.0);
+    clock.pump(std::vector<double>(10, 1.0));
+    CHECK(calls == 11);  // once at start, then once per second
+    CHECK(clock.getDelayedCalls().size() == 1);
+    lc.stop();
+}
+
+TEST_CASE("LoopingCall::reset between calls restarts the interval from now") {
+    Clock clock;
+    int calls = 0;
+    task::LoopingCall lc(clock, [&] { ++calls; });
+    lc.start(1.0, false);
+    clock.advance(0.5);
+    lc.reset();
+    clock.advance(0.9);
+    CHECK(calls == 0);
+    clock.advance(0.1);
+    CHECK(calls == 1);
+    lc.stop();
+}
+
+}  // TEST_SUITE task
