@@ -2295,6 +2295,10 @@ public:
     virtual ~Owned() = default;
     /// Close now: called during shutdown and by ~Reactor.
     virtual void shutdownNow() = 0;
+    /// The descriptor it watches (-1 if none) and what it is, for
+    /// dirty-reactor reports: "TCP connection to 127.0.0.1:5555 (Echo)".
+    virtual int descriptor() const = 0;
+    virtual std::string describe() const = 0;
     std::size_t ownedIndex = static_cast<std::size_t>(-1);
 };
 struct ReactorAccess;
@@ -2507,6 +2511,13 @@ public:
     std::vector<int> getWriters() const { return fdsWith(os::evWrite); }
     /// Every watched fd (the dirty-reactor check: empty after a clean test).
     std::vector<int> selectables() const { return fdsWith(os::evRead | os::evWrite); }
+    /// What is behind a watched descriptor, for reports: a TCP connection or
+    /// port (with its protocol), or "added with addReader/addWriter".
+    std::string describeSelectable(int fd) const {
+        for (const auto& o : owned_)
+            if (o->descriptor() == fd) return o->describe();
+        return "added with addReader/addWriter";
+    }
     /// Pending timers (the dirty-reactor check: empty after a clean test).
     std::vector<DelayedCall> pendingCalls() const { return getDelayedCalls(); }
 
@@ -3364,12 +3375,16 @@ public:
     }
     void loseConnection() override {
         if (!connected || disconnecting || aborting_) return;
+        if (reactor_.tracing())
+            reactor_.trace("transport.loseConnection(): closing once " + std::to_string(pending()) +
+                           " buffered bytes are sent");
         disconnecting = true;
         stopReading();
         startWriting();  // doWrite closes once the buffer is empty
     }
     void abortConnection() override {
         if (!connected || aborting_) return;
+        if (reactor_.tracing()) reactor_.trace("transport.abortConnection(): dropping the buffer, resetting");
         aborting_ = true;
         stopReading();
         stopWriting();
@@ -3420,6 +3435,11 @@ public:
     }
 
     void shutdownNow() override { closeWith(Failure(error::ConnectionLost("Connection lost")), false); }
+    int descriptor() const override { return fd_; }
+    std::string describe() const override {
+        return std::string("TCP connection ") + (connector_ ? "to " : "from ") + peer_.str() +
+               (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
+    }
 
     void setPeer(Address a) { peer_ = std::move(a); }
     Protocol* protocol() const { return protocol_.get(); }
@@ -3590,6 +3610,8 @@ public:
     void shutdownNow() override {
         if (state_ == State::connecting) fail(Failure(error::UserError("Reactor shut down while connecting.")));
     }
+    int descriptor() const override { return fd_; }
+    std::string describe() const override { return "TCP connection attempt to " + getDestination().str(); }
 
     /// Called by the transport when the established connection ends.
     inline void connectionLost(const Failure& reason);
@@ -3798,6 +3820,8 @@ public:
         ReactorAccess::release(reactor_, this);
     }
     void shutdownNow() override { stopListening(); }
+    int descriptor() const override { return fd_; }
+    std::string describe() const override { return "TCP port listening on " + host_.str(); }
 
 private:
     void closeSocket() {
@@ -4381,6 +4405,7 @@ private:
                 if (pending.size() >= detail::addSaturated(MAX_LENGTH, delimiter.size())) {
                     std::string line = buf_.take(true);
                     searchFrom_ = 0;
+                    traceExceeded(line.size());
                     lineLengthExceeded(line);
                 } else {  // resume the search where a partial delimiter may start
                     searchFrom_ = pending.size() - std::min(pending.size(), delimiter.size() - 1);
@@ -4390,6 +4415,7 @@ private:
             if (at > MAX_LENGTH) {
                 std::string exceeded = buf_.take(true);  // line + delimiter + the rest
                 searchFrom_ = 0;
+                traceExceeded(at);
                 lineLengthExceeded(exceeded);
                 break;
             }
@@ -4402,6 +4428,13 @@ private:
     }
 
     bool closing() const { return transport && transport->disconnecting; }
+
+    /// For the trace: a line over MAX_LENGTH is about to be refused.
+    void traceExceeded(std::size_t length) {
+        if (const Tracer* tracer = detail::activeTracer())
+            (*tracer)("  line of " + std::to_string(length) + "+ bytes over MAX_LENGTH (" + std::to_string(MAX_LENGTH) +
+                      ") -> " + logPrefix() + ".lineLengthExceeded");
+    }
 
     detail::FrameBuffer buf_;
     std::size_t searchFrom_ = 0;  // offset in buf_.pending() where the search resumes
@@ -6781,6 +6814,13 @@ bool runUntil(Reactor& r, Pred&& done, double timeout = 5.0) {
     return true;
 }
 
+/// Turns the loop until nothing is left (no timers, no watched
+/// descriptors: connections closed on both ends) or `timeout` passes.
+/// Returns true when clean. The end of a socket test:
+///     port.stopListening();
+///     CHECK(testing::runUntilClean(r));
+inline bool runUntilClean(Reactor& r, double timeout = 5.0);
+
 /// Empty if `r` has no pending timers and no watched descriptors; otherwise
 /// names each leftover (timers with the line that scheduled them).
 inline std::string dirtyReport(const Reactor& r) {
@@ -6795,9 +6835,13 @@ inline std::string dirtyReport(const Reactor& r) {
     }
     if (!fds.empty()) {
         report += "\nSelectables:";
-        for (int fd : fds) report += "\n  fd " + std::to_string(fd);
+        for (int fd : fds) report += "\n  fd " + std::to_string(fd) + ": " + r.describeSelectable(fd);
     }
     return report;
+}
+
+inline bool runUntilClean(Reactor& r, double timeout) {
+    return runUntil(r, [&r] { return r.pendingCalls().empty() && r.selectables().empty(); }, timeout);
 }
 
 /// Trial's janitor: returns dirtyReport(r), then cancels the leftover

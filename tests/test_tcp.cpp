@@ -743,6 +743,25 @@ TEST_CASE("ClientFactory::forProtocol makes a factory connectTCP accepts") {
     port.stopListening();
 }
 
+TEST_CASE("the dirty-reactor report names what a leftover descriptor is; runUntilClean waits it out") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    Client client;
+    ListeningPort port = connectedPair(r, server, client);
+    std::string report = testing::dirtyReport(r);
+    CHECK(contains(report, "TCP port listening on 127.0.0.1:" + std::to_string(port.getHost().port)));
+    CHECK(contains(report, "TCP connection to 127.0.0.1:" + std::to_string(port.getHost().port)));
+    CHECK(contains(report, "TCP connection from 127.0.0.1:"));
+#if REACTOR_HAS_RTTI
+    CHECK(contains(report, "(Recorder)"));
+#endif
+    client.last()->transport->loseConnection();
+    port.stopListening();
+    CHECK(testing::runUntilClean(r));
+    CHECK(testing::dirtyReport(r).empty());
+}
+
 }  // TEST_SUITE tcp
 
 TEST_SUITE("reconnect") {

@@ -112,6 +112,45 @@ TEST_CASE("timers, thread calls, foreign fds and Deferreds are traced") {
     d.addCallback([](int v) { return v; });
 }
 
+namespace {
+struct Lines : LineReceiver {
+    void lineReceived(std::string_view) override { transport->loseConnection(); }
+};
+struct Bye : Protocol {
+    void connectionMade() override { transport->write("bye\r\n"); }
+};
+}  // namespace
+
+TEST_CASE("our own loseConnection is traced as such") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::vector<std::string> lines;
+    r.setTracer([&](std::string_view line) { lines.emplace_back(line); });
+    auto server = Factory::forProtocol<Lines>();
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    auto client = ClientFactory::forProtocol<Bye>();
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return anyLine(lines, named("Lines") + ".connectionLost"); }));
+    port.stopListening();
+    REQUIRE(testing::runUntilClean(r));
+    CHECK(anyLine(lines, "transport.loseConnection(): closing once 0 buffered bytes are sent"));
+}
+
+TEST_CASE("a line over MAX_LENGTH is traced before lineLengthExceeded") {
+    std::vector<std::string> lines;
+    Tracer tracer = [&](std::string_view line) { lines.emplace_back(line); };
+    Lines p;
+    p.MAX_LENGTH = 4;
+    StringTransport st;
+    p.makeConnection(&st);
+    const Tracer* previous = detail::activeTracer();
+    detail::activeTracer() = &tracer;  // what a traced reactor turn publishes
+    p.dataReceived("0123456789\r\n");
+    detail::activeTracer() = previous;
+    CHECK(anyLine(lines, "over MAX_LENGTH (4) -> " + named("Lines") + ".lineLengthExceeded"));
+    CHECK(st.disconnecting);
+}
+
 TEST_CASE("tracing off: nothing is produced and nothing is published") {
     Reactor r;
     CHECK_FALSE(r.tracing());
