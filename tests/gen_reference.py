@@ -718,13 +718,8 @@ def compact_params(params):
             continue
         eq = top_level_index(p, "=")
         left, default = (p, "") if eq < 0 else (p[:eq].strip(), p[eq + 1:].strip())
-        m = re.search(r"(\w+)\s*$", left)
-        variadic = "..." in left
-        words = re.findall(r"\w+", left)
-        if m and len(words) > 1 and not left.rstrip().endswith((">", "*", "&")):
-            name = m.group(1) + ("..." if variadic else "")
-        else:
-            name = left  # an unnamed parameter: show its type
+        # Types are kept: a reader writing an override needs them exactly.
+        name = left.replace("detail::", "")
         if len(default) > 24:
             default = "…"  # long defaults are in the header
         out.append(name + (" = " + default if default else ""))
@@ -1022,9 +1017,9 @@ def self_test():
     rep = Report(h)
     text = rep.render()
     expect = ["[`Colour`](reactor.hpp#L7) (enum) | A colour.", "`braces()`", "`raw = R\"x(} \" { )x\"`", "**[`Widget`]",
-              "`Widget()`](reactor.hpp#L17) | Makes one.", "`operator==(a, b)`", "`operator bool()`",
+              "`Widget()`](reactor.hpp#L17) | Makes one.", "`operator==(const Widget& a, const Widget& b)`", "`operator bool()`",
               "`open()`", "`first()`", "[`f`](reactor.hpp#L33) | A callback", "`value = 3`](reactor.hpp#L34) | a value",
-              "`static make<T>(u = {})`", "`later()`"]
+              "`static make<T>(U u = {})`", "`later()`"]
     absent = ["Hidden", "second", "Slot", "privateByDefault", "a_", "~Widget", "Widget(a", "no()"]
     bad = [e for e in expect if e not in text] + ["unexpected: " + a for a in absent if a in text]
     if bad:
