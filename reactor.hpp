@@ -5700,6 +5700,11 @@ public:
         cancelTimers();
         queue_.clear();
         queueHead_ = 0;
+        registered_ = false;  // a reused client starts its next connection afresh
+        userHost_.clear();
+        names_.clear();
+        pings_.clear();
+        discarding_ = false;
     }
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
@@ -5791,7 +5796,10 @@ public:
         if (!need(params, 1, "PING")) return;
         const std::string& token = params.back();
         bool plain = !token.empty() && token[0] != ':' && token.find(' ') == std::string::npos;
-        sendLine((plain ? "PONG " : "PONG :") + token);
+        std::string pong = (plain ? "PONG " : "PONG :") + token;
+        // Ahead of the lineRate queue: a PONG stuck behind queued lines
+        // would miss the server's ping timeout and get us disconnected.
+        if (!detail::hasUnsafeChar(pong) && pong.size() <= maxLineBytes) reallySendLine(pong);
     }
     /// PRIVMSG: CTCP queries go to ctcpQuery (only when the text starts with
     /// \x01), the rest to privmsg(user = full prefix, channel = target).
@@ -6145,6 +6153,9 @@ public:
     /// NICKLEN, cycle the last character through digits instead, so a
     /// server that truncates nicks cannot loop us forever on one name.
     virtual std::string alterCollidedNick(const std::string& nick) {
+        // A 433 usually comes before 005: without an announced NICKLEN the
+        // default (9) is a guess, so just append, as Twisted does.
+        if (!supported.announced("NICKLEN")) return nick + "_";
         std::size_t limit = static_cast<std::size_t>(std::max(1, supported.nickLen()));
         if (nick.size() < limit) return nick + "_";
         std::string out = nick.substr(0, limit);
@@ -6413,7 +6424,7 @@ public:
     bool ping(const std::string& user, const std::string& text = "") {
         if (!checkArgs("PING", {user, text})) return false;
         std::string key = text.empty() ? randomKey() : text;
-        if (!msg(user, std::string(1, X_DELIM) + "PING " + key + X_DELIM)) return false;
+        if (!ctcpMakeQuery(user, {CtcpMessage{"PING", key}})) return false;  // quoted: no second query
         pings_.push_back({user, key, now()});
         if (pings_.size() > 12) pings_.erase(pings_.begin());
         return true;
@@ -6448,14 +6459,35 @@ public:
             reactor::log(LogLevel::warning, "irc: refused to send a line containing CR, LF or NUL");
             return false;
         }
+        if (!connected) return false;  // after connectionLost: nothing to send on, no timer to arm
+        std::string capped;
+        if (line.size() > maxLineBytes) {
+            // A server drops the connection on an over-long line ("Request
+            // too long"): cut it, at a UTF-8 character boundary.
+            std::size_t cut = maxLineBytes;
+            while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+            reactor::log(LogLevel::warning, "irc: cut an outgoing line of " + std::to_string(line.size()) +
+                                                " bytes to " + std::to_string(cut));
+            capped.assign(line.substr(0, cut));
+            line = capped;
+        }
         if (lineRate <= 0 || !clock) {
             reallySendLine(line);
             return true;
+        }
+        if (queuedLines() >= maxQueuedLines) {  // a flood (of CTCP queries, say) must not grow memory
+            reactor::log(LogLevel::warning, "irc: send queue full (" + std::to_string(maxQueuedLines) +
+                                                " lines); dropped a line");
+            return false;
         }
         queue_.emplace_back(line);
         if (!queueTimer_.active()) sendQueued();
         return true;
     }
+    /// The longest line sent, CRLF excluded (RFC 1459: 512 with it).
+    static constexpr std::size_t maxLineBytes = 510;
+    /// With lineRate, at most this many lines wait; more are dropped (logged).
+    std::size_t maxQueuedLines = 1000;
     /// Lines waiting for their lineRate slot.
     std::size_t queuedLines() const { return queue_.size() - queueHead_; }
 
@@ -6540,8 +6572,9 @@ private:
             reactor::log(LogLevel::error, "irc: no room for text in a " + command + " to " + printable(target));
             return false;
         }
-        for (const std::string& chunk : split(message, width)) sendLine(fmt + chunk);
-        return true;
+        bool sent = true;
+        for (const std::string& chunk : split(message, width)) sent = sendLine(fmt + chunk) && sent;
+        return sent;
     }
 
     void reallySendLine(std::string_view line) {

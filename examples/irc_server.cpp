@@ -95,9 +95,17 @@ struct Client : reactor::LineReceiver {
         registered = false;
     }
 
+    // CR, LF and CRLF all end a line (RFC 1459 allows a bare CR). A CR is
+    // never data: relaying one would let a user forge server lines to any
+    // client that honours bare CR, as IRCClient does.
     void lineReceived(std::string_view raw) override {
-        if (!raw.empty() && raw.back() == '\r') raw.remove_suffix(1);
-        if (raw.empty()) return;
+        for (std::size_t cr; (cr = raw.find('\r')) != std::string_view::npos; raw.remove_prefix(cr + 1))
+            handleLine(raw.substr(0, cr));
+        handleLine(raw);
+    }
+
+    void handleLine(std::string_view raw) {
+        if (raw.empty() || raw.find('\0') != std::string_view::npos) return;  // NUL: never relayed
         reactor::irc::Message m = reactor::irc::parsemsg(raw);
         if (!m) return;
         std::string cmd = m.command;
@@ -131,7 +139,8 @@ struct Client : reactor::LineReceiver {
         if (p.empty() || p[0].empty()) return numeric("431", ":No nickname given");
         const std::string& n = p[0];
         bool ok = n.size() <= 30 && !(n[0] >= '0' && n[0] <= '9') && n[0] != '-' && n[0] != '#';
-        for (char c : n) ok = ok && c != ' ' && c != ',' && c != '*' && c != '!' && c != '@' && c != ':';
+        for (char c : n)
+            ok = ok && static_cast<unsigned char>(c) > ' ' && c != ',' && c != '*' && c != '!' && c != '@' && c != ':';
         if (!ok) return numeric("432", n + " :Erroneous Nickname");
         auto it = net.nicks.find(lower(n));
         if (it != net.nicks.end() && it->second != this) return numeric("433", n + " :Nickname is already in use");

@@ -37,7 +37,8 @@ class Server:
         self.proc = subprocess.Popen([os.path.join(BIN, args[0])] + args[1:], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=ENV)
         line = self.proc.stdout.readline().decode()
-        m = re.search(r"(?:\d+\.\d+\.\d+\.\d+|\[[^\]]*\]):(\d+)", line)  # the first address printed
+        m = (re.search(r"(?:\d+\.\d+\.\d+\.\d+|\[[^\]]*\]):(\d+)", line)  # the first address printed
+             or re.search(r"listening on (\d+)", line))
         if not m:
             self.stop()
             raise RuntimeError("%s did not say where it listens: %r" % (args[0], line))
@@ -119,6 +120,21 @@ def main():
         b.close()
         rc, out, err = chat.stop()
         check("chat_server trace", "dataReceived" in err, err[-500:])
+
+    # irc_server: a bare CR is a line end, never relayed (no forged server lines).
+    irc = Server(["irc_server", "0"])
+    a = socket.create_connection(("127.0.0.1", irc.port), timeout=10)
+    b = socket.create_connection(("127.0.0.1", irc.port), timeout=10)
+    a.sendall(b"NICK alice\r\nUSER a 0 * :A\r\nJOIN #t\r\n")
+    b.sendall(b"NICK bob\r\nUSER b 0 * :B\r\nJOIN #t\r\n")
+    recv_until(a, b"366")
+    recv_until(b, b"366")
+    b.sendall(b"PRIVMSG #t :x\r:root!r@toy.irc PRIVMSG #t :forged\r\nPRIVMSG #t :done\r\n")
+    got = recv_until(a, b"done")
+    check("irc_server never relays a bare CR", b"\r:root!" not in got and b":root!" not in got, repr(got))
+    a.close()
+    b.close()
+    irc.stop()
 
     # deferred_chain and blocking_db: no network.
     rc, out, err = run(["deferred_chain"])

@@ -579,7 +579,11 @@ TEST_CASE("nick collision: 433 retries with an altered nick; 432 falls back") {
     p.lineReceived(":srv 001 bot__ :Welcome");
     CHECK(p.nickname == "bot__");
 
-    // At NICKLEN the last character cycles instead of growing forever.
+    // Before 005 the default NICKLEN (9) is only a guess: append, as Twisted.
+    CHECK(p.alterCollidedNick("reactorbot") == "reactorbot_");
+    // Once the server announced NICKLEN, the last character cycles at the
+    // limit instead of growing forever.
+    p.lineReceived(":srv 005 bot__ NICKLEN=9 :are supported by this server");
     CHECK(p.alterCollidedNick("abcdefghi") == "abcdefgh0");
     CHECK(p.alterCollidedNick("abcdefgh0") == "abcdefgh1");
     CHECK(p.alterCollidedNick("abcdefgh9") == "abcdefgh_");
@@ -1068,3 +1072,77 @@ TEST_CASE("ngircd: two clients, the bot, and a reconnect") {
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("irc") {
+
+TEST_CASE("no outgoing line exceeds 512 bytes: long topics, kick reasons, quit messages are cut") {
+    Recorder p;
+    StringTransport t;
+    p.nickname = "bot";
+    p.makeConnection(&t);
+    t.clear();
+    std::string longText(1000, 'x');
+    p.topic("#c", longText);
+    p.kick("#c", "bob", longText);
+    p.quit(longText);
+    std::size_t start = 0, lines = 0;
+    while (start < t.value().size()) {
+        std::size_t end = t.value().find("\r\n", start);
+        REQUIRE(end != std::string::npos);
+        CHECK(end - start + 2 <= 512);
+        start = end + 2;
+        ++lines;
+    }
+    CHECK(lines == 3);
+}
+
+TEST_CASE("PONG goes ahead of the lineRate queue; the queue is bounded") {
+    Clock clock;
+    Recorder p(&clock);
+    StringTransport t;
+    p.nickname = "bot";
+    p.lineRate = 2.0;
+    p.heartbeatInterval = 0;
+    p.makeConnection(&t);
+    for (int i = 0; i < 20; ++i) p.say("#c", "line " + std::to_string(i));
+    t.clear();
+    p.lineReceived("PING :tok");
+    CHECK(t.value() == "PONG tok\r\n");  // at once, not after 20 queued lines
+    p.maxQueuedLines = 5;
+    test::LogCapture logs;
+    CHECK_FALSE(p.say("#c", "one too many"));
+    CHECK(logs.contains("send queue full"));
+    p.connectionLost(Failure(error::ConnectionDone()));
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+TEST_CASE("after connectionLost the client is unregistered and sends nothing") {
+    Clock clock;
+    Recorder p(&clock);
+    StringTransport t;
+    p.nickname = "bot";
+    p.lineRate = 1.0;
+    p.heartbeatInterval = 0;
+    p.makeConnection(&t);
+    p.lineReceived(":srv 001 bot :Welcome");
+    CHECK(p.registered());
+    p.connected = false;  // what the transport does before calling connectionLost
+    p.connectionLost(Failure(error::ConnectionDone()));
+    CHECK_FALSE(p.registered());
+    t.clear();
+    CHECK_FALSE(p.say("#c", "late"));
+    CHECK(t.value().empty());
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+TEST_CASE("ping() quotes its key: no second CTCP query can be smuggled in") {
+    Recorder p;
+    StringTransport t;
+    p.nickname = "bot";
+    p.makeConnection(&t);
+    t.clear();
+    p.ping("bob", "k\x01VERSION");
+    CHECK(t.value().find("\x01VERSION\x01") == std::string::npos);
+}
+
+}  // TEST_SUITE irc
