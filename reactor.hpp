@@ -1518,6 +1518,7 @@ public:
 inline Failure consumedFailure() {
     return Failure("ResultConsumed", "this Deferred's result was passed on to another Deferred");
 }
+inline bool isConsumedMarker(const Failure& f) { return f.check("ResultConsumed"); }
 
 /// One Deferred's chain and result.
 template <class T>
@@ -1549,9 +1550,12 @@ public:
 
     std::shared_ptr<DeferredState> self() { return std::static_pointer_cast<DeferredState>(shared_from_this()); }
 
+    /// Stores a result. The "ResultConsumed" marker stays handled as it
+    /// passes on down the chain (e.g. through a pass-through half of a pair
+    /// added after the result moved on): only a real failure is reported.
     void setResult(Result<T>&& r) {
         result = std::move(r);
-        consumed = false;
+        consumed = result.failed() && isConsumedMarker(result.failure());
     }
     /// Moves the result out, leaving the handled "ResultConsumed" marker.
     Result<T> take() {

@@ -689,4 +689,43 @@ TEST_CASE("coroutines: co_await a Deferred, return a Deferred (inlineCallbacks)"
 }
 #endif
 
+TEST_CASE("a result passed on stays handled: callbacks added afterwards log nothing") {
+    test::LogCapture log;
+    {  // returned from another Deferred's callback, then given a callback
+        Deferred<int> inner, outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(1);
+        inner.callback(2);
+        CHECK(out->value == 2);
+        auto late = observe(inner.addCallback([](int x) { return x; }));
+        CHECK(late->error == "ResultConsumed");
+    }
+    {  // fed to a type-changing branch, then a same-type pair added
+        Deferred<int> d;
+        std::string got;
+        d.addCallback([](int x) { return std::to_string(x); }).addCallback([&](std::string v) { got = v; });
+        d.addCallback([](int x) { return x; });
+        d.callback(7);
+        CHECK(got == "7");
+    }
+    {  // consumed by a DeferredList with consumeErrors, then given a callback
+        std::vector<Deferred<int>> ds(1);
+        DeferredList<int> l(ds, false, false, true);
+        ds[0].errback(boom());
+        ds[0].addCallback([](int x) { return x; });
+    }
+#if defined(REACTOR_HAS_COROUTINES)
+    {  // awaited by a coroutine, then given a callback
+        Deferred<int> a, b;
+        auto sum = observe(addLater(a, b));
+        a.callback(1);
+        b.callback(2);
+        CHECK(sum->value == 3);
+        a.addCallback([](int x) { return x; });
+    }
+#endif
+    CHECK(log.lines.empty());
+}
+
 }  // TEST_SUITE deferred
