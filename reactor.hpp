@@ -4830,6 +4830,7 @@ public:
             return fail<LoopingCall*>(Failure(error::ValueError("interval must be >= 0")));
         }
         running_ = true;
+        ++generation_;
         interval = seconds;
         deferred_ = Deferred<LoopingCall*>();
         Deferred<LoopingCall*> d = deferred_;
@@ -4879,23 +4880,37 @@ public:
     double interval = 0;
 
 private:
+    // Each start() is a generation. If stop() comes while f's Deferred is
+    // pending and start() follows before it fires, that Deferred belongs to
+    // the old generation: when it fires it finishes the old start()
+    // Deferred and schedules nothing (Twisted would start a second loop).
     void call() {
         call_ = DelayedCall();
         std::weak_ptr<LoopingCall*> alive = alive_;
+        const unsigned generation = generation_;
+        Deferred<LoopingCall*> mine = deferred_;
         f_().addCallbacks(
-            [alive] {
+            [alive, generation, mine]() mutable {
                 auto self = alive.lock();
                 if (!self || !*self) return;
                 LoopingCall& lc = **self;
-                if (lc.running_)
+                if (lc.generation_ != generation) {
+                    if (!mine.called()) mine.callback(&lc);
+                } else if (lc.running_) {
                     lc.schedule();
-                else
+                } else {
                     lc.finish();
+                }
             },
-            [alive](Failure failure) -> Result<void> {
+            [alive, generation, mine](Failure failure) mutable -> Result<void> {
                 auto self = alive.lock();
                 if (!self || !*self) return failure;  // nobody left to tell: report it
                 LoopingCall& lc = **self;
+                if (lc.generation_ != generation) {
+                    if (mine.called()) return failure;
+                    mine.errback(std::move(failure));
+                    return {};
+                }
                 lc.running_ = false;
                 Deferred<LoopingCall*> d = std::exchange(lc.deferred_, Deferred<LoopingCall*>());
                 d.errback(std::move(failure));
@@ -4903,10 +4918,11 @@ private:
             });
     }
     void schedule() {
+        if (call_.active()) call_.cancel();  // never two timers
         std::weak_ptr<LoopingCall*> alive = alive_;
         auto tick = [alive] {
             auto self = alive.lock();
-            if (self && *self) (*self)->call();
+            if (self && *self && (*self)->running_) (*self)->call();
         };
         const double now = clock_.seconds();
         if (interval == 0) {
@@ -4930,6 +4946,7 @@ private:
     Deferred<LoopingCall*> deferred_;
     DelayedCall call_;
     double starttime_ = 0;
+    unsigned generation_ = 0;  // bumped by start(); see call()
     bool running_ = false;
 };
 

@@ -282,4 +282,37 @@ TEST_CASE("LoopingCall::reset between calls restarts the interval from now") {
     lc.stop();
 }
 
+TEST_CASE("LoopingCall: stop while f's Deferred is pending, then start again: one loop, both Deferreds fire") {
+    Clock clock;
+    int n = 0;
+    Deferred<void> pending;
+    task::LoopingCall lc(clock, [&] {
+        ++n;
+        pending = Deferred<void>();
+        return pending;
+    });
+    bool firstStopped = false, secondStopped = false;
+    lc.start(1.0).addCallback([&](task::LoopingCall*) { firstStopped = true; });
+    CHECK(lc.stop());  // f's Deferred is pending: the first start() Deferred waits for it
+    CHECK_FALSE(firstStopped);
+    Deferred<void> old = pending;
+    lc.start(1.0).addCallback([&](task::LoopingCall*) { secondStopped = true; });
+    CHECK(n == 2);
+    old.callback();  // the first generation's f finishes: its start() Deferred fires, nothing is scheduled
+    CHECK(firstStopped);
+    CHECK(clock.getDelayedCalls().empty());
+    pending.callback();  // the second generation's f finishes: the next call is scheduled
+    CHECK(clock.getDelayedCalls().size() == 1);
+    CHECK_FALSE(secondStopped);
+    lc.stop();
+    CHECK(secondStopped);
+    CHECK(clock.getDelayedCalls().empty());
+    n = 0;
+    for (int i = 0; i < 5; ++i) {
+        clock.advance(1);
+        if (!pending.called()) pending.callback();
+    }
+    CHECK(n == 0);
+}
+
 }  // TEST_SUITE task
