@@ -1349,10 +1349,19 @@ template <class T>
 struct DeferredPromise;
 #endif
 
-template <class R>
-struct IsDeferred : std::false_type {};
 template <class T>
-struct IsDeferred<Deferred<T>> : std::true_type {};
+struct TypeTag {
+    using type = T;
+};
+template <class T>
+TypeTag<T> deferredTag(const Deferred<T>*);
+void deferredTag(...);
+/// `R` is a Deferred<T> or derives from one (a DeferredList<T>).
+template <class R>
+struct IsDeferred : std::negation<std::is_void<decltype(deferredTag(std::declval<R*>()))>> {};
+/// The T of a Deferred<T> (or of a class derived from one).
+template <class R>
+using DeferredValueOf = typename decltype(deferredTag(std::declval<R*>()))::type;
 template <class R>
 struct IsResult : std::false_type {};
 template <class T>
@@ -1700,21 +1709,21 @@ struct CallbackReturn<F, void> {
 };
 
 /// What type a callback returning `R` gives the chain of a Deferred<T>.
-template <class R, class T>
+template <class R, class T, bool = IsDeferred<R>::value>
 struct Unwrap {
     using type = R;
 };
 template <class T>
-struct Unwrap<Failure, T> {
+struct Unwrap<Failure, T, false> {
     using type = T;
 };
 template <class V, class T>
-struct Unwrap<Result<V>, T> {
+struct Unwrap<Result<V>, T, false> {
     using type = V;
 };
-template <class V, class T>
-struct Unwrap<Deferred<V>, T> {
-    using type = V;
+template <class R, class T>
+struct Unwrap<R, T, true> {  // a Deferred<V> or a DeferredList (a Deferred<DeferredListResult<V>>)
+    using type = DeferredValueOf<R>;
 };
 
 /// Whether a half returning `R` can feed a Deferred<U>.
@@ -1723,7 +1732,7 @@ constexpr bool feeds() {
     if constexpr (std::is_void<R>::value)
         return std::is_void<U>::value;
     else if constexpr (IsDeferred<R>::value)
-        return std::is_same<R, Deferred<U>>::value;
+        return std::is_same<DeferredValueOf<R>, U>::value;
     else
         return std::is_convertible<R, Result<U>>::value;
 }
@@ -1962,12 +1971,12 @@ auto maybeDeferred(F&& f) {
     if constexpr (detail::IsDeferred<R>::value) {
 #if REACTOR_HAS_EXCEPTIONS
         try {
-            return R(f());
+            return Deferred<U>(f());
         } catch (...) {
             return fail<U>(Failure::current());
         }
 #else
-        return R(f());
+        return Deferred<U>(f());
 #endif
     } else {
         Deferred<U> d;

@@ -728,4 +728,26 @@ TEST_CASE("a result passed on stays handled: callbacks added afterwards log noth
     CHECK(log.lines.empty());
 }
 
+TEST_CASE("a callback or maybeDeferred returning a DeferredList (derived from Deferred) is chained") {
+    std::vector<Deferred<int>> ds(2);
+    Deferred<int> d;
+    std::size_t got = 0;
+    d.addCallback([&](int) { return DeferredList<int>(ds); }).addCallback([&](DeferredListResult<int> r) {
+        got = r.size();
+    });
+    d.callback(0);
+    CHECK(got == 0);
+    ds[0].callback(1);
+    ds[1].callback(2);
+    CHECK(got == 2);
+
+    std::vector<Deferred<int>> ms(1);
+    Deferred<DeferredListResult<int>> m = maybeDeferred([&] { return DeferredList<int>(ms); });
+    CHECK_FALSE(m.called());
+    ms[0].callback(5);
+    CHECK(m.called());
+    static_assert(detail::IsDeferred<DeferredList<int>>::value, "");
+    static_assert(!detail::IsDeferred<int>::value && !detail::IsDeferred<void>::value, "");
+}
+
 }  // TEST_SUITE deferred

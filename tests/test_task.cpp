@@ -315,4 +315,22 @@ TEST_CASE("LoopingCall: stop while f's Deferred is pending, then start again: on
     CHECK(n == 0);
 }
 
+TEST_CASE("LoopingCall: f returning a DeferredList waits for the list") {
+    Clock clock;
+    int n = 0;
+    std::vector<Deferred<int>> ms;
+    task::LoopingCall lc(clock, [&] {
+        ++n;
+        ms = std::vector<Deferred<int>>(1);
+        return DeferredList<int>(ms);
+    });
+    lc.start(1);
+    clock.advance(3);
+    CHECK(n == 1);
+    ms[0].callback(0);
+    clock.advance(1);
+    CHECK(n == 2);
+    lc.stop();
+}
+
 }  // TEST_SUITE task
