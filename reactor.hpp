@@ -1469,6 +1469,7 @@ public:
     bool running = false;                // on a run loop's stack right now
     bool suppressAlreadyCalled = false;  // cancelled without canceller: ignore the next fire
     int paused = 0;                      // user pauses + waiting on an inner Deferred
+    int userPaused = 0;                  // the pause() calls not yet undone
     std::weak_ptr<DeferredBase> waitingOn;  // the inner Deferred a callback returned
     std::function<void()> canceller;
 
@@ -1496,8 +1497,15 @@ public:
         }
     }
 
+    void pause() {
+        ++paused;
+        ++userPaused;
+    }
+    /// Undoes a user pause(); an extra unpause() is ignored, so it cannot
+    /// release the wait on a Deferred returned by a callback.
     void unpause() {
-        if (paused == 0) return;
+        if (userPaused == 0) return;
+        --userPaused;
         if (--paused == 0 && called) run(shared_from_this());
     }
 
@@ -1636,6 +1644,9 @@ DeferredPtr settleDeferred(DeferredState<U>& s, const std::shared_ptr<DeferredSt
         return settle(s, inner->take());
     ++s.paused;
     s.waitingOn = inner;
+    // No result until `inner` gives one (the failure an errback got has moved
+    // into it): nothing to report if this Deferred is dropped meanwhile.
+    s.setResult(Result<U>(Failure("ResultConsumed", "waiting for the Deferred a callback returned")));
     std::shared_ptr<DeferredState<U>> parent = s.self();
     inner->steps.push_back([parent](DeferredState<U>& me) -> DeferredPtr {
         parent->setResult(me.take());
@@ -1838,7 +1849,7 @@ public:
     // ---- flow control -------------------------------------------------------
 
     /// Stops the chain from running until unpause() (a counter).
-    void pause() { ++s_->paused; }
+    void pause() { s_->pause(); }
     /// Undoes one pause(); at zero a fired chain runs on at once. Extra calls are ignored.
     void unpause() { s_->unpause(); }
     /// Twisted's cancel(): unfired → canceller (or "ignore the next fire"),

@@ -750,4 +750,52 @@ TEST_CASE("a callback or maybeDeferred returning a DeferredList (derived from De
     static_assert(!detail::IsDeferred<int>::value && !detail::IsDeferred<void>::value, "");
 }
 
+TEST_CASE("an errback returning an unfired Deferred that is then dropped logs nothing") {
+    test::LogCapture log;
+    {
+        Deferred<int> d;
+        d.addErrback([](Failure) { return Deferred<int>(); });
+        d.errback(boom());
+        CHECK(d.paused());
+    }
+    {  // the outer handle goes first; the inner one fires later
+        Deferred<int> inner;
+        int got = 0;
+        {
+            Deferred<int> d;
+            d.addErrback([inner](Failure) { return inner; }).addCallback([&](int x) { got = x; });
+            d.errback(boom());
+        }
+        inner.callback(3);
+        CHECK(got == 3);
+    }
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("an extra unpause() does not release the wait on a Deferred returned by a callback") {
+    Deferred<int> outer, inner;
+    std::vector<int> got;
+    outer.addCallback([inner](int) { return inner; }).addCallback([&](int x) {
+        got.push_back(x);
+        return x;
+    });
+    outer.callback(1);
+    outer.unpause();  // unbalanced: ignored
+    CHECK(outer.paused());
+    CHECK(got.empty());
+    inner.callback(42);
+    CHECK(got == std::vector<int>{42});
+
+    Deferred<int> d;  // user pauses still count
+    d.pause();
+    d.pause();
+    d.callback(1);
+    d.unpause();
+    CHECK(d.paused());
+    d.unpause();
+    CHECK_FALSE(d.paused());
+    d.unpause();
+    CHECK_FALSE(d.paused());
+}
+
 }  // TEST_SUITE deferred
