@@ -1537,6 +1537,35 @@ inline Failure consumedFailure() {
 }
 inline bool isConsumedMarker(const Failure& f) { return f.check("ResultConsumed"); }
 
+/// The teardown list of the outermost Deferred destructor running on this
+/// thread (null when none): a pointer, so it needs no thread-exit destructor.
+inline std::vector<std::shared_ptr<void>>*& teardownList() {
+    static thread_local std::vector<std::shared_ptr<void>>* list = nullptr;
+    return list;
+}
+/// Destroys `v` (a dying Deferred's pending steps) without recursion: a
+/// step may own the last reference to another Deferred whose steps own the
+/// next... (a nest of 10,000 unfired Deferreds). Nested destructors hand
+/// their steps to the outermost one, which destroys them in a loop.
+template <class V>
+void destroyIteratively(V& v) {
+    if (v.empty()) return;
+    std::vector<std::shared_ptr<void>>*& list = teardownList();
+    if (list) {
+        list->push_back(std::make_shared<V>(std::move(v)));
+        return;
+    }
+    std::vector<std::shared_ptr<void>> pending;
+    list = &pending;
+    { V dying = std::move(v); }
+    while (!pending.empty()) {
+        std::shared_ptr<void> next = std::move(pending.back());
+        pending.pop_back();
+        next.reset();
+    }
+    list = nullptr;
+}
+
 /// One Deferred's chain and result.
 template <class T>
 class DeferredState final : public DeferredBase {
@@ -1551,6 +1580,7 @@ public:
     ~DeferredState() override {
         if (called && !consumed && result.failed())
             log(LogLevel::critical, "Unhandled error in Deferred: " + result.failure().str());
+        destroyIteratively(steps);
     }
 
     DeferredPtr advance() override {

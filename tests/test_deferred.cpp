@@ -798,4 +798,20 @@ TEST_CASE("an extra unpause() does not release the wait on a Deferred returned b
     CHECK_FALSE(d.paused());
 }
 
+TEST_CASE("dropping a nest of 100,000 unfired Deferreds does not overflow the stack") {
+    const std::size_t n = 100000;
+    bool reached = false;
+    {
+        std::vector<Deferred<int>> ds(n + 1);
+        for (std::size_t i = 0; i < n; ++i) {
+            Deferred<int> next = ds[i + 1];
+            ds[i].addCallback([next](int) { return next; });
+        }
+        for (std::size_t i = 0; i < n; ++i) ds[i].callback(0);
+        ds[0].addCallback([&reached](int x) { reached = true; return x; });
+        // ds[n] never fires: ds[n]'s chain owns ds[n-1], which owns ds[n-2]...
+    }
+    CHECK_FALSE(reached);
+}
+
 }  // TEST_SUITE deferred
