@@ -2146,6 +2146,38 @@ Deferred<typename detail::GatherType<T>::type> gatherResults(std::vector<Deferre
 #if defined(REACTOR_HAS_COROUTINES)
 namespace detail {
 
+/// Resumes coroutines through a trampoline: a coroutine that finishes
+/// fires its Deferred, whose chain resumes the coroutine awaiting it, which
+/// finishes... Resumed one inside the other, 10,000 such levels would
+/// overflow the stack; instead a resumption that happens while another is
+/// running on this thread is queued and run by the outermost one once the
+/// running coroutine suspends or ends. Unlike Twisted's inlineCallbacks
+/// (deliberately): a coroutine that fires a Deferred another coroutine
+/// awaits sees that one resume only after it suspends itself or ends; the
+/// rest of the fired Deferred's chain runs at once as usual.
+inline std::vector<std::coroutine_handle<>>*& resumeQueue() {
+    static thread_local std::vector<std::coroutine_handle<>>* queue = nullptr;  // a pointer: no thread-exit destructor
+    return queue;
+}
+inline void resumeCoroutine(std::coroutine_handle<> h) {
+    std::vector<std::coroutine_handle<>>*& active = resumeQueue();
+    if (active) {
+        active->push_back(h);
+        return;
+    }
+    std::vector<std::coroutine_handle<>> queue;
+    struct Reset {
+        std::vector<std::coroutine_handle<>>*& active;
+        ~Reset() { active = nullptr; }
+    } reset{active};
+    active = &queue;
+    h.resume();
+    for (std::size_t i = 0; i < queue.size(); ++i) {
+        std::coroutine_handle<> next = queue[i];  // resume() may grow the queue
+        next.resume();
+    }
+}
+
 /// `co_await d` (AsResult = false: the value, failures thrown) or
 /// `co_await asResult(d)` (a Result<T>, for -fno-exceptions code).
 template <class T, bool AsResult>
@@ -2163,7 +2195,7 @@ struct DeferredAwaiter {
             if (inSuspend)
                 ready = true;  // fired already: resume without suspending
             else
-                h.resume();
+                resumeCoroutine(h);
             return nullptr;
         });
         inSuspend = false;

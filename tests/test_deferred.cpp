@@ -814,4 +814,19 @@ TEST_CASE("dropping a nest of 100,000 unfired Deferreds does not overflow the st
     CHECK_FALSE(reached);
 }
 
+#if defined(REACTOR_HAS_COROUTINES)
+namespace {
+Deferred<int> plusOne(Deferred<int> d) { co_return (co_await d) + 1; }
+}  // namespace
+
+TEST_CASE("coroutines: unwinding 100,000 awaiting coroutines does not overflow the stack") {
+    Deferred<int> leaf;
+    Deferred<int> cur = leaf;
+    for (int i = 0; i < 100000; ++i) cur = plusOne(cur);  // each level awaits the one below
+    auto out = observe(cur);
+    leaf.callback(0);  // the first resumes the second, which resumes the third...
+    CHECK(out->value == 100000);
+}
+#endif
+
 }  // TEST_SUITE deferred
