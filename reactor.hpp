@@ -1083,8 +1083,22 @@ namespace detail {
 class TimerQueue {
 public:
     explicit TimerQueue(const IReactorTime& clock) : clock_(clock) {}
+    /// Releases the pending calls' functions (what they capture may own a
+    /// handle to their own DelayedCall: a cycle through the entry otherwise).
+    /// Destroying them may run code that touches timers, so they die last,
+    /// after the queue is detached and emptied.
     ~TimerQueue() {
-        for (auto& node : heap_) node.entry->queue = nullptr;
+        std::vector<std::function<void()>> dying;
+        for (std::vector<Node>* nodes : {&heap_, &deferred_}) {
+            for (Node& node : *nodes) {
+                node.entry->queue = nullptr;
+                if (node.entry->fn) {
+                    dying.push_back(std::move(node.entry->fn));
+                    node.entry->fn = nullptr;
+                }
+            }
+            nodes->clear();
+        }
     }
     TimerQueue(const TimerQueue&) = delete;
     TimerQueue& operator=(const TimerQueue&) = delete;

@@ -1,6 +1,7 @@
 // The task module on a Clock (LoopingCall, deferLater), deferToThread on a
 // real reactor, and a before-shutdown trigger that returns a Deferred.
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -331,6 +332,17 @@ TEST_CASE("LoopingCall: f returning a DeferredList waits for the list") {
     clock.advance(1);
     CHECK(n == 2);
     lc.stop();
+}
+
+TEST_CASE("deferLater: destroying the clock with the call pending frees what f captures (no cycle)") {
+    std::weak_ptr<int> weak;
+    {
+        Clock clock;
+        auto big = std::make_shared<int>(1);
+        weak = big;
+        task::deferLater(clock, 10, [big] {});
+    }
+    CHECK(weak.expired());
 }
 
 }  // TEST_SUITE task
