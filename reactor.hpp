@@ -1840,7 +1840,19 @@ public:
         s_->fire(Result<T>());
     }
     /// Fires the errback track with `failure`.
-    void errback(Failure failure = Failure()) { s_->fire(Result<T>(std::move(failure))); }
+    void errback(Failure failure) { s_->fire(Result<T>(std::move(failure))); }
+    /// Without an argument, inside a `catch` block: the exception being
+    /// handled (as Twisted's Failure() captures the current exception);
+    /// elsewhere (or without exceptions) an unknown Failure.
+    void errback() {
+#if REACTOR_HAS_EXCEPTIONS
+        if (std::current_exception()) {
+            s_->fire(Result<T>(Failure::current()));
+            return;
+        }
+#endif
+        s_->fire(Result<T>(Failure()));
+    }
 
     // ---- the chain (the consumer adds these) -----------------------------
 

@@ -829,4 +829,21 @@ TEST_CASE("coroutines: unwinding 100,000 awaiting coroutines does not overflow t
 }
 #endif
 
+TEST_CASE("errback() with no argument: the exception being handled inside a catch, else an unknown Failure") {
+    Deferred<int> plain;
+    auto p = observe(plain);
+    plain.errback();
+    CHECK(p->error == "Failure");
+#if REACTOR_HAS_EXCEPTIONS
+    Deferred<int> d;
+    auto out = observe(d);
+    try {
+        throw error::ConnectionLost();
+    } catch (...) {
+        d.errback();
+    }
+    CHECK(out->error == "ConnectionLost");
+#endif
+}
+
 }  // TEST_SUITE deferred
