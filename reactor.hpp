@@ -1915,7 +1915,8 @@ public:
     /// Cancels this Deferred if it has not fired after `seconds` on `clock`
     /// and turns that CancelledError into defer::TimeoutError. Covers the
     /// callbacks added before this call. The timer does not keep the
-    /// Deferred alive; it is cancelled when the Deferred fires.
+    /// Deferred alive; it is cancelled when the Deferred fires or is
+    /// dropped unfired.
     Deferred addTimeout(double seconds, IReactorTime& clock) {
         auto timedOut = std::make_shared<bool>(false);
         std::weak_ptr<detail::DeferredState<T>> weak = s_;
@@ -1925,8 +1926,18 @@ public:
                 s->cancel();
             }
         });
-        return addBoth([call, timedOut, seconds](Result<T> r) mutable -> Result<T> {
-            if (call.active()) call.cancel();
+        // Owned by the step: if the Deferred is dropped unfired, the step
+        // dies with it and so does the timer.
+        struct CancelOnDrop {
+            DelayedCall call;
+            ~CancelOnDrop() {
+                if (call.active()) call.cancel();
+            }
+        };
+        auto timer = std::make_shared<CancelOnDrop>();
+        timer->call = std::move(call);
+        return addBoth([timer, timedOut, seconds](Result<T> r) mutable -> Result<T> {
+            if (timer->call.active()) timer->call.cancel();
             if (*timedOut && r.failed() && r.failure().template check<defer::CancelledError>())
                 return Failure(defer::TimeoutError("Deferred timed out after " + detail::formatSeconds(seconds) + " seconds"));
             return r;

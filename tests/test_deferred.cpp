@@ -846,4 +846,18 @@ TEST_CASE("errback() with no argument: the exception being handled inside a catc
 #endif
 }
 
+TEST_CASE("addTimeout: a Deferred dropped unfired takes its timer with it") {
+    Clock clock;
+    {
+        Deferred<int> d;
+        d.addTimeout(30, clock);
+        CHECK(clock.getDelayedCalls().size() == 1);
+    }
+    CHECK(clock.getDelayedCalls().empty());
+    Deferred<int> kept;  // kept alive: the timer still fires
+    auto out = observe(kept.addTimeout(30, clock));
+    clock.advance(30);
+    CHECK(out->error == "defer.TimeoutError");
+}
+
 }  // TEST_SUITE deferred
