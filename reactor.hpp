@@ -1083,8 +1083,22 @@ namespace detail {
 class TimerQueue {
 public:
     explicit TimerQueue(const IReactorTime& clock) : clock_(clock) {}
+    /// Releases the pending calls' functions (what they capture may own a
+    /// handle to their own DelayedCall: a cycle through the entry otherwise).
+    /// Destroying them may run code that touches timers, so they die last,
+    /// after the queue is detached and emptied.
     ~TimerQueue() {
-        for (auto& node : heap_) node.entry->queue = nullptr;
+        std::vector<std::function<void()>> dying;
+        for (std::vector<Node>* nodes : {&heap_, &deferred_}) {
+            for (Node& node : *nodes) {
+                node.entry->queue = nullptr;
+                if (node.entry->fn) {
+                    dying.push_back(std::move(node.entry->fn));
+                    node.entry->fn = nullptr;
+                }
+            }
+            nodes->clear();
+        }
     }
     TimerQueue(const TimerQueue&) = delete;
     TimerQueue& operator=(const TimerQueue&) = delete;
@@ -1349,10 +1363,19 @@ template <class T>
 struct DeferredPromise;
 #endif
 
-template <class R>
-struct IsDeferred : std::false_type {};
 template <class T>
-struct IsDeferred<Deferred<T>> : std::true_type {};
+struct TypeTag {
+    using type = T;
+};
+template <class T>
+TypeTag<T> deferredTag(const Deferred<T>*);
+void deferredTag(...);
+/// `R` is a Deferred<T> or derives from one (a DeferredList<T>).
+template <class R>
+struct IsDeferred : std::negation<std::is_void<decltype(deferredTag(std::declval<R*>()))>> {};
+/// The T of a Deferred<T> (or of a class derived from one).
+template <class R>
+using DeferredValueOf = typename decltype(deferredTag(std::declval<R*>()))::type;
 template <class R>
 struct IsResult : std::false_type {};
 template <class T>
@@ -1460,6 +1483,7 @@ public:
     bool running = false;                // on a run loop's stack right now
     bool suppressAlreadyCalled = false;  // cancelled without canceller: ignore the next fire
     int paused = 0;                      // user pauses + waiting on an inner Deferred
+    int userPaused = 0;                  // the pause() calls not yet undone
     std::weak_ptr<DeferredBase> waitingOn;  // the inner Deferred a callback returned
     std::function<void()> canceller;
 
@@ -1487,8 +1511,15 @@ public:
         }
     }
 
+    void pause() {
+        ++paused;
+        ++userPaused;
+    }
+    /// Undoes a user pause(); an extra unpause() is ignored, so it cannot
+    /// release the wait on a Deferred returned by a callback.
     void unpause() {
-        if (paused == 0) return;
+        if (userPaused == 0) return;
+        --userPaused;
         if (--paused == 0 && called) run(shared_from_this());
     }
 
@@ -1518,6 +1549,36 @@ public:
 inline Failure consumedFailure() {
     return Failure("ResultConsumed", "this Deferred's result was passed on to another Deferred");
 }
+inline bool isConsumedMarker(const Failure& f) { return f.check("ResultConsumed"); }
+
+/// The teardown list of the outermost Deferred destructor running on this
+/// thread (null when none): a pointer, so it needs no thread-exit destructor.
+inline std::vector<std::shared_ptr<void>>*& teardownList() {
+    static thread_local std::vector<std::shared_ptr<void>>* list = nullptr;
+    return list;
+}
+/// Destroys `v` (a dying Deferred's pending steps) without recursion: a
+/// step may own the last reference to another Deferred whose steps own the
+/// next... (a nest of 10,000 unfired Deferreds). Nested destructors hand
+/// their steps to the outermost one, which destroys them in a loop.
+template <class V>
+void destroyIteratively(V& v) {
+    if (v.empty()) return;
+    std::vector<std::shared_ptr<void>>*& list = teardownList();
+    if (list) {
+        list->push_back(std::make_shared<V>(std::move(v)));
+        return;
+    }
+    std::vector<std::shared_ptr<void>> pending;
+    list = &pending;
+    { V dying = std::move(v); }
+    while (!pending.empty()) {
+        std::shared_ptr<void> next = std::move(pending.back());
+        pending.pop_back();
+        next.reset();
+    }
+    list = nullptr;
+}
 
 /// One Deferred's chain and result.
 template <class T>
@@ -1533,6 +1594,7 @@ public:
     ~DeferredState() override {
         if (called && !consumed && result.failed())
             log(LogLevel::critical, "Unhandled error in Deferred: " + result.failure().str());
+        destroyIteratively(steps);
     }
 
     DeferredPtr advance() override {
@@ -1549,9 +1611,12 @@ public:
 
     std::shared_ptr<DeferredState> self() { return std::static_pointer_cast<DeferredState>(shared_from_this()); }
 
+    /// Stores a result. The "ResultConsumed" marker stays handled as it
+    /// passes on down the chain (e.g. through a pass-through half of a pair
+    /// added after the result moved on): only a real failure is reported.
     void setResult(Result<T>&& r) {
         result = std::move(r);
-        consumed = false;
+        consumed = result.failed() && isConsumedMarker(result.failure());
     }
     /// Moves the result out, leaving the handled "ResultConsumed" marker.
     Result<T> take() {
@@ -1623,6 +1688,9 @@ DeferredPtr settleDeferred(DeferredState<U>& s, const std::shared_ptr<DeferredSt
         return settle(s, inner->take());
     ++s.paused;
     s.waitingOn = inner;
+    // No result until `inner` gives one (the failure an errback got has moved
+    // into it): nothing to report if this Deferred is dropped meanwhile.
+    s.setResult(Result<U>(Failure("ResultConsumed", "waiting for the Deferred a callback returned")));
     std::shared_ptr<DeferredState<U>> parent = s.self();
     inner->steps.push_back([parent](DeferredState<U>& me) -> DeferredPtr {
         parent->setResult(me.take());
@@ -1696,21 +1764,21 @@ struct CallbackReturn<F, void> {
 };
 
 /// What type a callback returning `R` gives the chain of a Deferred<T>.
-template <class R, class T>
+template <class R, class T, bool = IsDeferred<R>::value>
 struct Unwrap {
     using type = R;
 };
 template <class T>
-struct Unwrap<Failure, T> {
+struct Unwrap<Failure, T, false> {
     using type = T;
 };
 template <class V, class T>
-struct Unwrap<Result<V>, T> {
+struct Unwrap<Result<V>, T, false> {
     using type = V;
 };
-template <class V, class T>
-struct Unwrap<Deferred<V>, T> {
-    using type = V;
+template <class R, class T>
+struct Unwrap<R, T, true> {  // a Deferred<V> or a DeferredList (a Deferred<DeferredListResult<V>>)
+    using type = DeferredValueOf<R>;
 };
 
 /// Whether a half returning `R` can feed a Deferred<U>.
@@ -1719,7 +1787,7 @@ constexpr bool feeds() {
     if constexpr (std::is_void<R>::value)
         return std::is_void<U>::value;
     else if constexpr (IsDeferred<R>::value)
-        return std::is_same<R, Deferred<U>>::value;
+        return std::is_same<DeferredValueOf<R>, U>::value;
     else
         return std::is_convertible<R, Result<U>>::value;
 }
@@ -1772,7 +1840,19 @@ public:
         s_->fire(Result<T>());
     }
     /// Fires the errback track with `failure`.
-    void errback(Failure failure = Failure()) { s_->fire(Result<T>(std::move(failure))); }
+    void errback(Failure failure) { s_->fire(Result<T>(std::move(failure))); }
+    /// Without an argument, inside a `catch` block: the exception being
+    /// handled (as Twisted's Failure() captures the current exception);
+    /// elsewhere (or without exceptions) an unknown Failure.
+    void errback() {
+#if REACTOR_HAS_EXCEPTIONS
+        if (std::current_exception()) {
+            s_->fire(Result<T>(Failure::current()));
+            return;
+        }
+#endif
+        s_->fire(Result<T>(Failure()));
+    }
 
     // ---- the chain (the consumer adds these) -----------------------------
 
@@ -1825,7 +1905,7 @@ public:
     // ---- flow control -------------------------------------------------------
 
     /// Stops the chain from running until unpause() (a counter).
-    void pause() { ++s_->paused; }
+    void pause() { s_->pause(); }
     /// Undoes one pause(); at zero a fired chain runs on at once. Extra calls are ignored.
     void unpause() { s_->unpause(); }
     /// Twisted's cancel(): unfired → canceller (or "ignore the next fire"),
@@ -1835,7 +1915,8 @@ public:
     /// Cancels this Deferred if it has not fired after `seconds` on `clock`
     /// and turns that CancelledError into defer::TimeoutError. Covers the
     /// callbacks added before this call. The timer does not keep the
-    /// Deferred alive; it is cancelled when the Deferred fires.
+    /// Deferred alive; it is cancelled when the Deferred fires or is
+    /// dropped unfired.
     Deferred addTimeout(double seconds, IReactorTime& clock) {
         auto timedOut = std::make_shared<bool>(false);
         std::weak_ptr<detail::DeferredState<T>> weak = s_;
@@ -1845,8 +1926,18 @@ public:
                 s->cancel();
             }
         });
-        return addBoth([call, timedOut, seconds](Result<T> r) mutable -> Result<T> {
-            if (call.active()) call.cancel();
+        // Owned by the step: if the Deferred is dropped unfired, the step
+        // dies with it and so does the timer.
+        struct CancelOnDrop {
+            DelayedCall call;
+            ~CancelOnDrop() {
+                if (call.active()) call.cancel();
+            }
+        };
+        auto timer = std::make_shared<CancelOnDrop>();
+        timer->call = std::move(call);
+        return addBoth([timer, timedOut, seconds](Result<T> r) mutable -> Result<T> {
+            if (timer->call.active()) timer->call.cancel();
             if (*timedOut && r.failed() && r.failure().template check<defer::CancelledError>())
                 return Failure(defer::TimeoutError("Deferred timed out after " + detail::formatSeconds(seconds) + " seconds"));
             return r;
@@ -1958,12 +2049,12 @@ auto maybeDeferred(F&& f) {
     if constexpr (detail::IsDeferred<R>::value) {
 #if REACTOR_HAS_EXCEPTIONS
         try {
-            return R(f());
+            return Deferred<U>(f());
         } catch (...) {
             return fail<U>(Failure::current());
         }
 #else
-        return R(f());
+        return Deferred<U>(f());
 #endif
     } else {
         Deferred<U> d;
@@ -2092,6 +2183,38 @@ Deferred<typename detail::GatherType<T>::type> gatherResults(std::vector<Deferre
 #if defined(REACTOR_HAS_COROUTINES)
 namespace detail {
 
+/// Resumes coroutines through a trampoline: a coroutine that finishes
+/// fires its Deferred, whose chain resumes the coroutine awaiting it, which
+/// finishes... Resumed one inside the other, 10,000 such levels would
+/// overflow the stack; instead a resumption that happens while another is
+/// running on this thread is queued and run by the outermost one once the
+/// running coroutine suspends or ends. Unlike Twisted's inlineCallbacks
+/// (deliberately): a coroutine that fires a Deferred another coroutine
+/// awaits sees that one resume only after it suspends itself or ends; the
+/// rest of the fired Deferred's chain runs at once as usual.
+inline std::vector<std::coroutine_handle<>>*& resumeQueue() {
+    static thread_local std::vector<std::coroutine_handle<>>* queue = nullptr;  // a pointer: no thread-exit destructor
+    return queue;
+}
+inline void resumeCoroutine(std::coroutine_handle<> h) {
+    std::vector<std::coroutine_handle<>>*& active = resumeQueue();
+    if (active) {
+        active->push_back(h);
+        return;
+    }
+    std::vector<std::coroutine_handle<>> queue;
+    struct Reset {
+        std::vector<std::coroutine_handle<>>*& active;
+        ~Reset() { active = nullptr; }
+    } reset{active};
+    active = &queue;
+    h.resume();
+    for (std::size_t i = 0; i < queue.size(); ++i) {
+        std::coroutine_handle<> next = queue[i];  // resume() may grow the queue
+        next.resume();
+    }
+}
+
 /// `co_await d` (AsResult = false: the value, failures thrown) or
 /// `co_await asResult(d)` (a Result<T>, for -fno-exceptions code).
 template <class T, bool AsResult>
@@ -2109,7 +2232,7 @@ struct DeferredAwaiter {
             if (inSuspend)
                 ready = true;  // fired already: resume without suspending
             else
-                h.resume();
+                resumeCoroutine(h);
             return nullptr;
         });
         inSuspend = false;
@@ -4859,6 +4982,7 @@ public:
             return fail<LoopingCall*>(Failure(error::ValueError("interval must be >= 0")));
         }
         running_ = true;
+        ++generation_;
         interval = seconds;
         deferred_ = Deferred<LoopingCall*>();
         Deferred<LoopingCall*> d = deferred_;
@@ -4908,23 +5032,37 @@ public:
     double interval = 0;
 
 private:
+    // Each start() is a generation. If stop() comes while f's Deferred is
+    // pending and start() follows before it fires, that Deferred belongs to
+    // the old generation: when it fires it finishes the old start()
+    // Deferred and schedules nothing (Twisted would start a second loop).
     void call() {
         call_ = DelayedCall();
         std::weak_ptr<LoopingCall*> alive = alive_;
+        const unsigned generation = generation_;
+        Deferred<LoopingCall*> mine = deferred_;
         f_().addCallbacks(
-            [alive] {
+            [alive, generation, mine]() mutable {
                 auto self = alive.lock();
                 if (!self || !*self) return;
                 LoopingCall& lc = **self;
-                if (lc.running_)
+                if (lc.generation_ != generation) {
+                    if (!mine.called()) mine.callback(&lc);
+                } else if (lc.running_) {
                     lc.schedule();
-                else
+                } else {
                     lc.finish();
+                }
             },
-            [alive](Failure failure) -> Result<void> {
+            [alive, generation, mine](Failure failure) mutable -> Result<void> {
                 auto self = alive.lock();
                 if (!self || !*self) return failure;  // nobody left to tell: report it
                 LoopingCall& lc = **self;
+                if (lc.generation_ != generation) {
+                    if (mine.called()) return failure;
+                    mine.errback(std::move(failure));
+                    return {};
+                }
                 lc.running_ = false;
                 Deferred<LoopingCall*> d = std::exchange(lc.deferred_, Deferred<LoopingCall*>());
                 d.errback(std::move(failure));
@@ -4932,10 +5070,11 @@ private:
             });
     }
     void schedule() {
+        if (call_.active()) call_.cancel();  // never two timers
         std::weak_ptr<LoopingCall*> alive = alive_;
         auto tick = [alive] {
             auto self = alive.lock();
-            if (self && *self) (*self)->call();
+            if (self && *self && (*self)->running_) (*self)->call();
         };
         const double now = clock_.seconds();
         if (interval == 0) {
@@ -4959,6 +5098,7 @@ private:
     Deferred<LoopingCall*> deferred_;
     DelayedCall call_;
     double starttime_ = 0;
+    unsigned generation_ = 0;  // bumped by start(); see call()
     bool running_ = false;
 };
 

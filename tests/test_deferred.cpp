@@ -689,4 +689,175 @@ TEST_CASE("coroutines: co_await a Deferred, return a Deferred (inlineCallbacks)"
 }
 #endif
 
+TEST_CASE("a result passed on stays handled: callbacks added afterwards log nothing") {
+    test::LogCapture log;
+    {  // returned from another Deferred's callback, then given a callback
+        Deferred<int> inner, outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(1);
+        inner.callback(2);
+        CHECK(out->value == 2);
+        auto late = observe(inner.addCallback([](int x) { return x; }));
+        CHECK(late->error == "ResultConsumed");
+    }
+    {  // fed to a type-changing branch, then a same-type pair added
+        Deferred<int> d;
+        std::string got;
+        d.addCallback([](int x) { return std::to_string(x); }).addCallback([&](std::string v) { got = v; });
+        d.addCallback([](int x) { return x; });
+        d.callback(7);
+        CHECK(got == "7");
+    }
+    {  // consumed by a DeferredList with consumeErrors, then given a callback
+        std::vector<Deferred<int>> ds(1);
+        DeferredList<int> l(ds, false, false, true);
+        ds[0].errback(boom());
+        ds[0].addCallback([](int x) { return x; });
+    }
+#if defined(REACTOR_HAS_COROUTINES)
+    {  // awaited by a coroutine, then given a callback
+        Deferred<int> a, b;
+        auto sum = observe(addLater(a, b));
+        a.callback(1);
+        b.callback(2);
+        CHECK(sum->value == 3);
+        a.addCallback([](int x) { return x; });
+    }
+#endif
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("a callback or maybeDeferred returning a DeferredList (derived from Deferred) is chained") {
+    std::vector<Deferred<int>> ds(2);
+    Deferred<int> d;
+    std::size_t got = 0;
+    d.addCallback([&](int) { return DeferredList<int>(ds); }).addCallback([&](DeferredListResult<int> r) {
+        got = r.size();
+    });
+    d.callback(0);
+    CHECK(got == 0);
+    ds[0].callback(1);
+    ds[1].callback(2);
+    CHECK(got == 2);
+
+    std::vector<Deferred<int>> ms(1);
+    Deferred<DeferredListResult<int>> m = maybeDeferred([&] { return DeferredList<int>(ms); });
+    CHECK_FALSE(m.called());
+    ms[0].callback(5);
+    CHECK(m.called());
+    static_assert(detail::IsDeferred<DeferredList<int>>::value, "");
+    static_assert(!detail::IsDeferred<int>::value && !detail::IsDeferred<void>::value, "");
+}
+
+TEST_CASE("an errback returning an unfired Deferred that is then dropped logs nothing") {
+    test::LogCapture log;
+    {
+        Deferred<int> d;
+        d.addErrback([](Failure) { return Deferred<int>(); });
+        d.errback(boom());
+        CHECK(d.paused());
+    }
+    {  // the outer handle goes first; the inner one fires later
+        Deferred<int> inner;
+        int got = 0;
+        {
+            Deferred<int> d;
+            d.addErrback([inner](Failure) { return inner; }).addCallback([&](int x) { got = x; });
+            d.errback(boom());
+        }
+        inner.callback(3);
+        CHECK(got == 3);
+    }
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("an extra unpause() does not release the wait on a Deferred returned by a callback") {
+    Deferred<int> outer, inner;
+    std::vector<int> got;
+    outer.addCallback([inner](int) { return inner; }).addCallback([&](int x) {
+        got.push_back(x);
+        return x;
+    });
+    outer.callback(1);
+    outer.unpause();  // unbalanced: ignored
+    CHECK(outer.paused());
+    CHECK(got.empty());
+    inner.callback(42);
+    CHECK(got == std::vector<int>{42});
+
+    Deferred<int> d;  // user pauses still count
+    d.pause();
+    d.pause();
+    d.callback(1);
+    d.unpause();
+    CHECK(d.paused());
+    d.unpause();
+    CHECK_FALSE(d.paused());
+    d.unpause();
+    CHECK_FALSE(d.paused());
+}
+
+TEST_CASE("dropping a nest of 100,000 unfired Deferreds does not overflow the stack") {
+    const std::size_t n = 100000;
+    bool reached = false;
+    {
+        std::vector<Deferred<int>> ds(n + 1);
+        for (std::size_t i = 0; i < n; ++i) {
+            Deferred<int> next = ds[i + 1];
+            ds[i].addCallback([next](int) { return next; });
+        }
+        for (std::size_t i = 0; i < n; ++i) ds[i].callback(0);
+        ds[0].addCallback([&reached](int x) { reached = true; return x; });
+        // ds[n] never fires: ds[n]'s chain owns ds[n-1], which owns ds[n-2]...
+    }
+    CHECK_FALSE(reached);
+}
+
+#if defined(REACTOR_HAS_COROUTINES)
+namespace {
+Deferred<int> plusOne(Deferred<int> d) { co_return (co_await d) + 1; }
+}  // namespace
+
+TEST_CASE("coroutines: unwinding 100,000 awaiting coroutines does not overflow the stack") {
+    Deferred<int> leaf;
+    Deferred<int> cur = leaf;
+    for (int i = 0; i < 100000; ++i) cur = plusOne(cur);  // each level awaits the one below
+    auto out = observe(cur);
+    leaf.callback(0);  // the first resumes the second, which resumes the third...
+    CHECK(out->value == 100000);
+}
+#endif
+
+TEST_CASE("errback() with no argument: the exception being handled inside a catch, else an unknown Failure") {
+    Deferred<int> plain;
+    auto p = observe(plain);
+    plain.errback();
+    CHECK(p->error == "Failure");
+#if REACTOR_HAS_EXCEPTIONS
+    Deferred<int> d;
+    auto out = observe(d);
+    try {
+        throw error::ConnectionLost();
+    } catch (...) {
+        d.errback();
+    }
+    CHECK(out->error == "ConnectionLost");
+#endif
+}
+
+TEST_CASE("addTimeout: a Deferred dropped unfired takes its timer with it") {
+    Clock clock;
+    {
+        Deferred<int> d;
+        d.addTimeout(30, clock);
+        CHECK(clock.getDelayedCalls().size() == 1);
+    }
+    CHECK(clock.getDelayedCalls().empty());
+    Deferred<int> kept;  // kept alive: the timer still fires
+    auto out = observe(kept.addTimeout(30, clock));
+    clock.advance(30);
+    CHECK(out->error == "defer.TimeoutError");
+}
+
 }  // TEST_SUITE deferred

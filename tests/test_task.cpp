@@ -1,6 +1,7 @@
 // The task module on a Clock (LoopingCall, deferLater), deferToThread on a
 // real reactor, and a before-shutdown trigger that returns a Deferred.
 #include <atomic>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -280,6 +281,68 @@ TEST_CASE("LoopingCall::reset between calls restarts the interval from now") {
     clock.advance(0.1);
     CHECK(calls == 1);
     lc.stop();
+}
+
+TEST_CASE("LoopingCall: stop while f's Deferred is pending, then start again: one loop, both Deferreds fire") {
+    Clock clock;
+    int n = 0;
+    Deferred<void> pending;
+    task::LoopingCall lc(clock, [&] {
+        ++n;
+        pending = Deferred<void>();
+        return pending;
+    });
+    bool firstStopped = false, secondStopped = false;
+    lc.start(1.0).addCallback([&](task::LoopingCall*) { firstStopped = true; });
+    CHECK(lc.stop());  // f's Deferred is pending: the first start() Deferred waits for it
+    CHECK_FALSE(firstStopped);
+    Deferred<void> old = pending;
+    lc.start(1.0).addCallback([&](task::LoopingCall*) { secondStopped = true; });
+    CHECK(n == 2);
+    old.callback();  // the first generation's f finishes: its start() Deferred fires, nothing is scheduled
+    CHECK(firstStopped);
+    CHECK(clock.getDelayedCalls().empty());
+    pending.callback();  // the second generation's f finishes: the next call is scheduled
+    CHECK(clock.getDelayedCalls().size() == 1);
+    CHECK_FALSE(secondStopped);
+    lc.stop();
+    CHECK(secondStopped);
+    CHECK(clock.getDelayedCalls().empty());
+    n = 0;
+    for (int i = 0; i < 5; ++i) {
+        clock.advance(1);
+        if (!pending.called()) pending.callback();
+    }
+    CHECK(n == 0);
+}
+
+TEST_CASE("LoopingCall: f returning a DeferredList waits for the list") {
+    Clock clock;
+    int n = 0;
+    std::vector<Deferred<int>> ms;
+    task::LoopingCall lc(clock, [&] {
+        ++n;
+        ms = std::vector<Deferred<int>>(1);
+        return DeferredList<int>(ms);
+    });
+    lc.start(1);
+    clock.advance(3);
+    CHECK(n == 1);
+    ms[0].callback(0);
+    clock.advance(1);
+    CHECK(n == 2);
+    lc.stop();
+}
+
+TEST_CASE("deferLater: destroying the clock with the call pending frees what f captures (no cycle)") {
+    std::weak_ptr<int> weak;
+    {
+        Clock clock;
+        auto big = std::make_shared<int>(1);
+        weak = big;
+        task::deferLater(clock, 10, [big] {});
+    }
+    CHECK(weak.expired());
 }
 
 }  // TEST_SUITE task
