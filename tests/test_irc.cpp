@@ -1076,6 +1076,7 @@ TEST_CASE("ngircd: two clients, the bot, and a reconnect") {
 TEST_SUITE("irc") {
 
 TEST_CASE("no outgoing line exceeds 512 bytes: long topics, kick reasons, quit messages are cut") {
+    test::LogCapture logs;
     Recorder p;
     StringTransport t;
     p.nickname = "bot";
@@ -1094,6 +1095,7 @@ TEST_CASE("no outgoing line exceeds 512 bytes: long topics, kick reasons, quit m
         ++lines;
     }
     CHECK(lines == 3);
+    CHECK(logs.contains("cut an outgoing line of 1010 bytes to 510"));
 }
 
 TEST_CASE("PONG goes ahead of the lineRate queue; the queue is bounded") {
