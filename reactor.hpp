@@ -6470,13 +6470,13 @@ public:
 
     /// JOIN #channel [key] ("chan" gets a '#').
     bool join(const std::string& channel, const std::string& key = "") {
-        if (!checkArgs("JOIN", {channel, key})) return false;
+        if (!checkArgs("JOIN", {channel, key}) || !checkMiddle("JOIN", {channel, key})) return false;
         std::string c = withChannelPrefix(channel);
         return sendLine(key.empty() ? "JOIN " + c : "JOIN " + c + " " + key);
     }
     /// PART #channel [:reason].
     bool leave(const std::string& channel, const std::string& reason = "") {
-        if (!checkArgs("PART", {channel, reason})) return false;
+        if (!checkArgs("PART", {channel, reason}) || !checkMiddle("PART", {channel})) return false;
         std::string c = withChannelPrefix(channel);
         return sendLine(reason.empty() ? "PART " + c : "PART " + c + " :" + reason);
     }
@@ -6484,18 +6484,18 @@ public:
     bool part(const std::string& channel, const std::string& reason = "") { return leave(channel, reason); }
     /// KICK #channel user [:reason].
     bool kick(const std::string& channel, const std::string& user, const std::string& reason = "") {
-        if (!checkArgs("KICK", {channel, user, reason})) return false;
+        if (!checkArgs("KICK", {channel, user, reason}) || !checkMiddle("KICK", {channel, user}, 2)) return false;
         std::string line = "KICK " + withChannelPrefix(channel) + " " + user;
         return sendLine(reason.empty() ? line : line + " :" + reason);
     }
     /// INVITE user #channel.
     bool invite(const std::string& user, const std::string& channel) {
-        if (!checkArgs("INVITE", {user, channel})) return false;
+        if (!checkArgs("INVITE", {user, channel}) || !checkMiddle("INVITE", {user, channel}, 2)) return false;
         return sendLine("INVITE " + user + " " + withChannelPrefix(channel));
     }
     /// TOPIC #channel (ask), or TOPIC #channel :text (set; "" clears it).
     bool topic(const std::string& channel, const std::optional<std::string>& newTopic = std::nullopt) {
-        if (!checkArgs("TOPIC", {channel, newTopic.value_or("")})) return false;
+        if (!checkArgs("TOPIC", {channel, newTopic.value_or("")}) || !checkMiddle("TOPIC", {channel})) return false;
         std::string c = withChannelPrefix(channel);
         return sendLine(newTopic ? "TOPIC " + c + " :" + *newTopic : "TOPIC " + c);
     }
@@ -6503,7 +6503,9 @@ public:
     bool mode(const std::string& chan, bool set, const std::string& modes, std::optional<int> limit = std::nullopt,
               const std::optional<std::string>& user = std::nullopt,
               const std::optional<std::string>& mask = std::nullopt) {
-        if (!checkArgs("MODE", {chan, modes, user.value_or(""), mask.value_or("")})) return false;
+        if (!checkArgs("MODE", {chan, modes, user.value_or(""), mask.value_or("")}) ||
+            !checkMiddle("MODE", {chan, modes, user.value_or(""), mask.value_or("")}, 2))
+            return false;
         std::string line = "MODE " + chan + (set ? " +" : " -") + modes;
         if (limit) line += " " + std::to_string(*limit);
         else if (user) line += " " + *user;
@@ -6540,12 +6542,12 @@ public:
     bool back() { return away(); }
     /// WHOIS nick, or WHOIS server nick.
     bool whois(const std::string& nick, const std::string& server = "") {
-        if (!checkArgs("WHOIS", {nick, server})) return false;
+        if (!checkArgs("WHOIS", {nick, server}) || !checkMiddle("WHOIS", {nick, server})) return false;
         return sendLine(server.empty() ? "WHOIS " + nick : "WHOIS " + server + " " + nick);
     }
     /// NICK nick (nickname changes when the server confirms).
     bool setNick(const std::string& nick) {
-        if (!checkArgs("NICK", {nick})) return false;
+        if (!checkArgs("NICK", {nick}) || !checkMiddle("NICK", {nick})) return false;
         attemptedNick_ = nick;
         return sendLine("NICK " + nick);
     }
@@ -6556,7 +6558,7 @@ public:
     }
     /// NAMES #channel; the answer arrives as receivedNames (not in Twisted).
     bool names(const std::string& channel) {
-        if (!checkArgs("NAMES", {channel})) return false;
+        if (!checkArgs("NAMES", {channel}) || !checkMiddle("NAMES", {channel})) return false;
         return sendLine("NAMES " + withChannelPrefix(channel));
     }
     /// CTCP PING to `user` (the key is `text`, or 12 random letters); the
@@ -6690,7 +6692,7 @@ private:
 
     bool sendMessage(const std::string& command, const std::string& target, const std::string& message,
                      std::size_t length) {
-        if (!checkArgs(command.c_str(), {target})) return false;
+        if (!checkArgs(command.c_str(), {target}) || !checkMiddle(command.c_str(), {target})) return false;
         if (message.find('\0') != std::string::npos) {
             reactor::log(LogLevel::warning, "irc: refused to send " + command + ": the message contains NUL");
             return false;
@@ -6750,6 +6752,22 @@ private:
                              std::string("irc: refused to send ") + command + ": an argument contains CR, LF or NUL");
                 return false;
             }
+        return true;
+    }
+    /// Middle parameters (targets, nicks, channels, keys): a space or a
+    /// leading ':' would shift or swallow the parameters after it, and an
+    /// empty one drops it. The first `required` must not be empty.
+    bool checkMiddle(const char* command, std::initializer_list<std::string_view> params, std::size_t required = 1) {
+        std::size_t i = 0;
+        for (std::string_view p : params) {
+            bool bad = (i++ < required && p.empty()) || p.find(' ') != std::string_view::npos ||
+                       (!p.empty() && p.front() == ':');
+            if (bad) {
+                reactor::log(LogLevel::warning, std::string("irc: refused to send ") + command +
+                                                    ": a target, nick or channel is empty, has a space, or starts with ':'");
+                return false;
+            }
+        }
         return true;
     }
     bool checkCtcp(const char* command, const std::string& user, const std::vector<CtcpMessage>& messages) {

@@ -1148,3 +1148,26 @@ TEST_CASE("ping() quotes its key: no second CTCP query can be smuggled in") {
 }
 
 }  // TEST_SUITE irc
+
+TEST_SUITE("irc") {
+
+TEST_CASE("targets, nicks and channels cannot shift parameters: no spaces, no leading ':', not empty") {
+    test::LogCapture logs;
+    Recorder p;
+    StringTransport t;
+    p.nickname = "bot";
+    p.makeConnection(&t);
+    t.clear();
+    CHECK_FALSE(p.msg("bob :owned", "hi"));
+    CHECK_FALSE(p.kick("#c", "bob :fake"));
+    CHECK_FALSE(p.whois(":x y"));
+    CHECK_FALSE(p.setNick(""));
+    CHECK_FALSE(p.join("#a b"));
+    CHECK_FALSE(p.msg("", "hi"));
+    CHECK(t.value().empty());
+    CHECK(logs.contains("refused to send"));
+    CHECK(p.msg("bob", "text may have spaces and a :colon"));
+    CHECK(t.value() == "PRIVMSG bob :text may have spaces and a :colon\r\n");
+}
+
+}  // TEST_SUITE irc
