@@ -226,11 +226,13 @@ def denormalize(text):
     return "".join(chr(ord(ch) - 0xE000) if "\ue000" <= ch <= "\ue0ff" else ch for ch in text)
 
 
-def split_top(text, sep=","):
-    """Splits on `sep` outside (), [], {} and template <>."""
-    parts, depth, angle, cur = [], 0, 0, []
+def depth0_chars(text, end=None):
+    """Yields (index, char) for every character outside (), [], {} and
+    template <>, other than those brackets themselves, before `end`."""
+    depth = angle = 0
     prev = ""
-    for ch in text:
+    for i in range(len(text) if end is None else end):
+        ch = text[i]
         if ch in "([{":
             depth += 1
         elif ch in ")]}":
@@ -239,15 +241,18 @@ def split_top(text, sep=","):
             angle += 1
         elif ch == ">" and depth == 0 and angle > 0 and prev != "-":
             angle -= 1
-        if ch == sep and depth == 0 and angle == 0:
-            parts.append("".join(cur))
-            cur = []
-        else:
-            cur.append(ch)
+        elif depth == 0 and angle == 0:
+            yield i, ch
         if not ch.isspace():
             prev = ch
-    parts.append("".join(cur))
-    return parts
+
+
+def split_top(text, sep=","):
+    """Splits on `sep` outside (), [], {} and template <>."""
+    cuts = [i for i, ch in depth0_chars(text) if ch == sep]
+    starts = [0] + [i + 1 for i in cuts]
+    ends = cuts + [len(text)]
+    return [text[a:b] for a, b in zip(starts, ends)]
 
 
 def first_top_paren(text):
@@ -278,24 +283,7 @@ def first_top_paren(text):
 def top_level_index(text, ch_set, limit=None):
     """First index of a character of ch_set at depth 0 (outside (), [], {},
     and template brackets), before `limit`."""
-    depth = angle = 0
-    prev = ""
-    end = len(text) if limit is None else limit
-    for i in range(end):
-        ch = text[i]
-        if ch in "([{":
-            depth += 1
-        elif ch in ")]}":
-            depth -= 1
-        elif ch == "<" and depth == 0 and re.match(r"[\w:>]", prev or " "):
-            angle += 1
-        elif ch == ">" and depth == 0 and angle > 0 and prev != "-":
-            angle -= 1
-        elif ch in ch_set and depth == 0 and angle == 0:
-            return i
-        if not ch.isspace():
-            prev = ch
-    return -1
+    return next((i for i, ch in depth0_chars(text, limit) if ch in ch_set), -1)
 
 
 def squash(text):
