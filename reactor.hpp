@@ -81,6 +81,15 @@
 #define REACTOR_READ_BUFFER_SIZE 65536
 #endif
 
+// Header-only by default: every function is inline. With
+// REACTOR_SEPARATE_COMPILATION the non-template bodies (section 15) are
+// compiled once, in the TU that defines REACTOR_IMPLEMENTATION.
+#if defined(REACTOR_SEPARATE_COMPILATION)
+#define REACTOR_INLINE
+#else
+#define REACTOR_INLINE inline
+#endif
+
 // ============================================================================
 // ==== 2. INCLUDES ====
 // ============================================================================
@@ -88,12 +97,9 @@
 #include <algorithm>    // std::push_heap, std::pop_heap, std::find_if
 #include <atomic>       // wake-up flag, signal flag
 #include <chrono>       // steady_clock: the monotonic time source
-#include <cmath>        // std::floor (LoopingCall), std::sqrt/log/cos (reconnect jitter)
 #include <condition_variable>  // thread pool
 #include <cstdint>      // fixed-width integers
-#include <cstdio>       // std::fputs for the default logger
-#include <cstdlib>      // std::getenv for REACTOR_TRACE
-#include <cstring>      // std::strcmp, std::strerror
+#include <cstring>      // std::strerror, std::memcpy
 #include <exception>    // std::exception, std::exception_ptr
 #include <functional>   // std::function for user callbacks
 #include <initializer_list>  // writeSequence({a, b})
@@ -106,8 +112,6 @@
 #include <utility>      // std::move, std::exchange
 #include <variant>      // Result<T>: a value or a Failure
 #include <vector>       // everything array-like
-// IRC (section 13)
-#include <ctime>        // CTCP TIME: std::time, std::strftime, localtime_r
 #include <optional>     // IRC: absent CTCP data, optional command arguments
 
 // C++20 coroutines: Deferred<T> is awaitable and a coroutine return type.
@@ -167,31 +171,13 @@ inline bool connectionAborted(int err) { return err == ECONNABORTED; }
 
 /// What a failed connect() means, for Twisted's ConnectError subclasses.
 enum class ConnectErrorKind { refused, timedOut, noRoute, bindError, other };
-inline ConnectErrorKind classifyConnectError(int err) {
-    switch (err) {
-        case ECONNREFUSED: return ConnectErrorKind::refused;
-        case ETIMEDOUT: return ConnectErrorKind::timedOut;
-        case ENETUNREACH:
-        case EHOSTUNREACH: return ConnectErrorKind::noRoute;
-        case EADDRINUSE:
-        case EADDRNOTAVAIL: return ConnectErrorKind::bindError;
-        default: return ConnectErrorKind::other;
-    }
-}
+ConnectErrorKind classifyConnectError(int err);
 
-inline void closeFd(Fd fd) {
-    if (fd >= 0) ::close(fd);  // never retried on EINTR: the fd is gone either way on Linux
-}
+void closeFd(Fd fd);
 
-inline bool setNonBlocking(Fd fd) {
-    int flags = ::fcntl(fd, F_GETFL, 0);
-    return flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
-}
+bool setNonBlocking(Fd fd);
 
-inline bool setCloseOnExec(Fd fd) {
-    int flags = ::fcntl(fd, F_GETFD, 0);
-    return flags >= 0 && ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0;
-}
+bool setCloseOnExec(Fd fd);
 
 /// One entry of the readiness array (WSAPOLLFD has the same fields).
 using PollFd = pollfd;
@@ -217,76 +203,14 @@ inline int pollWait(pollfd* fds, size_t count, int timeoutMs) {
 }
 
 /// The same contract on top of select(), filling in `revents`.
-inline int selectWait(pollfd* fds, size_t count, int timeoutMs) {
-    fd_set readSet, writeSet, errorSet;
-    FD_ZERO(&readSet);
-    FD_ZERO(&writeSet);
-    FD_ZERO(&errorSet);
-    int maxFd = -1;
-    for (size_t i = 0; i < count; ++i) {
-        fds[i].revents = 0;
-        int fd = fds[i].fd;
-        if (fd < 0 || fd >= selectLimit) continue;
-        if (fds[i].events & evRead) FD_SET(fd, &readSet);
-        if (fds[i].events & evWrite) FD_SET(fd, &writeSet);
-        FD_SET(fd, &errorSet);
-        maxFd = std::max(maxFd, fd);
-    }
-    timeval tv{};
-    timeval* tvp = nullptr;
-    if (timeoutMs >= 0) {
-        tv.tv_sec = timeoutMs / 1000;
-        tv.tv_usec = static_cast<decltype(tv.tv_usec)>((timeoutMs % 1000) * 1000);
-        tvp = &tv;
-    }
-    int n = ::select(maxFd + 1, &readSet, &writeSet, &errorSet, tvp);
-    if (n < 0 && errno == EBADF) {
-        // A watched descriptor was closed: report it as poll() would
-        // (POLLNVAL) instead of failing every turn.
-        int bad = 0;
-        for (size_t i = 0; i < count; ++i)
-            if (fds[i].fd >= 0 && ::fcntl(fds[i].fd, F_GETFD) < 0) {
-                fds[i].revents = evInvalid;
-                ++bad;
-            }
-        if (bad) return bad;
-        errno = EBADF;
-    }
-    if (n <= 0) return n;
-    int ready = 0;
-    for (size_t i = 0; i < count; ++i) {
-        int fd = fds[i].fd;
-        if (fd < 0 || fd >= selectLimit) continue;
-        short rev = 0;
-        if (FD_ISSET(fd, &readSet)) rev = static_cast<short>(rev | evRead);
-        if (FD_ISSET(fd, &writeSet)) rev = static_cast<short>(rev | evWrite);
-        if (FD_ISSET(fd, &errorSet)) rev = static_cast<short>(rev | POLLERR);
-        fds[i].revents = rev;
-        if (rev) ++ready;
-    }
-    return ready;
-}
+int selectWait(pollfd* fds, size_t count, int timeoutMs);
 
 /// A self-pipe (eventfd on Linux) that another thread, or a signal handler,
 /// writes to so that a reactor blocked in poll() wakes up.
 class Waker {
 public:
-    Waker() {
-#if defined(__linux__)
-        readFd_ = writeFd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-#else
-        int p[2];
-        if (::pipe(p) == 0) {
-            readFd_ = p[0];
-            writeFd_ = p[1];
-            for (int fd : p) { setNonBlocking(fd); setCloseOnExec(fd); }
-        }
-#endif
-    }
-    ~Waker() {
-        closeFd(readFd_);
-        if (writeFd_ != readFd_) closeFd(writeFd_);
-    }
+    Waker();
+    ~Waker();
     Waker(const Waker&) = delete;
     Waker& operator=(const Waker&) = delete;
 
@@ -294,23 +218,10 @@ public:
     Fd writeFd() const { return writeFd_; }
 
     /// Async-signal-safe; a full pipe already means "wake up", so errors are ignored.
-    static void wake(Fd writeFd) {
-#if defined(__linux__)
-        std::uint64_t one = 1;
-        ssize_t n = ::write(writeFd, &one, sizeof one);
-#else
-        char byte = 1;
-        ssize_t n = ::write(writeFd, &byte, 1);
-#endif
-        (void)n;
-    }
+    static void wake(Fd writeFd);
     void wake() const { wake(writeFd_); }
 
-    void drain() const {
-        char buf[64];
-        while (::read(readFd_, buf, sizeof buf) > 0) {
-        }
-    }
+    void drain() const;
 
 private:
     Fd readFd_ = invalidFd;
@@ -331,184 +242,57 @@ struct SockAddr {
 
 /// Parses an IPv4 or IPv6 literal ("127.0.0.1", "::1"). False if `host`
 /// is not a literal (a name, or garbage).
-inline bool parseLiteral(const std::string& host, std::uint16_t port, SockAddr& out) {
-    out = SockAddr{};
-    auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
-    if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
-        v4->sin_family = AF_INET;
-        v4->sin_port = htons(port);
-        out.length = sizeof(sockaddr_in);
-        return true;
-    }
-    auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
-    if (::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
-        v6->sin6_family = AF_INET6;
-        v6->sin6_port = htons(port);
-        out.length = sizeof(sockaddr_in6);
-        return true;
-    }
-    return false;
-}
+bool parseLiteral(const std::string& host, std::uint16_t port, SockAddr& out);
 
 /// Blocking name resolution (run it on a thread). Returns the addresses,
 /// or an empty vector with `error` set to the resolver's reason.
-inline std::vector<SockAddr> resolve(const std::string& host, std::uint16_t port, std::string& error) {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
-    addrinfo* list = nullptr;
-    std::vector<SockAddr> out;
-    int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
-    if (rc != 0) {
-        error = ::gai_strerror(rc);
-        return out;
-    }
-    for (addrinfo* ai = list; ai; ai = ai->ai_next) {
-        if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
-        SockAddr a;
-        std::memcpy(&a.storage, ai->ai_addr, ai->ai_addrlen);
-        a.length = ai->ai_addrlen;
-        out.push_back(a);
-    }
-    ::freeaddrinfo(list);
-    if (out.empty()) error = "no addresses";
-    return out;
-}
+std::vector<SockAddr> resolve(const std::string& host, std::uint16_t port, std::string& error);
 
 /// The host string and port of an address.
-inline void describe(const SockAddr& a, std::string& host, std::uint16_t& port, bool& ipv6) {
-    char buf[INET6_ADDRSTRLEN] = {};
-    ipv6 = a.family() == AF_INET6;
-    if (ipv6) {
-        auto* v6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
-        ::inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof buf);
-        port = ntohs(v6->sin6_port);
-    } else {
-        auto* v4 = reinterpret_cast<const sockaddr_in*>(&a.storage);
-        ::inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof buf);
-        port = ntohs(v4->sin_port);
-    }
-    host = buf;
-}
+void describe(const SockAddr& a, std::string& host, std::uint16_t& port, bool& ipv6);
 
 /// A non-blocking, close-on-exec TCP socket, or invalidFd with errno set.
-inline Fd tcpSocket(int family) {
-#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
-    Fd fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-#else
-    Fd fd = ::socket(family, SOCK_STREAM, 0);
-    if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
-#endif
-#if defined(SO_NOSIGPIPE)  // macOS/BSD: no SIGPIPE from this socket
-    if (fd >= 0) { int one = 1; ::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one); }
-#endif
-    return fd;
-}
+Fd tcpSocket(int family);
 
-inline bool setIntOption(Fd fd, int level, int name, int value) {
-    return ::setsockopt(fd, level, name, &value, sizeof value) == 0;
-}
+bool setIntOption(Fd fd, int level, int name, int value);
 inline bool setReuseAddress(Fd fd) { return setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1); }
-inline bool setNoDelay(Fd fd, bool on) { return setIntOption(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0); }
-inline bool setKeepAlive(Fd fd, bool on) { return setIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0); }
-inline bool getIntOption(Fd fd, int level, int name) {
-    int value = 0;
-    socklen_t len = sizeof value;
-    return ::getsockopt(fd, level, name, &value, &len) == 0 && value != 0;
-}
+bool setNoDelay(Fd fd, bool on);
+bool setKeepAlive(Fd fd, bool on);
+bool getIntOption(Fd fd, int level, int name);
 inline bool getNoDelay(Fd fd) { return getIntOption(fd, IPPROTO_TCP, TCP_NODELAY); }
 inline bool getKeepAlive(Fd fd) { return getIntOption(fd, SOL_SOCKET, SO_KEEPALIVE); }
 /// Makes close() send a reset instead of a FIN (abortConnection).
-inline void setLingerZero(Fd fd) {
-    linger l{};
-    l.l_onoff = 1;
-    l.l_linger = 0;
-    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-}
+void setLingerZero(Fd fd);
 
 inline int bindTo(Fd fd, const SockAddr& a) { return ::bind(fd, a.get(), a.length); }
 inline int listenOn(Fd fd, int backlog) { return ::listen(fd, backlog); }
 
 /// Starts a non-blocking connect: 0 when connected at once, -1 with errno
 /// (EINPROGRESS: wait for writability, then check socketError()).
-inline int startConnect(Fd fd, const SockAddr& a) {
-    int rc;
-    do rc = ::connect(fd, a.get(), a.length);
-    while (rc < 0 && errno == EINTR);
-    return rc;
-}
+int startConnect(Fd fd, const SockAddr& a);
 inline bool connectInProgress(int err) { return err == EINPROGRESS || err == EALREADY; }
 
 /// The pending error of a socket (SO_ERROR): how a non-blocking connect ended.
-inline int socketError(Fd fd) {
-    int err = 0;
-    socklen_t len = sizeof err;
-    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
-    return err;
-}
+int socketError(Fd fd);
 
 /// Accepts one connection, non-blocking and close-on-exec; EINTR retried.
-inline Fd acceptOne(Fd listener, SockAddr& peer) {
-    Fd fd;
-    do {
-        peer.length = sizeof peer.storage;
-#if defined(__linux__)
-        fd = ::accept4(listener, peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
-#else
-        fd = ::accept(listener, peer.get(), &peer.length);
-        if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
-#endif
-    } while (fd < 0 && errno == EINTR);
-    return fd;
-}
+Fd acceptOne(Fd listener, SockAddr& peer);
 /// accept() failed because the process or system is out of descriptors
 /// (or memory): retrying at once would spin.
-inline bool outOfDescriptors(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
+bool outOfDescriptors(int err);
 
 /// A descriptor kept in reserve so that, out of descriptors, the listener
 /// can still accept-and-close the connection at the head of the queue.
 inline Fd openSpareFd() { return ::open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
-inline bool localAddress(Fd fd, SockAddr& a) {
-    a.length = sizeof a.storage;
-    return ::getsockname(fd, a.get(), &a.length) == 0;
-}
-inline bool peerAddress(Fd fd, SockAddr& a) {
-    a.length = sizeof a.storage;
-    return ::getpeername(fd, a.get(), &a.length) == 0;
-}
+bool localAddress(Fd fd, SockAddr& a);
+bool peerAddress(Fd fd, SockAddr& a);
 
 /// recv(); EINTR retried. Returns bytes, 0 at EOF, -1 with errno.
-inline long receive(Fd fd, char* buf, std::size_t size) {
-    ssize_t n;
-    do n = ::recv(fd, buf, size, 0);
-    while (n < 0 && errno == EINTR);
-    return static_cast<long>(n);
-}
+long receive(Fd fd, char* buf, std::size_t size);
 
 /// Gather-write without SIGPIPE (MSG_NOSIGNAL): writev for sockets.
-inline long sendParts(Fd fd, const std::string_view* parts, std::size_t count) {
-    constexpr std::size_t maxParts = 16;
-    iovec iov[maxParts];
-    std::size_t n = std::min(count, maxParts);
-    for (std::size_t i = 0; i < n; ++i) {
-        iov[i].iov_base = const_cast<char*>(parts[i].data());
-        iov[i].iov_len = parts[i].size();
-    }
-    msghdr msg{};
-    msg.msg_iov = iov;
-    msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(n);
-#if defined(MSG_NOSIGNAL)
-    constexpr int flags = MSG_NOSIGNAL;
-#else
-    constexpr int flags = 0;  // SO_NOSIGPIPE was set on the socket
-#endif
-    ssize_t sent;
-    do sent = ::sendmsg(fd, &msg, flags);
-    while (sent < 0 && errno == EINTR);
-    return static_cast<long>(sent);
-}
+long sendParts(Fd fd, const std::string_view* parts, std::size_t count);
 
 inline int shutdownWrite(Fd fd) { return ::shutdown(fd, SHUT_WR); }
 
@@ -516,41 +300,17 @@ inline int shutdownWrite(Fd fd) { return ::shutdown(fd, SHUT_WR); }
 /// SIGINT/SIGTERM handling for `Reactor::run(true)`. A signal handler can
 /// only touch lock-free atomics, so the one reactor that asked for signals
 /// publishes its wake-up descriptor here while it runs.
-inline std::atomic<int>& signalWakeFd() {
-    static std::atomic<int> fd{invalidFd};
-    return fd;
-}
-inline std::atomic<int>& signalReceived() {
-    static std::atomic<int> sig{0};
-    return sig;
-}
-extern "C" inline void reactorSignalHandler(int sig) {
-    int savedErrno = errno;  // the interrupted code may be about to read it
-    signalReceived().store(sig);
-    int fd = signalWakeFd().load();
-    if (fd >= 0) Waker::wake(fd);
-    errno = savedErrno;
-}
+std::atomic<int>& signalWakeFd();
+std::atomic<int>& signalReceived();
+extern "C" void reactorSignalHandler(int sig);
 
-inline const char* signalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
+const char* signalName(int sig);
 
 /// Installs the handlers, remembering the previous ones so they can be put back.
 class SignalHandlers {
 public:
-    explicit SignalHandlers(Fd wakeFd) {
-        signalReceived().store(0);
-        signalWakeFd().store(wakeFd);
-        struct sigaction sa {};
-        sa.sa_handler = &reactorSignalHandler;
-        sigemptyset(&sa.sa_mask);
-        ::sigaction(SIGINT, &sa, &oldInt_);
-        ::sigaction(SIGTERM, &sa, &oldTerm_);
-    }
-    ~SignalHandlers() {
-        ::sigaction(SIGINT, &oldInt_, nullptr);
-        ::sigaction(SIGTERM, &oldTerm_, nullptr);
-        signalWakeFd().store(invalidFd);
-    }
+    explicit SignalHandlers(Fd wakeFd);
+    ~SignalHandlers();
     SignalHandlers(const SignalHandlers&) = delete;
     SignalHandlers& operator=(const SignalHandlers&) = delete;
 
@@ -572,49 +332,22 @@ private:
 enum class LogLevel { debug, info, warning, error, critical };
 
 /// The level's lower-case name ("debug" ... "critical"), as the default logger prints it.
-inline const char* logLevelName(LogLevel level) {
-    switch (level) {
-        case LogLevel::debug: return "debug";
-        case LogLevel::info: return "info";
-        case LogLevel::warning: return "warning";
-        case LogLevel::error: return "error";
-        case LogLevel::critical: return "critical";
-    }
-    return "?";
-}
+const char* logLevelName(LogLevel level);
 
 /// The one log hook (Twisted's log observer). Called on the reactor thread.
 using Logger = std::function<void(LogLevel, std::string_view)>;
 
 namespace detail {
-inline Logger& loggerSlot() {
-    static Logger logger;  // empty: the default stderr writer
-    return logger;
-}
-inline void defaultLog(LogLevel level, std::string_view message) {
-    std::string line = "[reactor ";
-    line += logLevelName(level);
-    line += "] ";
-    line += message;
-    line += '\n';
-    std::fputs(line.c_str(), stderr);
-}
+Logger& loggerSlot();
+void defaultLog(LogLevel level, std::string_view message);
 }  // namespace detail
 
 /// Replaces the log hook and returns the previous one; an empty function
 /// restores the default (stderr). Set it before starting other threads.
-inline Logger setLogger(Logger logger) {
-    return std::exchange(detail::loggerSlot(), std::move(logger));
-}
+Logger setLogger(Logger logger);
 
 /// Sends one line to the log hook.
-inline void log(LogLevel level, std::string_view message) {
-    Logger& logger = detail::loggerSlot();
-    if (logger)
-        logger(level, message);
-    else
-        detail::defaultLog(level, message);
-}
+void log(LogLevel level, std::string_view message);
 
 /// Receives one trace line per loop event (Reactor::setTracer).
 using Tracer = std::function<void(std::string_view line)>;
@@ -623,22 +356,10 @@ namespace detail {
 
 /// The tracer of the reactor turning on this thread, or null. Lets code that
 /// does not know its reactor (a Deferred firing) report to the trace.
-inline const Tracer*& activeTracer() {
-    static thread_local const Tracer* tracer = nullptr;
-    return tracer;
-}
+const Tracer*& activeTracer();
 
 /// "12.3 ms" / "850 us": a short human duration for trace lines.
-inline std::string formatDuration(double seconds) {
-    char buf[32];
-    if (seconds >= 1)
-        std::snprintf(buf, sizeof buf, "%.2f s", seconds);
-    else if (seconds >= 0.001)
-        std::snprintf(buf, sizeof buf, "%.1f ms", seconds * 1e3);
-    else
-        std::snprintf(buf, sizeof buf, "%.0f us", seconds * 1e6);
-    return buf;
-}
+std::string formatDuration(double seconds);
 
 /// Where a call was made from, captured by default arguments so that a
 /// leaked timer can be reported with the line that scheduled it.
@@ -667,11 +388,7 @@ struct TypeChain {
     void push(const char* name) {
         if (size < maxErrorDepth) names[size++] = name;
     }
-    bool contains(const char* name) const {
-        for (std::size_t i = 0; i < size; ++i)
-            if (std::strcmp(names[i], name) == 0) return true;
-        return false;
-    }
+    bool contains(const char* name) const;
 };
 
 }  // namespace detail
@@ -855,10 +572,7 @@ public:
 #endif
 
     /// The most derived type name, e.g. "ConnectionDone".
-    std::string type() const {
-        if (!dynamicName_.empty()) return dynamicName_;
-        return chain_.size ? chain_.names[0] : "Failure";
-    }
+    std::string type() const;
     /// Twisted's getErrorMessage(): the exception's message.
     const std::string& getErrorMessage() const { return message_; }
     /// "ConnectionDone: Connection was closed cleanly."
@@ -916,15 +630,7 @@ public:
     }
 
     /// Throws the original exception (or an `Error` with the message).
-    [[noreturn]] void raiseException() const {
-#if REACTOR_HAS_EXCEPTIONS
-        if (exception_) std::rethrow_exception(exception_);
-        throw Error(str());
-#else
-        log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
-        std::abort();
-#endif
-    }
+    [[noreturn]] void raiseException() const;
 
 private:
     template <class E>
@@ -940,25 +646,8 @@ private:
 #endif
         }
     }
-    void describe(const std::exception& e) {
-        if (auto* err = dynamicError(e)) {
-            err->typeNames(chain_);
-            return;
-        }
-#if REACTOR_HAS_RTTI && defined(__GNUG__)
-        dynamicName_ = detail::demangle(typeid(e).name());
-#else
-        chain_.push("std::exception");
-#endif
-    }
-    static const Error* dynamicError(const std::exception& e) {
-#if REACTOR_HAS_RTTI
-        return dynamic_cast<const Error*>(&e);
-#else
-        (void)e;
-        return nullptr;
-#endif
-    }
+    void describe(const std::exception& e);
+    static const Error* dynamicError(const std::exception& e);
 
     std::string message_;
     std::string dynamicName_;  // a demangled type name for non-library exceptions
@@ -1034,11 +723,11 @@ public:
 
     /// Unschedules the call. Cancelling a called or cancelled call is an
     /// error (`error::AlreadyCalled` / `error::AlreadyCancelled`).
-    inline void cancel();
+    void cancel();
     /// Reschedules to `secondsFromNow` from now (earlier or later).
-    inline void reset(double secondsFromNow);
+    void reset(double secondsFromNow);
     /// Moves the scheduled time `secondsLater` later (relative to the old time).
-    inline void delay(double secondsLater);
+    void delay(double secondsLater);
     /// Neither called nor cancelled.
     bool active() const { return entry_ && !entry_->called && !entry_->cancelled; }
     /// The absolute time (on its clock's `seconds()` scale) it runs at.
@@ -1057,7 +746,7 @@ public:
     friend bool operator!=(const DelayedCall& a, const DelayedCall& b) { return a.entry_ != b.entry_; }
 
 private:
-    inline bool checkActive(const char* what) const;
+    bool checkActive(const char* what) const;
     std::shared_ptr<detail::TimerEntry> entry_;
 };
 
@@ -1087,58 +776,21 @@ public:
     /// handle to their own DelayedCall: a cycle through the entry otherwise).
     /// Destroying them may run code that touches timers, so they die last,
     /// after the queue is detached and emptied.
-    ~TimerQueue() {
-        std::vector<std::function<void()>> dying;
-        for (std::vector<Node>* nodes : {&heap_, &deferred_}) {
-            for (Node& node : *nodes) {
-                node.entry->queue = nullptr;
-                if (node.entry->fn) {
-                    dying.push_back(std::move(node.entry->fn));
-                    node.entry->fn = nullptr;
-                }
-            }
-            nodes->clear();
-        }
-    }
+    ~TimerQueue();
     TimerQueue(const TimerQueue&) = delete;
     TimerQueue& operator=(const TimerQueue&) = delete;
 
-    std::shared_ptr<TimerEntry> schedule(double delay, std::function<void()> fn, Where where) {
-        if (!(delay >= 0)) {  // also catches NaN
-            raise<error::ValueError>("callLater: delay must be >= 0 seconds, got " + std::to_string(delay));
-            return nullptr;  // without exceptions: logged, nothing scheduled (an empty handle)
-        }
-        auto entry = std::make_shared<TimerEntry>();
-        entry->time = clock_.seconds() + delay;
-        entry->fn = std::move(fn);
-        entry->queue = this;
-        entry->where = where;
-        push(entry);
-        ++live_;
-        return entry;
-    }
+    std::shared_ptr<TimerEntry> schedule(double delay, std::function<void()> fn, Where where);
 
     /// Called through DelayedCall: the entry's time changed.
-    void reschedule(const std::shared_ptr<TimerEntry>& entry, double newTime) {
-        entry->time = newTime;
-        ++stale_;  // the old node is now garbage
-        push(entry);
-        maybeCompact();
-    }
-    void cancelled() {
-        --live_;
-        ++stale_;
-        maybeCompact();
-    }
+    void reschedule(const std::shared_ptr<TimerEntry>& entry, double newTime);
+    void cancelled();
 
     std::size_t liveCount() const { return live_; }
     double now() const { return clock_.seconds(); }
 
     /// The time of the earliest live call, or a negative number if none.
-    double nextTime() {
-        dropStaleTop();
-        return heap_.empty() ? -1.0 : heap_.front().time;
-    }
+    double nextTime();
 
     /// Runs every call due at `now`. Calls scheduled (or rescheduled) while
     /// this runs wait for the next pass unless `includeNew` (the Clock's
@@ -1172,15 +824,7 @@ public:
         return ran;
     }
 
-    std::vector<DelayedCall> delayedCalls() const {
-        std::vector<DelayedCall> out;
-        for (const Node& node : heap_)
-            if (!isStale(node)) out.emplace_back(node.entry);
-        std::sort(out.begin(), out.end(), [](const DelayedCall& a, const DelayedCall& b) {
-            return a.getTime() < b.getTime();
-        });
-        return out;
-    }
+    std::vector<DelayedCall> delayedCalls() const;
 
 private:
     struct Node {
@@ -1188,40 +832,13 @@ private:
         std::uint64_t seq;
         std::shared_ptr<TimerEntry> entry;
     };
-    static bool later(const Node& a, const Node& b) {
-        return a.time > b.time || (a.time == b.time && a.seq > b.seq);
-    }
-    static bool isStale(const Node& node) {
-        const TimerEntry& e = *node.entry;
-        return e.called || e.cancelled || e.seq != node.seq;
-    }
-    void push(const std::shared_ptr<TimerEntry>& entry) {
-        entry->seq = nextSeq_++;
-        pushNode(Node{entry->time, entry->seq, entry});
-    }
-    void pushNode(Node node) {
-        heap_.push_back(std::move(node));
-        std::push_heap(heap_.begin(), heap_.end(), later);
-    }
-    Node popTop() {
-        std::pop_heap(heap_.begin(), heap_.end(), later);
-        Node node = std::move(heap_.back());
-        heap_.pop_back();
-        return node;
-    }
-    void dropStaleTop() {
-        while (!heap_.empty() && isStale(heap_.front())) {
-            popTop();
-            --stale_;
-        }
-    }
-    void maybeCompact() {
-        if (stale_ < 64 || stale_ * 2 < heap_.size()) return;
-        heap_.erase(std::remove_if(heap_.begin(), heap_.end(), [](const Node& n) { return isStale(n); }),
-                    heap_.end());
-        std::make_heap(heap_.begin(), heap_.end(), later);
-        stale_ = 0;
-    }
+    static bool later(const Node& a, const Node& b);
+    static bool isStale(const Node& node);
+    void push(const std::shared_ptr<TimerEntry>& entry);
+    void pushNode(Node node);
+    Node popTop();
+    void dropStaleTop();
+    void maybeCompact();
 
     const IReactorTime& clock_;
     std::vector<Node> heap_;
@@ -1233,49 +850,9 @@ private:
 
 }  // namespace detail
 
-inline bool DelayedCall::checkActive(const char* what) const {
-    if (!entry_) {
-        detail::raise<error::ValueError>(std::string(what) + " on an empty DelayedCall handle");
-        return false;
-    }
-    if (entry_->cancelled) {
-        detail::raise<error::AlreadyCancelled>();
-        return false;
-    }
-    if (entry_->called) {
-        detail::raise<error::AlreadyCalled>();
-        return false;
-    }
-    return true;
-}
 
-inline void DelayedCall::cancel() {
-    if (!checkActive("cancel")) return;
-    entry_->cancelled = true;
-    entry_->fn = nullptr;  // release captures now, not when the node surfaces
-    if (entry_->queue) entry_->queue->cancelled();
-}
 
-inline void DelayedCall::reset(double secondsFromNow) {
-    if (!checkActive("reset")) return;
-    if (!(secondsFromNow >= 0) || !std::isfinite(secondsFromNow)) {  // also NaN
-        detail::raise<error::ValueError>("DelayedCall::reset: seconds must be >= 0, got " +
-                                         std::to_string(secondsFromNow));
-        return;
-    }
-    if (!entry_->queue) return;
-    detail::TimerQueue& q = *entry_->queue;
-    q.reschedule(entry_, q.now() + secondsFromNow);
-}
 
-inline void DelayedCall::delay(double secondsLater) {
-    if (!checkActive("delay")) return;
-    if (!std::isfinite(secondsLater)) {  // negative is fine: earlier, as Twisted
-        detail::raise<error::ValueError>("DelayedCall::delay: seconds must be finite");
-        return;
-    }
-    if (entry_->queue) entry_->queue->reschedule(entry_, entry_->time + secondsLater);
-}
 
 /// A deterministic clock for tests (Twisted's `task.Clock`): time stands
 /// still until `advance()` moves it. Calls run inside `advance`, in time
@@ -1285,22 +862,11 @@ class Clock : public IReactorTime {
 public:
     Clock() = default;
     double seconds() const override { return now_; }
-    DelayedCall callLater(double delay, std::function<void()> f, detail::Where where = {}) override {
-        return DelayedCall(timers_.schedule(delay, std::move(f), where));
-    }
+    DelayedCall callLater(double delay, std::function<void()> f, detail::Where where = {}) override;
     std::vector<DelayedCall> getDelayedCalls() const override { return timers_.delayedCalls(); }
 
     /// Moves time forward by `amount` seconds and runs what became due.
-    void advance(double amount) {
-        if (!(amount >= 0)) {
-            detail::raise<error::ValueError>("Clock::advance: amount must be >= 0");
-            return;
-        }
-        now_ += amount;
-        timers_.runDue(now_, true, [](std::function<void()>& fn, detail::TimerEntry&) {
-            if (fn) fn();
-        });
-    }
+    void advance(double amount);
     /// Calls `advance` for each amount in turn.
     void pump(const std::vector<double>& amounts) {
         for (double a : amounts) advance(a);
@@ -1495,68 +1061,25 @@ public:
     /// Twisted's cancel(): the canceller (or "suppress the next fire"), then
     /// CancelledError if still unfired; a fired Deferred waiting on an inner
     /// one cancels that one instead.
-    void cancel() {
-        DeferredPtr keep = shared_from_this();
-        if (!called) {
-            if (canceller) {
-                std::function<void()> c = std::move(canceller);
-                canceller = nullptr;
-                c();
-            } else {
-                suppressAlreadyCalled = true;
-            }
-            if (!called) errbackCancelled();
-        } else if (DeferredPtr inner = waitingOn.lock()) {
-            inner->cancel();
-        }
-    }
+    void cancel();
 
-    void pause() {
-        ++paused;
-        ++userPaused;
-    }
+    void pause();
     /// Undoes a user pause(); an extra unpause() is ignored, so it cannot
     /// release the wait on a Deferred returned by a callback.
-    void unpause() {
-        if (userPaused == 0) return;
-        --userPaused;
-        if (--paused == 0 && called) run(shared_from_this());
-    }
+    void unpause();
 
     /// The loop (Twisted's `_runCallbacks`): an explicit stack instead of
     /// recursion, so a chain finishing an outer Deferred that finishes an
     /// outer one... runs in constant C++ stack depth.
-    static void run(DeferredPtr start) {
-        if (start->running || !start->called) return;  // the running loop will see new pairs
-        std::vector<DeferredPtr> stack;
-        start->running = true;
-        stack.push_back(std::move(start));
-        while (!stack.empty()) {
-            DeferredPtr next = stack.back()->advance();
-            if (next) {
-                if (!next->running && next->called) {
-                    next->running = true;
-                    stack.push_back(std::move(next));
-                }
-            } else {
-                stack.back()->running = false;
-                stack.pop_back();
-            }
-        }
-    }
+    static void run(DeferredPtr start);
 };
 
-inline Failure consumedFailure() {
-    return Failure("ResultConsumed", "this Deferred's result was passed on to another Deferred");
-}
+Failure consumedFailure();
 inline bool isConsumedMarker(const Failure& f) { return f.check("ResultConsumed"); }
 
 /// The teardown list of the outermost Deferred destructor running on this
 /// thread (null when none): a pointer, so it needs no thread-exit destructor.
-inline std::vector<std::shared_ptr<void>>*& teardownList() {
-    static thread_local std::vector<std::shared_ptr<void>>* list = nullptr;
-    return list;
-}
+std::vector<std::shared_ptr<void>>*& teardownList();
 /// Destroys `v` (a dying Deferred's pending steps) without recursion: a
 /// step may own the last reference to another Deferred whose steps own the
 /// next... (a nest of 10,000 unfired Deferreds). Nested destructors hand
@@ -1792,11 +1315,7 @@ constexpr bool feeds() {
         return std::is_convertible<R, Result<U>>::value;
 }
 
-inline std::string formatSeconds(double s) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%g", s);
-    return buf;
-}
+std::string formatSeconds(double s);
 
 }  // namespace detail
 
@@ -2027,11 +1546,7 @@ Deferred<std::decay_t<V>> succeed(V&& value) {
     d.callback(std::forward<V>(value));
     return d;
 }
-inline Deferred<void> succeed() {
-    Deferred<void> d;
-    d.callback();
-    return d;
-}
+Deferred<void> succeed();
 /// An already-failed Deferred<T> (Twisted's fail).
 template <class T = void>
 Deferred<T> fail(Failure failure) {
@@ -2307,68 +1822,20 @@ public:
     ThreadPool& operator=(const ThreadPool&) = delete;
 
     /// Queues `job`; thread-safe. A job that throws is logged and dropped.
-    void callInThread(std::function<void()> job) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        queue_.push_back(std::move(job));
-        // More jobs waiting than idle workers to take them (a notified worker
-        // counts as idle until it wakes): start another, up to the maximum.
-        if (queue_.size() - head_ > idle_ && workers_.size() < max_) workers_.emplace_back([this] { work(); });
-        wake_.notify_one();
-    }
+    void callInThread(std::function<void()> job);
     /// Twisted's adjustPoolsize(maxthreads=n); existing workers are kept.
-    void setMaxThreads(std::size_t n) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        max_ = n ? n : 1;
-    }
+    void setMaxThreads(std::size_t n);
     /// The current maximum number of workers. Thread-safe.
-    std::size_t maxThreads() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return max_;
-    }
+    std::size_t maxThreads() const;
     /// Jobs waiting for a worker (not counting the ones running).
-    std::size_t queueDepth() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return queue_.size() - std::min(queue_.size(), head_);
-    }
+    std::size_t queueDepth() const;
     /// Workers started and not yet joined by stop(). Thread-safe.
-    std::size_t threadCount() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return workers_.size();
-    }
+    std::size_t threadCount() const;
     /// Finishes the queued jobs and joins every worker. Call from the owner's thread.
-    void stop() {
-        std::vector<std::thread> workers;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            stopping_ = true;
-            workers.swap(workers_);
-        }
-        wake_.notify_all();
-        for (auto& t : workers) t.join();
-        std::lock_guard<std::mutex> lock(mutex_);
-        stopping_ = false;
-        idle_ = 0;
-    }
+    void stop();
 
 private:
-    void work() {
-        std::unique_lock<std::mutex> lock(mutex_);
-        for (;;) {
-            ++idle_;
-            wake_.wait(lock, [this] { return stopping_ || head_ < queue_.size(); });
-            --idle_;
-            if (head_ >= queue_.size()) return;  // stopping and nothing left
-            std::function<void()> job = std::move(queue_[head_++]);
-            if (head_ == queue_.size()) {
-                queue_.clear();
-                head_ = 0;
-            }
-            lock.unlock();
-            detail::runGuarded("thread pool job", job);
-            job = nullptr;  // destroy captures outside the lock
-            lock.lock();
-        }
-    }
+    void work();
 
     mutable std::mutex mutex_;
     std::condition_variable wake_;
@@ -2404,9 +1871,7 @@ namespace detail {
 /// itself keeps running on a live object until it returns.
 using Handler = std::shared_ptr<std::function<void()>>;
 
-inline Handler makeHandler(std::function<void()> f) {
-    return std::make_shared<std::function<void()>>(std::move(f));
-}
+Handler makeHandler(std::function<void()> f);
 
 /// Where a trigger is in the three-phase event.
 enum class Phase { before, during, after };
@@ -2438,9 +1903,7 @@ struct Address {
     /// An IPv6 address (Twisted's IPv6Address); str() brackets the host.
     bool ipv6 = false;
     /// "127.0.0.1:8000", or "[::1]:8000" for IPv6.
-    std::string str() const {
-        return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
-    }
+    std::string str() const;
     /// All four fields are equal.
     friend bool operator==(const Address& a, const Address& b) {
         return a.type == b.type && a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
@@ -2458,28 +1921,8 @@ class Reactor : public IReactorTime {
 public:
     /// A stopped reactor, time zero now. REACTOR_TRACE set (and not "0") in the
     /// environment installs a tracer that writes to stderr.
-    Reactor() : epoch_(std::chrono::steady_clock::now()) {
-        const char* env = std::getenv("REACTOR_TRACE");
-        if (env && *env && std::strcmp(env, "0") != 0)
-            tracer_ = [](std::string_view line) {
-                std::string out(line);
-                out += '\n';
-                std::fflush(stdout);  // keep the program's own output in order with the trace
-                std::fputs(out.c_str(), stderr);
-            };
-        wakerSlot_ = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
-                               waker_.drain();
-                               wakePending_.store(false);
-                           }));
-        slots_[wakerSlot_].internal = true;
-    }
-    ~Reactor() {
-        disconnectAll();
-        if (resolver_) resolver_->stop();
-        if (pool_) pool_->stop();
-        dead_.clear();
-        if (spareFd_ >= 0) detail::os::closeFd(spareFd_);
-    }
+    Reactor();
+    ~Reactor();
     Reactor(const Reactor&) = delete;
     Reactor& operator=(const Reactor&) = delete;
 
@@ -2488,45 +1931,25 @@ public:
     /// Runs the loop until stop() (or crash()) and the shutdown event has
     /// completed. May be called again after it returns (unlike Twisted).
     /// With `installSignalHandlers`, SIGINT and SIGTERM call stop().
-    inline void run(bool installSignalHandlers = false);
+    void run(bool installSignalHandlers = false);
     /// Asks the loop to shut down: fires the "shutdown" event at the end of
     /// the current turn, then run() returns. Safe from any callback.
-    inline void stop();
+    void stop();
     /// Leaves run() at the end of this turn without the shutdown event.
-    void crash() {
-        loopDone_ = true;
-        running_ = false;
-    }
+    void crash();
     /// True from "during startup" until "during shutdown".
     bool running() const { return running_; }
     /// One turn of the loop, waiting at most `timeout` seconds for events
     /// (0: don't wait). For embedding in a foreign loop. Not re-entrant.
-    void iterate(double timeout = 0) {
-        if (inTurn_) {
-            detail::raise<error::ReactorAlreadyRunning>(
-                "iterate() called from inside a reactor callback (the loop is not re-entrant)");
-            return;
-        }
-        turn(timeout < 0 ? 0 : timeout);
-    }
+    void iterate(double timeout = 0);
 
     /// Runs `f` when the reactor starts (now, if it is already running).
-    TriggerId callWhenRunning(std::function<void()> f) {
-        if (running_) {
-            detail::runGuarded("callWhenRunning", f);
-            return 0;
-        }
-        return addTrigger(detail::Phase::after, "startup", syncTrigger(std::move(f)), true);
-    }
+    TriggerId callWhenRunning(std::function<void()> f);
     /// Twisted's system event triggers: `phase` is "before", "during" or
     /// "after"; `eventType` is "startup", "shutdown" or your own name.
     /// Triggers persist across runs and run in the order they were added.
     TriggerId addSystemEventTrigger(std::string_view phase, std::string_view eventType,
-                                    std::function<void()> f) {
-        detail::Phase p;
-        if (!parsePhase(phase, p)) return 0;
-        return addTrigger(p, eventType, syncTrigger(std::move(f)), false);
-    }
+                                    std::function<void()> f);
     /// A trigger that returns a Deferred (any `Deferred<T>`): the event
     /// waits until it fires, as in Twisted ("before" phase). A failure is
     /// left in that Deferred (logged as unhandled when it is dropped).
@@ -2544,21 +1967,9 @@ public:
     /// The asynchronous form: a "before" trigger receives a `done` function
     /// and the event waits until every such trigger has called it.
     TriggerId addAsyncSystemEventTrigger(std::string_view phase, std::string_view eventType,
-                                         std::function<void(std::function<void()> done)> f) {
-        detail::Phase p;
-        if (!parsePhase(phase, p)) return 0;
-        return addTrigger(p, eventType, std::move(f), false);
-    }
+                                         std::function<void(std::function<void()> done)> f);
     /// Removes a trigger; false if the id is unknown.
-    bool removeSystemEventTrigger(TriggerId id) {
-        auto it = std::find_if(triggers_.begin(), triggers_.end(), [id](const Trigger& t) { return t.id == id; });
-        if (it == triggers_.end()) {
-            detail::raise<error::ValueError>("removeSystemEventTrigger: unknown trigger id " + std::to_string(id));
-            return false;
-        }
-        triggers_.erase(it);
-        return true;
-    }
+    bool removeSystemEventTrigger(TriggerId id);
     /// Runs an event's before/during/after triggers.
     void fireSystemEvent(std::string_view eventType) {
         fireEvent(std::string(eventType), [] {});
@@ -2575,22 +1986,13 @@ public:
     /// A tracer is set: callers can skip building trace lines when not.
     bool tracing() const { return static_cast<bool>(tracer_); }
     /// Sends a line to the tracer (indented under the current turn).
-    void trace(std::string_view line) const {
-        if (!tracer_) return;
-        std::string out = "  ";
-        out += line;
-        tracer_(out);
-    }
+    void trace(std::string_view line) const;
 
     // ---- time ---------------------------------------------------------
 
     /// Seconds on the monotonic clock (steady_clock), not the wall clock.
-    double seconds() const override {
-        return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
-    }
-    DelayedCall callLater(double delay, std::function<void()> f, detail::Where where = {}) override {
-        return DelayedCall(timers_.schedule(delay, std::move(f), where));
-    }
+    double seconds() const override;
+    DelayedCall callLater(double delay, std::function<void()> f, detail::Where where = {}) override;
     std::vector<DelayedCall> getDelayedCalls() const override { return timers_.delayedCalls(); }
 
     // ---- foreign file descriptors -------------------------------------
@@ -2598,13 +2000,9 @@ public:
     /// Calls `f` whenever `fd` is readable (or has hung up / failed).
     /// Replaces an earlier reader of the same fd. Returns false if the fd
     /// cannot be watched (negative, or >= FD_SETSIZE with select()).
-    bool addReader(int fd, std::function<void()> f) {
-        return watch(fd, os::evRead, detail::makeHandler(std::move(f)), true) != npos;
-    }
+    bool addReader(int fd, std::function<void()> f);
     /// Calls `f` whenever `fd` is writable.
-    bool addWriter(int fd, std::function<void()> f) {
-        return watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
-    }
+    bool addWriter(int fd, std::function<void()> f);
     /// Stops calling the reader of `fd`; removing what is not watched is not an
     /// error. Safe inside any callback: a removed fd is not dispatched later in the turn.
     void removeReader(int fd) { unwatch(fd, os::evRead); }
@@ -2613,20 +2011,11 @@ public:
     /// Removes every reader and writer added with addReader/addWriter and returns their fds.
     /// TCP transports and ports are not touched: close them (disconnectAll),
     /// or they would be left open and deaf.
-    std::vector<int> removeAll() {
-        std::vector<int> fds;
-        for (std::size_t i = 0; i < pollfds_.size(); ++i)
-            if (pollfds_[i].fd >= 0 && slots_[i].foreign) fds.push_back(pollfds_[i].fd);
-        for (int fd : fds) unwatch(fd, os::evRead | os::evWrite);
-        return fds;
-    }
+    std::vector<int> removeAll();
     /// Closes every TCP connection (their protocols get connectionLost with
     /// ConnectionLost), listening port and connection attempt. Shutdown
     /// does this; tests use it to clean up.
-    void disconnectAll() {
-        std::vector<std::shared_ptr<detail::Owned>> all = owned_;
-        for (auto& o : all) o->shutdownNow();
-    }
+    void disconnectAll();
     /// Every fd watched for reading: addReader's, TCP connections and ports
     /// (not the reactor's own wake-up pipe). Twisted's getReaders.
     std::vector<int> getReaders() const { return fdsWith(os::evRead); }
@@ -2636,11 +2025,7 @@ public:
     std::vector<int> selectables() const { return fdsWith(os::evRead | os::evWrite); }
     /// What is behind a watched descriptor, for reports: a TCP connection or
     /// port (with its protocol), or "added with addReader/addWriter".
-    std::string describeSelectable(int fd) const {
-        for (const auto& o : owned_)
-            if (o->descriptor() == fd) return o->describe();
-        return "added with addReader/addWriter";
-    }
+    std::string describeSelectable(int fd) const;
     /// Pending timers (the dirty-reactor check: empty after a clean test).
     std::vector<DelayedCall> pendingCalls() const { return getDelayedCalls(); }
 
@@ -2649,28 +2034,15 @@ public:
     /// The only thread-safe method: runs `f` on the reactor thread at the
     /// next turn, waking the loop. Calls from one thread keep their order.
     /// Queued calls wait if the reactor is not running.
-    void callFromThread(std::function<void()> f) {
-        {
-            std::lock_guard<std::mutex> lock(threadMutex_);
-            threadCalls_.push_back(std::move(f));
-            threadCallsPending_.store(true);
-        }
-        if (!wakePending_.exchange(true)) waker_.wake();
-    }
+    void callFromThread(std::function<void()> f);
     /// Runs `f` on the reactor's thread pool (blocking work goes here).
     void callInThread(std::function<void()> f) { getThreadPool().callInThread(std::move(f)); }
     /// The reactor's pool (10 threads at most by default; Twisted's 0/10),
     /// stopped during shutdown and when the reactor is destroyed.
-    ThreadPool& getThreadPool() {
-        if (!pool_) pool_ = std::make_unique<ThreadPool>(poolSize_);
-        return *pool_;
-    }
+    ThreadPool& getThreadPool();
     /// Sets the pool's maximum number of threads (0 counts as 1): now if the
     /// pool exists, else when getThreadPool() makes it. Twisted's name.
-    void suggestThreadPoolSize(std::size_t n) {
-        poolSize_ = n;
-        if (pool_) pool_->setMaxThreads(n);
-    }
+    void suggestThreadPoolSize(std::size_t n);
 
     // ---- TCP (defined in section 9) -------------------------------------
 
@@ -2679,17 +2051,17 @@ public:
     /// `factory` must outlive the port and its connections. A bind failure
     /// throws `error::CannotListenError` (without exceptions: logged, and
     /// the returned port is not listening).
-    inline ListeningPort listenTCP(int port, Factory& factory, int backlog = 50, std::string_view interface = "");
+    ListeningPort listenTCP(int port, Factory& factory, int backlog = 50, std::string_view interface = "");
     /// Connects to `host` (an IP literal, connected at once, or a name,
     /// resolved on a thread without blocking the loop). Failures reach
     /// `factory.clientConnectionFailed` with the reason, always after this
     /// returns. `timeout` <= 0 means none. `bindAddress.host` non-empty:
     /// bind the local end first. `factory` must outlive the connector.
-    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, int port, ClientFactory& factory,
+    std::shared_ptr<IConnector> connectTCP(const std::string& host, int port, ClientFactory& factory,
                                                   double timeout = 30, const Address& bindAddress = {});
     /// The same, with the connector sharing ownership of the factory: handy
     /// for a factory per connection (a proxy's outgoing side, say).
-    inline std::shared_ptr<IConnector> connectTCP(const std::string& host, int port,
+    std::shared_ptr<IConnector> connectTCP(const std::string& host, int port,
                                                   std::shared_ptr<ClientFactory> factory, double timeout = 30,
                                                   const Address& bindAddress = {});
 
@@ -2720,270 +2092,40 @@ private:
         bool once;
     };
 
-    static std::function<void(std::function<void()>)> syncTrigger(std::function<void()> f) {
-        return [f = std::move(f)](std::function<void()> done) {
-            detail::runGuarded("system event trigger", f);
-            done();
-        };
-    }
-    static bool parsePhase(std::string_view phase, detail::Phase& out) {
-        if (phase == "before") out = detail::Phase::before;
-        else if (phase == "during") out = detail::Phase::during;
-        else if (phase == "after") out = detail::Phase::after;
-        else {
-            detail::raise<error::ValueError>("invalid phase \"" + std::string(phase) +
-                                             "\" (expected \"before\", \"during\" or \"after\")");
-            return false;
-        }
-        return true;
-    }
+    static std::function<void(std::function<void()>)> syncTrigger(std::function<void()> f);
+    static bool parsePhase(std::string_view phase, detail::Phase& out);
     TriggerId addTrigger(detail::Phase phase, std::string_view event,
-                         std::function<void(std::function<void()>)> fn, bool once) {
-        TriggerId id = ++lastTriggerId_;
-        triggers_.push_back(Trigger{id, phase, std::string(event), std::move(fn), once});
-        return id;
-    }
+                         std::function<void(std::function<void()>)> fn, bool once);
 
     /// Runs the triggers of one phase; calls `done` when every one has
     /// finished (only "before" triggers may finish later).
-    void runPhase(const std::string& event, detail::Phase phase, std::function<void()> done) {
-        std::vector<Trigger> batch;
-        for (auto it = triggers_.begin(); it != triggers_.end();) {
-            if (it->event == event && it->phase == phase) {
-                batch.push_back(*it);
-                if (it->once) {
-                    it = triggers_.erase(it);
-                    continue;
-                }
-            }
-            ++it;
-        }
-        auto outstanding = std::make_shared<std::size_t>(batch.size() + 1);
-        auto finishOne = [outstanding, done]() {
-            if (--*outstanding == 0) done();
-        };
-        for (Trigger& t : batch) {
-            auto fired = std::make_shared<bool>(false);
-            auto doneOnce = [fired, finishOne]() {
-                if (*fired) return;
-                *fired = true;
-                finishOne();
-            };
-            if (!detail::runGuarded("system event trigger", [&] { t.fn(doneOnce); })) doneOnce();
-        }
-        finishOne();
-    }
+    void runPhase(const std::string& event, detail::Phase phase, std::function<void()> done);
 
-    void fireEvent(const std::string& event, std::function<void()> whenDone) {
-        runPhase(event, detail::Phase::before, [this, event, whenDone]() {
-            builtinDuring(event);
-            runPhase(event, detail::Phase::during, [this, event, whenDone]() {
-                runPhase(event, detail::Phase::after, whenDone);
-            });
-        });
-    }
+    void fireEvent(const std::string& event, std::function<void()> whenDone);
     /// Twisted's built-in "during" triggers, which run before the user's.
-    void builtinDuring(const std::string& event) {
-        if (event == "startup") {
-            running_ = true;
-        } else if (event == "shutdown") {
-            running_ = false;
-            disconnectAll();
-            if (resolver_) resolver_->stop();
-            if (pool_) pool_->stop();
-        }
-    }
+    void builtinDuring(const std::string& event);
 
     // ---- the descriptor table: a pollfd array kept incrementally ------
 
-    std::size_t watch(int fd, short event, detail::Handler handler, bool foreign = false) {
-        if (fd < 0) {
-            detail::raise<error::ValueError>("cannot watch a negative file descriptor");
-            return npos;
-        }
-#if defined(REACTOR_USE_SELECT)
-        if (fd >= detail::os::selectLimit) {
-            log(LogLevel::error, "select() backend cannot watch fd " + std::to_string(fd) + " (FD_SETSIZE is " +
-                                     std::to_string(detail::os::selectLimit) + ")");
-            return npos;
-        }
-#endif
-        std::size_t slot = slotOf(fd);
-        if (slot == npos) {
-            slot = pollfds_.size();
-            detail::os::PollFd p{};
-            p.fd = fd;
-            pollfds_.push_back(p);
-            slots_.emplace_back();
-            if (static_cast<std::size_t>(fd) >= slotOf_.size()) slotOf_.resize(static_cast<std::size_t>(fd) + 1, npos);
-            slotOf_[static_cast<std::size_t>(fd)] = slot;
-        }
-        pollfds_[slot].events = static_cast<short>(pollfds_[slot].events | event);
-        pollfds_[slot].revents = 0;  // a new interest is not dispatched this turn
-        slots_[slot].foreign = foreign;
-        detail::Handler& target = event == os::evRead ? slots_[slot].reader : slots_[slot].writer;
-        retire(target);
-        target = std::move(handler);
-        return slot;
-    }
+    std::size_t watch(int fd, short event, detail::Handler handler, bool foreign = false);
 
     /// Drops a handler. During dispatch it may be the one running, so it is
     /// kept until the pass ends (no reference counting per event).
-    void retire(detail::Handler& handler) {
-        if (!handler) return;
-        if (dispatching_)
-            retired_.push_back(std::move(handler));
-        else
-            handler.reset();
-    }
+    void retire(detail::Handler& handler);
 
-    void unwatch(int fd, short events) {
-        std::size_t slot = slotOf(fd);
-        if (slot == npos || slots_[slot].internal) return;
-        if (events & os::evRead) retire(slots_[slot].reader);
-        if (events & os::evWrite) retire(slots_[slot].writer);
-        pollfds_[slot].events = static_cast<short>(pollfds_[slot].events & ~events);
-        if (pollfds_[slot].events != 0) return;
-        slotOf_[static_cast<std::size_t>(fd)] = npos;
-        if (dispatching_) {  // keep indices stable until the pass is over
-            pollfds_[slot].fd = -1;
-            pollfds_[slot].revents = 0;
-            deadSlots_.push_back(slot);
-        } else {
-            removeSlot(slot);
-        }
-    }
+    void unwatch(int fd, short events);
 
-    void removeSlot(std::size_t slot) {
-        std::size_t last = pollfds_.size() - 1;
-        if (slot != last) {
-            pollfds_[slot] = pollfds_[last];
-            slots_[slot] = std::move(slots_[last]);
-            if (pollfds_[slot].fd >= 0) slotOf_[static_cast<std::size_t>(pollfds_[slot].fd)] = slot;
-            if (wakerSlot_ == last) wakerSlot_ = slot;
-        }
-        pollfds_.pop_back();
-        slots_.pop_back();
-    }
+    void removeSlot(std::size_t slot);
 
-    std::size_t slotOf(int fd) const {
-        auto i = static_cast<std::size_t>(fd);
-        return fd >= 0 && i < slotOf_.size() ? slotOf_[i] : npos;
-    }
+    std::size_t slotOf(int fd) const;
 
-    std::vector<int> fdsWith(short events) const {
-        std::vector<int> out;
-        for (std::size_t i = 0; i < pollfds_.size(); ++i)
-            if (pollfds_[i].fd >= 0 && !slots_[i].internal && (pollfds_[i].events & events)) out.push_back(pollfds_[i].fd);
-        return out;
-    }
+    std::vector<int> fdsWith(short events) const;
 
-    void dispatch() {
-        dispatching_ = true;
-        const std::size_t count = pollfds_.size();
-        for (std::size_t i = 0; i < count; ++i) {
-            const short rev = pollfds_[i].revents;
-            if (rev == 0) continue;
-            pollfds_[i].revents = 0;
-            const int fd = pollfds_[i].fd;
-            if (fd < 0) continue;
-            if (rev & os::evInvalid) {
-                log(LogLevel::error, "fd " + std::to_string(fd) + " was closed while still watched; no longer watching it");
-                unwatch(fd, os::evRead | os::evWrite);
-                continue;
-            }
-            if ((rev & (os::evRead | os::evError)) && slots_[i].reader) {
-                if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
-                std::function<void()>& h = *slots_[i].reader;  // kept alive by retire() if removed
-                detail::runGuarded("reader callback", h);
-            }
-            // The reader may have removed the writer, or the whole fd.
-            if ((rev & (os::evWrite | os::evError)) && pollfds_[i].fd == fd && slots_[i].writer) {
-                if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
-                std::function<void()>& h = *slots_[i].writer;
-                detail::runGuarded("writer callback", h);
-            }
-        }
-        dispatching_ = false;
-        retired_.clear();
-        if (!deadSlots_.empty()) {
-            std::sort(deadSlots_.begin(), deadSlots_.end(), std::greater<std::size_t>());
-            for (std::size_t slot : deadSlots_) removeSlot(slot);
-            deadSlots_.clear();
-        }
-    }
+    void dispatch();
 
     // ---- one turn -----------------------------------------------------
 
-    void turn(double maxWait /* < 0: no limit */) {
-        struct InTurn {  // re-entrant turns would corrupt the dispatch and timer passes
-            bool& flag;
-            explicit InTurn(bool& f) : flag(f) { flag = true; }
-            ~InTurn() { flag = false; }
-            InTurn(const InTurn&) = delete;
-            InTurn& operator=(const InTurn&) = delete;
-        } inTurn(inTurn_);
-        double wait = maxWait;
-        double next = timers_.nextTime();
-        if (next >= 0) {
-            double untilNext = std::max(0.0, next - seconds());
-            wait = wait < 0 ? untilNext : std::min(wait, untilNext);
-        }
-        if (threadCallsPending_.load() || (stopRequested_ && !shutdownStarted_) || (inRun_ && loopDone_)) wait = 0;
-        int ms = -1;
-        if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
-
-        const double waitStart = tracer_ ? seconds() : 0.0;
-#if defined(REACTOR_USE_SELECT)
-        int ready = detail::os::selectWait(pollfds_.data(), pollfds_.size(), ms);
-#else
-        int ready = detail::os::pollWait(pollfds_.data(), pollfds_.size(), ms);
-#endif
-        TraceScope traceScope(*this);
-        if (tracer_) traceTurn(ready, ms, seconds() - waitStart);
-        if (ready < 0) {
-            int err = detail::os::lastError();
-            if (!detail::os::interrupted(err)) {  // EINTR: simply the next turn
-                // Persistent (too many descriptors for RLIMIT_NOFILE, say):
-                // log it, and back off instead of spinning.
-                if (pollErrors_++ % 1000 == 0)
-                    log(LogLevel::error, "poll failed: " + detail::os::errorString(err) + " (" +
-                                             std::to_string(pollErrors_) + " time(s)); retrying in 10 ms");
-                detail::os::pause(10);
-            }
-            for (auto& p : pollfds_) p.revents = 0;
-        } else if (ready > 0) {
-            dispatch();
-        }
-
-        if (timers_.liveCount()) {  // no clock read on turns without timers
-            const double now = seconds();
-            timers_.runDue(now, false, [this, now](std::function<void()>& fn, detail::TimerEntry& e) {
-                if (!fn) return;
-                if (tracer_) trace("timer from " + e.where.str() + " fired, " + detail::formatDuration(now - e.time) + " late");
-                detail::runGuardedWith([&e] { return "timed call scheduled at " + e.where.str(); }, fn);
-            });
-        }
-
-        if (threadCallsPending_.load()) {
-            {
-                std::lock_guard<std::mutex> lock(threadMutex_);
-                runningCalls_.swap(threadCalls_);
-                threadCallsPending_.store(false);
-            }
-            if (tracer_) trace(std::to_string(runningCalls_.size()) + " call(s) from other threads");
-            for (auto& f : runningCalls_) detail::runGuarded("callFromThread call", f);
-            runningCalls_.clear();
-        }
-
-        dead_.clear();  // connections closed this turn: nothing on the stack uses them now
-
-        if (signalHandlers_ && detail::os::signalReceived().load() != 0) {
-            int sig = detail::os::signalReceived().exchange(0);
-            log(LogLevel::info, std::string("Received ") + detail::os::signalName(sig) + ", shutting down.");
-            if (running_ && !stopRequested_) stop();
-        }
-    }
+    void turn(double maxWait /* < 0: no limit */);
 
     /// Publishes this reactor's tracer to code that does not know it
     /// (Deferreds) for the duration of a turn.
@@ -2997,24 +2139,7 @@ private:
         TraceScope& operator=(const TraceScope&) = delete;
     };
 
-    void traceTurn(int ready, int timeoutMs, double waited) {
-        std::string line = "turn " + std::to_string(++turnNumber_) + ": ";
-#if defined(REACTOR_USE_SELECT)
-        line += "select()";
-#else
-        line += "poll()";
-#endif
-        line += " waited " + detail::formatDuration(waited) + ", woke: ";
-        if (ready > 0)
-            line += std::to_string(ready) + (ready == 1 ? " descriptor ready" : " descriptors ready");
-        else if (ready < 0)
-            line += "interrupted";
-        else if (timeoutMs == 0)
-            line += "no wait (work pending)";
-        else
-            line += "timeout (a timer is due)";
-        tracer_(line);
-    }
+    void traceTurn(int ready, int timeoutMs, double waited);
 
     // ---- state ----------------------------------------------------------
 
@@ -3061,36 +2186,7 @@ private:
     int spareFd_ = -1;                                   // see TcpPort::acceptError
 };
 
-inline void Reactor::run(bool installSignalHandlers) {
-    if (inRun_ || inTurn_) {
-        detail::raise<error::ReactorAlreadyRunning>();
-        return;
-    }
-    inRun_ = true;
-    stopRequested_ = shutdownStarted_ = loopDone_ = false;
-    if (installSignalHandlers) signalHandlers_ = std::make_unique<os::SignalHandlers>(waker_.writeFd());
-    fireEvent("startup", [] {});
-    while (!loopDone_) {
-        turn(-1);
-        if (stopRequested_ && !shutdownStarted_) {
-            shutdownStarted_ = true;
-            fireEvent("shutdown", [this] { loopDone_ = true; });
-        }
-    }
-    signalHandlers_.reset();
-    running_ = false;
-    inRun_ = false;
-    loopDone_ = false;  // iterate() after run() waits normally again
-}
 
-inline void Reactor::stop() {
-    if (!running_ || stopRequested_) {
-        detail::raise<error::ReactorNotRunning>();
-        return;
-    }
-    stopRequested_ = true;
-    waker_.wake();  // harmless if called on the loop thread; needed for foreign wake-ups
-}
 
 // ============================================================================
 // ==== 9. PROTOCOLS ====
@@ -3133,9 +2229,7 @@ public:
     /// sent (Twisted's behaviour); after the connection is gone, ignored.
     virtual void write(std::string_view data) = 0;
     /// Queues several pieces, as if written one after the other.
-    virtual void writeSequence(const std::string_view* parts, std::size_t count) {
-        for (std::size_t i = 0; i < count; ++i) write(parts[i]);
-    }
+    virtual void writeSequence(const std::string_view* parts, std::size_t count);
     void writeSequence(std::initializer_list<std::string_view> parts) { writeSequence(parts.begin(), parts.size()); }
     void writeSequence(const std::vector<std::string_view>& parts) { writeSequence(parts.data(), parts.size()); }
     void writeSequence(const std::vector<std::string>& parts) {
@@ -3159,9 +2253,9 @@ public:
     /// waiting for it (on TCP) then completes.
     virtual void unregisterProducer() = 0;
     /// Sets TCP_NODELAY; false where the transport has no such option.
-    virtual bool setTcpNoDelay(bool enabled) { (void)enabled; return false; }
+    virtual bool setTcpNoDelay(bool enabled);
     /// Sets SO_KEEPALIVE; false where the transport has no such option.
-    virtual bool setTcpKeepAlive(bool enabled) { (void)enabled; return false; }
+    virtual bool setTcpKeepAlive(bool enabled);
     /// The current TCP_NODELAY setting (false where there is none).
     virtual bool getTcpNoDelay() const { return false; }
     /// The current SO_KEEPALIVE setting (false where there is none).
@@ -3181,11 +2275,7 @@ public:
 
     /// Attaches the transport and calls connectionMade(). Called by the
     /// transport (or by a test with a StringTransport).
-    void makeConnection(ITransport* t) {
-        connected = true;
-        transport = t;
-        connectionMade();
-    }
+    void makeConnection(ITransport* t);
     /// The connection is up; `transport` is set.
     virtual void connectionMade() {}
     /// Bytes arrived. The view is valid only during the call; chunks are
@@ -3208,15 +2298,7 @@ public:
 
     /// The name used in logs and traces (Twisted's logPrefix): the class
     /// name when RTTI is available, else "Protocol". Override to choose.
-    virtual std::string logPrefix() const {
-#if REACTOR_HAS_RTTI && defined(__GNUG__)
-        std::string name = detail::demangle(typeid(*this).name());
-        std::size_t colon = name.rfind("::");
-        return colon == std::string::npos ? name : name.substr(colon + 2);
-#else
-        return "Protocol";
-#endif
-    }
+    virtual std::string logPrefix() const;
 
     ITransport* transport = nullptr;  ///< valid from makeConnection until connectionLost returns
     Factory* factory = nullptr;       ///< the factory that built this protocol, if any
@@ -3246,13 +2328,7 @@ public:
     /// Called for each new connection; return null to refuse it (the
     /// connection is closed). The default calls `protocol` and sets
     /// the new protocol's `factory`.
-    virtual std::unique_ptr<Protocol> buildProtocol(const Address& addr) {
-        (void)addr;
-        if (!protocol) return nullptr;
-        std::unique_ptr<Protocol> p = protocol();
-        if (p) p->factory = this;
-        return p;
-    }
+    virtual std::unique_ptr<Protocol> buildProtocol(const Address& addr);
     /// Called once before the first port (or connector) starts using it.
     virtual void startFactory() {}
     /// Called once after the last one stops.
@@ -3264,10 +2340,7 @@ public:
         if (numPorts++ == 0) startFactory();
     }
     /// Called when one stops; the last call runs stopFactory(). Extra calls are ignored.
-    void doStop() {
-        if (numPorts == 0) return;
-        if (--numPorts == 0) stopFactory();
-    }
+    void doStop();
     /// How many ports and connectors are using the factory (Twisted's numPorts).
     int numPorts = 0;
 };
@@ -3304,15 +2377,9 @@ public:
     /// An attempt started (called before connectTCP returns).
     virtual void startedConnecting(IConnector& connector) { (void)connector; }
     /// The attempt failed: refused, timed out, unknown host...
-    virtual void clientConnectionFailed(IConnector& connector, const Failure& reason) {
-        (void)connector;
-        (void)reason;
-    }
+    virtual void clientConnectionFailed(IConnector& connector, const Failure& reason);
     /// An established connection ended.
-    virtual void clientConnectionLost(IConnector& connector, const Failure& reason) {
-        (void)connector;
-        (void)reason;
-    }
+    virtual void clientConnectionLost(IConnector& connector, const Failure& reason);
 };
 
 // ============================================================================
@@ -3329,65 +2396,25 @@ struct ReactorAccess {
         return r.watch(fd, event, h) != Reactor::npos;
     }
     static void unwatch(Reactor& r, int fd, short events) { r.unwatch(fd, events); }
-    static void adopt(Reactor& r, std::shared_ptr<Owned> o) {
-        o->ownedIndex = r.owned_.size();
-        r.owned_.push_back(std::move(o));
-    }
+    static void adopt(Reactor& r, std::shared_ptr<Owned> o);
     /// Stops owning `o`; it is freed at the end of the turn, so a method of
     /// `o` on the stack may still return through it.
-    static void release(Reactor& r, Owned* o) {
-        std::size_t i = o->ownedIndex;
-        if (i >= r.owned_.size() || r.owned_[i].get() != o) return;
-        r.dead_.push_back(std::move(r.owned_[i]));
-        if (i + 1 != r.owned_.size()) {
-            r.owned_[i] = std::move(r.owned_.back());
-            r.owned_[i]->ownedIndex = i;
-        }
-        r.owned_.pop_back();
-        o->ownedIndex = static_cast<std::size_t>(-1);
-    }
-    static std::vector<char>& readBuffer(Reactor& r) {
-        if (r.readBuffer_.empty()) r.readBuffer_.resize(REACTOR_READ_BUFFER_SIZE);
-        return r.readBuffer_;
-    }
-    static ThreadPool& resolver(Reactor& r) {
-        if (!r.resolver_) r.resolver_ = std::make_unique<ThreadPool>(2);
-        return *r.resolver_;
-    }
+    static void release(Reactor& r, Owned* o);
+    static std::vector<char>& readBuffer(Reactor& r);
+    static ThreadPool& resolver(Reactor& r);
     static int& spareFd(Reactor& r) { return r.spareFd_; }
     /// False for a descriptor the backend cannot watch (select(): >= FD_SETSIZE).
-    static bool canWatch(int fd) {
-#if defined(REACTOR_USE_SELECT)
-        return fd >= 0 && fd < os::selectLimit;
-#else
-        return fd >= 0;
-#endif
-    }
+    static bool canWatch(int fd);
 };
 
 /// A seed that differs between objects and runs (time, a counter), mixed
 /// with splitmix64; for jitter, not for cryptography.
-inline std::uint64_t randomSeed() {
-    static std::atomic<std::uint64_t> counter{0};
-    std::uint64_t z = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) +
-                      0x9E3779B97F4A7C15ull * (counter.fetch_add(1) + 1);
-    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-    z ^= z >> 31;
-    return z ? z : 1;  // xorshift must not start at 0
-}
+std::uint64_t randomSeed();
 
-inline Address toAddress(const os::SockAddr& a) {
-    Address out;
-    os::describe(a, out.host, out.port, out.ipv6);
-    return out;
-}
+Address toAddress(const os::SockAddr& a);
 
 /// The reason a connection ended, from an errno value.
-inline Failure lostFailure(int err) {
-    if (err == 0) return Failure(error::ConnectionDone());
-    return Failure(error::ConnectionLost(error::ConnectionLost().message() + ": " + os::errorString(err) + "."));
-}
+Failure lostFailure(int err);
 
 /// `E` with Twisted's ConnectError wording: "<doc>: <detail>."
 template <class E>
@@ -3398,17 +2425,7 @@ inline Failure connectError(const std::string& detail) {
 }
 
 /// The reason a connect failed, from an errno value (Twisted's messages).
-inline Failure connectFailure(int err) {
-    std::string detail = std::to_string(err) + ": " + os::errorString(err);
-    switch (os::classifyConnectError(err)) {
-        case os::ConnectErrorKind::refused: return connectError<error::ConnectionRefusedError>(detail);
-        case os::ConnectErrorKind::timedOut: return connectError<error::TCPTimedOutError>(detail);
-        case os::ConnectErrorKind::noRoute: return connectError<error::NoRouteError>(detail);
-        case os::ConnectErrorKind::bindError: return connectError<error::ConnectBindError>(detail);
-        case os::ConnectErrorKind::other: break;
-    }
-    return connectError<error::ConnectError>(detail);
-}
+Failure connectFailure(int err);
 
 class TcpConnector;
 
@@ -3421,110 +2438,21 @@ public:
     /// ...and below this many resumes it.
     static constexpr std::size_t lowWaterMark = 16 * 1024;
 
-    TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector)
-        : reactor_(r), fd_(fd), protocol_(std::move(p)), connector_(std::move(connector)) {
-        connected = true;
-        readHandler_ = makeHandler([this] { doRead(); });
-        writeHandler_ = makeHandler([this] { doWrite(); });
-    }
+    TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector);
     ~TcpConnection() override { os::closeFd(fd_); }
 
     /// Starts reading and hands the transport to the protocol. False if the
     /// descriptor cannot be watched (the caller closes the connection).
-    bool start() {
-        if (!ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_)) return false;
-        reading_ = true;
-        os::SockAddr local;
-        if (os::localAddress(fd_, local)) host_ = toAddress(local);  // still known after the close
-        Protocol* p = protocol_.get();
-        if (reactor_.tracing())
-            reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
-                           peer_.str() + " -> " + p->logPrefix() + ".connectionMade");
-        Failure failure;
-        if (!runGuarded("connectionMade", [&] { p->makeConnection(this); }, &failure)) closeWith(failure, true);
-        return true;
-    }
+    bool start();
 
     // ---- ITransport -----------------------------------------------------
 
-    void write(std::string_view data) override {
-        if (data.empty()) return;
-        writeSequence(&data, 1);
-    }
-    void writeSequence(const std::string_view* parts, std::size_t count) override {
-        if (!connected || writeShut_ || closing_ || aborting_) return;  // gone, half-closed or aborted: ignored
-        std::size_t total = 0;
-        for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
-        if (total == 0) return;
-        std::size_t skip = 0;
-        if (pending() == 0 && !writeError_) {
-            // Nothing queued: try the socket now (writev, no copy).
-            long sent = os::sendParts(fd_, parts, count);
-            if (sent < 0) {
-                int err = os::lastError();
-                if (!os::wouldBlock(err)) {
-                    writeError_ = err;  // reported from the loop, never inside the caller's write()
-                    startWriting();
-                    return;
-                }
-                sent = 0;
-            }
-            skip = static_cast<std::size_t>(sent);
-            if (reactor_.tracing())
-                reactor_.trace("transport.write(" + std::to_string(total) + " bytes): " +
-                               (skip == total ? std::string("sent at once")
-                                              : std::to_string(skip) + " sent, the rest buffered until writable"));
-            if (skip == total) {
-                // A pull producer is asked for more when the socket can take
-                // it, and only doWrite asks: make sure doWrite runs.
-                if (producer_ && !streaming_) startWriting();
-                return;
-            }
-        }
-        for (std::size_t i = 0; i < count; ++i) {
-            std::string_view part = parts[i];
-            if (skip >= part.size()) {
-                skip -= part.size();
-                continue;
-            }
-            out_.append(part.data() + skip, part.size() - skip);
-            skip = 0;
-        }
-        startWriting();
-        if (producer_ && streaming_ && !producerPaused_ && pending() > highWaterMark) {
-            producerPaused_ = true;
-            producer_->pauseProducing();
-        }
-    }
-    void loseConnection() override {
-        if (!connected || disconnecting || aborting_) return;
-        if (reactor_.tracing())
-            reactor_.trace("transport.loseConnection(): closing once " + std::to_string(pending()) +
-                           " buffered bytes are sent");
-        disconnecting = true;
-        stopReading();
-        startWriting();  // doWrite closes once the buffer is empty
-    }
-    void abortConnection() override {
-        if (!connected || aborting_) return;
-        if (reactor_.tracing()) reactor_.trace("transport.abortConnection(): dropping the buffer, resetting");
-        aborting_ = true;
-        stopReading();
-        stopWriting();
-        out_.clear();
-        outPos_ = 0;
-        // Asynchronous, as Twisted: connectionLost never runs inside the caller.
-        abortCall_ = reactor_.callLater(0, [this] { closeWith(Failure(error::ConnectionAborted()), true); });
-    }
-    void loseWriteConnection() override {
-        if (!connected || writeShut_ || aborting_) return;
-        wantWriteShut_ = true;
-        startWriting();
-    }
-    Address getPeer() const override {
-        os::SockAddr a;
-        return os::peerAddress(fd_, a) ? toAddress(a) : peer_;
-    }
+    void write(std::string_view data) override;
+    void writeSequence(const std::string_view* parts, std::size_t count) override;
+    void loseConnection() override;
+    void abortConnection() override;
+    void loseWriteConnection() override;
+    Address getPeer() const override;
     Address getHost() const override { return host_; }
     bool setTcpNoDelay(bool enabled) override { return fd_ >= 0 && os::setNoDelay(fd_, enabled); }
     bool setTcpKeepAlive(bool enabled) override { return fd_ >= 0 && os::setKeepAlive(fd_, enabled); }
@@ -3533,36 +2461,15 @@ public:
 
     /// The reading side: stop and restart reading.
     void pauseProducing() override { stopReading(); }
-    void resumeProducing() override {
-        if (connected && !disconnecting && !readShut_) startReading();
-    }
+    void resumeProducing() override;
     void stopProducing() override { loseConnection(); }
 
-    void registerProducer(IProducer* producer, bool streaming) override {
-        if (producer_) {
-            raise<error::RuntimeError>("Cannot register producer, because another producer was never unregistered.");
-            return;
-        }
-        if (!connected) {
-            producer->stopProducing();
-            return;
-        }
-        producer_ = producer;
-        streaming_ = streaming;
-        producerPaused_ = false;
-        if (!streaming) producer->resumeProducing();  // a pull producer is asked at once
-    }
-    void unregisterProducer() override {
-        producer_ = nullptr;
-        if (connected && disconnecting) startWriting();  // the close was waiting for it
-    }
+    void registerProducer(IProducer* producer, bool streaming) override;
+    void unregisterProducer() override;
 
-    void shutdownNow() override { closeWith(Failure(error::ConnectionLost("Connection lost")), false); }
+    void shutdownNow() override;
     int descriptor() const override { return fd_; }
-    std::string describe() const override {
-        return std::string("TCP connection ") + (connector_ ? "to " : "from ") + peer_.str() +
-               (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
-    }
+    std::string describe() const override;
 
     void setPeer(Address a) { peer_ = std::move(a); }
     Protocol* protocol() const { return protocol_.get(); }
@@ -3570,116 +2477,18 @@ public:
 private:
     std::size_t pending() const { return out_.size() - outPos_; }
 
-    void startReading() {
-        if (!reading_ && connected && !closing_ && !aborting_)
-            reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
-    }
-    void stopReading() {
-        if (reading_) ReactorAccess::unwatch(reactor_, fd_, os::evRead);
-        reading_ = false;
-    }
-    void startWriting() {
-        if (!writing_ && connected && !closing_ && !aborting_)
-            writing_ = ReactorAccess::watch(reactor_, fd_, os::evWrite, writeHandler_);
-    }
-    void stopWriting() {
-        if (writing_) ReactorAccess::unwatch(reactor_, fd_, os::evWrite);
-        writing_ = false;
-    }
+    void startReading();
+    void stopReading();
+    void startWriting();
+    void stopWriting();
 
-    void doRead() {
-        if (!connected || closing_ || aborting_) return;
-        std::vector<char>& buf = ReactorAccess::readBuffer(reactor_);
-        long n = os::receive(fd_, buf.data(), buf.size());
-        if (n > 0) {
-            Protocol* p = protocol_.get();
-            std::string_view data(buf.data(), static_cast<std::size_t>(n));
-            if (reactor_.tracing())
-                reactor_.trace("fd " + std::to_string(fd_) + " readable -> " + p->logPrefix() + ".dataReceived(" +
-                               std::to_string(n) + " bytes)");
-            Failure failure;
-            // A protocol that throws loses its own connection, nothing else.
-            if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) closeWith(failure, true);
-            return;
-        }
-        if (n < 0) {
-            int err = os::lastError();
-            if (os::wouldBlock(err)) return;
-            closeWith(lostFailure(err), true);
-            return;
-        }
-        // EOF. If a send already failed, the kernel handed its error to that
-        // send and reports only "closed" here: the send's error is the reason.
-        if (writeError_) {
-            closeWith(lostFailure(writeError_), true);
-            return;
-        }
-        // The peer stopped sending.
-        if (protocol_->halfCloseable()) {
-            readShut_ = true;
-            stopReading();
-            Protocol* p = protocol_.get();
-            Failure failure;
-            if (!runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure)) closeWith(failure, true);
-            return;
-        }
-        closeWith(Failure(error::ConnectionDone()), false);
-    }
+    void doRead();
 
-    void doWrite() {
-        if (!connected || closing_ || aborting_) return;
-        if (writeError_) {
-            closeWith(lostFailure(writeError_), true);
-            return;
-        }
-        if (reactor_.tracing() && pending() > 0)
-            reactor_.trace("fd " + std::to_string(fd_) + " writable -> sending " + std::to_string(pending()) +
-                           " buffered bytes");
-        while (pending() > 0) {
-            std::string_view rest(out_.data() + outPos_, pending());
-            long sent = os::sendParts(fd_, &rest, 1);
-            if (sent < 0) {
-                int err = os::lastError();
-                if (os::wouldBlock(err)) break;  // still writable-interested; poll tells us when
-                closeWith(lostFailure(err), true);
-                return;
-            }
-            outPos_ += static_cast<std::size_t>(sent);
-        }
-        if (pending() == 0) {
-            out_.clear();  // keeps its capacity: no allocation next time
-            outPos_ = 0;
-        } else if (outPos_ >= 64 * 1024 && outPos_ * 2 >= out_.size()) {
-            out_.erase(0, outPos_);  // a buffer that never quite drains must not keep its sent prefix
-            outPos_ = 0;
-        }
-        // Below the low-water mark a paused streaming producer resumes
-        // (it may write more, straight into the buffer).
-        if (producer_ && streaming_ && producerPaused_ && pending() <= lowWaterMark) {
-            producerPaused_ = false;
-            producer_->resumeProducing();
-            if (closing_ || aborting_) return;
-        }
-        if (pending() > 0) return;
-        stopWriting();
-        if (producer_ && !streaming_) {  // a pull producer: one chunk per drained buffer
-            producer_->resumeProducing();
-            if (closing_ || aborting_ || pending() > 0 || writing_) return;
-        }
-        if (wantWriteShut_ && !writeShut_) {
-            writeShut_ = true;
-            os::shutdownWrite(fd_);
-            if (protocol_->halfCloseable()) {
-                Protocol* p = protocol_.get();
-                runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
-            }
-        }
-        if (disconnecting && !producer_) closeWith(Failure(error::ConnectionDone()), false);
-    }
+    void doWrite();
 
     /// The one way a connection ends: connectionLost exactly once, then the
     /// protocol is destroyed and the reactor frees this object after the turn.
-    inline void closeWith(const Failure& reason, bool reset);
+    void closeWith(const Failure& reason, bool reset);
 
     Reactor& reactor_;
     int fd_;
@@ -3708,169 +2517,37 @@ public:
           badPort_(port_ == 0 ? port : 0), factory_(factory), timeout_(timeout), bindAddress_(std::move(bindAddress)) {}
     ~TcpConnector() override { dropSocket(); }
 
-    inline void connect() override;
-    void disconnect() override {
-        if (state_ == State::connecting)
-            stopConnecting();
-        else if (state_ == State::connected && transport_)
-            transport_->loseConnection();
-    }
-    void stopConnecting() override {
-        if (state_ != State::connecting) {
-            raise<error::NotConnectingError>();
-            return;
-        }
-        fail(Failure(error::UserError()));
-    }
+    void connect() override;
+    void disconnect() override;
+    void stopConnecting() override;
     bool isConnecting() const override { return state_ == State::connecting; }
-    Address getDestination() const override {
-        Address a;
-        a.host = host_;
-        a.port = port_;
-        a.ipv6 = host_.find(':') != std::string::npos;
-        return a;
-    }
-    void shutdownNow() override {
-        if (state_ == State::connecting) fail(Failure(error::UserError("Reactor shut down while connecting.")));
-    }
+    Address getDestination() const override;
+    void shutdownNow() override;
     int descriptor() const override { return fd_; }
-    std::string describe() const override { return "TCP connection attempt to " + getDestination().str(); }
+    std::string describe() const override;
 
     /// Called by the transport when the established connection ends.
-    inline void connectionLost(const Failure& reason);
+    void connectionLost(const Failure& reason);
 
 private:
     enum class State { disconnected, connecting, connected };
 
-    void beginAttempt() {
-        if (port_ == 0) {  // bad input: a clear failure, reported like any other
-            failSoon(connectError<error::ConnectError>("invalid port " + std::to_string(badPort_) +
-                                                      " (a port is 1 to 65535)"));
-            return;
-        }
-        os::SockAddr literal;
-        if (os::parseLiteral(host_, port_, literal)) {
-            candidates_.assign(1, literal);
-            next_ = 0;
-            tryNext(0);
-            return;
-        }
-        // A name: resolve on a thread, hand the answer back to the loop.
-        std::uint64_t attempt = attempt_;
-        std::weak_ptr<IConnector> self = weak_from_this();
-        Reactor* r = &reactor_;
-        std::string host = host_;
-        std::uint16_t port = port_;
-        ReactorAccess::resolver(reactor_).callInThread([r, self, attempt, host, port] {
-            std::string err;
-            std::vector<os::SockAddr> found = os::resolve(host, port, err);
-            r->callFromThread([self, attempt, found = std::move(found), err, host]() mutable {
-                auto strong = self.lock();
-                if (!strong) return;
-                auto* c = static_cast<TcpConnector*>(strong.get());
-                if (c->attempt_ != attempt || c->state_ != State::connecting) return;  // stale answer
-                if (found.empty()) {
-                    c->fail(connectError<error::DNSLookupError>("address '" + host + "' not found: " + err));
-                    return;
-                }
-                c->candidates_ = std::move(found);
-                c->next_ = 0;
-                c->tryNext(0);
-            });
-        });
-    }
+    void beginAttempt();
 
     /// Tries the next resolved address; `lastErr` is why the previous failed.
-    void tryNext(int lastErr) {
-        while (next_ < candidates_.size()) {
-            const os::SockAddr& a = candidates_[next_++];
-            fd_ = os::tcpSocket(a.family());
-            if (fd_ < 0) {
-                lastErr = os::lastError();
-                continue;
-            }
-            if (!bindAddress_.host.empty() || bindAddress_.port != 0) {
-                // A port alone binds the wildcard address of the target's family.
-                std::string host = !bindAddress_.host.empty() ? bindAddress_.host
-                                   : a.ipv6() ? std::string("::") : std::string("0.0.0.0");
-                os::SockAddr local;
-                if (!os::parseLiteral(host, bindAddress_.port, local) || os::bindTo(fd_, local) != 0) {
-                    int err = os::lastError();
-                    dropSocket();
-                    failSoon(connectError<error::ConnectBindError>(bindAddress_.str() + ": " + os::errorString(err)));
-                    return;
-                }
-            }
-            // Connected at once (possible on loopback) or in progress: either
-            // way completion is seen as writability on a later turn, so
-            // connectionMade never runs inside connectTCP.
-            int err = os::startConnect(fd_, a) == 0 ? 0 : os::lastError();
-            if (err == 0 || os::connectInProgress(err)) {
-                target_ = a;
-                auto h = makeHandler([this] { connectDone(); });
-                if (ReactorAccess::watch(reactor_, fd_, os::evWrite, h)) return;
-                err = os::errTooManyFiles;  // select() cannot watch it
-            }
-            dropSocket();
-            lastErr = err;
-        }
-        failSoon(connectFailure(lastErr ? lastErr : os::errConnectionRefused));
-    }
+    void tryNext(int lastErr);
 
-    void connectDone() {
-        ReactorAccess::unwatch(reactor_, fd_, os::evWrite);
-        int err = os::socketError(fd_);
-        if (err == 0) {
-            connected(target_);
-            return;
-        }
-        dropSocket();
-        tryNext(err);
-    }
+    void connectDone();
 
-    inline void connected(const os::SockAddr& peer);
+    void connected(const os::SockAddr& peer);
 
-    void dropSocket() {
-        if (fd_ >= 0) {
-            ReactorAccess::unwatch(reactor_, fd_, os::evRead | os::evWrite);
-            os::closeFd(fd_);
-            fd_ = -1;
-        }
-    }
-    void cancelTimeout() {
-        if (timeoutCall_.active()) timeoutCall_.cancel();
-        timeoutCall_ = DelayedCall();
-    }
+    void dropSocket();
+    void cancelTimeout();
     /// Failures are reported from the loop, never inside connect()'s caller.
-    void failSoon(Failure reason) {
-        std::uint64_t attempt = attempt_;
-        std::weak_ptr<IConnector> self = weak_from_this();
-        failCall_ = reactor_.callLater(0, [self, attempt, reason] {
-            auto strong = self.lock();
-            auto* c = static_cast<TcpConnector*>(strong.get());
-            if (c && c->attempt_ == attempt && c->state_ == State::connecting) c->fail(reason);
-        });
-    }
-    void fail(const Failure& reason) {
-        auto keep = shared_from_this();
-        dropSocket();
-        cancelTimeout();
-        if (failCall_.active()) failCall_.cancel();
-        ++attempt_;
-        state_ = State::disconnected;
-        if (reactor_.tracing())
-            reactor_.trace("connect to " + getDestination().str() + " failed -> clientConnectionFailed(" + reason.str() +
-                           ")");
-        runGuarded("clientConnectionFailed", [&] { factory_.clientConnectionFailed(*this, reason); });
-        finishCycle();
-    }
+    void failSoon(Failure reason);
+    void fail(const Failure& reason);
     /// After the factory's callback: if it did not reconnect, the cycle ends.
-    void finishCycle() {
-        if (state_ == State::disconnected) {
-            factory_.doStop();
-            ReactorAccess::release(reactor_, this);
-        }
-    }
+    void finishCycle();
 
 public:
     std::shared_ptr<ClientFactory> keepFactory;  // set by the shared_ptr overload of connectTCP
@@ -3900,84 +2577,28 @@ public:
     ~TcpPort() override { closeSocket(); }
 
     /// Binds and listens; on failure returns the reason (and listens not).
-    bool listen(std::uint16_t port, int backlog, std::string_view interface, std::string& why) {
-        std::string host(interface.empty() ? "0.0.0.0" : interface);
-        os::SockAddr a;
-        std::string where = (interface.empty() ? std::string("0.0.0.0") : host) + ":" + std::to_string(port);
-        if (!os::parseLiteral(host, port, a)) {
-            why = "Couldn't listen on " + where + ": the interface must be an IP address.";
-            return false;
-        }
-        fd_ = os::tcpSocket(a.family());
-        if (fd_ < 0 || !os::setReuseAddress(fd_) || os::bindTo(fd_, a) != 0 || os::listenOn(fd_, backlog) != 0) {
-            int err = os::lastError();
-            why = "Couldn't listen on " + where + ": [Errno " + std::to_string(err) + "] " + os::errorString(err) + ".";
-            closeSocket();
-            return false;
-        }
-        os::SockAddr bound;
-        if (os::localAddress(fd_, bound)) host_ = toAddress(bound);
-        int& spare = ReactorAccess::spareFd(reactor_);
-        if (spare < 0) spare = os::openSpareFd();
-        handler_ = makeHandler([this] { doRead(); });
-        if (!ReactorAccess::watch(reactor_, fd_, os::evRead, handler_)) {
-            why = "Couldn't listen on " + where + ": descriptor cannot be watched.";
-            closeSocket();
-            return false;
-        }
-        listening_ = true;
-        factory_.doStart();
-        return true;
-    }
+    bool listen(std::uint16_t port, int backlog, std::string_view interface, std::string& why);
 
     Address getHost() const { return host_; }
     bool listening() const { return listening_; }
 
     /// Stops accepting now; established connections stay open.
-    void stopListening() {
-        if (!listening_) return;
-        listening_ = false;
-        if (resumeCall_.active()) resumeCall_.cancel();
-        closeSocket();
-        factory_.doStop();
-        ReactorAccess::release(reactor_, this);
-    }
+    void stopListening();
     void shutdownNow() override { stopListening(); }
     int descriptor() const override { return fd_; }
     std::string describe() const override { return "TCP port listening on " + host_.str(); }
 
 private:
-    void closeSocket() {
-        if (fd_ >= 0) {
-            ReactorAccess::unwatch(reactor_, fd_, os::evRead);
-            os::closeFd(fd_);
-            fd_ = -1;
-        }
-    }
+    void closeSocket();
 
     /// Accepts a bounded batch per wake-up (Twisted: 100, growing by 20 when
     /// full) so one busy listener cannot starve the rest of the loop.
-    inline void doRead();
+    void doRead();
 
     /// Out of descriptors. Retrying at once would spin the CPU (the listener
     /// stays readable), so use the spare descriptor to accept and close the
     /// connection at the head of the queue, and pause accepting briefly.
-    void acceptError(int err) {
-        log(LogLevel::error, "accept() on " + host_.str() + " failed: " + os::errorString(err) +
-                                 "; dropping a pending connection and pausing accepts for 0.1s");
-        int& spare = ReactorAccess::spareFd(reactor_);
-        if (spare >= 0) {
-            os::closeFd(spare);
-            os::SockAddr peer;
-            int fd = os::acceptOne(fd_, peer);
-            if (fd >= 0) os::closeFd(fd);
-            spare = os::openSpareFd();
-        }
-        ReactorAccess::unwatch(reactor_, fd_, os::evRead);
-        resumeCall_ = reactor_.callLater(0.1, [this] {
-            if (listening_) ReactorAccess::watch(reactor_, fd_, os::evRead, handler_);
-        });
-    }
+    void acceptError(int err);
 
     Reactor& reactor_;
     Factory& factory_;
@@ -4018,158 +2639,15 @@ private:
 
 namespace detail {
 
-inline void TcpConnection::closeWith(const Failure& reason, bool reset) {
-    if (closing_) return;
-    closing_ = true;
-    if (abortCall_.active()) abortCall_.cancel();
-    stopReading();
-    stopWriting();
-    if (reset) os::setLingerZero(fd_);  // the peer sees a reset, not a clean close
-    os::closeFd(fd_);
-    fd_ = -1;
-    connected = false;
-    IProducer* producer = producer_;
-    producer_ = nullptr;
-    if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
-    Protocol* p = protocol_.get();
-    p->connected = false;
-    if (reactor_.tracing())
-        reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
-                       reason.str() + ")");
-    runGuarded("connectionLost", [&] { p->connectionLost(reason); });
-    if (connector_) connector_->connectionLost(reason);
-    protocol_.reset();  // the protocol's life ends after connectionLost
-    ReactorAccess::release(reactor_, this);
-}
 
-inline void TcpConnector::connect() {
-    if (state_ != State::disconnected) {
-        raise<error::RuntimeError>("can't connect in this state");
-        return;
-    }
-    if (ownedIndex == static_cast<std::size_t>(-1))
-        ReactorAccess::adopt(reactor_, std::static_pointer_cast<TcpConnector>(shared_from_this()));
-    state_ = State::connecting;
-    ++attempt_;
-    factory_.doStart();
-    if (timeout_ > 0) {
-        timeoutCall_ = reactor_.callLater(timeout_, [this] {
-            timeoutCall_ = DelayedCall();
-            if (state_ == State::connecting) fail(Failure(error::TimeoutError()));
-        });
-    }
-    beginAttempt();
-    runGuarded("startedConnecting", [&] { factory_.startedConnecting(*this); });
-}
 
-inline void TcpConnector::connected(const os::SockAddr& peer) {
-    cancelTimeout();
-    int fd = std::exchange(fd_, -1);
-    Address peerAddress = toAddress(peer);
-    std::unique_ptr<Protocol> p;
-    runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
-    if (!p) {
-        os::closeFd(fd);
-        fail(Failure(error::ConnectError("An error occurred while connecting: the factory refused to build a protocol.")));
-        return;
-    }
-    if (!p->factory) p->factory = &factory_;
-    state_ = State::connected;
-    auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p),
-                                                std::static_pointer_cast<TcpConnector>(shared_from_this()));
-    conn->setPeer(peerAddress);
-    transport_ = conn.get();
-    ReactorAccess::adopt(reactor_, conn);
-    if (!conn->start()) {
-        log(LogLevel::error, "connection to " + peerAddress.str() + " closed: its descriptor cannot be watched");
-        conn->shutdownNow();
-    }
-}
 
-inline void TcpConnector::connectionLost(const Failure& reason) {
-    auto keep = shared_from_this();
-    transport_ = nullptr;
-    state_ = State::disconnected;
-    runGuarded("clientConnectionLost", [&] { factory_.clientConnectionLost(*this, reason); });
-    finishCycle();
-}
 
-inline void TcpPort::doRead() {
-    auto keep = shared_from_this();  // a protocol may stop this port while we accept
-    int accepted = 0;
-    for (; accepted < numberAccepts_ && listening_; ++accepted) {
-        os::SockAddr peer;
-        int fd = os::acceptOne(fd_, peer);
-        if (fd < 0) {
-            int err = os::lastError();
-            if (os::wouldBlock(err) || os::connectionAborted(err)) break;
-            if (os::outOfDescriptors(err)) {
-                acceptError(err);
-                return;
-            }
-            log(LogLevel::error, "accept() on " + host_.str() + " failed: " + os::errorString(err));
-            break;
-        }
-        Address peerAddress = toAddress(peer);
-        if (!ReactorAccess::canWatch(fd)) {  // select() and fd >= FD_SETSIZE: refuse before any callback
-            log(LogLevel::error, "connection from " + peerAddress.str() + " refused: descriptor " + std::to_string(fd) +
-                                     " cannot be watched by the select() backend (FD_SETSIZE)");
-            os::closeFd(fd);
-            continue;
-        }
-        std::unique_ptr<Protocol> p;
-        runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
-        if (!p) {  // refused by the factory
-            os::closeFd(fd);
-            continue;
-        }
-        if (!p->factory) p->factory = &factory_;
-        auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p), nullptr);
-        conn->setPeer(peerAddress);
-        ReactorAccess::adopt(reactor_, conn);
-        if (!conn->start()) {
-            log(LogLevel::error, "connection from " + peerAddress.str() + " closed: its descriptor cannot be watched");
-            conn->shutdownNow();
-        }
-    }
-    numberAccepts_ = accepted == numberAccepts_ ? numberAccepts_ + 20 : std::max(1, accepted);
-    numberAccepts_ = std::max(numberAccepts_, 100);
-}
 
 }  // namespace detail
 
-inline ListeningPort Reactor::listenTCP(int port, Factory& factory, int backlog, std::string_view interface) {
-    auto p = std::make_shared<detail::TcpPort>(*this, factory);
-    std::string why;
-    if (port < 0 || port > 65535) {
-        detail::raise<error::CannotListenError>("Couldn't listen on port " + std::to_string(port) +
-                                                ": a port is 0 (any free port) to 65535.");
-        return ListeningPort();
-    }
-    if (!p->listen(static_cast<std::uint16_t>(port), backlog, interface, why)) {
-        detail::raise<error::CannotListenError>(why);
-        return ListeningPort();
-    }
-    detail::ReactorAccess::adopt(*this, p);
-    return ListeningPort(std::move(p));
-}
 
-inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, int port,
-                                                       ClientFactory& factory, double timeout,
-                                                       const Address& bindAddress) {
-    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, factory, timeout, bindAddress);
-    c->connect();
-    return c;
-}
 
-inline std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, int port,
-                                                       std::shared_ptr<ClientFactory> factory, double timeout,
-                                                       const Address& bindAddress) {
-    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, *factory, timeout, bindAddress);
-    c->keepFactory = std::move(factory);
-    c->connect();
-    return c;
-}
 
 /// A ClientFactory that reconnects with exponential backoff (Twisted's
 /// ReconnectingClientFactory, with the same formula and defaults). Call
@@ -4210,59 +2688,17 @@ public:
     /// Remembers the connector, so stopTrying() can stop even the first attempt.
     void startedConnecting(IConnector& c) override { connector = c.weak_from_this(); }
     /// The attempt failed: retry() while continueTrying.
-    void clientConnectionFailed(IConnector& c, const Failure& reason) override {
-        (void)reason;
-        if (continueTrying) {
-            connector = c.weak_from_this();
-            retry();
-        }
-    }
+    void clientConnectionFailed(IConnector& c, const Failure& reason) override;
     /// The connection ended: retry() while continueTrying.
-    void clientConnectionLost(IConnector& c, const Failure& reason) override {
-        (void)reason;
-        if (continueTrying) {
-            connector = c.weak_from_this();
-            retry();
-        }
-    }
+    void clientConnectionLost(IConnector& c, const Failure& reason) override;
 
     /// Schedules the next attempt: delay = min(delay * factor, maxDelay),
     /// then a normal variate with standard deviation delay * jitter.
-    void retry(std::shared_ptr<IConnector> c = nullptr) {
-        if (!continueTrying) return;
-        if (!c) c = connector.lock();
-        if (!c) {
-            detail::raise<error::ValueError>("no connector to retry");
-            return;
-        }
-        ++retries;
-        if (maxRetries >= 0 && retries > maxRetries) {
-            log(LogLevel::info, "Abandoning " + c->getDestination().str() + " after " + std::to_string(retries) +
-                                    " retries.");
-            return;
-        }
-        delay = std::min(delay * factor, maxDelay);
-        if (jitter > 0) delay = std::max(0.0, normalVariate(delay, delay * jitter));
-        callID = clock->callLater(delay, [this, c] {
-            callID = DelayedCall();
-            c->connect();
-        });
-    }
+    void retry(std::shared_ptr<IConnector> c = nullptr);
     /// Stops reconnecting: cancels a scheduled retry and an attempt in progress.
-    void stopTrying() {
-        if (callID.active()) callID.cancel();
-        callID = DelayedCall();
-        continueTrying = false;
-        if (auto c = connector.lock())
-            if (c->isConnecting()) c->stopConnecting();
-    }
+    void stopTrying();
     /// Back to the first delay and zero retries (call it once connected).
-    void resetDelay() {
-        delay = initialDelay;
-        retries = 0;
-        callID = DelayedCall();
-        continueTrying = true;
-    }
+    void resetDelay();
     /// The pending retry, if any.
     DelayedCall callID;
 
@@ -4275,11 +2711,7 @@ public:
     };
 
 private:
-    double normalVariate(double mean, double stddev) {
-        double u1 = uniform01(), u2 = uniform01();
-        if (u1 < 1e-300) u1 = 1e-300;
-        return mean + stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
-    }
+    double normalVariate(double mean, double stddev);
 };
 
 // ============================================================================
@@ -4309,9 +2741,7 @@ public:
 namespace detail {
 
 /// `a + b` without wrapping around (a huge MAX_LENGTH means "no limit").
-inline std::size_t addSaturated(std::size_t a, std::size_t b) {
-    return a > static_cast<std::size_t>(-1) - b ? static_cast<std::size_t>(-1) : a + b;
-}
+std::size_t addSaturated(std::size_t a, std::size_t b);
 
 /// Receive-side buffer shared by the framing protocols: `data` holds bytes
 /// from `pos` on not yet delivered. Callbacks get views into `data`, so while
@@ -4328,49 +2758,16 @@ struct FrameBuffer {
     std::size_t size() const { return data.size() - pos + incoming.size(); }
     std::string_view pending() const { return std::string_view(data).substr(pos); }
     /// Appends newly received bytes, behind anything still in `incoming`.
-    void append(std::string_view bytes) {
-        if (busy || !incoming.empty())
-            incoming.append(bytes.data(), bytes.size());
-        else
-            data.append(bytes.data(), bytes.size());
-    }
+    void append(std::string_view bytes);
     /// Moves re-entrant arrivals behind the buffered bytes. Only call when no
     /// view into `data` is held by a callback.
-    void merge() {
-        if (incoming.empty()) return;
-        compact();
-        data.append(incoming);
-        incoming.clear();
-    }
-    void compact() {
-        if (pos == 0) return;
-        data.erase(0, pos);
-        pos = 0;
-    }
+    void merge();
+    void compact();
     /// Removes and returns everything buffered (both parts). Unless
     /// `noViews`, `data` is not reallocated, so a view that a running
     /// callback holds stays valid.
-    std::string take(bool noViews = false) {
-        std::string all;
-        if (pos == 0 && (noViews || !busy)) {
-            all.swap(data);  // no copy: the 10 MB line handed to lineLengthExceeded
-        } else {
-            all.assign(data, pos, std::string::npos);
-            pos = data.size();
-        }
-        all += incoming;
-        incoming.clear();
-        return all;
-    }
-    void clear() {
-        if (busy) {
-            pos = data.size();  // a callback may still hold a view into data
-        } else {
-            data.clear();
-            pos = 0;
-        }
-        incoming.clear();
-    }
+    std::string take(bool noViews = false);
+    void clear();
 };
 
 /// Clears FrameBuffer::busy when dataReceived unwinds, even through an
@@ -4394,22 +2791,12 @@ private:
 class PauseableProtocol : public Protocol, public IProducer {
 public:
     /// Stop delivering messages (buffered ones wait) and stop reading.
-    void pauseProducing() override {
-        paused_ = true;
-        if (transport) transport->pauseProducing();
-    }
+    void pauseProducing() override;
     /// Start reading again and deliver what was held, in order.
-    void resumeProducing() override {
-        paused_ = false;
-        if (transport) transport->resumeProducing();
-        dataReceived({});
-    }
+    void resumeProducing() override;
     /// Stops delivering messages for good and stops the transport (on TCP:
     /// loseConnection()).
-    void stopProducing() override {
-        paused_ = true;
-        if (transport) transport->stopProducing();
-    }
+    void stopProducing() override;
     /// pauseProducing() (or stopProducing()) is in effect.
     bool paused() const { return paused_; }
 
@@ -4451,113 +2838,36 @@ public:
     /// Called by dataReceived for a line over MAX_LENGTH (see the class
     /// comment for `line`); the buffer is already empty. Default: close the
     /// connection (Twisted's transport.loseConnection()).
-    virtual void lineLengthExceeded(std::string_view line) {
-        (void)line;
-        if (transport) transport->loseConnection();
-    }
+    virtual void lineLengthExceeded(std::string_view line);
 
     /// Sends `line` followed by the delimiter (no escaping: a delimiter
     /// inside `line` makes two lines at the peer, as in Twisted).
-    void sendLine(std::string_view line) {
-        if (transport) transport->writeSequence({line, std::string_view(delimiter)});
-    }
+    void sendLine(std::string_view line);
     /// From now on (the very next buffered byte) data goes to rawDataReceived.
     void setRawMode() { lineMode_ = false; }
     /// From now on data is split into lines. `extra` (bytes that
     /// rawDataReceived did not consume) is processed first: call it from
     /// rawDataReceived, or from outside any callback.
-    void setLineMode(std::string_view extra = {}) {
-        lineMode_ = true;
-        if (!extra.empty()) dataReceived(extra);
-    }
+    void setLineMode(std::string_view extra = {});
     /// Twisted's `line_mode`.
     bool lineMode() const { return lineMode_; }
     /// Returns and discards everything received but not yet delivered. Safe
     /// inside lineReceived: the current line's view stays valid.
-    std::string clearLineBuffer() {
-        searchFrom_ = 0;
-        return buf_.take();
-    }
+    std::string clearLineBuffer();
     /// Bytes buffered and not yet delivered (for tests and monitoring).
     std::size_t bufferedSize() const { return buf_.size(); }
 
     /// Called by the transport with each chunk read. Re-entrant calls (from
     /// inside a callback) only queue the bytes.
-    void dataReceived(std::string_view data) override {
-        if (buf_.busy) {
-            buf_.append(data);
-            return;
-        }
-        detail::BusyScope busy(buf_.busy);
-        // After loseConnection() no line is delivered any more; keep what
-        // arrives (as Twisted) but only up to one over-long line's worth.
-        if (lineMode_ && closing() && buf_.size() >= detail::addSaturated(MAX_LENGTH, delimiter.size())) return;
-        if (!lineMode_ && !paused_ && buf_.size() == 0 && !data.empty()) {
-            searchFrom_ = 0;
-            rawDataReceived(data);  // raw fast path: no copy
-        } else {
-            buf_.append(data);
-        }
-        process();
-    }
+    void dataReceived(std::string_view data) override;
 
 private:
-    void process() {
-        for (;;) {
-            buf_.merge();  // no view is outstanding between callbacks
-            if (buf_.pos >= buf_.data.size() || paused_) break;
-            if (!lineMode_) {
-                std::string_view chunk = buf_.pending();
-                buf_.pos = buf_.data.size();
-                searchFrom_ = 0;
-                rawDataReceived(chunk);
-                continue;
-            }
-            if (closing()) break;  // loseConnection() was called: the rest stays buffered
-            if (delimiter.empty()) {
-                detail::raise<error::ValueError>("LineReceiver.delimiter is empty");
-                break;
-            }
-            if (delimiter != searchDelimiter_) {  // changed: search the whole buffer again
-                searchDelimiter_ = delimiter;
-                searchFrom_ = 0;
-            }
-            const std::string_view pending = buf_.pending();
-            const std::size_t at = pending.find(delimiter, std::min(searchFrom_, pending.size()));
-            if (at == std::string_view::npos) {
-                if (pending.size() >= detail::addSaturated(MAX_LENGTH, delimiter.size())) {
-                    std::string line = buf_.take(true);
-                    searchFrom_ = 0;
-                    traceExceeded(line.size());
-                    lineLengthExceeded(line);
-                } else {  // resume the search where a partial delimiter may start
-                    searchFrom_ = pending.size() - std::min(pending.size(), delimiter.size() - 1);
-                }
-                break;
-            }
-            if (at > MAX_LENGTH) {
-                std::string exceeded = buf_.take(true);  // line + delimiter + the rest
-                searchFrom_ = 0;
-                traceExceeded(at);
-                lineLengthExceeded(exceeded);
-                break;
-            }
-            buf_.pos += at + delimiter.size();
-            searchFrom_ = 0;
-            lineReceived(pending.substr(0, at));
-        }
-        buf_.merge();  // bytes queued by the last callback stay in order
-        buf_.compact();
-    }
+    void process();
 
     bool closing() const { return transport && transport->disconnecting; }
 
     /// For the trace: a line over MAX_LENGTH is about to be refused.
-    void traceExceeded(std::size_t length) {
-        if (const Tracer* tracer = detail::activeTracer())
-            (*tracer)("  line of " + std::to_string(length) + "+ bytes over MAX_LENGTH (" + std::to_string(MAX_LENGTH) +
-                      ") -> " + logPrefix() + ".lineLengthExceeded");
-    }
+    void traceExceeded(std::size_t length);
 
     detail::FrameBuffer buf_;
     std::size_t searchFrom_ = 0;  // offset in buf_.pending() where the search resumes
@@ -4586,74 +2896,18 @@ public:
     /// Called by dataReceived for each complete line, without its delimiter.
     virtual void lineReceived(std::string_view line) = 0;
     /// Called by dataReceived for a line over MAX_LENGTH. Default: close.
-    virtual void lineLengthExceeded(std::string_view line) {
-        (void)line;
-        if (transport) transport->loseConnection();
-    }
+    virtual void lineLengthExceeded(std::string_view line);
     /// Sends `line` followed by the delimiter.
-    void sendLine(std::string_view line) {
-        if (transport) transport->writeSequence({line, std::string_view(delimiter)});
-    }
+    void sendLine(std::string_view line);
     /// Bytes buffered and not yet delivered (for tests and monitoring).
     std::size_t bufferedSize() const { return buffer_.size() + queued_.size(); }
 
     /// Called by the transport with each chunk read. Re-entrant calls only
     /// queue the bytes; they are processed when the outer call finishes.
-    void dataReceived(std::string_view data) override {
-        if (busy_) {
-            queued_.append(data.data(), data.size());
-            return;
-        }
-        detail::BusyScope busy(busy_);
-        feed(data);
-        while (!queued_.empty()) {
-            std::string more;
-            more.swap(queued_);
-            feed(more);
-        }
-    }
+    void dataReceived(std::string_view data) override;
 
 private:
-    void feed(std::string_view data) {
-        if (delimiter.empty()) {
-            detail::raise<error::ValueError>("LineOnlyReceiver.delimiter is empty");
-            return;
-        }
-        // Scan the new bytes in place when nothing is buffered (no copy);
-        // otherwise append and resume the search where a delimiter may start.
-        std::string_view src = data;
-        std::size_t from = 0;
-        if (!buffer_.empty()) {
-            from = buffer_.size() - std::min(buffer_.size(), delimiter.size() - 1);
-            buffer_.append(data.data(), data.size());
-            src = buffer_;
-        }
-        std::size_t start = 0;
-        bool stop = false;
-        for (std::size_t at; (at = src.find(delimiter, from)) != std::string_view::npos;) {
-            std::string_view line = src.substr(start, at - start);
-            start = from = at + delimiter.size();
-            if (stop) continue;  // only locating the tail now
-            if (transport && transport->disconnecting) {
-                stop = true;
-            } else if (line.size() > MAX_LENGTH) {
-                lineLengthExceeded(line);
-                stop = true;
-            } else {
-                lineReceived(line);
-            }
-        }
-        // Keep the unterminated tail (src may point into buffer_ itself).
-        if (src.data() == buffer_.data())
-            buffer_.erase(0, start);
-        else
-            buffer_.assign(src.data() + start, src.size() - start);
-        if (!stop && buffer_.size() > MAX_LENGTH) {
-            std::string tail;
-            tail.swap(buffer_);
-            lineLengthExceeded(tail);
-        }
-    }
+    void feed(std::string_view data);
 
     std::string buffer_;  // the unterminated tail
     std::string queued_;  // arrived re-entrantly
@@ -4677,96 +2931,20 @@ public:
     virtual void stringReceived(std::string_view string) = 0;
 
     /// Sends `string` as a netstring ("" is sent as "0:,").
-    void sendString(std::string_view string) {
-        if (!transport) return;
-        std::string header = std::to_string(string.size());
-        header += ':';
-        transport->writeSequence({std::string_view(header), string, std::string_view(",")});
-    }
+    void sendString(std::string_view string);
     /// Bytes buffered and not yet delivered (for tests and monitoring).
     std::size_t bufferedSize() const { return payload_.size() + queued_.size(); }
 
     /// Called by the transport with each chunk read. Re-entrant calls only
     /// queue the bytes.
-    void dataReceived(std::string_view data) override {
-        if (busy_) {
-            queued_.append(data.data(), data.size());
-            return;
-        }
-        detail::BusyScope busy(busy_);
-        feed(data);
-        while (!queued_.empty()) {
-            std::string more;
-            more.swap(queued_);
-            feed(more);
-        }
-    }
+    void dataReceived(std::string_view data) override;
 
 private:
     enum class State { length, payload, comma };
 
-    void feed(std::string_view data) {
-        std::size_t i = 0;
-        while (i < data.size() && !brokenPeer) {
-            switch (state_) {
-                case State::length: {
-                    const char c = data[i++];
-                    if (c >= '0' && c <= '9') {
-                        if (digits_ == 1 && length_ == 0) return fail("leading zero in the length");
-                        length_ = length_ * 10 + static_cast<std::size_t>(c - '0');
-                        ++digits_;
-                        if (length_ > MAX_LENGTH)
-                            return fail("length is over MAX_LENGTH (" + std::to_string(MAX_LENGTH) + ")");
-                    } else if (c == ':') {
-                        if (digits_ == 0) return fail("missing length before ':'");
-                        state_ = State::payload;
-                        payload_.clear();
-                    } else {
-                        return fail("invalid character in the length");
-                    }
-                    break;
-                }
-                case State::payload: {
-                    const std::size_t need = length_ - payload_.size();
-                    const std::size_t avail = data.size() - i;
-                    if (payload_.empty() && avail > need) {  // whole string and its ',' here: no copy
-                        std::string_view string = data.substr(i, need);
-                        i += need;
-                        if (data[i++] != ',') return fail("missing ',' after the string");
-                        reset();
-                        stringReceived(string);
-                        break;
-                    }
-                    const std::size_t n = std::min(need, avail);
-                    payload_.append(data.data() + i, n);
-                    i += n;
-                    if (payload_.size() == length_) state_ = State::comma;
-                    break;
-                }
-                case State::comma: {
-                    if (data[i++] != ',') return fail("missing ',' after the string");
-                    std::string string;
-                    string.swap(payload_);
-                    reset();
-                    stringReceived(string);
-                    break;
-                }
-            }
-        }
-    }
-    void reset() {
-        state_ = State::length;
-        length_ = 0;
-        digits_ = 0;
-    }
-    void fail(const std::string& why) {
-        brokenPeer = true;
-        payload_.clear();
-        payload_.shrink_to_fit();
-        queued_.clear();
-        log(LogLevel::warning, "NetstringReceiver: bad netstring from peer: " + why + "; closing the connection");
-        if (transport) transport->loseConnection();
-    }
+    void feed(std::string_view data);
+    void reset();
+    void fail(const std::string& why);
 
     State state_ = State::length;
     std::size_t length_ = 0;
@@ -4785,11 +2963,7 @@ class IntNStringReceiver : public PauseableProtocol {
 public:
     /// A length prefix of `prefixBytes` bytes (Twisted uses 1, 2 or 4); outside
     /// 1 to 8 it is an error::ValueError (without exceptions: logged, 4 is used).
-    explicit IntNStringReceiver(std::size_t prefixBytes)
-        : prefixLength(prefixBytes >= 1 && prefixBytes <= 8 ? prefixBytes : 4) {
-        if (prefixLength != prefixBytes)
-            detail::raise<error::ValueError>("IntNStringReceiver: prefixLength must be 1 to 8 bytes");
-    }
+    explicit IntNStringReceiver(std::size_t prefixBytes);
 
     /// The size of the length prefix in bytes (1 to 8), fixed at construction.
     const std::size_t prefixLength;
@@ -4802,67 +2976,18 @@ public:
     /// bytes. Default: close the connection. The stream cannot be re-synced,
     /// so the buffer is discarded and later data ignored (Twisted keeps it
     /// and calls again on every read; we stay bounded instead).
-    virtual void lengthLimitExceeded(std::size_t length) {
-        (void)length;
-        if (transport) transport->loseConnection();
-    }
+    virtual void lengthLimitExceeded(std::size_t length);
 
     /// Sends the prefix and `string`. A string the prefix cannot encode
     /// (2^(8*prefixLength) bytes or more) raises error::StringTooLongError
     /// (logged and not sent without exceptions); returns whether it was sent.
-    bool sendString(std::string_view string) {
-        const std::uint64_t limit = prefixLength >= 8 ? ~std::uint64_t(0) : std::uint64_t(1) << (8 * prefixLength);
-        if (static_cast<std::uint64_t>(string.size()) >= limit) {
-            detail::raise<error::StringTooLongError>("Try to send " + std::to_string(string.size()) +
-                                                     " bytes whereas maximum is " + std::to_string(limit));
-            return false;
-        }
-        if (!transport) return false;
-        char prefix[8] = {};
-        std::uint64_t n = string.size();
-        for (std::size_t i = prefixLength; i-- > 0; n >>= 8) prefix[i] = static_cast<char>(n & 0xff);
-        transport->writeSequence({std::string_view(prefix, prefixLength), string});
-        return true;
-    }
+    bool sendString(std::string_view string);
     /// Bytes buffered and not yet delivered (for tests and monitoring).
     std::size_t bufferedSize() const { return buf_.size(); }
 
     /// Called by the transport with each chunk read. Re-entrant calls only
     /// queue the bytes.
-    void dataReceived(std::string_view data) override {
-        if (exceeded_) return;
-        if (buf_.busy) {
-            buf_.append(data);
-            return;
-        }
-        detail::BusyScope busy(buf_.busy);
-        buf_.append(data);
-        for (;;) {
-            buf_.merge();
-            if (paused_ || exceeded_) break;
-            const std::string_view pending = buf_.pending();
-            if (pending.size() < prefixLength) break;
-            std::uint64_t length = 0;
-            for (std::size_t i = 0; i < prefixLength; ++i)
-                length = (length << 8) | static_cast<unsigned char>(pending[i]);
-            if (length > MAX_LENGTH) {
-                exceeded_ = true;
-                buf_.clear();
-                lengthLimitExceeded(static_cast<std::size_t>(length));
-                break;
-            }
-            const std::size_t size = static_cast<std::size_t>(length);
-            if (pending.size() - prefixLength < size) break;
-            buf_.pos += prefixLength + size;
-            stringReceived(pending.substr(prefixLength, size));
-        }
-        if (exceeded_) {
-            buf_.clear();
-        } else {
-            buf_.merge();
-        }
-        buf_.compact();
-    }
+    void dataReceived(std::string_view data) override;
 
 private:
     detail::FrameBuffer buf_;
@@ -4962,67 +3087,22 @@ public:
     LoopingCall(IReactorTime& clock, F f) : clock_(clock), alive_(std::make_shared<LoopingCall*>(this)) {
         f_ = [f = std::move(f)]() mutable { return detail::asVoid(maybeDeferred(f)); };
     }
-    ~LoopingCall() {
-        *alive_ = nullptr;
-        if (call_.active()) call_.cancel();
-    }
+    ~LoopingCall();
     LoopingCall(const LoopingCall&) = delete;
     LoopingCall& operator=(const LoopingCall&) = delete;
 
     /// Starts calling: now (if `now`) and then every `seconds`. Returns a
     /// Deferred fired with this LoopingCall by stop(), or failed by `f`.
     /// Starting a running loop or a negative interval is an error.
-    Deferred<LoopingCall*> start(double seconds, bool now = true) {
-        if (running_) {
-            detail::raise<error::RuntimeError>("Tried to start an already running LoopingCall.");
-            return deferred_;
-        }
-        if (!(seconds >= 0)) {
-            detail::raise<error::ValueError>("interval must be >= 0");
-            return fail<LoopingCall*>(Failure(error::ValueError("interval must be >= 0")));
-        }
-        running_ = true;
-        ++generation_;
-        interval = seconds;
-        deferred_ = Deferred<LoopingCall*>();
-        Deferred<LoopingCall*> d = deferred_;
-        starttime_ = clock_.seconds();
-        if (now)
-            call();
-        else
-            schedule();
-        return d;
-    }
+    Deferred<LoopingCall*> start(double seconds, bool now = true);
 
     /// Stops the loop and fires the start() Deferred (after `f` returns or
     /// its Deferred fires, if called from inside). Unlike Twisted, stopping
     /// a loop that is not running is harmless: it returns false.
-    bool stop() {
-        if (!running_) return false;
-        running_ = false;
-        if (call_) {  // between calls: finish now
-            if (call_.active()) call_.cancel();
-            call_ = DelayedCall();
-            finish();
-        }
-        return true;
-    }
+    bool stop();
 
     /// Restarts the interval from now (the next call is `interval` from now).
-    void reset() {
-        if (!running_) {
-            detail::raise<error::RuntimeError>("Tried to reset a LoopingCall that was not running.");
-            return;
-        }
-        // Only between calls, as Twisted: from inside `f` (or while its
-        // Deferred is pending) the next call is scheduled when `f` finishes,
-        // and a second timer would make the loop run twice per interval.
-        if (!call_.active()) return;
-        call_.cancel();
-        call_ = DelayedCall();
-        starttime_ = clock_.seconds();
-        schedule();
-    }
+    void reset();
 
     /// Between start() and stop() (or a failure of `f`).
     bool running() const { return running_; }
@@ -5036,61 +3116,9 @@ private:
     // pending and start() follows before it fires, that Deferred belongs to
     // the old generation: when it fires it finishes the old start()
     // Deferred and schedules nothing (Twisted would start a second loop).
-    void call() {
-        call_ = DelayedCall();
-        std::weak_ptr<LoopingCall*> alive = alive_;
-        const unsigned generation = generation_;
-        Deferred<LoopingCall*> mine = deferred_;
-        f_().addCallbacks(
-            [alive, generation, mine]() mutable {
-                auto self = alive.lock();
-                if (!self || !*self) return;
-                LoopingCall& lc = **self;
-                if (lc.generation_ != generation) {
-                    if (!mine.called()) mine.callback(&lc);
-                } else if (lc.running_) {
-                    lc.schedule();
-                } else {
-                    lc.finish();
-                }
-            },
-            [alive, generation, mine](Failure failure) mutable -> Result<void> {
-                auto self = alive.lock();
-                if (!self || !*self) return failure;  // nobody left to tell: report it
-                LoopingCall& lc = **self;
-                if (lc.generation_ != generation) {
-                    if (mine.called()) return failure;
-                    mine.errback(std::move(failure));
-                    return {};
-                }
-                lc.running_ = false;
-                Deferred<LoopingCall*> d = std::exchange(lc.deferred_, Deferred<LoopingCall*>());
-                d.errback(std::move(failure));
-                return {};
-            });
-    }
-    void schedule() {
-        if (call_.active()) call_.cancel();  // never two timers
-        std::weak_ptr<LoopingCall*> alive = alive_;
-        auto tick = [alive] {
-            auto self = alive.lock();
-            if (self && *self && (*self)->running_) (*self)->call();
-        };
-        const double now = clock_.seconds();
-        if (interval == 0) {
-            call_ = clock_.callLater(0, tick);
-            return;
-        }
-        // The next boundary start + k*interval strictly after now.
-        double k = std::floor((now - starttime_) / interval) + 1;
-        double next = starttime_ + k * interval;
-        if (next - now < interval * 1e-9) next += interval;  // float noise at a boundary
-        call_ = clock_.callLater(next - now, tick);
-    }
-    void finish() {
-        Deferred<LoopingCall*> d = std::exchange(deferred_, Deferred<LoopingCall*>());
-        d.callback(this);
-    }
+    void call();
+    void schedule();
+    void finish();
 
     IReactorTime& clock_;
     std::function<Deferred<void>()> f_;
@@ -5104,14 +3132,7 @@ private:
 
 /// A Deferred fired with `f()` after `delay` seconds on `clock` (Twisted's
 /// deferLater). cancel() cancels the timer and errbacks CancelledError.
-inline Deferred<void> deferLater(IReactorTime& clock, double delay) {
-    auto call = std::make_shared<DelayedCall>();
-    Deferred<void> d([call](Deferred<void>&) {
-        if (call->active()) call->cancel();
-    });
-    *call = clock.callLater(delay, [d]() mutable { d.callback(); });
-    return d;
-}
+Deferred<void> deferLater(IReactorTime& clock, double delay);
 template <class F>
 auto deferLater(IReactorTime& clock, double delay, F f) {
     return deferLater(clock, delay).addCallback(std::move(f));
@@ -5172,53 +3193,20 @@ struct Message {
     /// Same as ok().
     explicit operator bool() const { return ok(); }
     /// The value of tag `key`, or null when the tag is absent.
-    const std::string* tag(std::string_view key) const {
-        for (const auto& t : tags)
-            if (t.first == key) return &t.second;
-        return nullptr;
-    }
+    const std::string* tag(std::string_view key) const;
 };
 
 namespace detail {
 
-inline bool hasUnsafeChar(std::string_view s) {
-    return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
-}
+bool hasUnsafeChar(std::string_view s);
 
-inline char asciiUpper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
-inline char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+char asciiUpper(char c);
+char asciiLower(char c);
 
 /// Parses a non-negative decimal int; false on anything else (or overflow).
-inline bool parseInt(std::string_view s, int& out) {
-    if (s.empty() || s.size() > 9) return false;
-    int v = 0;
-    for (char c : s) {
-        if (c < '0' || c > '9') return false;
-        v = v * 10 + (c - '0');
-    }
-    out = v;
-    return true;
-}
+bool parseInt(std::string_view s, int& out);
 
-inline std::string unescapeTagValue(std::string_view v) {
-    std::string out;
-    out.reserve(v.size());
-    for (std::size_t i = 0; i < v.size(); ++i) {
-        if (v[i] != '\\') {
-            out += v[i];
-            continue;
-        }
-        if (++i == v.size()) break;  // a lone trailing backslash is dropped
-        switch (v[i]) {
-            case ':': out += ';'; break;
-            case 's': out += ' '; break;
-            case 'r': out += '\r'; break;
-            case 'n': out += '\n'; break;
-            default: out += v[i]; break;  // "\\" -> "\", "\x" -> "x"
-        }
-    }
-    return out;
-}
+std::string unescapeTagValue(std::string_view v);
 
 /// The part of "nick!user@host" before '!'.
 inline std::string nickOf(std::string_view prefix) {
@@ -5230,143 +3218,22 @@ inline std::string nickOf(std::string_view prefix) {
 /// Splits a server line into tags, prefix, command and params (Twisted's
 /// parsemsg, plus IRCv3 tags). Never throws: malformed input gives a
 /// Message whose `error` is set ("Empty line.", "Prefix without command.").
-inline Message parsemsg(std::string_view line) {
-    Message m;
-    if (line.empty()) {
-        m.error = "Empty line.";
-        return m;
-    }
-    std::string_view s = line;
-    if (s[0] == '@') {
-        std::size_t sp = s.find(' ');
-        if (sp == std::string_view::npos) {
-            m.error = "Tags without command.";
-            return m;
-        }
-        std::string_view tags = s.substr(1, sp - 1);
-        if (tags.empty()) {
-            m.error = "Empty tag section.";
-            return m;
-        }
-        while (!tags.empty()) {
-            std::size_t semi = tags.find(';');
-            std::string_view item = tags.substr(0, semi);
-            tags = semi == std::string_view::npos ? std::string_view() : tags.substr(semi + 1);
-            if (item.empty()) continue;
-            std::size_t eq = item.find('=');
-            std::string key(item.substr(0, eq));
-            if (key.empty()) continue;
-            std::string value = eq == std::string_view::npos ? std::string() : detail::unescapeTagValue(item.substr(eq + 1));
-            m.tags.emplace_back(std::move(key), std::move(value));
-        }
-        s = s.substr(sp + 1);
-        while (!s.empty() && s[0] == ' ') s.remove_prefix(1);
-    }
-    if (!s.empty() && s[0] == ':') {
-        std::size_t sp = s.find(' ');
-        if (sp == std::string_view::npos) {
-            m.error = "Prefix without command.";
-            return m;
-        }
-        m.prefix = std::string(s.substr(1, sp - 1));
-        if (m.prefix.empty()) {
-            m.error = "Empty prefix.";
-            return m;
-        }
-        s = s.substr(sp + 1);
-    }
-    std::size_t trailingAt = s.find(" :");
-    std::string_view head = trailingAt == std::string_view::npos ? s : s.substr(0, trailingAt);
-    std::vector<std::string> args;
-    while (!head.empty()) {
-        std::size_t sp = head.find(' ');
-        std::string_view word = head.substr(0, sp);
-        if (!word.empty()) args.emplace_back(word);
-        if (sp == std::string_view::npos) break;
-        head.remove_prefix(sp + 1);
-    }
-    if (trailingAt != std::string_view::npos) {
-        if (args.empty()) {  // " :text" with nothing before it
-            m.error = "Missing command.";
-            return m;
-        }
-        args.emplace_back(s.substr(trailingAt + 2));
-    }
-    if (args.empty() || args[0][0] == ':') {
-        m.error = "Missing command.";
-        return m;
-    }
-    m.command = std::move(args[0]);
-    m.params.assign(std::make_move_iterator(args.begin() + 1), std::make_move_iterator(args.end()));
-    return m;
-}
+Message parsemsg(std::string_view line);
 
 // ---- quoting (Twisted's lowQuote, ctcpQuote and friends) -------------------
 
 /// Low-level quoting: \x10 -> \x10\x10, NUL -> \x10 0, LF -> \x10 n, CR -> \x10 r.
 /// IRCClient does not apply it on the wire (see the CR/LF policy above).
-inline std::string lowQuote(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (char c : s) {
-        switch (c) {
-            case M_QUOTE: out += M_QUOTE; out += M_QUOTE; break;
-            case '\0': out += M_QUOTE; out += '0'; break;
-            case '\n': out += M_QUOTE; out += 'n'; break;
-            case '\r': out += M_QUOTE; out += 'r'; break;
-            default: out += c;
-        }
-    }
-    return out;
-}
+std::string lowQuote(std::string_view s);
 
 /// Reverses lowQuote; an unknown escape \x10 z gives z.
-inline std::string lowDequote(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] != M_QUOTE || i + 1 == s.size()) {
-            out += s[i];
-            continue;
-        }
-        char c = s[++i];
-        out += c == '0' ? '\0' : c == 'n' ? '\n' : c == 'r' ? '\r' : c;
-    }
-    return out;
-}
+std::string lowDequote(std::string_view s);
 
 /// CTCP-level quoting: \ -> \\, \x01 -> \a.
-inline std::string ctcpQuote(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (char c : s) {
-        if (c == X_QUOTE) {
-            out += X_QUOTE;
-            out += X_QUOTE;
-        } else if (c == X_DELIM) {
-            out += X_QUOTE;
-            out += 'a';
-        } else {
-            out += c;
-        }
-    }
-    return out;
-}
+std::string ctcpQuote(std::string_view s);
 
 /// Reverses ctcpQuote: \a -> \x01, \\ -> \, \z -> z.
-inline std::string ctcpDequote(std::string_view s) {
-    std::string out;
-    out.reserve(s.size());
-    for (std::size_t i = 0; i < s.size(); ++i) {
-        if (s[i] != X_QUOTE || i + 1 == s.size()) {
-            out += s[i];
-            continue;
-        }
-        char c = s[++i];
-        out += c == 'a' ? X_DELIM : c;
-    }
-    return out;
-}
+std::string ctcpDequote(std::string_view s);
 
 /// One CTCP message: a tag ("PING") and its data (absent for "\x01VERSION\x01").
 struct CtcpMessage {
@@ -5389,89 +3256,17 @@ struct CtcpExtracted {
 
 /// Splits a PRIVMSG/NOTICE text on \x01: pieces alternate normal, extended,
 /// normal... (an unterminated \x01 still opens an extended piece).
-inline CtcpExtracted ctcpExtract(std::string_view message) {
-    CtcpExtracted out;
-    bool extended = false;
-    for (;;) {
-        std::size_t at = message.find(X_DELIM);
-        std::string_view piece = message.substr(0, at);
-        if (!piece.empty()) {
-            if (extended) {
-                std::string text = ctcpDequote(piece);
-                std::size_t sp = text.find(' ');
-                CtcpMessage msg;
-                msg.tag = text.substr(0, sp);
-                if (sp != std::string::npos) msg.data = text.substr(sp + 1);
-                out.extended.push_back(std::move(msg));
-            } else {
-                out.normal.emplace_back(piece);
-            }
-        }
-        if (at == std::string_view::npos) break;
-        message.remove_prefix(at + 1);
-        extended = !extended;
-    }
-    return out;
-}
+CtcpExtracted ctcpExtract(std::string_view message);
 
 /// Builds "\x01TAG data\x01..." from CTCP messages (data absent or empty:
 /// the tag alone).
-inline std::string ctcpStringify(const std::vector<CtcpMessage>& messages) {
-    std::string out;
-    for (const auto& m : messages) {
-        std::string body = m.tag;
-        if (m.data && !m.data->empty()) body += ' ' + *m.data;
-        out += X_DELIM;
-        out += ctcpQuote(body);
-        out += X_DELIM;
-    }
-    return out;
-}
+std::string ctcpStringify(const std::vector<CtcpMessage>& messages);
 
 /// Splits text into chunks of at most `length` bytes (Twisted's irc.split):
 /// breaks at LF (and CR), prefers to break at a space, drops empty lines
 /// and the spaces at each break, turns tabs into spaces, and never cuts a
 /// UTF-8 character in two. `length` 0 gives nothing.
-inline std::vector<std::string> split(std::string_view text, std::size_t length = 80) {
-    std::vector<std::string> out;
-    if (length == 0) return out;
-    auto isCont = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; };
-    while (!text.empty()) {
-        std::size_t eol = text.find_first_of("\r\n");
-        std::string line(text.substr(0, eol));
-        text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
-        std::replace(line.begin(), line.end(), '\t', ' ');
-        std::string_view rest = line;
-        while (!rest.empty() && rest.back() == ' ') rest.remove_suffix(1);
-        bool first = true;
-        while (!rest.empty()) {
-            if (!first)
-                while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
-            first = false;
-            if (rest.empty()) break;
-            if (rest.size() <= length) {
-                out.emplace_back(rest);
-                break;
-            }
-            std::size_t cut = rest.rfind(' ', length);
-            std::string_view chunk;
-            if (cut != std::string_view::npos) {
-                chunk = rest.substr(0, cut);
-                while (!chunk.empty() && chunk.back() == ' ') chunk.remove_suffix(1);
-            }
-            if (chunk.empty()) {  // no usable space: cut at a character boundary
-                cut = length;
-                std::size_t back = 0;
-                while (cut > 0 && back < 4 && isCont(rest[cut])) --cut, ++back;
-                if (cut == 0 || back == 4) cut = length;  // invalid UTF-8, or length < one character
-                chunk = rest.substr(0, cut);
-            }
-            out.emplace_back(chunk);
-            rest.remove_prefix(chunk.size());
-        }
-    }
-    return out;
-}
+std::vector<std::string> split(std::string_view text, std::size_t length = 80);
 
 // ---- modes -------------------------------------------------------------------
 
@@ -5500,79 +3295,13 @@ struct ParsedModes {
 
 /// Parses "+o-v", with `params` consumed by the modes listed in
 /// `paramModes` (first: modes taking a param when added; second: removed).
-inline ParsedModes parseModes(std::string_view modes, std::vector<std::string> params,
-                              const std::pair<std::string, std::string>& paramModes = {}) {
-    ParsedModes out;
-    if (modes.empty()) {
-        out.error = "Empty mode string";
-        return out;
-    }
-    if (modes[0] != '+' && modes[0] != '-') {
-        out.error = "Malformed modes string: " + std::string(modes);
-        return out;
-    }
-    std::size_t next = 0;
-    bool adding = true;
-    int count = -1;
-    for (char ch : modes) {
-        if (ch == '+' || ch == '-') {
-            if (count == 0) {
-                out.error = "Empty mode sequence: " + std::string(modes);
-                return out;
-            }
-            adding = ch == '+';
-            count = 0;
-            continue;
-        }
-        ModeChange change{ch, std::nullopt};
-        const std::string& takes = adding ? paramModes.first : paramModes.second;
-        if (takes.find(ch) != std::string::npos) {
-            if (next >= params.size()) {
-                out.error = std::string("Not enough parameters: ") + ch;
-                return out;
-            }
-            change.param = std::move(params[next++]);
-        }
-        (adding ? out.added : out.removed).push_back(std::move(change));
-        ++count;
-    }
-    if (next < params.size()) {
-        out.error = "Too many parameters: " + std::string(modes);
-        return out;
-    }
-    if (count == 0) out.error = "Empty mode sequence: " + std::string(modes);
-    return out;
-}
+ParsedModes parseModes(std::string_view modes, std::vector<std::string> params,
+                              const std::pair<std::string, std::string>& paramModes = {});
 
 // ---- numerics ----------------------------------------------------------------
 
 /// "001" -> "RPL_WELCOME" (Twisted's numeric_to_symbolic); "" if unknown.
-inline std::string_view numericToSymbolic(std::string_view numeric) {
-    static constexpr std::pair<std::string_view, std::string_view> table[] = {
-        {"001", "RPL_WELCOME"}, {"002", "RPL_YOURHOST"}, {"003", "RPL_CREATED"}, {"004", "RPL_MYINFO"},
-        {"005", "RPL_ISUPPORT"}, {"010", "RPL_BOUNCE"}, {"221", "RPL_UMODEIS"},
-        {"251", "RPL_LUSERCLIENT"}, {"252", "RPL_LUSEROP"}, {"253", "RPL_LUSERUNKNOWN"},
-        {"254", "RPL_LUSERCHANNELS"}, {"255", "RPL_LUSERME"}, {"301", "RPL_AWAY"},
-        {"305", "RPL_UNAWAY"}, {"306", "RPL_NOWAWAY"}, {"311", "RPL_WHOISUSER"},
-        {"312", "RPL_WHOISSERVER"}, {"313", "RPL_WHOISOPERATOR"}, {"317", "RPL_WHOISIDLE"},
-        {"318", "RPL_ENDOFWHOIS"}, {"319", "RPL_WHOISCHANNELS"}, {"321", "RPL_LISTSTART"},
-        {"322", "RPL_LIST"}, {"323", "RPL_LISTEND"}, {"324", "RPL_CHANNELMODEIS"},
-        {"331", "RPL_NOTOPIC"}, {"332", "RPL_TOPIC"}, {"341", "RPL_INVITING"},
-        {"352", "RPL_WHOREPLY"}, {"353", "RPL_NAMREPLY"}, {"366", "RPL_ENDOFNAMES"},
-        {"372", "RPL_MOTD"}, {"375", "RPL_MOTDSTART"}, {"376", "RPL_ENDOFMOTD"},
-        {"401", "ERR_NOSUCHNICK"}, {"403", "ERR_NOSUCHCHANNEL"}, {"404", "ERR_CANNOTSENDTOCHAN"},
-        {"421", "ERR_UNKNOWNCOMMAND"}, {"422", "ERR_NOMOTD"}, {"431", "ERR_NONICKNAMEGIVEN"},
-        {"432", "ERR_ERRONEUSNICKNAME"}, {"433", "ERR_NICKNAMEINUSE"}, {"436", "ERR_NICKCOLLISION"},
-        {"441", "ERR_USERNOTINCHANNEL"}, {"442", "ERR_NOTONCHANNEL"}, {"451", "ERR_NOTREGISTERED"},
-        {"461", "ERR_NEEDMOREPARAMS"}, {"462", "ERR_ALREADYREGISTRED"}, {"464", "ERR_PASSWDMISMATCH"},
-        {"465", "ERR_YOUREBANNEDCREEP"}, {"471", "ERR_CHANNELISFULL"}, {"473", "ERR_INVITEONLYCHAN"},
-        {"474", "ERR_BANNEDFROMCHAN"}, {"475", "ERR_BADCHANNELKEY"}, {"481", "ERR_NOPRIVILEGES"},
-        {"482", "ERR_CHANOPRIVSNEEDED"},
-    };
-    for (const auto& entry : table)
-        if (entry.first == numeric) return entry.second;
-    return {};
-}
+std::string_view numericToSymbolic(std::string_view numeric);
 
 // ---- ISUPPORT ------------------------------------------------------------------
 
@@ -5601,103 +3330,35 @@ public:
 
     /// Twisted's defaults, not marked announced: CHANNELLEN 200, CHANTYPES #&,
     /// MODES 3, NICKLEN 9, PREFIX (ovh)@+%, CHANMODES b,,lk,.
-    ServerSupportedFeatures() {
-        set("CHANNELLEN", {"200"}, false);
-        set("CHANTYPES", {"#&"}, false);
-        set("MODES", {"3"}, false);
-        set("NICKLEN", {"9"}, false);
-        set("PREFIX", {"(ovh)@+%"}, false);
-        set("CHANMODES", {"b", "", "lk", ""}, false);
-    }
+    ServerSupportedFeatures();
 
     /// Parses 005 tokens ("KEY", "KEY=v1,v2", "-KEY"). Values are \xHH
     /// unescaped; a token with a bad escape is skipped with a log line.
-    void parse(const std::vector<std::string>& params) {
-        for (const std::string& param : params) {
-            std::size_t eq = param.find('=');
-            std::string key = param.substr(0, eq);
-            if (key.empty()) continue;
-            if (key[0] == '-') {
-                erase(key.substr(1));
-                continue;
-            }
-            std::vector<std::string> values;
-            std::string_view raw = eq == std::string::npos ? std::string_view() : std::string_view(param).substr(eq + 1);
-            bool good = true;
-            for (;;) {
-                std::size_t comma = raw.find(',');
-                std::string value;
-                if (!unescape(raw.substr(0, comma), value)) good = false;
-                values.push_back(std::move(value));
-                if (comma == std::string_view::npos) break;
-                raw.remove_prefix(comma + 1);
-            }
-            if (!good) {
-                reactor::log(LogLevel::warning, "irc: ISUPPORT token with a bad \\xHH escape ignored: " + param);
-                continue;
-            }
-            if (!acceptable(key, values)) continue;  // Twisted keeps the old value
-            set(key, std::move(values), true);
-        }
-    }
+    void parse(const std::vector<std::string>& params);
 
     /// Whether the feature is present (Twisted's hasFeature).
     bool hasFeature(std::string_view feature) const { return find(feature) != nullptr; }
     /// The feature's values (split on ','), or nullopt (Twisted's getFeature).
-    std::optional<std::vector<std::string>> getFeature(std::string_view feature) const {
-        const Entry* e = find(feature);
-        if (!e) return std::nullopt;
-        return e->values;
-    }
+    std::optional<std::vector<std::string>> getFeature(std::string_view feature) const;
     /// Whether the server itself announced the feature (not just a default).
-    bool announced(std::string_view feature) const {
-        const Entry* e = find(feature);
-        return e && e->announced;
-    }
+    bool announced(std::string_view feature) const;
     /// An integer feature, or `fallback` when absent or not a number.
-    int getFeatureInt(std::string_view feature, int fallback) const {
-        const Entry* e = find(feature);
-        int v = 0;
-        return (e && !e->values.empty() && detail::parseInt(e->values[0], v)) ? v : fallback;
-    }
+    int getFeatureInt(std::string_view feature, int fallback) const;
     /// A string feature's first value, or `fallback`.
-    std::string getFeatureString(std::string_view feature, std::string fallback = {}) const {
-        const Entry* e = find(feature);
-        return (e && !e->values.empty()) ? e->values[0] : fallback;
-    }
+    std::string getFeatureString(std::string_view feature, std::string fallback = {}) const;
 
     /// CHANTYPES ("#&" by default; "" if the server removed it).
     std::string chanTypes() const { return getFeatureString("CHANTYPES"); }
     /// PREFIX, highest priority first.
-    std::vector<PrefixMode> prefix() const {
-        std::vector<PrefixMode> out;
-        std::string value = getFeatureString("PREFIX");
-        std::size_t close = value.find(')');
-        if (value.empty() || value[0] != '(' || close == std::string::npos) return out;
-        std::string modes = value.substr(1, close - 1), symbols = value.substr(close + 1);
-        for (std::size_t i = 0; i < modes.size() && i < symbols.size(); ++i)
-            out.push_back({modes[i], symbols[i], static_cast<int>(i)});
-        return out;
-    }
+    std::vector<PrefixMode> prefix() const;
     /// CHANMODES.
-    ChanModes chanModes() const {
-        ChanModes out;
-        auto v = getFeature("CHANMODES");
-        if (!v) return out;
-        std::string* fields[] = {&out.addressModes, &out.param, &out.setParam, &out.noParam};
-        for (std::size_t i = 0; i < v->size() && i < 4; ++i) *fields[i] = (*v)[i];
-        return out;
-    }
+    ChanModes chanModes() const;
     /// NICKLEN (9 when absent or not a number).
     int nickLen() const { return getFeatureInt("NICKLEN", 9); }
     /// CHANNELLEN (200 when absent or not a number).
     int channelLen() const { return getFeatureInt("CHANNELLEN", 200); }
     /// Params accepted per MODE command; nullopt when unlimited/unknown.
-    std::optional<int> modes() const {
-        int v = 0;
-        if (!hasFeature("MODES") || (v = getFeatureInt("MODES", -1)) < 0) return std::nullopt;
-        return v;
-    }
+    std::optional<int> modes() const;
     /// NETWORK, the network's name ("" when not announced).
     std::string network() const { return getFeatureString("NETWORK"); }
     /// CASEMAPPING ("rfc1459" when not announced).
@@ -5709,58 +3370,12 @@ private:
         std::vector<std::string> values;
         bool announced;
     };
-    const Entry* find(std::string_view key) const {
-        for (const Entry& e : entries_)
-            if (e.key == key) return &e;
-        return nullptr;
-    }
-    void set(const std::string& key, std::vector<std::string> values, bool announced) {
-        for (Entry& e : entries_)
-            if (e.key == key) {
-                e.values = std::move(values);
-                e.announced = announced;
-                return;
-            }
-        entries_.push_back({key, std::move(values), announced});
-    }
-    void erase(const std::string& key) {
-        entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.key == key; }),
-                       entries_.end());
-    }
-    static bool unescape(std::string_view in, std::string& out) {
-        out.clear();
-        for (std::size_t i = 0; i < in.size(); ++i) {
-            if (in[i] == '\\' && i + 1 < in.size() && in[i + 1] == 'x') {
-                auto hex = [](char c) -> int {
-                    if (c >= '0' && c <= '9') return c - '0';
-                    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-                    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-                    return -1;
-                };
-                if (i + 3 >= in.size()) return false;
-                int hi = hex(in[i + 2]), lo = hex(in[i + 3]);
-                if (hi < 0 || lo < 0) return false;
-                out += static_cast<char>(hi * 16 + lo);
-                i += 3;
-            } else {
-                out += in[i];
-            }
-        }
-        return true;
-    }
+    const Entry* find(std::string_view key) const;
+    void set(const std::string& key, std::vector<std::string> values, bool announced);
+    void erase(const std::string& key);
+    static bool unescape(std::string_view in, std::string& out);
     /// Twisted's processors that keep the old value on a malformed one.
-    static bool acceptable(const std::string& key, const std::vector<std::string>& values) {
-        int v = 0;
-        if (key == "NICKLEN" || key == "CHANNELLEN") return !values.empty() && detail::parseInt(values[0], v);
-        if (key == "PREFIX") {
-            const std::string& p = values[0];
-            if (p.empty()) return true;  // Twisted stores None: the feature is off
-            std::size_t close = p.find(')');
-            return p[0] == '(' && close != std::string::npos && close - 1 == p.size() - close - 1;
-        }
-        if (key == "CHANMODES") return values.size() <= 4;
-        return true;
-    }
+    static bool acceptable(const std::string& key, const std::vector<std::string>& values);
     std::vector<Entry> entries_;
 };
 
@@ -5785,10 +3400,7 @@ private:
 class IRCClient : public LineReceiver {
 public:
     /// `timeSource`: the clock for lineRate and the heartbeat (may be null).
-    explicit IRCClient(IReactorTime* timeSource = nullptr) : clock(timeSource) {
-        delimiter = "\n";  // dataReceived turns CR into LF: CR, LF and CRLF all end a line
-        MAX_LENGTH = MAX_TAGS_LENGTH + 1 + MAX_COMMAND_LENGTH;
-    }
+    explicit IRCClient(IReactorTime* timeSource = nullptr);
     ~IRCClient() override { cancelTimers(); }
     IRCClient(const IRCClient&) = delete;
     IRCClient& operator=(const IRCClient&) = delete;
@@ -5820,386 +3432,101 @@ public:
     /// The nick we asked for last (NICK); becomes `nickname` on 001.
     const std::string& attemptedNick() const { return attemptedNick_; }
     /// The IRCv3 tags of the line being dispatched (empty outside callbacks).
-    const std::vector<std::pair<std::string, std::string>>& tags() const {
-        static const std::vector<std::pair<std::string, std::string>> none;
-        return currentTags_ ? *currentTags_ : none;
-    }
+    const std::vector<std::pair<std::string, std::string>>& tags() const;
 
     // ---- the wire: called by the transport ----------------------------------
 
     /// Called by the transport on connect: resets ISUPPORT and registers
     /// (PASS, NICK, USER) when performLogin.
-    void connectionMade() override {
-        supported = ServerSupportedFeatures();
-        registered_ = false;
-        if (performLogin) register_(nickname);
-    }
+    void connectionMade() override;
     /// Called by the transport once: stops the heartbeat and the send queue.
-    void connectionLost(const Failure& reason) override {
-        (void)reason;
-        cancelTimers();
-        queue_.clear();
-        queueHead_ = 0;
-        registered_ = false;  // a reused client starts its next connection afresh
-        userHost_.clear();
-        names_.clear();
-        pings_.clear();
-        discarding_ = false;
-    }
+    void connectionLost(const Failure& reason) override;
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
-    void dataReceived(std::string_view data) override {
-        inbound_.clear();
-        for (char c : data) {
-            if (discarding_) {  // the tail of an over-long line
-                if (c == '\n' || c == '\r') discarding_ = false;
-                continue;
-            }
-            inbound_ += c == '\r' ? '\n' : c;
-        }
-        LineReceiver::dataReceived(inbound_);
-        while (!afterOverflow_.empty()) {  // lines that followed an over-long one
-            std::string rest = std::move(afterOverflow_);
-            afterOverflow_.clear();
-            LineReceiver::dataReceived(rest);
-        }
-    }
+    void dataReceived(std::string_view data) override;
     /// A line longer than MAX_LENGTH: dropped with a log line; the
     /// connection stays up and the following lines still count.
-    void lineLengthExceeded(std::string_view line) override {
-        reactor::log(LogLevel::warning, "irc: dropped a server line over " + std::to_string(MAX_LENGTH) + " bytes");
-        std::size_t nl = line.find('\n');
-        if (nl == std::string_view::npos)
-            discarding_ = true;
-        else
-            afterOverflow_.assign(line.substr(nl + 1));  // LineReceiver stops here; dataReceived resumes
-    }
+    void lineLengthExceeded(std::string_view line) override;
     /// One server line (also callable directly from tests): checked,
     /// parsed, and dispatched through handleCommand. Bad lines go to
     /// badMessage and are otherwise ignored.
-    void lineReceived(std::string_view line) override {
-        if (line.empty()) return;  // the LF of a CRLF, or a blank line
-        if (line.find('\0') != std::string_view::npos) return badMessage(line, "NUL byte in line");
-        std::size_t body = line.size();
-        if (line[0] == '@') {
-            std::size_t sp = line.find(' ');
-            if (sp != std::string_view::npos) {
-                if (sp > MAX_TAGS_LENGTH) return badMessage(line, "tags over 8191 bytes");
-                body = line.size() - sp - 1;
-            }
-        }
-        if (body > MAX_COMMAND_LENGTH - 2) return badMessage(line, "line over 512 bytes");
-        Message m = parsemsg(line);
-        if (!m) return badMessage(line, m.error);
-        std::string command = m.command;
-        for (char& c : command) c = detail::asciiUpper(c);
-        std::string_view symbolic = numericToSymbolic(command);
-        if (!symbolic.empty()) command = std::string(symbolic);
-        currentTags_ = &m.tags;
-        reactor::detail::runGuarded("IRCClient::handleCommand", [&] { handleCommand(command, m.prefix, m.params); });
-        currentTags_ = nullptr;
-    }
+    void lineReceived(std::string_view line) override;
     /// Calls irc_<command> (command upper-cased, numerics by symbolic
     /// name, "001" -> RPL_WELCOME), or irc_unknown.
     virtual void handleCommand(const std::string& command, const std::string& prefix,
-                               const std::vector<std::string>& params) {
-        using Handler = void (IRCClient::*)(const std::string&, const std::vector<std::string>&);
-        static const std::pair<const char*, Handler> handlers[] = {
-            {"PING", &IRCClient::irc_PING}, {"PRIVMSG", &IRCClient::irc_PRIVMSG},
-            {"NOTICE", &IRCClient::irc_NOTICE}, {"JOIN", &IRCClient::irc_JOIN},
-            {"PART", &IRCClient::irc_PART}, {"QUIT", &IRCClient::irc_QUIT},
-            {"KICK", &IRCClient::irc_KICK}, {"TOPIC", &IRCClient::irc_TOPIC},
-            {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE},
-            {"RPL_WELCOME", &IRCClient::irc_RPL_WELCOME}, {"RPL_YOURHOST", &IRCClient::irc_RPL_YOURHOST},
-            {"RPL_CREATED", &IRCClient::irc_RPL_CREATED}, {"RPL_MYINFO", &IRCClient::irc_RPL_MYINFO},
-            {"RPL_ISUPPORT", &IRCClient::irc_RPL_ISUPPORT}, {"RPL_BOUNCE", &IRCClient::irc_RPL_BOUNCE},
-            {"RPL_LUSERCLIENT", &IRCClient::irc_RPL_LUSERCLIENT}, {"RPL_LUSEROP", &IRCClient::irc_RPL_LUSEROP},
-            {"RPL_LUSERCHANNELS", &IRCClient::irc_RPL_LUSERCHANNELS}, {"RPL_LUSERME", &IRCClient::irc_RPL_LUSERME},
-            {"RPL_TOPIC", &IRCClient::irc_RPL_TOPIC}, {"RPL_NOTOPIC", &IRCClient::irc_RPL_NOTOPIC},
-            {"RPL_MOTDSTART", &IRCClient::irc_RPL_MOTDSTART}, {"RPL_MOTD", &IRCClient::irc_RPL_MOTD},
-            {"RPL_ENDOFMOTD", &IRCClient::irc_RPL_ENDOFMOTD}, {"RPL_NAMREPLY", &IRCClient::irc_RPL_NAMREPLY},
-            {"RPL_ENDOFNAMES", &IRCClient::irc_RPL_ENDOFNAMES},
-            {"ERR_NICKNAMEINUSE", &IRCClient::irc_ERR_NICKNAMEINUSE},
-            {"ERR_ERRONEUSNICKNAME", &IRCClient::irc_ERR_ERRONEUSNICKNAME},
-            {"ERR_PASSWDMISMATCH", &IRCClient::irc_ERR_PASSWDMISMATCH},
-        };
-        for (const auto& h : handlers)
-            if (command == h.first) return (this->*h.second)(prefix, params);
-        irc_unknown(prefix, command, params);
-    }
+                               const std::vector<std::string>& params);
 
     // ---- server -> client handlers (override to change the protocol) ----------
 
     /// PING: answers PONG with the last param, at once.
-    virtual void irc_PING(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (!need(params, 1, "PING")) return;
-        const std::string& token = params.back();
-        bool plain = !token.empty() && token[0] != ':' && token.find(' ') == std::string::npos;
-        std::string pong = (plain ? "PONG " : "PONG :") + token;
-        // Ahead of the lineRate queue: a PONG stuck behind queued lines
-        // would miss the server's ping timeout and get us disconnected.
-        if (!detail::hasUnsafeChar(pong) && pong.size() <= maxLineBytes) reallySendLine(pong);
-    }
+    virtual void irc_PING(const std::string& prefix, const std::vector<std::string>& params);
     /// PRIVMSG: CTCP queries go to ctcpQuery (only when the text starts with
     /// \x01), the rest to privmsg(user = full prefix, channel = target).
-    virtual void irc_PRIVMSG(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 2, "PRIVMSG")) return;
-        const std::string& message = params.back();
-        if (message.empty()) return;
-        if (message[0] == X_DELIM) {
-            CtcpExtracted m = ctcpExtract(message);
-            if (!m.extended.empty()) ctcpQuery(prefix, params[0], m.extended);
-            if (m.normal.empty()) return;
-            return privmsg(prefix, params[0], join(m.normal));
-        }
-        privmsg(prefix, params[0], message);
-    }
+    virtual void irc_PRIVMSG(const std::string& prefix, const std::vector<std::string>& params);
     /// NOTICE: CTCP replies go to ctcpReply, the rest to noticed.
-    virtual void irc_NOTICE(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 2, "NOTICE")) return;
-        const std::string& message = params.back();
-        if (message.empty()) return;
-        if (message[0] == X_DELIM) {
-            CtcpExtracted m = ctcpExtract(message);
-            if (!m.extended.empty()) ctcpReply(prefix, params[0], m.extended);
-            if (m.normal.empty()) return;
-            return noticed(prefix, params[0], join(m.normal));
-        }
-        noticed(prefix, params[0], message);
-    }
+    virtual void irc_NOTICE(const std::string& prefix, const std::vector<std::string>& params);
     /// JOIN: joined(channel) for us, else userJoined(nick, channel).
-    virtual void irc_JOIN(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 1, "JOIN")) return;
-        std::string nick = detail::nickOf(prefix);
-        if (nickEquals(nick, nickname)) {
-            userHost_ = prefix.substr(nick.size());  // "!user@host": sizes msg() lines exactly
-            joined(params.back());
-        } else {
-            userJoined(nick, params.back());
-        }
-    }
+    virtual void irc_JOIN(const std::string& prefix, const std::vector<std::string>& params);
     /// PART: left(channel) for us, else userLeft(nick, channel).
-    virtual void irc_PART(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 1, "PART")) return;
-        std::string nick = detail::nickOf(prefix);
-        if (nickEquals(nick, nickname))
-            left(params[0]);
-        else
-            userLeft(nick, params[0]);
-    }
+    virtual void irc_PART(const std::string& prefix, const std::vector<std::string>& params);
     /// QUIT: userQuit(nick, message), also for our own nick (as Twisted).
-    virtual void irc_QUIT(const std::string& prefix, const std::vector<std::string>& params) {
-        userQuit(detail::nickOf(prefix), params.empty() ? std::string() : params[0]);
-    }
+    virtual void irc_QUIT(const std::string& prefix, const std::vector<std::string>& params);
     /// KICK: kickedFrom(channel, kicker, message) for us, else userKicked.
-    virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 2, "KICK")) return;
-        std::string kicker = detail::nickOf(prefix);
-        std::string message = params.size() > 2 ? params[2] : std::string();
-        if (nickEquals(params[1], nickname))
-            kickedFrom(params[0], kicker, message);
-        else
-            userKicked(params[1], params[0], kicker, message);
-    }
+    virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params);
     /// TOPIC: topicUpdated(nick, channel, newTopic).
-    virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 2, "TOPIC")) return;
-        topicUpdated(detail::nickOf(prefix), params[0], params[1]);
-    }
+    virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
     /// NICK: nickChanged(new) for us, else userRenamed(old, new).
-    virtual void irc_NICK(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 1, "NICK")) return;
-        std::string nick = detail::nickOf(prefix);
-        if (nickEquals(nick, nickname))
-            nickChanged(params[0]);
-        else
-            userRenamed(nick, params[0]);
-    }
+    virtual void irc_NICK(const std::string& prefix, const std::vector<std::string>& params);
     /// MODE: parsed with the ISUPPORT-derived parameter modes, then
     /// modeChanged(user, channel, true, added...) and (..., false, removed...).
-    virtual void irc_MODE(const std::string& prefix, const std::vector<std::string>& params) {
-        if (!need(params, 2, "MODE")) return;
-        const std::string& channel = params[0];
-        std::string modes = params[1];
-        if (modes.empty() || (modes[0] != '+' && modes[0] != '-')) modes.insert(modes.begin(), '+');
-        std::vector<std::string> args(params.begin() + 2, params.end());
-        auto paramModes = nickEquals(channel, nickname) ? getUserModeParams() : getChannelModeParams();
-        ParsedModes parsed = parseModes(modes, std::move(args), paramModes);
-        if (!parsed.ok()) {
-            reactor::log(LogLevel::warning, "irc: bad MODE message (" + parsed.error + ")");
-            return;
-        }
-        auto report = [&](bool set, const std::vector<ModeChange>& changes) {
-            if (changes.empty()) return;
-            std::string letters;
-            std::vector<std::optional<std::string>> changeArgs;
-            for (const auto& c : changes) {
-                letters += c.mode;
-                changeArgs.push_back(c.param);
-            }
-            modeChanged(prefix, channel, set, letters, changeArgs);
-        };
-        report(true, parsed.added);
-        report(false, parsed.removed);
-    }
+    virtual void irc_MODE(const std::string& prefix, const std::vector<std::string>& params);
     /// 001: we are registered. Sets hostname and nickname (the nick the
     /// server says we got), calls signedOn, starts the heartbeat.
-    virtual void irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params) {
-        hostname = prefix;
-        registered_ = true;
-        if (!params.empty() && !params[0].empty())
-            nickname = params[0];
-        else if (!attemptedNick_.empty())
-            nickname = attemptedNick_;
-        signedOn();
-        startHeartbeat();
-    }
+    virtual void irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params);
     /// 002: yourHost(text).
-    virtual void irc_RPL_YOURHOST(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (need(params, 2, "RPL_YOURHOST")) yourHost(params[1]);
-    }
+    virtual void irc_RPL_YOURHOST(const std::string& prefix, const std::vector<std::string>& params);
     /// 003: created(text).
-    virtual void irc_RPL_CREATED(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (need(params, 2, "RPL_CREATED")) created(params[1]);
-    }
+    virtual void irc_RPL_CREATED(const std::string& prefix, const std::vector<std::string>& params);
     /// 004: both ":srv 004 me srv ver umodes cmodes" and the one-trailing
     /// form fill all four fields (Twisted reads only the trailing form).
-    virtual void irc_RPL_MYINFO(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (!need(params, 2, "RPL_MYINFO")) return;
-        std::vector<std::string> info;
-        if (params.size() >= 3) {
-            info.assign(params.begin() + 1, params.end());
-        } else {
-            std::string_view s = params[1];
-            while (!s.empty() && info.size() < 3) {
-                std::size_t sp = s.find(' ');
-                if (sp != 0) info.emplace_back(s.substr(0, sp));
-                if (sp == std::string_view::npos) s = {};
-                else s.remove_prefix(sp + 1);
-            }
-            if (!s.empty()) info.emplace_back(s);
-        }
-        info.resize(std::max<std::size_t>(info.size(), 4));
-        myInfo(info[0], info[1], info[2], info[3]);
-    }
+    virtual void irc_RPL_MYINFO(const std::string& prefix, const std::vector<std::string>& params);
     /// 005: `supported.parse(options)` then isupport(options), where options
     /// drops our nick and the trailing "are supported by this server".
-    virtual void irc_RPL_ISUPPORT(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        std::vector<std::string> options;
-        if (params.size() > 2) options.assign(params.begin() + 1, params.end() - 1);
-        supported.parse(options);
-        isupport(options);
-    }
+    virtual void irc_RPL_ISUPPORT(const std::string& prefix, const std::vector<std::string>& params);
     /// 010: bounce(text).
-    virtual void irc_RPL_BOUNCE(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (need(params, 2, "RPL_BOUNCE")) bounce(params[1]);
-    }
+    virtual void irc_RPL_BOUNCE(const std::string& prefix, const std::vector<std::string>& params);
     /// 251: luserClient(text).
-    virtual void irc_RPL_LUSERCLIENT(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (need(params, 2, "RPL_LUSERCLIENT")) luserClient(params[1]);
-    }
+    virtual void irc_RPL_LUSERCLIENT(const std::string& prefix, const std::vector<std::string>& params);
     /// 252: luserOp(count); a non-number is ignored.
-    virtual void irc_RPL_LUSEROP(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        int n = 0;
-        if (params.size() >= 2 && detail::parseInt(params[1], n)) luserOp(n);
-    }
+    virtual void irc_RPL_LUSEROP(const std::string& prefix, const std::vector<std::string>& params);
     /// 254: luserChannels(count); a non-number is ignored.
-    virtual void irc_RPL_LUSERCHANNELS(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        int n = 0;
-        if (params.size() >= 2 && detail::parseInt(params[1], n)) luserChannels(n);
-    }
+    virtual void irc_RPL_LUSERCHANNELS(const std::string& prefix, const std::vector<std::string>& params);
     /// 255: luserMe(text).
-    virtual void irc_RPL_LUSERME(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (need(params, 2, "RPL_LUSERME")) luserMe(params[1]);
-    }
+    virtual void irc_RPL_LUSERME(const std::string& prefix, const std::vector<std::string>& params);
     /// 332: topicUpdated(server, channel, topic) on joining.
-    virtual void irc_RPL_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
-        if (need(params, 3, "RPL_TOPIC")) topicUpdated(detail::nickOf(prefix), params[1], params[2]);
-    }
+    virtual void irc_RPL_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
     /// 331: topicUpdated(server, channel, "").
-    virtual void irc_RPL_NOTOPIC(const std::string& prefix, const std::vector<std::string>& params) {
-        if (need(params, 2, "RPL_NOTOPIC")) topicUpdated(detail::nickOf(prefix), params[1], std::string());
-    }
+    virtual void irc_RPL_NOTOPIC(const std::string& prefix, const std::vector<std::string>& params);
     /// 375: starts a new MOTD (a leading "- " is stripped from each line).
-    virtual void irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        motd = std::vector<std::string>{motdLine(params)};
-    }
+    virtual void irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params);
     /// 372: one more MOTD line.
-    virtual void irc_RPL_MOTD(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (!motd) motd.emplace();
-        motd->push_back(motdLine(params));
-    }
+    virtual void irc_RPL_MOTD(const std::string& prefix, const std::vector<std::string>& params);
     /// 376: receivedMOTD(lines); `motd` is reset.
-    virtual void irc_RPL_ENDOFMOTD(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        (void)params;
-        std::vector<std::string> lines = motd ? std::move(*motd) : std::vector<std::string>();
-        motd.reset();
-        receivedMOTD(lines);
-    }
+    virtual void irc_RPL_ENDOFMOTD(const std::string& prefix, const std::vector<std::string>& params);
     /// 353: collects nicks for receivedNames (an addition to Twisted).
-    virtual void irc_RPL_NAMREPLY(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (!need(params, 3, "RPL_NAMREPLY")) return;
-        const std::string& channel = params[params.size() - 2];
-        std::vector<std::string>& list = pendingNames(channel);
-        std::string_view s = params.back();
-        while (!s.empty()) {
-            std::size_t sp = s.find(' ');
-            if (sp != 0) list.emplace_back(s.substr(0, sp));
-            if (sp == std::string_view::npos) break;
-            s.remove_prefix(sp + 1);
-        }
-    }
+    virtual void irc_RPL_NAMREPLY(const std::string& prefix, const std::vector<std::string>& params);
     /// 366: receivedNames(channel, nicks) with what 353 collected.
-    virtual void irc_RPL_ENDOFNAMES(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        if (!need(params, 2, "RPL_ENDOFNAMES")) return;
-        std::vector<std::string> nicks = std::move(pendingNames(params[1]));
-        names_.erase(std::remove_if(names_.begin(), names_.end(),
-                                    [&](const auto& entry) { return entry.first == params[1]; }),
-                     names_.end());
-        receivedNames(params[1], nicks);
-    }
+    virtual void irc_RPL_ENDOFNAMES(const std::string& prefix, const std::vector<std::string>& params);
     /// 433: tries alterCollidedNick(attempted nick) at once.
-    virtual void irc_ERR_NICKNAMEINUSE(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        (void)params;
-        attemptedNick_ = alterCollidedNick(attemptedNick_.empty() ? nickname : attemptedNick_);
-        setNick(attemptedNick_);
-    }
+    virtual void irc_ERR_NICKNAMEINUSE(const std::string& prefix, const std::vector<std::string>& params);
     /// 432 before registration: tries erroneousNickFallback.
-    virtual void irc_ERR_ERRONEUSNICKNAME(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        (void)params;
-        if (!registered_) setNick(erroneousNickFallback);
-    }
+    virtual void irc_ERR_ERRONEUSNICKNAME(const std::string& prefix, const std::vector<std::string>& params);
     /// 464: logged (Twisted raises IRCPasswordMismatch, which it logs).
-    virtual void irc_ERR_PASSWDMISMATCH(const std::string& prefix, const std::vector<std::string>& params) {
-        (void)prefix;
-        (void)params;
-        reactor::log(LogLevel::error, "irc: Password Incorrect.");
-    }
+    virtual void irc_ERR_PASSWDMISMATCH(const std::string& prefix, const std::vector<std::string>& params);
     /// Everything without a handler, e.g. irc_unknown(prefix, "RPL_WHOISUSER", params)
     /// or an unknown numeric "999". Default: nothing.
     virtual void irc_unknown(const std::string& prefix, const std::string& command,
-                             const std::vector<std::string>& params) {
-        (void)prefix;
-        (void)command;
-        (void)params;
-    }
+                             const std::vector<std::string>& params);
 
     // ---- callbacks: override these ------------------------------------------
 
@@ -6277,13 +3604,9 @@ public:
     /// Modes set (`set`) or unset on `channel` (or on us); `args[i]` is the
     /// parameter of `modes[i]`, if it has one.
     virtual void modeChanged(const std::string& user, const std::string& channel, bool set, const std::string& modes,
-                             const std::vector<std::optional<std::string>>& args) {
-        (void)user, (void)channel, (void)set, (void)modes, (void)args;
-    }
+                             const std::vector<std::optional<std::string>>& args);
     /// A line that could not be parsed or broke a limit. Default: a log line.
-    virtual void badMessage(std::string_view line, const std::string& why) {
-        reactor::log(LogLevel::warning, "irc: ignored a bad server line (" + why + "): " + printable(line));
-    }
+    virtual void badMessage(std::string_view line, const std::string& why);
     /// Something odd but harmless (a VERSION query with data). Default: log.
     virtual void quirkyMessage(const std::string& s) { reactor::log(LogLevel::info, "irc: " + s); }
 
@@ -6292,231 +3615,77 @@ public:
     /// The nick to try after 433. Default: append '_' (Twisted); once at
     /// NICKLEN, cycle the last character through digits instead, so a
     /// server that truncates nicks cannot loop us forever on one name.
-    virtual std::string alterCollidedNick(const std::string& nick) {
-        // A 433 usually comes before 005: without an announced NICKLEN the
-        // default (9) is a guess, so just append, as Twisted does.
-        if (!supported.announced("NICKLEN")) return nick + "_";
-        std::size_t limit = static_cast<std::size_t>(std::max(1, supported.nickLen()));
-        if (nick.size() < limit) return nick + "_";
-        std::string out = nick.substr(0, limit);
-        char& last = out.back();
-        last = (last >= '0' && last < '9') ? static_cast<char>(last + 1) : (last == '9' ? '_' : '0');
-        return out;
-    }
+    virtual std::string alterCollidedNick(const std::string& nick);
     /// Modes that take a parameter on us (added, removed): none.
     virtual std::pair<std::string, std::string> getUserModeParams() { return {"", ""}; }
     /// From ISUPPORT: (PREFIX modes + address + param + setParam,
     /// PREFIX modes + address + param); "ovhblk","ovhb" by default.
-    virtual std::pair<std::string, std::string> getChannelModeParams() {
-        std::string prefixModes;
-        for (const auto& p : supported.prefix()) prefixModes += p.mode;
-        ServerSupportedFeatures::ChanModes cm = supported.chanModes();
-        std::string removing = prefixModes + cm.addressModes + cm.param;
-        return {removing + cm.setParam, removing};
-    }
+    virtual std::pair<std::string, std::string> getChannelModeParams();
     /// Starts PINGing the server every heartbeatInterval (called after 001).
-    void startHeartbeat() {
-        stopHeartbeat();
-        if (heartbeatInterval <= 0 || !clock) return;
-        heartbeat_ = clock->callLater(heartbeatInterval, [this] {
-            sendHeartbeat();
-            startHeartbeat();
-        });
-    }
+    void startHeartbeat();
     /// Cancels the heartbeat; connectionLost and the destructor call it.
-    void stopHeartbeat() {
-        if (heartbeat_.active()) heartbeat_.cancel();
-        heartbeat_ = DelayedCall();
-    }
+    void stopHeartbeat();
 
     // ---- CTCP ----------------------------------------------------------------
 
     /// CTCP queries in one PRIVMSG. Each tag is answered once per message
     /// (Twisted's flood fix); unknown tags go to ctcpUnknownQuery.
-    virtual void ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages) {
-        std::vector<std::string> seen;
-        for (const CtcpMessage& m : messages) {
-            if (std::find(seen.begin(), seen.end(), m.tag) != seen.end()) continue;
-            seen.push_back(m.tag);
-            if (m.tag == "ACTION") ctcpQuery_ACTION(user, channel, m.data);
-            else if (m.tag == "PING") ctcpQuery_PING(user, channel, m.data);
-            else if (m.tag == "VERSION") ctcpQuery_VERSION(user, channel, m.data);
-            else if (m.tag == "SOURCE") ctcpQuery_SOURCE(user, channel, m.data);
-            else if (m.tag == "USERINFO") ctcpQuery_USERINFO(user, channel, m.data);
-            else if (m.tag == "FINGER") ctcpQuery_FINGER(user, channel, m.data);
-            else if (m.tag == "CLIENTINFO") ctcpQuery_CLIENTINFO(user, channel, m.data);
-            else if (m.tag == "ERRMSG") ctcpQuery_ERRMSG(user, channel, m.data);
-            else if (m.tag == "TIME") ctcpQuery_TIME(user, channel, m.data);
-            else ctcpUnknownQuery(user, channel, m.tag, m.data);
-        }
-    }
+    virtual void ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
     /// ACTION: action(user, channel, data) ("" without data).
     virtual void ctcpQuery_ACTION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         action(user, channel, data.value_or(""));
     }
     /// PING: echoes the data back to the sender's nick.
-    virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        ctcpMakeReply(detail::nickOf(user), {{"PING", data}});
-    }
+    virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies versionName:versionNum:versionEnv; nothing without versionName.
-    virtual void ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a VERSION query?");
-        if (versionName.empty()) return;
-        ctcpMakeReply(detail::nickOf(user), {{"VERSION", versionName + ":" + versionNum + ":" + versionEnv}});
-    }
+    virtual void ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies with sourceURL, then an empty SOURCE (end of list); nothing
     /// when sourceURL is empty.
-    virtual void ctcpQuery_SOURCE(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a SOURCE query?");
-        if (sourceURL.empty()) return;
-        ctcpMakeReply(detail::nickOf(user), {{"SOURCE", sourceURL}, {"SOURCE", std::nullopt}});
-    }
+    virtual void ctcpQuery_SOURCE(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies with userinfo; nothing when it is empty.
-    virtual void ctcpQuery_USERINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a USERINFO query?");
-        if (!userinfo.empty()) ctcpMakeReply(detail::nickOf(user), {{"USERINFO", userinfo}});
-    }
+    virtual void ctcpQuery_USERINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies with fingerReply; nothing when it is empty.
-    virtual void ctcpQuery_FINGER(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a FINGER query?");
-        if (!fingerReply.empty()) ctcpMakeReply(detail::nickOf(user), {{"FINGER", fingerReply}});
-    }
+    virtual void ctcpQuery_FINGER(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// No data: the tags we answer; "CLIENTINFO TAG": what TAG does.
-    virtual void ctcpQuery_CLIENTINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        static constexpr std::pair<std::string_view, std::string_view> info[] = {
-            {"ACTION", "ACTION text: a /me action"}, {"CLIENTINFO", "CLIENTINFO [tag]: what we answer"},
-            {"ERRMSG", "ERRMSG text: echoes text"}, {"FINGER", "FINGER: who is behind the keyboard"},
-            {"PING", "PING data: echoes data"}, {"SOURCE", "SOURCE: where the source is"},
-            {"TIME", "TIME: local time"}, {"USERINFO", "USERINFO: user information"},
-            {"VERSION", "VERSION: client version"},
-        };
-        std::string nick = detail::nickOf(user);
-        if (!data || data->empty()) {
-            std::string all;
-            for (const auto& i : info) all += (all.empty() ? "" : " ") + std::string(i.first);
-            ctcpMakeReply(nick, {{"CLIENTINFO", all}});
-            return;
-        }
-        std::string tag = data->substr(0, data->find(' '));
-        for (const auto& i : info)
-            if (i.first == tag) {
-                ctcpMakeReply(nick, {{"CLIENTINFO", std::string(i.second)}});
-                return;
-            }
-        ctcpMakeReply(nick, {{"ERRMSG", "CLIENTINFO " + *data + " :Unknown query '" + tag + "'"}});
-    }
+    virtual void ctcpQuery_CLIENTINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies ERRMSG "<data> :No error has occurred.".
-    virtual void ctcpQuery_ERRMSG(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        ctcpMakeReply(detail::nickOf(user), {{"ERRMSG", data.value_or("") + " :No error has occurred."}});
-    }
+    virtual void ctcpQuery_ERRMSG(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies ":" + the local time in asctime() format.
-    virtual void ctcpQuery_TIME(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a TIME query?");
-        char text[64] = {};
-        std::time_t now = std::time(nullptr);
-        std::tm local{};
-        if (localtime_r(&now, &local) == nullptr || std::strftime(text, sizeof text, "%a %b %e %H:%M:%S %Y", &local) == 0)
-            return;
-        ctcpMakeReply(detail::nickOf(user), {{"TIME", std::string(":") + text}});
-    }
+    virtual void ctcpQuery_TIME(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// An unknown CTCP query: logged, never answered (no reflection floods).
     virtual void ctcpUnknownQuery(const std::string& user, const std::string& channel, const std::string& tag,
-                                  const std::optional<std::string>& data) {
-        (void)channel, (void)data;
-        reactor::log(LogLevel::info, "irc: unknown CTCP query " + printable(tag) + " from " + printable(user));
-    }
+                                  const std::optional<std::string>& data);
     /// CTCP replies in one NOTICE (no de-duplication, as Twisted).
-    virtual void ctcpReply(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages) {
-        for (const CtcpMessage& m : messages) {
-            if (m.tag == "PING")
-                ctcpReply_PING(user, channel, m.data);
-            else
-                ctcpUnknownReply(user, channel, m.tag, m.data);
-        }
-    }
+    virtual void ctcpReply(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
     /// The answer to our ping(): pong(user, seconds), or a log line for a
     /// PING reply we never asked for.
-    virtual void ctcpReply_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        (void)channel;
-        std::string nick = detail::nickOf(user);
-        std::string key = data.value_or("");
-        for (auto it = pings_.begin(); it != pings_.end(); ++it) {
-            if (nickEquals(detail::nickOf(it->user), nick) && it->key == key) {
-                double secs = now() - it->sent;
-                pings_.erase(it);
-                return pong(user, secs);
-            }
-        }
-        reactor::log(LogLevel::warning, "irc: Bogus PING response from " + printable(user) + ": " + printable(key));
-    }
+    virtual void ctcpReply_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// A CTCP reply other than PING. Default: a log line.
     virtual void ctcpUnknownReply(const std::string& user, const std::string& channel, const std::string& tag,
-                                  const std::optional<std::string>& data) {
-        (void)channel, (void)data;
-        reactor::log(LogLevel::info, "irc: unknown CTCP reply " + printable(tag) + " from " + printable(user));
-    }
+                                  const std::optional<std::string>& data);
 
     // ---- commands ----------------------------------------------------------------
     // Each returns true when the line was sent (or queued by lineRate) and
     // false, having sent nothing, when an argument contains CR, LF or NUL.
 
     /// JOIN #channel [key] ("chan" gets a '#').
-    bool join(const std::string& channel, const std::string& key = "") {
-        if (!checkArgs("JOIN", {channel, key}) || !checkMiddle("JOIN", {channel, key})) return false;
-        std::string c = withChannelPrefix(channel);
-        return sendLine(key.empty() ? "JOIN " + c : "JOIN " + c + " " + key);
-    }
+    bool join(const std::string& channel, const std::string& key = "");
     /// PART #channel [:reason].
-    bool leave(const std::string& channel, const std::string& reason = "") {
-        if (!checkArgs("PART", {channel, reason}) || !checkMiddle("PART", {channel})) return false;
-        std::string c = withChannelPrefix(channel);
-        return sendLine(reason.empty() ? "PART " + c : "PART " + c + " :" + reason);
-    }
+    bool leave(const std::string& channel, const std::string& reason = "");
     /// Same as leave (Twisted's alias).
     bool part(const std::string& channel, const std::string& reason = "") { return leave(channel, reason); }
     /// KICK #channel user [:reason].
-    bool kick(const std::string& channel, const std::string& user, const std::string& reason = "") {
-        if (!checkArgs("KICK", {channel, user, reason}) || !checkMiddle("KICK", {channel, user}, 2)) return false;
-        std::string line = "KICK " + withChannelPrefix(channel) + " " + user;
-        return sendLine(reason.empty() ? line : line + " :" + reason);
-    }
+    bool kick(const std::string& channel, const std::string& user, const std::string& reason = "");
     /// INVITE user #channel.
-    bool invite(const std::string& user, const std::string& channel) {
-        if (!checkArgs("INVITE", {user, channel}) || !checkMiddle("INVITE", {user, channel}, 2)) return false;
-        return sendLine("INVITE " + user + " " + withChannelPrefix(channel));
-    }
+    bool invite(const std::string& user, const std::string& channel);
     /// TOPIC #channel (ask), or TOPIC #channel :text (set; "" clears it).
-    bool topic(const std::string& channel, const std::optional<std::string>& newTopic = std::nullopt) {
-        if (!checkArgs("TOPIC", {channel, newTopic.value_or("")}) || !checkMiddle("TOPIC", {channel})) return false;
-        std::string c = withChannelPrefix(channel);
-        return sendLine(newTopic ? "TOPIC " + c + " :" + *newTopic : "TOPIC " + c);
-    }
+    bool topic(const std::string& channel, const std::optional<std::string>& newTopic = std::nullopt);
     /// MODE chan +modes|-modes [limit | user | mask] (the first given wins).
     bool mode(const std::string& chan, bool set, const std::string& modes, std::optional<int> limit = std::nullopt,
               const std::optional<std::string>& user = std::nullopt,
-              const std::optional<std::string>& mask = std::nullopt) {
-        if (!checkArgs("MODE", {chan, modes, user.value_or(""), mask.value_or("")}) ||
-            !checkMiddle("MODE", {chan, modes, user.value_or(""), mask.value_or("")}, 2))
-            return false;
-        std::string line = "MODE " + chan + (set ? " +" : " -") + modes;
-        if (limit) line += " " + std::to_string(*limit);
-        else if (user) line += " " + *user;
-        else if (mask) line += " " + *mask;
-        return sendLine(line);
-    }
+              const std::optional<std::string>& mask = std::nullopt);
     /// PRIVMSG to a channel ("chan" gets a '#'), split like msg.
-    bool say(const std::string& channel, const std::string& message, std::size_t length = 0) {
-        if (!checkArgs("PRIVMSG", {channel})) return false;
-        return msg(withChannelPrefix(channel), message, length);
-    }
+    bool say(const std::string& channel, const std::string& message, std::size_t length = 0);
     /// PRIVMSG user :message, split into as many lines as needed: at line
     /// breaks, then (preferably at spaces, never inside a UTF-8 character)
     /// so that each line the server relays, with its ":nick!user@host "
@@ -6534,98 +3703,33 @@ public:
         return ctcpMakeQuery(channel, {{"ACTION", text}});
     }
     /// AWAY :message.
-    bool away(const std::string& message = "") {
-        if (!checkArgs("AWAY", {message})) return false;
-        return sendLine("AWAY :" + message);
-    }
+    bool away(const std::string& message = "");
     /// Not away any more (AWAY :).
     bool back() { return away(); }
     /// WHOIS nick, or WHOIS server nick.
-    bool whois(const std::string& nick, const std::string& server = "") {
-        if (!checkArgs("WHOIS", {nick, server}) || !checkMiddle("WHOIS", {nick, server})) return false;
-        return sendLine(server.empty() ? "WHOIS " + nick : "WHOIS " + server + " " + nick);
-    }
+    bool whois(const std::string& nick, const std::string& server = "");
     /// NICK nick (nickname changes when the server confirms).
-    bool setNick(const std::string& nick) {
-        if (!checkArgs("NICK", {nick}) || !checkMiddle("NICK", {nick})) return false;
-        attemptedNick_ = nick;
-        return sendLine("NICK " + nick);
-    }
+    bool setNick(const std::string& nick);
     /// QUIT :message.
-    bool quit(const std::string& message = "") {
-        if (!checkArgs("QUIT", {message})) return false;
-        return sendLine("QUIT :" + message);
-    }
+    bool quit(const std::string& message = "");
     /// NAMES #channel; the answer arrives as receivedNames (not in Twisted).
-    bool names(const std::string& channel) {
-        if (!checkArgs("NAMES", {channel}) || !checkMiddle("NAMES", {channel})) return false;
-        return sendLine("NAMES " + withChannelPrefix(channel));
-    }
+    bool names(const std::string& channel);
     /// CTCP PING to `user` (the key is `text`, or 12 random letters); the
     /// answer comes back as pong(user, seconds). Keeps the newest 12.
-    bool ping(const std::string& user, const std::string& text = "") {
-        if (!checkArgs("PING", {user, text})) return false;
-        std::string key = text.empty() ? randomKey() : text;
-        if (!ctcpMakeQuery(user, {CtcpMessage{"PING", key}})) return false;  // quoted: no second query
-        pings_.push_back({user, key, now()});
-        if (pings_.size() > 12) pings_.erase(pings_.begin());
-        return true;
-    }
+    bool ping(const std::string& user, const std::string& text = "");
     /// Registers: [PASS password], NICK nick, USER (username or nick)
     /// hostName serverName :(realname or nick). Called by connectionMade
     /// when performLogin. (Twisted's `register`, a C++ keyword.)
-    bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar") {
-        if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname})) return false;
-        if (!password.empty()) sendLine("PASS " + password);
-        setNick(nick);
-        if (username.empty()) username = nick;
-        return sendLine("USER " + username + " " + hostName + " " + serverName + " :" +
-                        (realname.empty() ? nick : realname));
-    }
+    bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar");
     /// Sends CTCP queries to `user` in one PRIVMSG.
-    bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages) {
-        if (!checkCtcp("PRIVMSG", user, messages)) return false;
-        return msg(user, ctcpStringify(messages));
-    }
+    bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages);
     /// Sends CTCP replies to `user` in one NOTICE.
-    bool ctcpMakeReply(const std::string& user, const std::vector<CtcpMessage>& messages) {
-        if (!checkCtcp("NOTICE", user, messages)) return false;
-        return notice(user, ctcpStringify(messages));
-    }
+    bool ctcpMakeReply(const std::string& user, const std::vector<CtcpMessage>& messages);
 
     /// Sends one raw line (CRLF added), through the lineRate queue. Refuses
     /// (returns false, logs) a line containing CR, LF or NUL. Hides
     /// LineReceiver::sendLine, which knows nothing of IRC.
-    bool sendLine(std::string_view line) {
-        if (detail::hasUnsafeChar(line)) {
-            reactor::log(LogLevel::warning, "irc: refused to send a line containing CR, LF or NUL");
-            return false;
-        }
-        if (!connected) return false;  // after connectionLost: nothing to send on, no timer to arm
-        std::string capped;
-        if (line.size() > maxLineBytes) {
-            // A server drops the connection on an over-long line ("Request
-            // too long"): cut it, at a UTF-8 character boundary.
-            std::size_t cut = maxLineBytes;
-            while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
-            reactor::log(LogLevel::warning, "irc: cut an outgoing line of " + std::to_string(line.size()) +
-                                                " bytes to " + std::to_string(cut));
-            capped.assign(line.substr(0, cut));
-            line = capped;
-        }
-        if (lineRate <= 0 || !clock) {
-            reallySendLine(line);
-            return true;
-        }
-        if (queuedLines() >= maxQueuedLines) {  // a flood (of CTCP queries, say) must not grow memory
-            reactor::log(LogLevel::warning, "irc: send queue full (" + std::to_string(maxQueuedLines) +
-                                                " lines); dropped a line");
-            return false;
-        }
-        queue_.emplace_back(line);
-        if (!queueTimer_.active()) sendQueued();
-        return true;
-    }
+    bool sendLine(std::string_view line);
     /// The longest line sent, CRLF excluded (RFC 1459: 512 with it).
     static constexpr std::size_t maxLineBytes = 510;
     /// With lineRate, at most this many lines wait; more are dropped (logged).
@@ -6635,53 +3739,16 @@ public:
 
     /// Whether `target` names a channel: its first character (after any
     /// STATUSMSG prefix such as '@') is a CHANTYPES character.
-    bool isChannel(std::string_view target) const {
-        std::string status = supported.getFeatureString("STATUSMSG");
-        std::size_t i = 0;
-        while (i < target.size() && status.find(target[i]) != std::string::npos) ++i;
-        return i < target.size() && channelPrefixes().find(target[i]) != std::string::npos;
-    }
+    bool isChannel(std::string_view target) const;
     /// CHANTYPES once the server announced it, else Twisted's "&#!+".
-    std::string channelPrefixes() const {
-        return supported.announced("CHANTYPES") ? supported.chanTypes() : std::string(CHANNEL_PREFIXES);
-    }
+    std::string channelPrefixes() const;
     /// Nick comparison under the server's CASEMAPPING (rfc1459 by default:
     /// "[]\~" are the upper case of "{}|^").
-    bool nickEquals(std::string_view a, std::string_view b) const {
-        if (a.size() != b.size()) return false;
-        std::string mapping = supported.caseMapping();
-        bool rfc = mapping != "ascii";
-        bool strict = mapping == "strict-rfc1459";
-        auto fold = [&](char c) -> char {
-            c = detail::asciiLower(c);
-            if (rfc) {
-                if (c == '[') return '{';
-                if (c == ']') return '}';
-                if (c == '\\') return '|';
-                if (c == '~' && !strict) return '^';
-            }
-            return c;
-        };
-        for (std::size_t i = 0; i < a.size(); ++i)
-            if (fold(a[i]) != fold(b[i])) return false;
-        return true;
-    }
+    bool nickEquals(std::string_view a, std::string_view b) const;
     /// The most text one PRIVMSG/NOTICE to `target` can carry so that the
     /// relayed line fits 512 bytes (assumes NICKLEN/USERLEN/HOSTLEN maxima
     /// until our own JOIN echo tells us our exact "!user@host").
-    std::size_t maxMessageLength(const std::string& command, const std::string& target) const {
-        std::size_t prefixLen;
-        if (!userHost_.empty()) {
-            prefixLen = nickname.size() + userHost_.size();
-        } else {
-            std::size_t nickLen = std::max(nickname.size(), static_cast<std::size_t>(std::max(0, supported.nickLen())));
-            std::size_t userLen = static_cast<std::size_t>(std::max(0, supported.getFeatureInt("USERLEN", 10))) + 1;
-            std::size_t hostLen = static_cast<std::size_t>(std::max(0, supported.getFeatureInt("HOSTLEN", 63)));
-            prefixLen = nickLen + 1 + userLen + 1 + hostLen;
-        }
-        std::size_t overhead = 1 + prefixLen + 1 + command.size() + 1 + target.size() + 2 + 2;  // ":" p " " cmd " " t " :" .. CRLF
-        return overhead >= MAX_COMMAND_LENGTH ? 0 : MAX_COMMAND_LENGTH - overhead;
-    }
+    std::size_t maxMessageLength(const std::string& command, const std::string& target) const;
 
 private:
     struct Ping {
@@ -6691,151 +3758,30 @@ private:
     };
 
     bool sendMessage(const std::string& command, const std::string& target, const std::string& message,
-                     std::size_t length) {
-        if (!checkArgs(command.c_str(), {target}) || !checkMiddle(command.c_str(), {target})) return false;
-        if (message.find('\0') != std::string::npos) {
-            reactor::log(LogLevel::warning, "irc: refused to send " + command + ": the message contains NUL");
-            return false;
-        }
-        std::string fmt = command + " " + target + " :";
-        std::size_t width;
-        if (length > 0) {
-            std::size_t minimum = fmt.size() + 2;
-            if (length <= minimum) {
-                reactor::log(LogLevel::error, "irc: Maximum length must exceed " + std::to_string(minimum) +
-                                                  " for message to " + target);
-                return false;
-            }
-            width = length - minimum;
-        } else {
-            width = maxMessageLength(command, target);
-        }
-        if (width < 4) {  // room for at least one UTF-8 character
-            reactor::log(LogLevel::error, "irc: no room for text in a " + command + " to " + printable(target));
-            return false;
-        }
-        bool sent = true;
-        for (const std::string& chunk : split(message, width)) sent = sendLine(fmt + chunk) && sent;
-        return sent;
-    }
+                     std::size_t length);
 
-    void reallySendLine(std::string_view line) {
-        if (!transport) return;
-        transport->writeSequence({line, std::string_view("\r\n")});
-    }
+    void reallySendLine(std::string_view line);
     /// The lineRate pump: one line now, the next after lineRate seconds
     /// (Twisted's _sendLine, on our injectable clock).
-    void sendQueued() {
-        if (queueHead_ < queue_.size()) {
-            std::string line = std::move(queue_[queueHead_++]);
-            if (queueHead_ == queue_.size()) {
-                queue_.clear();
-                queueHead_ = 0;
-            }
-            reallySendLine(line);
-            queueTimer_ = clock->callLater(lineRate, [this] { sendQueued(); });
-        } else {
-            queueTimer_ = DelayedCall();
-        }
-    }
-    void sendHeartbeat() { sendLine("PING " + (hostname.empty() ? nickname : hostname)); }
-    void cancelTimers() {
-        stopHeartbeat();
-        if (queueTimer_.active()) queueTimer_.cancel();
-        queueTimer_ = DelayedCall();
-    }
+    void sendQueued();
+    void sendHeartbeat();
+    void cancelTimers();
 
-    bool checkArgs(const char* command, std::initializer_list<std::string_view> args) {
-        for (std::string_view a : args)
-            if (detail::hasUnsafeChar(a)) {
-                reactor::log(LogLevel::warning,
-                             std::string("irc: refused to send ") + command + ": an argument contains CR, LF or NUL");
-                return false;
-            }
-        return true;
-    }
+    bool checkArgs(const char* command, std::initializer_list<std::string_view> args);
     /// Middle parameters (targets, nicks, channels, keys): a space or a
     /// leading ':' would shift or swallow the parameters after it, and an
     /// empty one drops it. The first `required` must not be empty.
-    bool checkMiddle(const char* command, std::initializer_list<std::string_view> params, std::size_t required = 1) {
-        std::size_t i = 0;
-        for (std::string_view p : params) {
-            bool bad = (i++ < required && p.empty()) || p.find(' ') != std::string_view::npos ||
-                       (!p.empty() && p.front() == ':');
-            if (bad) {
-                reactor::log(LogLevel::warning, std::string("irc: refused to send ") + command +
-                                                    ": a target, nick or channel is empty, has a space, or starts with ':'");
-                return false;
-            }
-        }
-        return true;
-    }
-    bool checkCtcp(const char* command, const std::string& user, const std::vector<CtcpMessage>& messages) {
-        if (!checkArgs(command, {user})) return false;
-        for (const auto& m : messages)
-            if (!checkArgs(command, {m.tag, m.data.value_or("")})) return false;
-        return true;
-    }
-    static bool need(const std::vector<std::string>& params, std::size_t n, const char* command) {
-        if (params.size() >= n) return true;
-        reactor::log(LogLevel::warning, std::string("irc: ignored ") + command + " with too few parameters");
-        return false;
-    }
-    std::string withChannelPrefix(const std::string& channel) const {
-        if (!channel.empty() && channelPrefixes().find(channel[0]) != std::string::npos) return channel;
-        return "#" + channel;
-    }
-    static std::string join(const std::vector<std::string>& pieces) {
-        std::string out;
-        for (const auto& p : pieces) out += (out.empty() ? "" : " ") + p;
-        return out;
-    }
-    static std::string motdLine(const std::vector<std::string>& params) {
-        std::string line = params.empty() ? std::string() : params.back();
-        if (line.compare(0, 2, "- ") == 0) line.erase(0, 2);
-        return line;
-    }
+    bool checkMiddle(const char* command, std::initializer_list<std::string_view> params, std::size_t required = 1);
+    bool checkCtcp(const char* command, const std::string& user, const std::vector<CtcpMessage>& messages);
+    static bool need(const std::vector<std::string>& params, std::size_t n, const char* command);
+    std::string withChannelPrefix(const std::string& channel) const;
+    static std::string join(const std::vector<std::string>& pieces);
+    static std::string motdLine(const std::vector<std::string>& params);
     /// For log lines: control bytes as \xHH, at most 200 bytes.
-    static std::string printable(std::string_view s) {
-        static const char hex[] = "0123456789abcdef";
-        std::string out;
-        for (char c : s.substr(0, 200)) {
-            unsigned char u = static_cast<unsigned char>(c);
-            if (u < 0x20 || u == 0x7f) {
-                out += "\\x";
-                out += hex[u >> 4];
-                out += hex[u & 15];
-            } else {
-                out += c;
-            }
-        }
-        if (s.size() > 200) out += "...";
-        return out;
-    }
-    std::vector<std::string>& pendingNames(const std::string& channel) {
-        for (auto& entry : names_)
-            if (entry.first == channel) return entry.second;
-        names_.emplace_back(channel, std::vector<std::string>());
-        return names_.back().second;
-    }
-    double now() const {
-        if (clock) return clock->seconds();
-        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-    }
-    std::string randomKey() {
-        if (rng_ == 0)
-            rng_ = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
-                   reinterpret_cast<std::uintptr_t>(this) ^ 0x9E3779B97F4A7C15ull;
-        std::string key;
-        for (int i = 0; i < 12; ++i) {
-            rng_ ^= rng_ << 13;  // xorshift64: unpredictability is not needed, only uniqueness
-            rng_ ^= rng_ >> 7;
-            rng_ ^= rng_ << 17;
-            std::uint64_t r = rng_ % 52;
-            key += static_cast<char>(r < 26 ? 'a' + static_cast<int>(r) : 'A' + static_cast<int>(r - 26));
-        }
-        return key;
-    }
+    static std::string printable(std::string_view s);
+    std::vector<std::string>& pendingNames(const std::string& channel);
+    double now() const;
+    std::string randomKey();
 
     bool registered_ = false;
     std::string attemptedNick_;
@@ -6887,17 +3833,12 @@ public:
     /// Appends `data` to value().
     void write(std::string_view data) override { io_.append(data); }  // accepted even after loseConnection, as Twisted
     /// Appends each piece to value().
-    void writeSequence(const std::string_view* parts, std::size_t count) override {
-        for (std::size_t i = 0; i < count; ++i) io_.append(parts[i]);
-    }
+    void writeSequence(const std::string_view* parts, std::size_t count) override;
     /// Only records the request: connectionLost is not called (see
     /// StringTransportWithDisconnection for that).
     void loseConnection() override { disconnecting = true; }
     /// Only records the request: sets disconnecting and aborted.
-    void abortConnection() override {
-        disconnecting = true;
-        aborted = true;
-    }
+    void abortConnection() override;
     /// Only records the request: sets writeConnectionLost.
     void loseWriteConnection() override { writeConnectionLost = true; }
     /// peerAddress.
@@ -6907,33 +3848,16 @@ public:
 
     /// The reading side, as the protocol controls it: producerState = "paused";
     /// an error after loseConnection.
-    void pauseProducing() override {
-        if (checkNotDisconnecting("pause")) producerState = "paused";
-    }
+    void pauseProducing() override;
     /// producerState = "producing"; an error after loseConnection.
-    void resumeProducing() override {
-        if (checkNotDisconnecting("resume")) producerState = "producing";
-    }
+    void resumeProducing() override;
     /// producerState = "stopped".
     void stopProducing() override { producerState = "stopped"; }
 
     /// Records `producer` and `streaming`; registering a second one is an error.
-    void registerProducer(IProducer* p, bool isStreaming) override {
-        if (producer) {
-            detail::raise<error::RuntimeError>("Cannot register two producers");
-            return;
-        }
-        producer = p;
-        streaming = isStreaming;
-    }
+    void registerProducer(IProducer* p, bool isStreaming) override;
     /// Clears `producer`; an error when none is registered.
-    void unregisterProducer() override {
-        if (!producer) {
-            detail::raise<error::RuntimeError>("Cannot unregister a producer unless one is registered");
-            return;
-        }
-        producer = nullptr;
-    }
+    void unregisterProducer() override;
     /// Records the setting in noDelay; returns true.
     bool setTcpNoDelay(bool enabled) override { return noDelay = enabled, true; }
     /// Records the setting in keepAlive; returns true.
@@ -6961,11 +3885,7 @@ public:
     Address peerAddress;
 
 private:
-    bool checkNotDisconnecting(const char* what) {
-        if (!disconnecting) return true;
-        detail::raise<error::RuntimeError>(std::string("Cannot ") + what + " producing after loseConnection");
-        return false;
-    }
+    bool checkNotDisconnecting(const char* what);
     std::string io_;
 };
 
@@ -6979,15 +3899,7 @@ public:
     Protocol* protocol = nullptr;
     /// Once: sets disconnecting, clears connected (ours and the protocol's) and
     /// calls protocol->connectionLost(ConnectionDone).
-    void loseConnection() override {
-        if (!connected) return;
-        StringTransport::loseConnection();
-        connected = false;
-        if (protocol) {
-            protocol->connected = false;
-            protocol->connectionLost(Failure(error::ConnectionDone("Bye.")));
-        }
-    }
+    void loseConnection() override;
 };
 
 namespace testing {
@@ -7010,11 +3922,3901 @@ bool runUntil(Reactor& r, Pred&& done, double timeout = 5.0) {
 /// Returns true when clean. The end of a socket test:
 ///     port.stopListening();
 ///     CHECK(testing::runUntilClean(r));
-inline bool runUntilClean(Reactor& r, double timeout = 5.0);
+bool runUntilClean(Reactor& r, double timeout = 5.0);
 
 /// Empty if `r` has no pending timers and no watched descriptors; otherwise
 /// names each leftover (timers with the line that scheduled them).
-inline std::string dirtyReport(const Reactor& r) {
+std::string dirtyReport(const Reactor& r);
+
+
+/// Trial's janitor: returns dirtyReport(r), then cancels the leftover
+/// timers and stops watching the leftover descriptors so the next test
+/// starts clean.
+std::string cleanUp(Reactor& r);
+
+}  // namespace testing
+
+
+}  // namespace v0
+}  // namespace reactor
+
+#endif  // REACTOR_HPP_INCLUDED
+
+// ============================================================================
+// ==== 15. IMPLEMENTATION ====
+// The bodies of the non-template functions declared in sections 3-14, in
+// the same order. Header-only (the default): they are `inline` and every
+// translation unit sees them. REACTOR_SEPARATE_COMPILATION: only the one TU
+// that also defines REACTOR_IMPLEMENTATION compiles them, and the others
+// see declarations alone (see the manual at the top). Templates and
+// one-line accessors stay next to their declarations in both modes.
+// ============================================================================
+#if !defined(REACTOR_SEPARATE_COMPILATION) || defined(REACTOR_IMPLEMENTATION)
+#ifndef REACTOR_IMPLEMENTATION_INCLUDED
+#define REACTOR_IMPLEMENTATION_INCLUDED
+
+// What the bodies need beyond section 2: in a separately compiled build the
+// other TUs never parse these.
+#include <cmath>        // std::floor (LoopingCall), std::sqrt/log/cos (reconnect jitter)
+#include <cstdio>       // std::fputs for the default logger
+#include <cstdlib>      // std::getenv for REACTOR_TRACE
+#include <ctime>        // CTCP TIME: std::time, std::strftime, localtime_r
+
+namespace reactor {
+inline namespace v0 {
+
+// ---- 3. PLATFORM -----------------------------------------------------------
+namespace detail {
+namespace os {
+
+REACTOR_INLINE ConnectErrorKind classifyConnectError(int err) {
+    switch (err) {
+        case ECONNREFUSED: return ConnectErrorKind::refused;
+        case ETIMEDOUT: return ConnectErrorKind::timedOut;
+        case ENETUNREACH:
+        case EHOSTUNREACH: return ConnectErrorKind::noRoute;
+        case EADDRINUSE:
+        case EADDRNOTAVAIL: return ConnectErrorKind::bindError;
+        default: return ConnectErrorKind::other;
+    }
+}
+
+REACTOR_INLINE void closeFd(Fd fd) {
+    if (fd >= 0) ::close(fd);  // never retried on EINTR: the fd is gone either way on Linux
+}
+
+REACTOR_INLINE bool setNonBlocking(Fd fd) {
+    int flags = ::fcntl(fd, F_GETFL, 0);
+    return flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
+}
+
+REACTOR_INLINE bool setCloseOnExec(Fd fd) {
+    int flags = ::fcntl(fd, F_GETFD, 0);
+    return flags >= 0 && ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0;
+}
+
+REACTOR_INLINE int selectWait(pollfd* fds, size_t count, int timeoutMs) {
+    fd_set readSet, writeSet, errorSet;
+    FD_ZERO(&readSet);
+    FD_ZERO(&writeSet);
+    FD_ZERO(&errorSet);
+    int maxFd = -1;
+    for (size_t i = 0; i < count; ++i) {
+        fds[i].revents = 0;
+        int fd = fds[i].fd;
+        if (fd < 0 || fd >= selectLimit) continue;
+        if (fds[i].events & evRead) FD_SET(fd, &readSet);
+        if (fds[i].events & evWrite) FD_SET(fd, &writeSet);
+        FD_SET(fd, &errorSet);
+        maxFd = std::max(maxFd, fd);
+    }
+    timeval tv{};
+    timeval* tvp = nullptr;
+    if (timeoutMs >= 0) {
+        tv.tv_sec = timeoutMs / 1000;
+        tv.tv_usec = static_cast<decltype(tv.tv_usec)>((timeoutMs % 1000) * 1000);
+        tvp = &tv;
+    }
+    int n = ::select(maxFd + 1, &readSet, &writeSet, &errorSet, tvp);
+    if (n < 0 && errno == EBADF) {
+        // A watched descriptor was closed: report it as poll() would
+        // (POLLNVAL) instead of failing every turn.
+        int bad = 0;
+        for (size_t i = 0; i < count; ++i)
+            if (fds[i].fd >= 0 && ::fcntl(fds[i].fd, F_GETFD) < 0) {
+                fds[i].revents = evInvalid;
+                ++bad;
+            }
+        if (bad) return bad;
+        errno = EBADF;
+    }
+    if (n <= 0) return n;
+    int ready = 0;
+    for (size_t i = 0; i < count; ++i) {
+        int fd = fds[i].fd;
+        if (fd < 0 || fd >= selectLimit) continue;
+        short rev = 0;
+        if (FD_ISSET(fd, &readSet)) rev = static_cast<short>(rev | evRead);
+        if (FD_ISSET(fd, &writeSet)) rev = static_cast<short>(rev | evWrite);
+        if (FD_ISSET(fd, &errorSet)) rev = static_cast<short>(rev | POLLERR);
+        fds[i].revents = rev;
+        if (rev) ++ready;
+    }
+    return ready;
+}
+
+REACTOR_INLINE Waker::Waker() {
+#if defined(__linux__)
+    readFd_ = writeFd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+#else
+    int p[2];
+    if (::pipe(p) == 0) {
+        readFd_ = p[0];
+        writeFd_ = p[1];
+        for (int fd : p) { setNonBlocking(fd); setCloseOnExec(fd); }
+    }
+#endif
+}
+
+REACTOR_INLINE Waker::~Waker() {
+    closeFd(readFd_);
+    if (writeFd_ != readFd_) closeFd(writeFd_);
+}
+
+REACTOR_INLINE void Waker::wake(Fd writeFd) {
+#if defined(__linux__)
+    std::uint64_t one = 1;
+    ssize_t n = ::write(writeFd, &one, sizeof one);
+#else
+    char byte = 1;
+    ssize_t n = ::write(writeFd, &byte, 1);
+#endif
+    (void)n;
+}
+
+REACTOR_INLINE void Waker::drain() const {
+    char buf[64];
+    while (::read(readFd_, buf, sizeof buf) > 0) {
+    }
+}
+
+REACTOR_INLINE bool parseLiteral(const std::string& host, std::uint16_t port, SockAddr& out) {
+    out = SockAddr{};
+    auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+    if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        v4->sin_port = htons(port);
+        out.length = sizeof(sockaddr_in);
+        return true;
+    }
+    auto* v6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+    if (::inet_pton(AF_INET6, host.c_str(), &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        v6->sin6_port = htons(port);
+        out.length = sizeof(sockaddr_in6);
+        return true;
+    }
+    return false;
+}
+
+REACTOR_INLINE std::vector<SockAddr> resolve(const std::string& host, std::uint16_t port, std::string& error) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    addrinfo* list = nullptr;
+    std::vector<SockAddr> out;
+    int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
+    if (rc != 0) {
+        error = ::gai_strerror(rc);
+        return out;
+    }
+    for (addrinfo* ai = list; ai; ai = ai->ai_next) {
+        if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
+        SockAddr a;
+        std::memcpy(&a.storage, ai->ai_addr, ai->ai_addrlen);
+        a.length = ai->ai_addrlen;
+        out.push_back(a);
+    }
+    ::freeaddrinfo(list);
+    if (out.empty()) error = "no addresses";
+    return out;
+}
+
+REACTOR_INLINE void describe(const SockAddr& a, std::string& host, std::uint16_t& port, bool& ipv6) {
+    char buf[INET6_ADDRSTRLEN] = {};
+    ipv6 = a.family() == AF_INET6;
+    if (ipv6) {
+        auto* v6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
+        ::inet_ntop(AF_INET6, &v6->sin6_addr, buf, sizeof buf);
+        port = ntohs(v6->sin6_port);
+    } else {
+        auto* v4 = reinterpret_cast<const sockaddr_in*>(&a.storage);
+        ::inet_ntop(AF_INET, &v4->sin_addr, buf, sizeof buf);
+        port = ntohs(v4->sin_port);
+    }
+    host = buf;
+}
+
+REACTOR_INLINE Fd tcpSocket(int family) {
+#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
+    Fd fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+#else
+    Fd fd = ::socket(family, SOCK_STREAM, 0);
+    if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
+#endif
+#if defined(SO_NOSIGPIPE)  // macOS/BSD: no SIGPIPE from this socket
+    if (fd >= 0) { int one = 1; ::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one); }
+#endif
+    return fd;
+}
+
+REACTOR_INLINE bool setIntOption(Fd fd, int level, int name, int value) {
+    return ::setsockopt(fd, level, name, &value, sizeof value) == 0;
+}
+
+REACTOR_INLINE bool setNoDelay(Fd fd, bool on) { return setIntOption(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0); }
+
+REACTOR_INLINE bool setKeepAlive(Fd fd, bool on) { return setIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0); }
+
+REACTOR_INLINE bool getIntOption(Fd fd, int level, int name) {
+    int value = 0;
+    socklen_t len = sizeof value;
+    return ::getsockopt(fd, level, name, &value, &len) == 0 && value != 0;
+}
+
+REACTOR_INLINE void setLingerZero(Fd fd) {
+    linger l{};
+    l.l_onoff = 1;
+    l.l_linger = 0;
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
+}
+
+REACTOR_INLINE int startConnect(Fd fd, const SockAddr& a) {
+    int rc;
+    do rc = ::connect(fd, a.get(), a.length);
+    while (rc < 0 && errno == EINTR);
+    return rc;
+}
+
+REACTOR_INLINE int socketError(Fd fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) < 0) return errno;
+    return err;
+}
+
+REACTOR_INLINE Fd acceptOne(Fd listener, SockAddr& peer) {
+    Fd fd;
+    do {
+        peer.length = sizeof peer.storage;
+#if defined(__linux__)
+        fd = ::accept4(listener, peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
+#else
+        fd = ::accept(listener, peer.get(), &peer.length);
+        if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
+#endif
+    } while (fd < 0 && errno == EINTR);
+    return fd;
+}
+
+REACTOR_INLINE bool outOfDescriptors(int err) { return err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM; }
+
+REACTOR_INLINE bool localAddress(Fd fd, SockAddr& a) {
+    a.length = sizeof a.storage;
+    return ::getsockname(fd, a.get(), &a.length) == 0;
+}
+
+REACTOR_INLINE bool peerAddress(Fd fd, SockAddr& a) {
+    a.length = sizeof a.storage;
+    return ::getpeername(fd, a.get(), &a.length) == 0;
+}
+
+REACTOR_INLINE long receive(Fd fd, char* buf, std::size_t size) {
+    ssize_t n;
+    do n = ::recv(fd, buf, size, 0);
+    while (n < 0 && errno == EINTR);
+    return static_cast<long>(n);
+}
+
+REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t count) {
+    constexpr std::size_t maxParts = 16;
+    iovec iov[maxParts];
+    std::size_t n = std::min(count, maxParts);
+    for (std::size_t i = 0; i < n; ++i) {
+        iov[i].iov_base = const_cast<char*>(parts[i].data());
+        iov[i].iov_len = parts[i].size();
+    }
+    msghdr msg{};
+    msg.msg_iov = iov;
+    msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(n);
+#if defined(MSG_NOSIGNAL)
+    constexpr int flags = MSG_NOSIGNAL;
+#else
+    constexpr int flags = 0;  // SO_NOSIGPIPE was set on the socket
+#endif
+    ssize_t sent;
+    do sent = ::sendmsg(fd, &msg, flags);
+    while (sent < 0 && errno == EINTR);
+    return static_cast<long>(sent);
+}
+
+REACTOR_INLINE std::atomic<int>& signalWakeFd() {
+    static std::atomic<int> fd{invalidFd};
+    return fd;
+}
+
+REACTOR_INLINE std::atomic<int>& signalReceived() {
+    static std::atomic<int> sig{0};
+    return sig;
+}
+
+REACTOR_INLINE void reactorSignalHandler(int sig) {
+    int savedErrno = errno;  // the interrupted code may be about to read it
+    signalReceived().store(sig);
+    int fd = signalWakeFd().load();
+    if (fd >= 0) Waker::wake(fd);
+    errno = savedErrno;
+}
+
+REACTOR_INLINE const char* signalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
+
+REACTOR_INLINE SignalHandlers::SignalHandlers(Fd wakeFd) {
+    signalReceived().store(0);
+    signalWakeFd().store(wakeFd);
+    struct sigaction sa {};
+    sa.sa_handler = &reactorSignalHandler;
+    sigemptyset(&sa.sa_mask);
+    ::sigaction(SIGINT, &sa, &oldInt_);
+    ::sigaction(SIGTERM, &sa, &oldTerm_);
+}
+
+REACTOR_INLINE SignalHandlers::~SignalHandlers() {
+    ::sigaction(SIGINT, &oldInt_, nullptr);
+    ::sigaction(SIGTERM, &oldTerm_, nullptr);
+    signalWakeFd().store(invalidFd);
+}
+}  // namespace os
+}  // namespace detail
+
+// ---- 4. UTILITIES ----------------------------------------------------------
+
+REACTOR_INLINE const char* logLevelName(LogLevel level) {
+    switch (level) {
+        case LogLevel::debug: return "debug";
+        case LogLevel::info: return "info";
+        case LogLevel::warning: return "warning";
+        case LogLevel::error: return "error";
+        case LogLevel::critical: return "critical";
+    }
+    return "?";
+}
+namespace detail {
+
+REACTOR_INLINE Logger& loggerSlot() {
+    static Logger logger;  // empty: the default stderr writer
+    return logger;
+}
+
+REACTOR_INLINE void defaultLog(LogLevel level, std::string_view message) {
+    std::string line = "[reactor ";
+    line += logLevelName(level);
+    line += "] ";
+    line += message;
+    line += '\n';
+    std::fputs(line.c_str(), stderr);
+}
+}  // namespace detail
+
+REACTOR_INLINE Logger setLogger(Logger logger) {
+    return std::exchange(detail::loggerSlot(), std::move(logger));
+}
+
+REACTOR_INLINE void log(LogLevel level, std::string_view message) {
+    Logger& logger = detail::loggerSlot();
+    if (logger)
+        logger(level, message);
+    else
+        detail::defaultLog(level, message);
+}
+namespace detail {
+
+REACTOR_INLINE const Tracer*& activeTracer() {
+    static thread_local const Tracer* tracer = nullptr;
+    return tracer;
+}
+
+REACTOR_INLINE std::string formatDuration(double seconds) {
+    char buf[32];
+    if (seconds >= 1)
+        std::snprintf(buf, sizeof buf, "%.2f s", seconds);
+    else if (seconds >= 0.001)
+        std::snprintf(buf, sizeof buf, "%.1f ms", seconds * 1e3);
+    else
+        std::snprintf(buf, sizeof buf, "%.0f us", seconds * 1e6);
+    return buf;
+}
+
+REACTOR_INLINE bool TypeChain::contains(const char* name) const {
+    for (std::size_t i = 0; i < size; ++i)
+        if (std::strcmp(names[i], name) == 0) return true;
+    return false;
+}
+}  // namespace detail
+
+REACTOR_INLINE std::string Failure::type() const {
+    if (!dynamicName_.empty()) return dynamicName_;
+    return chain_.size ? chain_.names[0] : "Failure";
+}
+
+REACTOR_INLINE void Failure::raiseException() const {
+#if REACTOR_HAS_EXCEPTIONS
+if (exception_) std::rethrow_exception(exception_);
+throw Error(str());
+#else
+log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
+std::abort();
+#endif
+}
+
+REACTOR_INLINE void Failure::describe(const std::exception& e) {
+    if (auto* err = dynamicError(e)) {
+        err->typeNames(chain_);
+        return;
+    }
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+    dynamicName_ = detail::demangle(typeid(e).name());
+#else
+    chain_.push("std::exception");
+#endif
+}
+
+REACTOR_INLINE const Error* Failure::dynamicError(const std::exception& e) {
+#if REACTOR_HAS_RTTI
+    return dynamic_cast<const Error*>(&e);
+#else
+    (void)e;
+    return nullptr;
+#endif
+}
+
+// ---- 5. TIME ---------------------------------------------------------------
+namespace detail {
+
+REACTOR_INLINE TimerQueue::~TimerQueue() {
+    std::vector<std::function<void()>> dying;
+    for (std::vector<Node>* nodes : {&heap_, &deferred_}) {
+        for (Node& node : *nodes) {
+            node.entry->queue = nullptr;
+            if (node.entry->fn) {
+                dying.push_back(std::move(node.entry->fn));
+                node.entry->fn = nullptr;
+            }
+        }
+        nodes->clear();
+    }
+}
+
+REACTOR_INLINE std::shared_ptr<TimerEntry> TimerQueue::schedule(double delay, std::function<void()> fn, Where where) {
+    if (!(delay >= 0)) {  // also catches NaN
+        raise<error::ValueError>("callLater: delay must be >= 0 seconds, got " + std::to_string(delay));
+        return nullptr;  // without exceptions: logged, nothing scheduled (an empty handle)
+    }
+    auto entry = std::make_shared<TimerEntry>();
+    entry->time = clock_.seconds() + delay;
+    entry->fn = std::move(fn);
+    entry->queue = this;
+    entry->where = where;
+    push(entry);
+    ++live_;
+    return entry;
+}
+
+REACTOR_INLINE void TimerQueue::reschedule(const std::shared_ptr<TimerEntry>& entry, double newTime) {
+    entry->time = newTime;
+    ++stale_;  // the old node is now garbage
+    push(entry);
+    maybeCompact();
+}
+
+REACTOR_INLINE void TimerQueue::cancelled() {
+    --live_;
+    ++stale_;
+    maybeCompact();
+}
+
+REACTOR_INLINE double TimerQueue::nextTime() {
+    dropStaleTop();
+    return heap_.empty() ? -1.0 : heap_.front().time;
+}
+
+REACTOR_INLINE std::vector<DelayedCall> TimerQueue::delayedCalls() const {
+    std::vector<DelayedCall> out;
+    for (const Node& node : heap_)
+        if (!isStale(node)) out.emplace_back(node.entry);
+    std::sort(out.begin(), out.end(), [](const DelayedCall& a, const DelayedCall& b) {
+        return a.getTime() < b.getTime();
+    });
+    return out;
+}
+
+REACTOR_INLINE bool TimerQueue::later(const Node& a, const Node& b) {
+    return a.time > b.time || (a.time == b.time && a.seq > b.seq);
+}
+
+REACTOR_INLINE bool TimerQueue::isStale(const Node& node) {
+    const TimerEntry& e = *node.entry;
+    return e.called || e.cancelled || e.seq != node.seq;
+}
+
+REACTOR_INLINE void TimerQueue::push(const std::shared_ptr<TimerEntry>& entry) {
+    entry->seq = nextSeq_++;
+    pushNode(Node{entry->time, entry->seq, entry});
+}
+
+REACTOR_INLINE void TimerQueue::pushNode(Node node) {
+    heap_.push_back(std::move(node));
+    std::push_heap(heap_.begin(), heap_.end(), later);
+}
+
+REACTOR_INLINE TimerQueue::Node TimerQueue::popTop() {
+    std::pop_heap(heap_.begin(), heap_.end(), later);
+    Node node = std::move(heap_.back());
+    heap_.pop_back();
+    return node;
+}
+
+REACTOR_INLINE void TimerQueue::dropStaleTop() {
+    while (!heap_.empty() && isStale(heap_.front())) {
+        popTop();
+        --stale_;
+    }
+}
+
+REACTOR_INLINE void TimerQueue::maybeCompact() {
+    if (stale_ < 64 || stale_ * 2 < heap_.size()) return;
+    heap_.erase(std::remove_if(heap_.begin(), heap_.end(), [](const Node& n) { return isStale(n); }),
+                heap_.end());
+    std::make_heap(heap_.begin(), heap_.end(), later);
+    stale_ = 0;
+}
+}  // namespace detail
+
+REACTOR_INLINE bool DelayedCall::checkActive(const char* what) const {
+    if (!entry_) {
+        detail::raise<error::ValueError>(std::string(what) + " on an empty DelayedCall handle");
+        return false;
+    }
+    if (entry_->cancelled) {
+        detail::raise<error::AlreadyCancelled>();
+        return false;
+    }
+    if (entry_->called) {
+        detail::raise<error::AlreadyCalled>();
+        return false;
+    }
+    return true;
+}
+
+REACTOR_INLINE void DelayedCall::cancel() {
+    if (!checkActive("cancel")) return;
+    entry_->cancelled = true;
+    entry_->fn = nullptr;  // release captures now, not when the node surfaces
+    if (entry_->queue) entry_->queue->cancelled();
+}
+
+REACTOR_INLINE void DelayedCall::reset(double secondsFromNow) {
+    if (!checkActive("reset")) return;
+    if (!(secondsFromNow >= 0) || !std::isfinite(secondsFromNow)) {  // also NaN
+        detail::raise<error::ValueError>("DelayedCall::reset: seconds must be >= 0, got " +
+                                         std::to_string(secondsFromNow));
+        return;
+    }
+    if (!entry_->queue) return;
+    detail::TimerQueue& q = *entry_->queue;
+    q.reschedule(entry_, q.now() + secondsFromNow);
+}
+
+REACTOR_INLINE void DelayedCall::delay(double secondsLater) {
+    if (!checkActive("delay")) return;
+    if (!std::isfinite(secondsLater)) {  // negative is fine: earlier, as Twisted
+        detail::raise<error::ValueError>("DelayedCall::delay: seconds must be finite");
+        return;
+    }
+    if (entry_->queue) entry_->queue->reschedule(entry_, entry_->time + secondsLater);
+}
+
+REACTOR_INLINE DelayedCall Clock::callLater(double delay, std::function<void()> f, detail::Where where) {
+    return DelayedCall(timers_.schedule(delay, std::move(f), where));
+}
+
+REACTOR_INLINE void Clock::advance(double amount) {
+    if (!(amount >= 0)) {
+        detail::raise<error::ValueError>("Clock::advance: amount must be >= 0");
+        return;
+    }
+    now_ += amount;
+    timers_.runDue(now_, true, [](std::function<void()>& fn, detail::TimerEntry&) {
+        if (fn) fn();
+    });
+}
+
+// ---- 6. DEFERRED -----------------------------------------------------------
+namespace detail {
+
+REACTOR_INLINE void DeferredBase::cancel() {
+    DeferredPtr keep = shared_from_this();
+    if (!called) {
+        if (canceller) {
+            std::function<void()> c = std::move(canceller);
+            canceller = nullptr;
+            c();
+        } else {
+            suppressAlreadyCalled = true;
+        }
+        if (!called) errbackCancelled();
+    } else if (DeferredPtr inner = waitingOn.lock()) {
+        inner->cancel();
+    }
+}
+
+REACTOR_INLINE void DeferredBase::pause() {
+    ++paused;
+    ++userPaused;
+}
+
+REACTOR_INLINE void DeferredBase::unpause() {
+    if (userPaused == 0) return;
+    --userPaused;
+    if (--paused == 0 && called) run(shared_from_this());
+}
+
+REACTOR_INLINE void DeferredBase::run(DeferredPtr start) {
+    if (start->running || !start->called) return;  // the running loop will see new pairs
+    std::vector<DeferredPtr> stack;
+    start->running = true;
+    stack.push_back(std::move(start));
+    while (!stack.empty()) {
+        DeferredPtr next = stack.back()->advance();
+        if (next) {
+            if (!next->running && next->called) {
+                next->running = true;
+                stack.push_back(std::move(next));
+            }
+        } else {
+            stack.back()->running = false;
+            stack.pop_back();
+        }
+    }
+}
+
+REACTOR_INLINE Failure consumedFailure() {
+    return Failure("ResultConsumed", "this Deferred's result was passed on to another Deferred");
+}
+
+REACTOR_INLINE std::vector<std::shared_ptr<void>>*& teardownList() {
+    static thread_local std::vector<std::shared_ptr<void>>* list = nullptr;
+    return list;
+}
+
+REACTOR_INLINE std::string formatSeconds(double s) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%g", s);
+    return buf;
+}
+}  // namespace detail
+
+REACTOR_INLINE Deferred<void> succeed() {
+    Deferred<void> d;
+    d.callback();
+    return d;
+}
+
+// ---- 7. THREADS ------------------------------------------------------------
+
+REACTOR_INLINE void ThreadPool::callInThread(std::function<void()> job) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    queue_.push_back(std::move(job));
+    // More jobs waiting than idle workers to take them (a notified worker
+    // counts as idle until it wakes): start another, up to the maximum.
+    if (queue_.size() - head_ > idle_ && workers_.size() < max_) workers_.emplace_back([this] { work(); });
+    wake_.notify_one();
+}
+
+REACTOR_INLINE void ThreadPool::setMaxThreads(std::size_t n) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    max_ = n ? n : 1;
+}
+
+REACTOR_INLINE std::size_t ThreadPool::maxThreads() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return max_;
+}
+
+REACTOR_INLINE std::size_t ThreadPool::queueDepth() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return queue_.size() - std::min(queue_.size(), head_);
+}
+
+REACTOR_INLINE std::size_t ThreadPool::threadCount() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return workers_.size();
+}
+
+REACTOR_INLINE void ThreadPool::stop() {
+    std::vector<std::thread> workers;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        stopping_ = true;
+        workers.swap(workers_);
+    }
+    wake_.notify_all();
+    for (auto& t : workers) t.join();
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = false;
+    idle_ = 0;
+}
+
+REACTOR_INLINE void ThreadPool::work() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (;;) {
+        ++idle_;
+        wake_.wait(lock, [this] { return stopping_ || head_ < queue_.size(); });
+        --idle_;
+        if (head_ >= queue_.size()) return;  // stopping and nothing left
+        std::function<void()> job = std::move(queue_[head_++]);
+        if (head_ == queue_.size()) {
+            queue_.clear();
+            head_ = 0;
+        }
+        lock.unlock();
+        detail::runGuarded("thread pool job", job);
+        job = nullptr;  // destroy captures outside the lock
+        lock.lock();
+    }
+}
+
+// ---- 8. REACTOR ------------------------------------------------------------
+namespace detail {
+
+REACTOR_INLINE Handler makeHandler(std::function<void()> f) {
+    return std::make_shared<std::function<void()>>(std::move(f));
+}
+}  // namespace detail
+
+REACTOR_INLINE std::string Address::str() const {
+    return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+}
+
+REACTOR_INLINE Reactor::Reactor() : epoch_(std::chrono::steady_clock::now()) {
+    const char* env = std::getenv("REACTOR_TRACE");
+    if (env && *env && std::strcmp(env, "0") != 0)
+        tracer_ = [](std::string_view line) {
+            std::string out(line);
+            out += '\n';
+            std::fflush(stdout);  // keep the program's own output in order with the trace
+            std::fputs(out.c_str(), stderr);
+        };
+    wakerSlot_ = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
+                           waker_.drain();
+                           wakePending_.store(false);
+                       }));
+    slots_[wakerSlot_].internal = true;
+}
+
+REACTOR_INLINE Reactor::~Reactor() {
+    disconnectAll();
+    if (resolver_) resolver_->stop();
+    if (pool_) pool_->stop();
+    dead_.clear();
+    if (spareFd_ >= 0) detail::os::closeFd(spareFd_);
+}
+
+REACTOR_INLINE void Reactor::crash() {
+    loopDone_ = true;
+    running_ = false;
+}
+
+REACTOR_INLINE void Reactor::iterate(double timeout) {
+    if (inTurn_) {
+        detail::raise<error::ReactorAlreadyRunning>(
+            "iterate() called from inside a reactor callback (the loop is not re-entrant)");
+        return;
+    }
+    turn(timeout < 0 ? 0 : timeout);
+}
+
+REACTOR_INLINE TriggerId Reactor::callWhenRunning(std::function<void()> f) {
+    if (running_) {
+        detail::runGuarded("callWhenRunning", f);
+        return 0;
+    }
+    return addTrigger(detail::Phase::after, "startup", syncTrigger(std::move(f)), true);
+}
+
+REACTOR_INLINE TriggerId Reactor::addSystemEventTrigger(std::string_view phase, std::string_view eventType,
+                                std::function<void()> f) {
+    detail::Phase p;
+    if (!parsePhase(phase, p)) return 0;
+    return addTrigger(p, eventType, syncTrigger(std::move(f)), false);
+}
+
+REACTOR_INLINE TriggerId Reactor::addAsyncSystemEventTrigger(std::string_view phase, std::string_view eventType,
+                                     std::function<void(std::function<void()> done)> f) {
+    detail::Phase p;
+    if (!parsePhase(phase, p)) return 0;
+    return addTrigger(p, eventType, std::move(f), false);
+}
+
+REACTOR_INLINE bool Reactor::removeSystemEventTrigger(TriggerId id) {
+    auto it = std::find_if(triggers_.begin(), triggers_.end(), [id](const Trigger& t) { return t.id == id; });
+    if (it == triggers_.end()) {
+        detail::raise<error::ValueError>("removeSystemEventTrigger: unknown trigger id " + std::to_string(id));
+        return false;
+    }
+    triggers_.erase(it);
+    return true;
+}
+
+REACTOR_INLINE void Reactor::trace(std::string_view line) const {
+    if (!tracer_) return;
+    std::string out = "  ";
+    out += line;
+    tracer_(out);
+}
+
+REACTOR_INLINE double Reactor::seconds() const {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
+}
+
+REACTOR_INLINE DelayedCall Reactor::callLater(double delay, std::function<void()> f, detail::Where where) {
+    return DelayedCall(timers_.schedule(delay, std::move(f), where));
+}
+
+REACTOR_INLINE bool Reactor::addReader(int fd, std::function<void()> f) {
+    return watch(fd, os::evRead, detail::makeHandler(std::move(f)), true) != npos;
+}
+
+REACTOR_INLINE bool Reactor::addWriter(int fd, std::function<void()> f) {
+    return watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
+}
+
+REACTOR_INLINE std::vector<int> Reactor::removeAll() {
+    std::vector<int> fds;
+    for (std::size_t i = 0; i < pollfds_.size(); ++i)
+        if (pollfds_[i].fd >= 0 && slots_[i].foreign) fds.push_back(pollfds_[i].fd);
+    for (int fd : fds) unwatch(fd, os::evRead | os::evWrite);
+    return fds;
+}
+
+REACTOR_INLINE void Reactor::disconnectAll() {
+    std::vector<std::shared_ptr<detail::Owned>> all = owned_;
+    for (auto& o : all) o->shutdownNow();
+}
+
+REACTOR_INLINE std::string Reactor::describeSelectable(int fd) const {
+    for (const auto& o : owned_)
+        if (o->descriptor() == fd) return o->describe();
+    return "added with addReader/addWriter";
+}
+
+REACTOR_INLINE void Reactor::callFromThread(std::function<void()> f) {
+    {
+        std::lock_guard<std::mutex> lock(threadMutex_);
+        threadCalls_.push_back(std::move(f));
+        threadCallsPending_.store(true);
+    }
+    if (!wakePending_.exchange(true)) waker_.wake();
+}
+
+REACTOR_INLINE ThreadPool& Reactor::getThreadPool() {
+    if (!pool_) pool_ = std::make_unique<ThreadPool>(poolSize_);
+    return *pool_;
+}
+
+REACTOR_INLINE void Reactor::suggestThreadPoolSize(std::size_t n) {
+    poolSize_ = n;
+    if (pool_) pool_->setMaxThreads(n);
+}
+
+REACTOR_INLINE std::function<void(std::function<void()>)> Reactor::syncTrigger(std::function<void()> f) {
+    return [f = std::move(f)](std::function<void()> done) {
+        detail::runGuarded("system event trigger", f);
+        done();
+    };
+}
+
+REACTOR_INLINE bool Reactor::parsePhase(std::string_view phase, detail::Phase& out) {
+    if (phase == "before") out = detail::Phase::before;
+    else if (phase == "during") out = detail::Phase::during;
+    else if (phase == "after") out = detail::Phase::after;
+    else {
+        detail::raise<error::ValueError>("invalid phase \"" + std::string(phase) +
+                                         "\" (expected \"before\", \"during\" or \"after\")");
+        return false;
+    }
+    return true;
+}
+
+REACTOR_INLINE TriggerId Reactor::addTrigger(detail::Phase phase, std::string_view event,
+                     std::function<void(std::function<void()>)> fn, bool once) {
+    TriggerId id = ++lastTriggerId_;
+    triggers_.push_back(Trigger{id, phase, std::string(event), std::move(fn), once});
+    return id;
+}
+
+REACTOR_INLINE void Reactor::runPhase(const std::string& event, detail::Phase phase, std::function<void()> done) {
+    std::vector<Trigger> batch;
+    for (auto it = triggers_.begin(); it != triggers_.end();) {
+        if (it->event == event && it->phase == phase) {
+            batch.push_back(*it);
+            if (it->once) {
+                it = triggers_.erase(it);
+                continue;
+            }
+        }
+        ++it;
+    }
+    auto outstanding = std::make_shared<std::size_t>(batch.size() + 1);
+    auto finishOne = [outstanding, done]() {
+        if (--*outstanding == 0) done();
+    };
+    for (Trigger& t : batch) {
+        auto fired = std::make_shared<bool>(false);
+        auto doneOnce = [fired, finishOne]() {
+            if (*fired) return;
+            *fired = true;
+            finishOne();
+        };
+        if (!detail::runGuarded("system event trigger", [&] { t.fn(doneOnce); })) doneOnce();
+    }
+    finishOne();
+}
+
+REACTOR_INLINE void Reactor::fireEvent(const std::string& event, std::function<void()> whenDone) {
+    runPhase(event, detail::Phase::before, [this, event, whenDone]() {
+        builtinDuring(event);
+        runPhase(event, detail::Phase::during, [this, event, whenDone]() {
+            runPhase(event, detail::Phase::after, whenDone);
+        });
+    });
+}
+
+REACTOR_INLINE void Reactor::builtinDuring(const std::string& event) {
+    if (event == "startup") {
+        running_ = true;
+    } else if (event == "shutdown") {
+        running_ = false;
+        disconnectAll();
+        if (resolver_) resolver_->stop();
+        if (pool_) pool_->stop();
+    }
+}
+
+REACTOR_INLINE std::size_t Reactor::watch(int fd, short event, detail::Handler handler, bool foreign) {
+    if (fd < 0) {
+        detail::raise<error::ValueError>("cannot watch a negative file descriptor");
+        return npos;
+    }
+#if defined(REACTOR_USE_SELECT)
+    if (fd >= detail::os::selectLimit) {
+        log(LogLevel::error, "select() backend cannot watch fd " + std::to_string(fd) + " (FD_SETSIZE is " +
+                                 std::to_string(detail::os::selectLimit) + ")");
+        return npos;
+    }
+#endif
+    std::size_t slot = slotOf(fd);
+    if (slot == npos) {
+        slot = pollfds_.size();
+        detail::os::PollFd p{};
+        p.fd = fd;
+        pollfds_.push_back(p);
+        slots_.emplace_back();
+        if (static_cast<std::size_t>(fd) >= slotOf_.size()) slotOf_.resize(static_cast<std::size_t>(fd) + 1, npos);
+        slotOf_[static_cast<std::size_t>(fd)] = slot;
+    }
+    pollfds_[slot].events = static_cast<short>(pollfds_[slot].events | event);
+    pollfds_[slot].revents = 0;  // a new interest is not dispatched this turn
+    slots_[slot].foreign = foreign;
+    detail::Handler& target = event == os::evRead ? slots_[slot].reader : slots_[slot].writer;
+    retire(target);
+    target = std::move(handler);
+    return slot;
+}
+
+REACTOR_INLINE void Reactor::retire(detail::Handler& handler) {
+    if (!handler) return;
+    if (dispatching_)
+        retired_.push_back(std::move(handler));
+    else
+        handler.reset();
+}
+
+REACTOR_INLINE void Reactor::unwatch(int fd, short events) {
+    std::size_t slot = slotOf(fd);
+    if (slot == npos || slots_[slot].internal) return;
+    if (events & os::evRead) retire(slots_[slot].reader);
+    if (events & os::evWrite) retire(slots_[slot].writer);
+    pollfds_[slot].events = static_cast<short>(pollfds_[slot].events & ~events);
+    if (pollfds_[slot].events != 0) return;
+    slotOf_[static_cast<std::size_t>(fd)] = npos;
+    if (dispatching_) {  // keep indices stable until the pass is over
+        pollfds_[slot].fd = -1;
+        pollfds_[slot].revents = 0;
+        deadSlots_.push_back(slot);
+    } else {
+        removeSlot(slot);
+    }
+}
+
+REACTOR_INLINE void Reactor::removeSlot(std::size_t slot) {
+    std::size_t last = pollfds_.size() - 1;
+    if (slot != last) {
+        pollfds_[slot] = pollfds_[last];
+        slots_[slot] = std::move(slots_[last]);
+        if (pollfds_[slot].fd >= 0) slotOf_[static_cast<std::size_t>(pollfds_[slot].fd)] = slot;
+        if (wakerSlot_ == last) wakerSlot_ = slot;
+    }
+    pollfds_.pop_back();
+    slots_.pop_back();
+}
+
+REACTOR_INLINE std::size_t Reactor::slotOf(int fd) const {
+    auto i = static_cast<std::size_t>(fd);
+    return fd >= 0 && i < slotOf_.size() ? slotOf_[i] : npos;
+}
+
+REACTOR_INLINE std::vector<int> Reactor::fdsWith(short events) const {
+    std::vector<int> out;
+    for (std::size_t i = 0; i < pollfds_.size(); ++i)
+        if (pollfds_[i].fd >= 0 && !slots_[i].internal && (pollfds_[i].events & events)) out.push_back(pollfds_[i].fd);
+    return out;
+}
+
+REACTOR_INLINE void Reactor::dispatch() {
+    dispatching_ = true;
+    const std::size_t count = pollfds_.size();
+    for (std::size_t i = 0; i < count; ++i) {
+        const short rev = pollfds_[i].revents;
+        if (rev == 0) continue;
+        pollfds_[i].revents = 0;
+        const int fd = pollfds_[i].fd;
+        if (fd < 0) continue;
+        if (rev & os::evInvalid) {
+            log(LogLevel::error, "fd " + std::to_string(fd) + " was closed while still watched; no longer watching it");
+            unwatch(fd, os::evRead | os::evWrite);
+            continue;
+        }
+        if ((rev & (os::evRead | os::evError)) && slots_[i].reader) {
+            if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
+            std::function<void()>& h = *slots_[i].reader;  // kept alive by retire() if removed
+            detail::runGuarded("reader callback", h);
+        }
+        // The reader may have removed the writer, or the whole fd.
+        if ((rev & (os::evWrite | os::evError)) && pollfds_[i].fd == fd && slots_[i].writer) {
+            if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
+            std::function<void()>& h = *slots_[i].writer;
+            detail::runGuarded("writer callback", h);
+        }
+    }
+    dispatching_ = false;
+    retired_.clear();
+    if (!deadSlots_.empty()) {
+        std::sort(deadSlots_.begin(), deadSlots_.end(), std::greater<std::size_t>());
+        for (std::size_t slot : deadSlots_) removeSlot(slot);
+        deadSlots_.clear();
+    }
+}
+
+REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
+    struct InTurn {  // re-entrant turns would corrupt the dispatch and timer passes
+        bool& flag;
+        explicit InTurn(bool& f) : flag(f) { flag = true; }
+        ~InTurn() { flag = false; }
+        InTurn(const InTurn&) = delete;
+        InTurn& operator=(const InTurn&) = delete;
+    } inTurn(inTurn_);
+    double wait = maxWait;
+    double next = timers_.nextTime();
+    if (next >= 0) {
+        double untilNext = std::max(0.0, next - seconds());
+        wait = wait < 0 ? untilNext : std::min(wait, untilNext);
+    }
+    if (threadCallsPending_.load() || (stopRequested_ && !shutdownStarted_) || (inRun_ && loopDone_)) wait = 0;
+    int ms = -1;
+    if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
+
+    const double waitStart = tracer_ ? seconds() : 0.0;
+#if defined(REACTOR_USE_SELECT)
+    int ready = detail::os::selectWait(pollfds_.data(), pollfds_.size(), ms);
+#else
+    int ready = detail::os::pollWait(pollfds_.data(), pollfds_.size(), ms);
+#endif
+    TraceScope traceScope(*this);
+    if (tracer_) traceTurn(ready, ms, seconds() - waitStart);
+    if (ready < 0) {
+        int err = detail::os::lastError();
+        if (!detail::os::interrupted(err)) {  // EINTR: simply the next turn
+            // Persistent (too many descriptors for RLIMIT_NOFILE, say):
+            // log it, and back off instead of spinning.
+            if (pollErrors_++ % 1000 == 0)
+                log(LogLevel::error, "poll failed: " + detail::os::errorString(err) + " (" +
+                                         std::to_string(pollErrors_) + " time(s)); retrying in 10 ms");
+            detail::os::pause(10);
+        }
+        for (auto& p : pollfds_) p.revents = 0;
+    } else if (ready > 0) {
+        dispatch();
+    }
+
+    if (timers_.liveCount()) {  // no clock read on turns without timers
+        const double now = seconds();
+        timers_.runDue(now, false, [this, now](std::function<void()>& fn, detail::TimerEntry& e) {
+            if (!fn) return;
+            if (tracer_) trace("timer from " + e.where.str() + " fired, " + detail::formatDuration(now - e.time) + " late");
+            detail::runGuardedWith([&e] { return "timed call scheduled at " + e.where.str(); }, fn);
+        });
+    }
+
+    if (threadCallsPending_.load()) {
+        {
+            std::lock_guard<std::mutex> lock(threadMutex_);
+            runningCalls_.swap(threadCalls_);
+            threadCallsPending_.store(false);
+        }
+        if (tracer_) trace(std::to_string(runningCalls_.size()) + " call(s) from other threads");
+        for (auto& f : runningCalls_) detail::runGuarded("callFromThread call", f);
+        runningCalls_.clear();
+    }
+
+    dead_.clear();  // connections closed this turn: nothing on the stack uses them now
+
+    if (signalHandlers_ && detail::os::signalReceived().load() != 0) {
+        int sig = detail::os::signalReceived().exchange(0);
+        log(LogLevel::info, std::string("Received ") + detail::os::signalName(sig) + ", shutting down.");
+        if (running_ && !stopRequested_) stop();
+    }
+}
+
+REACTOR_INLINE void Reactor::traceTurn(int ready, int timeoutMs, double waited) {
+    std::string line = "turn " + std::to_string(++turnNumber_) + ": ";
+#if defined(REACTOR_USE_SELECT)
+    line += "select()";
+#else
+    line += "poll()";
+#endif
+    line += " waited " + detail::formatDuration(waited) + ", woke: ";
+    if (ready > 0)
+        line += std::to_string(ready) + (ready == 1 ? " descriptor ready" : " descriptors ready");
+    else if (ready < 0)
+        line += "interrupted";
+    else if (timeoutMs == 0)
+        line += "no wait (work pending)";
+    else
+        line += "timeout (a timer is due)";
+    tracer_(line);
+}
+
+REACTOR_INLINE void Reactor::run(bool installSignalHandlers) {
+    if (inRun_ || inTurn_) {
+        detail::raise<error::ReactorAlreadyRunning>();
+        return;
+    }
+    inRun_ = true;
+    stopRequested_ = shutdownStarted_ = loopDone_ = false;
+    if (installSignalHandlers) signalHandlers_ = std::make_unique<os::SignalHandlers>(waker_.writeFd());
+    fireEvent("startup", [] {});
+    while (!loopDone_) {
+        turn(-1);
+        if (stopRequested_ && !shutdownStarted_) {
+            shutdownStarted_ = true;
+            fireEvent("shutdown", [this] { loopDone_ = true; });
+        }
+    }
+    signalHandlers_.reset();
+    running_ = false;
+    inRun_ = false;
+    loopDone_ = false;  // iterate() after run() waits normally again
+}
+
+REACTOR_INLINE void Reactor::stop() {
+    if (!running_ || stopRequested_) {
+        detail::raise<error::ReactorNotRunning>();
+        return;
+    }
+    stopRequested_ = true;
+    waker_.wake();  // harmless if called on the loop thread; needed for foreign wake-ups
+}
+
+// ---- 9. PROTOCOLS ----------------------------------------------------------
+
+REACTOR_INLINE void ITransport::writeSequence(const std::string_view* parts, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) write(parts[i]);
+}
+
+REACTOR_INLINE bool ITransport::setTcpNoDelay(bool enabled) { (void)enabled; return false; }
+
+REACTOR_INLINE bool ITransport::setTcpKeepAlive(bool enabled) { (void)enabled; return false; }
+
+REACTOR_INLINE void Protocol::makeConnection(ITransport* t) {
+    connected = true;
+    transport = t;
+    connectionMade();
+}
+
+REACTOR_INLINE std::string Protocol::logPrefix() const {
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+    std::string name = detail::demangle(typeid(*this).name());
+    std::size_t colon = name.rfind("::");
+    return colon == std::string::npos ? name : name.substr(colon + 2);
+#else
+    return "Protocol";
+#endif
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> Factory::buildProtocol(const Address& addr) {
+    (void)addr;
+    if (!protocol) return nullptr;
+    std::unique_ptr<Protocol> p = protocol();
+    if (p) p->factory = this;
+    return p;
+}
+
+REACTOR_INLINE void Factory::doStop() {
+    if (numPorts == 0) return;
+    if (--numPorts == 0) stopFactory();
+}
+
+REACTOR_INLINE void ClientFactory::clientConnectionFailed(IConnector& connector, const Failure& reason) {
+    (void)connector;
+    (void)reason;
+}
+
+REACTOR_INLINE void ClientFactory::clientConnectionLost(IConnector& connector, const Failure& reason) {
+    (void)connector;
+    (void)reason;
+}
+
+// ---- 10. TCP ---------------------------------------------------------------
+namespace detail {
+
+REACTOR_INLINE void ReactorAccess::adopt(Reactor& r, std::shared_ptr<Owned> o) {
+    o->ownedIndex = r.owned_.size();
+    r.owned_.push_back(std::move(o));
+}
+
+REACTOR_INLINE void ReactorAccess::release(Reactor& r, Owned* o) {
+    std::size_t i = o->ownedIndex;
+    if (i >= r.owned_.size() || r.owned_[i].get() != o) return;
+    r.dead_.push_back(std::move(r.owned_[i]));
+    if (i + 1 != r.owned_.size()) {
+        r.owned_[i] = std::move(r.owned_.back());
+        r.owned_[i]->ownedIndex = i;
+    }
+    r.owned_.pop_back();
+    o->ownedIndex = static_cast<std::size_t>(-1);
+}
+
+REACTOR_INLINE std::vector<char>& ReactorAccess::readBuffer(Reactor& r) {
+    if (r.readBuffer_.empty()) r.readBuffer_.resize(REACTOR_READ_BUFFER_SIZE);
+    return r.readBuffer_;
+}
+
+REACTOR_INLINE ThreadPool& ReactorAccess::resolver(Reactor& r) {
+    if (!r.resolver_) r.resolver_ = std::make_unique<ThreadPool>(2);
+    return *r.resolver_;
+}
+
+REACTOR_INLINE bool ReactorAccess::canWatch(int fd) {
+#if defined(REACTOR_USE_SELECT)
+    return fd >= 0 && fd < os::selectLimit;
+#else
+    return fd >= 0;
+#endif
+}
+
+REACTOR_INLINE std::uint64_t randomSeed() {
+    static std::atomic<std::uint64_t> counter{0};
+    std::uint64_t z = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) +
+                      0x9E3779B97F4A7C15ull * (counter.fetch_add(1) + 1);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    z ^= z >> 31;
+    return z ? z : 1;  // xorshift must not start at 0
+}
+
+REACTOR_INLINE Address toAddress(const os::SockAddr& a) {
+    Address out;
+    os::describe(a, out.host, out.port, out.ipv6);
+    return out;
+}
+
+REACTOR_INLINE Failure lostFailure(int err) {
+    if (err == 0) return Failure(error::ConnectionDone());
+    return Failure(error::ConnectionLost(error::ConnectionLost().message() + ": " + os::errorString(err) + "."));
+}
+
+REACTOR_INLINE Failure connectFailure(int err) {
+    std::string detail = std::to_string(err) + ": " + os::errorString(err);
+    switch (os::classifyConnectError(err)) {
+        case os::ConnectErrorKind::refused: return connectError<error::ConnectionRefusedError>(detail);
+        case os::ConnectErrorKind::timedOut: return connectError<error::TCPTimedOutError>(detail);
+        case os::ConnectErrorKind::noRoute: return connectError<error::NoRouteError>(detail);
+        case os::ConnectErrorKind::bindError: return connectError<error::ConnectBindError>(detail);
+        case os::ConnectErrorKind::other: break;
+    }
+    return connectError<error::ConnectError>(detail);
+}
+
+REACTOR_INLINE TcpConnection::TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector)
+    : reactor_(r), fd_(fd), protocol_(std::move(p)), connector_(std::move(connector)) {
+    connected = true;
+    readHandler_ = makeHandler([this] { doRead(); });
+    writeHandler_ = makeHandler([this] { doWrite(); });
+}
+
+REACTOR_INLINE bool TcpConnection::start() {
+    if (!ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_)) return false;
+    reading_ = true;
+    os::SockAddr local;
+    if (os::localAddress(fd_, local)) host_ = toAddress(local);  // still known after the close
+    Protocol* p = protocol_.get();
+    if (reactor_.tracing())
+        reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
+                       peer_.str() + " -> " + p->logPrefix() + ".connectionMade");
+    Failure failure;
+    if (!runGuarded("connectionMade", [&] { p->makeConnection(this); }, &failure)) closeWith(failure, true);
+    return true;
+}
+
+REACTOR_INLINE void TcpConnection::write(std::string_view data) {
+    if (data.empty()) return;
+    writeSequence(&data, 1);
+}
+
+REACTOR_INLINE void TcpConnection::writeSequence(const std::string_view* parts, std::size_t count) {
+    if (!connected || writeShut_ || closing_ || aborting_) return;  // gone, half-closed or aborted: ignored
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+    if (total == 0) return;
+    std::size_t skip = 0;
+    if (pending() == 0 && !writeError_) {
+        // Nothing queued: try the socket now (writev, no copy).
+        long sent = os::sendParts(fd_, parts, count);
+        if (sent < 0) {
+            int err = os::lastError();
+            if (!os::wouldBlock(err)) {
+                writeError_ = err;  // reported from the loop, never inside the caller's write()
+                startWriting();
+                return;
+            }
+            sent = 0;
+        }
+        skip = static_cast<std::size_t>(sent);
+        if (reactor_.tracing())
+            reactor_.trace("transport.write(" + std::to_string(total) + " bytes): " +
+                           (skip == total ? std::string("sent at once")
+                                          : std::to_string(skip) + " sent, the rest buffered until writable"));
+        if (skip == total) {
+            // A pull producer is asked for more when the socket can take
+            // it, and only doWrite asks: make sure doWrite runs.
+            if (producer_ && !streaming_) startWriting();
+            return;
+        }
+    }
+    for (std::size_t i = 0; i < count; ++i) {
+        std::string_view part = parts[i];
+        if (skip >= part.size()) {
+            skip -= part.size();
+            continue;
+        }
+        out_.append(part.data() + skip, part.size() - skip);
+        skip = 0;
+    }
+    startWriting();
+    if (producer_ && streaming_ && !producerPaused_ && pending() > highWaterMark) {
+        producerPaused_ = true;
+        producer_->pauseProducing();
+    }
+}
+
+REACTOR_INLINE void TcpConnection::loseConnection() {
+    if (!connected || disconnecting || aborting_) return;
+    if (reactor_.tracing())
+        reactor_.trace("transport.loseConnection(): closing once " + std::to_string(pending()) +
+                       " buffered bytes are sent");
+    disconnecting = true;
+    stopReading();
+    startWriting();  // doWrite closes once the buffer is empty
+}
+
+REACTOR_INLINE void TcpConnection::abortConnection() {
+    if (!connected || aborting_) return;
+    if (reactor_.tracing()) reactor_.trace("transport.abortConnection(): dropping the buffer, resetting");
+    aborting_ = true;
+    stopReading();
+    stopWriting();
+    out_.clear();
+    outPos_ = 0;
+    // Asynchronous, as Twisted: connectionLost never runs inside the caller.
+    abortCall_ = reactor_.callLater(0, [this] { closeWith(Failure(error::ConnectionAborted()), true); });
+}
+
+REACTOR_INLINE void TcpConnection::loseWriteConnection() {
+    if (!connected || writeShut_ || aborting_) return;
+    wantWriteShut_ = true;
+    startWriting();
+}
+
+REACTOR_INLINE Address TcpConnection::getPeer() const {
+    os::SockAddr a;
+    return os::peerAddress(fd_, a) ? toAddress(a) : peer_;
+}
+
+REACTOR_INLINE void TcpConnection::resumeProducing() {
+    if (connected && !disconnecting && !readShut_) startReading();
+}
+
+REACTOR_INLINE void TcpConnection::registerProducer(IProducer* producer, bool streaming) {
+    if (producer_) {
+        raise<error::RuntimeError>("Cannot register producer, because another producer was never unregistered.");
+        return;
+    }
+    if (!connected) {
+        producer->stopProducing();
+        return;
+    }
+    producer_ = producer;
+    streaming_ = streaming;
+    producerPaused_ = false;
+    if (!streaming) producer->resumeProducing();  // a pull producer is asked at once
+}
+
+REACTOR_INLINE void TcpConnection::unregisterProducer() {
+    producer_ = nullptr;
+    if (connected && disconnecting) startWriting();  // the close was waiting for it
+}
+
+REACTOR_INLINE void TcpConnection::shutdownNow() { closeWith(Failure(error::ConnectionLost("Connection lost")), false); }
+
+REACTOR_INLINE std::string TcpConnection::describe() const {
+    return std::string("TCP connection ") + (connector_ ? "to " : "from ") + peer_.str() +
+           (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
+}
+
+REACTOR_INLINE void TcpConnection::startReading() {
+    if (!reading_ && connected && !closing_ && !aborting_)
+        reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
+}
+
+REACTOR_INLINE void TcpConnection::stopReading() {
+    if (reading_) ReactorAccess::unwatch(reactor_, fd_, os::evRead);
+    reading_ = false;
+}
+
+REACTOR_INLINE void TcpConnection::startWriting() {
+    if (!writing_ && connected && !closing_ && !aborting_)
+        writing_ = ReactorAccess::watch(reactor_, fd_, os::evWrite, writeHandler_);
+}
+
+REACTOR_INLINE void TcpConnection::stopWriting() {
+    if (writing_) ReactorAccess::unwatch(reactor_, fd_, os::evWrite);
+    writing_ = false;
+}
+
+REACTOR_INLINE void TcpConnection::doRead() {
+    if (!connected || closing_ || aborting_) return;
+    std::vector<char>& buf = ReactorAccess::readBuffer(reactor_);
+    long n = os::receive(fd_, buf.data(), buf.size());
+    if (n > 0) {
+        Protocol* p = protocol_.get();
+        std::string_view data(buf.data(), static_cast<std::size_t>(n));
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + " readable -> " + p->logPrefix() + ".dataReceived(" +
+                           std::to_string(n) + " bytes)");
+        Failure failure;
+        // A protocol that throws loses its own connection, nothing else.
+        if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) closeWith(failure, true);
+        return;
+    }
+    if (n < 0) {
+        int err = os::lastError();
+        if (os::wouldBlock(err)) return;
+        closeWith(lostFailure(err), true);
+        return;
+    }
+    // EOF. If a send already failed, the kernel handed its error to that
+    // send and reports only "closed" here: the send's error is the reason.
+    if (writeError_) {
+        closeWith(lostFailure(writeError_), true);
+        return;
+    }
+    // The peer stopped sending.
+    if (protocol_->halfCloseable()) {
+        readShut_ = true;
+        stopReading();
+        Protocol* p = protocol_.get();
+        Failure failure;
+        if (!runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure)) closeWith(failure, true);
+        return;
+    }
+    closeWith(Failure(error::ConnectionDone()), false);
+}
+
+REACTOR_INLINE void TcpConnection::doWrite() {
+    if (!connected || closing_ || aborting_) return;
+    if (writeError_) {
+        closeWith(lostFailure(writeError_), true);
+        return;
+    }
+    if (reactor_.tracing() && pending() > 0)
+        reactor_.trace("fd " + std::to_string(fd_) + " writable -> sending " + std::to_string(pending()) +
+                       " buffered bytes");
+    while (pending() > 0) {
+        std::string_view rest(out_.data() + outPos_, pending());
+        long sent = os::sendParts(fd_, &rest, 1);
+        if (sent < 0) {
+            int err = os::lastError();
+            if (os::wouldBlock(err)) break;  // still writable-interested; poll tells us when
+            closeWith(lostFailure(err), true);
+            return;
+        }
+        outPos_ += static_cast<std::size_t>(sent);
+    }
+    if (pending() == 0) {
+        out_.clear();  // keeps its capacity: no allocation next time
+        outPos_ = 0;
+    } else if (outPos_ >= 64 * 1024 && outPos_ * 2 >= out_.size()) {
+        out_.erase(0, outPos_);  // a buffer that never quite drains must not keep its sent prefix
+        outPos_ = 0;
+    }
+    // Below the low-water mark a paused streaming producer resumes
+    // (it may write more, straight into the buffer).
+    if (producer_ && streaming_ && producerPaused_ && pending() <= lowWaterMark) {
+        producerPaused_ = false;
+        producer_->resumeProducing();
+        if (closing_ || aborting_) return;
+    }
+    if (pending() > 0) return;
+    stopWriting();
+    if (producer_ && !streaming_) {  // a pull producer: one chunk per drained buffer
+        producer_->resumeProducing();
+        if (closing_ || aborting_ || pending() > 0 || writing_) return;
+    }
+    if (wantWriteShut_ && !writeShut_) {
+        writeShut_ = true;
+        os::shutdownWrite(fd_);
+        if (protocol_->halfCloseable()) {
+            Protocol* p = protocol_.get();
+            runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
+        }
+    }
+    if (disconnecting && !producer_) closeWith(Failure(error::ConnectionDone()), false);
+}
+
+REACTOR_INLINE void TcpConnector::disconnect() {
+    if (state_ == State::connecting)
+        stopConnecting();
+    else if (state_ == State::connected && transport_)
+        transport_->loseConnection();
+}
+
+REACTOR_INLINE void TcpConnector::stopConnecting() {
+    if (state_ != State::connecting) {
+        raise<error::NotConnectingError>();
+        return;
+    }
+    fail(Failure(error::UserError()));
+}
+
+REACTOR_INLINE Address TcpConnector::getDestination() const {
+    Address a;
+    a.host = host_;
+    a.port = port_;
+    a.ipv6 = host_.find(':') != std::string::npos;
+    return a;
+}
+
+REACTOR_INLINE void TcpConnector::shutdownNow() {
+    if (state_ == State::connecting) fail(Failure(error::UserError("Reactor shut down while connecting.")));
+}
+
+REACTOR_INLINE std::string TcpConnector::describe() const { return "TCP connection attempt to " + getDestination().str(); }
+
+REACTOR_INLINE void TcpConnector::beginAttempt() {
+    if (port_ == 0) {  // bad input: a clear failure, reported like any other
+        failSoon(connectError<error::ConnectError>("invalid port " + std::to_string(badPort_) +
+                                                  " (a port is 1 to 65535)"));
+        return;
+    }
+    os::SockAddr literal;
+    if (os::parseLiteral(host_, port_, literal)) {
+        candidates_.assign(1, literal);
+        next_ = 0;
+        tryNext(0);
+        return;
+    }
+    // A name: resolve on a thread, hand the answer back to the loop.
+    std::uint64_t attempt = attempt_;
+    std::weak_ptr<IConnector> self = weak_from_this();
+    Reactor* r = &reactor_;
+    std::string host = host_;
+    std::uint16_t port = port_;
+    ReactorAccess::resolver(reactor_).callInThread([r, self, attempt, host, port] {
+        std::string err;
+        std::vector<os::SockAddr> found = os::resolve(host, port, err);
+        r->callFromThread([self, attempt, found = std::move(found), err, host]() mutable {
+            auto strong = self.lock();
+            if (!strong) return;
+            auto* c = static_cast<TcpConnector*>(strong.get());
+            if (c->attempt_ != attempt || c->state_ != State::connecting) return;  // stale answer
+            if (found.empty()) {
+                c->fail(connectError<error::DNSLookupError>("address '" + host + "' not found: " + err));
+                return;
+            }
+            c->candidates_ = std::move(found);
+            c->next_ = 0;
+            c->tryNext(0);
+        });
+    });
+}
+
+REACTOR_INLINE void TcpConnector::tryNext(int lastErr) {
+    while (next_ < candidates_.size()) {
+        const os::SockAddr& a = candidates_[next_++];
+        fd_ = os::tcpSocket(a.family());
+        if (fd_ < 0) {
+            lastErr = os::lastError();
+            continue;
+        }
+        if (!bindAddress_.host.empty() || bindAddress_.port != 0) {
+            // A port alone binds the wildcard address of the target's family.
+            std::string host = !bindAddress_.host.empty() ? bindAddress_.host
+                               : a.ipv6() ? std::string("::") : std::string("0.0.0.0");
+            os::SockAddr local;
+            if (!os::parseLiteral(host, bindAddress_.port, local) || os::bindTo(fd_, local) != 0) {
+                int err = os::lastError();
+                dropSocket();
+                failSoon(connectError<error::ConnectBindError>(bindAddress_.str() + ": " + os::errorString(err)));
+                return;
+            }
+        }
+        // Connected at once (possible on loopback) or in progress: either
+        // way completion is seen as writability on a later turn, so
+        // connectionMade never runs inside connectTCP.
+        int err = os::startConnect(fd_, a) == 0 ? 0 : os::lastError();
+        if (err == 0 || os::connectInProgress(err)) {
+            target_ = a;
+            auto h = makeHandler([this] { connectDone(); });
+            if (ReactorAccess::watch(reactor_, fd_, os::evWrite, h)) return;
+            err = os::errTooManyFiles;  // select() cannot watch it
+        }
+        dropSocket();
+        lastErr = err;
+    }
+    failSoon(connectFailure(lastErr ? lastErr : os::errConnectionRefused));
+}
+
+REACTOR_INLINE void TcpConnector::connectDone() {
+    ReactorAccess::unwatch(reactor_, fd_, os::evWrite);
+    int err = os::socketError(fd_);
+    if (err == 0) {
+        connected(target_);
+        return;
+    }
+    dropSocket();
+    tryNext(err);
+}
+
+REACTOR_INLINE void TcpConnector::dropSocket() {
+    if (fd_ >= 0) {
+        ReactorAccess::unwatch(reactor_, fd_, os::evRead | os::evWrite);
+        os::closeFd(fd_);
+        fd_ = -1;
+    }
+}
+
+REACTOR_INLINE void TcpConnector::cancelTimeout() {
+    if (timeoutCall_.active()) timeoutCall_.cancel();
+    timeoutCall_ = DelayedCall();
+}
+
+REACTOR_INLINE void TcpConnector::failSoon(Failure reason) {
+    std::uint64_t attempt = attempt_;
+    std::weak_ptr<IConnector> self = weak_from_this();
+    failCall_ = reactor_.callLater(0, [self, attempt, reason] {
+        auto strong = self.lock();
+        auto* c = static_cast<TcpConnector*>(strong.get());
+        if (c && c->attempt_ == attempt && c->state_ == State::connecting) c->fail(reason);
+    });
+}
+
+REACTOR_INLINE void TcpConnector::fail(const Failure& reason) {
+    auto keep = shared_from_this();
+    dropSocket();
+    cancelTimeout();
+    if (failCall_.active()) failCall_.cancel();
+    ++attempt_;
+    state_ = State::disconnected;
+    if (reactor_.tracing())
+        reactor_.trace("connect to " + getDestination().str() + " failed -> clientConnectionFailed(" + reason.str() +
+                       ")");
+    runGuarded("clientConnectionFailed", [&] { factory_.clientConnectionFailed(*this, reason); });
+    finishCycle();
+}
+
+REACTOR_INLINE void TcpConnector::finishCycle() {
+    if (state_ == State::disconnected) {
+        factory_.doStop();
+        ReactorAccess::release(reactor_, this);
+    }
+}
+
+REACTOR_INLINE bool TcpPort::listen(std::uint16_t port, int backlog, std::string_view interface, std::string& why) {
+    std::string host(interface.empty() ? "0.0.0.0" : interface);
+    os::SockAddr a;
+    std::string where = (interface.empty() ? std::string("0.0.0.0") : host) + ":" + std::to_string(port);
+    if (!os::parseLiteral(host, port, a)) {
+        why = "Couldn't listen on " + where + ": the interface must be an IP address.";
+        return false;
+    }
+    fd_ = os::tcpSocket(a.family());
+    if (fd_ < 0 || !os::setReuseAddress(fd_) || os::bindTo(fd_, a) != 0 || os::listenOn(fd_, backlog) != 0) {
+        int err = os::lastError();
+        why = "Couldn't listen on " + where + ": [Errno " + std::to_string(err) + "] " + os::errorString(err) + ".";
+        closeSocket();
+        return false;
+    }
+    os::SockAddr bound;
+    if (os::localAddress(fd_, bound)) host_ = toAddress(bound);
+    int& spare = ReactorAccess::spareFd(reactor_);
+    if (spare < 0) spare = os::openSpareFd();
+    handler_ = makeHandler([this] { doRead(); });
+    if (!ReactorAccess::watch(reactor_, fd_, os::evRead, handler_)) {
+        why = "Couldn't listen on " + where + ": descriptor cannot be watched.";
+        closeSocket();
+        return false;
+    }
+    listening_ = true;
+    factory_.doStart();
+    return true;
+}
+
+REACTOR_INLINE void TcpPort::stopListening() {
+    if (!listening_) return;
+    listening_ = false;
+    if (resumeCall_.active()) resumeCall_.cancel();
+    closeSocket();
+    factory_.doStop();
+    ReactorAccess::release(reactor_, this);
+}
+
+REACTOR_INLINE void TcpPort::closeSocket() {
+    if (fd_ >= 0) {
+        ReactorAccess::unwatch(reactor_, fd_, os::evRead);
+        os::closeFd(fd_);
+        fd_ = -1;
+    }
+}
+
+REACTOR_INLINE void TcpPort::acceptError(int err) {
+    log(LogLevel::error, "accept() on " + host_.str() + " failed: " + os::errorString(err) +
+                             "; dropping a pending connection and pausing accepts for 0.1s");
+    int& spare = ReactorAccess::spareFd(reactor_);
+    if (spare >= 0) {
+        os::closeFd(spare);
+        os::SockAddr peer;
+        int fd = os::acceptOne(fd_, peer);
+        if (fd >= 0) os::closeFd(fd);
+        spare = os::openSpareFd();
+    }
+    ReactorAccess::unwatch(reactor_, fd_, os::evRead);
+    resumeCall_ = reactor_.callLater(0.1, [this] {
+        if (listening_) ReactorAccess::watch(reactor_, fd_, os::evRead, handler_);
+    });
+}
+
+REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) {
+    if (closing_) return;
+    closing_ = true;
+    if (abortCall_.active()) abortCall_.cancel();
+    stopReading();
+    stopWriting();
+    if (reset) os::setLingerZero(fd_);  // the peer sees a reset, not a clean close
+    os::closeFd(fd_);
+    fd_ = -1;
+    connected = false;
+    IProducer* producer = producer_;
+    producer_ = nullptr;
+    if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
+    Protocol* p = protocol_.get();
+    p->connected = false;
+    if (reactor_.tracing())
+        reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
+                       reason.str() + ")");
+    runGuarded("connectionLost", [&] { p->connectionLost(reason); });
+    if (connector_) connector_->connectionLost(reason);
+    protocol_.reset();  // the protocol's life ends after connectionLost
+    ReactorAccess::release(reactor_, this);
+}
+
+REACTOR_INLINE void TcpConnector::connect() {
+    if (state_ != State::disconnected) {
+        raise<error::RuntimeError>("can't connect in this state");
+        return;
+    }
+    if (ownedIndex == static_cast<std::size_t>(-1))
+        ReactorAccess::adopt(reactor_, std::static_pointer_cast<TcpConnector>(shared_from_this()));
+    state_ = State::connecting;
+    ++attempt_;
+    factory_.doStart();
+    if (timeout_ > 0) {
+        timeoutCall_ = reactor_.callLater(timeout_, [this] {
+            timeoutCall_ = DelayedCall();
+            if (state_ == State::connecting) fail(Failure(error::TimeoutError()));
+        });
+    }
+    beginAttempt();
+    runGuarded("startedConnecting", [&] { factory_.startedConnecting(*this); });
+}
+
+REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
+    cancelTimeout();
+    int fd = std::exchange(fd_, -1);
+    Address peerAddress = toAddress(peer);
+    std::unique_ptr<Protocol> p;
+    runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+    if (!p) {
+        os::closeFd(fd);
+        fail(Failure(error::ConnectError("An error occurred while connecting: the factory refused to build a protocol.")));
+        return;
+    }
+    if (!p->factory) p->factory = &factory_;
+    state_ = State::connected;
+    auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p),
+                                                std::static_pointer_cast<TcpConnector>(shared_from_this()));
+    conn->setPeer(peerAddress);
+    transport_ = conn.get();
+    ReactorAccess::adopt(reactor_, conn);
+    if (!conn->start()) {
+        log(LogLevel::error, "connection to " + peerAddress.str() + " closed: its descriptor cannot be watched");
+        conn->shutdownNow();
+    }
+}
+
+REACTOR_INLINE void TcpConnector::connectionLost(const Failure& reason) {
+    auto keep = shared_from_this();
+    transport_ = nullptr;
+    state_ = State::disconnected;
+    runGuarded("clientConnectionLost", [&] { factory_.clientConnectionLost(*this, reason); });
+    finishCycle();
+}
+
+REACTOR_INLINE void TcpPort::doRead() {
+    auto keep = shared_from_this();  // a protocol may stop this port while we accept
+    int accepted = 0;
+    for (; accepted < numberAccepts_ && listening_; ++accepted) {
+        os::SockAddr peer;
+        int fd = os::acceptOne(fd_, peer);
+        if (fd < 0) {
+            int err = os::lastError();
+            if (os::wouldBlock(err) || os::connectionAborted(err)) break;
+            if (os::outOfDescriptors(err)) {
+                acceptError(err);
+                return;
+            }
+            log(LogLevel::error, "accept() on " + host_.str() + " failed: " + os::errorString(err));
+            break;
+        }
+        Address peerAddress = toAddress(peer);
+        if (!ReactorAccess::canWatch(fd)) {  // select() and fd >= FD_SETSIZE: refuse before any callback
+            log(LogLevel::error, "connection from " + peerAddress.str() + " refused: descriptor " + std::to_string(fd) +
+                                     " cannot be watched by the select() backend (FD_SETSIZE)");
+            os::closeFd(fd);
+            continue;
+        }
+        std::unique_ptr<Protocol> p;
+        runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+        if (!p) {  // refused by the factory
+            os::closeFd(fd);
+            continue;
+        }
+        if (!p->factory) p->factory = &factory_;
+        auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p), nullptr);
+        conn->setPeer(peerAddress);
+        ReactorAccess::adopt(reactor_, conn);
+        if (!conn->start()) {
+            log(LogLevel::error, "connection from " + peerAddress.str() + " closed: its descriptor cannot be watched");
+            conn->shutdownNow();
+        }
+    }
+    numberAccepts_ = accepted == numberAccepts_ ? numberAccepts_ + 20 : std::max(1, accepted);
+    numberAccepts_ = std::max(numberAccepts_, 100);
+}
+}  // namespace detail
+
+REACTOR_INLINE ListeningPort Reactor::listenTCP(int port, Factory& factory, int backlog, std::string_view interface) {
+    auto p = std::make_shared<detail::TcpPort>(*this, factory);
+    std::string why;
+    if (port < 0 || port > 65535) {
+        detail::raise<error::CannotListenError>("Couldn't listen on port " + std::to_string(port) +
+                                                ": a port is 0 (any free port) to 65535.");
+        return ListeningPort();
+    }
+    if (!p->listen(static_cast<std::uint16_t>(port), backlog, interface, why)) {
+        detail::raise<error::CannotListenError>(why);
+        return ListeningPort();
+    }
+    detail::ReactorAccess::adopt(*this, p);
+    return ListeningPort(std::move(p));
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, int port,
+                                                       ClientFactory& factory, double timeout,
+                                                       const Address& bindAddress) {
+    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, factory, timeout, bindAddress);
+    c->connect();
+    return c;
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, int port,
+                                                       std::shared_ptr<ClientFactory> factory, double timeout,
+                                                       const Address& bindAddress) {
+    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, *factory, timeout, bindAddress);
+    c->keepFactory = std::move(factory);
+    c->connect();
+    return c;
+}
+
+REACTOR_INLINE void ReconnectingClientFactory::clientConnectionFailed(IConnector& c, const Failure& reason) {
+    (void)reason;
+    if (continueTrying) {
+        connector = c.weak_from_this();
+        retry();
+    }
+}
+
+REACTOR_INLINE void ReconnectingClientFactory::clientConnectionLost(IConnector& c, const Failure& reason) {
+    (void)reason;
+    if (continueTrying) {
+        connector = c.weak_from_this();
+        retry();
+    }
+}
+
+REACTOR_INLINE void ReconnectingClientFactory::retry(std::shared_ptr<IConnector> c) {
+    if (!continueTrying) return;
+    if (!c) c = connector.lock();
+    if (!c) {
+        detail::raise<error::ValueError>("no connector to retry");
+        return;
+    }
+    ++retries;
+    if (maxRetries >= 0 && retries > maxRetries) {
+        log(LogLevel::info, "Abandoning " + c->getDestination().str() + " after " + std::to_string(retries) +
+                                " retries.");
+        return;
+    }
+    delay = std::min(delay * factor, maxDelay);
+    if (jitter > 0) delay = std::max(0.0, normalVariate(delay, delay * jitter));
+    callID = clock->callLater(delay, [this, c] {
+        callID = DelayedCall();
+        c->connect();
+    });
+}
+
+REACTOR_INLINE void ReconnectingClientFactory::stopTrying() {
+    if (callID.active()) callID.cancel();
+    callID = DelayedCall();
+    continueTrying = false;
+    if (auto c = connector.lock())
+        if (c->isConnecting()) c->stopConnecting();
+}
+
+REACTOR_INLINE void ReconnectingClientFactory::resetDelay() {
+    delay = initialDelay;
+    retries = 0;
+    callID = DelayedCall();
+    continueTrying = true;
+}
+
+REACTOR_INLINE double ReconnectingClientFactory::normalVariate(double mean, double stddev) {
+    double u1 = uniform01(), u2 = uniform01();
+    if (u1 < 1e-300) u1 = 1e-300;
+    return mean + stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+// ---- 11. BASIC FRAMING -----------------------------------------------------
+namespace detail {
+
+REACTOR_INLINE std::size_t addSaturated(std::size_t a, std::size_t b) {
+    return a > static_cast<std::size_t>(-1) - b ? static_cast<std::size_t>(-1) : a + b;
+}
+
+REACTOR_INLINE void FrameBuffer::append(std::string_view bytes) {
+    if (busy || !incoming.empty())
+        incoming.append(bytes.data(), bytes.size());
+    else
+        data.append(bytes.data(), bytes.size());
+}
+
+REACTOR_INLINE void FrameBuffer::merge() {
+    if (incoming.empty()) return;
+    compact();
+    data.append(incoming);
+    incoming.clear();
+}
+
+REACTOR_INLINE void FrameBuffer::compact() {
+    if (pos == 0) return;
+    data.erase(0, pos);
+    pos = 0;
+}
+
+REACTOR_INLINE std::string FrameBuffer::take(bool noViews) {
+    std::string all;
+    if (pos == 0 && (noViews || !busy)) {
+        all.swap(data);  // no copy: the 10 MB line handed to lineLengthExceeded
+    } else {
+        all.assign(data, pos, std::string::npos);
+        pos = data.size();
+    }
+    all += incoming;
+    incoming.clear();
+    return all;
+}
+
+REACTOR_INLINE void FrameBuffer::clear() {
+    if (busy) {
+        pos = data.size();  // a callback may still hold a view into data
+    } else {
+        data.clear();
+        pos = 0;
+    }
+    incoming.clear();
+}
+}  // namespace detail
+
+REACTOR_INLINE void PauseableProtocol::pauseProducing() {
+    paused_ = true;
+    if (transport) transport->pauseProducing();
+}
+
+REACTOR_INLINE void PauseableProtocol::resumeProducing() {
+    paused_ = false;
+    if (transport) transport->resumeProducing();
+    dataReceived({});
+}
+
+REACTOR_INLINE void PauseableProtocol::stopProducing() {
+    paused_ = true;
+    if (transport) transport->stopProducing();
+}
+
+REACTOR_INLINE void LineReceiver::lineLengthExceeded(std::string_view line) {
+    (void)line;
+    if (transport) transport->loseConnection();
+}
+
+REACTOR_INLINE void LineReceiver::sendLine(std::string_view line) {
+    if (transport) transport->writeSequence({line, std::string_view(delimiter)});
+}
+
+REACTOR_INLINE void LineReceiver::setLineMode(std::string_view extra) {
+    lineMode_ = true;
+    if (!extra.empty()) dataReceived(extra);
+}
+
+REACTOR_INLINE std::string LineReceiver::clearLineBuffer() {
+    searchFrom_ = 0;
+    return buf_.take();
+}
+
+REACTOR_INLINE void LineReceiver::dataReceived(std::string_view data) {
+    if (buf_.busy) {
+        buf_.append(data);
+        return;
+    }
+    detail::BusyScope busy(buf_.busy);
+    // After loseConnection() no line is delivered any more; keep what
+    // arrives (as Twisted) but only up to one over-long line's worth.
+    if (lineMode_ && closing() && buf_.size() >= detail::addSaturated(MAX_LENGTH, delimiter.size())) return;
+    if (!lineMode_ && !paused_ && buf_.size() == 0 && !data.empty()) {
+        searchFrom_ = 0;
+        rawDataReceived(data);  // raw fast path: no copy
+    } else {
+        buf_.append(data);
+    }
+    process();
+}
+
+REACTOR_INLINE void LineReceiver::process() {
+    for (;;) {
+        buf_.merge();  // no view is outstanding between callbacks
+        if (buf_.pos >= buf_.data.size() || paused_) break;
+        if (!lineMode_) {
+            std::string_view chunk = buf_.pending();
+            buf_.pos = buf_.data.size();
+            searchFrom_ = 0;
+            rawDataReceived(chunk);
+            continue;
+        }
+        if (closing()) break;  // loseConnection() was called: the rest stays buffered
+        if (delimiter.empty()) {
+            detail::raise<error::ValueError>("LineReceiver.delimiter is empty");
+            break;
+        }
+        if (delimiter != searchDelimiter_) {  // changed: search the whole buffer again
+            searchDelimiter_ = delimiter;
+            searchFrom_ = 0;
+        }
+        const std::string_view pending = buf_.pending();
+        const std::size_t at = pending.find(delimiter, std::min(searchFrom_, pending.size()));
+        if (at == std::string_view::npos) {
+            if (pending.size() >= detail::addSaturated(MAX_LENGTH, delimiter.size())) {
+                std::string line = buf_.take(true);
+                searchFrom_ = 0;
+                traceExceeded(line.size());
+                lineLengthExceeded(line);
+            } else {  // resume the search where a partial delimiter may start
+                searchFrom_ = pending.size() - std::min(pending.size(), delimiter.size() - 1);
+            }
+            break;
+        }
+        if (at > MAX_LENGTH) {
+            std::string exceeded = buf_.take(true);  // line + delimiter + the rest
+            searchFrom_ = 0;
+            traceExceeded(at);
+            lineLengthExceeded(exceeded);
+            break;
+        }
+        buf_.pos += at + delimiter.size();
+        searchFrom_ = 0;
+        lineReceived(pending.substr(0, at));
+    }
+    buf_.merge();  // bytes queued by the last callback stay in order
+    buf_.compact();
+}
+
+REACTOR_INLINE void LineReceiver::traceExceeded(std::size_t length) {
+    if (const Tracer* tracer = detail::activeTracer())
+        (*tracer)("  line of " + std::to_string(length) + "+ bytes over MAX_LENGTH (" + std::to_string(MAX_LENGTH) +
+                  ") -> " + logPrefix() + ".lineLengthExceeded");
+}
+
+REACTOR_INLINE void LineOnlyReceiver::lineLengthExceeded(std::string_view line) {
+    (void)line;
+    if (transport) transport->loseConnection();
+}
+
+REACTOR_INLINE void LineOnlyReceiver::sendLine(std::string_view line) {
+    if (transport) transport->writeSequence({line, std::string_view(delimiter)});
+}
+
+REACTOR_INLINE void LineOnlyReceiver::dataReceived(std::string_view data) {
+    if (busy_) {
+        queued_.append(data.data(), data.size());
+        return;
+    }
+    detail::BusyScope busy(busy_);
+    feed(data);
+    while (!queued_.empty()) {
+        std::string more;
+        more.swap(queued_);
+        feed(more);
+    }
+}
+
+REACTOR_INLINE void LineOnlyReceiver::feed(std::string_view data) {
+    if (delimiter.empty()) {
+        detail::raise<error::ValueError>("LineOnlyReceiver.delimiter is empty");
+        return;
+    }
+    // Scan the new bytes in place when nothing is buffered (no copy);
+    // otherwise append and resume the search where a delimiter may start.
+    std::string_view src = data;
+    std::size_t from = 0;
+    if (!buffer_.empty()) {
+        from = buffer_.size() - std::min(buffer_.size(), delimiter.size() - 1);
+        buffer_.append(data.data(), data.size());
+        src = buffer_;
+    }
+    std::size_t start = 0;
+    bool stop = false;
+    for (std::size_t at; (at = src.find(delimiter, from)) != std::string_view::npos;) {
+        std::string_view line = src.substr(start, at - start);
+        start = from = at + delimiter.size();
+        if (stop) continue;  // only locating the tail now
+        if (transport && transport->disconnecting) {
+            stop = true;
+        } else if (line.size() > MAX_LENGTH) {
+            lineLengthExceeded(line);
+            stop = true;
+        } else {
+            lineReceived(line);
+        }
+    }
+    // Keep the unterminated tail (src may point into buffer_ itself).
+    if (src.data() == buffer_.data())
+        buffer_.erase(0, start);
+    else
+        buffer_.assign(src.data() + start, src.size() - start);
+    if (!stop && buffer_.size() > MAX_LENGTH) {
+        std::string tail;
+        tail.swap(buffer_);
+        lineLengthExceeded(tail);
+    }
+}
+
+REACTOR_INLINE void NetstringReceiver::sendString(std::string_view string) {
+    if (!transport) return;
+    std::string header = std::to_string(string.size());
+    header += ':';
+    transport->writeSequence({std::string_view(header), string, std::string_view(",")});
+}
+
+REACTOR_INLINE void NetstringReceiver::dataReceived(std::string_view data) {
+    if (busy_) {
+        queued_.append(data.data(), data.size());
+        return;
+    }
+    detail::BusyScope busy(busy_);
+    feed(data);
+    while (!queued_.empty()) {
+        std::string more;
+        more.swap(queued_);
+        feed(more);
+    }
+}
+
+REACTOR_INLINE void NetstringReceiver::feed(std::string_view data) {
+    std::size_t i = 0;
+    while (i < data.size() && !brokenPeer) {
+        switch (state_) {
+            case State::length: {
+                const char c = data[i++];
+                if (c >= '0' && c <= '9') {
+                    if (digits_ == 1 && length_ == 0) return fail("leading zero in the length");
+                    length_ = length_ * 10 + static_cast<std::size_t>(c - '0');
+                    ++digits_;
+                    if (length_ > MAX_LENGTH)
+                        return fail("length is over MAX_LENGTH (" + std::to_string(MAX_LENGTH) + ")");
+                } else if (c == ':') {
+                    if (digits_ == 0) return fail("missing length before ':'");
+                    state_ = State::payload;
+                    payload_.clear();
+                } else {
+                    return fail("invalid character in the length");
+                }
+                break;
+            }
+            case State::payload: {
+                const std::size_t need = length_ - payload_.size();
+                const std::size_t avail = data.size() - i;
+                if (payload_.empty() && avail > need) {  // whole string and its ',' here: no copy
+                    std::string_view string = data.substr(i, need);
+                    i += need;
+                    if (data[i++] != ',') return fail("missing ',' after the string");
+                    reset();
+                    stringReceived(string);
+                    break;
+                }
+                const std::size_t n = std::min(need, avail);
+                payload_.append(data.data() + i, n);
+                i += n;
+                if (payload_.size() == length_) state_ = State::comma;
+                break;
+            }
+            case State::comma: {
+                if (data[i++] != ',') return fail("missing ',' after the string");
+                std::string string;
+                string.swap(payload_);
+                reset();
+                stringReceived(string);
+                break;
+            }
+        }
+    }
+}
+
+REACTOR_INLINE void NetstringReceiver::reset() {
+    state_ = State::length;
+    length_ = 0;
+    digits_ = 0;
+}
+
+REACTOR_INLINE void NetstringReceiver::fail(const std::string& why) {
+    brokenPeer = true;
+    payload_.clear();
+    payload_.shrink_to_fit();
+    queued_.clear();
+    log(LogLevel::warning, "NetstringReceiver: bad netstring from peer: " + why + "; closing the connection");
+    if (transport) transport->loseConnection();
+}
+
+REACTOR_INLINE IntNStringReceiver::IntNStringReceiver(std::size_t prefixBytes)
+    : prefixLength(prefixBytes >= 1 && prefixBytes <= 8 ? prefixBytes : 4) {
+    if (prefixLength != prefixBytes)
+        detail::raise<error::ValueError>("IntNStringReceiver: prefixLength must be 1 to 8 bytes");
+}
+
+REACTOR_INLINE void IntNStringReceiver::lengthLimitExceeded(std::size_t length) {
+    (void)length;
+    if (transport) transport->loseConnection();
+}
+
+REACTOR_INLINE bool IntNStringReceiver::sendString(std::string_view string) {
+    const std::uint64_t limit = prefixLength >= 8 ? ~std::uint64_t(0) : std::uint64_t(1) << (8 * prefixLength);
+    if (static_cast<std::uint64_t>(string.size()) >= limit) {
+        detail::raise<error::StringTooLongError>("Try to send " + std::to_string(string.size()) +
+                                                 " bytes whereas maximum is " + std::to_string(limit));
+        return false;
+    }
+    if (!transport) return false;
+    char prefix[8] = {};
+    std::uint64_t n = string.size();
+    for (std::size_t i = prefixLength; i-- > 0; n >>= 8) prefix[i] = static_cast<char>(n & 0xff);
+    transport->writeSequence({std::string_view(prefix, prefixLength), string});
+    return true;
+}
+
+REACTOR_INLINE void IntNStringReceiver::dataReceived(std::string_view data) {
+    if (exceeded_) return;
+    if (buf_.busy) {
+        buf_.append(data);
+        return;
+    }
+    detail::BusyScope busy(buf_.busy);
+    buf_.append(data);
+    for (;;) {
+        buf_.merge();
+        if (paused_ || exceeded_) break;
+        const std::string_view pending = buf_.pending();
+        if (pending.size() < prefixLength) break;
+        std::uint64_t length = 0;
+        for (std::size_t i = 0; i < prefixLength; ++i)
+            length = (length << 8) | static_cast<unsigned char>(pending[i]);
+        if (length > MAX_LENGTH) {
+            exceeded_ = true;
+            buf_.clear();
+            lengthLimitExceeded(static_cast<std::size_t>(length));
+            break;
+        }
+        const std::size_t size = static_cast<std::size_t>(length);
+        if (pending.size() - prefixLength < size) break;
+        buf_.pos += prefixLength + size;
+        stringReceived(pending.substr(prefixLength, size));
+    }
+    if (exceeded_) {
+        buf_.clear();
+    } else {
+        buf_.merge();
+    }
+    buf_.compact();
+}
+
+// ---- 12. TASK --------------------------------------------------------------
+namespace task {
+
+REACTOR_INLINE LoopingCall::~LoopingCall() {
+    *alive_ = nullptr;
+    if (call_.active()) call_.cancel();
+}
+
+REACTOR_INLINE Deferred<LoopingCall*> LoopingCall::start(double seconds, bool now) {
+    if (running_) {
+        detail::raise<error::RuntimeError>("Tried to start an already running LoopingCall.");
+        return deferred_;
+    }
+    if (!(seconds >= 0)) {
+        detail::raise<error::ValueError>("interval must be >= 0");
+        return fail<LoopingCall*>(Failure(error::ValueError("interval must be >= 0")));
+    }
+    running_ = true;
+    ++generation_;
+    interval = seconds;
+    deferred_ = Deferred<LoopingCall*>();
+    Deferred<LoopingCall*> d = deferred_;
+    starttime_ = clock_.seconds();
+    if (now)
+        call();
+    else
+        schedule();
+    return d;
+}
+
+REACTOR_INLINE bool LoopingCall::stop() {
+    if (!running_) return false;
+    running_ = false;
+    if (call_) {  // between calls: finish now
+        if (call_.active()) call_.cancel();
+        call_ = DelayedCall();
+        finish();
+    }
+    return true;
+}
+
+REACTOR_INLINE void LoopingCall::reset() {
+    if (!running_) {
+        detail::raise<error::RuntimeError>("Tried to reset a LoopingCall that was not running.");
+        return;
+    }
+    // Only between calls, as Twisted: from inside `f` (or while its
+    // Deferred is pending) the next call is scheduled when `f` finishes,
+    // and a second timer would make the loop run twice per interval.
+    if (!call_.active()) return;
+    call_.cancel();
+    call_ = DelayedCall();
+    starttime_ = clock_.seconds();
+    schedule();
+}
+
+REACTOR_INLINE void LoopingCall::call() {
+    call_ = DelayedCall();
+    std::weak_ptr<LoopingCall*> alive = alive_;
+    const unsigned generation = generation_;
+    Deferred<LoopingCall*> mine = deferred_;
+    f_().addCallbacks(
+        [alive, generation, mine]() mutable {
+            auto self = alive.lock();
+            if (!self || !*self) return;
+            LoopingCall& lc = **self;
+            if (lc.generation_ != generation) {
+                if (!mine.called()) mine.callback(&lc);
+            } else if (lc.running_) {
+                lc.schedule();
+            } else {
+                lc.finish();
+            }
+        },
+        [alive, generation, mine](Failure failure) mutable -> Result<void> {
+            auto self = alive.lock();
+            if (!self || !*self) return failure;  // nobody left to tell: report it
+            LoopingCall& lc = **self;
+            if (lc.generation_ != generation) {
+                if (mine.called()) return failure;
+                mine.errback(std::move(failure));
+                return {};
+            }
+            lc.running_ = false;
+            Deferred<LoopingCall*> d = std::exchange(lc.deferred_, Deferred<LoopingCall*>());
+            d.errback(std::move(failure));
+            return {};
+        });
+}
+
+REACTOR_INLINE void LoopingCall::schedule() {
+    if (call_.active()) call_.cancel();  // never two timers
+    std::weak_ptr<LoopingCall*> alive = alive_;
+    auto tick = [alive] {
+        auto self = alive.lock();
+        if (self && *self && (*self)->running_) (*self)->call();
+    };
+    const double now = clock_.seconds();
+    if (interval == 0) {
+        call_ = clock_.callLater(0, tick);
+        return;
+    }
+    // The next boundary start + k*interval strictly after now.
+    double k = std::floor((now - starttime_) / interval) + 1;
+    double next = starttime_ + k * interval;
+    if (next - now < interval * 1e-9) next += interval;  // float noise at a boundary
+    call_ = clock_.callLater(next - now, tick);
+}
+
+REACTOR_INLINE void LoopingCall::finish() {
+    Deferred<LoopingCall*> d = std::exchange(deferred_, Deferred<LoopingCall*>());
+    d.callback(this);
+}
+
+REACTOR_INLINE Deferred<void> deferLater(IReactorTime& clock, double delay) {
+    auto call = std::make_shared<DelayedCall>();
+    Deferred<void> d([call](Deferred<void>&) {
+        if (call->active()) call->cancel();
+    });
+    *call = clock.callLater(delay, [d]() mutable { d.callback(); });
+    return d;
+}
+}  // namespace task
+
+// ---- 13. IRC ---------------------------------------------------------------
+namespace irc {
+
+REACTOR_INLINE const std::string* Message::tag(std::string_view key) const {
+    for (const auto& t : tags)
+        if (t.first == key) return &t.second;
+    return nullptr;
+}
+}  // namespace irc
+namespace irc {
+namespace detail {
+
+REACTOR_INLINE bool hasUnsafeChar(std::string_view s) {
+    return s.find_first_of(std::string_view("\r\n\0", 3)) != std::string_view::npos;
+}
+
+REACTOR_INLINE char asciiUpper(char c) { return (c >= 'a' && c <= 'z') ? static_cast<char>(c - 'a' + 'A') : c; }
+
+REACTOR_INLINE char asciiLower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+
+REACTOR_INLINE bool parseInt(std::string_view s, int& out) {
+    if (s.empty() || s.size() > 9) return false;
+    int v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return false;
+        v = v * 10 + (c - '0');
+    }
+    out = v;
+    return true;
+}
+
+REACTOR_INLINE std::string unescapeTagValue(std::string_view v) {
+    std::string out;
+    out.reserve(v.size());
+    for (std::size_t i = 0; i < v.size(); ++i) {
+        if (v[i] != '\\') {
+            out += v[i];
+            continue;
+        }
+        if (++i == v.size()) break;  // a lone trailing backslash is dropped
+        switch (v[i]) {
+            case ':': out += ';'; break;
+            case 's': out += ' '; break;
+            case 'r': out += '\r'; break;
+            case 'n': out += '\n'; break;
+            default: out += v[i]; break;  // "\\" -> "\", "\x" -> "x"
+        }
+    }
+    return out;
+}
+}  // namespace detail
+}  // namespace irc
+namespace irc {
+
+REACTOR_INLINE Message parsemsg(std::string_view line) {
+    Message m;
+    if (line.empty()) {
+        m.error = "Empty line.";
+        return m;
+    }
+    std::string_view s = line;
+    if (s[0] == '@') {
+        std::size_t sp = s.find(' ');
+        if (sp == std::string_view::npos) {
+            m.error = "Tags without command.";
+            return m;
+        }
+        std::string_view tags = s.substr(1, sp - 1);
+        if (tags.empty()) {
+            m.error = "Empty tag section.";
+            return m;
+        }
+        while (!tags.empty()) {
+            std::size_t semi = tags.find(';');
+            std::string_view item = tags.substr(0, semi);
+            tags = semi == std::string_view::npos ? std::string_view() : tags.substr(semi + 1);
+            if (item.empty()) continue;
+            std::size_t eq = item.find('=');
+            std::string key(item.substr(0, eq));
+            if (key.empty()) continue;
+            std::string value = eq == std::string_view::npos ? std::string() : detail::unescapeTagValue(item.substr(eq + 1));
+            m.tags.emplace_back(std::move(key), std::move(value));
+        }
+        s = s.substr(sp + 1);
+        while (!s.empty() && s[0] == ' ') s.remove_prefix(1);
+    }
+    if (!s.empty() && s[0] == ':') {
+        std::size_t sp = s.find(' ');
+        if (sp == std::string_view::npos) {
+            m.error = "Prefix without command.";
+            return m;
+        }
+        m.prefix = std::string(s.substr(1, sp - 1));
+        if (m.prefix.empty()) {
+            m.error = "Empty prefix.";
+            return m;
+        }
+        s = s.substr(sp + 1);
+    }
+    std::size_t trailingAt = s.find(" :");
+    std::string_view head = trailingAt == std::string_view::npos ? s : s.substr(0, trailingAt);
+    std::vector<std::string> args;
+    while (!head.empty()) {
+        std::size_t sp = head.find(' ');
+        std::string_view word = head.substr(0, sp);
+        if (!word.empty()) args.emplace_back(word);
+        if (sp == std::string_view::npos) break;
+        head.remove_prefix(sp + 1);
+    }
+    if (trailingAt != std::string_view::npos) {
+        if (args.empty()) {  // " :text" with nothing before it
+            m.error = "Missing command.";
+            return m;
+        }
+        args.emplace_back(s.substr(trailingAt + 2));
+    }
+    if (args.empty() || args[0][0] == ':') {
+        m.error = "Missing command.";
+        return m;
+    }
+    m.command = std::move(args[0]);
+    m.params.assign(std::make_move_iterator(args.begin() + 1), std::make_move_iterator(args.end()));
+    return m;
+}
+
+REACTOR_INLINE std::string lowQuote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        switch (c) {
+            case M_QUOTE: out += M_QUOTE; out += M_QUOTE; break;
+            case '\0': out += M_QUOTE; out += '0'; break;
+            case '\n': out += M_QUOTE; out += 'n'; break;
+            case '\r': out += M_QUOTE; out += 'r'; break;
+            default: out += c;
+        }
+    }
+    return out;
+}
+
+REACTOR_INLINE std::string lowDequote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != M_QUOTE || i + 1 == s.size()) {
+            out += s[i];
+            continue;
+        }
+        char c = s[++i];
+        out += c == '0' ? '\0' : c == 'n' ? '\n' : c == 'r' ? '\r' : c;
+    }
+    return out;
+}
+
+REACTOR_INLINE std::string ctcpQuote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (char c : s) {
+        if (c == X_QUOTE) {
+            out += X_QUOTE;
+            out += X_QUOTE;
+        } else if (c == X_DELIM) {
+            out += X_QUOTE;
+            out += 'a';
+        } else {
+            out += c;
+        }
+    }
+    return out;
+}
+
+REACTOR_INLINE std::string ctcpDequote(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != X_QUOTE || i + 1 == s.size()) {
+            out += s[i];
+            continue;
+        }
+        char c = s[++i];
+        out += c == 'a' ? X_DELIM : c;
+    }
+    return out;
+}
+
+REACTOR_INLINE CtcpExtracted ctcpExtract(std::string_view message) {
+    CtcpExtracted out;
+    bool extended = false;
+    for (;;) {
+        std::size_t at = message.find(X_DELIM);
+        std::string_view piece = message.substr(0, at);
+        if (!piece.empty()) {
+            if (extended) {
+                std::string text = ctcpDequote(piece);
+                std::size_t sp = text.find(' ');
+                CtcpMessage msg;
+                msg.tag = text.substr(0, sp);
+                if (sp != std::string::npos) msg.data = text.substr(sp + 1);
+                out.extended.push_back(std::move(msg));
+            } else {
+                out.normal.emplace_back(piece);
+            }
+        }
+        if (at == std::string_view::npos) break;
+        message.remove_prefix(at + 1);
+        extended = !extended;
+    }
+    return out;
+}
+
+REACTOR_INLINE std::string ctcpStringify(const std::vector<CtcpMessage>& messages) {
+    std::string out;
+    for (const auto& m : messages) {
+        std::string body = m.tag;
+        if (m.data && !m.data->empty()) body += ' ' + *m.data;
+        out += X_DELIM;
+        out += ctcpQuote(body);
+        out += X_DELIM;
+    }
+    return out;
+}
+
+REACTOR_INLINE std::vector<std::string> split(std::string_view text, std::size_t length) {
+    std::vector<std::string> out;
+    if (length == 0) return out;
+    auto isCont = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; };
+    while (!text.empty()) {
+        std::size_t eol = text.find_first_of("\r\n");
+        std::string line(text.substr(0, eol));
+        text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
+        std::replace(line.begin(), line.end(), '\t', ' ');
+        std::string_view rest = line;
+        while (!rest.empty() && rest.back() == ' ') rest.remove_suffix(1);
+        bool first = true;
+        while (!rest.empty()) {
+            if (!first)
+                while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
+            first = false;
+            if (rest.empty()) break;
+            if (rest.size() <= length) {
+                out.emplace_back(rest);
+                break;
+            }
+            std::size_t cut = rest.rfind(' ', length);
+            std::string_view chunk;
+            if (cut != std::string_view::npos) {
+                chunk = rest.substr(0, cut);
+                while (!chunk.empty() && chunk.back() == ' ') chunk.remove_suffix(1);
+            }
+            if (chunk.empty()) {  // no usable space: cut at a character boundary
+                cut = length;
+                std::size_t back = 0;
+                while (cut > 0 && back < 4 && isCont(rest[cut])) --cut, ++back;
+                if (cut == 0 || back == 4) cut = length;  // invalid UTF-8, or length < one character
+                chunk = rest.substr(0, cut);
+            }
+            out.emplace_back(chunk);
+            rest.remove_prefix(chunk.size());
+        }
+    }
+    return out;
+}
+
+REACTOR_INLINE ParsedModes parseModes(std::string_view modes, std::vector<std::string> params,
+                              const std::pair<std::string, std::string>& paramModes) {
+    ParsedModes out;
+    if (modes.empty()) {
+        out.error = "Empty mode string";
+        return out;
+    }
+    if (modes[0] != '+' && modes[0] != '-') {
+        out.error = "Malformed modes string: " + std::string(modes);
+        return out;
+    }
+    std::size_t next = 0;
+    bool adding = true;
+    int count = -1;
+    for (char ch : modes) {
+        if (ch == '+' || ch == '-') {
+            if (count == 0) {
+                out.error = "Empty mode sequence: " + std::string(modes);
+                return out;
+            }
+            adding = ch == '+';
+            count = 0;
+            continue;
+        }
+        ModeChange change{ch, std::nullopt};
+        const std::string& takes = adding ? paramModes.first : paramModes.second;
+        if (takes.find(ch) != std::string::npos) {
+            if (next >= params.size()) {
+                out.error = std::string("Not enough parameters: ") + ch;
+                return out;
+            }
+            change.param = std::move(params[next++]);
+        }
+        (adding ? out.added : out.removed).push_back(std::move(change));
+        ++count;
+    }
+    if (next < params.size()) {
+        out.error = "Too many parameters: " + std::string(modes);
+        return out;
+    }
+    if (count == 0) out.error = "Empty mode sequence: " + std::string(modes);
+    return out;
+}
+
+REACTOR_INLINE std::string_view numericToSymbolic(std::string_view numeric) {
+    static constexpr std::pair<std::string_view, std::string_view> table[] = {
+        {"001", "RPL_WELCOME"}, {"002", "RPL_YOURHOST"}, {"003", "RPL_CREATED"}, {"004", "RPL_MYINFO"},
+        {"005", "RPL_ISUPPORT"}, {"010", "RPL_BOUNCE"}, {"221", "RPL_UMODEIS"},
+        {"251", "RPL_LUSERCLIENT"}, {"252", "RPL_LUSEROP"}, {"253", "RPL_LUSERUNKNOWN"},
+        {"254", "RPL_LUSERCHANNELS"}, {"255", "RPL_LUSERME"}, {"301", "RPL_AWAY"},
+        {"305", "RPL_UNAWAY"}, {"306", "RPL_NOWAWAY"}, {"311", "RPL_WHOISUSER"},
+        {"312", "RPL_WHOISSERVER"}, {"313", "RPL_WHOISOPERATOR"}, {"317", "RPL_WHOISIDLE"},
+        {"318", "RPL_ENDOFWHOIS"}, {"319", "RPL_WHOISCHANNELS"}, {"321", "RPL_LISTSTART"},
+        {"322", "RPL_LIST"}, {"323", "RPL_LISTEND"}, {"324", "RPL_CHANNELMODEIS"},
+        {"331", "RPL_NOTOPIC"}, {"332", "RPL_TOPIC"}, {"341", "RPL_INVITING"},
+        {"352", "RPL_WHOREPLY"}, {"353", "RPL_NAMREPLY"}, {"366", "RPL_ENDOFNAMES"},
+        {"372", "RPL_MOTD"}, {"375", "RPL_MOTDSTART"}, {"376", "RPL_ENDOFMOTD"},
+        {"401", "ERR_NOSUCHNICK"}, {"403", "ERR_NOSUCHCHANNEL"}, {"404", "ERR_CANNOTSENDTOCHAN"},
+        {"421", "ERR_UNKNOWNCOMMAND"}, {"422", "ERR_NOMOTD"}, {"431", "ERR_NONICKNAMEGIVEN"},
+        {"432", "ERR_ERRONEUSNICKNAME"}, {"433", "ERR_NICKNAMEINUSE"}, {"436", "ERR_NICKCOLLISION"},
+        {"441", "ERR_USERNOTINCHANNEL"}, {"442", "ERR_NOTONCHANNEL"}, {"451", "ERR_NOTREGISTERED"},
+        {"461", "ERR_NEEDMOREPARAMS"}, {"462", "ERR_ALREADYREGISTRED"}, {"464", "ERR_PASSWDMISMATCH"},
+        {"465", "ERR_YOUREBANNEDCREEP"}, {"471", "ERR_CHANNELISFULL"}, {"473", "ERR_INVITEONLYCHAN"},
+        {"474", "ERR_BANNEDFROMCHAN"}, {"475", "ERR_BADCHANNELKEY"}, {"481", "ERR_NOPRIVILEGES"},
+        {"482", "ERR_CHANOPRIVSNEEDED"},
+    };
+    for (const auto& entry : table)
+        if (entry.first == numeric) return entry.second;
+    return {};
+}
+
+REACTOR_INLINE ServerSupportedFeatures::ServerSupportedFeatures() {
+    set("CHANNELLEN", {"200"}, false);
+    set("CHANTYPES", {"#&"}, false);
+    set("MODES", {"3"}, false);
+    set("NICKLEN", {"9"}, false);
+    set("PREFIX", {"(ovh)@+%"}, false);
+    set("CHANMODES", {"b", "", "lk", ""}, false);
+}
+
+REACTOR_INLINE void ServerSupportedFeatures::parse(const std::vector<std::string>& params) {
+    for (const std::string& param : params) {
+        std::size_t eq = param.find('=');
+        std::string key = param.substr(0, eq);
+        if (key.empty()) continue;
+        if (key[0] == '-') {
+            erase(key.substr(1));
+            continue;
+        }
+        std::vector<std::string> values;
+        std::string_view raw = eq == std::string::npos ? std::string_view() : std::string_view(param).substr(eq + 1);
+        bool good = true;
+        for (;;) {
+            std::size_t comma = raw.find(',');
+            std::string value;
+            if (!unescape(raw.substr(0, comma), value)) good = false;
+            values.push_back(std::move(value));
+            if (comma == std::string_view::npos) break;
+            raw.remove_prefix(comma + 1);
+        }
+        if (!good) {
+            reactor::log(LogLevel::warning, "irc: ISUPPORT token with a bad \\xHH escape ignored: " + param);
+            continue;
+        }
+        if (!acceptable(key, values)) continue;  // Twisted keeps the old value
+        set(key, std::move(values), true);
+    }
+}
+
+REACTOR_INLINE std::optional<std::vector<std::string>> ServerSupportedFeatures::getFeature(std::string_view feature) const {
+    const Entry* e = find(feature);
+    if (!e) return std::nullopt;
+    return e->values;
+}
+
+REACTOR_INLINE bool ServerSupportedFeatures::announced(std::string_view feature) const {
+    const Entry* e = find(feature);
+    return e && e->announced;
+}
+
+REACTOR_INLINE int ServerSupportedFeatures::getFeatureInt(std::string_view feature, int fallback) const {
+    const Entry* e = find(feature);
+    int v = 0;
+    return (e && !e->values.empty() && detail::parseInt(e->values[0], v)) ? v : fallback;
+}
+
+REACTOR_INLINE std::string ServerSupportedFeatures::getFeatureString(std::string_view feature, std::string fallback) const {
+    const Entry* e = find(feature);
+    return (e && !e->values.empty()) ? e->values[0] : fallback;
+}
+
+REACTOR_INLINE std::vector<ServerSupportedFeatures::PrefixMode> ServerSupportedFeatures::prefix() const {
+    std::vector<PrefixMode> out;
+    std::string value = getFeatureString("PREFIX");
+    std::size_t close = value.find(')');
+    if (value.empty() || value[0] != '(' || close == std::string::npos) return out;
+    std::string modes = value.substr(1, close - 1), symbols = value.substr(close + 1);
+    for (std::size_t i = 0; i < modes.size() && i < symbols.size(); ++i)
+        out.push_back({modes[i], symbols[i], static_cast<int>(i)});
+    return out;
+}
+
+REACTOR_INLINE ServerSupportedFeatures::ChanModes ServerSupportedFeatures::chanModes() const {
+    ChanModes out;
+    auto v = getFeature("CHANMODES");
+    if (!v) return out;
+    std::string* fields[] = {&out.addressModes, &out.param, &out.setParam, &out.noParam};
+    for (std::size_t i = 0; i < v->size() && i < 4; ++i) *fields[i] = (*v)[i];
+    return out;
+}
+
+REACTOR_INLINE std::optional<int> ServerSupportedFeatures::modes() const {
+    int v = 0;
+    if (!hasFeature("MODES") || (v = getFeatureInt("MODES", -1)) < 0) return std::nullopt;
+    return v;
+}
+
+REACTOR_INLINE const ServerSupportedFeatures::Entry* ServerSupportedFeatures::find(std::string_view key) const {
+    for (const Entry& e : entries_)
+        if (e.key == key) return &e;
+    return nullptr;
+}
+
+REACTOR_INLINE void ServerSupportedFeatures::set(const std::string& key, std::vector<std::string> values, bool announced) {
+    for (Entry& e : entries_)
+        if (e.key == key) {
+            e.values = std::move(values);
+            e.announced = announced;
+            return;
+        }
+    entries_.push_back({key, std::move(values), announced});
+}
+
+REACTOR_INLINE void ServerSupportedFeatures::erase(const std::string& key) {
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [&](const Entry& e) { return e.key == key; }),
+                   entries_.end());
+}
+
+REACTOR_INLINE bool ServerSupportedFeatures::unescape(std::string_view in, std::string& out) {
+    out.clear();
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        if (in[i] == '\\' && i + 1 < in.size() && in[i + 1] == 'x') {
+            auto hex = [](char c) -> int {
+                if (c >= '0' && c <= '9') return c - '0';
+                if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+                if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+                return -1;
+            };
+            if (i + 3 >= in.size()) return false;
+            int hi = hex(in[i + 2]), lo = hex(in[i + 3]);
+            if (hi < 0 || lo < 0) return false;
+            out += static_cast<char>(hi * 16 + lo);
+            i += 3;
+        } else {
+            out += in[i];
+        }
+    }
+    return true;
+}
+
+REACTOR_INLINE bool ServerSupportedFeatures::acceptable(const std::string& key, const std::vector<std::string>& values) {
+    int v = 0;
+    if (key == "NICKLEN" || key == "CHANNELLEN") return !values.empty() && detail::parseInt(values[0], v);
+    if (key == "PREFIX") {
+        const std::string& p = values[0];
+        if (p.empty()) return true;  // Twisted stores None: the feature is off
+        std::size_t close = p.find(')');
+        return p[0] == '(' && close != std::string::npos && close - 1 == p.size() - close - 1;
+    }
+    if (key == "CHANMODES") return values.size() <= 4;
+    return true;
+}
+
+REACTOR_INLINE IRCClient::IRCClient(IReactorTime* timeSource) : clock(timeSource) {
+    delimiter = "\n";  // dataReceived turns CR into LF: CR, LF and CRLF all end a line
+    MAX_LENGTH = MAX_TAGS_LENGTH + 1 + MAX_COMMAND_LENGTH;
+}
+
+REACTOR_INLINE const std::vector<std::pair<std::string, std::string>>& IRCClient::tags() const {
+    static const std::vector<std::pair<std::string, std::string>> none;
+    return currentTags_ ? *currentTags_ : none;
+}
+
+REACTOR_INLINE void IRCClient::connectionMade() {
+    supported = ServerSupportedFeatures();
+    registered_ = false;
+    if (performLogin) register_(nickname);
+}
+
+REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
+    (void)reason;
+    cancelTimers();
+    queue_.clear();
+    queueHead_ = 0;
+    registered_ = false;  // a reused client starts its next connection afresh
+    userHost_.clear();
+    names_.clear();
+    pings_.clear();
+    discarding_ = false;
+}
+
+REACTOR_INLINE void IRCClient::dataReceived(std::string_view data) {
+    inbound_.clear();
+    for (char c : data) {
+        if (discarding_) {  // the tail of an over-long line
+            if (c == '\n' || c == '\r') discarding_ = false;
+            continue;
+        }
+        inbound_ += c == '\r' ? '\n' : c;
+    }
+    LineReceiver::dataReceived(inbound_);
+    while (!afterOverflow_.empty()) {  // lines that followed an over-long one
+        std::string rest = std::move(afterOverflow_);
+        afterOverflow_.clear();
+        LineReceiver::dataReceived(rest);
+    }
+}
+
+REACTOR_INLINE void IRCClient::lineLengthExceeded(std::string_view line) {
+    reactor::log(LogLevel::warning, "irc: dropped a server line over " + std::to_string(MAX_LENGTH) + " bytes");
+    std::size_t nl = line.find('\n');
+    if (nl == std::string_view::npos)
+        discarding_ = true;
+    else
+        afterOverflow_.assign(line.substr(nl + 1));  // LineReceiver stops here; dataReceived resumes
+}
+
+REACTOR_INLINE void IRCClient::lineReceived(std::string_view line) {
+    if (line.empty()) return;  // the LF of a CRLF, or a blank line
+    if (line.find('\0') != std::string_view::npos) return badMessage(line, "NUL byte in line");
+    std::size_t body = line.size();
+    if (line[0] == '@') {
+        std::size_t sp = line.find(' ');
+        if (sp != std::string_view::npos) {
+            if (sp > MAX_TAGS_LENGTH) return badMessage(line, "tags over 8191 bytes");
+            body = line.size() - sp - 1;
+        }
+    }
+    if (body > MAX_COMMAND_LENGTH - 2) return badMessage(line, "line over 512 bytes");
+    Message m = parsemsg(line);
+    if (!m) return badMessage(line, m.error);
+    std::string command = m.command;
+    for (char& c : command) c = detail::asciiUpper(c);
+    std::string_view symbolic = numericToSymbolic(command);
+    if (!symbolic.empty()) command = std::string(symbolic);
+    currentTags_ = &m.tags;
+    reactor::detail::runGuarded("IRCClient::handleCommand", [&] { handleCommand(command, m.prefix, m.params); });
+    currentTags_ = nullptr;
+}
+
+REACTOR_INLINE void IRCClient::handleCommand(const std::string& command, const std::string& prefix,
+                           const std::vector<std::string>& params) {
+    using Handler = void (IRCClient::*)(const std::string&, const std::vector<std::string>&);
+    static const std::pair<const char*, Handler> handlers[] = {
+        {"PING", &IRCClient::irc_PING}, {"PRIVMSG", &IRCClient::irc_PRIVMSG},
+        {"NOTICE", &IRCClient::irc_NOTICE}, {"JOIN", &IRCClient::irc_JOIN},
+        {"PART", &IRCClient::irc_PART}, {"QUIT", &IRCClient::irc_QUIT},
+        {"KICK", &IRCClient::irc_KICK}, {"TOPIC", &IRCClient::irc_TOPIC},
+        {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE},
+        {"RPL_WELCOME", &IRCClient::irc_RPL_WELCOME}, {"RPL_YOURHOST", &IRCClient::irc_RPL_YOURHOST},
+        {"RPL_CREATED", &IRCClient::irc_RPL_CREATED}, {"RPL_MYINFO", &IRCClient::irc_RPL_MYINFO},
+        {"RPL_ISUPPORT", &IRCClient::irc_RPL_ISUPPORT}, {"RPL_BOUNCE", &IRCClient::irc_RPL_BOUNCE},
+        {"RPL_LUSERCLIENT", &IRCClient::irc_RPL_LUSERCLIENT}, {"RPL_LUSEROP", &IRCClient::irc_RPL_LUSEROP},
+        {"RPL_LUSERCHANNELS", &IRCClient::irc_RPL_LUSERCHANNELS}, {"RPL_LUSERME", &IRCClient::irc_RPL_LUSERME},
+        {"RPL_TOPIC", &IRCClient::irc_RPL_TOPIC}, {"RPL_NOTOPIC", &IRCClient::irc_RPL_NOTOPIC},
+        {"RPL_MOTDSTART", &IRCClient::irc_RPL_MOTDSTART}, {"RPL_MOTD", &IRCClient::irc_RPL_MOTD},
+        {"RPL_ENDOFMOTD", &IRCClient::irc_RPL_ENDOFMOTD}, {"RPL_NAMREPLY", &IRCClient::irc_RPL_NAMREPLY},
+        {"RPL_ENDOFNAMES", &IRCClient::irc_RPL_ENDOFNAMES},
+        {"ERR_NICKNAMEINUSE", &IRCClient::irc_ERR_NICKNAMEINUSE},
+        {"ERR_ERRONEUSNICKNAME", &IRCClient::irc_ERR_ERRONEUSNICKNAME},
+        {"ERR_PASSWDMISMATCH", &IRCClient::irc_ERR_PASSWDMISMATCH},
+    };
+    for (const auto& h : handlers)
+        if (command == h.first) return (this->*h.second)(prefix, params);
+    irc_unknown(prefix, command, params);
+}
+
+REACTOR_INLINE void IRCClient::irc_PING(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 1, "PING")) return;
+    const std::string& token = params.back();
+    bool plain = !token.empty() && token[0] != ':' && token.find(' ') == std::string::npos;
+    std::string pong = (plain ? "PONG " : "PONG :") + token;
+    // Ahead of the lineRate queue: a PONG stuck behind queued lines
+    // would miss the server's ping timeout and get us disconnected.
+    if (!detail::hasUnsafeChar(pong) && pong.size() <= maxLineBytes) reallySendLine(pong);
+}
+
+REACTOR_INLINE void IRCClient::irc_PRIVMSG(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 2, "PRIVMSG")) return;
+    const std::string& message = params.back();
+    if (message.empty()) return;
+    if (message[0] == X_DELIM) {
+        CtcpExtracted m = ctcpExtract(message);
+        if (!m.extended.empty()) ctcpQuery(prefix, params[0], m.extended);
+        if (m.normal.empty()) return;
+        return privmsg(prefix, params[0], join(m.normal));
+    }
+    privmsg(prefix, params[0], message);
+}
+
+REACTOR_INLINE void IRCClient::irc_NOTICE(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 2, "NOTICE")) return;
+    const std::string& message = params.back();
+    if (message.empty()) return;
+    if (message[0] == X_DELIM) {
+        CtcpExtracted m = ctcpExtract(message);
+        if (!m.extended.empty()) ctcpReply(prefix, params[0], m.extended);
+        if (m.normal.empty()) return;
+        return noticed(prefix, params[0], join(m.normal));
+    }
+    noticed(prefix, params[0], message);
+}
+
+REACTOR_INLINE void IRCClient::irc_JOIN(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 1, "JOIN")) return;
+    std::string nick = detail::nickOf(prefix);
+    if (nickEquals(nick, nickname)) {
+        userHost_ = prefix.substr(nick.size());  // "!user@host": sizes msg() lines exactly
+        joined(params.back());
+    } else {
+        userJoined(nick, params.back());
+    }
+}
+
+REACTOR_INLINE void IRCClient::irc_PART(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 1, "PART")) return;
+    std::string nick = detail::nickOf(prefix);
+    if (nickEquals(nick, nickname))
+        left(params[0]);
+    else
+        userLeft(nick, params[0]);
+}
+
+REACTOR_INLINE void IRCClient::irc_QUIT(const std::string& prefix, const std::vector<std::string>& params) {
+    userQuit(detail::nickOf(prefix), params.empty() ? std::string() : params[0]);
+}
+
+REACTOR_INLINE void IRCClient::irc_KICK(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 2, "KICK")) return;
+    std::string kicker = detail::nickOf(prefix);
+    std::string message = params.size() > 2 ? params[2] : std::string();
+    if (nickEquals(params[1], nickname))
+        kickedFrom(params[0], kicker, message);
+    else
+        userKicked(params[1], params[0], kicker, message);
+}
+
+REACTOR_INLINE void IRCClient::irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 2, "TOPIC")) return;
+    topicUpdated(detail::nickOf(prefix), params[0], params[1]);
+}
+
+REACTOR_INLINE void IRCClient::irc_NICK(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 1, "NICK")) return;
+    std::string nick = detail::nickOf(prefix);
+    if (nickEquals(nick, nickname))
+        nickChanged(params[0]);
+    else
+        userRenamed(nick, params[0]);
+}
+
+REACTOR_INLINE void IRCClient::irc_MODE(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 2, "MODE")) return;
+    const std::string& channel = params[0];
+    std::string modes = params[1];
+    if (modes.empty() || (modes[0] != '+' && modes[0] != '-')) modes.insert(modes.begin(), '+');
+    std::vector<std::string> args(params.begin() + 2, params.end());
+    auto paramModes = nickEquals(channel, nickname) ? getUserModeParams() : getChannelModeParams();
+    ParsedModes parsed = parseModes(modes, std::move(args), paramModes);
+    if (!parsed.ok()) {
+        reactor::log(LogLevel::warning, "irc: bad MODE message (" + parsed.error + ")");
+        return;
+    }
+    auto report = [&](bool set, const std::vector<ModeChange>& changes) {
+        if (changes.empty()) return;
+        std::string letters;
+        std::vector<std::optional<std::string>> changeArgs;
+        for (const auto& c : changes) {
+            letters += c.mode;
+            changeArgs.push_back(c.param);
+        }
+        modeChanged(prefix, channel, set, letters, changeArgs);
+    };
+    report(true, parsed.added);
+    report(false, parsed.removed);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params) {
+    hostname = prefix;
+    registered_ = true;
+    if (!params.empty() && !params[0].empty())
+        nickname = params[0];
+    else if (!attemptedNick_.empty())
+        nickname = attemptedNick_;
+    signedOn();
+    startHeartbeat();
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_YOURHOST(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (need(params, 2, "RPL_YOURHOST")) yourHost(params[1]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_CREATED(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (need(params, 2, "RPL_CREATED")) created(params[1]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_MYINFO(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 2, "RPL_MYINFO")) return;
+    std::vector<std::string> info;
+    if (params.size() >= 3) {
+        info.assign(params.begin() + 1, params.end());
+    } else {
+        std::string_view s = params[1];
+        while (!s.empty() && info.size() < 3) {
+            std::size_t sp = s.find(' ');
+            if (sp != 0) info.emplace_back(s.substr(0, sp));
+            if (sp == std::string_view::npos) s = {};
+            else s.remove_prefix(sp + 1);
+        }
+        if (!s.empty()) info.emplace_back(s);
+    }
+    info.resize(std::max<std::size_t>(info.size(), 4));
+    myInfo(info[0], info[1], info[2], info[3]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_ISUPPORT(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    std::vector<std::string> options;
+    if (params.size() > 2) options.assign(params.begin() + 1, params.end() - 1);
+    supported.parse(options);
+    isupport(options);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_BOUNCE(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (need(params, 2, "RPL_BOUNCE")) bounce(params[1]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_LUSERCLIENT(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (need(params, 2, "RPL_LUSERCLIENT")) luserClient(params[1]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_LUSEROP(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    int n = 0;
+    if (params.size() >= 2 && detail::parseInt(params[1], n)) luserOp(n);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_LUSERCHANNELS(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    int n = 0;
+    if (params.size() >= 2 && detail::parseInt(params[1], n)) luserChannels(n);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_LUSERME(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (need(params, 2, "RPL_LUSERME")) luserMe(params[1]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
+    if (need(params, 3, "RPL_TOPIC")) topicUpdated(detail::nickOf(prefix), params[1], params[2]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_NOTOPIC(const std::string& prefix, const std::vector<std::string>& params) {
+    if (need(params, 2, "RPL_NOTOPIC")) topicUpdated(detail::nickOf(prefix), params[1], std::string());
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    motd = std::vector<std::string>{motdLine(params)};
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_MOTD(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!motd) motd.emplace();
+    motd->push_back(motdLine(params));
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_ENDOFMOTD(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    (void)params;
+    std::vector<std::string> lines = motd ? std::move(*motd) : std::vector<std::string>();
+    motd.reset();
+    receivedMOTD(lines);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_NAMREPLY(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 3, "RPL_NAMREPLY")) return;
+    const std::string& channel = params[params.size() - 2];
+    std::vector<std::string>& list = pendingNames(channel);
+    std::string_view s = params.back();
+    while (!s.empty()) {
+        std::size_t sp = s.find(' ');
+        if (sp != 0) list.emplace_back(s.substr(0, sp));
+        if (sp == std::string_view::npos) break;
+        s.remove_prefix(sp + 1);
+    }
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_ENDOFNAMES(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 2, "RPL_ENDOFNAMES")) return;
+    std::vector<std::string> nicks = std::move(pendingNames(params[1]));
+    names_.erase(std::remove_if(names_.begin(), names_.end(),
+                                [&](const auto& entry) { return entry.first == params[1]; }),
+                 names_.end());
+    receivedNames(params[1], nicks);
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_NICKNAMEINUSE(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    (void)params;
+    attemptedNick_ = alterCollidedNick(attemptedNick_.empty() ? nickname : attemptedNick_);
+    setNick(attemptedNick_);
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_ERRONEUSNICKNAME(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    (void)params;
+    if (!registered_) setNick(erroneousNickFallback);
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_PASSWDMISMATCH(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    (void)params;
+    reactor::log(LogLevel::error, "irc: Password Incorrect.");
+}
+
+REACTOR_INLINE void IRCClient::irc_unknown(const std::string& prefix, const std::string& command,
+                         const std::vector<std::string>& params) {
+    (void)prefix;
+    (void)command;
+    (void)params;
+}
+
+REACTOR_INLINE void IRCClient::modeChanged(const std::string& user, const std::string& channel, bool set, const std::string& modes,
+                         const std::vector<std::optional<std::string>>& args) {
+    (void)user, (void)channel, (void)set, (void)modes, (void)args;
+}
+
+REACTOR_INLINE void IRCClient::badMessage(std::string_view line, const std::string& why) {
+    reactor::log(LogLevel::warning, "irc: ignored a bad server line (" + why + "): " + printable(line));
+}
+
+REACTOR_INLINE std::string IRCClient::alterCollidedNick(const std::string& nick) {
+    // A 433 usually comes before 005: without an announced NICKLEN the
+    // default (9) is a guess, so just append, as Twisted does.
+    if (!supported.announced("NICKLEN")) return nick + "_";
+    std::size_t limit = static_cast<std::size_t>(std::max(1, supported.nickLen()));
+    if (nick.size() < limit) return nick + "_";
+    std::string out = nick.substr(0, limit);
+    char& last = out.back();
+    last = (last >= '0' && last < '9') ? static_cast<char>(last + 1) : (last == '9' ? '_' : '0');
+    return out;
+}
+
+REACTOR_INLINE std::pair<std::string, std::string> IRCClient::getChannelModeParams() {
+    std::string prefixModes;
+    for (const auto& p : supported.prefix()) prefixModes += p.mode;
+    ServerSupportedFeatures::ChanModes cm = supported.chanModes();
+    std::string removing = prefixModes + cm.addressModes + cm.param;
+    return {removing + cm.setParam, removing};
+}
+
+REACTOR_INLINE void IRCClient::startHeartbeat() {
+    stopHeartbeat();
+    if (heartbeatInterval <= 0 || !clock) return;
+    heartbeat_ = clock->callLater(heartbeatInterval, [this] {
+        sendHeartbeat();
+        startHeartbeat();
+    });
+}
+
+REACTOR_INLINE void IRCClient::stopHeartbeat() {
+    if (heartbeat_.active()) heartbeat_.cancel();
+    heartbeat_ = DelayedCall();
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages) {
+    std::vector<std::string> seen;
+    for (const CtcpMessage& m : messages) {
+        if (std::find(seen.begin(), seen.end(), m.tag) != seen.end()) continue;
+        seen.push_back(m.tag);
+        if (m.tag == "ACTION") ctcpQuery_ACTION(user, channel, m.data);
+        else if (m.tag == "PING") ctcpQuery_PING(user, channel, m.data);
+        else if (m.tag == "VERSION") ctcpQuery_VERSION(user, channel, m.data);
+        else if (m.tag == "SOURCE") ctcpQuery_SOURCE(user, channel, m.data);
+        else if (m.tag == "USERINFO") ctcpQuery_USERINFO(user, channel, m.data);
+        else if (m.tag == "FINGER") ctcpQuery_FINGER(user, channel, m.data);
+        else if (m.tag == "CLIENTINFO") ctcpQuery_CLIENTINFO(user, channel, m.data);
+        else if (m.tag == "ERRMSG") ctcpQuery_ERRMSG(user, channel, m.data);
+        else if (m.tag == "TIME") ctcpQuery_TIME(user, channel, m.data);
+        else ctcpUnknownQuery(user, channel, m.tag, m.data);
+    }
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    ctcpMakeReply(detail::nickOf(user), {{"PING", data}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a VERSION query?");
+    if (versionName.empty()) return;
+    ctcpMakeReply(detail::nickOf(user), {{"VERSION", versionName + ":" + versionNum + ":" + versionEnv}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_SOURCE(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a SOURCE query?");
+    if (sourceURL.empty()) return;
+    ctcpMakeReply(detail::nickOf(user), {{"SOURCE", sourceURL}, {"SOURCE", std::nullopt}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_USERINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a USERINFO query?");
+    if (!userinfo.empty()) ctcpMakeReply(detail::nickOf(user), {{"USERINFO", userinfo}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_FINGER(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a FINGER query?");
+    if (!fingerReply.empty()) ctcpMakeReply(detail::nickOf(user), {{"FINGER", fingerReply}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_CLIENTINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    static constexpr std::pair<std::string_view, std::string_view> info[] = {
+        {"ACTION", "ACTION text: a /me action"}, {"CLIENTINFO", "CLIENTINFO [tag]: what we answer"},
+        {"ERRMSG", "ERRMSG text: echoes text"}, {"FINGER", "FINGER: who is behind the keyboard"},
+        {"PING", "PING data: echoes data"}, {"SOURCE", "SOURCE: where the source is"},
+        {"TIME", "TIME: local time"}, {"USERINFO", "USERINFO: user information"},
+        {"VERSION", "VERSION: client version"},
+    };
+    std::string nick = detail::nickOf(user);
+    if (!data || data->empty()) {
+        std::string all;
+        for (const auto& i : info) all += (all.empty() ? "" : " ") + std::string(i.first);
+        ctcpMakeReply(nick, {{"CLIENTINFO", all}});
+        return;
+    }
+    std::string tag = data->substr(0, data->find(' '));
+    for (const auto& i : info)
+        if (i.first == tag) {
+            ctcpMakeReply(nick, {{"CLIENTINFO", std::string(i.second)}});
+            return;
+        }
+    ctcpMakeReply(nick, {{"ERRMSG", "CLIENTINFO " + *data + " :Unknown query '" + tag + "'"}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_ERRMSG(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    ctcpMakeReply(detail::nickOf(user), {{"ERRMSG", data.value_or("") + " :No error has occurred."}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_TIME(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a TIME query?");
+    char text[64] = {};
+    std::time_t now = std::time(nullptr);
+    std::tm local{};
+    if (localtime_r(&now, &local) == nullptr || std::strftime(text, sizeof text, "%a %b %e %H:%M:%S %Y", &local) == 0)
+        return;
+    ctcpMakeReply(detail::nickOf(user), {{"TIME", std::string(":") + text}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpUnknownQuery(const std::string& user, const std::string& channel, const std::string& tag,
+                              const std::optional<std::string>& data) {
+    (void)channel, (void)data;
+    reactor::log(LogLevel::info, "irc: unknown CTCP query " + printable(tag) + " from " + printable(user));
+}
+
+REACTOR_INLINE void IRCClient::ctcpReply(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages) {
+    for (const CtcpMessage& m : messages) {
+        if (m.tag == "PING")
+            ctcpReply_PING(user, channel, m.data);
+        else
+            ctcpUnknownReply(user, channel, m.tag, m.data);
+    }
+}
+
+REACTOR_INLINE void IRCClient::ctcpReply_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    (void)channel;
+    std::string nick = detail::nickOf(user);
+    std::string key = data.value_or("");
+    for (auto it = pings_.begin(); it != pings_.end(); ++it) {
+        if (nickEquals(detail::nickOf(it->user), nick) && it->key == key) {
+            double secs = now() - it->sent;
+            pings_.erase(it);
+            return pong(user, secs);
+        }
+    }
+    reactor::log(LogLevel::warning, "irc: Bogus PING response from " + printable(user) + ": " + printable(key));
+}
+
+REACTOR_INLINE void IRCClient::ctcpUnknownReply(const std::string& user, const std::string& channel, const std::string& tag,
+                              const std::optional<std::string>& data) {
+    (void)channel, (void)data;
+    reactor::log(LogLevel::info, "irc: unknown CTCP reply " + printable(tag) + " from " + printable(user));
+}
+
+REACTOR_INLINE bool IRCClient::join(const std::string& channel, const std::string& key) {
+    if (!checkArgs("JOIN", {channel, key}) || !checkMiddle("JOIN", {channel, key})) return false;
+    std::string c = withChannelPrefix(channel);
+    return sendLine(key.empty() ? "JOIN " + c : "JOIN " + c + " " + key);
+}
+
+REACTOR_INLINE bool IRCClient::leave(const std::string& channel, const std::string& reason) {
+    if (!checkArgs("PART", {channel, reason}) || !checkMiddle("PART", {channel})) return false;
+    std::string c = withChannelPrefix(channel);
+    return sendLine(reason.empty() ? "PART " + c : "PART " + c + " :" + reason);
+}
+
+REACTOR_INLINE bool IRCClient::kick(const std::string& channel, const std::string& user, const std::string& reason) {
+    if (!checkArgs("KICK", {channel, user, reason}) || !checkMiddle("KICK", {channel, user}, 2)) return false;
+    std::string line = "KICK " + withChannelPrefix(channel) + " " + user;
+    return sendLine(reason.empty() ? line : line + " :" + reason);
+}
+
+REACTOR_INLINE bool IRCClient::invite(const std::string& user, const std::string& channel) {
+    if (!checkArgs("INVITE", {user, channel}) || !checkMiddle("INVITE", {user, channel}, 2)) return false;
+    return sendLine("INVITE " + user + " " + withChannelPrefix(channel));
+}
+
+REACTOR_INLINE bool IRCClient::topic(const std::string& channel, const std::optional<std::string>& newTopic) {
+    if (!checkArgs("TOPIC", {channel, newTopic.value_or("")}) || !checkMiddle("TOPIC", {channel})) return false;
+    std::string c = withChannelPrefix(channel);
+    return sendLine(newTopic ? "TOPIC " + c + " :" + *newTopic : "TOPIC " + c);
+}
+
+REACTOR_INLINE bool IRCClient::mode(const std::string& chan, bool set, const std::string& modes, std::optional<int> limit,
+          const std::optional<std::string>& user,
+          const std::optional<std::string>& mask) {
+    if (!checkArgs("MODE", {chan, modes, user.value_or(""), mask.value_or("")}) ||
+        !checkMiddle("MODE", {chan, modes, user.value_or(""), mask.value_or("")}, 2))
+        return false;
+    std::string line = "MODE " + chan + (set ? " +" : " -") + modes;
+    if (limit) line += " " + std::to_string(*limit);
+    else if (user) line += " " + *user;
+    else if (mask) line += " " + *mask;
+    return sendLine(line);
+}
+
+REACTOR_INLINE bool IRCClient::say(const std::string& channel, const std::string& message, std::size_t length) {
+    if (!checkArgs("PRIVMSG", {channel})) return false;
+    return msg(withChannelPrefix(channel), message, length);
+}
+
+REACTOR_INLINE bool IRCClient::away(const std::string& message) {
+    if (!checkArgs("AWAY", {message})) return false;
+    return sendLine("AWAY :" + message);
+}
+
+REACTOR_INLINE bool IRCClient::whois(const std::string& nick, const std::string& server) {
+    if (!checkArgs("WHOIS", {nick, server}) || !checkMiddle("WHOIS", {nick, server})) return false;
+    return sendLine(server.empty() ? "WHOIS " + nick : "WHOIS " + server + " " + nick);
+}
+
+REACTOR_INLINE bool IRCClient::setNick(const std::string& nick) {
+    if (!checkArgs("NICK", {nick}) || !checkMiddle("NICK", {nick})) return false;
+    attemptedNick_ = nick;
+    return sendLine("NICK " + nick);
+}
+
+REACTOR_INLINE bool IRCClient::quit(const std::string& message) {
+    if (!checkArgs("QUIT", {message})) return false;
+    return sendLine("QUIT :" + message);
+}
+
+REACTOR_INLINE bool IRCClient::names(const std::string& channel) {
+    if (!checkArgs("NAMES", {channel}) || !checkMiddle("NAMES", {channel})) return false;
+    return sendLine("NAMES " + withChannelPrefix(channel));
+}
+
+REACTOR_INLINE bool IRCClient::ping(const std::string& user, const std::string& text) {
+    if (!checkArgs("PING", {user, text})) return false;
+    std::string key = text.empty() ? randomKey() : text;
+    if (!ctcpMakeQuery(user, {CtcpMessage{"PING", key}})) return false;  // quoted: no second query
+    pings_.push_back({user, key, now()});
+    if (pings_.size() > 12) pings_.erase(pings_.begin());
+    return true;
+}
+
+REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::string& hostName, const std::string& serverName) {
+    if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname})) return false;
+    if (!password.empty()) sendLine("PASS " + password);
+    setNick(nick);
+    if (username.empty()) username = nick;
+    return sendLine("USER " + username + " " + hostName + " " + serverName + " :" +
+                    (realname.empty() ? nick : realname));
+}
+
+REACTOR_INLINE bool IRCClient::ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages) {
+    if (!checkCtcp("PRIVMSG", user, messages)) return false;
+    return msg(user, ctcpStringify(messages));
+}
+
+REACTOR_INLINE bool IRCClient::ctcpMakeReply(const std::string& user, const std::vector<CtcpMessage>& messages) {
+    if (!checkCtcp("NOTICE", user, messages)) return false;
+    return notice(user, ctcpStringify(messages));
+}
+
+REACTOR_INLINE bool IRCClient::sendLine(std::string_view line) {
+    if (detail::hasUnsafeChar(line)) {
+        reactor::log(LogLevel::warning, "irc: refused to send a line containing CR, LF or NUL");
+        return false;
+    }
+    if (!connected) return false;  // after connectionLost: nothing to send on, no timer to arm
+    std::string capped;
+    if (line.size() > maxLineBytes) {
+        // A server drops the connection on an over-long line ("Request
+        // too long"): cut it, at a UTF-8 character boundary.
+        std::size_t cut = maxLineBytes;
+        while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+        reactor::log(LogLevel::warning, "irc: cut an outgoing line of " + std::to_string(line.size()) +
+                                            " bytes to " + std::to_string(cut));
+        capped.assign(line.substr(0, cut));
+        line = capped;
+    }
+    if (lineRate <= 0 || !clock) {
+        reallySendLine(line);
+        return true;
+    }
+    if (queuedLines() >= maxQueuedLines) {  // a flood (of CTCP queries, say) must not grow memory
+        reactor::log(LogLevel::warning, "irc: send queue full (" + std::to_string(maxQueuedLines) +
+                                            " lines); dropped a line");
+        return false;
+    }
+    queue_.emplace_back(line);
+    if (!queueTimer_.active()) sendQueued();
+    return true;
+}
+
+REACTOR_INLINE bool IRCClient::isChannel(std::string_view target) const {
+    std::string status = supported.getFeatureString("STATUSMSG");
+    std::size_t i = 0;
+    while (i < target.size() && status.find(target[i]) != std::string::npos) ++i;
+    return i < target.size() && channelPrefixes().find(target[i]) != std::string::npos;
+}
+
+REACTOR_INLINE std::string IRCClient::channelPrefixes() const {
+    return supported.announced("CHANTYPES") ? supported.chanTypes() : std::string(CHANNEL_PREFIXES);
+}
+
+REACTOR_INLINE bool IRCClient::nickEquals(std::string_view a, std::string_view b) const {
+    if (a.size() != b.size()) return false;
+    std::string mapping = supported.caseMapping();
+    bool rfc = mapping != "ascii";
+    bool strict = mapping == "strict-rfc1459";
+    auto fold = [&](char c) -> char {
+        c = detail::asciiLower(c);
+        if (rfc) {
+            if (c == '[') return '{';
+            if (c == ']') return '}';
+            if (c == '\\') return '|';
+            if (c == '~' && !strict) return '^';
+        }
+        return c;
+    };
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (fold(a[i]) != fold(b[i])) return false;
+    return true;
+}
+
+REACTOR_INLINE std::size_t IRCClient::maxMessageLength(const std::string& command, const std::string& target) const {
+    std::size_t prefixLen;
+    if (!userHost_.empty()) {
+        prefixLen = nickname.size() + userHost_.size();
+    } else {
+        std::size_t nickLen = std::max(nickname.size(), static_cast<std::size_t>(std::max(0, supported.nickLen())));
+        std::size_t userLen = static_cast<std::size_t>(std::max(0, supported.getFeatureInt("USERLEN", 10))) + 1;
+        std::size_t hostLen = static_cast<std::size_t>(std::max(0, supported.getFeatureInt("HOSTLEN", 63)));
+        prefixLen = nickLen + 1 + userLen + 1 + hostLen;
+    }
+    std::size_t overhead = 1 + prefixLen + 1 + command.size() + 1 + target.size() + 2 + 2;  // ":" p " " cmd " " t " :" .. CRLF
+    return overhead >= MAX_COMMAND_LENGTH ? 0 : MAX_COMMAND_LENGTH - overhead;
+}
+
+REACTOR_INLINE bool IRCClient::sendMessage(const std::string& command, const std::string& target, const std::string& message,
+                 std::size_t length) {
+    if (!checkArgs(command.c_str(), {target}) || !checkMiddle(command.c_str(), {target})) return false;
+    if (message.find('\0') != std::string::npos) {
+        reactor::log(LogLevel::warning, "irc: refused to send " + command + ": the message contains NUL");
+        return false;
+    }
+    std::string fmt = command + " " + target + " :";
+    std::size_t width;
+    if (length > 0) {
+        std::size_t minimum = fmt.size() + 2;
+        if (length <= minimum) {
+            reactor::log(LogLevel::error, "irc: Maximum length must exceed " + std::to_string(minimum) +
+                                              " for message to " + target);
+            return false;
+        }
+        width = length - minimum;
+    } else {
+        width = maxMessageLength(command, target);
+    }
+    if (width < 4) {  // room for at least one UTF-8 character
+        reactor::log(LogLevel::error, "irc: no room for text in a " + command + " to " + printable(target));
+        return false;
+    }
+    bool sent = true;
+    for (const std::string& chunk : split(message, width)) sent = sendLine(fmt + chunk) && sent;
+    return sent;
+}
+
+REACTOR_INLINE void IRCClient::reallySendLine(std::string_view line) {
+    if (!transport) return;
+    transport->writeSequence({line, std::string_view("\r\n")});
+}
+
+REACTOR_INLINE void IRCClient::sendQueued() {
+    if (queueHead_ < queue_.size()) {
+        std::string line = std::move(queue_[queueHead_++]);
+        if (queueHead_ == queue_.size()) {
+            queue_.clear();
+            queueHead_ = 0;
+        }
+        reallySendLine(line);
+        queueTimer_ = clock->callLater(lineRate, [this] { sendQueued(); });
+    } else {
+        queueTimer_ = DelayedCall();
+    }
+}
+
+REACTOR_INLINE void IRCClient::sendHeartbeat() { sendLine("PING " + (hostname.empty() ? nickname : hostname)); }
+
+REACTOR_INLINE void IRCClient::cancelTimers() {
+    stopHeartbeat();
+    if (queueTimer_.active()) queueTimer_.cancel();
+    queueTimer_ = DelayedCall();
+}
+
+REACTOR_INLINE bool IRCClient::checkArgs(const char* command, std::initializer_list<std::string_view> args) {
+    for (std::string_view a : args)
+        if (detail::hasUnsafeChar(a)) {
+            reactor::log(LogLevel::warning,
+                         std::string("irc: refused to send ") + command + ": an argument contains CR, LF or NUL");
+            return false;
+        }
+    return true;
+}
+
+REACTOR_INLINE bool IRCClient::checkMiddle(const char* command, std::initializer_list<std::string_view> params, std::size_t required) {
+    std::size_t i = 0;
+    for (std::string_view p : params) {
+        bool bad = (i++ < required && p.empty()) || p.find(' ') != std::string_view::npos ||
+                   (!p.empty() && p.front() == ':');
+        if (bad) {
+            reactor::log(LogLevel::warning, std::string("irc: refused to send ") + command +
+                                                ": a target, nick or channel is empty, has a space, or starts with ':'");
+            return false;
+        }
+    }
+    return true;
+}
+
+REACTOR_INLINE bool IRCClient::checkCtcp(const char* command, const std::string& user, const std::vector<CtcpMessage>& messages) {
+    if (!checkArgs(command, {user})) return false;
+    for (const auto& m : messages)
+        if (!checkArgs(command, {m.tag, m.data.value_or("")})) return false;
+    return true;
+}
+
+REACTOR_INLINE bool IRCClient::need(const std::vector<std::string>& params, std::size_t n, const char* command) {
+    if (params.size() >= n) return true;
+    reactor::log(LogLevel::warning, std::string("irc: ignored ") + command + " with too few parameters");
+    return false;
+}
+
+REACTOR_INLINE std::string IRCClient::withChannelPrefix(const std::string& channel) const {
+    if (!channel.empty() && channelPrefixes().find(channel[0]) != std::string::npos) return channel;
+    return "#" + channel;
+}
+
+REACTOR_INLINE std::string IRCClient::join(const std::vector<std::string>& pieces) {
+    std::string out;
+    for (const auto& p : pieces) out += (out.empty() ? "" : " ") + p;
+    return out;
+}
+
+REACTOR_INLINE std::string IRCClient::motdLine(const std::vector<std::string>& params) {
+    std::string line = params.empty() ? std::string() : params.back();
+    if (line.compare(0, 2, "- ") == 0) line.erase(0, 2);
+    return line;
+}
+
+REACTOR_INLINE std::string IRCClient::printable(std::string_view s) {
+    static const char hex[] = "0123456789abcdef";
+    std::string out;
+    for (char c : s.substr(0, 200)) {
+        unsigned char u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) {
+            out += "\\x";
+            out += hex[u >> 4];
+            out += hex[u & 15];
+        } else {
+            out += c;
+        }
+    }
+    if (s.size() > 200) out += "...";
+    return out;
+}
+
+REACTOR_INLINE std::vector<std::string>& IRCClient::pendingNames(const std::string& channel) {
+    for (auto& entry : names_)
+        if (entry.first == channel) return entry.second;
+    names_.emplace_back(channel, std::vector<std::string>());
+    return names_.back().second;
+}
+
+REACTOR_INLINE double IRCClient::now() const {
+    if (clock) return clock->seconds();
+    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+REACTOR_INLINE std::string IRCClient::randomKey() {
+    if (rng_ == 0)
+        rng_ = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+               reinterpret_cast<std::uintptr_t>(this) ^ 0x9E3779B97F4A7C15ull;
+    std::string key;
+    for (int i = 0; i < 12; ++i) {
+        rng_ ^= rng_ << 13;  // xorshift64: unpredictability is not needed, only uniqueness
+        rng_ ^= rng_ >> 7;
+        rng_ ^= rng_ << 17;
+        std::uint64_t r = rng_ % 52;
+        key += static_cast<char>(r < 26 ? 'a' + static_cast<int>(r) : 'A' + static_cast<int>(r - 26));
+    }
+    return key;
+}
+}  // namespace irc
+
+// ---- 14. TESTING -----------------------------------------------------------
+
+REACTOR_INLINE void StringTransport::writeSequence(const std::string_view* parts, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) io_.append(parts[i]);
+}
+
+REACTOR_INLINE void StringTransport::abortConnection() {
+    disconnecting = true;
+    aborted = true;
+}
+
+REACTOR_INLINE void StringTransport::pauseProducing() {
+    if (checkNotDisconnecting("pause")) producerState = "paused";
+}
+
+REACTOR_INLINE void StringTransport::resumeProducing() {
+    if (checkNotDisconnecting("resume")) producerState = "producing";
+}
+
+REACTOR_INLINE void StringTransport::registerProducer(IProducer* p, bool isStreaming) {
+    if (producer) {
+        detail::raise<error::RuntimeError>("Cannot register two producers");
+        return;
+    }
+    producer = p;
+    streaming = isStreaming;
+}
+
+REACTOR_INLINE void StringTransport::unregisterProducer() {
+    if (!producer) {
+        detail::raise<error::RuntimeError>("Cannot unregister a producer unless one is registered");
+        return;
+    }
+    producer = nullptr;
+}
+
+REACTOR_INLINE bool StringTransport::checkNotDisconnecting(const char* what) {
+    if (!disconnecting) return true;
+    detail::raise<error::RuntimeError>(std::string("Cannot ") + what + " producing after loseConnection");
+    return false;
+}
+
+REACTOR_INLINE void StringTransportWithDisconnection::loseConnection() {
+    if (!connected) return;
+    StringTransport::loseConnection();
+    connected = false;
+    if (protocol) {
+        protocol->connected = false;
+        protocol->connectionLost(Failure(error::ConnectionDone("Bye.")));
+    }
+}
+namespace testing {
+
+REACTOR_INLINE std::string dirtyReport(const Reactor& r) {
     std::string report;
     auto calls = r.pendingCalls();
     auto fds = r.selectables();
@@ -7031,25 +7833,21 @@ inline std::string dirtyReport(const Reactor& r) {
     return report;
 }
 
-inline bool runUntilClean(Reactor& r, double timeout) {
+REACTOR_INLINE bool runUntilClean(Reactor& r, double timeout) {
     return runUntil(r, [&r] { return r.pendingCalls().empty() && r.selectables().empty(); }, timeout);
 }
 
-/// Trial's janitor: returns dirtyReport(r), then cancels the leftover
-/// timers and stops watching the leftover descriptors so the next test
-/// starts clean.
-inline std::string cleanUp(Reactor& r) {
+REACTOR_INLINE std::string cleanUp(Reactor& r) {
     std::string report = dirtyReport(r);
     r.disconnectAll();  // may schedule nothing: closing is synchronous here
     for (auto& c : r.pendingCalls()) c.cancel();
     r.removeAll();
     return report;
 }
-
 }  // namespace testing
-
 
 }  // namespace v0
 }  // namespace reactor
 
-#endif  // REACTOR_HPP_INCLUDED
+#endif  // REACTOR_IMPLEMENTATION_INCLUDED
+#endif  // !REACTOR_SEPARATE_COMPILATION || REACTOR_IMPLEMENTATION

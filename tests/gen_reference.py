@@ -1028,6 +1028,11 @@ def main():
         return self_test()
     with open(os.path.join(ROOT, HEADER), encoding="utf-8") as f:
         src = f.read()
+    # Section 15 holds the bodies of functions documented where they are
+    # declared; the reference stops at its banner.
+    impl = re.search(r"^// ==== \d+\. IMPLEMENTATION ====$", src, re.M)
+    if impl:
+        src = src[:impl.start()]
     readme_path = os.path.join(ROOT, README)
     with open(readme_path, encoding="utf-8") as f:
         readme = f.read()
