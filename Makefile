@@ -3,7 +3,8 @@
 #   make            build the examples into build/examples/
 #   make test       build and run every test (installs doctest-dev if root)
 #   make check      what CI runs beyond `make test`: clang and C++20,
-#                   sanitizers, the select() backend, -fno-exceptions builds
+#                   sanitizers, the select() backend, -fno-exceptions builds,
+#                   REACTOR_SEPARATE_COMPILATION
 #   make demo       the IRC demo on loopback (see README)
 #   make bench      benchmarks (see README)
 #   make cross-test the suite cross-built for aarch64 and armhf, run under qemu-user
@@ -100,6 +101,7 @@ fuzz: $(FUZZERS)
 # The whole suite without exceptions and RTTI: doctest's exception asserts
 # become no-ops, tests of exceptions themselves are #if'd out, and misuse
 # checks (CHECK_MISUSE in tests/support.hpp) look for the logged error instead.
+SEPARATE := -DREACTOR_SEPARATE_COMPILATION
 NOEXC_FLAGS := -fno-exceptions -fno-rtti -DDOCTEST_CONFIG_NO_EXCEPTIONS_BUT_WITH_ALL_ASSERTS
 
 SAN_ENV := ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
@@ -108,6 +110,7 @@ check: compile-checks
 	$(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=clang-c++20
 	$(MAKE) --no-print-directory test STD=c++20 VARIANT=gcc-c++20
 	$(MAKE) --no-print-directory test VARIANT=select EXTRA=-DREACTOR_USE_SELECT
+	$(MAKE) --no-print-directory test VARIANT=separate EXTRA=$(SEPARATE)
 	$(MAKE) --no-print-directory test VARIANT=noexc EXTRA="$(NOEXC_FLAGS)"
 	$(MAKE) --no-print-directory test CXX=clang++ VARIANT=noexc-clang EXTRA="$(NOEXC_FLAGS)"
 	$(SAN_ENV) $(MAKE) --no-print-directory test CXX=clang++ VARIANT=asan \
@@ -132,7 +135,7 @@ check: compile-checks
 	@echo "make check: all passed"
 
 # The header on its own: included twice in one program (ODR), alone in a
-# TU, and built without exceptions and RTTI.
+# TU, built without exceptions and RTTI, and compiled separately.
 compile-checks:
 	@mkdir -p build/compile
 	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/alone.cpp -o build/compile/alone.o
@@ -143,6 +146,16 @@ compile-checks:
 	./build/compile/no_exceptions
 	clang++ -std=c++17 $(WARN) -fno-exceptions -fno-rtti -I. tests/compile/no_exceptions.cpp -o build/compile/no_exceptions_clang $(LDFLAGS)
 	./build/compile/no_exceptions_clang
+	@# Separate compilation: the same program from three TUs, of which only
+	@# implementation.cpp compiles the library's bodies (alone.o must leave
+	@# Reactor::run undefined, for the linker to find in implementation.o).
+	$(CXX) -std=$(STD) $(WARN) $(SEPARATE) -I. -c tests/compile/alone.cpp -o build/compile/alone-sep.o
+	$(CXX) -std=$(STD) $(WARN) $(SEPARATE) -I. -c tests/compile/odr_second.cpp -o build/compile/odr_second-sep.o
+	$(CXX) -std=$(STD) $(WARN) $(SEPARATE) -I. -c tests/compile/implementation.cpp -o build/compile/implementation-sep.o
+	nm -C build/compile/alone-sep.o | grep -q ' U reactor::v0::Reactor::run(bool)$$'
+	$(CXX) build/compile/alone-sep.o build/compile/odr_second-sep.o build/compile/implementation-sep.o \
+	  -o build/compile/odr-sep $(LDFLAGS)
+	./build/compile/odr-sep
 
 clean:
 	rm -rf build

@@ -27,6 +27,15 @@
 //   REACTOR_NO_EXCEPTIONS  force the no-exceptions code paths. Normally
 //                          detected from the compiler (-fno-exceptions).
 //   REACTOR_READ_BUFFER_SIZE  bytes read per recv() (default 65536).
+//   REACTOR_SEPARATE_COMPILATION  compile the library once instead of in
+//                          every TU that includes it (section 15). Define
+//                          it for the whole program (-D on every compile),
+//                          and in exactly one .cpp file write
+//                              #define REACTOR_IMPLEMENTATION
+//                              #include "reactor.hpp"
+//                          The other TUs then see declarations and templates
+//                          only, and compile about 4x faster. Every TU must
+//                          agree on all the REACTOR_* switches.
 //
 // Threads
 //   Everything runs on the thread that calls `run()`/`iterate()`. The one
@@ -56,6 +65,7 @@
 //  12. TASK            LoopingCall, deferLater, deferToThread
 //  13. IRC             irc::parsemsg, irc::IRCClient
 //  14. TESTING         StringTransport, dirty-reactor checks, runUntil
+//  15. IMPLEMENTATION  the bodies of the non-template functions above
 //
 // ============================================================================
 #ifndef REACTOR_HPP_INCLUDED
@@ -83,7 +93,10 @@
 
 // Header-only by default: every function is inline. With
 // REACTOR_SEPARATE_COMPILATION the non-template bodies (section 15) are
-// compiled once, in the TU that defines REACTOR_IMPLEMENTATION.
+// compiled once, in the TU that defines REACTOR_IMPLEMENTATION. Virtual
+// functions are declared REACTOR_INLINE too: a class whose virtuals are all
+// inline has no "key function", so a header-only build emits its vtable only
+// where it is used (otherwise every program would link every protocol).
 #if defined(REACTOR_SEPARATE_COMPILATION)
 #define REACTOR_INLINE
 #else
@@ -449,8 +462,7 @@ namespace error {
     class Name : public ErrorType<Name, Parent> {                                      \
     public:                                                                            \
         static constexpr const char* typeName = #Name;                                 \
-        explicit Name(std::string message = DefaultMessage)                            \
-            : ErrorType<Name, Parent>(std::move(message)) {}                           \
+        explicit Name(std::string message = DefaultMessage);                           \
     }
 
 // API misuse.
@@ -489,13 +501,7 @@ REACTOR_ERROR_CLASS(NotListeningError, RuntimeError, "The Port was not listening
 namespace detail {
 
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
-inline std::string demangle(const char* name) {
-    int status = 0;
-    char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
-    std::string result = (status == 0 && out) ? out : name;
-    std::free(out);
-    return result;
-}
+std::string demangle(const char* name);
 #endif
 
 /// API misuse: throw `E` when exceptions are on, otherwise log it and let the
@@ -957,24 +963,21 @@ namespace defer {
 class AlreadyCalledError : public ErrorType<AlreadyCalledError, Error> {
 public:
     static constexpr const char* typeName = "defer.AlreadyCalledError";
-    explicit AlreadyCalledError(std::string message = "Deferred was already called")
-        : ErrorType<AlreadyCalledError, Error>(std::move(message)) {}
+    explicit AlreadyCalledError(std::string message = "Deferred was already called");
 };
 
 /// What a cancelled Deferred errbacks with (unless its canceller fired it).
 class CancelledError : public ErrorType<CancelledError, Error> {
 public:
     static constexpr const char* typeName = "defer.CancelledError";
-    explicit CancelledError(std::string message = "Deferred was cancelled")
-        : ErrorType<CancelledError, Error>(std::move(message)) {}
+    explicit CancelledError(std::string message = "Deferred was cancelled");
 };
 
 /// What `addTimeout` turns the CancelledError of a timed-out Deferred into.
 class TimeoutError : public ErrorType<TimeoutError, Error> {
 public:
     static constexpr const char* typeName = "defer.TimeoutError";
-    explicit TimeoutError(std::string message = "Deferred timed out")
-        : ErrorType<TimeoutError, Error>(std::move(message)) {}
+    explicit TimeoutError(std::string message = "Deferred timed out");
 };
 
 /// A DeferredList with fireOnOneErrback (and gatherResults) fails with this:
@@ -983,10 +986,7 @@ public:
 class FirstError : public ErrorType<FirstError, Error> {
 public:
     static constexpr const char* typeName = "defer.FirstError";
-    FirstError(Failure failure, std::size_t failedIndex)
-        : ErrorType<FirstError, Error>("FirstError[#" + std::to_string(failedIndex) + ", " + failure.str() + "]"),
-          subFailure(std::move(failure)),
-          index(failedIndex) {}
+    FirstError(Failure failure, std::size_t failedIndex);
     /// The failing member's Failure.
     Failure subFailure;
     /// The failing member's position in the list.
@@ -1922,7 +1922,7 @@ public:
     /// A stopped reactor, time zero now. REACTOR_TRACE set (and not "0") in the
     /// environment installs a tracer that writes to stderr.
     Reactor();
-    ~Reactor();
+    REACTOR_INLINE ~Reactor();
     Reactor(const Reactor&) = delete;
     Reactor& operator=(const Reactor&) = delete;
 
@@ -1991,7 +1991,7 @@ public:
     // ---- time ---------------------------------------------------------
 
     /// Seconds on the monotonic clock (steady_clock), not the wall clock.
-    double seconds() const override;
+    REACTOR_INLINE double seconds() const override;
     DelayedCall callLater(double delay, std::function<void()> f, detail::Where where = {}) override;
     std::vector<DelayedCall> getDelayedCalls() const override { return timers_.delayedCalls(); }
 
@@ -2229,7 +2229,7 @@ public:
     /// sent (Twisted's behaviour); after the connection is gone, ignored.
     virtual void write(std::string_view data) = 0;
     /// Queues several pieces, as if written one after the other.
-    virtual void writeSequence(const std::string_view* parts, std::size_t count);
+    REACTOR_INLINE virtual void writeSequence(const std::string_view* parts, std::size_t count);
     void writeSequence(std::initializer_list<std::string_view> parts) { writeSequence(parts.begin(), parts.size()); }
     void writeSequence(const std::vector<std::string_view>& parts) { writeSequence(parts.data(), parts.size()); }
     void writeSequence(const std::vector<std::string>& parts) {
@@ -2253,9 +2253,9 @@ public:
     /// waiting for it (on TCP) then completes.
     virtual void unregisterProducer() = 0;
     /// Sets TCP_NODELAY; false where the transport has no such option.
-    virtual bool setTcpNoDelay(bool enabled);
+    REACTOR_INLINE virtual bool setTcpNoDelay(bool enabled);
     /// Sets SO_KEEPALIVE; false where the transport has no such option.
-    virtual bool setTcpKeepAlive(bool enabled);
+    REACTOR_INLINE virtual bool setTcpKeepAlive(bool enabled);
     /// The current TCP_NODELAY setting (false where there is none).
     virtual bool getTcpNoDelay() const { return false; }
     /// The current SO_KEEPALIVE setting (false where there is none).
@@ -2298,7 +2298,7 @@ public:
 
     /// The name used in logs and traces (Twisted's logPrefix): the class
     /// name when RTTI is available, else "Protocol". Override to choose.
-    virtual std::string logPrefix() const;
+    REACTOR_INLINE virtual std::string logPrefix() const;
 
     ITransport* transport = nullptr;  ///< valid from makeConnection until connectionLost returns
     Factory* factory = nullptr;       ///< the factory that built this protocol, if any
@@ -2328,7 +2328,7 @@ public:
     /// Called for each new connection; return null to refuse it (the
     /// connection is closed). The default calls `protocol` and sets
     /// the new protocol's `factory`.
-    virtual std::unique_ptr<Protocol> buildProtocol(const Address& addr);
+    REACTOR_INLINE virtual std::unique_ptr<Protocol> buildProtocol(const Address& addr);
     /// Called once before the first port (or connector) starts using it.
     virtual void startFactory() {}
     /// Called once after the last one stops.
@@ -2377,9 +2377,9 @@ public:
     /// An attempt started (called before connectTCP returns).
     virtual void startedConnecting(IConnector& connector) { (void)connector; }
     /// The attempt failed: refused, timed out, unknown host...
-    virtual void clientConnectionFailed(IConnector& connector, const Failure& reason);
+    REACTOR_INLINE virtual void clientConnectionFailed(IConnector& connector, const Failure& reason);
     /// An established connection ended.
-    virtual void clientConnectionLost(IConnector& connector, const Failure& reason);
+    REACTOR_INLINE virtual void clientConnectionLost(IConnector& connector, const Failure& reason);
 };
 
 // ============================================================================
@@ -2447,12 +2447,12 @@ public:
 
     // ---- ITransport -----------------------------------------------------
 
-    void write(std::string_view data) override;
-    void writeSequence(const std::string_view* parts, std::size_t count) override;
-    void loseConnection() override;
-    void abortConnection() override;
-    void loseWriteConnection() override;
-    Address getPeer() const override;
+    REACTOR_INLINE void write(std::string_view data) override;
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    REACTOR_INLINE void loseConnection() override;
+    REACTOR_INLINE void abortConnection() override;
+    REACTOR_INLINE void loseWriteConnection() override;
+    REACTOR_INLINE Address getPeer() const override;
     Address getHost() const override { return host_; }
     bool setTcpNoDelay(bool enabled) override { return fd_ >= 0 && os::setNoDelay(fd_, enabled); }
     bool setTcpKeepAlive(bool enabled) override { return fd_ >= 0 && os::setKeepAlive(fd_, enabled); }
@@ -2461,15 +2461,15 @@ public:
 
     /// The reading side: stop and restart reading.
     void pauseProducing() override { stopReading(); }
-    void resumeProducing() override;
+    REACTOR_INLINE void resumeProducing() override;
     void stopProducing() override { loseConnection(); }
 
-    void registerProducer(IProducer* producer, bool streaming) override;
-    void unregisterProducer() override;
+    REACTOR_INLINE void registerProducer(IProducer* producer, bool streaming) override;
+    REACTOR_INLINE void unregisterProducer() override;
 
-    void shutdownNow() override;
+    REACTOR_INLINE void shutdownNow() override;
     int descriptor() const override { return fd_; }
-    std::string describe() const override;
+    REACTOR_INLINE std::string describe() const override;
 
     void setPeer(Address a) { peer_ = std::move(a); }
     Protocol* protocol() const { return protocol_.get(); }
@@ -2517,14 +2517,14 @@ public:
           badPort_(port_ == 0 ? port : 0), factory_(factory), timeout_(timeout), bindAddress_(std::move(bindAddress)) {}
     ~TcpConnector() override { dropSocket(); }
 
-    void connect() override;
-    void disconnect() override;
-    void stopConnecting() override;
+    REACTOR_INLINE void connect() override;
+    REACTOR_INLINE void disconnect() override;
+    REACTOR_INLINE void stopConnecting() override;
     bool isConnecting() const override { return state_ == State::connecting; }
-    Address getDestination() const override;
-    void shutdownNow() override;
+    REACTOR_INLINE Address getDestination() const override;
+    REACTOR_INLINE void shutdownNow() override;
     int descriptor() const override { return fd_; }
-    std::string describe() const override;
+    REACTOR_INLINE std::string describe() const override;
 
     /// Called by the transport when the established connection ends.
     void connectionLost(const Failure& reason);
@@ -2688,9 +2688,9 @@ public:
     /// Remembers the connector, so stopTrying() can stop even the first attempt.
     void startedConnecting(IConnector& c) override { connector = c.weak_from_this(); }
     /// The attempt failed: retry() while continueTrying.
-    void clientConnectionFailed(IConnector& c, const Failure& reason) override;
+    REACTOR_INLINE void clientConnectionFailed(IConnector& c, const Failure& reason) override;
     /// The connection ended: retry() while continueTrying.
-    void clientConnectionLost(IConnector& c, const Failure& reason) override;
+    REACTOR_INLINE void clientConnectionLost(IConnector& c, const Failure& reason) override;
 
     /// Schedules the next attempt: delay = min(delay * factor, maxDelay),
     /// then a normal variate with standard deviation delay * jitter.
@@ -2733,8 +2733,7 @@ namespace error {
 class StringTooLongError : public ErrorType<StringTooLongError, ValueError> {
 public:
     static constexpr const char* typeName = "StringTooLongError";
-    explicit StringTooLongError(std::string message = "String too long.")
-        : ErrorType<StringTooLongError, ValueError>(std::move(message)) {}
+    explicit StringTooLongError(std::string message = "String too long.");
 };
 }  // namespace error
 
@@ -2791,12 +2790,12 @@ private:
 class PauseableProtocol : public Protocol, public IProducer {
 public:
     /// Stop delivering messages (buffered ones wait) and stop reading.
-    void pauseProducing() override;
+    REACTOR_INLINE void pauseProducing() override;
     /// Start reading again and deliver what was held, in order.
-    void resumeProducing() override;
+    REACTOR_INLINE void resumeProducing() override;
     /// Stops delivering messages for good and stops the transport (on TCP:
     /// loseConnection()).
-    void stopProducing() override;
+    REACTOR_INLINE void stopProducing() override;
     /// pauseProducing() (or stopProducing()) is in effect.
     bool paused() const { return paused_; }
 
@@ -2838,7 +2837,7 @@ public:
     /// Called by dataReceived for a line over MAX_LENGTH (see the class
     /// comment for `line`); the buffer is already empty. Default: close the
     /// connection (Twisted's transport.loseConnection()).
-    virtual void lineLengthExceeded(std::string_view line);
+    REACTOR_INLINE virtual void lineLengthExceeded(std::string_view line);
 
     /// Sends `line` followed by the delimiter (no escaping: a delimiter
     /// inside `line` makes two lines at the peer, as in Twisted).
@@ -2859,7 +2858,7 @@ public:
 
     /// Called by the transport with each chunk read. Re-entrant calls (from
     /// inside a callback) only queue the bytes.
-    void dataReceived(std::string_view data) override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
 
 private:
     void process();
@@ -2896,7 +2895,7 @@ public:
     /// Called by dataReceived for each complete line, without its delimiter.
     virtual void lineReceived(std::string_view line) = 0;
     /// Called by dataReceived for a line over MAX_LENGTH. Default: close.
-    virtual void lineLengthExceeded(std::string_view line);
+    REACTOR_INLINE virtual void lineLengthExceeded(std::string_view line);
     /// Sends `line` followed by the delimiter.
     void sendLine(std::string_view line);
     /// Bytes buffered and not yet delivered (for tests and monitoring).
@@ -2904,7 +2903,7 @@ public:
 
     /// Called by the transport with each chunk read. Re-entrant calls only
     /// queue the bytes; they are processed when the outer call finishes.
-    void dataReceived(std::string_view data) override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
 
 private:
     void feed(std::string_view data);
@@ -2937,7 +2936,7 @@ public:
 
     /// Called by the transport with each chunk read. Re-entrant calls only
     /// queue the bytes.
-    void dataReceived(std::string_view data) override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
 
 private:
     enum class State { length, payload, comma };
@@ -2976,7 +2975,7 @@ public:
     /// bytes. Default: close the connection. The stream cannot be re-synced,
     /// so the buffer is discarded and later data ignored (Twisted keeps it
     /// and calls again on every read; we stay bounded instead).
-    virtual void lengthLimitExceeded(std::size_t length);
+    REACTOR_INLINE virtual void lengthLimitExceeded(std::size_t length);
 
     /// Sends the prefix and `string`. A string the prefix cannot encode
     /// (2^(8*prefixLength) bytes or more) raises error::StringTooLongError
@@ -2987,7 +2986,7 @@ public:
 
     /// Called by the transport with each chunk read. Re-entrant calls only
     /// queue the bytes.
-    void dataReceived(std::string_view data) override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
 
 private:
     detail::FrameBuffer buf_;
@@ -3438,94 +3437,94 @@ public:
 
     /// Called by the transport on connect: resets ISUPPORT and registers
     /// (PASS, NICK, USER) when performLogin.
-    void connectionMade() override;
+    REACTOR_INLINE void connectionMade() override;
     /// Called by the transport once: stops the heartbeat and the send queue.
-    void connectionLost(const Failure& reason) override;
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
-    void dataReceived(std::string_view data) override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
     /// A line longer than MAX_LENGTH: dropped with a log line; the
     /// connection stays up and the following lines still count.
-    void lineLengthExceeded(std::string_view line) override;
+    REACTOR_INLINE void lineLengthExceeded(std::string_view line) override;
     /// One server line (also callable directly from tests): checked,
     /// parsed, and dispatched through handleCommand. Bad lines go to
     /// badMessage and are otherwise ignored.
-    void lineReceived(std::string_view line) override;
+    REACTOR_INLINE void lineReceived(std::string_view line) override;
     /// Calls irc_<command> (command upper-cased, numerics by symbolic
     /// name, "001" -> RPL_WELCOME), or irc_unknown.
-    virtual void handleCommand(const std::string& command, const std::string& prefix,
+    REACTOR_INLINE virtual void handleCommand(const std::string& command, const std::string& prefix,
                                const std::vector<std::string>& params);
 
     // ---- server -> client handlers (override to change the protocol) ----------
 
     /// PING: answers PONG with the last param, at once.
-    virtual void irc_PING(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_PING(const std::string& prefix, const std::vector<std::string>& params);
     /// PRIVMSG: CTCP queries go to ctcpQuery (only when the text starts with
     /// \x01), the rest to privmsg(user = full prefix, channel = target).
-    virtual void irc_PRIVMSG(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_PRIVMSG(const std::string& prefix, const std::vector<std::string>& params);
     /// NOTICE: CTCP replies go to ctcpReply, the rest to noticed.
-    virtual void irc_NOTICE(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_NOTICE(const std::string& prefix, const std::vector<std::string>& params);
     /// JOIN: joined(channel) for us, else userJoined(nick, channel).
-    virtual void irc_JOIN(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_JOIN(const std::string& prefix, const std::vector<std::string>& params);
     /// PART: left(channel) for us, else userLeft(nick, channel).
-    virtual void irc_PART(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_PART(const std::string& prefix, const std::vector<std::string>& params);
     /// QUIT: userQuit(nick, message), also for our own nick (as Twisted).
-    virtual void irc_QUIT(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_QUIT(const std::string& prefix, const std::vector<std::string>& params);
     /// KICK: kickedFrom(channel, kicker, message) for us, else userKicked.
-    virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params);
     /// TOPIC: topicUpdated(nick, channel, newTopic).
-    virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
     /// NICK: nickChanged(new) for us, else userRenamed(old, new).
-    virtual void irc_NICK(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_NICK(const std::string& prefix, const std::vector<std::string>& params);
     /// MODE: parsed with the ISUPPORT-derived parameter modes, then
     /// modeChanged(user, channel, true, added...) and (..., false, removed...).
-    virtual void irc_MODE(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_MODE(const std::string& prefix, const std::vector<std::string>& params);
     /// 001: we are registered. Sets hostname and nickname (the nick the
     /// server says we got), calls signedOn, starts the heartbeat.
-    virtual void irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params);
     /// 002: yourHost(text).
-    virtual void irc_RPL_YOURHOST(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_YOURHOST(const std::string& prefix, const std::vector<std::string>& params);
     /// 003: created(text).
-    virtual void irc_RPL_CREATED(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_CREATED(const std::string& prefix, const std::vector<std::string>& params);
     /// 004: both ":srv 004 me srv ver umodes cmodes" and the one-trailing
     /// form fill all four fields (Twisted reads only the trailing form).
-    virtual void irc_RPL_MYINFO(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_MYINFO(const std::string& prefix, const std::vector<std::string>& params);
     /// 005: `supported.parse(options)` then isupport(options), where options
     /// drops our nick and the trailing "are supported by this server".
-    virtual void irc_RPL_ISUPPORT(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_ISUPPORT(const std::string& prefix, const std::vector<std::string>& params);
     /// 010: bounce(text).
-    virtual void irc_RPL_BOUNCE(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_BOUNCE(const std::string& prefix, const std::vector<std::string>& params);
     /// 251: luserClient(text).
-    virtual void irc_RPL_LUSERCLIENT(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_LUSERCLIENT(const std::string& prefix, const std::vector<std::string>& params);
     /// 252: luserOp(count); a non-number is ignored.
-    virtual void irc_RPL_LUSEROP(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_LUSEROP(const std::string& prefix, const std::vector<std::string>& params);
     /// 254: luserChannels(count); a non-number is ignored.
-    virtual void irc_RPL_LUSERCHANNELS(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_LUSERCHANNELS(const std::string& prefix, const std::vector<std::string>& params);
     /// 255: luserMe(text).
-    virtual void irc_RPL_LUSERME(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_LUSERME(const std::string& prefix, const std::vector<std::string>& params);
     /// 332: topicUpdated(server, channel, topic) on joining.
-    virtual void irc_RPL_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
     /// 331: topicUpdated(server, channel, "").
-    virtual void irc_RPL_NOTOPIC(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_NOTOPIC(const std::string& prefix, const std::vector<std::string>& params);
     /// 375: starts a new MOTD (a leading "- " is stripped from each line).
-    virtual void irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params);
     /// 372: one more MOTD line.
-    virtual void irc_RPL_MOTD(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_MOTD(const std::string& prefix, const std::vector<std::string>& params);
     /// 376: receivedMOTD(lines); `motd` is reset.
-    virtual void irc_RPL_ENDOFMOTD(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_ENDOFMOTD(const std::string& prefix, const std::vector<std::string>& params);
     /// 353: collects nicks for receivedNames (an addition to Twisted).
-    virtual void irc_RPL_NAMREPLY(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_NAMREPLY(const std::string& prefix, const std::vector<std::string>& params);
     /// 366: receivedNames(channel, nicks) with what 353 collected.
-    virtual void irc_RPL_ENDOFNAMES(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_RPL_ENDOFNAMES(const std::string& prefix, const std::vector<std::string>& params);
     /// 433: tries alterCollidedNick(attempted nick) at once.
-    virtual void irc_ERR_NICKNAMEINUSE(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_ERR_NICKNAMEINUSE(const std::string& prefix, const std::vector<std::string>& params);
     /// 432 before registration: tries erroneousNickFallback.
-    virtual void irc_ERR_ERRONEUSNICKNAME(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_ERR_ERRONEUSNICKNAME(const std::string& prefix, const std::vector<std::string>& params);
     /// 464: logged (Twisted raises IRCPasswordMismatch, which it logs).
-    virtual void irc_ERR_PASSWDMISMATCH(const std::string& prefix, const std::vector<std::string>& params);
+    REACTOR_INLINE virtual void irc_ERR_PASSWDMISMATCH(const std::string& prefix, const std::vector<std::string>& params);
     /// Everything without a handler, e.g. irc_unknown(prefix, "RPL_WHOISUSER", params)
     /// or an unknown numeric "999". Default: nothing.
-    virtual void irc_unknown(const std::string& prefix, const std::string& command,
+    REACTOR_INLINE virtual void irc_unknown(const std::string& prefix, const std::string& command,
                              const std::vector<std::string>& params);
 
     // ---- callbacks: override these ------------------------------------------
@@ -3603,10 +3602,10 @@ public:
     virtual void userRenamed(const std::string& oldname, const std::string& newname) { (void)oldname, (void)newname; }
     /// Modes set (`set`) or unset on `channel` (or on us); `args[i]` is the
     /// parameter of `modes[i]`, if it has one.
-    virtual void modeChanged(const std::string& user, const std::string& channel, bool set, const std::string& modes,
+    REACTOR_INLINE virtual void modeChanged(const std::string& user, const std::string& channel, bool set, const std::string& modes,
                              const std::vector<std::optional<std::string>>& args);
     /// A line that could not be parsed or broke a limit. Default: a log line.
-    virtual void badMessage(std::string_view line, const std::string& why);
+    REACTOR_INLINE virtual void badMessage(std::string_view line, const std::string& why);
     /// Something odd but harmless (a VERSION query with data). Default: log.
     virtual void quirkyMessage(const std::string& s) { reactor::log(LogLevel::info, "irc: " + s); }
 
@@ -3615,12 +3614,12 @@ public:
     /// The nick to try after 433. Default: append '_' (Twisted); once at
     /// NICKLEN, cycle the last character through digits instead, so a
     /// server that truncates nicks cannot loop us forever on one name.
-    virtual std::string alterCollidedNick(const std::string& nick);
+    REACTOR_INLINE virtual std::string alterCollidedNick(const std::string& nick);
     /// Modes that take a parameter on us (added, removed): none.
     virtual std::pair<std::string, std::string> getUserModeParams() { return {"", ""}; }
     /// From ISUPPORT: (PREFIX modes + address + param + setParam,
     /// PREFIX modes + address + param); "ovhblk","ovhb" by default.
-    virtual std::pair<std::string, std::string> getChannelModeParams();
+    REACTOR_INLINE virtual std::pair<std::string, std::string> getChannelModeParams();
     /// Starts PINGing the server every heartbeatInterval (called after 001).
     void startHeartbeat();
     /// Cancels the heartbeat; connectionLost and the destructor call it.
@@ -3630,38 +3629,38 @@ public:
 
     /// CTCP queries in one PRIVMSG. Each tag is answered once per message
     /// (Twisted's flood fix); unknown tags go to ctcpUnknownQuery.
-    virtual void ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
+    REACTOR_INLINE virtual void ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
     /// ACTION: action(user, channel, data) ("" without data).
     virtual void ctcpQuery_ACTION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         action(user, channel, data.value_or(""));
     }
     /// PING: echoes the data back to the sender's nick.
-    virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies versionName:versionNum:versionEnv; nothing without versionName.
-    virtual void ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies with sourceURL, then an empty SOURCE (end of list); nothing
     /// when sourceURL is empty.
-    virtual void ctcpQuery_SOURCE(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_SOURCE(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies with userinfo; nothing when it is empty.
-    virtual void ctcpQuery_USERINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_USERINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies with fingerReply; nothing when it is empty.
-    virtual void ctcpQuery_FINGER(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_FINGER(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// No data: the tags we answer; "CLIENTINFO TAG": what TAG does.
-    virtual void ctcpQuery_CLIENTINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_CLIENTINFO(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies ERRMSG "<data> :No error has occurred.".
-    virtual void ctcpQuery_ERRMSG(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_ERRMSG(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies ":" + the local time in asctime() format.
-    virtual void ctcpQuery_TIME(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpQuery_TIME(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// An unknown CTCP query: logged, never answered (no reflection floods).
-    virtual void ctcpUnknownQuery(const std::string& user, const std::string& channel, const std::string& tag,
+    REACTOR_INLINE virtual void ctcpUnknownQuery(const std::string& user, const std::string& channel, const std::string& tag,
                                   const std::optional<std::string>& data);
     /// CTCP replies in one NOTICE (no de-duplication, as Twisted).
-    virtual void ctcpReply(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
+    REACTOR_INLINE virtual void ctcpReply(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
     /// The answer to our ping(): pong(user, seconds), or a log line for a
     /// PING reply we never asked for.
-    virtual void ctcpReply_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
+    REACTOR_INLINE virtual void ctcpReply_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// A CTCP reply other than PING. Default: a log line.
-    virtual void ctcpUnknownReply(const std::string& user, const std::string& channel, const std::string& tag,
+    REACTOR_INLINE virtual void ctcpUnknownReply(const std::string& user, const std::string& channel, const std::string& tag,
                                   const std::optional<std::string>& data);
 
     // ---- commands ----------------------------------------------------------------
@@ -3833,12 +3832,12 @@ public:
     /// Appends `data` to value().
     void write(std::string_view data) override { io_.append(data); }  // accepted even after loseConnection, as Twisted
     /// Appends each piece to value().
-    void writeSequence(const std::string_view* parts, std::size_t count) override;
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
     /// Only records the request: connectionLost is not called (see
     /// StringTransportWithDisconnection for that).
     void loseConnection() override { disconnecting = true; }
     /// Only records the request: sets disconnecting and aborted.
-    void abortConnection() override;
+    REACTOR_INLINE void abortConnection() override;
     /// Only records the request: sets writeConnectionLost.
     void loseWriteConnection() override { writeConnectionLost = true; }
     /// peerAddress.
@@ -3848,16 +3847,16 @@ public:
 
     /// The reading side, as the protocol controls it: producerState = "paused";
     /// an error after loseConnection.
-    void pauseProducing() override;
+    REACTOR_INLINE void pauseProducing() override;
     /// producerState = "producing"; an error after loseConnection.
-    void resumeProducing() override;
+    REACTOR_INLINE void resumeProducing() override;
     /// producerState = "stopped".
     void stopProducing() override { producerState = "stopped"; }
 
     /// Records `producer` and `streaming`; registering a second one is an error.
-    void registerProducer(IProducer* p, bool isStreaming) override;
+    REACTOR_INLINE void registerProducer(IProducer* p, bool isStreaming) override;
     /// Clears `producer`; an error when none is registered.
-    void unregisterProducer() override;
+    REACTOR_INLINE void unregisterProducer() override;
     /// Records the setting in noDelay; returns true.
     bool setTcpNoDelay(bool enabled) override { return noDelay = enabled, true; }
     /// Records the setting in keepAlive; returns true.
@@ -3899,7 +3898,7 @@ public:
     Protocol* protocol = nullptr;
     /// Once: sets disconnecting, clears connected (ours and the protocol's) and
     /// calls protocol->connectionLost(ConnectionDone).
-    void loseConnection() override;
+    REACTOR_INLINE void loseConnection() override;
 };
 
 namespace testing {
@@ -4281,6 +4280,48 @@ REACTOR_INLINE SignalHandlers::~SignalHandlers() {
 
 // ---- 4. UTILITIES ----------------------------------------------------------
 
+// The error classes' constructors live here, not in their classes, so that
+// a separately compiled build instantiates ErrorType's virtual functions
+// (clone, toExceptionPtr) in this TU only.
+#define REACTOR_ERROR_CONSTRUCTOR(Name) \
+    REACTOR_INLINE error::Name::Name(std::string message) : ErrorType(std::move(message)) {}
+REACTOR_ERROR_CONSTRUCTOR(ValueError)
+REACTOR_ERROR_CONSTRUCTOR(RuntimeError)
+REACTOR_ERROR_CONSTRUCTOR(AlreadyCalled)
+REACTOR_ERROR_CONSTRUCTOR(AlreadyCancelled)
+REACTOR_ERROR_CONSTRUCTOR(ReactorNotRunning)
+REACTOR_ERROR_CONSTRUCTOR(ReactorAlreadyRunning)
+REACTOR_ERROR_CONSTRUCTOR(ConnectionClosed)
+REACTOR_ERROR_CONSTRUCTOR(ConnectionDone)
+REACTOR_ERROR_CONSTRUCTOR(ConnectionLost)
+REACTOR_ERROR_CONSTRUCTOR(ConnectionAborted)
+REACTOR_ERROR_CONSTRUCTOR(ConnectError)
+REACTOR_ERROR_CONSTRUCTOR(ConnectBindError)
+REACTOR_ERROR_CONSTRUCTOR(UnknownHostError)
+REACTOR_ERROR_CONSTRUCTOR(DNSLookupError)
+REACTOR_ERROR_CONSTRUCTOR(NoRouteError)
+REACTOR_ERROR_CONSTRUCTOR(ConnectionRefusedError)
+REACTOR_ERROR_CONSTRUCTOR(TCPTimedOutError)
+REACTOR_ERROR_CONSTRUCTOR(UserError)
+REACTOR_ERROR_CONSTRUCTOR(TimeoutError)
+REACTOR_ERROR_CONSTRUCTOR(NotConnectingError)
+REACTOR_ERROR_CONSTRUCTOR(BindError)
+REACTOR_ERROR_CONSTRUCTOR(CannotListenError)
+REACTOR_ERROR_CONSTRUCTOR(NotListeningError)
+#undef REACTOR_ERROR_CONSTRUCTOR
+
+namespace detail {
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+REACTOR_INLINE std::string demangle(const char* name) {
+    int status = 0;
+    char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
+    std::string result = (status == 0 && out) ? out : name;
+    std::free(out);
+    return result;
+}
+#endif
+}  // namespace detail
+
 REACTOR_INLINE const char* logLevelName(LogLevel level) {
     switch (level) {
         case LogLevel::debug: return "debug";
@@ -4542,6 +4583,19 @@ REACTOR_INLINE void Clock::advance(double amount) {
 }
 
 // ---- 6. DEFERRED -----------------------------------------------------------
+namespace defer {
+
+REACTOR_INLINE AlreadyCalledError::AlreadyCalledError(std::string message) : ErrorType(std::move(message)) {}
+REACTOR_INLINE CancelledError::CancelledError(std::string message) : ErrorType(std::move(message)) {}
+REACTOR_INLINE TimeoutError::TimeoutError(std::string message) : ErrorType(std::move(message)) {}
+
+REACTOR_INLINE FirstError::FirstError(Failure failure, std::size_t failedIndex)
+    : ErrorType("FirstError[#" + std::to_string(failedIndex) + ", " + failure.str() + "]"),
+      subFailure(std::move(failure)),
+      index(failedIndex) {}
+
+}  // namespace defer
+
 namespace detail {
 
 REACTOR_INLINE void DeferredBase::cancel() {
@@ -5927,6 +5981,9 @@ REACTOR_INLINE double ReconnectingClientFactory::normalVariate(double mean, doub
 }
 
 // ---- 11. BASIC FRAMING -----------------------------------------------------
+REACTOR_INLINE error::StringTooLongError::StringTooLongError(std::string message)
+    : ErrorType(std::move(message)) {}
+
 namespace detail {
 
 REACTOR_INLINE std::size_t addSaturated(std::size_t a, std::size_t b) {
