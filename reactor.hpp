@@ -422,7 +422,7 @@ public:
     virtual void typeNames(detail::TypeChain& chain) const { chain.push(typeName); }
     /// A copy of the most derived object (a Failure keeps the real error,
     /// even when given it through a base-class reference).
-    virtual std::shared_ptr<const Error> clone() const { return std::make_shared<Error>(*this); }
+    virtual std::shared_ptr<const Error> clone() const { return std::shared_ptr<const Error>(new Error(*this)); }
 #if REACTOR_HAS_EXCEPTIONS
     /// The error as an exception_ptr of its most derived type.
     virtual std::exception_ptr toExceptionPtr() const { return std::make_exception_ptr(*this); }
@@ -444,7 +444,11 @@ public:
     }
     /// A copy of this object as a Self (not sliced to the base).
     std::shared_ptr<const Error> clone() const override {
-        return std::make_shared<Self>(static_cast<const Self&>(*this));
+        // Owned through an Error*: one shared_ptr control-block type for
+        // every error class instead of one per class (make_shared<Self>),
+        // which keeps each error class's cost in a binary to its vtable.
+        const Error* copy = new Self(static_cast<const Self&>(*this));
+        return std::shared_ptr<const Error>(copy);
     }
 #if REACTOR_HAS_EXCEPTIONS
     /// The error as an exception_ptr holding a Self.
@@ -534,14 +538,16 @@ public:
 
     /// From any exception object: `Failure(error::ConnectionDone())`.
     template <class E, class = std::enable_if_t<std::is_base_of<std::exception, std::decay_t<E>>::value>>
-    Failure(const E& e) : message_(e.what()) {  // NOLINT: implicit on purpose, like Twisted's Failure(exc)
-        describe(e);
+    Failure(const E& e) {  // NOLINT: implicit on purpose, like Twisted's Failure(exc)
+        if constexpr (std::is_base_of<Error, E>::value) {
+            adopt(e);  // one body for every library error type
+        } else {
+            message_ = e.what();
+            describe(e);
 #if REACTOR_HAS_EXCEPTIONS
-        if constexpr (std::is_base_of<Error, E>::value)
-            exception_ = e.toExceptionPtr();  // the most derived type, not E
-        else
             exception_ = std::make_exception_ptr(e);
 #endif
+        }
     }
 
     /// An error known only by name: `Failure("ParseError", "bad header")`.
@@ -554,24 +560,7 @@ public:
     /// From an exception_ptr: a library Error keeps its type names (no RTTI
     /// needed), another std::exception is named by its dynamic type (RTTI) or
     /// "std::exception", anything else is "UnknownException".
-    static Failure fromException(std::exception_ptr ep) {
-        Failure f;
-        f.chain_ = {};
-        f.exception_ = ep;
-        try {
-            std::rethrow_exception(ep);
-        } catch (const Error& e) {  // the library's own: names without RTTI
-            f.message_ = e.what();
-            e.typeNames(f.chain_);
-        } catch (const std::exception& e) {
-            f.message_ = e.what();
-            f.describe(e);
-        } catch (...) {
-            f.chain_.push("UnknownException");
-            f.message_ = "an exception that is not a std::exception";
-        }
-        return f;
-    }
+    static Failure fromException(std::exception_ptr ep);
 
     /// The original exception, or null for a Failure built from a name.
     std::exception_ptr exception() const { return exception_; }
@@ -641,17 +630,17 @@ public:
 private:
     template <class E>
     void describe(const E& e) {
-        if constexpr (std::is_base_of<Error, E>::value) {
-            e.typeNames(chain_);
-            error_ = e.clone();  // for value<E>() without exceptions; never sliced
-        } else {
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
-            dynamicName_ = detail::demangle(typeid(e).name());
+        dynamicName_ = detail::demangle(typeid(e).name());
 #else
-            chain_.push("std::exception");
+        (void)e;
+        chain_.push("std::exception");
 #endif
-        }
     }
+    // From a library error: its message, type names, a copy (for value<E>()
+    // without exceptions; never sliced) and, with exceptions, an
+    // exception_ptr of its most derived type.
+    void adopt(const Error& e);
     void describe(const std::exception& e);
     static const Error* dynamicError(const std::exception& e);
 
@@ -666,6 +655,13 @@ private:
 
 namespace detail {
 
+#if REACTOR_HAS_EXCEPTIONS
+/// Inside a catch block: logs "Unhandled error in <context>: <error>" and
+/// stores the Failure in `failure` if given. One body for every runGuarded
+/// instantiation, so each of those is only its try/catch.
+void reportUnhandled(std::string_view context, Failure* failure);
+#endif
+
 /// Runs `f`, catching what it throws at the reactor's edge: the error is
 /// logged with `context()` (called only then, so the happy path builds no
 /// string) and returned as a Failure. Returns true if `f` completed normally.
@@ -676,9 +672,7 @@ inline bool runGuardedWith(Context&& context, F&& f, Failure* failure = nullptr)
         f();
         return true;
     } catch (...) {
-        Failure caught = Failure::current();
-        log(LogLevel::error, "Unhandled error in " + std::string(context()) + ": " + caught.str());
-        if (failure) *failure = std::move(caught);
+        reportUnhandled(context(), failure);
         return false;
     }
 #else
@@ -4279,6 +4273,46 @@ REACTOR_INLINE SignalHandlers::~SignalHandlers() {
 }  // namespace detail
 
 // ---- 4. UTILITIES ----------------------------------------------------------
+
+REACTOR_INLINE void Failure::adopt(const Error& e) {
+    message_ = e.what();
+    e.typeNames(chain_);
+    error_ = e.clone();
+#if REACTOR_HAS_EXCEPTIONS
+    exception_ = e.toExceptionPtr();
+#endif
+}
+
+#if REACTOR_HAS_EXCEPTIONS
+REACTOR_INLINE Failure Failure::fromException(std::exception_ptr ep) {
+    Failure f;
+    f.chain_ = {};
+    f.exception_ = ep;
+    try {
+        std::rethrow_exception(ep);
+    } catch (const Error& e) {  // the library's own: names without RTTI
+        f.message_ = e.what();
+        e.typeNames(f.chain_);
+    } catch (const std::exception& e) {
+        f.message_ = e.what();
+        f.describe(e);
+    } catch (...) {
+        f.chain_.push("UnknownException");
+        f.message_ = "an exception that is not a std::exception";
+    }
+    return f;
+}
+#endif
+
+namespace detail {
+#if REACTOR_HAS_EXCEPTIONS
+REACTOR_INLINE void reportUnhandled(std::string_view context, Failure* failure) {
+    Failure caught = Failure::current();
+    log(LogLevel::error, "Unhandled error in " + std::string(context) + ": " + caught.str());
+    if (failure) *failure = std::move(caught);
+}
+#endif
+}  // namespace detail
 
 // The error classes' constructors live here, not in their classes, so that
 // a separately compiled build instantiates ErrorType's virtual functions
