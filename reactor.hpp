@@ -3328,6 +3328,10 @@ public:
     /// Parses 005 tokens ("KEY", "KEY=v1,v2", "-KEY"). Values are \xHH
     /// unescaped; a token with a bad escape is skipped with a log line.
     void parse(const std::vector<std::string>& params);
+    /// At most this many distinct features are kept (real servers announce
+    /// a few dozen): new ones past it are ignored, with one log line, so a
+    /// hostile server cannot grow memory without bound.
+    static constexpr std::size_t maxFeatures = 256;
 
     /// Whether the feature is present (Twisted's hasFeature).
     bool hasFeature(std::string_view feature) const { return find(feature) != nullptr; }
@@ -3370,6 +3374,7 @@ private:
     /// Twisted's processors that keep the old value on a malformed one.
     static bool acceptable(const std::string& key, const std::vector<std::string>& values);
     std::vector<Entry> entries_;
+    bool overflowLogged_ = false;
 };
 
 /// An IRC client protocol (Twisted's IRCClient). Subclass it, override the
@@ -3727,6 +3732,13 @@ public:
     static constexpr std::size_t maxLineBytes = 510;
     /// With lineRate, at most this many lines wait; more are dropped (logged).
     std::size_t maxQueuedLines = 1000;
+    /// At most this many MOTD lines are collected (375 and 372s); the rest
+    /// are dropped with one log line, and 376 delivers what was kept.
+    std::size_t maxMOTDLines = 1000;
+    /// At most this many nicknames (counting each channel as one more) wait
+    /// in NAMES replies (353) for their 366, over all channels; the rest
+    /// are dropped with one log line per connection.
+    std::size_t maxPendingNames = 100000;
     /// Lines waiting for their lineRate slot.
     std::size_t queuedLines() const { return queue_.size() - queueHead_; }
 
@@ -3772,7 +3784,7 @@ private:
     static std::string motdLine(const std::vector<std::string>& params);
     /// For log lines: control bytes as \xHH, at most 200 bytes.
     static std::string printable(std::string_view s);
-    std::vector<std::string>& pendingNames(const std::string& channel);
+    bool namesRoom();
     double now() const;
     std::string randomKey();
 
@@ -3789,6 +3801,9 @@ private:
     DelayedCall heartbeat_;
     std::vector<Ping> pings_;
     std::vector<std::pair<std::string, std::vector<std::string>>> names_;
+    std::size_t namesHeld_ = 0;  // nicknames + channels in names_
+    bool namesOverflowLogged_ = false;
+    bool motdOverflowLogged_ = false;
     std::uint64_t rng_ = 0;
 };
 
@@ -6943,6 +6958,13 @@ REACTOR_INLINE void ServerSupportedFeatures::set(const std::string& key, std::ve
             e.announced = announced;
             return;
         }
+    if (entries_.size() >= maxFeatures) {
+        if (!overflowLogged_)
+            reactor::log(LogLevel::warning, "irc: ISUPPORT: more than " + std::to_string(maxFeatures) +
+                                                " features announced; the new ones are ignored");
+        overflowLogged_ = true;
+        return;
+    }
     entries_.push_back({key, std::move(values), announced});
 }
 
@@ -7010,6 +7032,8 @@ REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
     registered_ = false;  // a reused client starts its next connection afresh
     userHost_.clear();
     names_.clear();
+    namesHeld_ = 0;
+    namesOverflowLogged_ = false;
     pings_.clear();
     discarding_ = false;
 }
@@ -7288,11 +7312,19 @@ REACTOR_INLINE void IRCClient::irc_RPL_NOTOPIC(const std::string& prefix, const 
 REACTOR_INLINE void IRCClient::irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params) {
     (void)prefix;
     motd = std::vector<std::string>{motdLine(params)};
+    motdOverflowLogged_ = false;
 }
 
 REACTOR_INLINE void IRCClient::irc_RPL_MOTD(const std::string& prefix, const std::vector<std::string>& params) {
     (void)prefix;
     if (!motd) motd.emplace();
+    if (motd->size() >= maxMOTDLines) {
+        if (!motdOverflowLogged_)
+            reactor::log(LogLevel::warning, "irc: MOTD longer than maxMOTDLines (" + std::to_string(maxMOTDLines) +
+                                                "); the rest is dropped");
+        motdOverflowLogged_ = true;
+        return;
+    }
     motd->push_back(motdLine(params));
 }
 
@@ -7308,11 +7340,23 @@ REACTOR_INLINE void IRCClient::irc_RPL_NAMREPLY(const std::string& prefix, const
     (void)prefix;
     if (!need(params, 3, "RPL_NAMREPLY")) return;
     const std::string& channel = params[params.size() - 2];
-    std::vector<std::string>& list = pendingNames(channel);
+    std::vector<std::string>* list = nullptr;
+    for (auto& entry : names_)
+        if (entry.first == channel) list = &entry.second;
+    if (!list) {
+        if (!namesRoom()) return;
+        names_.emplace_back(channel, std::vector<std::string>());
+        list = &names_.back().second;
+        ++namesHeld_;
+    }
     std::string_view s = params.back();
     while (!s.empty()) {
         std::size_t sp = s.find(' ');
-        if (sp != 0) list.emplace_back(s.substr(0, sp));
+        if (sp != 0) {
+            if (!namesRoom()) return;
+            list->emplace_back(s.substr(0, sp));
+            ++namesHeld_;
+        }
         if (sp == std::string_view::npos) break;
         s.remove_prefix(sp + 1);
     }
@@ -7321,10 +7365,14 @@ REACTOR_INLINE void IRCClient::irc_RPL_NAMREPLY(const std::string& prefix, const
 REACTOR_INLINE void IRCClient::irc_RPL_ENDOFNAMES(const std::string& prefix, const std::vector<std::string>& params) {
     (void)prefix;
     if (!need(params, 2, "RPL_ENDOFNAMES")) return;
-    std::vector<std::string> nicks = std::move(pendingNames(params[1]));
-    names_.erase(std::remove_if(names_.begin(), names_.end(),
-                                [&](const auto& entry) { return entry.first == params[1]; }),
-                 names_.end());
+    std::vector<std::string> nicks;
+    for (auto it = names_.begin(); it != names_.end(); ++it)
+        if (it->first == params[1]) {
+            nicks = std::move(it->second);
+            namesHeld_ -= nicks.size() + 1;
+            names_.erase(it);
+            break;
+        }
     receivedNames(params[1], nicks);
 }
 
@@ -7826,11 +7874,13 @@ REACTOR_INLINE std::string IRCClient::printable(std::string_view s) {
     return out;
 }
 
-REACTOR_INLINE std::vector<std::string>& IRCClient::pendingNames(const std::string& channel) {
-    for (auto& entry : names_)
-        if (entry.first == channel) return entry.second;
-    names_.emplace_back(channel, std::vector<std::string>());
-    return names_.back().second;
+REACTOR_INLINE bool IRCClient::namesRoom() {
+    if (namesHeld_ < maxPendingNames) return true;
+    if (!namesOverflowLogged_)
+        reactor::log(LogLevel::warning, "irc: NAMES replies hold more than maxPendingNames (" +
+                                            std::to_string(maxPendingNames) + ") names; the rest are dropped");
+    namesOverflowLogged_ = true;
+    return false;
 }
 
 REACTOR_INLINE double IRCClient::now() const {

@@ -55,7 +55,9 @@ struct Recorder : IRCClient {
         for (const auto& l : lines) all += "[" + l + "]";
         rec("receivedMOTD", {all});
     }
+    std::size_t lastNamesCount = 0;
     void receivedNames(const std::string& channel, const std::vector<std::string>& nicks) override {
+        lastNamesCount = nicks.size();
         std::string all;
         for (const auto& n : nicks) all += (all.empty() ? "" : " ") + n;
         rec("receivedNames", {channel, all});
@@ -655,6 +657,66 @@ TEST_CASE("CTCP PING round trip calls pong with the elapsed time") {
     CHECK(log.contains("Bogus PING response"));
     c.line(":bob!b@h NOTICE me :\x01VERSION x\x01");
     CHECK(log.contains("unknown CTCP reply"));
+}
+
+TEST_CASE("a hostile server cannot grow MOTD, NAMES or ISUPPORT without bound") {
+    test::LogCapture log;
+    Connected c;
+    SUBCASE("MOTD: maxMOTDLines kept, the rest dropped with one log line") {
+        c.p.maxMOTDLines = 3;
+        c.line(":srv 375 me :- srv Message of the day -");
+        for (int i = 0; i < 50; ++i) c.line(":srv 372 me :- line " + std::to_string(i));
+        CHECK(c.p.motd->size() == 3);
+        c.line(":srv 376 me :End of MOTD");
+        CHECK(c.p.last() == "receivedMOTD([srv Message of the day -][line 0][line 1])");
+        CHECK(log.lines.size() == 1);
+        CHECK(log.contains("MOTD longer than maxMOTDLines (3)"));
+        // The next MOTD starts afresh, and warns again if it overflows.
+        c.line(":srv 375 me :- again -");
+        c.line(":srv 372 me :- one");
+        c.line(":srv 376 me :End of MOTD");
+        CHECK(c.p.last() == "receivedMOTD([again -][one])");
+        CHECK(log.lines.size() == 1);
+    }
+    SUBCASE("NAMES: maxPendingNames over all channels, each channel counting one") {
+        c.p.maxPendingNames = 6;
+        c.line(":srv 353 me = #a :n1 n2 n3");  // #a + 3 names = 4 held
+        c.line(":srv 353 me = #b :m1 m2 m3");  // #b + m1 = 6; m2, m3 dropped
+        c.line(":srv 353 me = #c :x1");        // no room for #c at all
+        CHECK(log.lines.size() == 1);
+        CHECK(log.contains("more than maxPendingNames (6)"));
+        c.line(":srv 366 me #b :End of NAMES list");
+        CHECK(c.p.last() == "receivedNames(#b, m1)");
+        c.line(":srv 366 me #c :End of NAMES list");
+        CHECK(c.p.last() == "receivedNames(#c, )");
+        // #b's two slots are free again.
+        c.line(":srv 353 me = #c :y1");
+        c.line(":srv 366 me #c :End of NAMES list");
+        CHECK(c.p.last() == "receivedNames(#c, y1)");
+        c.line(":srv 366 me #a :End of NAMES list");
+        CHECK(c.p.last() == "receivedNames(#a, n1 n2 n3)");
+        // A flood of 100,000 names in lines of 50 stays at the default cap.
+        c.p.maxPendingNames = 100000;
+        std::string many;
+        for (int i = 0; i < 50; ++i) many += " n" + std::to_string(i);
+        for (int i = 0; i < 3000; ++i) c.line(":srv 353 me = #big :" + many.substr(1));
+        c.line(":srv 366 me #big :End of NAMES list");
+        CHECK(c.p.lastNamesCount == 99999);  // #big itself is the 100,000th
+    }
+    SUBCASE("ISUPPORT: at most maxFeatures distinct features") {
+        for (int i = 0; i < 30; ++i) {
+            std::string tokens;
+            for (int j = 0; j < 13; ++j) tokens += " K" + std::to_string(i * 13 + j) + "=1";
+            c.line(":srv 005 me" + tokens + " :are supported by this server");
+        }
+        CHECK(c.p.supported.announced("K0"));
+        CHECK_FALSE(c.p.supported.announced("K389"));
+        CHECK(log.lines.size() == 1);
+        CHECK(log.contains("more than 256 features announced"));
+        // Features already known still update.
+        c.line(":srv 005 me NICKLEN=30 :are supported by this server");
+        CHECK(c.p.supported.nickLen() == 30);
+    }
 }
 
 TEST_CASE("flood control: one line per lineRate seconds on the Clock") {
