@@ -2775,6 +2775,24 @@ private:
     bool& flag_;
 };
 
+/// dataReceived for a protocol that parses with `feed`: bytes that arrive
+/// while one of its callbacks is running (it re-entered dataReceived) wait
+/// in `queued` and are fed, in order, once the running feed returns.
+template <class Feed>
+void feedInOrder(bool& busy, std::string& queued, std::string_view data, Feed feed) {
+    if (busy) {
+        queued.append(data.data(), data.size());
+        return;
+    }
+    BusyScope scope(busy);
+    feed(data);
+    while (!queued.empty()) {
+        std::string more;
+        more.swap(queued);
+        feed(more);
+    }
+}
+
 }  // namespace detail
 
 /// A protocol that can hold delivery of what it has framed (Twisted's
@@ -6200,17 +6218,7 @@ REACTOR_INLINE void LineOnlyReceiver::sendLine(std::string_view line) {
 }
 
 REACTOR_INLINE void LineOnlyReceiver::dataReceived(std::string_view data) {
-    if (busy_) {
-        queued_.append(data.data(), data.size());
-        return;
-    }
-    detail::BusyScope busy(busy_);
-    feed(data);
-    while (!queued_.empty()) {
-        std::string more;
-        more.swap(queued_);
-        feed(more);
-    }
+    detail::feedInOrder(busy_, queued_, data, [this](std::string_view bytes) { feed(bytes); });
 }
 
 REACTOR_INLINE void LineOnlyReceiver::feed(std::string_view data) {
@@ -6262,17 +6270,7 @@ REACTOR_INLINE void NetstringReceiver::sendString(std::string_view string) {
 }
 
 REACTOR_INLINE void NetstringReceiver::dataReceived(std::string_view data) {
-    if (busy_) {
-        queued_.append(data.data(), data.size());
-        return;
-    }
-    detail::BusyScope busy(busy_);
-    feed(data);
-    while (!queued_.empty()) {
-        std::string more;
-        more.swap(queued_);
-        feed(more);
-    }
+    detail::feedInOrder(busy_, queued_, data, [this](std::string_view bytes) { feed(bytes); });
 }
 
 REACTOR_INLINE void NetstringReceiver::feed(std::string_view data) {
