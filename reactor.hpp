@@ -1724,6 +1724,13 @@ inline void resumeCoroutine(std::coroutine_handle<> h) {
     }
 }
 
+/// The part of a Deferred coroutine's promise that its awaiters fill in:
+/// the Deferred it is suspended on, which cancelling the coroutine's own
+/// Deferred cancels (Twisted's inlineCallbacks does the same).
+struct CoroutineAwaiting {
+    std::weak_ptr<DeferredBase> awaiting;
+};
+
 /// `co_await d` (AsResult = false: the value, failures thrown) or
 /// `co_await asResult(d)` (a Result<T>, for -fno-exceptions code).
 template <class T, bool AsResult>
@@ -1734,9 +1741,16 @@ struct DeferredAwaiter {
     bool ready = false;
 
     bool await_ready() const noexcept { return false; }
-    bool await_suspend(std::coroutine_handle<> h) {
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> h) {
+        CoroutineAwaiting* promise = nullptr;
+        if constexpr (std::is_base_of<CoroutineAwaiting, Promise>::value) {
+            promise = &h.promise();  // a Deferred coroutine: cancel() reaches `s`
+            promise->awaiting = s;
+        }
         inSuspend = true;
-        s->addStep([this, h](DeferredState<T>& st) -> DeferredPtr {
+        s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
+            if (promise) promise->awaiting.reset();
             result = st.take();
             if (inSuspend)
                 ready = true;  // fired already: resume without suspending
@@ -1759,17 +1773,49 @@ struct DeferredAwaiter {
 };
 
 template <class T>
-struct DeferredPromiseBase {
-    Deferred<T> deferred;
+struct DeferredPromiseBase : CoroutineAwaiting {
+    Deferred<T> deferred;  // what the coroutine returns
+    // What the coroutine's co_return fires: `deferred` until a cancel()
+    // makes it wait for a fresh one (see cancelled()).
+    std::shared_ptr<DeferredState<T>> target = stateOf(deferred);
+
+    DeferredPromiseBase() { arm(target); }
+    DeferredPromiseBase(const DeferredPromiseBase&) = delete;
+    DeferredPromiseBase& operator=(const DeferredPromiseBase&) = delete;
+    ~DeferredPromiseBase() {
+        if (!target->called) target->canceller = nullptr;  // the frame is going: nothing to cancel
+    }
+
     Deferred<T> get_return_object() { return deferred; }
     std::suspend_never initial_suspend() noexcept { return {}; }  // runs at once, like ensureDeferred
     std::suspend_never final_suspend() noexcept { return {}; }
     void unhandled_exception() {
 #if REACTOR_HAS_EXCEPTIONS
-        deferred.errback(Failure::current());
+        target->fire(Result<T>(Failure::current()));
 #else
         std::abort();
 #endif
+    }
+
+    void arm(const std::shared_ptr<DeferredState<T>>& d) {
+        std::weak_ptr<DeferredState<T>> weak = d;
+        d->canceller = [this, weak] {
+            if (auto cancelledOne = weak.lock()) cancelled(*cancelledOne);
+        };
+    }
+    /// Twisted's _cancellableInlineCallbacks: the cancelled Deferred now
+    /// waits for a fresh one that the coroutine fires when it ends, and the
+    /// Deferred the coroutine is suspended on is cancelled. Its
+    /// CancelledError (or what its canceller fires instead) goes into the
+    /// coroutine, and what the coroutine then returns or throws is the
+    /// result, so a coroutine may catch the cancellation and clean up.
+    void cancelled(DeferredState<T>& d) {
+        auto next = std::make_shared<DeferredState<T>>();
+        arm(next);
+        target = next;
+        d.called = true;
+        settleDeferred(d, next);  // pauses d until `next` fires
+        if (DeferredPtr inner = awaiting.lock()) inner->cancel();
     }
 };
 
@@ -1779,14 +1825,14 @@ struct DeferredPromise : DeferredPromiseBase<T> {
     template <class V>
     void return_value(V&& v) {
         if constexpr (std::is_convertible<V, Result<T>>::value)
-            stateOf(this->deferred)->fire(Result<T>(std::forward<V>(v)));
+            this->target->fire(Result<T>(std::forward<V>(v)));
         else
-            stateOf(this->deferred)->fire(Result<T>(T(std::forward<V>(v))));
+            this->target->fire(Result<T>(T(std::forward<V>(v))));
     }
 };
 template <>
 struct DeferredPromise<void> : DeferredPromiseBase<void> {
-    void return_void() { this->deferred.callback(); }
+    void return_void() { this->target->fire(Result<void>()); }
 };
 
 }  // namespace detail

@@ -819,6 +819,100 @@ namespace {
 Deferred<int> plusOne(Deferred<int> d) { co_return (co_await d) + 1; }
 }  // namespace
 
+namespace {
+/// Counts the frames alive: a local of each coroutine below.
+struct FrameCounter {
+    int* alive;
+    explicit FrameCounter(int* a) : alive(a) { ++*alive; }
+    FrameCounter(const FrameCounter&) = delete;
+    FrameCounter& operator=(const FrameCounter&) = delete;
+    ~FrameCounter() { --*alive; }
+};
+Deferred<int> waitsFor(Deferred<int> d, int* alive) {
+    FrameCounter here(alive);
+    co_return (co_await d) + 1;
+}
+/// Without exceptions: sees the cancellation as a Result and answers -1.
+Deferred<int> answersCancel(Deferred<int> first, Deferred<int> second) {
+    Result<int> r = co_await asResult(first);
+    if (r.failed() && r.failure().check<defer::CancelledError>()) {
+        Result<int> again = co_await asResult(second);  // cleanup that waits
+        co_return again.ok() ? -again.value() : -1;
+    }
+    co_return r;
+}
+}  // namespace
+
+TEST_CASE("coroutines: cancelling the coroutine's Deferred cancels what it awaits (inlineCallbacks)") {
+    int alive = 0;
+    SUBCASE("the awaited Deferred's canceller runs; its CancelledError ends the coroutine") {
+        bool innerCancelled = false;
+        Deferred<int> inner([&](Deferred<int>&) { innerCancelled = true; });
+        Deferred<int> outer = waitsFor(inner, &alive);
+        auto out = observe(outer);
+        CHECK(alive == 1);
+        outer.cancel();
+        CHECK(innerCancelled);
+        CHECK(out->error == "defer.CancelledError");
+        CHECK(alive == 0);
+    }
+    SUBCASE("an awaited canceller that fires a value resumes the coroutine with it") {
+        Deferred<int> inner([](Deferred<int>& self) { self.callback(41); });
+        auto out = observe(waitsFor(inner, &alive));
+        Deferred<int> keep = inner;
+        // Twisted: the coroutine goes on with 41 and its result is the result.
+        Deferred<int> outer = waitsFor(Deferred<int>([](Deferred<int>& self) { self.callback(9); }), &alive);
+        auto out2 = observe(outer);
+        outer.cancel();
+        CHECK(out2->value == 10);
+        CHECK_FALSE(out->fired);
+        keep.cancel();  // cancelling the awaited one directly: same path
+        CHECK(out->value == 42);
+        CHECK(alive == 0);
+    }
+    SUBCASE("a coroutine that handles the cancellation decides the result, and can be cancelled again") {
+        Deferred<int> first, second;
+        Deferred<int> outer = answersCancel(first, second);
+        auto out = observe(outer);
+        outer.cancel();  // first gets CancelledError; the coroutine now awaits second
+        CHECK_FALSE(out->fired);
+        CHECK(outer.called());
+        second.callback(5);
+        CHECK(out->value == -5);
+
+        Deferred<int> third, fourth;
+        Deferred<int> again = answersCancel(third, fourth);
+        auto out2 = observe(again);
+        again.cancel();
+        again.cancel();  // reaches the coroutine again: fourth is cancelled
+        CHECK(out2->value == -1);
+    }
+    SUBCASE("cancelling a coroutine that already finished does nothing") {
+        Deferred<int> inner;
+        Deferred<int> outer = waitsFor(inner, &alive);
+        auto out = observe(outer);
+        inner.callback(1);
+        outer.cancel();
+        CHECK(out->value == 2);
+    }
+}
+
+TEST_CASE("coroutines: one waiting on a Deferred nobody will fire is ended by cancel()") {
+    // Its frame holds the Deferred (the parameter) and the Deferred's chain
+    // holds the frame: C++ has no cycle collector, so the coroutine waits
+    // until it is cancelled. cancel() reaches the awaited Deferred, the
+    // coroutine gets CancelledError, ends, and its frame is freed.
+    int alive = 0;
+    Deferred<int> inner;
+    Deferred<int> outer = waitsFor(inner, &alive);
+    inner = Deferred<int>();
+    CHECK(alive == 1);
+    auto out = observe(outer);
+    outer.cancel();
+    CHECK(alive == 0);
+    CHECK(out->error == "defer.CancelledError");
+}
+
 TEST_CASE("coroutines: unwinding 100,000 awaiting coroutines does not overflow the stack") {
     Deferred<int> leaf;
     Deferred<int> cur = leaf;
