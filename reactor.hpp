@@ -662,6 +662,10 @@ namespace detail {
 void reportUnhandled(std::string_view context, Failure* failure);
 #endif
 
+/// For log lines quoting what a peer sent: control bytes (a terminal's
+/// escape sequences, say) as \xHH, at most 200 bytes then "...".
+std::string printable(std::string_view s);
+
 /// Runs `f`, catching what it throws at the reactor's edge: the error is
 /// logged with `context()` (called only then, so the happy path builds no
 /// string) and returned as a Failure. Returns true if `f` completed normally.
@@ -3670,7 +3674,7 @@ public:
     /// A line that could not be parsed or broke a limit. Default: a log line.
     REACTOR_INLINE virtual void badMessage(std::string_view line, const std::string& why);
     /// Something odd but harmless (a VERSION query with data). Default: log.
-    virtual void quirkyMessage(const std::string& s) { reactor::log(LogLevel::info, "irc: " + s); }
+    virtual void quirkyMessage(const std::string& s) { reactor::log(LogLevel::info, "irc: " + reactor::detail::printable(s)); }
 
     // ---- hooks -----------------------------------------------------------------
 
@@ -3846,8 +3850,6 @@ private:
     std::string withChannelPrefix(const std::string& channel) const;
     static std::string join(const std::vector<std::string>& pieces);
     static std::string motdLine(const std::vector<std::string>& params);
-    /// For log lines: control bytes as \xHH, at most 200 bytes.
-    static std::string printable(std::string_view s);
     bool namesRoom();
     double now() const;
     std::string randomKey();
@@ -4391,6 +4393,23 @@ REACTOR_INLINE void reportUnhandled(std::string_view context, Failure* failure) 
     if (failure) *failure = std::move(caught);
 }
 #endif
+
+REACTOR_INLINE std::string printable(std::string_view s) {
+    static const char hex[] = "0123456789abcdef";
+    std::string out;
+    for (char c : s.substr(0, 200)) {
+        unsigned char u = static_cast<unsigned char>(c);
+        if (u < 0x20 || u == 0x7f) {
+            out += "\\x";
+            out += hex[u >> 4];
+            out += hex[u & 15];
+        } else {
+            out += c;
+        }
+    }
+    if (s.size() > 200) out += "...";
+    return out;
+}
 }  // namespace detail
 
 // The error classes' constructors live here, not in their classes, so that
@@ -6933,7 +6952,7 @@ REACTOR_INLINE void ServerSupportedFeatures::parse(const std::vector<std::string
             raw.remove_prefix(comma + 1);
         }
         if (!good) {
-            reactor::log(LogLevel::warning, "irc: ISUPPORT token with a bad \\xHH escape ignored: " + param);
+            reactor::log(LogLevel::warning, "irc: ISUPPORT token with a bad \\xHH escape ignored: " + reactor::detail::printable(param));
             continue;
         }
         if (!acceptable(key, values)) continue;  // Twisted keeps the old value
@@ -7452,7 +7471,7 @@ REACTOR_INLINE void IRCClient::modeChanged(const std::string& user, const std::s
 }
 
 REACTOR_INLINE void IRCClient::badMessage(std::string_view line, const std::string& why) {
-    reactor::log(LogLevel::warning, "irc: ignored a bad server line (" + why + "): " + printable(line));
+    reactor::log(LogLevel::warning, "irc: ignored a bad server line (" + why + "): " + reactor::detail::printable(line));
 }
 
 REACTOR_INLINE std::string IRCClient::alterCollidedNick(const std::string& nick) {
@@ -7582,7 +7601,7 @@ REACTOR_INLINE void IRCClient::ctcpQuery_TIME(const std::string& user, const std
 REACTOR_INLINE void IRCClient::ctcpUnknownQuery(const std::string& user, const std::string& channel, const std::string& tag,
                               const std::optional<std::string>& data) {
     (void)channel, (void)data;
-    reactor::log(LogLevel::info, "irc: unknown CTCP query " + printable(tag) + " from " + printable(user));
+    reactor::log(LogLevel::info, "irc: unknown CTCP query " + reactor::detail::printable(tag) + " from " + reactor::detail::printable(user));
 }
 
 REACTOR_INLINE void IRCClient::ctcpReply(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages) {
@@ -7605,13 +7624,13 @@ REACTOR_INLINE void IRCClient::ctcpReply_PING(const std::string& user, const std
             return pong(user, secs);
         }
     }
-    reactor::log(LogLevel::warning, "irc: Bogus PING response from " + printable(user) + ": " + printable(key));
+    reactor::log(LogLevel::warning, "irc: Bogus PING response from " + reactor::detail::printable(user) + ": " + reactor::detail::printable(key));
 }
 
 REACTOR_INLINE void IRCClient::ctcpUnknownReply(const std::string& user, const std::string& channel, const std::string& tag,
                               const std::optional<std::string>& data) {
     (void)channel, (void)data;
-    reactor::log(LogLevel::info, "irc: unknown CTCP reply " + printable(tag) + " from " + printable(user));
+    reactor::log(LogLevel::info, "irc: unknown CTCP reply " + reactor::detail::printable(tag) + " from " + reactor::detail::printable(user));
 }
 
 REACTOR_INLINE bool IRCClient::join(const std::string& channel, const std::string& key) {
@@ -7812,7 +7831,7 @@ REACTOR_INLINE bool IRCClient::sendMessage(const std::string& command, const std
         width = maxMessageLength(command, target);
     }
     if (width < 4) {  // room for at least one UTF-8 character
-        reactor::log(LogLevel::error, "irc: no room for text in a " + command + " to " + printable(target));
+        reactor::log(LogLevel::error, "irc: no room for text in a " + command + " to " + reactor::detail::printable(target));
         return false;
     }
     bool sent = true;
@@ -7899,23 +7918,6 @@ REACTOR_INLINE std::string IRCClient::motdLine(const std::vector<std::string>& p
     std::string line = params.empty() ? std::string() : params.back();
     if (line.compare(0, 2, "- ") == 0) line.erase(0, 2);
     return line;
-}
-
-REACTOR_INLINE std::string IRCClient::printable(std::string_view s) {
-    static const char hex[] = "0123456789abcdef";
-    std::string out;
-    for (char c : s.substr(0, 200)) {
-        unsigned char u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7f) {
-            out += "\\x";
-            out += hex[u >> 4];
-            out += hex[u & 15];
-        } else {
-            out += c;
-        }
-    }
-    if (s.size() > 200) out += "...";
-    return out;
 }
 
 REACTOR_INLINE bool IRCClient::namesRoom() {

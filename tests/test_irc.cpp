@@ -719,6 +719,16 @@ TEST_CASE("a hostile server cannot grow MOTD, NAMES or ISUPPORT without bound") 
     }
 }
 
+TEST_CASE("log lines quote what a peer sent with control bytes escaped") {
+    test::LogCapture log;
+    Connected c;
+    c.line(":evil!e@h PRIVMSG me :\x01VERSION \x1b[2Jgotcha\x01");  // a terminal escape
+    c.line(":srv 005 me BAD=\\x1\x1b[31m :are supported by this server");
+    CHECK(log.contains("\\x1b[2Jgotcha"));
+    CHECK(log.contains("\\x1b[31m"));
+    for (const auto& l : log.lines) CHECK(l.find('\x1b') == std::string::npos);
+}
+
 TEST_CASE("flood control: one line per lineRate seconds on the Clock") {
     Connected c;
     c.p.lineRate = 1.0;
