@@ -135,7 +135,8 @@ check: compile-checks
 	@echo "make check: all passed"
 
 # The header on its own: included twice in one program (ODR), alone in a
-# TU, built without exceptions and RTTI, and compiled separately.
+# TU (defining no symbol of its own), built without exceptions and RTTI,
+# and compiled separately.
 compile-checks:
 	@mkdir -p build/compile
 	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/alone.cpp -o build/compile/alone.o
@@ -146,6 +147,8 @@ compile-checks:
 	./build/compile/no_exceptions
 	clang++ -std=c++17 $(WARN) -fno-exceptions -fno-rtti -I. tests/compile/no_exceptions.cpp -o build/compile/no_exceptions_clang $(LDFLAGS)
 	./build/compile/no_exceptions_clang
+	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/include_only.cpp -o build/compile/include_only.o
+	! nm -C build/compile/include_only.o | grep 'reactor::'
 	@# Separate compilation: the same program from three TUs, of which only
 	@# implementation.cpp compiles the library's bodies (alone.o must leave
 	@# Reactor::run undefined, for the linker to find in implementation.o).
@@ -156,6 +159,13 @@ compile-checks:
 	$(CXX) build/compile/alone-sep.o build/compile/odr_second-sep.o build/compile/implementation-sep.o \
 	  -o build/compile/odr-sep $(LDFLAGS)
 	./build/compile/odr-sep
+	@# ...and a TU built with -fno-exceptions does not link against bodies
+	@# built with exceptions (Failure's layout differs): the inline
+	@# namespace differs too, so the mistake is a link error, not a crash.
+	$(CXX) -std=$(STD) $(WARN) $(SEPARATE) -fno-exceptions -fno-rtti -I. -c tests/compile/alone.cpp \
+	  -o build/compile/alone-sep-noexc.o
+	! $(CXX) build/compile/alone-sep-noexc.o build/compile/odr_second-sep.o build/compile/implementation-sep.o \
+	  -o build/compile/mixed $(LDFLAGS) 2>/dev/null
 
 clean:
 	rm -rf build
@@ -185,9 +195,11 @@ cross-test:
 	done
 
 # ---- make footprint ----------------------------------------------------
-# Stripped -Os sizes of the example servers (those that exist), dynamic and
-# static, and the compile time of the echo server TU against a reference TU
-# with only POSIX and std headers (tests/bench/footprint.sh).
+# Stripped -Os sizes of the example servers (dynamic, static, without
+# exceptions, and with the smallest flags), and the compile time of the echo
+# server TU header-only and with REACTOR_SEPARATE_COMPILATION (plus that
+# mode's implementation TU), against a reference TU with only POSIX and std
+# headers (tests/bench/footprint.sh).
 footprint:
 	bash tests/bench/footprint.sh $(CXX)
 

@@ -5,8 +5,9 @@
     python3 tests/gen_reference.py --check   exit 1 if README.md is stale
 
 Every public class and struct of the public namespaces (reactor, and its
-irc, task, testing, error and defer namespaces; the inline namespace v0 is
-left out of the names), with its public member functions, constructors and
+irc, task, testing, error and defer namespaces; the inline namespace, v0,
+spelled REACTOR_ABI in the header, is left out of the names), with its
+public member functions, constructors and
 data members, and the free functions, aliases, enums and constants at
 namespace scope. Each row links to its declaration line and is described by
 the first sentence of its `///` comment (or a trailing `///<`). Anything in
@@ -34,7 +35,7 @@ BEGIN = "<!-- reference:begin -->"
 END = "<!-- reference:end -->"
 PUBLIC_NAMESPACES = {"reactor", "reactor::irc", "reactor::task", "reactor::testing",
                      "reactor::error", "reactor::defer"}
-INLINE_NAMESPACES = {"v0"}
+INLINE_NAMESPACES = {"v0", "REACTOR_ABI"}
 MAX_ROWS = 700
 
 KEYWORDS_BEFORE_PAREN = {"decltype", "alignas", "sizeof", "noexcept", "alignof", "__attribute__",

@@ -53,7 +53,9 @@ done
 median_compile() {
   local src=$1 opt=$2 extra=${3:-} i TIMEFORMAT='%U %S'
   for ((i = 0; i < RUNS; i++)); do
-    { time "$CXX" -std="$STD" "$opt" $extra -I. -c "$src" -o "$out/tu.o" ; } 2>&1 | awk '{ print $1 + $2 }'
+    # The compiler's own messages go to a log, not into the timing.
+    { time "$CXX" -std="$STD" "$opt" $extra -I. -c "$src" -o "$out/tu.o" 2>"$out/compile.log" ; } 2>&1 |
+      awk '{ print $1 + $2 }'
   done | sort -n | sed -n "$(( (RUNS + 1) / 2 ))p" | awk '{ printf "%.2f s", $1 }'
 }
 echo
