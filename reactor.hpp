@@ -125,7 +125,6 @@
 #include <algorithm>    // std::push_heap, std::pop_heap, std::find_if
 #include <atomic>       // wake-up flag, signal flag
 #include <chrono>       // steady_clock: the monotonic time source
-#include <condition_variable>  // thread pool
 #include <cstdint>      // fixed-width integers
 #include <cstring>      // std::strerror, std::memcpy
 #include <exception>    // std::exception, std::exception_ptr
@@ -135,7 +134,6 @@
 #include <mutex>        // cross-thread call queue
 #include <string>       // messages, buffers
 #include <string_view>  // zero-copy data to protocols
-#include <thread>       // thread pool workers
 #include <type_traits>  // SFINAE helpers
 #include <utility>      // std::move, std::exchange
 #include <variant>      // Result<T>: a value or a Failure
@@ -1875,8 +1873,8 @@ detail::DeferredAwaiter<T, true> asResult(const Deferred<T>& d) {
 class ThreadPool {
 public:
     /// At most `maxThreads` workers (0 counts as 1); none starts before the first job.
-    explicit ThreadPool(std::size_t maxThreads = 10) : max_(maxThreads ? maxThreads : 1) {}
-    ~ThreadPool() { stop(); }
+    explicit ThreadPool(std::size_t maxThreads = 10);
+    ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
@@ -1894,16 +1892,11 @@ public:
     void stop();
 
 private:
-    void work();
-
-    mutable std::mutex mutex_;
-    std::condition_variable wake_;
-    std::vector<std::function<void()>> queue_;
-    std::size_t head_ = 0;
-    std::vector<std::thread> workers_;
-    std::size_t max_;
-    std::size_t idle_ = 0;
-    bool stopping_ = false;
+    // The queue, its lock and the workers, defined in section 15: a
+    // separately compiled TU that uses the pool never parses <thread> or
+    // <condition_variable>.
+    struct State;
+    std::unique_ptr<State> state_;
 };
 
 // ============================================================================
@@ -4050,6 +4043,8 @@ std::string cleanUp(Reactor& r);
 #include <cstdio>       // std::fputs for the default logger
 #include <cstdlib>      // std::getenv for REACTOR_TRACE
 #include <ctime>        // CTCP TIME: std::time, std::strftime, localtime_r
+#include <condition_variable>  // thread pool: idle workers wait for jobs
+#include <thread>       // thread pool workers
 
 namespace reactor {
 inline namespace REACTOR_ABI {
@@ -4815,60 +4810,82 @@ REACTOR_INLINE Deferred<void> succeed() {
 
 // ---- 7. THREADS ------------------------------------------------------------
 
+struct ThreadPool::State {
+    explicit State(std::size_t maxThreads) : max(maxThreads) {}
+    void work();
+
+    mutable std::mutex mutex;
+    std::condition_variable wake;
+    std::vector<std::function<void()>> queue;
+    std::size_t head = 0;
+    std::vector<std::thread> workers;
+    std::size_t max;
+    std::size_t idle = 0;
+    bool stopping = false;
+};
+
+REACTOR_INLINE ThreadPool::ThreadPool(std::size_t maxThreads)
+    : state_(std::make_unique<State>(maxThreads ? maxThreads : 1)) {}
+
+REACTOR_INLINE ThreadPool::~ThreadPool() { stop(); }
+
 REACTOR_INLINE void ThreadPool::callInThread(std::function<void()> job) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    queue_.push_back(std::move(job));
+    State& st = *state_;
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.queue.push_back(std::move(job));
     // More jobs waiting than idle workers to take them (a notified worker
     // counts as idle until it wakes): start another, up to the maximum.
-    if (queue_.size() - head_ > idle_ && workers_.size() < max_) workers_.emplace_back([this] { work(); });
-    wake_.notify_one();
+    if (st.queue.size() - st.head > st.idle && st.workers.size() < st.max)
+        st.workers.emplace_back([&st] { st.work(); });
+    st.wake.notify_one();
 }
 
 REACTOR_INLINE void ThreadPool::setMaxThreads(std::size_t n) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    max_ = n ? n : 1;
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    state_->max = n ? n : 1;
 }
 
 REACTOR_INLINE std::size_t ThreadPool::maxThreads() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return max_;
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->max;
 }
 
 REACTOR_INLINE std::size_t ThreadPool::queueDepth() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return queue_.size() - std::min(queue_.size(), head_);
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->queue.size() - std::min(state_->queue.size(), state_->head);
 }
 
 REACTOR_INLINE std::size_t ThreadPool::threadCount() const {
-    std::lock_guard<std::mutex> lock(mutex_);
-    return workers_.size();
+    std::lock_guard<std::mutex> lock(state_->mutex);
+    return state_->workers.size();
 }
 
 REACTOR_INLINE void ThreadPool::stop() {
+    State& st = *state_;
     std::vector<std::thread> workers;
     {
-        std::lock_guard<std::mutex> lock(mutex_);
-        stopping_ = true;
-        workers.swap(workers_);
+        std::lock_guard<std::mutex> lock(st.mutex);
+        st.stopping = true;
+        workers.swap(st.workers);
     }
-    wake_.notify_all();
+    st.wake.notify_all();
     for (auto& t : workers) t.join();
-    std::lock_guard<std::mutex> lock(mutex_);
-    stopping_ = false;
-    idle_ = 0;
+    std::lock_guard<std::mutex> lock(st.mutex);
+    st.stopping = false;
+    st.idle = 0;
 }
 
-REACTOR_INLINE void ThreadPool::work() {
-    std::unique_lock<std::mutex> lock(mutex_);
+REACTOR_INLINE void ThreadPool::State::work() {
+    std::unique_lock<std::mutex> lock(mutex);
     for (;;) {
-        ++idle_;
-        wake_.wait(lock, [this] { return stopping_ || head_ < queue_.size(); });
-        --idle_;
-        if (head_ >= queue_.size()) return;  // stopping and nothing left
-        std::function<void()> job = std::move(queue_[head_++]);
-        if (head_ == queue_.size()) {
-            queue_.clear();
-            head_ = 0;
+        ++idle;
+        wake.wait(lock, [this] { return stopping || head < queue.size(); });
+        --idle;
+        if (head >= queue.size()) return;  // stopping and nothing left
+        std::function<void()> job = std::move(queue[head++]);
+        if (head == queue.size()) {
+            queue.clear();
+            head = 0;
         }
         lock.unlock();
         detail::runGuarded("thread pool job", job);
