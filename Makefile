@@ -112,7 +112,7 @@ check: compile-checks
 	$(MAKE) --no-print-directory test VARIANT=select EXTRA=-DREACTOR_USE_SELECT
 	$(MAKE) --no-print-directory test VARIANT=separate EXTRA=$(SEPARATE)
 	$(MAKE) --no-print-directory test VARIANT=noexc EXTRA="$(NOEXC_FLAGS)"
-	$(MAKE) --no-print-directory test CXX=clang++ VARIANT=noexc-clang EXTRA="$(NOEXC_FLAGS)"
+	$(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=noexc-clang EXTRA="$(NOEXC_FLAGS)"
 	$(SAN_ENV) $(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=asan \
 	  EXTRA="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 	TSAN_OPTIONS=halt_on_error=1 $(MAKE) --no-print-directory test CXX=clang++ VARIANT=tsan \

@@ -1073,6 +1073,8 @@ public:
     /// CancelledError if still unfired; a fired Deferred waiting on an inner
     /// one cancels that one instead.
     void cancel();
+    /// cancel()'s work for this one Deferred (cancel() bounds the recursion).
+    void cancelHere();
 
     void pause();
     /// Undoes a user pause(); an extra unpause() is ignored, so it cannot
@@ -1746,6 +1748,16 @@ inline void resumeCoroutine(std::coroutine_handle<> h) {
 /// Deferred cancels (Twisted's inlineCallbacks does the same).
 struct CoroutineAwaiting {
     std::weak_ptr<DeferredBase> awaiting;
+    bool awaitingAsResult = false;  // through asResult(): a failure needs no exception
+    bool queued = false;            // what it awaited fired; the trampoline has yet to resume it
+    bool cancelPending = false;     // cancelled while queued: cancel what it awaits next
+    /// Without exceptions, for a cancel a plain co_await cannot receive:
+    /// fails the coroutine's Deferred with CancelledError now and ignores
+    /// what the coroutine returns later.
+    virtual void failCancelled() = 0;
+
+protected:
+    ~CoroutineAwaiting() = default;
 };
 
 /// `co_await d` (AsResult = false: the value, failures thrown) or
@@ -1758,27 +1770,42 @@ struct DeferredAwaiter {
     bool ready = false;
 
     bool await_ready() const noexcept { return false; }
+    CoroutineAwaiting* owner = nullptr;
+
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> h) {
-        CoroutineAwaiting* promise = nullptr;
         if constexpr (std::is_base_of<CoroutineAwaiting, Promise>::value) {
-            promise = &h.promise();  // a Deferred coroutine: cancel() reaches `s`
-            promise->awaiting = s;
+            owner = &h.promise();  // a Deferred coroutine: cancel() reaches `s`
+            owner->awaiting = s;
+            owner->awaitingAsResult = AsResult;
         }
         inSuspend = true;
+        CoroutineAwaiting* promise = owner;
         s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
             if (promise) promise->awaiting.reset();
             result = st.take();
-            if (inSuspend)
+            if (inSuspend) {
                 ready = true;  // fired already: resume without suspending
-            else
+            } else {
+                if (promise) promise->queued = true;
                 resumeCoroutine(h);
+            }
             return nullptr;
         });
+        if (owner && owner->cancelPending && !ready) {
+            // Cancelled between being resumed and suspending again: Twisted
+            // resumes synchronously, so it would be waiting on this one.
+            owner->cancelPending = false;
+            if constexpr (AsResult || REACTOR_HAS_EXCEPTIONS)
+                s->cancel();
+            else
+                owner->failCancelled();
+        }
         inSuspend = false;
         return !ready;
     }
     auto await_resume() {
+        if (owner) owner->queued = false;
         if constexpr (AsResult) {
             return std::move(result);
         } else if constexpr (std::is_void<T>::value) {
@@ -1814,6 +1841,12 @@ struct DeferredPromiseBase : CoroutineAwaiting {
 #endif
     }
 
+    void failCancelled() override {
+        std::shared_ptr<DeferredState<T>> t = target;
+        t->fire(Result<T>(Failure(defer::CancelledError())));
+        t->suppressAlreadyCalled = true;
+    }
+
     void arm(const std::shared_ptr<DeferredState<T>>& d) {
         std::weak_ptr<DeferredState<T>> weak = d;
         d->canceller = [this, weak] {
@@ -1827,12 +1860,29 @@ struct DeferredPromiseBase : CoroutineAwaiting {
     /// coroutine, and what the coroutine then returns or throws is the
     /// result, so a coroutine may catch the cancellation and clean up.
     void cancelled(DeferredState<T>& d) {
+#if !REACTOR_HAS_EXCEPTIONS
+        if (!awaitingAsResult && awaiting.lock()) {
+            // A plain co_await cannot take a CancelledError without
+            // exceptions (raising it would abort): d fails with it now, as
+            // a Deferred without canceller, and the coroutine's own result
+            // is ignored when it comes.
+            d.suppressAlreadyCalled = true;
+            return;
+        }
+#endif
         auto next = std::make_shared<DeferredState<T>>();
         arm(next);
         target = next;
         d.called = true;
-        settleDeferred(d, next);  // pauses d until `next` fires
-        if (DeferredPtr inner = awaiting.lock()) inner->cancel();
+        ++d.paused;  // as Twisted's handleCancel: cancelling d again meanwhile does nothing
+        if (DeferredPtr inner = awaiting.lock())
+            inner->cancel();
+        else if (queued)
+            cancelPending = true;
+        --d.paused;
+        // Takes next's result if the coroutine already ended, else waits for it.
+        if (DeferredPtr more = settleDeferred(d, next)) DeferredBase::run(more);
+        if (d.paused == 0) DeferredBase::run(d.self());
     }
 };
 
@@ -4741,6 +4791,43 @@ REACTOR_INLINE FirstError::FirstError(Failure failure, std::size_t failedIndex)
 namespace detail {
 
 REACTOR_INLINE void DeferredBase::cancel() {
+    // A cancel reaches inner Deferreds (the one a callback returned, the one
+    // a coroutine awaits) by recursion, synchronously as in Twisted. Past
+    // maxCancelDepth nested levels the rest is queued and cancelled by the
+    // outermost cancel() before it returns, so a chain of 100,000 nested
+    // Deferreds or coroutines cancels without overflowing the stack.
+    constexpr int maxCancelDepth = 256;
+    struct CancelPass {
+        int depth = 0;
+        std::vector<DeferredPtr>* deeper = nullptr;
+    };
+    static thread_local CancelPass pass;
+    if (pass.depth >= maxCancelDepth) {
+        pass.deeper->push_back(shared_from_this());
+        return;
+    }
+    std::vector<DeferredPtr> deeper;
+    bool outermost = pass.depth == 0;
+    struct Level {
+        CancelPass& p;
+        bool outermost;
+        ~Level() {
+            --p.depth;
+            if (outermost) p.deeper = nullptr;
+        }
+    };
+    if (outermost) pass.deeper = &deeper;
+    ++pass.depth;
+    Level level{pass, outermost};
+    cancelHere();
+    if (!outermost) return;
+    for (std::size_t i = 0; i < deeper.size(); ++i) {
+        DeferredPtr next = deeper[i];  // cancelHere() may grow the queue
+        next->cancelHere();
+    }
+}
+
+REACTOR_INLINE void DeferredBase::cancelHere() {
     DeferredPtr keep = shared_from_this();
     if (!called) {
         if (canceller) {
