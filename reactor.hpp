@@ -675,8 +675,10 @@ namespace detail {
 void reportUnhandled(std::string_view context, Failure* failure);
 #endif
 
-/// For log lines quoting what a peer sent: control bytes (a terminal's
-/// escape sequences, say) as \xHH, at most 200 bytes then "...".
+/// For log lines quoting what a peer sent: control characters (a
+/// terminal's escape sequences, say: C0, DEL and the C1 range U+0080..9F)
+/// and bytes that are not UTF-8 as \xHH; whole UTF-8 characters as they
+/// are; at most 200 bytes of input, then "...".
 std::string printable(std::string_view s);
 
 /// Runs `f`, catching what it throws at the reactor's edge: the error is
@@ -3862,9 +3864,14 @@ public:
     /// are dropped with one log line, and 376 delivers what was kept.
     std::size_t maxMOTDLines = 1000;
     /// At most this many nicknames (counting each channel as one more) wait
-    /// in NAMES replies (353) for their 366, over all channels; the rest
-    /// are dropped with one log line per connection.
+    /// in NAMES replies (353) for their 366, over all channels. To make room
+    /// the oldest other channel's replies are dropped (a plain NAMES ends
+    /// with one "366 *" and leaves every channel's waiting); with none left,
+    /// the new names are. One log line per connection.
     std::size_t maxPendingNames = 100000;
+    /// At most this many channels' NAMES replies wait for their 366 (each
+    /// reply looks its channel up among them); the oldest make room.
+    static constexpr std::size_t maxPendingNamesChannels = 1000;
     /// Lines waiting for their lineRate slot.
     std::size_t queuedLines() const { return queue_.size() - queueHead_; }
 
@@ -3908,7 +3915,7 @@ private:
     std::string withChannelPrefix(const std::string& channel) const;
     static std::string join(const std::vector<std::string>& pieces);
     static std::string motdLine(const std::vector<std::string>& params);
-    bool namesRoom();
+    bool namesRoom(std::size_t& keep);
     double now() const;
     std::string randomKey();
 
@@ -4456,18 +4463,37 @@ REACTOR_INLINE void reportUnhandled(std::string_view context, Failure* failure) 
 
 REACTOR_INLINE std::string printable(std::string_view s) {
     static const char hex[] = "0123456789abcdef";
+    auto escape = [&](std::string& out, unsigned char u) {
+        out += "\\x";
+        out += hex[u >> 4];
+        out += hex[u & 15];
+    };
     std::string out;
-    for (char c : s.substr(0, 200)) {
-        unsigned char u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u == 0x7f) {
-            out += "\\x";
-            out += hex[u >> 4];
-            out += hex[u & 15];
+    std::size_t i = 0;
+    while (i < s.size() && i < 200) {
+        unsigned char u = static_cast<unsigned char>(s[i]);
+        if (u < 0x80) {
+            if (u < 0x20 || u == 0x7f) escape(out, u);  // C0 controls and DEL
+            else out += static_cast<char>(u);
+            ++i;
+            continue;
+        }
+        // Whole UTF-8 characters pass, except the C1 controls U+0080..U+009F
+        // (U+009B is CSI to some terminals); any other byte >= 0x80 is escaped.
+        std::size_t n = u >= 0xC2 && u <= 0xDF ? 2 : u >= 0xE0 && u <= 0xEF ? 3 : u >= 0xF0 && u <= 0xF4 ? 4 : 0;
+        bool whole = n != 0 && i + n <= s.size();
+        for (std::size_t k = 1; whole && k < n; ++k)
+            whole = (static_cast<unsigned char>(s[i + k]) & 0xC0) == 0x80;
+        if (whole && u == 0xC2 && static_cast<unsigned char>(s[i + 1]) <= 0x9F) whole = false;
+        if (whole) {
+            out.append(s.data() + i, n);
+            i += n;
         } else {
-            out += c;
+            escape(out, u);
+            ++i;
         }
     }
-    if (s.size() > 200) out += "...";
+    if (i < s.size()) out += "...";
     return out;
 }
 }  // namespace detail
@@ -7386,7 +7412,7 @@ REACTOR_INLINE void IRCClient::irc_MODE(const std::string& prefix, const std::ve
     auto paramModes = nickEquals(channel, nickname) ? getUserModeParams() : getChannelModeParams();
     ParsedModes parsed = parseModes(modes, std::move(args), paramModes);
     if (!parsed.ok()) {
-        reactor::log(LogLevel::warning, "irc: bad MODE message (" + parsed.error + ")");
+        reactor::log(LogLevel::warning, "irc: bad MODE message (" + reactor::detail::printable(parsed.error) + ")");
         return;
     }
     auto report = [&](bool set, const std::vector<ModeChange>& changes) {
@@ -7489,7 +7515,8 @@ REACTOR_INLINE void IRCClient::irc_RPL_NOTOPIC(const std::string& prefix, const 
 
 REACTOR_INLINE void IRCClient::irc_RPL_MOTDSTART(const std::string& prefix, const std::vector<std::string>& params) {
     (void)prefix;
-    motd = std::vector<std::string>{motdLine(params)};
+    motd.emplace();
+    if (maxMOTDLines > 0) motd->push_back(motdLine(params));
     motdOverflowLogged_ = false;
 }
 
@@ -7511,6 +7538,7 @@ REACTOR_INLINE void IRCClient::irc_RPL_ENDOFMOTD(const std::string& prefix, cons
     (void)params;
     std::vector<std::string> lines = motd ? std::move(*motd) : std::vector<std::string>();
     motd.reset();
+    motdOverflowLogged_ = false;
     receivedMOTD(lines);
 }
 
@@ -7518,21 +7546,24 @@ REACTOR_INLINE void IRCClient::irc_RPL_NAMREPLY(const std::string& prefix, const
     (void)prefix;
     if (!need(params, 3, "RPL_NAMREPLY")) return;
     const std::string& channel = params[params.size() - 2];
-    std::vector<std::string>* list = nullptr;
-    for (auto& entry : names_)
-        if (entry.first == channel) list = &entry.second;
-    if (!list) {
-        if (!namesRoom()) return;
+    std::size_t at = names_.size();
+    for (std::size_t i = names_.size(); i-- > 0;)  // newest first: servers reply a channel at a time
+        if (names_[i].first == channel) {
+            at = i;
+            break;
+        }
+    if (at == names_.size()) {
+        if (!namesRoom(at)) return;
         names_.emplace_back(channel, std::vector<std::string>());
-        list = &names_.back().second;
+        at = names_.size() - 1;
         ++namesHeld_;
     }
     std::string_view s = params.back();
     while (!s.empty()) {
         std::size_t sp = s.find(' ');
         if (sp != 0) {
-            if (!namesRoom()) return;
-            list->emplace_back(s.substr(0, sp));
+            if (!namesRoom(at)) return;
+            names_[at].second.emplace_back(s.substr(0, sp));
             ++namesHeld_;
         }
         if (sp == std::string_view::npos) break;
@@ -8035,13 +8066,30 @@ REACTOR_INLINE std::string IRCClient::motdLine(const std::vector<std::string>& p
     return line;
 }
 
-REACTOR_INLINE bool IRCClient::namesRoom() {
-    if (namesHeld_ < maxPendingNames) return true;
-    if (!namesOverflowLogged_)
-        reactor::log(LogLevel::warning, "irc: NAMES replies hold more than maxPendingNames (" +
-                                            std::to_string(maxPendingNames) + ") names; the rest are dropped");
-    namesOverflowLogged_ = true;
-    return false;
+// Room for one more name (or channel, when `keep` is names_.size()):
+// drops the oldest channel other than names_[keep] while needed; `keep`
+// follows its entry as the vector shifts.
+REACTOR_INLINE bool IRCClient::namesRoom(std::size_t& keep) {
+    bool newChannel = keep == names_.size();
+    while (namesHeld_ >= maxPendingNames || (newChannel && names_.size() >= maxPendingNamesChannels)) {
+        std::size_t victim = keep == 0 ? 1 : 0;
+        if (!newChannel && names_.size() < 2) victim = names_.size();  // only the one being filled
+        if (victim >= names_.size()) {
+            if (!namesOverflowLogged_)
+                reactor::log(LogLevel::warning, "irc: NAMES replies hold more than maxPendingNames (" +
+                                                    std::to_string(maxPendingNames) + ") names; the rest are dropped");
+            namesOverflowLogged_ = true;
+            return false;
+        }
+        if (!namesOverflowLogged_)
+            reactor::log(LogLevel::warning, "irc: NAMES replies waiting for their end (366) pile up; "
+                                            "the oldest channel's are dropped");
+        namesOverflowLogged_ = true;
+        namesHeld_ -= names_[victim].second.size() + 1;
+        names_.erase(names_.begin() + static_cast<std::ptrdiff_t>(victim));
+        if (victim < keep) --keep;
+    }
+    return true;
 }
 
 REACTOR_INLINE double IRCClient::now() const {

@@ -678,25 +678,38 @@ TEST_CASE("a hostile server cannot grow MOTD, NAMES or ISUPPORT without bound") 
         CHECK(c.p.last() == "receivedMOTD([again -][one])");
         CHECK(log.lines.size() == 1);
     }
-    SUBCASE("NAMES: maxPendingNames over all channels, each channel counting one") {
+    SUBCASE("NAMES: maxPendingNames over all channels; the oldest channel makes room") {
         c.p.maxPendingNames = 6;
         c.line(":srv 353 me = #a :n1 n2 n3");  // #a + 3 names = 4 held
-        c.line(":srv 353 me = #b :m1 m2 m3");  // #b + m1 = 6; m2, m3 dropped
-        c.line(":srv 353 me = #c :x1");        // no room for #c at all
+        c.line(":srv 353 me = #b :m1 m2 m3");  // #b + m1 = 6; m2 needs room: #a (oldest) goes
+        c.line(":srv 353 me = #c :x1");        // #b + 3 + #c + x1 = 6
         CHECK(log.lines.size() == 1);
-        CHECK(log.contains("more than maxPendingNames (6)"));
+        CHECK(log.contains("the oldest channel's are dropped"));
         c.line(":srv 366 me #b :End of NAMES list");
-        CHECK(c.p.last() == "receivedNames(#b, m1)");
-        c.line(":srv 366 me #c :End of NAMES list");
-        CHECK(c.p.last() == "receivedNames(#c, )");
-        // #b's two slots are free again.
-        c.line(":srv 353 me = #c :y1");
-        c.line(":srv 366 me #c :End of NAMES list");
-        CHECK(c.p.last() == "receivedNames(#c, y1)");
+        CHECK(c.p.last() == "receivedNames(#b, m1 m2 m3)");
         c.line(":srv 366 me #a :End of NAMES list");
-        CHECK(c.p.last() == "receivedNames(#a, n1 n2 n3)");
-        // A flood of 100,000 names in lines of 50 stays at the default cap.
-        c.p.maxPendingNames = 100000;
+        CHECK(c.p.last() == "receivedNames(#a, )");
+        c.line(":srv 366 me #c :End of NAMES list");
+        CHECK(c.p.last() == "receivedNames(#c, x1)");
+        // One channel bigger than the cap keeps what fits.
+        c.line(":srv 353 me = #huge :h1 h2 h3 h4 h5 h6 h7");
+        c.line(":srv 366 me #huge :End of NAMES list");
+        CHECK(c.p.last() == "receivedNames(#huge, h1 h2 h3 h4 h5)");
+        CHECK(log.lines.size() == 1);  // once per connection
+    }
+    SUBCASE("NAMES: a plain NAMES (one 366 *) does not starve later replies") {
+        std::string forty;
+        for (int i = 0; i < 40; ++i) forty += " n" + std::to_string(i);
+        for (int ch = 0; ch < 3000; ++ch) c.line(":srv 353 me = #ch" + std::to_string(ch) + " :" + forty.substr(1));
+        c.line(":srv 366 me * :End of NAMES list");
+        c.line(":srv 353 me = #mine :a b c");
+        c.line(":srv 366 me #mine :End of NAMES list");
+        CHECK(c.p.last() == "receivedNames(#mine, a b c)");
+        c.line(":srv 366 me #ch2999 :End of NAMES list");  // among the newest 1,000: kept
+        CHECK(c.p.lastNamesCount == 40);
+        c.line(":srv 366 me #ch0 :End of NAMES list");  // the oldest made room
+        CHECK(c.p.lastNamesCount == 0);
+        // A flood of 150,000 names for one channel stops at the cap.
         std::string many;
         for (int i = 0; i < 50; ++i) many += " n" + std::to_string(i);
         for (int i = 0; i < 3000; ++i) c.line(":srv 353 me = #big :" + many.substr(1));
@@ -727,6 +740,16 @@ TEST_CASE("log lines quote what a peer sent with control bytes escaped") {
     CHECK(log.contains("\\x1b[2Jgotcha"));
     CHECK(log.contains("\\x1b[31m"));
     for (const auto& l : log.lines) CHECK(l.find('\x1b') == std::string::npos);
+    // C1 controls (CSI is U+009B; raw 0x9B too) and broken UTF-8 are escaped,
+    // whole UTF-8 characters are kept; the MODE error quotes its input too.
+    c.line(":evil!e@h PRIVMSG me :\x01VERSION a\xC2\x9B" "2J b\x9B c\xC3 caf\xC3\xA9\x01");
+    CHECK(log.contains("a\\xc2\\x9b2J b\\x9b c\\xc3 caf\xC3\xA9"));
+    c.line(":evil!e@h MODE #chan +\x1b[2J extra");
+    CHECK(log.contains("bad MODE message"));
+    for (const auto& l : log.lines) {
+        CHECK(l.find('\x1b') == std::string::npos);
+        CHECK(l.find("\xC2\x9B") == std::string::npos);
+    }
 }
 
 TEST_CASE("flood control: one line per lineRate seconds on the Clock") {
