@@ -1738,10 +1738,13 @@ inline void resumeCoroutine(std::coroutine_handle<> h) {
         ~Reset() { active = nullptr; }
     } reset{active};
     active = &queue;
-    h.resume();
+    // A coroutine's own errors end in its Deferred; should anything still
+    // escape resume(), it is logged and the coroutines queued behind still
+    // run.
+    runGuarded("a coroutine", [h] { h.resume(); });
     for (std::size_t i = 0; i < queue.size(); ++i) {
         std::coroutine_handle<> next = queue[i];  // resume() may grow the queue
-        next.resume();
+        runGuarded("a coroutine", [next] { next.resume(); });
     }
 }
 
@@ -1837,10 +1840,22 @@ struct DeferredPromiseBase : CoroutineAwaiting {
     std::suspend_never final_suspend() noexcept { return {}; }
     void unhandled_exception() {
 #if REACTOR_HAS_EXCEPTIONS
-        target->fire(Result<T>(Failure::current()));
+        finish(Result<T>(Failure::current()));
 #else
         std::abort();
 #endif
+    }
+    /// Fires the coroutine's Deferred with its result. If someone fired it
+    /// by hand meanwhile, the result is dropped with a log line: raising
+    /// AlreadyCalledError here would escape the coroutine and leak its frame.
+    void finish(Result<T>&& r) {
+        if (target->called && !target->suppressAlreadyCalled) {
+            log(LogLevel::error,
+                "Unhandled error in a coroutine: defer.AlreadyCalledError: its Deferred was fired "
+                "before it returned; the coroutine's result is dropped");
+            return;
+        }
+        target->fire(std::move(r));
     }
 
     void failCancelled() override {
@@ -1894,14 +1909,14 @@ struct DeferredPromise : DeferredPromiseBase<T> {
     template <class V>
     void return_value(V&& v) {
         if constexpr (std::is_convertible<V, Result<T>>::value)
-            this->target->fire(Result<T>(std::forward<V>(v)));
+            this->finish(Result<T>(std::forward<V>(v)));
         else
-            this->target->fire(Result<T>(T(std::forward<V>(v))));
+            this->finish(Result<T>(T(std::forward<V>(v))));
     }
 };
 template <>
 struct DeferredPromise<void> : DeferredPromiseBase<void> {
-    void return_void() { this->target->fire(Result<void>()); }
+    void return_void() { this->finish(Result<void>()); }
 };
 
 }  // namespace detail

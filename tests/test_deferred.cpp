@@ -938,6 +938,13 @@ Deferred<int> thenSecond(Deferred<int> first, Deferred<int> second) {
     Result<int> r = co_await asResult(second);
     co_return r.ok() ? r.value() : -1;
 }
+/// Resumed through the trampoline, fires x then y: their coroutines queue.
+Deferred<int> firesBoth(Deferred<int> go, Deferred<int> x, Deferred<int> y) {
+    co_await asResult(go);
+    x.callback(1);
+    y.callback(1);
+    co_return 0;
+}
 }  // namespace
 
 TEST_CASE("coroutines: a cancel that arrives while the coroutine is queued is not lost") {
@@ -988,6 +995,25 @@ TEST_CASE("coroutines: cancelling two coroutines that await each other terminate
     CHECK(b.called());
 }
 #endif
+
+TEST_CASE("coroutines: one whose Deferred was fired by hand logs AlreadyCalledError, ends, and the others go on") {
+    test::LogCapture log;
+    int alive = 0;
+    Deferred<int> go, x, y;
+    Deferred<int> first = waitsForResult(x, &alive);
+    Deferred<int> second = waitsForResult(y, &alive);
+    auto out = observe(second);
+    first.callback(100);  // misuse: the coroutine's own Deferred
+    observe(first);
+    // Both resume from one trampoline: the first's co_return fails, the
+    // second still runs.
+    Deferred<int> actor = firesBoth(go, x, y);
+    observe(actor);
+    go.callback(0);
+    CHECK(log.contains("AlreadyCalledError"));
+    CHECK(out->value == 2);
+    CHECK(alive == 0);
+}
 
 TEST_CASE("coroutines: one waiting on a Deferred nobody will fire is ended by cancel()") {
     // Its frame holds the Deferred (the parameter) and nothing holds the
