@@ -4942,7 +4942,7 @@ struct ThreadPool::State {
     explicit State(std::size_t maxThreads) : max(maxThreads) {}
     void work();
 
-    mutable std::mutex mutex;
+    std::mutex mutex;
     std::condition_variable wake;
     std::vector<std::function<void()>> queue;
     std::size_t head = 0;
@@ -8088,7 +8088,6 @@ REACTOR_INLINE bool IRCClient::namesRoom(std::size_t& keep) {
     bool newChannel = keep == names_.size();
     while (namesHeld_ >= maxPendingNames || (newChannel && names_.size() >= maxPendingNamesChannels)) {
         std::size_t victim = keep == 0 ? 1 : 0;
-        if (!newChannel && names_.size() < 2) victim = names_.size();  // only the one being filled
         if (victim >= names_.size()) {
             if (!namesOverflowLogged_)
                 reactor::log(LogLevel::warning, "irc: NAMES replies hold more than maxPendingNames (" +
