@@ -109,11 +109,14 @@ build/fuzz/%: tests/fuzz/%.cpp reactor.hpp
 	@mkdir -p $(dir $@)
 	clang++ $(FUZZ_FLAGS) $< -o $@ $(LDFLAGS)
 
+# fuzz_reactor_api runs the stress harness's programs from the fuzzer's bytes.
+build/fuzz/fuzz_reactor_api: tests/stress_harness.hpp
+
 fuzz: $(FUZZERS)
 	@for f in $(FUZZERS); do \
 	  n=$$(basename $$f); mkdir -p build/fuzz/corpus/$$n; \
 	  echo "fuzz: $$n for $(FUZZ_SECONDS)s"; \
-	  $$f -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/$$n- \
+	  STRESS_AVOID=$(STRESS_AVOID) $$f -max_total_time=$(FUZZ_SECONDS) -artifact_prefix=build/fuzz/$$n- \
 	    build/fuzz/corpus/$$n >build/fuzz/$$n.log 2>&1 \
 	    || { tail -n 60 build/fuzz/$$n.log; echo "fuzz: $$n FAILED (log: build/fuzz/$$n.log)"; exit 1; }; \
 	  grep -E '^(Done|#[0-9]+ *DONE)' build/fuzz/$$n.log | tail -n 1; \

@@ -201,6 +201,25 @@ inline Profile threadsProfile() {
     return p;
 }
 
+/// For libFuzzer (tests/fuzz/fuzz_reactor_api.cpp): small, quick programs
+/// (each input is one), so that thousands run in a minute.
+inline Profile fuzzProfile() {
+    Profile p = defaultProfile();
+    p.name = "fuzz";
+    p.maxOps = 200;
+    p.maxBytes = 512u << 10;
+    p.busySeconds = 0.1;
+    p.drainSeconds = 5;
+    p.timerScale = 0.1;
+    p.maxConnects = 8;
+    p.maxPorts = 2;
+    p.maxFds = 2;
+    p.maxThreads = 2;
+    p.maxJobs = 6;
+    p.maxLoops = 2;
+    return p;
+}
+
 /// The fuzzer's input as the source of every choice: byte pairs (opcode,
 /// argument). Exhausted input means "no more operations".
 struct FuzzInput {
@@ -452,8 +471,9 @@ public:
     bool creating() const { return phase_ == Phase::Busy; }
     /// The busy phase goes on: time and operations left, and something happened lately.
     bool busy() const {
+        if (fuzz_ && fuzz_->pos + 1 >= fuzz_->size) return false;  // the input is used up
         double now = r_->seconds();
-        return now < busyUntil_ && opsLeft_ > 0 && now - lastOp_ < 0.015;
+        return now < busyUntil_ && opsLeft_ > 0 && now - lastOp_ < 0.015 * profile_.timerScale;
     }
     Phase phase() const { return phase_; }
     bool guardsLive() const { return guardsLive_; }
@@ -1935,7 +1955,7 @@ inline void World::startRun() {
             static void tick(World* w) {
                 if (w->phase_ == Phase::Busy) {
                     if (w->busy()) {
-                        w->pacer_ = w->r_->callLater(0.005, [w] { tick(w); });
+                        w->pacer_ = w->r_->callLater(0.005 * w->profile_.timerScale, [w] { tick(w); });
                         return;
                     }
                     w->beginDrain();
@@ -1951,11 +1971,11 @@ inline void World::startRun() {
                     w->stopReactor();
                     return;
                 }
-                w->pacer_ = w->r_->callLater(0.002, [w] { tick(w); });
+                w->pacer_ = w->r_->callLater(0.002 * w->profile_.timerScale, [w] { tick(w); });
             }
         };
         if (pacer_.active()) pacer_.cancel();  // left by a crash()ed run
-        pacer_ = r_->callLater(0.005, [this] { Pacer::tick(this); });
+        pacer_ = r_->callLater(0.005 * profile_.timerScale, [this] { Pacer::tick(this); });
     }
 }
 
@@ -2222,7 +2242,7 @@ inline bool World::run() {
             }
         } else {
             startRun();
-            while (phase_ == Phase::Busy && busy()) r_->iterate(0.002);
+            while (phase_ == Phase::Busy && busy()) r_->iterate(0.002 * profile_.timerScale);
             if (last && ending_ != Ending::Clean) {
                 open = true;
                 break;
@@ -2234,7 +2254,7 @@ inline bool World::run() {
                     fail("the drain did not finish within %gs: %s", profile_.drainSeconds, drainReport().c_str());
                     break;
                 }
-                r_->iterate(0.002);
+                r_->iterate(0.002 * profile_.timerScale);
             }
         }
         afterRun();
