@@ -2511,7 +2511,9 @@ public:
 class Factory {
 public:
     Factory() = default;
+    /// A new factory with the same `protocol` (no ports, no connections, numPorts 0).
     Factory(const Factory& other) : protocol(other.protocol) {}
+    /// Takes `other`'s `protocol`; what uses this factory keeps using it.
     Factory& operator=(const Factory& other) {
         protocol = other.protocol;
         return *this;
