@@ -552,4 +552,163 @@ TEST_CASE("attack: loseWriteConnection with output over the high-water mark") {
     CHECK(testing::runUntilClean(r));
 }
 
+// ---------------------------------------------------------------------------
+// Descriptor tables, timers, teardown at the end of a turn
+// ---------------------------------------------------------------------------
+
+// In one dispatch pass, the reader of pipe A removes and closes pipe B
+// (ready, later in the pass), makes a new pipe that reuses B's descriptor
+// number, and watches it: the new reader is not called with B's stale
+// readiness, and B's old callback is not called either.
+TEST_CASE("attack: a descriptor number reused within one dispatch pass") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    int a[2], b[2];
+    REQUIRE(::pipe(a) == 0);
+    REQUIRE(::pipe(b) == 0);
+    // Make B's slot come after A's: watch A first.
+    int oldB = b[0], newCalls = 0, oldCalls = 0, aCalls = 0;
+    int c[2] = {-1, -1};
+    r.addReader(a[0], [&] {
+        ++aCalls;
+        char ch;
+        (void)!::read(a[0], &ch, 1);
+        if (c[0] >= 0) return;
+        r.removeReader(oldB);
+        ::close(oldB);
+        REQUIRE(::pipe(c) == 0);
+        if (c[0] != oldB) std::swap(c[0], c[1]);  // one of the two got B's number
+        r.addReader(c[0], [&] { ++newCalls; });
+    });
+    r.addReader(b[0], [&] { ++oldCalls; });
+    REQUIRE(::write(a[1], "x", 1) == 1);
+    REQUIRE(::write(b[1], "x", 1) == 1);
+    REQUIRE(testing::runUntil(r, [&] { return aCalls == 1; }));
+    CHECK(c[0] == oldB);
+    r.iterate(0.05);
+    CHECK(oldCalls == 0);
+    CHECK(newCalls == 0);  // c[0] is empty (unless it is the write end: never readable)
+    r.removeAll();
+    for (int fd : {a[0], a[1], b[1], c[0], c[1]}) ::close(fd);
+}
+
+// A LoopingCall destroyed by its own function, on a real reactor, and one
+// destroyed by another timer due in the same pass.
+TEST_CASE("attack: a LoopingCall destroyed from inside its own function and from a sibling timer") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    int calls = 0;
+    std::unique_ptr<task::LoopingCall> lc;
+    lc = std::make_unique<task::LoopingCall>(r, [&] {
+        if (++calls == 2) lc.reset();
+    });
+    lc->start(0.01);
+    REQUIRE(testing::runUntil(r, [&] { return !lc; }));
+    auto lc2 = std::make_unique<task::LoopingCall>(r, [&] { ++calls; });
+    lc2->start(0.02, false);
+    r.callLater(0.02, [&] { lc2.reset(); });
+    REQUIRE(testing::runUntil(r, [&] { return !lc2; }));
+    CHECK(testing::runUntilClean(r));
+}
+
+// A protocol's destructor runs at the end of the turn (releaseDead). There it
+// may use the reactor: schedule and cancel a timer, listen and stop, close
+// everything else (disconnectAll: connectionLost of other protocols runs
+// from inside releaseDead), and destroy a Factory that has a listening port
+// and an open connection.
+TEST_CASE("attack: a protocol's destructor at the end of the turn calls the reactor and destroys a factory") {
+    test::LogCapture logs;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    auto other = std::make_unique<Factory>();
+    int otherLost = 0, otherMade = 0;
+    struct O : Protocol {
+        int *made, *lost;
+        void connectionMade() override { ++*made; }
+        void connectionLost(const Failure&) override { ++*lost; }
+    };
+    other->protocol = [&] {
+        auto p = std::make_unique<O>();
+        p->made = &otherMade;
+        p->lost = &otherLost;
+        return p;
+    };
+    ListeningPort otherPort = r.listenTCP(0, *other, 50, "127.0.0.1");
+    struct D : Protocol {
+        Reactor* r;
+        std::unique_ptr<Factory>* other;
+        int* destroyed;
+        ~D() override {
+            DelayedCall dc = r->callLater(1, [] {});
+            dc.cancel();
+            Factory f;
+            ListeningPort p = r->listenTCP(0, f, 50, "127.0.0.1");
+            p.stopListening();
+            other->reset();
+            r->disconnectAll();
+            ++*destroyed;
+        }
+    };
+    int destroyed = 0;
+    Factory mine;
+    mine.protocol = [&] {
+        auto p = std::make_unique<D>();
+        p->r = &r;
+        p->other = &other;
+        p->destroyed = &destroyed;
+        return p;
+    };
+    ListeningPort minePort = r.listenTCP(0, mine, 50, "127.0.0.1");
+    int x = rawConnect(otherPort.getHost().port);
+    int y = rawConnect(minePort.getHost().port);
+    REQUIRE(testing::runUntil(r, [&] { return otherMade == 1 && r.selectables().size() == 4; }));
+    ::close(y);  // D: ConnectionDone, destroyed at the end of that turn
+    REQUIRE(testing::runUntil(r, [&] { return destroyed == 1; }));
+    CHECK_FALSE(other);
+    CHECK(otherLost == 0);  // its factory went first: closed silently
+    CHECK_FALSE(minePort.listening());  // disconnectAll
+    ::close(x);
+    CHECK(testing::runUntilClean(r));
+}
+
+// Shutdown (stop()) closes connections with connectionLost; a protocol that
+// reacts by destroying its factory (with another connection of the same
+// factory still in disconnectAll's list) and calling stop() again.
+TEST_CASE("attack: connectionLost during shutdown destroys its factory and calls stop() again") {
+    test::LogCapture logs;
+    Reactor r;
+    auto owner = std::make_unique<Factory>();
+    int made = 0, lost = 0;
+    struct P : Protocol {
+        Reactor* r;
+        std::unique_ptr<Factory>* owner;
+        int *made, *lost;
+        void connectionMade() override { ++*made; }
+        void connectionLost(const Failure&) override {
+            ++*lost;
+            owner->reset();
+            r->stop();  // ReactorNotRunning, logged
+        }
+    };
+    owner->protocol = [&] {
+        auto p = std::make_unique<P>();
+        p->r = &r;
+        p->owner = &owner;
+        p->made = &made;
+        p->lost = &lost;
+        return p;
+    };
+    ListeningPort port = r.listenTCP(0, *owner, 50, "127.0.0.1");
+    int a = rawConnect(port.getHost().port);
+    int b = rawConnect(port.getHost().port);
+    REQUIRE(testing::runUntil(r, [&] { return made == 2; }));
+    r.callLater(0, [&] { r.stop(); });
+    r.run();
+    CHECK(lost == 1);  // the second one was closed by ~Factory, silently
+    CHECK_FALSE(owner);
+    ::close(a);
+    ::close(b);
+    CHECK(testing::cleanUp(r) == "");
+}
+
 }  // TEST_SUITE("attack")
