@@ -521,6 +521,31 @@ namespace detail {
 std::string demangle(const char* name);
 #endif
 
+/// What Failure::raiseException throws for a Failure known only by name
+/// (`Failure("ParseError", ...)`, the library's "ResultConsumed" marker):
+/// it carries the names, so the Failure caught again (by an errback after
+/// trap<E>(), or from a coroutine's co_await) keeps its type and message.
+/// what() is "ParseError: bad header", for code that only sees an Error.
+// The virtual members are defined in the class, as Error's are: a class
+// with an out-of-line virtual (a key function) would have its vtable in
+// every TU that includes the header.
+class NamedError : public Error {
+public:
+    NamedError(const TypeChain& names, std::string message);
+    const char* what() const noexcept override { return what_.c_str(); }
+    void typeNames(TypeChain& chain) const override {
+        for (std::size_t i = 0; i < names_.size; ++i) chain.push(names_.names[i]);
+    }
+    std::shared_ptr<const Error> clone() const override { return std::shared_ptr<const Error>(new NamedError(*this)); }
+#if REACTOR_HAS_EXCEPTIONS
+    std::exception_ptr toExceptionPtr() const override { return std::make_exception_ptr(*this); }
+#endif
+
+private:
+    TypeChain names_;   // the Failure's names, most derived first
+    std::string what_;  // "Name: message"
+};
+
 /// API misuse: throw `E` when exceptions are on, otherwise log it and let the
 /// caller return without doing anything.
 template <class E>
@@ -637,7 +662,8 @@ public:
         return nullptr;
     }
 
-    /// Throws the original exception (or an `Error` with the message).
+    /// Throws the original exception; a Failure known only by name throws
+    /// an Error that keeps the name (caught again, it is the same Failure).
     [[noreturn]] void raiseException() const;
 
 private:
@@ -4438,7 +4464,7 @@ REACTOR_INLINE SignalHandlers::~SignalHandlers() {
 // ---- 4. UTILITIES ----------------------------------------------------------
 
 REACTOR_INLINE void Failure::adopt(const Error& e) {
-    message_ = e.what();
+    message_ = e.message();  // not what(): a NamedError's what() has its name too
     e.typeNames(chain_);
     error_ = e.clone();
 #if REACTOR_HAS_EXCEPTIONS
@@ -4454,7 +4480,7 @@ REACTOR_INLINE Failure Failure::fromException(std::exception_ptr ep) {
     try {
         std::rethrow_exception(ep);
     } catch (const Error& e) {  // the library's own: names without RTTI
-        f.message_ = e.what();
+        f.message_ = e.message();
         e.typeNames(f.chain_);
     } catch (const std::exception& e) {
         f.message_ = e.what();
@@ -4625,13 +4651,22 @@ REACTOR_INLINE std::string Failure::type() const {
 
 REACTOR_INLINE void Failure::raiseException() const {
 #if REACTOR_HAS_EXCEPTIONS
-if (exception_) std::rethrow_exception(exception_);
-throw Error(str());
+    if (exception_) std::rethrow_exception(exception_);
+    throw detail::NamedError(chain_, message_);
 #else
-log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
-std::abort();
+    log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
+    std::abort();
 #endif
 }
+
+namespace detail {
+REACTOR_INLINE NamedError::NamedError(const TypeChain& names, std::string message)
+    : Error(std::move(message)), names_(names) {
+    what_ = names_.size ? names_.names[0] : "Failure";
+    what_ += ": ";
+    what_ += this->message();
+}
+}  // namespace detail
 
 REACTOR_INLINE void Failure::describe(const std::exception& e) {
     if (auto* err = dynamicError(e)) {

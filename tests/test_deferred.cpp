@@ -1073,4 +1073,53 @@ TEST_CASE("addTimeout: a Deferred dropped unfired takes its timer with it") {
     CHECK(out->error == "defer.TimeoutError");
 }
 
+#if REACTOR_HAS_EXCEPTIONS
+TEST_CASE("a Failure known only by name keeps its type when trap<E>() re-raises it") {
+    Deferred<int> d;
+    std::string seen;
+    d.addErrback([](Failure f) -> int {
+         f.trap<error::ConnectionDone>();  // not ours: re-raised
+         return 0;
+     }).addErrback([&](Failure f) {
+        seen = f.str();
+        CHECK(f.check("ParseError"));
+        CHECK(f.getErrorMessage() == "bad header");
+        return 1;
+    });
+    d.errback(Failure("ParseError", "bad header"));
+    CHECK(seen == "ParseError: bad header");
+
+    // The library's markers too: a Failure() of unknown type stays "Failure".
+    Deferred<int> e;
+    auto out = observe(e.addErrback([](Failure f) -> int { f.trap<error::ConnectionDone>(); return 0; }));
+    e.errback();
+    CHECK(out->error == "Failure");
+}
+#endif
+
+#if defined(REACTOR_HAS_COROUTINES) && REACTOR_HAS_EXCEPTIONS  // a plain co_await throws the failure
+namespace {
+Deferred<int> failsByName() { co_return Failure("ParseError", "bad header"); }
+Deferred<int> passesOn(Deferred<int> d) { co_return co_await d; }
+}  // namespace
+
+TEST_CASE("coroutines: a Failure known only by name keeps its type when co_await throws it") {
+    test::LogCapture log;
+    auto out = observe(passesOn(failsByName()));
+    CHECK(out->error == "ParseError");
+    // A Deferred whose result moved on holds the "ResultConsumed" marker:
+    // awaited, it stays that handled marker, and nothing is logged.
+    Deferred<int> e;
+    e.addCallback([](int x) { return std::to_string(x); });
+    e.callback(1);
+    std::string error;
+    passesOn(e).addErrback([&](Failure f) {
+        error = f.type();
+        return 0;
+    });
+    CHECK(error == "ResultConsumed");
+    CHECK(log.lines.empty());
+}
+#endif
+
 }  // TEST_SUITE deferred
