@@ -1547,7 +1547,13 @@ private:
                 if (target->called) return nullptr;  // fired directly (e.g. cancelled): drop
                 target->called = true;
                 target->canceller = nullptr;
-                if (detail::DeferredPtr first = fn(*target, std::move(r))) return first;
+                // Callbacks added to the branch while `fn` runs wait for its
+                // result, as on one Deferred in Twisted: the loop runs them
+                // once `fn` has stored it.
+                target->running = true;
+                detail::DeferredPtr first = fn(*target, std::move(r));
+                target->running = false;
+                if (first) return first;
                 return target->paused == 0 ? detail::DeferredPtr(target) : nullptr;
             });
             return out;

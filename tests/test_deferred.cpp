@@ -1073,6 +1073,37 @@ TEST_CASE("addTimeout: a Deferred dropped unfired takes its timer with it") {
     CHECK(out->error == "defer.TimeoutError");
 }
 
+TEST_CASE("callbacks added to a type-changed Deferred while its callback runs get that callback's result") {
+    // Twisted (the branch is the same Deferred there):
+    //   d = Deferred(); order = []
+    //   def cb(x):
+    //       d.addCallback(lambda v: order.append("added inside: " + v) or v)
+    //       return str(x)
+    //   d.addCallback(cb); d.addCallback(lambda v: order.append("added before: " + v) or v)
+    //   d.callback(5)  # order == ["added before: 5", "added inside: 5"], result "5"
+    test::LogCapture log;
+    Deferred<int> d;
+    Deferred<std::string> s;
+    std::vector<std::string> order;
+    s = d.addCallback([&](int x) {
+        s.addCallback([&](std::string v) {
+            order.push_back("added inside: " + v);
+            return v;
+        });
+        return std::to_string(x);
+    });
+    s.addCallback([&](std::string v) {
+        order.push_back("added before: " + v);
+        return v;
+    });
+    d.callback(5);
+    CHECK(order == std::vector<std::string>{"added before: 5", "added inside: 5"});
+    std::string final;
+    s.addCallback([&](std::string v) { final = v; });
+    CHECK(final == "5");
+    CHECK(log.lines.empty());  // no placeholder failure went anywhere
+}
+
 #if REACTOR_HAS_EXCEPTIONS
 TEST_CASE("a Failure known only by name keeps its type when trap<E>() re-raises it") {
     Deferred<int> d;
