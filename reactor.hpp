@@ -945,7 +945,10 @@ private:
 //     the result (value or failure) *moves* into the new Deferred. The
 //     original chain is then left holding a handled "ResultConsumed"
 //     failure; callbacks added to the original handle after that point see
-//     it on the errback track (Twisted's "result becomes None").
+//     it on the errback track (Twisted's "result becomes None"). Until
+//     then, cancelling the new Deferred cancels the original (in Twisted
+//     they are one Deferred): if that one has fired and waits on a
+//     Deferred a callback returned, only that inner one is cancelled.
 //   - A callback may fail without exceptions by returning a `Failure` or a
 //     `Result<T>` (value or Failure).
 //   - The chain is run by one loop over an explicit stack (Twisted's
@@ -1091,6 +1094,17 @@ public:
     int userPaused = 0;                  // the pause() calls not yet undone
     std::weak_ptr<DeferredBase> waitingOn;  // the inner Deferred a callback returned
     std::function<void()> canceller;
+    /// A type-changed Deferred not fed yet: the Deferred whose chain feeds
+    /// it. In Twisted the two are one Deferred, so its cancel() is the
+    /// feeder's (which may be fired already and waiting on an inner one).
+    std::weak_ptr<DeferredBase> feeder;
+    /// cancel() only calls the canceller, on every cancel() while unfired,
+    /// and never errbacks by itself: a DeferredList cancels its members and
+    /// fires from their results (Twisted's DeferredList.cancel).
+    bool cancellerOnly = false;
+    /// The last cancel() pass that went on from here to another Deferred
+    /// (an inner or a feeder): going on once per pass ends cycles.
+    std::uint64_t forwardedIn = 0;
 
     /// Runs the chain's pairs until it is exhausted or paused. Returns a
     /// Deferred the loop must run first (then this one again), or null.
@@ -1101,8 +1115,9 @@ public:
     /// CancelledError if still unfired; a fired Deferred waiting on an inner
     /// one cancels that one instead.
     void cancel();
-    /// cancel()'s work for this one Deferred (cancel() bounds the recursion).
-    void cancelHere();
+    /// cancel()'s work for this one Deferred, in the outermost cancel()'s
+    /// `pass` (cancel() bounds the recursion).
+    void cancelHere(std::uint64_t pass);
 
     void pause();
     /// Undoes a user pause(); an extra unpause() is ignored, so it cannot
@@ -1470,7 +1485,9 @@ public:
     void unpause() { s_->unpause(); }
     /// Twisted's cancel(): unfired → canceller (or "ignore the next fire"),
     /// then CancelledError if still unfired; waiting on a Deferred returned
-    /// by a callback → cancels that one; otherwise nothing.
+    /// by a callback → cancels that one; otherwise nothing. A Deferred made
+    /// by a type-changing callback, before the result reaches it, cancels
+    /// the Deferred that feeds it (in Twisted they are one).
     void cancel() { s_->cancel(); }
     /// Cancels this Deferred if it has not fired after `seconds` on `clock`
     /// and turns that CancelledError into defer::TimeoutError. Covers the
@@ -1538,15 +1555,12 @@ private:
         } else {
             Deferred<U> out;
             std::shared_ptr<detail::DeferredState<U>> target = out.s_;
-            std::weak_ptr<detail::DeferredState<T>> source = s_;
-            target->canceller = [source] {  // cancelling the branch cancels its source
-                if (auto s = source.lock()) s->cancel();
-            };
+            target->feeder = s_;  // until fed, cancelling the branch cancels its source
             s_->addStep([target, fn = std::move(fn)](detail::DeferredState<T>& s) mutable -> detail::DeferredPtr {
                 Result<T> r = s.take();
-                if (target->called) return nullptr;  // fired directly (e.g. cancelled): drop
+                if (target->called) return nullptr;  // fired by hand meanwhile (misuse): drop
                 target->called = true;
-                target->canceller = nullptr;
+                target->feeder.reset();
                 // Callbacks added to the branch while `fn` runs wait for its
                 // result, as on one Deferred in Twisted: the loop runs them
                 // once `fn` has stored it.
@@ -1645,7 +1659,8 @@ struct DeferredListResult : std::vector<std::pair<bool, Result<T>>> {
 /// (or on the first success / failure with the flags). Members' failures
 /// stay in the members unless `consumeErrors` (then they are handled).
 /// An empty list fires at once, except with fireOnOneCallback (never).
-/// cancel() cancels every member while the list is unfired.
+/// cancel() cancels every member while the list is unfired and nothing
+/// else: the list fires from the members' results, as they come.
 template <class T>
 class DeferredList : public Deferred<DeferredListResult<T>> {
 public:
@@ -1659,9 +1674,14 @@ public:
         std::shared_ptr<ListState> self = detail::stateOf<DeferredListResult<T>>(*this);
         std::vector<std::weak_ptr<detail::DeferredState<T>>> weak;
         for (auto& m : members) weak.push_back(detail::stateOf(m));
+        // Twisted's DeferredList.cancel: cancel every member, and let the
+        // list fire from what they give (a member may catch its
+        // cancellation and finish later with a real result).
+        self->cancellerOnly = true;
         self->canceller = [weak] {
             for (auto& w : weak)
-                if (auto m = w.lock()) m->cancel();
+                if (auto m = w.lock())
+                    detail::runGuarded("a DeferredList member's canceller", [&m] { m->cancel(); });
         };
         struct Shared {
             DeferredListResult<T> results;
@@ -4881,6 +4901,7 @@ REACTOR_INLINE void DeferredBase::cancel() {
     constexpr int maxCancelDepth = 256;
     struct CancelPass {
         int depth = 0;
+        std::uint64_t id = 0;  // numbers the outermost cancel() calls
         std::vector<DeferredPtr>* deeper = nullptr;
     };
     static thread_local CancelPass pass;
@@ -4898,20 +4919,42 @@ REACTOR_INLINE void DeferredBase::cancel() {
             if (outermost) p.deeper = nullptr;
         }
     };
-    if (outermost) pass.deeper = &deeper;
+    if (outermost) {
+        pass.deeper = &deeper;
+        ++pass.id;
+    }
     ++pass.depth;
     Level level{pass, outermost};
-    cancelHere();
+    cancelHere(pass.id);
     if (!outermost) return;
     for (std::size_t i = 0; i < deeper.size(); ++i) {
         DeferredPtr next = deeper[i];  // cancelHere() may grow the queue
-        next->cancelHere();
+        next->cancelHere(pass.id);
     }
 }
 
-REACTOR_INLINE void DeferredBase::cancelHere() {
+REACTOR_INLINE void DeferredBase::cancelHere(std::uint64_t pass) {
     DeferredPtr keep = shared_from_this();
+    // Going on to another Deferred happens once per Deferred and pass, so a
+    // cycle (two Deferreds waiting on each other: Twisted recurses until
+    // RecursionError) ends instead of looping; they stay deadlocked.
+    auto goOn = [this, pass](const DeferredPtr& other) {
+        if (forwardedIn == pass) return;
+        forwardedIn = pass;
+        other->cancel();
+    };
     if (!called) {
+        if (DeferredPtr source = feeder.lock()) {
+            goOn(source);
+            return;
+        }
+        if (cancellerOnly) {
+            if (canceller) {
+                std::function<void()> c = canceller;  // a copy: firing clears it, and it is kept for the next cancel()
+                c();
+            }
+            return;
+        }
         if (canceller) {
             std::function<void()> c = std::move(canceller);
             canceller = nullptr;
@@ -4920,8 +4963,10 @@ REACTOR_INLINE void DeferredBase::cancelHere() {
             suppressAlreadyCalled = true;
         }
         if (!called) errbackCancelled();
+    } else if (cancellerOnly) {
+        return;  // Twisted's DeferredList: a fired list ignores cancel(), even while waiting
     } else if (DeferredPtr inner = waitingOn.lock()) {
-        inner->cancel();
+        goOn(inner);
     }
 }
 
