@@ -1230,9 +1230,19 @@ public:
         setResult(std::move(r));
         return shared_from_this();
     }
-    void addStep(Step step) {
+    /// Appends a step (running it now if the chain is fired and idle) and
+    /// returns its index in `steps`, which holds until it runs: steps are
+    /// cleared only once all have run.
+    std::size_t addStep(Step step) {
+        const std::size_t index = steps.size();
         steps.push_back(std::move(step));
         if (called && !running && paused == 0) run(shared_from_this());
+        return index;
+    }
+    /// Turns the step at `index`, not run yet, into a pass-through: its
+    /// owner is gone (the coroutine frame of a DeferredAwaiter).
+    void dropStep(std::size_t index) {
+        steps[index] = [](DeferredState&) -> DeferredPtr { return nullptr; };
     }
 };
 
@@ -1800,6 +1810,13 @@ inline void resumeCoroutine(std::coroutine_handle<> h) {
     }
 }
 
+/// Forgets a queued resumption of `h`, whose frame is being destroyed.
+inline void unqueueResume(std::coroutine_handle<> h) {
+    if (std::vector<std::coroutine_handle<>>* queue = resumeQueue())
+        for (std::coroutine_handle<>& queued : *queue)
+            if (queued == h) queued = std::noop_coroutine();
+}
+
 /// The part of a Deferred coroutine's promise that its awaiters fill in:
 /// the Deferred it is suspended on, which cancelling the coroutine's own
 /// Deferred cancels (Twisted's inlineCallbacks does the same).
@@ -1819,12 +1836,28 @@ protected:
 
 /// `co_await d` (AsResult = false: the value, failures thrown) or
 /// `co_await asResult(d)` (a Result<T>, for -fno-exceptions code).
+/// Lives in the awaiting coroutine's frame, which may be any coroutine
+/// type; whoever owns that frame may destroy it while it is suspended
+/// here, and then the destructor unhooks the frame from `s` (and from the
+/// resume queue), so firing `s` later resumes nothing.
 template <class T, bool AsResult>
 struct DeferredAwaiter {
     std::shared_ptr<DeferredState<T>> s;
     Result<T> result{Failure()};
     bool inSuspend = false;
     bool ready = false;
+    bool hooked = false;        // our step is on s's chain and has not run
+    bool resumeQueued = false;  // s fired; the trampoline has yet to resume us
+    std::size_t step = 0;       // the step's index in s->steps
+    std::coroutine_handle<> frame;
+
+    explicit DeferredAwaiter(std::shared_ptr<DeferredState<T>> state) : s(std::move(state)) {}
+    DeferredAwaiter(const DeferredAwaiter&) = delete;  // our step points here
+    DeferredAwaiter& operator=(const DeferredAwaiter&) = delete;
+    ~DeferredAwaiter() {
+        if (hooked) s->dropStep(step);  // the frame is destroyed while suspended here
+        if (resumeQueued) unqueueResume(frame);
+    }
 
     bool await_ready() const noexcept { return false; }
     CoroutineAwaiting* owner = nullptr;
@@ -1837,14 +1870,20 @@ struct DeferredAwaiter {
             owner->awaitingAsResult = AsResult;
         }
         inSuspend = true;
+        frame = h;
         CoroutineAwaiting* promise = owner;
-        s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
+        hooked = true;
+        step = s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
+            hooked = false;
             if (promise) promise->awaiting.reset();
             result = st.take();
             if (inSuspend) {
                 ready = true;  // fired already: resume without suspending
             } else {
                 if (promise) promise->queued = true;
+                // Queued behind a running coroutine, or resumed now (then
+                // this awaiter may be gone when resumeCoroutine returns).
+                if (resumeQueue()) resumeQueued = true;
                 resumeCoroutine(h);
             }
             return nullptr;
@@ -1862,6 +1901,7 @@ struct DeferredAwaiter {
         return !ready;
     }
     auto await_resume() {
+        resumeQueued = false;
         if (owner) owner->queued = false;
         if constexpr (AsResult) {
             return std::move(result);

@@ -2,7 +2,9 @@
 // type changes, nested Deferreds, pause, cancel, timeouts, unhandled
 // errors, DeferredList/gatherResults, deep chains, and C++20 coroutines.
 #include <memory>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "support.hpp"
@@ -1322,6 +1324,73 @@ TEST_CASE("coroutines: a Failure known only by name keeps its type when co_await
     });
     CHECK(error == "ResultConsumed");
     CHECK(log.lines.empty());
+}
+#endif
+
+#if defined(REACTOR_HAS_COROUTINES)
+namespace {
+/// A coroutine type of the user's own (not a Deferred): its owner destroys
+/// the frame, suspended or not.
+struct OwnTask {
+    struct promise_type {
+        OwnTask get_return_object() { return OwnTask{std::coroutine_handle<promise_type>::from_promise(*this)}; }
+        std::suspend_never initial_suspend() noexcept { return {}; }
+        std::suspend_always final_suspend() noexcept { return {}; }
+        void return_void() {}
+        void unhandled_exception() {}
+    };
+    explicit OwnTask(std::coroutine_handle<promise_type> handle) : h(handle) {}
+    OwnTask(OwnTask&& other) noexcept : h(std::exchange(other.h, {})) {}
+    OwnTask& operator=(OwnTask&&) = delete;
+    ~OwnTask() {
+        if (h) h.destroy();
+    }
+    std::coroutine_handle<promise_type> h;
+};
+OwnTask awaitsInOwnTask(Deferred<std::string> d, std::string* got) {
+    std::string s = co_await d;
+    *got = s;
+}
+OwnTask awaitsResultInOwnTask(Deferred<std::string> d, std::string* got) {
+    Result<std::string> r = co_await asResult(d);
+    *got = r.ok() ? r.value() : r.failure().type();
+}
+/// Resumed through the trampoline by `go`: fires `d` (queuing the task
+/// that awaits it), then destroys that task before it can run.
+Deferred<void> firesThenDropsTask(Deferred<void> go, Deferred<std::string> d, std::optional<OwnTask>* task) {
+    co_await go;
+    d.callback(std::string(64, 'x'));
+    task->reset();
+}
+}  // namespace
+
+TEST_CASE("coroutines: a coroutine of another type destroyed while suspended in co_await is unhooked") {
+    std::string got, later;
+    Deferred<std::string> d;
+    SUBCASE("plain co_await; the Deferred fires afterwards and keeps its value") {
+        { OwnTask t = awaitsInOwnTask(d, &got); }  // the owner destroys the suspended frame
+        d.callback(std::string(64, 'x'));
+        d.addCallback([&](std::string v) { later = v; });
+        CHECK(later == std::string(64, 'x'));  // as if it had never awaited
+    }
+    SUBCASE("co_await asResult(); the Deferred fails afterwards and keeps its failure") {
+        test::LogCapture log;
+        { OwnTask t = awaitsResultInOwnTask(d, &got); }
+        d.errback(boom());
+        d.addErrback([&](Failure f) { later = f.type(); return std::string(); });
+        CHECK(later == "ValueError");
+        CHECK(log.lines.empty());
+    }
+    SUBCASE("destroyed after the Deferred fired, while queued behind a running coroutine") {
+        Deferred<void> go;
+        std::optional<OwnTask> task;
+        task.emplace(awaitsInOwnTask(d, &got));
+        auto out = observe(firesThenDropsTask(go, d, &task));
+        go.callback();  // the trampoline must not resume the destroyed frame
+        CHECK(out->ok);
+        CHECK_FALSE(task.has_value());
+    }
+    CHECK(got.empty());  // never resumed
 }
 #endif
 
