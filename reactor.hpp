@@ -3304,8 +3304,9 @@ namespace task {
 ///     next call is scheduled only after that Deferred fires.
 ///   - Missed intervals are skipped: the next call is at the next multiple
 ///     of `interval` after the start time that is strictly in the future.
-///   - If `f` throws or fails, the loop stops and the start() Deferred
-///     errbacks (unobserved, that Deferred logs "Unhandled error").
+///   - If `f` throws or fails, or the next call cannot be scheduled, the
+///     loop stops and the start() Deferred errbacks (unobserved, that
+///     Deferred logs "Unhandled error").
 /// Not copyable or movable: the start() Deferred fires with `this`.
 /// Destroying it cancels the pending call (the start() Deferred never fires).
 class LoopingCall {
@@ -6811,19 +6812,26 @@ REACTOR_INLINE void LoopingCall::call() {
     std::weak_ptr<LoopingCall*> alive = alive_;
     const unsigned generation = generation_;
     Deferred<LoopingCall*> mine = deferred_;
-    f_().addCallbacks(
-        [alive, generation, mine]() mutable {
+    // Two pairs, not one (Twisted chains addCallback then addErrback): if
+    // scheduling the next call fails, the errback ends the loop and fails
+    // the start() Deferred instead of the failure being left on f's chain.
+    f_().addCallback(
+        [alive, generation, mine]() mutable -> Result<void> {
             auto self = alive.lock();
-            if (!self || !*self) return;
+            if (!self || !*self) return {};
             LoopingCall& lc = **self;
             if (lc.generation_ != generation) {
                 if (!mine.called()) mine.callback(&lc);
             } else if (lc.running_) {
                 lc.schedule();
+                // Without exceptions a refused callLater (say, `interval`
+                // set negative) logs and returns an empty handle.
+                if (!lc.call_) return Failure(error::ValueError("LoopingCall could not schedule its next call"));
             } else {
                 lc.finish();
             }
-        },
+            return {};
+        }).addErrback(
         [alive, generation, mine](Failure failure) mutable -> Result<void> {
             auto self = alive.lock();
             if (!self || !*self) return failure;  // nobody left to tell: report it
