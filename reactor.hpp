@@ -527,6 +527,31 @@ namespace detail {
 std::string demangle(const char* name);
 #endif
 
+/// What Failure::raiseException throws for a Failure known only by name
+/// (`Failure("ParseError", ...)`, the library's "ResultConsumed" marker):
+/// it carries the names, so the Failure caught again (by an errback after
+/// trap<E>(), or from a coroutine's co_await) keeps its type and message.
+/// what() is "ParseError: bad header", for code that only sees an Error.
+// The virtual members are defined in the class, as Error's are: a class
+// with an out-of-line virtual (a key function) would have its vtable in
+// every TU that includes the header.
+class NamedError : public Error {
+public:
+    NamedError(const TypeChain& names, std::string message);
+    const char* what() const noexcept override { return what_.c_str(); }
+    void typeNames(TypeChain& chain) const override {
+        for (std::size_t i = 0; i < names_.size; ++i) chain.push(names_.names[i]);
+    }
+    std::shared_ptr<const Error> clone() const override { return std::shared_ptr<const Error>(new NamedError(*this)); }
+#if REACTOR_HAS_EXCEPTIONS
+    std::exception_ptr toExceptionPtr() const override { return std::make_exception_ptr(*this); }
+#endif
+
+private:
+    TypeChain names_;   // the Failure's names, most derived first
+    std::string what_;  // "Name: message"
+};
+
 /// API misuse: throw `E` when exceptions are on, otherwise log it and let the
 /// caller return without doing anything.
 template <class E>
@@ -643,7 +668,8 @@ public:
         return nullptr;
     }
 
-    /// Throws the original exception (or an `Error` with the message).
+    /// Throws the original exception; a Failure known only by name throws
+    /// an Error that keeps the name (caught again, it is the same Failure).
     [[noreturn]] void raiseException() const;
 
 private:
@@ -930,7 +956,10 @@ private:
 //     the result (value or failure) *moves* into the new Deferred. The
 //     original chain is then left holding a handled "ResultConsumed"
 //     failure; callbacks added to the original handle after that point see
-//     it on the errback track (Twisted's "result becomes None").
+//     it on the errback track (Twisted's "result becomes None"). Until
+//     then, cancelling the new Deferred cancels the original (in Twisted
+//     they are one Deferred): if that one has fired and waits on a
+//     Deferred a callback returned, only that inner one is cancelled.
 //   - A callback may fail without exceptions by returning a `Failure` or a
 //     `Result<T>` (value or Failure).
 //   - The chain is run by one loop over an explicit stack (Twisted's
@@ -1076,6 +1105,17 @@ public:
     int userPaused = 0;                  // the pause() calls not yet undone
     std::weak_ptr<DeferredBase> waitingOn;  // the inner Deferred a callback returned
     std::function<void()> canceller;
+    /// A type-changed Deferred not fed yet: the Deferred whose chain feeds
+    /// it. In Twisted the two are one Deferred, so its cancel() is the
+    /// feeder's (which may be fired already and waiting on an inner one).
+    std::weak_ptr<DeferredBase> feeder;
+    /// cancel() only calls the canceller, on every cancel() while unfired,
+    /// and never errbacks by itself: a DeferredList cancels its members and
+    /// fires from their results (Twisted's DeferredList.cancel).
+    bool cancellerOnly = false;
+    /// The last cancel() pass that went on from here to another Deferred
+    /// (an inner or a feeder): going on once per pass ends cycles.
+    std::uint64_t forwardedIn = 0;
 
     /// Runs the chain's pairs until it is exhausted or paused. Returns a
     /// Deferred the loop must run first (then this one again), or null.
@@ -1086,8 +1126,9 @@ public:
     /// CancelledError if still unfired; a fired Deferred waiting on an inner
     /// one cancels that one instead.
     void cancel();
-    /// cancel()'s work for this one Deferred (cancel() bounds the recursion).
-    void cancelHere();
+    /// cancel()'s work for this one Deferred, in the outermost cancel()'s
+    /// `pass` (cancel() bounds the recursion).
+    void cancelHere(std::uint64_t pass);
 
     void pause();
     /// Undoes a user pause(); an extra unpause() is ignored, so it cannot
@@ -1200,9 +1241,19 @@ public:
         setResult(std::move(r));
         return shared_from_this();
     }
-    void addStep(Step step) {
+    /// Appends a step (running it now if the chain is fired and idle) and
+    /// returns its index in `steps`, which holds until it runs: steps are
+    /// cleared only once all have run.
+    std::size_t addStep(Step step) {
+        const std::size_t index = steps.size();
         steps.push_back(std::move(step));
         if (called && !running && paused == 0) run(shared_from_this());
+        return index;
+    }
+    /// Turns the step at `index`, not run yet, into a pass-through: its
+    /// owner is gone (the coroutine frame of a DeferredAwaiter).
+    void dropStep(std::size_t index) {
+        steps[index] = [](DeferredState&) -> DeferredPtr { return nullptr; };
     }
 };
 
@@ -1455,7 +1506,9 @@ public:
     void unpause() { s_->unpause(); }
     /// Twisted's cancel(): unfired → canceller (or "ignore the next fire"),
     /// then CancelledError if still unfired; waiting on a Deferred returned
-    /// by a callback → cancels that one; otherwise nothing.
+    /// by a callback → cancels that one; otherwise nothing. A Deferred made
+    /// by a type-changing callback, before the result reaches it, cancels
+    /// the Deferred that feeds it (in Twisted they are one).
     void cancel() { s_->cancel(); }
     /// Cancels this Deferred if it has not fired after `seconds` on `clock`
     /// and turns that CancelledError into defer::TimeoutError. Covers the
@@ -1523,16 +1576,19 @@ private:
         } else {
             Deferred<U> out;
             std::shared_ptr<detail::DeferredState<U>> target = out.s_;
-            std::weak_ptr<detail::DeferredState<T>> source = s_;
-            target->canceller = [source] {  // cancelling the branch cancels its source
-                if (auto s = source.lock()) s->cancel();
-            };
+            target->feeder = s_;  // until fed, cancelling the branch cancels its source
             s_->addStep([target, fn = std::move(fn)](detail::DeferredState<T>& s) mutable -> detail::DeferredPtr {
                 Result<T> r = s.take();
-                if (target->called) return nullptr;  // fired directly (e.g. cancelled): drop
+                if (target->called) return nullptr;  // fired by hand meanwhile (misuse): drop
                 target->called = true;
-                target->canceller = nullptr;
-                if (detail::DeferredPtr first = fn(*target, std::move(r))) return first;
+                target->feeder.reset();
+                // Callbacks added to the branch while `fn` runs wait for its
+                // result, as on one Deferred in Twisted: the loop runs them
+                // once `fn` has stored it.
+                target->running = true;
+                detail::DeferredPtr first = fn(*target, std::move(r));
+                target->running = false;
+                if (first) return first;
                 return target->paused == 0 ? detail::DeferredPtr(target) : nullptr;
             });
             return out;
@@ -1624,7 +1680,8 @@ struct DeferredListResult : std::vector<std::pair<bool, Result<T>>> {
 /// (or on the first success / failure with the flags). Members' failures
 /// stay in the members unless `consumeErrors` (then they are handled).
 /// An empty list fires at once, except with fireOnOneCallback (never).
-/// cancel() cancels every member while the list is unfired.
+/// cancel() cancels every member while the list is unfired and nothing
+/// else: the list fires from the members' results, as they come.
 template <class T>
 class DeferredList : public Deferred<DeferredListResult<T>> {
 public:
@@ -1638,9 +1695,14 @@ public:
         std::shared_ptr<ListState> self = detail::stateOf<DeferredListResult<T>>(*this);
         std::vector<std::weak_ptr<detail::DeferredState<T>>> weak;
         for (auto& m : members) weak.push_back(detail::stateOf(m));
+        // Twisted's DeferredList.cancel: cancel every member, and let the
+        // list fire from what they give (a member may catch its
+        // cancellation and finish later with a real result).
+        self->cancellerOnly = true;
         self->canceller = [weak] {
             for (auto& w : weak)
-                if (auto m = w.lock()) m->cancel();
+                if (auto m = w.lock())
+                    detail::runGuarded("a DeferredList member's canceller", [&m] { m->cancel(); });
         };
         struct Shared {
             DeferredListResult<T> results;
@@ -1759,6 +1821,13 @@ inline void resumeCoroutine(std::coroutine_handle<> h) {
     }
 }
 
+/// Forgets a queued resumption of `h`, whose frame is being destroyed.
+inline void unqueueResume(std::coroutine_handle<> h) {
+    if (std::vector<std::coroutine_handle<>>* queue = resumeQueue())
+        for (std::coroutine_handle<>& queued : *queue)
+            if (queued == h) queued = std::noop_coroutine();
+}
+
 /// The part of a Deferred coroutine's promise that its awaiters fill in:
 /// the Deferred it is suspended on, which cancelling the coroutine's own
 /// Deferred cancels (Twisted's inlineCallbacks does the same).
@@ -1778,12 +1847,28 @@ protected:
 
 /// `co_await d` (AsResult = false: the value, failures thrown) or
 /// `co_await asResult(d)` (a Result<T>, for -fno-exceptions code).
+/// Lives in the awaiting coroutine's frame, which may be any coroutine
+/// type; whoever owns that frame may destroy it while it is suspended
+/// here, and then the destructor unhooks the frame from `s` (and from the
+/// resume queue), so firing `s` later resumes nothing.
 template <class T, bool AsResult>
 struct DeferredAwaiter {
     std::shared_ptr<DeferredState<T>> s;
     Result<T> result{Failure()};
     bool inSuspend = false;
     bool ready = false;
+    bool hooked = false;        // our step is on s's chain and has not run
+    bool resumeQueued = false;  // s fired; the trampoline has yet to resume us
+    std::size_t step = 0;       // the step's index in s->steps
+    std::coroutine_handle<> frame;
+
+    explicit DeferredAwaiter(std::shared_ptr<DeferredState<T>> state) : s(std::move(state)) {}
+    DeferredAwaiter(const DeferredAwaiter&) = delete;  // our step points here
+    DeferredAwaiter& operator=(const DeferredAwaiter&) = delete;
+    ~DeferredAwaiter() {
+        if (hooked) s->dropStep(step);  // the frame is destroyed while suspended here
+        if (resumeQueued) unqueueResume(frame);
+    }
 
     bool await_ready() const noexcept { return false; }
     CoroutineAwaiting* owner = nullptr;
@@ -1796,14 +1881,20 @@ struct DeferredAwaiter {
             owner->awaitingAsResult = AsResult;
         }
         inSuspend = true;
+        frame = h;
         CoroutineAwaiting* promise = owner;
-        s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
+        hooked = true;
+        step = s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
+            hooked = false;
             if (promise) promise->awaiting.reset();
             result = st.take();
             if (inSuspend) {
                 ready = true;  // fired already: resume without suspending
             } else {
                 if (promise) promise->queued = true;
+                // Queued behind a running coroutine, or resumed now (then
+                // this awaiter may be gone when resumeCoroutine returns).
+                if (resumeQueue()) resumeQueued = true;
                 resumeCoroutine(h);
             }
             return nullptr;
@@ -1821,6 +1912,7 @@ struct DeferredAwaiter {
         return !ready;
     }
     auto await_resume() {
+        resumeQueued = false;
         if (owner) owner->queued = false;
         if constexpr (AsResult) {
             return std::move(result);
@@ -3328,8 +3420,9 @@ namespace task {
 ///     next call is scheduled only after that Deferred fires.
 ///   - Missed intervals are skipped: the next call is at the next multiple
 ///     of `interval` after the start time that is strictly in the future.
-///   - If `f` throws or fails, the loop stops and the start() Deferred
-///     errbacks (unobserved, that Deferred logs "Unhandled error").
+///   - If `f` throws or fails, or the next call cannot be scheduled, the
+///     loop stops and the start() Deferred errbacks (unobserved, that
+///     Deferred logs "Unhandled error").
 /// Not copyable or movable: the start() Deferred fires with `this`.
 /// Destroying it cancels the pending call (the start() Deferred never fires).
 class LoopingCall {
@@ -4556,7 +4649,7 @@ REACTOR_INLINE SignalHandlers::~SignalHandlers() {
 // ---- 4. UTILITIES ----------------------------------------------------------
 
 REACTOR_INLINE void Failure::adopt(const Error& e) {
-    message_ = e.what();
+    message_ = e.message();  // not what(): a NamedError's what() has its name too
     e.typeNames(chain_);
     error_ = e.clone();
 #if REACTOR_HAS_EXCEPTIONS
@@ -4572,7 +4665,7 @@ REACTOR_INLINE Failure Failure::fromException(std::exception_ptr ep) {
     try {
         std::rethrow_exception(ep);
     } catch (const Error& e) {  // the library's own: names without RTTI
-        f.message_ = e.what();
+        f.message_ = e.message();
         e.typeNames(f.chain_);
     } catch (const std::exception& e) {
         f.message_ = e.what();
@@ -4743,13 +4836,22 @@ REACTOR_INLINE std::string Failure::type() const {
 
 REACTOR_INLINE void Failure::raiseException() const {
 #if REACTOR_HAS_EXCEPTIONS
-if (exception_) std::rethrow_exception(exception_);
-throw Error(str());
+    if (exception_) std::rethrow_exception(exception_);
+    throw detail::NamedError(chain_, message_);
 #else
-log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
-std::abort();
+    log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
+    std::abort();
 #endif
 }
+
+namespace detail {
+REACTOR_INLINE NamedError::NamedError(const TypeChain& names, std::string message)
+    : Error(std::move(message)), names_(names) {
+    what_ = names_.size ? names_.names[0] : "Failure";
+    what_ += ": ";
+    what_ += this->message();
+}
+}  // namespace detail
 
 REACTOR_INLINE void Failure::describe(const std::exception& e) {
     if (auto* err = dynamicError(e)) {
@@ -4969,6 +5071,7 @@ REACTOR_INLINE void DeferredBase::cancel() {
     constexpr int maxCancelDepth = 256;
     struct CancelPass {
         int depth = 0;
+        std::uint64_t id = 0;  // numbers the outermost cancel() calls
         std::vector<DeferredPtr>* deeper = nullptr;
     };
     static thread_local CancelPass pass;
@@ -4986,20 +5089,42 @@ REACTOR_INLINE void DeferredBase::cancel() {
             if (outermost) p.deeper = nullptr;
         }
     };
-    if (outermost) pass.deeper = &deeper;
+    if (outermost) {
+        pass.deeper = &deeper;
+        ++pass.id;
+    }
     ++pass.depth;
     Level level{pass, outermost};
-    cancelHere();
+    cancelHere(pass.id);
     if (!outermost) return;
     for (std::size_t i = 0; i < deeper.size(); ++i) {
         DeferredPtr next = deeper[i];  // cancelHere() may grow the queue
-        next->cancelHere();
+        next->cancelHere(pass.id);
     }
 }
 
-REACTOR_INLINE void DeferredBase::cancelHere() {
+REACTOR_INLINE void DeferredBase::cancelHere(std::uint64_t pass) {
     DeferredPtr keep = shared_from_this();
+    // Going on to another Deferred happens once per Deferred and pass, so a
+    // cycle (two Deferreds waiting on each other: Twisted recurses until
+    // RecursionError) ends instead of looping; they stay deadlocked.
+    auto goOn = [this, pass](const DeferredPtr& other) {
+        if (forwardedIn == pass) return;
+        forwardedIn = pass;
+        other->cancel();
+    };
     if (!called) {
+        if (DeferredPtr source = feeder.lock()) {
+            goOn(source);
+            return;
+        }
+        if (cancellerOnly) {
+            if (canceller) {
+                std::function<void()> c = canceller;  // a copy: firing clears it, and it is kept for the next cancel()
+                c();
+            }
+            return;
+        }
         if (canceller) {
             std::function<void()> c = std::move(canceller);
             canceller = nullptr;
@@ -5008,8 +5133,10 @@ REACTOR_INLINE void DeferredBase::cancelHere() {
             suppressAlreadyCalled = true;
         }
         if (!called) errbackCancelled();
+    } else if (cancellerOnly) {
+        return;  // Twisted's DeferredList: a fired list ignores cancel(), even while waiting
     } else if (DeferredPtr inner = waitingOn.lock()) {
-        inner->cancel();
+        goOn(inner);
     }
 }
 
@@ -7043,19 +7170,26 @@ REACTOR_INLINE void LoopingCall::call() {
     std::weak_ptr<LoopingCall*> alive = alive_;
     const unsigned generation = generation_;
     Deferred<LoopingCall*> mine = deferred_;
-    f_().addCallbacks(
-        [alive, generation, mine]() mutable {
+    // Two pairs, not one (Twisted chains addCallback then addErrback): if
+    // scheduling the next call fails, the errback ends the loop and fails
+    // the start() Deferred instead of the failure being left on f's chain.
+    f_().addCallback(
+        [alive, generation, mine]() mutable -> Result<void> {
             auto self = alive.lock();
-            if (!self || !*self) return;
+            if (!self || !*self) return {};
             LoopingCall& lc = **self;
             if (lc.generation_ != generation) {
                 if (!mine.called()) mine.callback(&lc);
             } else if (lc.running_) {
                 lc.schedule();
+                // Without exceptions a refused callLater (say, `interval`
+                // set negative) logs and returns an empty handle.
+                if (!lc.call_) return Failure(error::ValueError("LoopingCall could not schedule its next call"));
             } else {
                 lc.finish();
             }
-        },
+            return {};
+        }).addErrback(
         [alive, generation, mine](Failure failure) mutable -> Result<void> {
             auto self = alive.lock();
             if (!self || !*self) return failure;  // nobody left to tell: report it
