@@ -2466,6 +2466,7 @@ private:
     std::vector<char> readBuffer_;                       // one buffer for every recv()
     std::unique_ptr<ThreadPool> resolver_;               // name lookups, apart from the user's pool
     int spareFd_ = -1;                                   // see TcpPort::acceptError
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false from ~Reactor on
 };
 
 
@@ -2698,6 +2699,9 @@ struct ReactorAccess {
         return r.watch(fd, event, h) != Reactor::npos;
     }
     static void unwatch(Reactor& r, int fd, short events) { r.unwatch(fd, events); }
+    /// True while the reactor exists: for objects a user handle can keep
+    /// alive past it (a connector between attempts).
+    static std::shared_ptr<const bool> aliveFlag(Reactor& r) { return r.alive_; }
     static void adopt(Reactor& r, std::shared_ptr<Owned> o);
     /// Stops owning `o`; it is freed at the end of the turn, so a method of
     /// `o` on the stack may still return through it.
@@ -2820,6 +2824,7 @@ private:
     bool outputPaused_ = false;  // read-side backpressure: too much unsent output
     bool readShut_ = false, writeShut_ = false, wantWriteShut_ = false;
     bool aborting_ = false, closing_ = false;
+    bool abandoned_ = false;  // no more user callbacks, even in a close under way
 };
 
 /// An outgoing connection attempt and its lifecycle (Twisted's
@@ -2891,6 +2896,7 @@ private:
     TcpConnection* transport_ = nullptr;
     bool factoryStarted_ = false;  // doStart once per cycle, however often connect() retries
     bool abandoned_ = false;       // the reactor or the factory is gone: connect() refused
+    std::shared_ptr<const bool> reactorAlive_ = ReactorAccess::aliveFlag(reactor_);
 };
 
 /// A listening socket (Twisted's tcp.Port).
@@ -5353,6 +5359,7 @@ REACTOR_INLINE Reactor::~Reactor() {
         calls.clear();
         if (owned_.empty() && dead_.empty() && timers_.liveCount() == 0 && slots_.empty() && retired_.empty()) break;
     }
+    *alive_ = false;  // a connector a user still holds (between attempts) no longer calls us
     if (spareFd_ >= 0) detail::os::closeFd(spareFd_);
 }
 
@@ -5362,9 +5369,9 @@ REACTOR_INLINE void Reactor::crash() {
 }
 
 REACTOR_INLINE void Reactor::iterate(double timeout) {
-    if (inTurn_) {
+    if (inTurn_ || inRun_) {
         detail::raise<error::ReactorAlreadyRunning>(
-            "iterate() called from inside a reactor callback (the loop is not re-entrant)");
+            "iterate() called from inside a reactor callback or while run() is active (the loop is not re-entrant)");
         return;
     }
     turn(timeout < 0 ? 0 : timeout);
@@ -6126,6 +6133,7 @@ REACTOR_INLINE void TcpConnection::shutdownNow() { closeWith(Failure(error::Conn
 
 REACTOR_INLINE void TcpConnection::abandon() {
     stopUsingFactory();
+    abandoned_ = true;  // a closeWith() under way (its factory died in a callback) calls no one else
     if (closing_) return;
     closing_ = true;
     if (abortCall_.active()) abortCall_.cancel();
@@ -6315,12 +6323,17 @@ REACTOR_INLINE void TcpConnector::abandon() {
     stopUsingFactory();
     if (abandoned_) return;
     abandoned_ = true;
+    if (std::exchange(factoryStarted_, false) && factory_.numPorts > 0)
+        --factory_.numPorts;  // silently: a later first use starts the factory again
+    if (!*reactorAlive_) {  // between attempts when the reactor went: nothing of ours is left in it
+        state_ = State::disconnected;
+        return;
+    }
     dropSocket();
     cancelTimeout();
     if (failCall_.active()) failCall_.cancel();
     ++attempt_;
     state_ = State::disconnected;
-    factoryStarted_ = false;
     if (TcpConnection* t = std::exchange(transport_, nullptr)) t->abandon();
     ReactorAccess::release(reactor_, this);
 }
@@ -6504,6 +6517,7 @@ REACTOR_INLINE void TcpPort::abandon() {
     stopUsingFactory();
     if (listening_) {
         listening_ = false;
+        if (factory_.numPorts > 0) --factory_.numPorts;  // silently: no stopFactory
         if (resumeCall_.active()) resumeCall_.cancel();
         closeSocket();
     }
@@ -6551,11 +6565,15 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
     if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
     Protocol* p = protocol_.get();
     p->connected = false;
-    if (reactor_.tracing())
-        reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
-                       reason.str() + ")");
-    runGuarded("connectionLost", [&] { p->connectionLost(reason); });
-    if (connector_) connector_->connectionLost(reason);
+    // Each user call may destroy the factory (which abandons this
+    // connection): after one, call no one else.
+    if (!abandoned_) {
+        if (reactor_.tracing())
+            reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
+                           reason.str() + ")");
+        runGuarded("connectionLost", [&] { p->connectionLost(reason); });
+    }
+    if (connector_ && !abandoned_) connector_->connectionLost(reason);
     // The protocol's life ends with this object's, at the end of the turn:
     // connectionLost may run while one of its own methods is on the stack
     // (disconnectAll() from its lineReceived, say), which must return
@@ -6564,7 +6582,7 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
 }
 
 REACTOR_INLINE void TcpConnector::connect() {
-    if (abandoned_) {
+    if (abandoned_ || !*reactorAlive_) {
         raise<error::RuntimeError>("can't connect: the reactor or the factory of this connector is gone");
         return;
     }
@@ -6615,6 +6633,7 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
 }
 
 REACTOR_INLINE void TcpConnector::connectionLost(const Failure& reason) {
+    if (abandoned_) return;  // its factory is gone
     auto keep = shared_from_this();
     transport_ = nullptr;
     state_ = State::disconnected;
