@@ -3580,7 +3580,9 @@ public:
     /// Called by the transport on connect: resets ISUPPORT and registers
     /// (PASS, NICK, USER) when performLogin.
     REACTOR_INLINE void connectionMade() override;
-    /// Called by the transport once: stops the heartbeat and the send queue.
+    /// Called by the transport once: stops the heartbeat and the send queue
+    /// and drops what this connection left half received (a partial line,
+    /// a MOTD being collected), so a reused client starts afresh.
     REACTOR_INLINE void connectionLost(const Failure& reason) override;
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
@@ -3860,7 +3862,11 @@ public:
     bool ping(const std::string& user, const std::string& text = "");
     /// Registers: [PASS password], NICK nick, USER (username or nick)
     /// hostName serverName :(realname or nick). Called by connectionMade
-    /// when performLogin. (Twisted's `register`, a C++ keyword.)
+    /// when performLogin. (Twisted's `register`, a C++ keyword.) All or
+    /// nothing: a nick, user name, hostName or serverName that is empty,
+    /// has a space or starts with ':' (Twisted sends them as they are,
+    /// shifting USER's parameters), or any CR, LF or NUL, sends nothing
+    /// and returns false. A password with a space goes as "PASS :pass".
     bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar");
     /// Sends CTCP queries to `user` in one PRIVMSG.
     bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages);
@@ -7254,7 +7260,15 @@ REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
     namesHeld_ = 0;
     namesOverflowLogged_ = false;
     pings_.clear();
+    // The transport's input ends here: a partial line must not be glued
+    // onto the first line of a later connection, nor an over-long line's
+    // tail swallow it, nor a half-collected MOTD or a pause carry over.
+    clearLineBuffer();
     discarding_ = false;
+    afterOverflow_.clear();
+    motd.reset();
+    motdOverflowLogged_ = false;
+    paused_ = false;
 }
 
 REACTOR_INLINE void IRCClient::dataReceived(std::string_view data) {
@@ -7877,10 +7891,23 @@ REACTOR_INLINE bool IRCClient::ping(const std::string& user, const std::string& 
 }
 
 REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::string& hostName, const std::string& serverName) {
-    if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname})) return false;
-    if (!password.empty()) sendLine("PASS " + password);
-    setNick(nick);
-    if (username.empty()) username = nick;
+    // Every argument is checked before anything is sent: a half
+    // registration (PASS and USER without the NICK the server waits for)
+    // would leave the server waiting. USER's first three parameters are
+    // middle ones; Twisted sends a user name with spaces as is, shifting
+    // them (a server reads "USER a b c d :x" as user "a", mode "b").
+    const std::string& user = username.empty() ? nick : username;
+    if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname}) ||
+        !checkMiddle("NICK", {nick}) || !checkMiddle("USER", {user, hostName, serverName}, 3))
+        return false;
+    if (!password.empty()) {
+        // PASS has one parameter: a password with a space or a leading
+        // ':' goes as the trailing one, which the server takes whole.
+        const bool trailing = password.find(' ') != std::string::npos || password.front() == ':';
+        sendLine((trailing ? "PASS :" : "PASS ") + password);
+    }
+    if (!setNick(nick)) return false;
+    if (username.empty()) username = nick;  // Twisted's register keeps it for later
     return sendLine("USER " + username + " " + hostName + " " + serverName + " :" +
                     (realname.empty() ? nick : realname));
 }
