@@ -6512,10 +6512,14 @@ REACTOR_INLINE void NetstringReceiver::feed(std::string_view data) {
                 const char c = data[i++];
                 if (c >= '0' && c <= '9') {
                     if (digits_ == 1 && length_ == 0) return fail("leading zero in the length");
-                    length_ = length_ * 10 + static_cast<std::size_t>(c - '0');
-                    ++digits_;
-                    if (length_ > MAX_LENGTH)
+                    // length_ * 10 + digit > MAX_LENGTH, tested without computing
+                    // it: with a MAX_LENGTH near SIZE_MAX the sum would wrap
+                    // around and a 20-digit length would pass as a small one.
+                    const auto digit = static_cast<std::size_t>(c - '0');
+                    if (digit > MAX_LENGTH || length_ > (MAX_LENGTH - digit) / 10)
                         return fail("length is over MAX_LENGTH (" + std::to_string(MAX_LENGTH) + ")");
+                    length_ = length_ * 10 + digit;
+                    ++digits_;
                 } else if (c == ':') {
                     if (digits_ == 0) return fail("missing length before ':'");
                     state_ = State::payload;
