@@ -1955,7 +1955,8 @@ public:
     std::size_t queueDepth() const;
     /// Workers started and not yet joined by stop(). Thread-safe.
     std::size_t threadCount() const;
-    /// Finishes the queued jobs and joins every worker. Call from the owner's thread.
+    /// Finishes the queued jobs, including those that jobs queue meanwhile,
+    /// and joins every worker. Call from the owner's thread, not from a job.
     void stop();
 
 private:
@@ -4996,15 +4997,20 @@ REACTOR_INLINE std::size_t ThreadPool::threadCount() const {
 
 REACTOR_INLINE void ThreadPool::stop() {
     State& st = *state_;
-    std::vector<std::thread> workers;
-    {
-        std::lock_guard<std::mutex> lock(st.mutex);
-        st.stopping = true;
+    std::unique_lock<std::mutex> lock(st.mutex);
+    st.stopping = true;
+    // A job running now may queue another (callInThread is thread-safe),
+    // and that can start a worker after the swap below: join in rounds
+    // until a round started none, so no thread outlives stop() (a joinable
+    // std::thread in ~State would be std::terminate).
+    while (!st.workers.empty()) {
+        std::vector<std::thread> workers;
         workers.swap(st.workers);
+        lock.unlock();
+        st.wake.notify_all();
+        for (auto& t : workers) t.join();
+        lock.lock();
     }
-    st.wake.notify_all();
-    for (auto& t : workers) t.join();
-    std::lock_guard<std::mutex> lock(st.mutex);
     st.stopping = false;
     st.idle = 0;
 }

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
@@ -824,6 +825,26 @@ TEST_CASE("the pool starts a second worker for a job queued behind a busy one") 
     });
     pool.stop();
     CHECK(aSawB);  // with one worker, A would time out before B ran
+}
+
+TEST_CASE("ThreadPool::stop also runs and joins what a job queues while stop() is joining") {
+    // The job waits until stop() has taken the workers to join
+    // (threadCount() drops to 0), then queues a follow-up: that may start
+    // a worker, which stop() must join too (~ThreadPool would otherwise
+    // destroy a joinable std::thread: std::terminate).
+    ThreadPool pool(4);
+    std::atomic<bool> sawStop{false}, followUpRan{false};
+    pool.callInThread([&] {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (pool.threadCount() != 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+        sawStop = pool.threadCount() == 0;
+        pool.callInThread([&] { followUpRan = true; });
+    });
+    pool.stop();
+    CHECK(sawStop);
+    CHECK(followUpRan);
+    CHECK(pool.threadCount() == 0);
+    CHECK(pool.queueDepth() == 0);
 }
 
 }  // TEST_SUITE threads
