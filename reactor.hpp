@@ -44,6 +44,8 @@
 //   Everything runs on the thread that calls `run()`/`iterate()`. The one
 //   method safe to call from any other thread is `Reactor::callFromThread`.
 //   Blocking work belongs on the thread pool (`callInThread`, `deferToThread`).
+//   Logging (`log`, `setLogger`) is thread-safe: the log hook runs on the
+//   thread that logs, one call at a time.
 //
 // Errors
 //   Failures are values (`Failure`). API misuse (cancelling a called timer,
@@ -360,19 +362,24 @@ enum class LogLevel { debug, info, warning, error, critical };
 /// The level's lower-case name ("debug" ... "critical"), as the default logger prints it.
 const char* logLevelName(LogLevel level);
 
-/// The one log hook (Twisted's log observer). Called on the reactor thread.
+/// The one log hook (Twisted's log observer). Called on the thread that
+/// logs: the reactor's thread for what the reactor does, a pool worker for
+/// a pool job's uncaught exception, any thread that calls log(). Calls
+/// never overlap: a lock serializes them (as Twisted's log publisher), so
+/// a sink needs no lock of its own. To touch reactor-thread objects (a
+/// transport, say), a sink hands the line over with callFromThread.
 using Logger = std::function<void(LogLevel, std::string_view)>;
 
 namespace detail {
-Logger& loggerSlot();
 void defaultLog(LogLevel level, std::string_view message);
 }  // namespace detail
 
 /// Replaces the log hook and returns the previous one; an empty function
-/// restores the default (stderr). Set it before starting other threads.
+/// restores the default (stderr). Thread-safe: waits for a call in
+/// progress on another thread. A sink may call it (and log()) itself.
 Logger setLogger(Logger logger);
 
-/// Sends one line to the log hook.
+/// Sends one line to the log hook. Thread-safe.
 void log(LogLevel level, std::string_view message);
 
 /// Receives one trace line per loop event (Reactor::setTracer).
@@ -1945,7 +1952,8 @@ public:
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
-    /// Queues `job`; thread-safe. A job that throws is logged and dropped.
+    /// Queues `job`; thread-safe. A job that throws is logged (from its
+    /// worker thread, see Logger) and dropped.
     void callInThread(std::function<void()> job);
     /// Twisted's adjustPoolsize(maxthreads=n); existing workers are kept.
     void setMaxThreads(std::size_t n);
@@ -4574,9 +4582,17 @@ REACTOR_INLINE const char* logLevelName(LogLevel level) {
 }
 namespace detail {
 
-REACTOR_INLINE Logger& loggerSlot() {
-    static Logger logger;  // empty: the default stderr writer
-    return logger;
+/// The log hook and the lock that serializes its calls (recursive: a sink
+/// may log). Held through a shared_ptr so that a sink which calls
+/// setLogger keeps running on a live object.
+struct LogHook {
+    std::recursive_mutex mutex;
+    std::shared_ptr<Logger> logger;  // null: the default stderr writer
+};
+
+REACTOR_INLINE LogHook& logHook() {
+    static LogHook hook;
+    return hook;
 }
 
 REACTOR_INLINE void defaultLog(LogLevel level, std::string_view message) {
@@ -4590,15 +4606,23 @@ REACTOR_INLINE void defaultLog(LogLevel level, std::string_view message) {
 }  // namespace detail
 
 REACTOR_INLINE Logger setLogger(Logger logger) {
-    return std::exchange(detail::loggerSlot(), std::move(logger));
+    detail::LogHook& hook = detail::logHook();
+    std::shared_ptr<Logger> next = logger ? std::make_shared<Logger>(std::move(logger)) : nullptr;
+    std::lock_guard<std::recursive_mutex> lock(hook.mutex);
+    std::shared_ptr<Logger> previous = std::exchange(hook.logger, std::move(next));
+    if (!previous) return Logger();
+    // Shared only with a call in progress on this thread (the sink replaced
+    // itself; other threads wait for the lock): that call keeps the original.
+    if (previous.use_count() > 1) return *previous;
+    return std::move(*previous);
 }
 
 REACTOR_INLINE void log(LogLevel level, std::string_view message) {
-    Logger& logger = detail::loggerSlot();
-    if (logger)
-        logger(level, message);
-    else
-        detail::defaultLog(level, message);
+    detail::LogHook& hook = detail::logHook();
+    std::lock_guard<std::recursive_mutex> lock(hook.mutex);
+    if (!hook.logger) return detail::defaultLog(level, message);
+    const std::shared_ptr<Logger> running = hook.logger;
+    (*running)(level, message);
 }
 namespace detail {
 
