@@ -242,8 +242,10 @@ public:
     Waker(const Waker&) = delete;
     Waker& operator=(const Waker&) = delete;
 
+    /// invalidFd if it could not be made (error() says why).
     Fd readFd() const { return readFd_; }
     Fd writeFd() const { return writeFd_; }
+    int error() const { return error_; }
 
     /// Async-signal-safe; a full pipe already means "wake up", so errors are ignored.
     static void wake(Fd writeFd);
@@ -254,6 +256,7 @@ public:
 private:
     Fd readFd_ = invalidFd;
     Fd writeFd_ = invalidFd;
+    int error_ = 0;
 };
 
 // ---- sockets ----------------------------------------------------------------
@@ -294,6 +297,9 @@ void setLingerZero(Fd fd);
 
 inline int bindTo(Fd fd, const SockAddr& a) { return ::bind(fd, a.get(), a.length); }
 inline int listenOn(Fd fd, int backlog) { return ::listen(fd, backlog); }
+/// The largest accept queue the system offers (the kernel caps it further,
+/// at net.core.somaxconn on Linux).
+inline constexpr int maxBacklog = SOMAXCONN;
 
 /// Starts a non-blocking connect: 0 when connected at once, -1 with errno
 /// (EINPROGRESS: wait for writability, then check socketError()).
@@ -802,7 +808,7 @@ public:
     /// handle to their own DelayedCall: a cycle through the entry otherwise).
     /// Destroying them may run code that touches timers, so they die last,
     /// after the queue is detached and emptied.
-    ~TimerQueue();
+    ~TimerQueue() { clear(); }
     TimerQueue(const TimerQueue&) = delete;
     TimerQueue& operator=(const TimerQueue&) = delete;
 
@@ -811,6 +817,11 @@ public:
     /// Called through DelayedCall: the entry's time changed.
     void reschedule(const std::shared_ptr<TimerEntry>& entry, double newTime);
     void cancelled();
+
+    /// Drops every pending call uncalled (their handles read inactive,
+    /// neither called nor cancelled: the clock is gone). A destructor that
+    /// schedules more is handled: the loop runs until the queue is empty.
+    void clear();
 
     std::size_t liveCount() const { return live_; }
     double now() const { return clock_.seconds(); }
@@ -1994,6 +2005,8 @@ private:
 /// Identifies a trigger added with addSystemEventTrigger.
 using TriggerId = std::uint64_t;
 
+class Factory;
+
 namespace detail {
 /// A readiness callback. Shared so that a callback that removes or replaces
 /// itself keeps running on a live object until it returns.
@@ -2005,17 +2018,41 @@ Handler makeHandler(std::function<void()> f);
 enum class Phase { before, during, after };
 
 /// Something the reactor owns and closes at shutdown: a TCP connection, a
-/// listening port, a connector (section 9).
+/// listening port, a connector (section 9). It may also use a Factory (a
+/// reference the user keeps alive): linked into that factory's list of
+/// users, so that a factory destroyed too early detaches them first.
 class Owned {
 public:
+    Owned() = default;
+    Owned(const Owned&) = delete;
+    Owned& operator=(const Owned&) = delete;
+    /// Subclasses call stopUsingFactory() first thing in their destructor,
+    /// while they are still whole.
     virtual ~Owned() = default;
-    /// Close now: called during shutdown and by ~Reactor.
+    /// Close now, with the usual callbacks: called by shutdown and disconnectAll.
     virtual void shutdownNow() = 0;
+    /// Close now without calling any user code (no connectionLost, no
+    /// factory callback): the reactor or the factory is being destroyed.
+    virtual void abandon() = 0;
+    /// An open connection (whose protocol would miss its connectionLost if abandoned).
+    virtual bool openConnection() const { return false; }
     /// The descriptor it watches (-1 if none) and what it is, for
     /// dirty-reactor reports: "TCP connection to 127.0.0.1:5555 (Echo)".
     virtual int descriptor() const = 0;
     virtual std::string describe() const = 0;
     std::size_t ownedIndex = static_cast<std::size_t>(-1);
+
+    /// Joins `f`'s list of users (a doubly linked list through the users:
+    /// no allocation). A user is in at most one list.
+    void useFactory(Factory& f);
+    /// Leaves the list; idempotent.
+    void stopUsingFactory();
+
+private:
+    friend class reactor::Factory;
+    Factory* usedFactory_ = nullptr;
+    Owned* prevUser_ = nullptr;
+    Owned* nextUser_ = nullptr;
 };
 struct ReactorAccess;
 }  // namespace detail
@@ -2043,13 +2080,28 @@ class ClientFactory;
 class IConnector;
 class ListeningPort;
 
+/// listenTCP's default accept-queue length: the system's maximum.
+inline constexpr int defaultBacklog = detail::os::maxBacklog;
+
 /// The event loop (Twisted's reactor). Create as many as you like; nothing
 /// is shared between two reactors. Not thread-safe except callFromThread.
 class Reactor : public IReactorTime {
 public:
     /// A stopped reactor, time zero now. REACTOR_TRACE set (and not "0") in the
-    /// environment installs a tracer that writes to stderr.
+    /// environment installs a tracer that writes to stderr. Throws
+    /// error::RuntimeError if it cannot make its wake-up descriptor (out of
+    /// descriptors, or one select() cannot watch); without exceptions that is
+    /// logged and the reactor wakes every 10 ms to notice other threads.
     Reactor();
+    /// Destroying is not shutting down: it calls none of your code. Open
+    /// connections, ports and connection attempts are closed silently (no
+    /// connectionLost, no clientConnection*, no stopFactory) and their
+    /// protocols destroyed; pending timers, descriptor callbacks and calls
+    /// from threads are destroyed uncalled (Asio's io_context does the same);
+    /// the thread pools are stopped first (running jobs finish, their results
+    /// are dropped). So factories and other state your callbacks use may be
+    /// destroyed before the reactor. For connectionLost and stopFactory, end
+    /// with stop() (or disconnectAll()) while everything is alive.
     REACTOR_INLINE ~Reactor();
     Reactor(const Reactor&) = delete;
     Reactor& operator=(const Reactor&) = delete;
@@ -2132,17 +2184,21 @@ public:
     /// Calls `f` whenever `fd` is writable.
     bool addWriter(int fd, std::function<void()> f);
     /// Stops calling the reader of `fd`; removing what is not watched is not an
-    /// error. Safe inside any callback: a removed fd is not dispatched later in the turn.
-    void removeReader(int fd) { unwatch(fd, os::evRead); }
+    /// error. Safe inside any callback: a removed fd is not dispatched later in
+    /// the turn. The callback is destroyed once it is not running and the
+    /// descriptor table is consistent (so its destructor, too, may add or
+    /// remove descriptors): before this returns, or after the current pass.
+    void removeReader(int fd);
     /// Stops calling the writer of `fd` (as removeReader).
-    void removeWriter(int fd) { unwatch(fd, os::evWrite); }
+    void removeWriter(int fd);
     /// Removes every reader and writer added with addReader/addWriter and returns their fds.
     /// TCP transports and ports are not touched: close them (disconnectAll),
     /// or they would be left open and deaf.
     std::vector<int> removeAll();
     /// Closes every TCP connection (their protocols get connectionLost with
     /// ConnectionLost), listening port and connection attempt. Shutdown
-    /// does this; tests use it to clean up.
+    /// does this; tests use it to clean up. Safe from any callback, even one
+    /// of a protocol it closes: protocols are destroyed at the end of the turn.
     void disconnectAll();
     /// Every fd watched for reading: addReader's, TCP connections and ports
     /// (not the reactor's own wake-up pipe). Twisted's getReaders.
@@ -2176,10 +2232,13 @@ public:
 
     /// Listens on `port` (0: a free one; see getHost()) on `interface` (an
     /// IP literal; "" = every IPv4 address, "::" = every IPv6 address).
-    /// `factory` must outlive the port and its connections. A bind failure
-    /// throws `error::CannotListenError` (without exceptions: logged, and
-    /// the returned port is not listening).
-    ListeningPort listenTCP(int port, Factory& factory, int backlog = 50, std::string_view interface = "");
+    /// `factory` should outlive the port and its connections (see Factory).
+    /// `backlog` is the accept queue: the default, the system's maximum
+    /// (SOMAXCONN), absorbs a burst of connects; Twisted's 50 overflows at
+    /// ~50 simultaneous connects and costs each extra client a 1 s SYN retry.
+    /// A bind failure throws `error::CannotListenError` (without exceptions:
+    /// logged, and the returned port is not listening).
+    ListeningPort listenTCP(int port, Factory& factory, int backlog = defaultBacklog, std::string_view interface = "");
     /// Connects to `host` (an IP literal, connected at once, or a name,
     /// resolved on a thread without blocking the loop). Failures reach
     /// `factory.clientConnectionFailed` with the reason, always after this
@@ -2237,9 +2296,17 @@ private:
 
     std::size_t watch(int fd, short event, detail::Handler handler, bool foreign = false);
 
-    /// Drops a handler. During dispatch it may be the one running, so it is
-    /// kept until the pass ends (no reference counting per event).
+    /// Drops a handler. It is never destroyed here: it may be the one
+    /// running, and its destructor is user code that may add or remove
+    /// descriptors while the tables are half-updated. releaseRetired()
+    /// destroys it once the tables are consistent.
     void retire(detail::Handler& handler);
+    /// Destroys retired handlers (and what they own), unless a dispatch pass
+    /// is running. A destructor may retire more: they go too.
+    void releaseRetired();
+    /// Frees the connections, ports and connectors closed this turn. Their
+    /// destructors (a protocol's, a factory a connector owned) may close more.
+    void releaseDead();
 
     void unwatch(int fd, short events);
 
@@ -2267,7 +2334,7 @@ private:
         TraceScope& operator=(const TraceScope&) = delete;
     };
 
-    void traceTurn(int ready, int timeoutMs, double waited);
+    void traceTurn(int ready, int timeoutMs, bool timerLimited, double waited);
 
     // ---- state ----------------------------------------------------------
 
@@ -2282,8 +2349,10 @@ private:
     std::vector<Slot> slots_;          // parallel to pollfds_
     std::vector<std::size_t> slotOf_;  // fd -> index, npos if unwatched
     std::vector<std::size_t> deadSlots_;
-    std::vector<detail::Handler> retired_;  // removed during dispatch; freed after it
+    std::vector<detail::Handler> retired_;  // removed; freed by releaseRetired()
+    std::vector<detail::Handler> releasing_;  // the batch being freed (reused)
     bool dispatching_ = false;
+    bool releasingRetired_ = false;
 
     std::mutex threadMutex_;
     std::vector<std::function<void()>> threadCalls_;
@@ -2309,6 +2378,8 @@ private:
     // TCP state (section 9).
     std::vector<std::shared_ptr<detail::Owned>> owned_;  // live connections, ports, connectors
     std::vector<std::shared_ptr<detail::Owned>> dead_;   // closed this turn; freed at its end
+    std::vector<std::shared_ptr<detail::Owned>> dying_;  // the batch being freed (reused)
+    bool releasingDead_ = false;
     std::vector<char> readBuffer_;                       // one buffer for every recv()
     std::unique_ptr<ThreadPool> resolver_;               // name lookups, apart from the user's pool
     int spareFd_ = -1;                                   // see TcpPort::acceptError
@@ -2390,7 +2461,9 @@ public:
     virtual bool getTcpKeepAlive() const { return false; }
 
     bool connected = false;      ///< true until the connection is gone
-    bool disconnecting = false;  ///< loseConnection() was called
+    /// loseConnection() was called, or the connection is gone (framing
+    /// protocols stop delivering messages once it is set).
+    bool disconnecting = false;
 };
 
 class Factory;
@@ -2435,12 +2508,26 @@ public:
 };
 
 /// Makes protocols for connections (Twisted's Factory). Set `protocol` (or
-/// use forProtocol), or override buildProtocol. Outlives its ports and
-/// connections: listenTCP/connectTCP keep a reference, not a copy.
+/// use forProtocol), or override buildProtocol.
+///
+/// Lifetime: listenTCP/connectTCP keep a reference, not a copy; the factory
+/// should outlive its ports, connectors and connections. If it does not (it
+/// was declared after the Reactor, say, and a test ended early), its
+/// destructor closes them first, silently (no connectionLost: the protocols
+/// may use the factory) and logs a warning, so nothing calls a dead factory.
+/// A protocol's destructor must not use its factory for that reason. A copy
+/// is a new factory: it shares `protocol` but no ports or connections.
 class Factory {
 public:
     Factory() = default;
-    virtual ~Factory() = default;
+    /// A new factory with the same `protocol` (no ports, no connections, numPorts 0).
+    Factory(const Factory& other) : protocol(other.protocol) {}
+    /// Takes `other`'s `protocol`; what uses this factory keeps using it.
+    Factory& operator=(const Factory& other) {
+        protocol = other.protocol;
+        return *this;
+    }
+    REACTOR_INLINE virtual ~Factory();
 
     /// Makes a protocol (Twisted's `protocol` class attribute, as a function).
     std::function<std::unique_ptr<Protocol>()> protocol;
@@ -2471,6 +2558,10 @@ public:
     void doStop();
     /// How many ports and connectors are using the factory (Twisted's numPorts).
     int numPorts = 0;
+
+private:
+    friend class detail::Owned;
+    detail::Owned* users_ = nullptr;  // ports, connectors, connections using it
 };
 
 /// A client connection attempt (Twisted's IConnector), handed to the
@@ -2561,13 +2652,20 @@ class TcpConnector;
 /// reactor; it owns its protocol and destroys it after connectionLost.
 class TcpConnection final : public ITransport, public Owned {
 public:
-    /// Outgoing data above this many buffered bytes pauses a streaming producer...
+    /// Outgoing data above this many buffered bytes pauses a streaming
+    /// producer, or (with no producer registered) reading from the socket...
     static constexpr std::size_t highWaterMark = 64 * 1024;
-    /// ...and below this many resumes it.
+    /// ...and at or below this many resumes it.
     static constexpr std::size_t lowWaterMark = 16 * 1024;
+    /// A drained output buffer keeps at most this much capacity; a burst
+    /// larger than that gives its memory back once sent.
+    static constexpr std::size_t retainedBufferLimit = 128 * 1024;
 
     TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector);
-    ~TcpConnection() override { os::closeFd(fd_); }
+    ~TcpConnection() override {
+        stopUsingFactory();
+        os::closeFd(fd_);
+    }
 
     /// Starts reading and hands the transport to the protocol. False if the
     /// descriptor cannot be watched (the caller closes the connection).
@@ -2588,7 +2686,7 @@ public:
     bool getTcpKeepAlive() const override { return fd_ >= 0 && os::getKeepAlive(fd_); }
 
     /// The reading side: stop and restart reading.
-    void pauseProducing() override { stopReading(); }
+    REACTOR_INLINE void pauseProducing() override;
     REACTOR_INLINE void resumeProducing() override;
     void stopProducing() override { loseConnection(); }
 
@@ -2596,6 +2694,8 @@ public:
     REACTOR_INLINE void unregisterProducer() override;
 
     REACTOR_INLINE void shutdownNow() override;
+    REACTOR_INLINE void abandon() override;
+    bool openConnection() const override { return !closing_; }
     int descriptor() const override { return fd_; }
     REACTOR_INLINE std::string describe() const override;
 
@@ -2605,7 +2705,9 @@ public:
 private:
     std::size_t pending() const { return out_.size() - outPos_; }
 
-    void startReading();
+    /// Reads while nothing holds reading back: the protocol (pauseProducing),
+    /// unsent output above the high-water mark, a close or the peer's EOF.
+    void updateReading();
     void stopReading();
     void startWriting();
     void stopWriting();
@@ -2631,6 +2733,8 @@ private:
     int writeError_ = 0;
     bool streaming_ = false, producerPaused_ = false;
     bool reading_ = false, writing_ = false;
+    bool userPaused_ = false;    // pauseProducing() until resumeProducing()
+    bool outputPaused_ = false;  // read-side backpressure: too much unsent output
     bool readShut_ = false, writeShut_ = false, wantWriteShut_ = false;
     bool aborting_ = false, closing_ = false;
 };
@@ -2642,8 +2746,13 @@ public:
     TcpConnector(Reactor& r, std::string host, int port, ClientFactory& factory, double timeout,
                  Address bindAddress)
         : reactor_(r), host_(std::move(host)), port_(port > 0 && port <= 65535 ? static_cast<std::uint16_t>(port) : 0),
-          badPort_(port_ == 0 ? port : 0), factory_(factory), timeout_(timeout), bindAddress_(std::move(bindAddress)) {}
-    ~TcpConnector() override { dropSocket(); }
+          badPort_(port_ == 0 ? port : 0), factory_(factory), timeout_(timeout), bindAddress_(std::move(bindAddress)) {
+        useFactory(factory);
+    }
+    ~TcpConnector() override {
+        stopUsingFactory();
+        dropSocket();
+    }
 
     REACTOR_INLINE void connect() override;
     REACTOR_INLINE void disconnect() override;
@@ -2651,6 +2760,7 @@ public:
     bool isConnecting() const override { return state_ == State::connecting; }
     REACTOR_INLINE Address getDestination() const override;
     REACTOR_INLINE void shutdownNow() override;
+    REACTOR_INLINE void abandon() override;
     int descriptor() const override { return fd_; }
     REACTOR_INLINE std::string describe() const override;
 
@@ -2696,13 +2806,18 @@ private:
     std::uint64_t attempt_ = 0;  // answers for an older attempt are ignored
     DelayedCall timeoutCall_, failCall_;
     TcpConnection* transport_ = nullptr;
+    bool factoryStarted_ = false;  // doStart once per cycle, however often connect() retries
+    bool abandoned_ = false;       // the reactor or the factory is gone: connect() refused
 };
 
 /// A listening socket (Twisted's tcp.Port).
 class TcpPort final : public Owned, public std::enable_shared_from_this<TcpPort> {
 public:
     TcpPort(Reactor& r, Factory& factory) : reactor_(r), factory_(factory) {}
-    ~TcpPort() override { closeSocket(); }
+    ~TcpPort() override {
+        stopUsingFactory();
+        closeSocket();
+    }
 
     /// Binds and listens; on failure returns the reason (and listens not).
     bool listen(std::uint16_t port, int backlog, std::string_view interface, std::string& why);
@@ -2713,6 +2828,7 @@ public:
     /// Stops accepting now; established connections stay open.
     void stopListening();
     void shutdownNow() override { stopListening(); }
+    REACTOR_INLINE void abandon() override;
     int descriptor() const override { return fd_; }
     std::string describe() const override { return "TCP port listening on " + host_.str(); }
 
@@ -4227,6 +4343,7 @@ REACTOR_INLINE Waker::Waker() {
         for (int fd : p) { setNonBlocking(fd); setCloseOnExec(fd); }
     }
 #endif
+    if (readFd_ < 0) error_ = errno;
 }
 
 REACTOR_INLINE Waker::~Waker() {
@@ -4235,6 +4352,7 @@ REACTOR_INLINE Waker::~Waker() {
 }
 
 REACTOR_INLINE void Waker::wake(Fd writeFd) {
+    if (writeFd < 0) return;
 #if defined(__linux__)
     std::uint64_t one = 1;
     ssize_t n = ::write(writeFd, &one, sizeof one);
@@ -4688,17 +4806,23 @@ REACTOR_INLINE const Error* Failure::dynamicError(const std::exception& e) {
 // ---- 5. TIME ---------------------------------------------------------------
 namespace detail {
 
-REACTOR_INLINE TimerQueue::~TimerQueue() {
-    std::vector<std::function<void()>> dying;
-    for (std::vector<Node>* nodes : {&heap_, &deferred_}) {
-        for (Node& node : *nodes) {
+REACTOR_INLINE void TimerQueue::clear() {
+    while (!heap_.empty() || !deferred_.empty()) {
+        std::vector<std::function<void()>> dying;
+        std::vector<Node> nodes;
+        nodes.swap(heap_);
+        for (Node& node : deferred_) nodes.push_back(std::move(node));
+        deferred_.clear();
+        live_ = stale_ = 0;
+        for (Node& node : nodes) {
             node.entry->queue = nullptr;
             if (node.entry->fn) {
                 dying.push_back(std::move(node.entry->fn));
                 node.entry->fn = nullptr;
             }
         }
-        nodes->clear();
+        // The queue is empty and consistent now; what the functions capture
+        // is destroyed last, and may schedule (or cancel) calls of its own.
     }
 }
 
@@ -4805,9 +4929,14 @@ REACTOR_INLINE bool DelayedCall::checkActive(const char* what) const {
 
 REACTOR_INLINE void DelayedCall::cancel() {
     if (!checkActive("cancel")) return;
-    entry_->cancelled = true;
-    entry_->fn = nullptr;  // release captures now, not when the node surfaces
-    if (entry_->queue) entry_->queue->cancelled();
+    // The function may own this very handle (a session that owns its idle
+    // timer, kept alive only by that timer's function): finish with the
+    // entry first and destroy the function last, touching nothing after.
+    std::shared_ptr<detail::TimerEntry> entry = entry_;
+    entry->cancelled = true;
+    std::function<void()> dying = std::move(entry->fn);  // release captures now, not when the node surfaces
+    entry->fn = nullptr;
+    if (entry->queue) entry->queue->cancelled();
 }
 
 REACTOR_INLINE void DelayedCall::reset(double secondsFromNow) {
@@ -5079,18 +5208,60 @@ REACTOR_INLINE Reactor::Reactor() : epoch_(std::chrono::steady_clock::now()) {
             std::fflush(stdout);  // keep the program's own output in order with the trace
             std::fputs(out.c_str(), stderr);
         };
-    wakerSlot_ = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
-                           waker_.drain();
-                           wakePending_.store(false);
-                       }));
+    // Without its wake-up descriptor the reactor cannot hear other threads
+    // (callFromThread, stop() from a signal or thread) while it waits: refuse
+    // to exist, or (no exceptions) poll for them every 10 ms instead.
+    std::string why;
+    if (waker_.readFd() < 0)
+        why = "cannot create its wake-up descriptor: " + detail::os::errorString(waker_.error());
+    else if (!detail::ReactorAccess::canWatch(waker_.readFd()))
+        why = "cannot watch its wake-up descriptor " + std::to_string(waker_.readFd()) +
+              " (the select() backend stops at FD_SETSIZE)";
+    else
+        wakerSlot_ = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
+                               waker_.drain();
+                               wakePending_.store(false);
+                           }));
+    if (wakerSlot_ == npos) {
+        detail::raise<error::RuntimeError>("Reactor " + why);
+        log(LogLevel::error, "Reactor " + why + "; waking every 10 ms to look for calls from other threads");
+        return;
+    }
     slots_[wakerSlot_].internal = true;
 }
 
 REACTOR_INLINE Reactor::~Reactor() {
-    disconnectAll();
+    // No user callback runs from here on (see the declaration). Destructors
+    // do run, and may call back into this reactor (cancel a timer, remove a
+    // descriptor, close a connection): each step leaves the reactor
+    // consistent, and the loop repeats until nothing is left.
     if (resolver_) resolver_->stop();
     if (pool_) pool_->stop();
-    dead_.clear();
+    for (int round = 0; round < 16; ++round) {
+        std::vector<std::shared_ptr<detail::Owned>> all = owned_;
+        for (auto& o : all) o->abandon();
+        all.clear();
+        releaseDead();
+        timers_.clear();
+        for (Slot& slot : slots_) {
+            retire(slot.reader);
+            retire(slot.writer);
+        }
+        pollfds_.clear();
+        slots_.clear();
+        slotOf_.clear();
+        deadSlots_.clear();
+        wakerSlot_ = npos;
+        releaseRetired();
+        std::vector<std::function<void()>> calls;
+        {
+            std::lock_guard<std::mutex> lock(threadMutex_);
+            calls.swap(threadCalls_);
+            threadCallsPending_.store(false);
+        }
+        calls.clear();
+        if (owned_.empty() && dead_.empty() && timers_.liveCount() == 0 && slots_.empty() && retired_.empty()) break;
+    }
     if (spareFd_ >= 0) detail::os::closeFd(spareFd_);
 }
 
@@ -5156,11 +5327,25 @@ REACTOR_INLINE DelayedCall Reactor::callLater(double delay, std::function<void()
 }
 
 REACTOR_INLINE bool Reactor::addReader(int fd, std::function<void()> f) {
-    return watch(fd, os::evRead, detail::makeHandler(std::move(f)), true) != npos;
+    bool ok = watch(fd, os::evRead, detail::makeHandler(std::move(f)), true) != npos;
+    releaseRetired();  // the reader it replaced, if any
+    return ok;
 }
 
 REACTOR_INLINE bool Reactor::addWriter(int fd, std::function<void()> f) {
-    return watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
+    bool ok = watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
+    releaseRetired();
+    return ok;
+}
+
+REACTOR_INLINE void Reactor::removeReader(int fd) {
+    unwatch(fd, os::evRead);
+    releaseRetired();
+}
+
+REACTOR_INLINE void Reactor::removeWriter(int fd) {
+    unwatch(fd, os::evWrite);
+    releaseRetired();
 }
 
 REACTOR_INLINE std::vector<int> Reactor::removeAll() {
@@ -5168,6 +5353,7 @@ REACTOR_INLINE std::vector<int> Reactor::removeAll() {
     for (std::size_t i = 0; i < pollfds_.size(); ++i)
         if (pollfds_[i].fd >= 0 && slots_[i].foreign) fds.push_back(pollfds_[i].fd);
     for (int fd : fds) unwatch(fd, os::evRead | os::evWrite);
+    releaseRetired();
     return fds;
 }
 
@@ -5307,11 +5493,27 @@ REACTOR_INLINE std::size_t Reactor::watch(int fd, short event, detail::Handler h
 }
 
 REACTOR_INLINE void Reactor::retire(detail::Handler& handler) {
-    if (!handler) return;
-    if (dispatching_)
-        retired_.push_back(std::move(handler));
-    else
-        handler.reset();
+    if (handler) retired_.push_back(std::move(handler));
+}
+
+REACTOR_INLINE void Reactor::releaseRetired() {
+    if (dispatching_ || releasingRetired_) return;  // the outer call finishes the job
+    releasingRetired_ = true;
+    while (!retired_.empty()) {
+        releasing_.swap(retired_);
+        releasing_.clear();  // destructors may retire more into retired_
+    }
+    releasingRetired_ = false;
+}
+
+REACTOR_INLINE void Reactor::releaseDead() {
+    if (releasingDead_) return;
+    releasingDead_ = true;
+    while (!dead_.empty()) {
+        dying_.swap(dead_);
+        dying_.clear();  // destructors may release more into dead_
+    }
+    releasingDead_ = false;
 }
 
 REACTOR_INLINE void Reactor::unwatch(int fd, short events) {
@@ -5382,12 +5584,12 @@ REACTOR_INLINE void Reactor::dispatch() {
         }
     }
     dispatching_ = false;
-    retired_.clear();
     if (!deadSlots_.empty()) {
         std::sort(deadSlots_.begin(), deadSlots_.end(), std::greater<std::size_t>());
         for (std::size_t slot : deadSlots_) removeSlot(slot);
         deadSlots_.clear();
     }
+    releaseRetired();  // last: the tables are consistent again
 }
 
 REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
@@ -5400,11 +5602,14 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
     } inTurn(inTurn_);
     double wait = maxWait;
     double next = timers_.nextTime();
+    bool timerLimited = false;  // for the trace: why a wait without events ended
     if (next >= 0) {
         double untilNext = std::max(0.0, next - seconds());
+        timerLimited = wait < 0 || untilNext <= wait;
         wait = wait < 0 ? untilNext : std::min(wait, untilNext);
     }
     if (threadCallsPending_.load() || (stopRequested_ && !shutdownStarted_) || (inRun_ && loopDone_)) wait = 0;
+    if (wakerSlot_ == npos && (wait < 0 || wait > 0.01)) wait = 0.01;  // no waker: look for other threads' calls
     int ms = -1;
     if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
 
@@ -5415,7 +5620,7 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
     int ready = detail::os::pollWait(pollfds_.data(), pollfds_.size(), ms);
 #endif
     TraceScope traceScope(*this);
-    if (tracer_) traceTurn(ready, ms, seconds() - waitStart);
+    if (tracer_) traceTurn(ready, ms, timerLimited, seconds() - waitStart);
     if (ready < 0) {
         int err = detail::os::lastError();
         if (!detail::os::interrupted(err)) {  // EINTR: simply the next turn
@@ -5451,7 +5656,8 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
         runningCalls_.clear();
     }
 
-    dead_.clear();  // connections closed this turn: nothing on the stack uses them now
+    releaseRetired();
+    releaseDead();  // connections closed this turn: nothing on the stack uses them now
 
     if (signalHandlers_ && detail::os::signalReceived().load() != 0) {
         int sig = detail::os::signalReceived().exchange(0);
@@ -5460,7 +5666,7 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
     }
 }
 
-REACTOR_INLINE void Reactor::traceTurn(int ready, int timeoutMs, double waited) {
+REACTOR_INLINE void Reactor::traceTurn(int ready, int timeoutMs, bool timerLimited, double waited) {
     std::string line = "turn " + std::to_string(++turnNumber_) + ": ";
 #if defined(REACTOR_USE_SELECT)
     line += "select()";
@@ -5474,8 +5680,10 @@ REACTOR_INLINE void Reactor::traceTurn(int ready, int timeoutMs, double waited) 
         line += "interrupted";
     else if (timeoutMs == 0)
         line += "no wait (work pending)";
-    else
+    else if (timerLimited)
         line += "timeout (a timer is due)";
+    else
+        line += "timeout (the caller's time limit)";
     tracer_(line);
 }
 
@@ -5542,6 +5750,43 @@ REACTOR_INLINE std::unique_ptr<Protocol> Factory::buildProtocol(const Address& a
     std::unique_ptr<Protocol> p = protocol();
     if (p) p->factory = this;
     return p;
+}
+
+REACTOR_INLINE Factory::~Factory() {
+    // Ports and connection attempts simply stop. Open connections are closed
+    // without connectionLost: say so, it is probably not what was meant.
+    std::size_t open = 0;
+    std::string example;
+    for (detail::Owned* u = users_; u; u = u->nextUser_)
+        if (u->openConnection() && open++ == 0) example = u->describe();
+    if (open > 0)
+        log(LogLevel::warning, "a Factory was destroyed with " + std::to_string(open) +
+                                   " open connection(s) (" + example +
+                                   "); closed without connectionLost. Close connections (or destroy the Reactor) "
+                                   "before their factory.");
+    while (users_) {
+        detail::Owned* u = users_;
+        u->stopUsingFactory();
+        u->abandon();
+    }
+}
+
+REACTOR_INLINE void detail::Owned::useFactory(Factory& f) {
+    stopUsingFactory();
+    usedFactory_ = &f;
+    prevUser_ = nullptr;
+    nextUser_ = f.users_;
+    if (nextUser_) nextUser_->prevUser_ = this;
+    f.users_ = this;
+}
+
+REACTOR_INLINE void detail::Owned::stopUsingFactory() {
+    if (!usedFactory_) return;
+    if (prevUser_) prevUser_->nextUser_ = nextUser_;
+    else usedFactory_->users_ = nextUser_;
+    if (nextUser_) nextUser_->prevUser_ = prevUser_;
+    usedFactory_ = nullptr;
+    prevUser_ = nextUser_ = nullptr;
 }
 
 REACTOR_INLINE void Factory::doStop() {
@@ -5615,7 +5860,10 @@ REACTOR_INLINE Address toAddress(const os::SockAddr& a) {
 
 REACTOR_INLINE Failure lostFailure(int err) {
     if (err == 0) return Failure(error::ConnectionDone());
-    return Failure(error::ConnectionLost(error::ConnectionLost().message() + ": " + os::errorString(err) + "."));
+    // Twisted's wording: "<doc>: <reason>." with the doc's own period dropped.
+    std::string base = error::ConnectionLost().message();
+    if (!base.empty() && base.back() == '.') base.pop_back();
+    return Failure(error::ConnectionLost(base + ": " + os::errorString(err) + "."));
 }
 
 REACTOR_INLINE Failure connectFailure(int err) {
@@ -5696,9 +5944,18 @@ REACTOR_INLINE void TcpConnection::writeSequence(const std::string_view* parts, 
         skip = 0;
     }
     startWriting();
-    if (producer_ && streaming_ && !producerPaused_ && pending() > highWaterMark) {
+    if (pending() <= highWaterMark) return;
+    if (producer_ && streaming_ && !producerPaused_) {
         producerPaused_ = true;
         producer_->pauseProducing();
+    } else if (!producer_ && !outputPaused_) {
+        // Nobody else limits this connection's output: stop reading (what
+        // we read would only make more output) until the peer catches up.
+        outputPaused_ = true;
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(pending()) +
+                           " bytes unsent, over the high-water mark: reading paused until they drain");
+        updateReading();
     }
 }
 
@@ -5708,7 +5965,7 @@ REACTOR_INLINE void TcpConnection::loseConnection() {
         reactor_.trace("transport.loseConnection(): closing once " + std::to_string(pending()) +
                        " buffered bytes are sent");
     disconnecting = true;
-    stopReading();
+    updateReading();
     startWriting();  // doWrite closes once the buffer is empty
 }
 
@@ -5735,8 +5992,14 @@ REACTOR_INLINE Address TcpConnection::getPeer() const {
     return os::peerAddress(fd_, a) ? toAddress(a) : peer_;
 }
 
+REACTOR_INLINE void TcpConnection::pauseProducing() {
+    userPaused_ = true;
+    updateReading();
+}
+
 REACTOR_INLINE void TcpConnection::resumeProducing() {
-    if (connected && !disconnecting && !readShut_) startReading();
+    userPaused_ = false;
+    updateReading();
 }
 
 REACTOR_INLINE void TcpConnection::registerProducer(IProducer* producer, bool streaming) {
@@ -5751,7 +6014,16 @@ REACTOR_INLINE void TcpConnection::registerProducer(IProducer* producer, bool st
     producer_ = producer;
     streaming_ = streaming;
     producerPaused_ = false;
-    if (!streaming) producer->resumeProducing();  // a pull producer is asked at once
+    if (outputPaused_) {  // the producer limits the output from now on
+        outputPaused_ = false;
+        updateReading();
+    }
+    if (!streaming) {
+        producer->resumeProducing();  // a pull producer is asked at once
+    } else if (pending() > highWaterMark) {
+        producerPaused_ = true;
+        producer->pauseProducing();
+    }
 }
 
 REACTOR_INLINE void TcpConnection::unregisterProducer() {
@@ -5761,14 +6033,34 @@ REACTOR_INLINE void TcpConnection::unregisterProducer() {
 
 REACTOR_INLINE void TcpConnection::shutdownNow() { closeWith(Failure(error::ConnectionLost("Connection lost")), false); }
 
+REACTOR_INLINE void TcpConnection::abandon() {
+    stopUsingFactory();
+    if (closing_) return;
+    closing_ = true;
+    if (abortCall_.active()) abortCall_.cancel();
+    stopReading();
+    stopWriting();
+    os::closeFd(fd_);
+    fd_ = -1;
+    connected = false;
+    disconnecting = true;
+    producer_ = nullptr;
+    if (protocol_) protocol_->connected = false;
+    if (connector_) connector_->abandon();
+    ReactorAccess::release(reactor_, this);
+}
+
 REACTOR_INLINE std::string TcpConnection::describe() const {
     return std::string("TCP connection ") + (connector_ ? "to " : "from ") + peer_.str() +
            (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
 }
 
-REACTOR_INLINE void TcpConnection::startReading() {
-    if (!reading_ && connected && !closing_ && !aborting_)
+REACTOR_INLINE void TcpConnection::updateReading() {
+    bool want = connected && !closing_ && !aborting_ && !disconnecting && !readShut_ && !userPaused_ && !outputPaused_;
+    if (want && !reading_)
         reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
+    else if (!want)
+        stopReading();
 }
 
 REACTOR_INLINE void TcpConnection::stopReading() {
@@ -5814,15 +6106,26 @@ REACTOR_INLINE void TcpConnection::doRead() {
         return;
     }
     // The peer stopped sending.
+    readShut_ = true;
+    stopReading();
     if (protocol_->halfCloseable()) {
-        readShut_ = true;
-        stopReading();
         Protocol* p = protocol_.get();
         Failure failure;
         if (!runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure)) closeWith(failure, true);
         return;
     }
-    closeWith(Failure(error::ConnectionDone()), false);
+    if (pending() == 0 && !writing_) {
+        closeWith(Failure(error::ConnectionDone()), false);
+        return;
+    }
+    // Output is still queued (a reply to what the peer sent before its
+    // FIN, which it may well be waiting for): send it, then close cleanly,
+    // as loseConnection() does. Never throw the queued bytes away.
+    if (reactor_.tracing())
+        reactor_.trace("fd " + std::to_string(fd_) + ": the peer stopped sending; closing once " +
+                       std::to_string(pending()) + " queued bytes are sent");
+    disconnecting = true;
+    startWriting();
 }
 
 REACTOR_INLINE void TcpConnection::doWrite() {
@@ -5846,7 +6149,10 @@ REACTOR_INLINE void TcpConnection::doWrite() {
         outPos_ += static_cast<std::size_t>(sent);
     }
     if (pending() == 0) {
-        out_.clear();  // keeps its capacity: no allocation next time
+        if (out_.capacity() > retainedBufferLimit)
+            std::string().swap(out_);  // a burst is over: give its memory back
+        else
+            out_.clear();  // keeps its capacity: no allocation next time
         outPos_ = 0;
     } else if (outPos_ >= 64 * 1024 && outPos_ * 2 >= out_.size()) {
         out_.erase(0, outPos_);  // a buffer that never quite drains must not keep its sent prefix
@@ -5858,6 +6164,13 @@ REACTOR_INLINE void TcpConnection::doWrite() {
         producerPaused_ = false;
         producer_->resumeProducing();
         if (closing_ || aborting_) return;
+    }
+    if (outputPaused_ && pending() <= lowWaterMark) {
+        outputPaused_ = false;
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + ": unsent output down to " + std::to_string(pending()) +
+                           " bytes: reading again");
+        updateReading();
     }
     if (pending() > 0) return;
     stopWriting();
@@ -5873,7 +6186,11 @@ REACTOR_INLINE void TcpConnection::doWrite() {
             runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
         }
     }
-    if (disconnecting && !producer_) closeWith(Failure(error::ConnectionDone()), false);
+    // Closing waits for the buffer, not for the producer: a streaming
+    // producer that is not paused, or a pull producer that had nothing
+    // more, does not keep a closing connection open (it is told
+    // stopProducing). Twisted does the same for streaming producers.
+    if (disconnecting) closeWith(Failure(error::ConnectionDone()), false);
 }
 
 REACTOR_INLINE void TcpConnector::disconnect() {
@@ -5901,6 +6218,20 @@ REACTOR_INLINE Address TcpConnector::getDestination() const {
 
 REACTOR_INLINE void TcpConnector::shutdownNow() {
     if (state_ == State::connecting) fail(Failure(error::UserError("Reactor shut down while connecting.")));
+}
+
+REACTOR_INLINE void TcpConnector::abandon() {
+    stopUsingFactory();
+    if (abandoned_) return;
+    abandoned_ = true;
+    dropSocket();
+    cancelTimeout();
+    if (failCall_.active()) failCall_.cancel();
+    ++attempt_;
+    state_ = State::disconnected;
+    factoryStarted_ = false;
+    if (TcpConnection* t = std::exchange(transport_, nullptr)) t->abandon();
+    ReactorAccess::release(reactor_, this);
 }
 
 REACTOR_INLINE std::string TcpConnector::describe() const { return "TCP connection attempt to " + getDestination().str(); }
@@ -5956,10 +6287,14 @@ REACTOR_INLINE void TcpConnector::tryNext(int lastErr) {
             std::string host = !bindAddress_.host.empty() ? bindAddress_.host
                                : a.ipv6() ? std::string("::") : std::string("0.0.0.0");
             os::SockAddr local;
-            if (!os::parseLiteral(host, bindAddress_.port, local) || os::bindTo(fd_, local) != 0) {
-                int err = os::lastError();
+            std::string why;
+            if (!os::parseLiteral(host, bindAddress_.port, local))
+                why = "not an IP address (bindAddress.host must be a literal such as 127.0.0.1 or ::1)";
+            else if (os::bindTo(fd_, local) != 0)
+                why = os::errorString(os::lastError());
+            if (!why.empty()) {
                 dropSocket();
-                failSoon(connectError<error::ConnectBindError>(bindAddress_.str() + ": " + os::errorString(err)));
+                failSoon(connectError<error::ConnectBindError>(bindAddress_.str() + ": " + why));
                 return;
             }
         }
@@ -6029,7 +6364,7 @@ REACTOR_INLINE void TcpConnector::fail(const Failure& reason) {
 
 REACTOR_INLINE void TcpConnector::finishCycle() {
     if (state_ == State::disconnected) {
-        factory_.doStop();
+        if (std::exchange(factoryStarted_, false)) factory_.doStop();
         ReactorAccess::release(reactor_, this);
     }
 }
@@ -6060,6 +6395,7 @@ REACTOR_INLINE bool TcpPort::listen(std::uint16_t port, int backlog, std::string
         return false;
     }
     listening_ = true;
+    useFactory(factory_);
     factory_.doStart();
     return true;
 }
@@ -6070,6 +6406,16 @@ REACTOR_INLINE void TcpPort::stopListening() {
     if (resumeCall_.active()) resumeCall_.cancel();
     closeSocket();
     factory_.doStop();
+    ReactorAccess::release(reactor_, this);
+}
+
+REACTOR_INLINE void TcpPort::abandon() {
+    stopUsingFactory();
+    if (listening_) {
+        listening_ = false;
+        if (resumeCall_.active()) resumeCall_.cancel();
+        closeSocket();
+    }
     ReactorAccess::release(reactor_, this);
 }
 
@@ -6108,6 +6454,7 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
     os::closeFd(fd_);
     fd_ = -1;
     connected = false;
+    disconnecting = true;  // a protocol method still on the stack stops delivering
     IProducer* producer = producer_;
     producer_ = nullptr;
     if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
@@ -6118,11 +6465,18 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
                        reason.str() + ")");
     runGuarded("connectionLost", [&] { p->connectionLost(reason); });
     if (connector_) connector_->connectionLost(reason);
-    protocol_.reset();  // the protocol's life ends after connectionLost
+    // The protocol's life ends with this object's, at the end of the turn:
+    // connectionLost may run while one of its own methods is on the stack
+    // (disconnectAll() from its lineReceived, say), which must return
+    // through a live object.
     ReactorAccess::release(reactor_, this);
 }
 
 REACTOR_INLINE void TcpConnector::connect() {
+    if (abandoned_) {
+        raise<error::RuntimeError>("can't connect: the reactor or the factory of this connector is gone");
+        return;
+    }
     if (state_ != State::disconnected) {
         raise<error::RuntimeError>("can't connect in this state");
         return;
@@ -6131,7 +6485,9 @@ REACTOR_INLINE void TcpConnector::connect() {
         ReactorAccess::adopt(reactor_, std::static_pointer_cast<TcpConnector>(shared_from_this()));
     state_ = State::connecting;
     ++attempt_;
-    factory_.doStart();
+    // Twisted's factoryStarted: connect() from inside clientConnectionFailed
+    // or clientConnectionLost (its documented retry) is the same cycle.
+    if (!std::exchange(factoryStarted_, true)) factory_.doStart();
     if (timeout_ > 0) {
         timeoutCall_ = reactor_.callLater(timeout_, [this] {
             timeoutCall_ = DelayedCall();
@@ -6157,6 +6513,7 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
     state_ = State::connected;
     auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p),
                                                 std::static_pointer_cast<TcpConnector>(shared_from_this()));
+    conn->useFactory(factory_);
     conn->setPeer(peerAddress);
     transport_ = conn.get();
     ReactorAccess::adopt(reactor_, conn);
@@ -6205,6 +6562,7 @@ REACTOR_INLINE void TcpPort::doRead() {
         }
         if (!p->factory) p->factory = &factory_;
         auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p), nullptr);
+        conn->useFactory(factory_);
         conn->setPeer(peerAddress);
         ReactorAccess::adopt(reactor_, conn);
         if (!conn->start()) {

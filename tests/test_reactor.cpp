@@ -920,3 +920,232 @@ TEST_CASE("a log sink may log and may replace itself while it runs") {
 }
 
 }  // TEST_SUITE threads
+
+// ---- ownership and re-entrancy: regressions for confirmed defects ----------
+
+#include <sys/resource.h>
+
+namespace {
+/// Removes its descriptor's reader when destroyed (an RAII wrapper a
+/// program keeps inside a callback's captures).
+struct Unregisters {
+    Reactor& r;
+    int fd;
+    Unregisters(Reactor& reactorRef, int watched) : r(reactorRef), fd(watched) {}
+    ~Unregisters() { r.removeReader(fd); }
+};
+
+/// Lowers RLIMIT_NOFILE so that no descriptor is left; restores it on exit.
+struct NoDescriptorsLeft {
+    rlimit old{};
+    NoDescriptorsLeft() {
+        REQUIRE(::getrlimit(RLIMIT_NOFILE, &old) == 0);
+        int probe = ::dup(0);
+        REQUIRE(probe >= 0);
+        ::close(probe);
+        rlimit low = old;
+        low.rlim_cur = static_cast<rlim_t>(probe);  // every number from `probe` up is out of reach
+        REQUIRE(::setrlimit(RLIMIT_NOFILE, &low) == 0);
+    }
+    ~NoDescriptorsLeft() { ::setrlimit(RLIMIT_NOFILE, &old); }
+};
+}  // namespace
+
+TEST_SUITE("descriptors") {
+
+// defects: core_retired_dtor. A reader removed while it runs is destroyed
+// after the pass; its destructor then unregistered another descriptor while
+// the pass's dead slots were still pending (an out-of-bounds write, and a
+// live descriptor silently dropped from the poll set).
+TEST_CASE("a removed reader whose destructor removes another descriptor, during dispatch") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Pipe a, c, d;
+    auto owner = std::make_shared<Unregisters>(r, c.readEnd());
+    r.addReader(c.readEnd(), [] {});
+    int dReads = 0;
+    r.addReader(d.readEnd(), [&] {
+        d.take();
+        ++dReads;
+    });
+    r.addReader(a.readEnd(), [&r, &a, owner] {  // holds the last reference to `owner`
+        a.take();
+        r.removeReader(a.readEnd());
+    });
+    owner.reset();
+    a.put();
+    REQUIRE(testing::runUntil(r, [&] { return r.getReaders().size() == 1; }, 2));
+    CHECK(r.getReaders() == std::vector<int>{d.readEnd()});
+    d.put();
+    CHECK(testing::runUntil(r, [&] { return dReads == 1; }, 2));
+    r.removeAll();
+}
+
+// defects: core_retired_dtor2. The same outside dispatch: removeReader from a
+// timer destroyed the old reader inside unwatch(), whose destructor moved
+// slots under unwatch's feet.
+TEST_CASE("a removed reader whose destructor removes another descriptor, from a timer") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Pipe a, c, d;
+    auto owner = std::make_shared<Unregisters>(r, c.readEnd());
+    r.addReader(c.readEnd(), [] {});
+    int dReads = 0;
+    r.addReader(d.readEnd(), [&] {
+        d.take();
+        ++dReads;
+    });
+    r.addReader(a.readEnd(), [owner] {});
+    owner.reset();
+    bool removed = false;
+    r.callLater(0, [&] {
+        r.removeReader(a.readEnd());
+        removed = true;
+    });
+    REQUIRE(testing::runUntil(r, [&] { return removed; }, 2));
+    CHECK(r.getReaders() == std::vector<int>{d.readEnd()});
+    d.put();
+    CHECK(testing::runUntil(r, [&] { return dReads == 1; }, 2));
+    // Replacing a reader destroys the old one the same way.
+    auto owner2 = std::make_shared<Unregisters>(r, d.readEnd());
+    r.addReader(a.readEnd(), [owner2] {});
+    owner2.reset();
+    r.addReader(a.readEnd(), [] {});  // the old reader dies; it removes d's
+    CHECK(r.getReaders() == std::vector<int>{a.readEnd()});
+    r.removeAll();
+}
+
+}  // TEST_SUITE descriptors
+
+TEST_SUITE("timers") {
+
+// defects: core_cancel_self_owned. cancel() destroyed the function, which
+// owned the handle cancel() was called on, then read through that handle.
+TEST_CASE("cancel() on a handle owned by the timer's own function") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    struct Session {
+        DelayedCall idle;
+        bool* gone;
+        ~Session() { *gone = true; }
+    };
+    bool gone = false;
+    auto s = std::make_shared<Session>();
+    s->gone = &gone;
+    Session* raw = s.get();
+    s->idle = r.callLater(10, [s] {});  // the timer owns the session
+    s.reset();
+    raw->idle.cancel();  // the session is destroyed inside; nothing may touch it after
+    CHECK(gone);
+    CHECK(r.pendingCalls().empty());
+}
+
+}  // TEST_SUITE timers
+
+TEST_SUITE("reactor") {
+
+// defects: core_emfile_ctor. Out of descriptors, the constructor indexed the
+// slot table with watch()'s "not watched" value.
+TEST_CASE("a Reactor made with no descriptor left fails clearly, or wakes by polling") {
+    // UBSan's vptr check reads /proc the first time it sees a type: let it
+    // see Reactor before the descriptors run out, and assert after.
+    { Reactor warm; }
+#if REACTOR_HAS_EXCEPTIONS
+    {
+        const error::RuntimeError warmError("warm");
+        CHECK(!warmError.message().empty());
+    }
+    bool threw = false;
+    std::string message;
+    {
+        NoDescriptorsLeft starved;
+        try {
+            Reactor r;
+        } catch (const error::RuntimeError& e) {
+            threw = true;
+            message = e.message();
+        }
+    }
+    CHECK(threw);
+    CHECK(message.find("cannot create its wake-up descriptor") != std::string::npos);
+#else
+    test::LogCapture logs;
+    std::unique_ptr<Reactor> made;
+    {
+        NoDescriptorsLeft starved;
+        made = std::make_unique<Reactor>();
+    }
+    Reactor& r = *made;
+    CHECK(logs.contains("wake-up descriptor"));
+    // It still runs: timers, and calls from other threads within 10 ms.
+    bool fromThread = false;
+    std::thread other;
+    r.callWhenRunning([&] {
+        other = std::thread([&] { r.callFromThread([&] { fromThread = true; r.stop(); }); });
+    });
+    DelayedCall guard = r.callLater(5, [&] { r.stop(); });
+    r.run();
+    other.join();
+    CHECK(fromThread);
+    if (guard.active()) guard.cancel();
+#endif
+}
+
+#if defined(REACTOR_USE_SELECT)
+// defects: core_select_waker. With descriptors >= FD_SETSIZE the only ones
+// left, the select() backend cannot watch the wake-up descriptor.
+TEST_CASE("select backend: a Reactor whose wake-up descriptor is over FD_SETSIZE") {
+    std::vector<int> filler;
+    while (true) {  // occupy every descriptor below FD_SETSIZE
+        int fd = ::dup(0);
+        if (fd < 0) break;
+        filler.push_back(fd);
+        if (fd >= FD_SETSIZE - 1) break;
+    }
+    test::LogCapture logs;
+#if REACTOR_HAS_EXCEPTIONS
+    CHECK_THROWS_WITH_AS(Reactor(), doctest::Contains("wake-up descriptor"), error::RuntimeError);
+#else
+    {
+        Reactor r;
+        CHECK(logs.contains("wake-up descriptor"));
+        bool fired = false;
+        r.callLater(0.01, [&] { fired = true; r.stop(); });
+        r.run();
+        CHECK(fired);
+    }
+#endif
+    for (int fd : filler) ::close(fd);
+}
+#endif
+
+// What ~Reactor does: no user callback, every destructor, nothing left.
+TEST_CASE("destroying a Reactor calls no callback and destroys pending calls and readers") {
+    Pipe p;
+    int calls = 0, destroyed = 0;
+    struct Counted {
+        int* n;
+        explicit Counted(int* c) : n(c) {}
+        Counted(const Counted& o) : n(o.n) {}
+        ~Counted() { ++*n; }
+    };
+    {
+        Reactor r;
+        auto reader = std::make_shared<Counted>(&destroyed);
+        auto timer = std::make_shared<Counted>(&destroyed);
+        r.addReader(p.readEnd(), [reader, &calls] { ++calls; });
+        r.callLater(1, [timer, &calls] { ++calls; });
+        r.callFromThread([&calls] { ++calls; });
+        // A timer whose function's destructor touches the reactor.
+        auto unreg = std::make_shared<Unregisters>(r, p.readEnd());
+        r.callLater(2, [unreg] {});
+        unreg.reset();
+        reader.reset();
+        timer.reset();
+        p.put();
+    }
+    CHECK(calls == 0);
+    CHECK(destroyed == 2);
+}
+
+}  // TEST_SUITE reactor

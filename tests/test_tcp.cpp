@@ -1,14 +1,19 @@
 // TCP on real loopback sockets: listen/connect, the protocol lifecycle,
 // close reasons, buffering, half-close, flow control, failures, robustness;
 // plus ReconnectingClientFactory on a Clock.
+#include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cmath>
+#include <cstdio>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "support.hpp"
@@ -938,3 +943,460 @@ TEST_CASE("a ReconnectingClientFactory destroyed with a retry pending cancels it
 }
 
 }  // TEST_SUITE reconnect
+
+// ---- ownership, re-entrancy and safe defaults: regressions ----------------
+
+namespace {
+
+/// A blocking client socket on 127.0.0.1:port, closed on scope exit. For
+/// tests that need a peer the reactor does not run (it lives on a thread).
+struct RawClient {
+    int fd = -1;
+    explicit RawClient(std::uint16_t port, int rcvbuf = 0) {
+        fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        REQUIRE(fd >= 0);
+        if (rcvbuf > 0) ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        timeval tv{10, 0};  // a hung peer fails the test instead of hanging it
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    }
+    ~RawClient() { close(); }
+    void close() {
+        if (fd >= 0) ::close(fd);
+        fd = -1;
+    }
+    bool sendAll(const std::string& d) const {
+        std::size_t off = 0;
+        while (off < d.size()) {
+            ssize_t n = ::send(fd, d.data() + off, d.size() - off, MSG_NOSIGNAL);
+            if (n <= 0) return false;
+            off += static_cast<std::size_t>(n);
+        }
+        return true;
+    }
+    /// Reads until EOF (or an error or the 10 s timeout); returns the byte count.
+    std::size_t drain() const {
+        std::size_t got = 0;
+        char buf[65536];
+        for (;;) {
+            ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n <= 0) return got;
+            got += static_cast<std::size_t>(n);
+        }
+    }
+};
+
+/// The resident set size of this process, in KiB (Linux).
+long residentKiB() {
+    FILE* f = std::fopen("/proc/self/statm", "r");
+    if (!f) return 0;
+    long pages = 0, resident = 0;
+    int n = std::fscanf(f, "%ld %ld", &pages, &resident);
+    std::fclose(f);
+    return n == 2 ? resident * (::sysconf(_SC_PAGESIZE) / 1024) : 0;
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool underASan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool underASan = true;
+#else
+constexpr bool underASan = false;
+#endif
+#else
+constexpr bool underASan = false;
+#endif
+
+/// A line echo (the README's chapter 4 server); optionally registers itself
+/// as a streaming producer on its own transport, as the README advises.
+struct LineEcho : LineReceiver {
+    bool selfProducer = false;
+    std::shared_ptr<Record> rec = std::make_shared<Record>();
+    void connectionMade() override {
+        rec->made = true;
+        if (selfProducer) transport->registerProducer(this, true);
+    }
+    void lineReceived(std::string_view line) override { sendLine(line); }
+    void connectionLost(const Failure& reason) override {
+        ++rec->lostCount;
+        rec->lostType = reason.type();
+    }
+};
+struct LineEchoFactory : Factory {
+    bool selfProducer = false;
+    std::size_t maxLength = 16384;
+    std::vector<std::shared_ptr<Record>> records;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        auto p = std::make_unique<LineEcho>();
+        p->selfProducer = selfProducer;
+        p->MAX_LENGTH = maxLength;
+        records.push_back(p->rec);
+        return p;
+    }
+};
+
+/// A server whose protocols keep a reference to it (shared state, as the
+/// README's chapter 4 recommends) and use it in connectionLost.
+struct SharedStateServer;
+struct SharedStateConn : Protocol {
+    SharedStateServer& server;
+    explicit SharedStateConn(SharedStateServer& s) : server(s) {}
+    void connectionLost(const Failure&) override;
+};
+struct SharedStateServer : Factory {
+    std::vector<int> closed;
+    int* callbacks = nullptr;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override { return std::make_unique<SharedStateConn>(*this); }
+    void stopFactory() override { ++*callbacks; }
+};
+void SharedStateConn::connectionLost(const Failure&) {
+    server.closed.push_back(1);
+    ++*server.callbacks;
+}
+
+}  // namespace
+
+TEST_SUITE("tcp") {
+
+// defects: core_disconnectall_uaf. disconnectAll() from lineReceived destroyed
+// the running protocol; LineReceiver then kept using it.
+TEST_CASE("disconnectAll() from inside a protocol's own lineReceived") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    struct Admin : LineReceiver {
+        Reactor* reactorPtr = nullptr;
+        std::vector<std::string>* lines = nullptr;
+        int* lost = nullptr;
+        void lineReceived(std::string_view line) override {
+            lines->emplace_back(line);
+            if (line == "SHUTDOWN") reactorPtr->disconnectAll();
+        }
+        void connectionLost(const Failure&) override { ++*lost; }
+    };
+    std::vector<std::string> lines;
+    int lost = 0;
+    Factory admin;
+    admin.protocol = [&] {
+        auto p = std::make_unique<Admin>();
+        p->reactorPtr = &r;
+        p->lines = &lines;
+        p->lost = &lost;
+        return p;
+    };
+    ListeningPort port = r.listenTCP(0, admin, 50, "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->made; }));
+    client.last()->transport->write("SHUTDOWN\r\nMORE\r\n");
+    REQUIRE(testing::runUntil(r, [&] { return !port.listening() && lost == 1 && client.last()->lost(); }));
+    CHECK(lines == std::vector<std::string>{"SHUTDOWN"});  // closed: no line after it is delivered
+    CHECK(client.last()->lostCount == 1);
+}
+
+// defects: core_factory_order. The README's loopback-test layout (Reactor
+// first, factories after it) ending with a connection open: ~Reactor called
+// connectionLost on protocols whose factory was already destroyed.
+TEST_CASE("factories destroyed before the Reactor: their connections close without calling them") {
+    test::LogCapture logs;
+    int callbacks = 0;
+    {
+        Reactor r;
+        SharedStateServer server;
+        server.callbacks = &callbacks;
+        ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+        auto client = ClientFactory::forProtocol<Protocol>();
+        r.connectTCP("127.0.0.1", port.getHost().port, client);
+        REQUIRE(testing::runUntil(r, [&] { return r.selectables().size() == 3; }));
+        CHECK(server.closed.empty());
+    }  // ~client, ~server (closing what they serve), then ~Reactor
+    CHECK(callbacks == 0);
+    CHECK(logs.contains("a Factory was destroyed with 1 open connection(s)"));
+}
+
+// The rest of the ownership model: a factory destroyed while the reactor
+// keeps running detaches; the reactor is still clean afterwards.
+TEST_CASE("a factory destroyed while its port and connections live: they close, the reactor stays usable") {
+    test::LogCapture logs;
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Client client;
+    ListeningPort port;
+    {
+        ServerFactory server;
+        server.echo = true;
+        port = r.listenTCP(0, server, 50, "127.0.0.1");
+        r.connectTCP("127.0.0.1", port.getHost().port, client);
+        REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->made && client.last() && client.last()->made; }));
+        CHECK(server.stopped == 0);
+    }
+    CHECK_FALSE(port.listening());
+    CHECK(logs.contains("closed without connectionLost"));
+    // The client sees the server's side go away.
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
+    CHECK(client.lost.size() == 1);
+}
+
+// defects: core_dead_clear. Freeing the connections closed in a turn can run
+// a factory's destructor (a connector that owned it), which stops a port:
+// that pushed into the list being freed.
+TEST_CASE("a connector that owns its factory, whose destructor stops a port, is freed safely") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Factory dummy = Factory::forProtocol<Protocol>();
+    ListeningPort closed = r.listenTCP(0, dummy, 50, "127.0.0.1");
+    int refused = closed.getHost().port;
+    closed.stopListening();
+    struct F : ClientFactory {
+        ListeningPort lp;
+        bool* destroyed = nullptr;
+        ~F() override {
+            lp.stopListening();
+            *destroyed = true;
+        }
+    };
+    bool destroyed = false;
+    auto f = std::make_shared<F>();
+    f->destroyed = &destroyed;
+    f->protocol = [] { return std::make_unique<Protocol>(); };
+    f->lp = r.listenTCP(0, dummy, 50, "127.0.0.1");
+    r.connectTCP("127.0.0.1", refused, std::move(f));  // fails; the connector is the factory's last owner
+    REQUIRE(testing::runUntil(r, [&] { return destroyed; }));
+    CHECK(r.selectables().empty());
+}
+
+// defects: core_factory_refcount. connect() again from clientConnectionFailed
+// or clientConnectionLost (Twisted's documented retry) is one cycle:
+// doStart once, doStop once at its end (Twisted's factoryStarted).
+TEST_CASE("reconnecting from clientConnectionFailed/Lost starts and stops the factory once") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    struct Retrier : ClientFactory {
+        int started = 0, stopped = 0, failures = 0, losses = 0;
+        void startFactory() override { ++started; }
+        void stopFactory() override { ++stopped; }
+        void clientConnectionFailed(IConnector& c, const Failure&) override {
+            if (++failures < 3) c.connect();
+        }
+        void clientConnectionLost(IConnector& c, const Failure&) override {
+            if (++losses < 3) c.connect();
+        }
+    };
+    SUBCASE("refused, retried from clientConnectionFailed") {
+        Factory dummy = Factory::forProtocol<Protocol>();
+        ListeningPort p = r.listenTCP(0, dummy, 50, "127.0.0.1");
+        int port = p.getHost().port;
+        p.stopListening();
+        Retrier f;
+        f.protocol = [] { return std::make_unique<Protocol>(); };
+        r.connectTCP("127.0.0.1", port, f);
+        REQUIRE(testing::runUntil(r, [&] { return f.failures == 3 && f.stopped == 1; }));
+        CHECK(f.started == 1);
+        CHECK(f.numPorts == 0);
+    }
+    SUBCASE("closed by the server, reconnected from clientConnectionLost") {
+        struct Bye : Protocol {
+            void connectionMade() override { transport->loseConnection(); }
+        };
+        Factory srv = Factory::forProtocol<Bye>();
+        ListeningPort p = r.listenTCP(0, srv, 50, "127.0.0.1");
+        Retrier f;
+        f.protocol = [] { return std::make_unique<Protocol>(); };
+        r.connectTCP("127.0.0.1", p.getHost().port, f);
+        REQUIRE(testing::runUntil(r, [&] { return f.losses == 3 && f.stopped == 1; }));
+        CHECK(f.started == 1);
+        CHECK(f.numPorts == 0);
+        p.stopListening();
+    }
+}
+
+// defects: core_reset_reason. "...non-clean fashion.: Connection reset by peer."
+TEST_CASE("a reset reads as Twisted's ConnectionLost message, one period") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    Client client;
+    ListeningPort port = connectedPair(r, server, client);
+    client.last()->transport->abortConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost(); }));
+    CHECK(server.last()->lostType == "ConnectionLost");
+    CHECK(server.last()->lostMessage ==
+          "Connection to the other side was lost in a non-clean fashion: Connection reset by peer.");
+    port.stopListening();
+}
+
+// defects: core_bind_name. A name as bindAddress.host read a stale errno:
+// "Couldn't bind: localhost:0: Success."
+TEST_CASE("a host name as bindAddress fails with ConnectBindError saying why") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Client client;
+    Address bind;
+    bind.host = "localhost";
+    r.connectTCP("127.0.0.1", 9, client, 30, bind);
+    REQUIRE(testing::runUntil(r, [&] { return !client.failed.empty(); }));
+    CHECK(contains(client.failed[0], "ConnectBindError"));
+    CHECK(contains(client.failed[0], "localhost:0: not an IP address"));
+    CHECK_FALSE(contains(client.failed[0], "Success"));
+}
+
+// defects: core_outbuf_retained. A drained buffer kept the burst's capacity
+// for the connection's life.
+TEST_CASE("a connection gives a large write buffer's memory back once it drains") {
+    if (underASan) return;  // ASan's quarantine keeps freed memory resident
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    Client client;
+    ListeningPort port = connectedPair(r, server, client);
+    const std::size_t burst = 64u << 20;
+    long before = residentKiB();
+    server.last()->transport->write(std::string(burst, 'x'));
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->data.size() == burst; }, 30));
+    std::string().swap(client.last()->data);  // the receiving side's copy, not the sender's
+    long after = residentKiB();
+    CHECK(after - before < 16 * 1024);  // the 64 MiB buffer is gone (kept: < 128 KiB)
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost(); }));
+    port.stopListening();
+}
+
+// defects: tcp_halfclose_big. A line echo whose peer sent 4 MiB and then
+// half-closed returned only part of the reply: the queued output was
+// dropped at the read EOF.
+TEST_CASE("the peer's half-close never discards queued output: a 4 MiB echo comes back whole") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    LineEchoFactory echo;
+    ListeningPort port = r.listenTCP(0, echo, 50, "127.0.0.1");
+    const std::string line = std::string(1022, 'h') + "\r\n";
+    const std::size_t lines = 4096;
+    std::atomic<bool> done{false};
+    std::size_t got = 0;
+    bool sentAll = false;
+    std::thread peer([&] {
+        RawClient c(port.getHost().port, 4096);  // a small receive window: the echo queues up
+        std::string data;
+        data.reserve(line.size() * lines);
+        for (std::size_t i = 0; i < lines; ++i) data += line;
+        sentAll = c.sendAll(data);
+        ::shutdown(c.fd, SHUT_WR);
+        got = c.drain();
+        done = true;
+    });
+    bool finished = testing::runUntil(r, [&] { return done.load() && !echo.records.empty() && echo.records[0]->lost(); }, 30);
+    peer.join();
+    REQUIRE(finished);
+    CHECK(sentAll);
+    CHECK(got == line.size() * lines);
+    CHECK(echo.records[0]->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
+// defects: tcp_producer_overlong_leak. A LineReceiver registered as its own
+// streaming producer closed on an over-long line only if no producer was
+// registered: the socket stayed in CLOSE-WAIT forever.
+TEST_CASE("a registered producer does not keep a closing connection open") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    LineEchoFactory echo;
+    echo.selfProducer = true;
+    ListeningPort port = r.listenTCP(0, echo, 50, "127.0.0.1");
+    std::atomic<bool> sent{false};
+    std::thread peer([&] {
+        RawClient c(port.getHost().port);
+        c.sendAll(std::string(20000, 'x'));  // over MAX_LENGTH, no delimiter
+        sent = true;
+    });
+    bool closed = testing::runUntil(r, [&] { return sent.load() && !echo.records.empty() && echo.records[0]->lost(); }, 10);
+    peer.join();
+    CHECK(closed);
+    CHECK(r.selectables().size() == 1);  // only the port: no connection left open
+    port.stopListening();
+}
+
+// The accept queue: Twisted's default of 50 drops SYNs in a burst, and each
+// dropped client waits a second to retry.
+TEST_CASE("a burst of 128 connects fits the default accept queue") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server);  // the default backlog
+    constexpr int burst = 128;
+    std::vector<pollfd> clients;
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port.getHost().port);
+    ::inet_pton(AF_INET, "127.0.0.1", &a.sin_addr);
+    for (int i = 0; i < burst; ++i) {  // all before the reactor accepts any
+        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        REQUIRE(fd >= 0);
+        ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+        clients.push_back(pollfd{fd, POLLOUT, 0});
+    }
+    // A handshake on loopback takes microseconds; a dropped SYN is retried
+    // after 1 s. Every connect completes well inside that second.
+    int established = 0;
+    ::poll(clients.data(), clients.size(), 500);
+    for (auto& c : clients) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        ::getsockopt(c.fd, SOL_SOCKET, SO_ERROR, &err, &len);
+        if ((c.revents & POLLOUT) && err == 0) ++established;
+    }
+    CHECK(established == burst);
+    CHECK(testing::runUntil(r, [&] { return server.records.size() == burst; }, 5));
+    for (auto& c : clients) ::close(c.fd);
+    REQUIRE(testing::runUntil(r, [&] {
+        for (auto& rec : server.records)
+            if (!rec->lost()) return false;
+        return true;
+    }, 5));
+    port.stopListening();
+}
+
+// Read-side backpressure by default: an echo server facing a client that
+// sends without ever reading stops reading once its unsent output passes
+// the high-water mark, instead of buffering everything (+61 MiB before).
+TEST_CASE("a client that never reads cannot make a line echo server buffer its flood") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    LineEchoFactory echo;
+    ListeningPort port = r.listenTCP(0, echo, 50, "127.0.0.1");
+    const std::size_t flood = 64u << 20;
+    std::atomic<std::size_t> sent{0};
+    std::atomic<bool> stalled{false};
+    long before = residentKiB();
+    std::thread peer([&] {
+        RawClient c(port.getHost().port);
+        timeval shortWait{0, 300000};  // blocked this long: the server stopped reading
+        ::setsockopt(c.fd, SOL_SOCKET, SO_SNDTIMEO, &shortWait, sizeof shortWait);
+        const std::string chunk = [] {
+            std::string s;
+            for (int i = 0; i < 64; ++i) s += std::string(1022, 'f') + "\r\n";
+            return s;
+        }();
+        while (sent < flood) {
+            ssize_t n = ::send(c.fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+            if (n <= 0) break;
+            sent += static_cast<std::size_t>(n);
+        }
+        stalled = true;
+        // Closing with unread data resets the connection.
+    });
+    bool ended = testing::runUntil(r, [&] { return stalled.load(); }, 60);
+    long grown = residentKiB() - before;
+    peer.join();
+    REQUIRE(ended);
+    CHECK(sent.load() < flood / 4);  // kernel buffers plus our 64 KiB mark, not the flood
+    if (!underASan) CHECK(grown < 8 * 1024);
+    REQUIRE(testing::runUntil(r, [&] { return !echo.records.empty() && echo.records[0]->lost(); }, 10));
+    port.stopListening();
+}
+
+}  // TEST_SUITE tcp

@@ -151,6 +151,28 @@ TEST_CASE("a line over MAX_LENGTH is traced before lineLengthExceeded") {
     CHECK(st.disconnecting);
 }
 
+// defects: core_trace_wake. A wait that ended on iterate()'s own time limit
+// was reported as "a timer is due" when there was no timer at all.
+TEST_CASE("the wake reason tells a due timer from the caller's time limit") {
+    Reactor r;
+    std::vector<std::string> lines;
+    r.setTracer([&](std::string_view line) { lines.emplace_back(line); });
+    r.iterate(0.02);  // no timer: the limit is iterate's own
+    REQUIRE(lines.size() == 1);
+    CHECK(anyLine(lines, "woke: timeout (the caller's time limit)"));
+    lines.clear();
+    DelayedCall late = r.callLater(10, [] {});
+    r.iterate(0.02);  // a timer, but later than the limit
+    CHECK(anyLine(lines, "woke: timeout (the caller's time limit)"));
+    late.cancel();
+    lines.clear();
+    bool fired = false;
+    r.callLater(0.01, [&] { fired = true; });
+    r.iterate(5);  // the timer ends the wait
+    CHECK(fired);
+    CHECK(anyLine(lines, "woke: timeout (a timer is due)"));
+}
+
 TEST_CASE("tracing off: nothing is produced and nothing is published") {
     Reactor r;
     CHECK_FALSE(r.tracing());
