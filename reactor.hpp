@@ -44,6 +44,8 @@
 //   Everything runs on the thread that calls `run()`/`iterate()`. The one
 //   method safe to call from any other thread is `Reactor::callFromThread`.
 //   Blocking work belongs on the thread pool (`callInThread`, `deferToThread`).
+//   Logging (`log`, `setLogger`) is thread-safe: the log hook runs on the
+//   thread that logs, one call at a time.
 //
 // Errors
 //   Failures are values (`Failure`). API misuse (cancelling a called timer,
@@ -366,19 +368,24 @@ enum class LogLevel { debug, info, warning, error, critical };
 /// The level's lower-case name ("debug" ... "critical"), as the default logger prints it.
 const char* logLevelName(LogLevel level);
 
-/// The one log hook (Twisted's log observer). Called on the reactor thread.
+/// The one log hook (Twisted's log observer). Called on the thread that
+/// logs: the reactor's thread for what the reactor does, a pool worker for
+/// a pool job's uncaught exception, any thread that calls log(). Calls
+/// never overlap: a lock serializes them (as Twisted's log publisher), so
+/// a sink needs no lock of its own. To touch reactor-thread objects (a
+/// transport, say), a sink hands the line over with callFromThread.
 using Logger = std::function<void(LogLevel, std::string_view)>;
 
 namespace detail {
-Logger& loggerSlot();
 void defaultLog(LogLevel level, std::string_view message);
 }  // namespace detail
 
 /// Replaces the log hook and returns the previous one; an empty function
-/// restores the default (stderr). Set it before starting other threads.
+/// restores the default (stderr). Thread-safe: waits for a call in
+/// progress on another thread. A sink may call it (and log()) itself.
 Logger setLogger(Logger logger);
 
-/// Sends one line to the log hook.
+/// Sends one line to the log hook. Thread-safe.
 void log(LogLevel level, std::string_view message);
 
 /// Receives one trace line per loop event (Reactor::setTracer).
@@ -2048,7 +2055,8 @@ public:
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
-    /// Queues `job`; thread-safe. A job that throws is logged and dropped.
+    /// Queues `job`; thread-safe. A job that throws is logged (from its
+    /// worker thread, see Logger) and dropped.
     void callInThread(std::function<void()> job);
     /// Twisted's adjustPoolsize(maxthreads=n); existing workers are kept.
     void setMaxThreads(std::size_t n);
@@ -2058,7 +2066,8 @@ public:
     std::size_t queueDepth() const;
     /// Workers started and not yet joined by stop(). Thread-safe.
     std::size_t threadCount() const;
-    /// Finishes the queued jobs and joins every worker. Call from the owner's thread.
+    /// Finishes the queued jobs, including those that jobs queue meanwhile,
+    /// and joins every worker. Call from the owner's thread, not from a job.
     void stop();
 
 private:
@@ -3795,7 +3804,9 @@ public:
     /// Called by the transport on connect: resets ISUPPORT and registers
     /// (PASS, NICK, USER) when performLogin.
     REACTOR_INLINE void connectionMade() override;
-    /// Called by the transport once: stops the heartbeat and the send queue.
+    /// Called by the transport once: stops the heartbeat and the send queue
+    /// and drops what this connection left half received (a partial line,
+    /// a MOTD being collected), so a reused client starts afresh.
     REACTOR_INLINE void connectionLost(const Failure& reason) override;
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
@@ -4075,7 +4086,11 @@ public:
     bool ping(const std::string& user, const std::string& text = "");
     /// Registers: [PASS password], NICK nick, USER (username or nick)
     /// hostName serverName :(realname or nick). Called by connectionMade
-    /// when performLogin. (Twisted's `register`, a C++ keyword.)
+    /// when performLogin. (Twisted's `register`, a C++ keyword.) All or
+    /// nothing: a nick, user name, hostName or serverName that is empty,
+    /// has a space or starts with ':' (Twisted sends them as they are,
+    /// shifting USER's parameters), or any CR, LF or NUL, sends nothing
+    /// and returns false. A password with a space goes as "PASS :pass".
     bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar");
     /// Sends CTCP queries to `user` in one PRIVMSG.
     bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages);
@@ -4784,9 +4799,17 @@ REACTOR_INLINE const char* logLevelName(LogLevel level) {
 }
 namespace detail {
 
-REACTOR_INLINE Logger& loggerSlot() {
-    static Logger logger;  // empty: the default stderr writer
-    return logger;
+/// The log hook and the lock that serializes its calls (recursive: a sink
+/// may log). Held through a shared_ptr so that a sink which calls
+/// setLogger keeps running on a live object.
+struct LogHook {
+    std::recursive_mutex mutex;
+    std::shared_ptr<Logger> logger;  // null: the default stderr writer
+};
+
+REACTOR_INLINE LogHook& logHook() {
+    static LogHook hook;
+    return hook;
 }
 
 REACTOR_INLINE void defaultLog(LogLevel level, std::string_view message) {
@@ -4800,15 +4823,23 @@ REACTOR_INLINE void defaultLog(LogLevel level, std::string_view message) {
 }  // namespace detail
 
 REACTOR_INLINE Logger setLogger(Logger logger) {
-    return std::exchange(detail::loggerSlot(), std::move(logger));
+    detail::LogHook& hook = detail::logHook();
+    std::shared_ptr<Logger> next = logger ? std::make_shared<Logger>(std::move(logger)) : nullptr;
+    std::lock_guard<std::recursive_mutex> lock(hook.mutex);
+    std::shared_ptr<Logger> previous = std::exchange(hook.logger, std::move(next));
+    if (!previous) return Logger();
+    // Shared only with a call in progress on this thread (the sink replaced
+    // itself; other threads wait for the lock): that call keeps the original.
+    if (previous.use_count() > 1) return *previous;
+    return std::move(*previous);
 }
 
 REACTOR_INLINE void log(LogLevel level, std::string_view message) {
-    Logger& logger = detail::loggerSlot();
-    if (logger)
-        logger(level, message);
-    else
-        detail::defaultLog(level, message);
+    detail::LogHook& hook = detail::logHook();
+    std::lock_guard<std::recursive_mutex> lock(hook.mutex);
+    if (!hook.logger) return detail::defaultLog(level, message);
+    const std::shared_ptr<Logger> running = hook.logger;
+    (*running)(level, message);
 }
 namespace detail {
 
@@ -5252,15 +5283,20 @@ REACTOR_INLINE std::size_t ThreadPool::threadCount() const {
 
 REACTOR_INLINE void ThreadPool::stop() {
     State& st = *state_;
-    std::vector<std::thread> workers;
-    {
-        std::lock_guard<std::mutex> lock(st.mutex);
-        st.stopping = true;
+    std::unique_lock<std::mutex> lock(st.mutex);
+    st.stopping = true;
+    // A job running now may queue another (callInThread is thread-safe),
+    // and that can start a worker after the swap below: join in rounds
+    // until a round started none, so no thread outlives stop() (a joinable
+    // std::thread in ~State would be std::terminate).
+    while (!st.workers.empty()) {
+        std::vector<std::thread> workers;
         workers.swap(st.workers);
+        lock.unlock();
+        st.wake.notify_all();
+        for (auto& t : workers) t.join();
+        lock.lock();
     }
-    st.wake.notify_all();
-    for (auto& t : workers) t.join();
-    std::lock_guard<std::mutex> lock(st.mutex);
     st.stopping = false;
     st.idle = 0;
 }
@@ -7010,10 +7046,14 @@ REACTOR_INLINE void NetstringReceiver::feed(std::string_view data) {
                 const char c = data[i++];
                 if (c >= '0' && c <= '9') {
                     if (digits_ == 1 && length_ == 0) return fail("leading zero in the length");
-                    length_ = length_ * 10 + static_cast<std::size_t>(c - '0');
-                    ++digits_;
-                    if (length_ > MAX_LENGTH)
+                    // length_ * 10 + digit > MAX_LENGTH, tested without computing
+                    // it: with a MAX_LENGTH near SIZE_MAX the sum would wrap
+                    // around and a 20-digit length would pass as a small one.
+                    const auto digit = static_cast<std::size_t>(c - '0');
+                    if (digit > MAX_LENGTH || length_ > (MAX_LENGTH - digit) / 10)
                         return fail("length is over MAX_LENGTH (" + std::to_string(MAX_LENGTH) + ")");
+                    length_ = length_ * 10 + digit;
+                    ++digits_;
                 } else if (c == ':') {
                     if (digits_ == 0) return fail("missing length before ':'");
                     state_ = State::payload;
@@ -7765,7 +7805,15 @@ REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
     namesHeld_ = 0;
     namesOverflowLogged_ = false;
     pings_.clear();
+    // The transport's input ends here: a partial line must not be glued
+    // onto the first line of a later connection, nor an over-long line's
+    // tail swallow it, nor a half-collected MOTD or a pause carry over.
+    clearLineBuffer();
     discarding_ = false;
+    afterOverflow_.clear();
+    motd.reset();
+    motdOverflowLogged_ = false;
+    paused_ = false;
 }
 
 REACTOR_INLINE void IRCClient::dataReceived(std::string_view data) {
@@ -8388,10 +8436,23 @@ REACTOR_INLINE bool IRCClient::ping(const std::string& user, const std::string& 
 }
 
 REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::string& hostName, const std::string& serverName) {
-    if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname})) return false;
-    if (!password.empty()) sendLine("PASS " + password);
-    setNick(nick);
-    if (username.empty()) username = nick;
+    // Every argument is checked before anything is sent: a half
+    // registration (PASS and USER without the NICK the server waits for)
+    // would leave the server waiting. USER's first three parameters are
+    // middle ones; Twisted sends a user name with spaces as is, shifting
+    // them (a server reads "USER a b c d :x" as user "a", mode "b").
+    const std::string& user = username.empty() ? nick : username;
+    if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname}) ||
+        !checkMiddle("NICK", {nick}) || !checkMiddle("USER", {user, hostName, serverName}, 3))
+        return false;
+    if (!password.empty()) {
+        // PASS has one parameter: a password with a space or a leading
+        // ':' goes as the trailing one, which the server takes whole.
+        const bool trailing = password.find(' ') != std::string::npos || password.front() == ':';
+        sendLine((trailing ? "PASS :" : "PASS ") + password);
+    }
+    if (!setNick(nick)) return false;
+    if (username.empty()) username = nick;  // Twisted's register keeps it for later
     return sendLine("USER " + username + " " + hostName + " " + serverName + " :" +
                     (realname.empty() ? nick : realname));
 }
