@@ -2139,6 +2139,8 @@ public:
     void useFactory(Factory& f);
     /// Leaves the list; idempotent.
     void stopUsingFactory();
+    /// Still linked to a live factory (false once the factory is destroyed).
+    bool usingFactory() const { return usedFactory_ != nullptr; }
 
 private:
     friend class reactor::Factory;
@@ -6649,6 +6651,10 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
     Address peerAddress = toAddress(peer);
     std::unique_ptr<Protocol> p;
     runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+    if (abandoned_) {  // buildProtocol destroyed the factory: nothing more for it
+        os::closeFd(fd);
+        return;
+    }
     if (!p) {
         os::closeFd(fd);
         fail(Failure(error::ConnectError("An error occurred while connecting: the factory refused to build a protocol.")));
@@ -6702,6 +6708,10 @@ REACTOR_INLINE void TcpPort::doRead() {
         }
         std::unique_ptr<Protocol> p;
         runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+        if (!usingFactory()) {  // buildProtocol destroyed the factory (which abandoned this port)
+            os::closeFd(fd);
+            return;
+        }
         if (!p) {  // refused by the factory
             os::closeFd(fd);
             continue;
