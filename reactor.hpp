@@ -44,6 +44,8 @@
 //   Everything runs on the thread that calls `run()`/`iterate()`. The one
 //   method safe to call from any other thread is `Reactor::callFromThread`.
 //   Blocking work belongs on the thread pool (`callInThread`, `deferToThread`).
+//   Logging (`log`, `setLogger`) is thread-safe: the log hook runs on the
+//   thread that logs, one call at a time.
 //
 // Errors
 //   Failures are values (`Failure`). API misuse (cancelling a called timer,
@@ -366,19 +368,24 @@ enum class LogLevel { debug, info, warning, error, critical };
 /// The level's lower-case name ("debug" ... "critical"), as the default logger prints it.
 const char* logLevelName(LogLevel level);
 
-/// The one log hook (Twisted's log observer). Called on the reactor thread.
+/// The one log hook (Twisted's log observer). Called on the thread that
+/// logs: the reactor's thread for what the reactor does, a pool worker for
+/// a pool job's uncaught exception, any thread that calls log(). Calls
+/// never overlap: a lock serializes them (as Twisted's log publisher), so
+/// a sink needs no lock of its own. To touch reactor-thread objects (a
+/// transport, say), a sink hands the line over with callFromThread.
 using Logger = std::function<void(LogLevel, std::string_view)>;
 
 namespace detail {
-Logger& loggerSlot();
 void defaultLog(LogLevel level, std::string_view message);
 }  // namespace detail
 
 /// Replaces the log hook and returns the previous one; an empty function
-/// restores the default (stderr). Set it before starting other threads.
+/// restores the default (stderr). Thread-safe: waits for a call in
+/// progress on another thread. A sink may call it (and log()) itself.
 Logger setLogger(Logger logger);
 
-/// Sends one line to the log hook.
+/// Sends one line to the log hook. Thread-safe.
 void log(LogLevel level, std::string_view message);
 
 /// Receives one trace line per loop event (Reactor::setTracer).
@@ -527,6 +534,31 @@ namespace detail {
 std::string demangle(const char* name);
 #endif
 
+/// What Failure::raiseException throws for a Failure known only by name
+/// (`Failure("ParseError", ...)`, the library's "ResultConsumed" marker):
+/// it carries the names, so the Failure caught again (by an errback after
+/// trap<E>(), or from a coroutine's co_await) keeps its type and message.
+/// what() is "ParseError: bad header", for code that only sees an Error.
+// The virtual members are defined in the class, as Error's are: a class
+// with an out-of-line virtual (a key function) would have its vtable in
+// every TU that includes the header.
+class NamedError : public Error {
+public:
+    NamedError(const TypeChain& names, std::string message);
+    const char* what() const noexcept override { return what_.c_str(); }
+    void typeNames(TypeChain& chain) const override {
+        for (std::size_t i = 0; i < names_.size; ++i) chain.push(names_.names[i]);
+    }
+    std::shared_ptr<const Error> clone() const override { return std::shared_ptr<const Error>(new NamedError(*this)); }
+#if REACTOR_HAS_EXCEPTIONS
+    std::exception_ptr toExceptionPtr() const override { return std::make_exception_ptr(*this); }
+#endif
+
+private:
+    TypeChain names_;   // the Failure's names, most derived first
+    std::string what_;  // "Name: message"
+};
+
 /// API misuse: throw `E` when exceptions are on, otherwise log it and let the
 /// caller return without doing anything.
 template <class E>
@@ -643,7 +675,8 @@ public:
         return nullptr;
     }
 
-    /// Throws the original exception (or an `Error` with the message).
+    /// Throws the original exception; a Failure known only by name throws
+    /// an Error that keeps the name (caught again, it is the same Failure).
     [[noreturn]] void raiseException() const;
 
 private:
@@ -930,7 +963,10 @@ private:
 //     the result (value or failure) *moves* into the new Deferred. The
 //     original chain is then left holding a handled "ResultConsumed"
 //     failure; callbacks added to the original handle after that point see
-//     it on the errback track (Twisted's "result becomes None").
+//     it on the errback track (Twisted's "result becomes None"). Until
+//     then, cancelling the new Deferred cancels the original (in Twisted
+//     they are one Deferred): if that one has fired and waits on a
+//     Deferred a callback returned, only that inner one is cancelled.
 //   - A callback may fail without exceptions by returning a `Failure` or a
 //     `Result<T>` (value or Failure).
 //   - The chain is run by one loop over an explicit stack (Twisted's
@@ -1076,6 +1112,17 @@ public:
     int userPaused = 0;                  // the pause() calls not yet undone
     std::weak_ptr<DeferredBase> waitingOn;  // the inner Deferred a callback returned
     std::function<void()> canceller;
+    /// A type-changed Deferred not fed yet: the Deferred whose chain feeds
+    /// it. In Twisted the two are one Deferred, so its cancel() is the
+    /// feeder's (which may be fired already and waiting on an inner one).
+    std::weak_ptr<DeferredBase> feeder;
+    /// cancel() only calls the canceller, on every cancel() while unfired,
+    /// and never errbacks by itself: a DeferredList cancels its members and
+    /// fires from their results (Twisted's DeferredList.cancel).
+    bool cancellerOnly = false;
+    /// The last cancel() pass that went on from here to another Deferred
+    /// (an inner or a feeder): going on once per pass ends cycles.
+    std::uint64_t forwardedIn = 0;
 
     /// Runs the chain's pairs until it is exhausted or paused. Returns a
     /// Deferred the loop must run first (then this one again), or null.
@@ -1086,8 +1133,9 @@ public:
     /// CancelledError if still unfired; a fired Deferred waiting on an inner
     /// one cancels that one instead.
     void cancel();
-    /// cancel()'s work for this one Deferred (cancel() bounds the recursion).
-    void cancelHere();
+    /// cancel()'s work for this one Deferred, in the outermost cancel()'s
+    /// `pass` (cancel() bounds the recursion).
+    void cancelHere(std::uint64_t pass);
 
     void pause();
     /// Undoes a user pause(); an extra unpause() is ignored, so it cannot
@@ -1200,9 +1248,19 @@ public:
         setResult(std::move(r));
         return shared_from_this();
     }
-    void addStep(Step step) {
+    /// Appends a step (running it now if the chain is fired and idle) and
+    /// returns its index in `steps`, which holds until it runs: steps are
+    /// cleared only once all have run.
+    std::size_t addStep(Step step) {
+        const std::size_t index = steps.size();
         steps.push_back(std::move(step));
         if (called && !running && paused == 0) run(shared_from_this());
+        return index;
+    }
+    /// Turns the step at `index`, not run yet, into a pass-through: its
+    /// owner is gone (the coroutine frame of a DeferredAwaiter).
+    void dropStep(std::size_t index) {
+        steps[index] = [](DeferredState&) -> DeferredPtr { return nullptr; };
     }
 };
 
@@ -1455,7 +1513,9 @@ public:
     void unpause() { s_->unpause(); }
     /// Twisted's cancel(): unfired → canceller (or "ignore the next fire"),
     /// then CancelledError if still unfired; waiting on a Deferred returned
-    /// by a callback → cancels that one; otherwise nothing.
+    /// by a callback → cancels that one; otherwise nothing. A Deferred made
+    /// by a type-changing callback, before the result reaches it, cancels
+    /// the Deferred that feeds it (in Twisted they are one).
     void cancel() { s_->cancel(); }
     /// Cancels this Deferred if it has not fired after `seconds` on `clock`
     /// and turns that CancelledError into defer::TimeoutError. Covers the
@@ -1523,16 +1583,19 @@ private:
         } else {
             Deferred<U> out;
             std::shared_ptr<detail::DeferredState<U>> target = out.s_;
-            std::weak_ptr<detail::DeferredState<T>> source = s_;
-            target->canceller = [source] {  // cancelling the branch cancels its source
-                if (auto s = source.lock()) s->cancel();
-            };
+            target->feeder = s_;  // until fed, cancelling the branch cancels its source
             s_->addStep([target, fn = std::move(fn)](detail::DeferredState<T>& s) mutable -> detail::DeferredPtr {
                 Result<T> r = s.take();
-                if (target->called) return nullptr;  // fired directly (e.g. cancelled): drop
+                if (target->called) return nullptr;  // fired by hand meanwhile (misuse): drop
                 target->called = true;
-                target->canceller = nullptr;
-                if (detail::DeferredPtr first = fn(*target, std::move(r))) return first;
+                target->feeder.reset();
+                // Callbacks added to the branch while `fn` runs wait for its
+                // result, as on one Deferred in Twisted: the loop runs them
+                // once `fn` has stored it.
+                target->running = true;
+                detail::DeferredPtr first = fn(*target, std::move(r));
+                target->running = false;
+                if (first) return first;
                 return target->paused == 0 ? detail::DeferredPtr(target) : nullptr;
             });
             return out;
@@ -1624,7 +1687,8 @@ struct DeferredListResult : std::vector<std::pair<bool, Result<T>>> {
 /// (or on the first success / failure with the flags). Members' failures
 /// stay in the members unless `consumeErrors` (then they are handled).
 /// An empty list fires at once, except with fireOnOneCallback (never).
-/// cancel() cancels every member while the list is unfired.
+/// cancel() cancels every member while the list is unfired and nothing
+/// else: the list fires from the members' results, as they come.
 template <class T>
 class DeferredList : public Deferred<DeferredListResult<T>> {
 public:
@@ -1638,9 +1702,14 @@ public:
         std::shared_ptr<ListState> self = detail::stateOf<DeferredListResult<T>>(*this);
         std::vector<std::weak_ptr<detail::DeferredState<T>>> weak;
         for (auto& m : members) weak.push_back(detail::stateOf(m));
+        // Twisted's DeferredList.cancel: cancel every member, and let the
+        // list fire from what they give (a member may catch its
+        // cancellation and finish later with a real result).
+        self->cancellerOnly = true;
         self->canceller = [weak] {
             for (auto& w : weak)
-                if (auto m = w.lock()) m->cancel();
+                if (auto m = w.lock())
+                    detail::runGuarded("a DeferredList member's canceller", [&m] { m->cancel(); });
         };
         struct Shared {
             DeferredListResult<T> results;
@@ -1759,6 +1828,13 @@ inline void resumeCoroutine(std::coroutine_handle<> h) {
     }
 }
 
+/// Forgets a queued resumption of `h`, whose frame is being destroyed.
+inline void unqueueResume(std::coroutine_handle<> h) {
+    if (std::vector<std::coroutine_handle<>>* queue = resumeQueue())
+        for (std::coroutine_handle<>& queued : *queue)
+            if (queued == h) queued = std::noop_coroutine();
+}
+
 /// The part of a Deferred coroutine's promise that its awaiters fill in:
 /// the Deferred it is suspended on, which cancelling the coroutine's own
 /// Deferred cancels (Twisted's inlineCallbacks does the same).
@@ -1778,12 +1854,28 @@ protected:
 
 /// `co_await d` (AsResult = false: the value, failures thrown) or
 /// `co_await asResult(d)` (a Result<T>, for -fno-exceptions code).
+/// Lives in the awaiting coroutine's frame, which may be any coroutine
+/// type; whoever owns that frame may destroy it while it is suspended
+/// here, and then the destructor unhooks the frame from `s` (and from the
+/// resume queue), so firing `s` later resumes nothing.
 template <class T, bool AsResult>
 struct DeferredAwaiter {
     std::shared_ptr<DeferredState<T>> s;
     Result<T> result{Failure()};
     bool inSuspend = false;
     bool ready = false;
+    bool hooked = false;        // our step is on s's chain and has not run
+    bool resumeQueued = false;  // s fired; the trampoline has yet to resume us
+    std::size_t step = 0;       // the step's index in s->steps
+    std::coroutine_handle<> frame;
+
+    explicit DeferredAwaiter(std::shared_ptr<DeferredState<T>> state) : s(std::move(state)) {}
+    DeferredAwaiter(const DeferredAwaiter&) = delete;  // our step points here
+    DeferredAwaiter& operator=(const DeferredAwaiter&) = delete;
+    ~DeferredAwaiter() {
+        if (hooked) s->dropStep(step);  // the frame is destroyed while suspended here
+        if (resumeQueued) unqueueResume(frame);
+    }
 
     bool await_ready() const noexcept { return false; }
     CoroutineAwaiting* owner = nullptr;
@@ -1796,14 +1888,20 @@ struct DeferredAwaiter {
             owner->awaitingAsResult = AsResult;
         }
         inSuspend = true;
+        frame = h;
         CoroutineAwaiting* promise = owner;
-        s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
+        hooked = true;
+        step = s->addStep([this, h, promise](DeferredState<T>& st) -> DeferredPtr {
+            hooked = false;
             if (promise) promise->awaiting.reset();
             result = st.take();
             if (inSuspend) {
                 ready = true;  // fired already: resume without suspending
             } else {
                 if (promise) promise->queued = true;
+                // Queued behind a running coroutine, or resumed now (then
+                // this awaiter may be gone when resumeCoroutine returns).
+                if (resumeQueue()) resumeQueued = true;
                 resumeCoroutine(h);
             }
             return nullptr;
@@ -1821,6 +1919,7 @@ struct DeferredAwaiter {
         return !ready;
     }
     auto await_resume() {
+        resumeQueued = false;
         if (owner) owner->queued = false;
         if constexpr (AsResult) {
             return std::move(result);
@@ -1956,7 +2055,8 @@ public:
     ThreadPool(const ThreadPool&) = delete;
     ThreadPool& operator=(const ThreadPool&) = delete;
 
-    /// Queues `job`; thread-safe. A job that throws is logged and dropped.
+    /// Queues `job`; thread-safe. A job that throws is logged (from its
+    /// worker thread, see Logger) and dropped.
     void callInThread(std::function<void()> job);
     /// Twisted's adjustPoolsize(maxthreads=n); existing workers are kept.
     void setMaxThreads(std::size_t n);
@@ -1966,7 +2066,8 @@ public:
     std::size_t queueDepth() const;
     /// Workers started and not yet joined by stop(). Thread-safe.
     std::size_t threadCount() const;
-    /// Finishes the queued jobs and joins every worker. Call from the owner's thread.
+    /// Finishes the queued jobs, including those that jobs queue meanwhile,
+    /// and joins every worker. Call from the owner's thread, not from a job.
     void stop();
 
 private:
@@ -2038,6 +2139,8 @@ public:
     void useFactory(Factory& f);
     /// Leaves the list; idempotent.
     void stopUsingFactory();
+    /// Still linked to a live factory (false once the factory is destroyed).
+    bool usingFactory() const { return usedFactory_ != nullptr; }
 
 private:
     friend class reactor::Factory;
@@ -2374,6 +2477,7 @@ private:
     std::vector<char> readBuffer_;                       // one buffer for every recv()
     std::unique_ptr<ThreadPool> resolver_;               // name lookups, apart from the user's pool
     int spareFd_ = -1;                                   // see TcpPort::acceptError
+    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false from ~Reactor on
 };
 
 
@@ -2511,7 +2615,9 @@ public:
 class Factory {
 public:
     Factory() = default;
+    /// A new factory with the same `protocol` (no ports, no connections, numPorts 0).
     Factory(const Factory& other) : protocol(other.protocol) {}
+    /// Takes `other`'s `protocol`; what uses this factory keeps using it.
     Factory& operator=(const Factory& other) {
         protocol = other.protocol;
         return *this;
@@ -2604,6 +2710,9 @@ struct ReactorAccess {
         return r.watch(fd, event, h) != Reactor::npos;
     }
     static void unwatch(Reactor& r, int fd, short events) { r.unwatch(fd, events); }
+    /// True while the reactor exists: for objects a user handle can keep
+    /// alive past it (a connector between attempts).
+    static std::shared_ptr<const bool> aliveFlag(Reactor& r) { return r.alive_; }
     static void adopt(Reactor& r, std::shared_ptr<Owned> o);
     /// Stops owning `o`; it is freed at the end of the turn, so a method of
     /// `o` on the stack may still return through it.
@@ -2726,6 +2835,7 @@ private:
     bool outputPaused_ = false;  // read-side backpressure: too much unsent output
     bool readShut_ = false, writeShut_ = false, wantWriteShut_ = false;
     bool aborting_ = false, closing_ = false;
+    bool abandoned_ = false;  // no more user callbacks, even in a close under way
 };
 
 /// An outgoing connection attempt and its lifecycle (Twisted's
@@ -2797,6 +2907,7 @@ private:
     TcpConnection* transport_ = nullptr;
     bool factoryStarted_ = false;  // doStart once per cycle, however often connect() retries
     bool abandoned_ = false;       // the reactor or the factory is gone: connect() refused
+    std::shared_ptr<const bool> reactorAlive_ = ReactorAccess::aliveFlag(reactor_);
 };
 
 /// A listening socket (Twisted's tcp.Port).
@@ -3326,8 +3437,9 @@ namespace task {
 ///     next call is scheduled only after that Deferred fires.
 ///   - Missed intervals are skipped: the next call is at the next multiple
 ///     of `interval` after the start time that is strictly in the future.
-///   - If `f` throws or fails, the loop stops and the start() Deferred
-///     errbacks (unobserved, that Deferred logs "Unhandled error").
+///   - If `f` throws or fails, or the next call cannot be scheduled, the
+///     loop stops and the start() Deferred errbacks (unobserved, that
+///     Deferred logs "Unhandled error").
 /// Not copyable or movable: the start() Deferred fires with `this`.
 /// Destroying it cancels the pending call (the start() Deferred never fires).
 class LoopingCall {
@@ -3694,7 +3806,9 @@ public:
     /// Called by the transport on connect: resets ISUPPORT and registers
     /// (PASS, NICK, USER) when performLogin.
     REACTOR_INLINE void connectionMade() override;
-    /// Called by the transport once: stops the heartbeat and the send queue.
+    /// Called by the transport once: stops the heartbeat and the send queue
+    /// and drops what this connection left half received (a partial line,
+    /// a MOTD being collected), so a reused client starts afresh.
     REACTOR_INLINE void connectionLost(const Failure& reason) override;
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
@@ -3974,7 +4088,11 @@ public:
     bool ping(const std::string& user, const std::string& text = "");
     /// Registers: [PASS password], NICK nick, USER (username or nick)
     /// hostName serverName :(realname or nick). Called by connectionMade
-    /// when performLogin. (Twisted's `register`, a C++ keyword.)
+    /// when performLogin. (Twisted's `register`, a C++ keyword.) All or
+    /// nothing: a nick, user name, hostName or serverName that is empty,
+    /// has a space or starts with ':' (Twisted sends them as they are,
+    /// shifting USER's parameters), or any CR, LF or NUL, sends nothing
+    /// and returns false. A password with a space goes as "PASS :pass".
     bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar");
     /// Sends CTCP queries to `user` in one PRIVMSG.
     bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages);
@@ -4554,7 +4672,7 @@ REACTOR_INLINE SignalHandlers::~SignalHandlers() {
 // ---- 4. UTILITIES ----------------------------------------------------------
 
 REACTOR_INLINE void Failure::adopt(const Error& e) {
-    message_ = e.what();
+    message_ = e.message();  // not what(): a NamedError's what() has its name too
     e.typeNames(chain_);
     error_ = e.clone();
 #if REACTOR_HAS_EXCEPTIONS
@@ -4570,7 +4688,7 @@ REACTOR_INLINE Failure Failure::fromException(std::exception_ptr ep) {
     try {
         std::rethrow_exception(ep);
     } catch (const Error& e) {  // the library's own: names without RTTI
-        f.message_ = e.what();
+        f.message_ = e.message();
         e.typeNames(f.chain_);
     } catch (const std::exception& e) {
         f.message_ = e.what();
@@ -4683,9 +4801,17 @@ REACTOR_INLINE const char* logLevelName(LogLevel level) {
 }
 namespace detail {
 
-REACTOR_INLINE Logger& loggerSlot() {
-    static Logger logger;  // empty: the default stderr writer
-    return logger;
+/// The log hook and the lock that serializes its calls (recursive: a sink
+/// may log). Held through a shared_ptr so that a sink which calls
+/// setLogger keeps running on a live object.
+struct LogHook {
+    std::recursive_mutex mutex;
+    std::shared_ptr<Logger> logger;  // null: the default stderr writer
+};
+
+REACTOR_INLINE LogHook& logHook() {
+    static LogHook hook;
+    return hook;
 }
 
 REACTOR_INLINE void defaultLog(LogLevel level, std::string_view message) {
@@ -4699,15 +4825,23 @@ REACTOR_INLINE void defaultLog(LogLevel level, std::string_view message) {
 }  // namespace detail
 
 REACTOR_INLINE Logger setLogger(Logger logger) {
-    return std::exchange(detail::loggerSlot(), std::move(logger));
+    detail::LogHook& hook = detail::logHook();
+    std::shared_ptr<Logger> next = logger ? std::make_shared<Logger>(std::move(logger)) : nullptr;
+    std::lock_guard<std::recursive_mutex> lock(hook.mutex);
+    std::shared_ptr<Logger> previous = std::exchange(hook.logger, std::move(next));
+    if (!previous) return Logger();
+    // Shared only with a call in progress on this thread (the sink replaced
+    // itself; other threads wait for the lock): that call keeps the original.
+    if (previous.use_count() > 1) return *previous;
+    return std::move(*previous);
 }
 
 REACTOR_INLINE void log(LogLevel level, std::string_view message) {
-    Logger& logger = detail::loggerSlot();
-    if (logger)
-        logger(level, message);
-    else
-        detail::defaultLog(level, message);
+    detail::LogHook& hook = detail::logHook();
+    std::lock_guard<std::recursive_mutex> lock(hook.mutex);
+    if (!hook.logger) return detail::defaultLog(level, message);
+    const std::shared_ptr<Logger> running = hook.logger;
+    (*running)(level, message);
 }
 namespace detail {
 
@@ -4741,13 +4875,22 @@ REACTOR_INLINE std::string Failure::type() const {
 
 REACTOR_INLINE void Failure::raiseException() const {
 #if REACTOR_HAS_EXCEPTIONS
-if (exception_) std::rethrow_exception(exception_);
-throw Error(str());
+    if (exception_) std::rethrow_exception(exception_);
+    throw detail::NamedError(chain_, message_);
 #else
-log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
-std::abort();
+    log(LogLevel::critical, "Failure::raiseException without exceptions: " + str());
+    std::abort();
 #endif
 }
+
+namespace detail {
+REACTOR_INLINE NamedError::NamedError(const TypeChain& names, std::string message)
+    : Error(std::move(message)), names_(names) {
+    what_ = names_.size ? names_.names[0] : "Failure";
+    what_ += ": ";
+    what_ += this->message();
+}
+}  // namespace detail
 
 REACTOR_INLINE void Failure::describe(const std::exception& e) {
     if (auto* err = dynamicError(e)) {
@@ -4967,6 +5110,7 @@ REACTOR_INLINE void DeferredBase::cancel() {
     constexpr int maxCancelDepth = 256;
     struct CancelPass {
         int depth = 0;
+        std::uint64_t id = 0;  // numbers the outermost cancel() calls
         std::vector<DeferredPtr>* deeper = nullptr;
     };
     static thread_local CancelPass pass;
@@ -4984,20 +5128,42 @@ REACTOR_INLINE void DeferredBase::cancel() {
             if (outermost) p.deeper = nullptr;
         }
     };
-    if (outermost) pass.deeper = &deeper;
+    if (outermost) {
+        pass.deeper = &deeper;
+        ++pass.id;
+    }
     ++pass.depth;
     Level level{pass, outermost};
-    cancelHere();
+    cancelHere(pass.id);
     if (!outermost) return;
     for (std::size_t i = 0; i < deeper.size(); ++i) {
         DeferredPtr next = deeper[i];  // cancelHere() may grow the queue
-        next->cancelHere();
+        next->cancelHere(pass.id);
     }
 }
 
-REACTOR_INLINE void DeferredBase::cancelHere() {
+REACTOR_INLINE void DeferredBase::cancelHere(std::uint64_t pass) {
     DeferredPtr keep = shared_from_this();
+    // Going on to another Deferred happens once per Deferred and pass, so a
+    // cycle (two Deferreds waiting on each other: Twisted recurses until
+    // RecursionError) ends instead of looping; they stay deadlocked.
+    auto goOn = [this, pass](const DeferredPtr& other) {
+        if (forwardedIn == pass) return;
+        forwardedIn = pass;
+        other->cancel();
+    };
     if (!called) {
+        if (DeferredPtr source = feeder.lock()) {
+            goOn(source);
+            return;
+        }
+        if (cancellerOnly) {
+            if (canceller) {
+                std::function<void()> c = canceller;  // a copy: firing clears it, and it is kept for the next cancel()
+                c();
+            }
+            return;
+        }
         if (canceller) {
             std::function<void()> c = std::move(canceller);
             canceller = nullptr;
@@ -5006,8 +5172,10 @@ REACTOR_INLINE void DeferredBase::cancelHere() {
             suppressAlreadyCalled = true;
         }
         if (!called) errbackCancelled();
+    } else if (cancellerOnly) {
+        return;  // Twisted's DeferredList: a fired list ignores cancel(), even while waiting
     } else if (DeferredPtr inner = waitingOn.lock()) {
-        inner->cancel();
+        goOn(inner);
     }
 }
 
@@ -5117,15 +5285,20 @@ REACTOR_INLINE std::size_t ThreadPool::threadCount() const {
 
 REACTOR_INLINE void ThreadPool::stop() {
     State& st = *state_;
-    std::vector<std::thread> workers;
-    {
-        std::lock_guard<std::mutex> lock(st.mutex);
-        st.stopping = true;
+    std::unique_lock<std::mutex> lock(st.mutex);
+    st.stopping = true;
+    // A job running now may queue another (callInThread is thread-safe),
+    // and that can start a worker after the swap below: join in rounds
+    // until a round started none, so no thread outlives stop() (a joinable
+    // std::thread in ~State would be std::terminate).
+    while (!st.workers.empty()) {
+        std::vector<std::thread> workers;
         workers.swap(st.workers);
+        lock.unlock();
+        st.wake.notify_all();
+        for (auto& t : workers) t.join();
+        lock.lock();
     }
-    st.wake.notify_all();
-    for (auto& t : workers) t.join();
-    std::lock_guard<std::mutex> lock(st.mutex);
     st.stopping = false;
     st.idle = 0;
 }
@@ -5224,6 +5397,7 @@ REACTOR_INLINE Reactor::~Reactor() {
         calls.clear();
         if (owned_.empty() && dead_.empty() && timers_.liveCount() == 0 && slots_.empty() && retired_.empty()) break;
     }
+    *alive_ = false;  // a connector a user still holds (between attempts) no longer calls us
     if (spareFd_ >= 0) detail::os::closeFd(spareFd_);
 }
 
@@ -5233,9 +5407,9 @@ REACTOR_INLINE void Reactor::crash() {
 }
 
 REACTOR_INLINE void Reactor::iterate(double timeout) {
-    if (inTurn_) {
+    if (inTurn_ || inRun_) {
         detail::raise<error::ReactorAlreadyRunning>(
-            "iterate() called from inside a reactor callback (the loop is not re-entrant)");
+            "iterate() called from inside a reactor callback or while run() is active (the loop is not re-entrant)");
         return;
     }
     turn(timeout < 0 ? 0 : timeout);
@@ -5997,6 +6171,7 @@ REACTOR_INLINE void TcpConnection::shutdownNow() { closeWith(Failure(error::Conn
 
 REACTOR_INLINE void TcpConnection::abandon() {
     stopUsingFactory();
+    abandoned_ = true;  // a closeWith() under way (its factory died in a callback) calls no one else
     if (closing_) return;
     closing_ = true;
     if (abortCall_.active()) abortCall_.cancel();
@@ -6186,12 +6361,17 @@ REACTOR_INLINE void TcpConnector::abandon() {
     stopUsingFactory();
     if (abandoned_) return;
     abandoned_ = true;
+    if (std::exchange(factoryStarted_, false) && factory_.numPorts > 0)
+        --factory_.numPorts;  // silently: a later first use starts the factory again
+    if (!*reactorAlive_) {  // between attempts when the reactor went: nothing of ours is left in it
+        state_ = State::disconnected;
+        return;
+    }
     dropSocket();
     cancelTimeout();
     if (failCall_.active()) failCall_.cancel();
     ++attempt_;
     state_ = State::disconnected;
-    factoryStarted_ = false;
     if (TcpConnection* t = std::exchange(transport_, nullptr)) t->abandon();
     ReactorAccess::release(reactor_, this);
 }
@@ -6375,6 +6555,7 @@ REACTOR_INLINE void TcpPort::abandon() {
     stopUsingFactory();
     if (listening_) {
         listening_ = false;
+        if (factory_.numPorts > 0) --factory_.numPorts;  // silently: no stopFactory
         if (resumeCall_.active()) resumeCall_.cancel();
         closeSocket();
     }
@@ -6422,11 +6603,15 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
     if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
     Protocol* p = protocol_.get();
     p->connected = false;
-    if (reactor_.tracing())
-        reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
-                       reason.str() + ")");
-    runGuarded("connectionLost", [&] { p->connectionLost(reason); });
-    if (connector_) connector_->connectionLost(reason);
+    // Each user call may destroy the factory (which abandons this
+    // connection): after one, call no one else.
+    if (!abandoned_) {
+        if (reactor_.tracing())
+            reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
+                           reason.str() + ")");
+        runGuarded("connectionLost", [&] { p->connectionLost(reason); });
+    }
+    if (connector_ && !abandoned_) connector_->connectionLost(reason);
     // The protocol's life ends with this object's, at the end of the turn:
     // connectionLost may run while one of its own methods is on the stack
     // (disconnectAll() from its lineReceived, say), which must return
@@ -6435,7 +6620,7 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
 }
 
 REACTOR_INLINE void TcpConnector::connect() {
-    if (abandoned_) {
+    if (abandoned_ || !*reactorAlive_) {
         raise<error::RuntimeError>("can't connect: the reactor or the factory of this connector is gone");
         return;
     }
@@ -6466,6 +6651,10 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
     Address peerAddress = toAddress(peer);
     std::unique_ptr<Protocol> p;
     runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+    if (abandoned_) {  // buildProtocol destroyed the factory: nothing more for it
+        os::closeFd(fd);
+        return;
+    }
     if (!p) {
         os::closeFd(fd);
         fail(Failure(error::ConnectError("An error occurred while connecting: the factory refused to build a protocol.")));
@@ -6486,6 +6675,7 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
 }
 
 REACTOR_INLINE void TcpConnector::connectionLost(const Failure& reason) {
+    if (abandoned_) return;  // its factory is gone
     auto keep = shared_from_this();
     transport_ = nullptr;
     state_ = State::disconnected;
@@ -6518,6 +6708,10 @@ REACTOR_INLINE void TcpPort::doRead() {
         }
         std::unique_ptr<Protocol> p;
         runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
+        if (!usingFactory()) {  // buildProtocol destroyed the factory (which abandoned this port)
+            os::closeFd(fd);
+            return;
+        }
         if (!p) {  // refused by the factory
             os::closeFd(fd);
             continue;
@@ -6862,10 +7056,14 @@ REACTOR_INLINE void NetstringReceiver::feed(std::string_view data) {
                 const char c = data[i++];
                 if (c >= '0' && c <= '9') {
                     if (digits_ == 1 && length_ == 0) return fail("leading zero in the length");
-                    length_ = length_ * 10 + static_cast<std::size_t>(c - '0');
-                    ++digits_;
-                    if (length_ > MAX_LENGTH)
+                    // length_ * 10 + digit > MAX_LENGTH, tested without computing
+                    // it: with a MAX_LENGTH near SIZE_MAX the sum would wrap
+                    // around and a 20-digit length would pass as a small one.
+                    const auto digit = static_cast<std::size_t>(c - '0');
+                    if (digit > MAX_LENGTH || length_ > (MAX_LENGTH - digit) / 10)
                         return fail("length is over MAX_LENGTH (" + std::to_string(MAX_LENGTH) + ")");
+                    length_ = length_ * 10 + digit;
+                    ++digits_;
                 } else if (c == ':') {
                     if (digits_ == 0) return fail("missing length before ':'");
                     state_ = State::payload;
@@ -7041,19 +7239,26 @@ REACTOR_INLINE void LoopingCall::call() {
     std::weak_ptr<LoopingCall*> alive = alive_;
     const unsigned generation = generation_;
     Deferred<LoopingCall*> mine = deferred_;
-    f_().addCallbacks(
-        [alive, generation, mine]() mutable {
+    // Two pairs, not one (Twisted chains addCallback then addErrback): if
+    // scheduling the next call fails, the errback ends the loop and fails
+    // the start() Deferred instead of the failure being left on f's chain.
+    f_().addCallback(
+        [alive, generation, mine]() mutable -> Result<void> {
             auto self = alive.lock();
-            if (!self || !*self) return;
+            if (!self || !*self) return {};
             LoopingCall& lc = **self;
             if (lc.generation_ != generation) {
                 if (!mine.called()) mine.callback(&lc);
             } else if (lc.running_) {
                 lc.schedule();
+                // Without exceptions a refused callLater (say, `interval`
+                // set negative) logs and returns an empty handle.
+                if (!lc.call_) return Failure(error::ValueError("LoopingCall could not schedule its next call"));
             } else {
                 lc.finish();
             }
-        },
+            return {};
+        }).addErrback(
         [alive, generation, mine](Failure failure) mutable -> Result<void> {
             auto self = alive.lock();
             if (!self || !*self) return failure;  // nobody left to tell: report it
@@ -7610,7 +7815,15 @@ REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
     namesHeld_ = 0;
     namesOverflowLogged_ = false;
     pings_.clear();
+    // The transport's input ends here: a partial line must not be glued
+    // onto the first line of a later connection, nor an over-long line's
+    // tail swallow it, nor a half-collected MOTD or a pause carry over.
+    clearLineBuffer();
     discarding_ = false;
+    afterOverflow_.clear();
+    motd.reset();
+    motdOverflowLogged_ = false;
+    paused_ = false;
 }
 
 REACTOR_INLINE void IRCClient::dataReceived(std::string_view data) {
@@ -8233,10 +8446,23 @@ REACTOR_INLINE bool IRCClient::ping(const std::string& user, const std::string& 
 }
 
 REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::string& hostName, const std::string& serverName) {
-    if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname})) return false;
-    if (!password.empty()) sendLine("PASS " + password);
-    setNick(nick);
-    if (username.empty()) username = nick;
+    // Every argument is checked before anything is sent: a half
+    // registration (PASS and USER without the NICK the server waits for)
+    // would leave the server waiting. USER's first three parameters are
+    // middle ones; Twisted sends a user name with spaces as is, shifting
+    // them (a server reads "USER a b c d :x" as user "a", mode "b").
+    const std::string& user = username.empty() ? nick : username;
+    if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname}) ||
+        !checkMiddle("NICK", {nick}) || !checkMiddle("USER", {user, hostName, serverName}, 3))
+        return false;
+    if (!password.empty()) {
+        // PASS has one parameter: a password with a space or a leading
+        // ':' goes as the trailing one, which the server takes whole.
+        const bool trailing = password.find(' ') != std::string::npos || password.front() == ':';
+        sendLine((trailing ? "PASS :" : "PASS ") + password);
+    }
+    if (!setNick(nick)) return false;
+    if (username.empty()) username = nick;  // Twisted's register keeps it for later
     return sendLine("USER " + username + " " + hostName + " " + serverName + " :" +
                     (realname.empty() ? nick : realname));
 }

@@ -4,6 +4,7 @@
 // boundary and in seeded random chunkings, and require identical callbacks.
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -600,6 +601,35 @@ TEST_CASE("NetstringReceiver: exactly MAX_LENGTH is accepted") {
     test::LogCapture logs;
     p.dataReceived("6:");
     CHECK(p.brokenPeer);
+}
+
+TEST_CASE("NetstringReceiver: a length past SIZE_MAX is over MAX_LENGTH, not wrapped around") {
+    // MAX_LENGTH = SIZE_MAX means "no limit"; the announced length must
+    // still be compared as a number, not modulo 2^64 (or 2^32).
+    const std::string max = std::to_string(std::numeric_limits<std::size_t>::max());
+    std::string wrapsToOne = max;
+    wrapsToOne.back() = static_cast<char>(wrapsToOne.back() + 2);  // ...615 + 2 (or ...295 + 2) = SIZE_MAX + 2
+    for (const std::string& length : {wrapsToOne, max + "0", std::string(40, '9')}) {
+        CAPTURE(length);
+        test::LogCapture logs;
+        StringTransport t;
+        Strings p;
+        p.MAX_LENGTH = std::numeric_limits<std::size_t>::max();
+        p.makeConnection(&t);
+        p.dataReceived(length + ":X,");
+        CHECK(p.events.empty());
+        CHECK(p.brokenPeer);
+        CHECK(t.disconnecting);
+        CHECK(logs.contains("over MAX_LENGTH"));
+    }
+    // SIZE_MAX itself is a length like any other: it waits for its bytes.
+    StringTransport t;
+    Strings p;
+    p.MAX_LENGTH = std::numeric_limits<std::size_t>::max();
+    p.makeConnection(&t);
+    p.dataReceived(max + ":abc");
+    CHECK_FALSE(p.brokenPeer);
+    CHECK(p.bufferedSize() == 3);
 }
 
 // ---- IntNStringReceiver ---------------------------------------------------

@@ -1232,6 +1232,91 @@ TEST_CASE("after connectionLost the client is unregistered and sends nothing") {
     CHECK(clock.getDelayedCalls().empty());
 }
 
+TEST_CASE("a reused client starts its next connection afresh: no partial line, MOTD or pause carries over") {
+    // Twisted keeps LineReceiver's buffer across connectionLost (factories
+    // build a new protocol per connection there); a reused IRCClient must
+    // not glue the old connection's half line onto the new one's 001.
+    Recorder p;
+    p.nickname = "me";
+    p.heartbeatInterval = 0;
+    StringTransport t1;
+    p.makeConnection(&t1);
+    p.dataReceived(":srv 001 me :Welcome\r\n:srv 375 me :- motd -\r\n:bob!b@h PRIVMSG me :half a li");
+    CHECK(p.registered());
+    CHECK(p.motd.has_value());
+    p.pauseProducing();
+    p.connected = false;
+    p.connectionLost(Failure(error::ConnectionLost()));
+    CHECK(p.bufferedSize() == 0);
+    CHECK_FALSE(p.motd.has_value());
+    CHECK_FALSE(p.paused());
+
+    p.calls.clear();
+    StringTransport t2;
+    p.makeConnection(&t2);
+    CHECK(t2.value() == "NICK me\r\nUSER me foo bar :me\r\n");
+    p.dataReceived(":srv2 001 me :Welcome back\r\n:srv2 372 me :- only line\r\n:srv2 376 me :End\r\n");
+    CHECK(p.registered());
+    CHECK(p.hostname == "srv2");
+    CHECK(p.calls == std::vector<std::string>{"signedOn()", "receivedMOTD([only line])"});
+
+    // An over-long line cut by the first connection: its tail is not
+    // waited for on the next one.
+    Recorder q;
+    q.nickname = "me";
+    q.heartbeatInterval = 0;
+    StringTransport t3;
+    q.makeConnection(&t3);
+    {
+        test::LogCapture logs;
+        q.dataReceived(":srv PRIVMSG me :" + std::string(q.MAX_LENGTH + 10, 'x'));
+        CHECK(logs.contains("dropped a server line"));
+    }
+    q.connected = false;
+    q.connectionLost(Failure(error::ConnectionLost()));
+    StringTransport t4;
+    q.makeConnection(&t4);
+    q.dataReceived(":srv 001 me :Welcome\r\n");
+    CHECK(q.registered());
+    q.connectionLost(Failure(error::ConnectionDone()));
+}
+
+TEST_CASE("register_ is all or nothing: a refused nick or a user name with a space sends nothing") {
+    // Twisted 22.4 sends whatever it is given:
+    //   c.nickname = 'bad nick'  -> NICK bad nick / USER bad nick foo bar :None
+    //   c.username = 'evil 0 *'  -> USER evil 0 * foo bar :x  (user "evil", mode "0")
+    // Here every middle parameter is checked before the first line goes out.
+    test::LogCapture logs;
+    StringTransport t;
+    Recorder p;
+    p.heartbeatInterval = 0;
+    p.password = "pw";
+    p.nickname = "bad nick";  // connectionMade's register_(nickname)
+    p.makeConnection(&t);
+    CHECK(t.value().empty());
+    CHECK(p.attemptedNick().empty());
+    CHECK(logs.contains("refused to send NICK"));
+    CHECK(p.username.empty());  // not defaulted to the refused nick
+
+    for (const char* user : {"evil 0 *", ":evil"}) {
+        CAPTURE(user);
+        p.username = user;
+        CHECK_FALSE(p.register_("ok"));
+        CHECK(t.value().empty());
+    }
+    p.username = "u";
+    CHECK_FALSE(p.register_("ok", "host name"));
+    CHECK_FALSE(p.register_("ok", "h", ""));
+    CHECK(t.value().empty());
+    CHECK(logs.contains("refused to send USER"));
+
+    // A password is one parameter: with a space it goes as the trailing one.
+    p.password = "two words";
+    CHECK(p.register_("ok", "h", "s"));
+    CHECK(t.value() == "PASS :two words\r\nNICK ok\r\nUSER u h s :ok\r\n");
+    p.connectionLost(Failure(error::ConnectionDone()));
+}
+
 TEST_CASE("ping() quotes its key: no second CTCP query can be smuggled in") {
     Recorder p;
     StringTransport t;

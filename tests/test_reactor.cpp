@@ -2,10 +2,13 @@
 // the Clock, foreign descriptors, cross-thread calls, errors at the edge.
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <condition_variable>
 #include <mutex>
+#include <stdexcept>
 #include <csignal>
 #include <string>
 #include <thread>
@@ -824,6 +827,96 @@ TEST_CASE("the pool starts a second worker for a job queued behind a busy one") 
     });
     pool.stop();
     CHECK(aSawB);  // with one worker, A would time out before B ran
+}
+
+TEST_CASE("ThreadPool::stop also runs and joins what a job queues while stop() is joining") {
+    // The job waits until stop() has taken the workers to join
+    // (threadCount() drops to 0), then queues a follow-up: that may start
+    // a worker, which stop() must join too (~ThreadPool would otherwise
+    // destroy a joinable std::thread: std::terminate).
+    ThreadPool pool(4);
+    std::atomic<bool> sawStop{false}, followUpRan{false};
+    pool.callInThread([&] {
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+        while (pool.threadCount() != 0 && std::chrono::steady_clock::now() < deadline) std::this_thread::yield();
+        sawStop = pool.threadCount() == 0;
+        pool.callInThread([&] { followUpRan = true; });
+    });
+    pool.stop();
+    CHECK(sawStop);
+    CHECK(followUpRan);
+    CHECK(pool.threadCount() == 0);
+    CHECK(pool.queueDepth() == 0);
+}
+
+namespace {
+/// Restores the previous log hook when the test ends, even when it fails.
+struct LoggerRestore {
+    Logger previous;
+    ~LoggerRestore() { setLogger(std::move(previous)); }
+};
+}  // namespace
+
+TEST_CASE("the log hook runs one call at a time, also for lines logged on pool workers") {
+    // A pool job's uncaught exception is logged from its worker (Twisted
+    // does the same, and its log publisher is synchronized); here the sink
+    // is a plain vector, as a single-threaded program would write it.
+    // Under TSan an unserialized call is a reported race; elsewhere
+    // `overlapped` catches calls that actually overlap.
+    const auto loopThread = std::this_thread::get_id();
+    std::vector<std::string> lines;
+    int fromWorkers = 0;
+    std::atomic<int> inside{0};
+    std::atomic<bool> overlapped{false};
+    LoggerRestore restore{setLogger([&](LogLevel, std::string_view m) {
+        if (inside.fetch_add(1) != 0) overlapped = true;
+        lines.emplace_back(m);
+        if (std::this_thread::get_id() != loopThread) ++fromWorkers;
+        inside.fetch_sub(1);
+    })};
+    constexpr int jobs = 200;
+#if REACTOR_HAS_EXCEPTIONS
+    constexpr int perJob = 2;  // its own line and its exception's
+#else
+    constexpr int perJob = 1;
+#endif
+    {
+        ThreadPool pool(4);
+        for (int i = 0; i < jobs; ++i)
+            pool.callInThread([] {
+                log(LogLevel::info, "a line from a job");
+#if REACTOR_HAS_EXCEPTIONS
+                throw std::runtime_error("job failed");
+#endif
+            });
+        for (int i = 0; i < 2000; ++i) log(LogLevel::info, "a line from the owner's thread");
+        pool.stop();
+    }
+    CHECK_FALSE(overlapped);
+    CHECK(fromWorkers == jobs * perJob);
+    CHECK(lines.size() == std::size_t(2000 + jobs * perJob));
+#if REACTOR_HAS_EXCEPTIONS
+    CHECK(std::count_if(lines.begin(), lines.end(), [](const std::string& l) {
+              return l.find("Unhandled error in thread pool job") != std::string::npos &&
+                     l.find("job failed") != std::string::npos;
+          }) == jobs);
+#endif
+}
+
+TEST_CASE("a log sink may log and may replace itself while it runs") {
+    std::vector<std::string> seen;
+    LoggerRestore restore{setLogger([&seen](LogLevel, std::string_view m) {
+        seen.emplace_back(m);
+        if (m != "outer") return;
+        log(LogLevel::info, "nested");  // the same thread: no deadlock
+        Logger self = setLogger([&seen](LogLevel, std::string_view m2) { seen.push_back("new: " + std::string(m2)); });
+        seen.push_back(self ? "setLogger returned the running sink" : "setLogger returned nothing");
+        seen.push_back("still running");  // this closure (and `seen` in it) is still alive
+    })};
+    log(LogLevel::info, "outer");
+    log(LogLevel::info, "after");
+    CHECK(seen == std::vector<std::string>{"outer", "nested", "setLogger returned the running sink", "still running",
+                                           "new: after"});
 }
 
 }  // TEST_SUITE threads

@@ -334,6 +334,31 @@ TEST_CASE("LoopingCall: f returning a DeferredList waits for the list") {
     lc.stop();
 }
 
+TEST_CASE("LoopingCall: when the next call cannot be scheduled the loop ends and the start() Deferred fails") {
+    // Twisted chains cb and eb as two pairs (addCallback(cb).addErrback(eb)),
+    // so a failure while rescheduling in cb reaches eb, which stops the loop
+    // and errbacks the start() Deferred. Here callLater refuses a negative
+    // interval (ValueError; logged as misuse without exceptions).
+    test::LogCapture log;
+    Clock clock;
+    int calls = 0;
+    task::LoopingCall lc(clock, [&] { ++calls; });
+    std::string error;
+    lc.start(1.0).addErrback([&](Failure f) -> task::LoopingCall* {
+        error = f.type();
+        return nullptr;
+    });
+    CHECK(calls == 1);
+    lc.interval = -1;  // a public field: start() would have refused it
+    clock.advance(1);
+    CHECK(calls == 2);
+    CHECK(error == "ValueError");
+    CHECK_FALSE(lc.running());
+    CHECK(clock.getDelayedCalls().empty());
+    CHECK_FALSE(lc.stop());
+    CHECK_FALSE(log.contains("Unhandled error"));  // the failure went to the start() Deferred
+}
+
 TEST_CASE("deferLater: destroying the clock with the call pending frees what f captures (no cycle)") {
     std::weak_ptr<int> weak;
     {

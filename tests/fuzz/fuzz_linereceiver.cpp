@@ -6,6 +6,18 @@
 // clearLineBuffer results, and what is still buffered), lines are within
 // MAX_LENGTH and hold no delimiter, and the buffer stays bounded.
 //
+// A reference model of the documented boundary (Twisted's, checked with
+// Twisted 22.4: with MAX_LENGTH 5 and "\r\n", "12345\r\n" is a line,
+// "123456\r\n" is exceeded, "123456" waits and "1234567" is exceeded)
+// judges every callback from the bytes pending when it is made:
+//   - a line ends at the FIRST delimiter in the pending bytes and is at
+//     most MAX_LENGTH long;
+//   - lineLengthExceeded gets all pending bytes, and only when they show a
+//     line over MAX_LENGTH: a delimiter after more than MAX_LENGTH bytes,
+//     or none in MAX_LENGTH + delimiter.size() bytes;
+//   - when dataReceived returns unpaused, nothing it could deliver is left
+//     (no complete line in line mode, no byte at all in raw mode).
+//
 //   make fuzz FUZZ_SECONDS=60      (or build/fuzz/fuzz_linereceiver -help=1)
 #include <fuzzer/FuzzedDataProvider.h>
 
@@ -47,9 +59,13 @@ struct Fuzzed : reactor::LineReceiver {
             default: break;
         }
     }
+    /// Bytes received and not handed back yet: what the receiver holds.
+    std::string_view pending() const { return std::string_view(input).substr(output.size()); }
+
     void lineReceived(std::string_view line) override {
-        check(line.size() <= MAX_LENGTH, "line over MAX_LENGTH");
+        check(line.size() <= MAX_LENGTH, "line over MAX_LENGTH delivered");
         check(line.find(delimiter) == std::string_view::npos, "delimiter inside a line");
+        check(pending().find(delimiter) == line.size(), "line not cut at the first delimiter");
         emit(line);
         emit(delimiter);  // the delimiter in force when the line was cut
         act();
@@ -69,8 +85,25 @@ struct Fuzzed : reactor::LineReceiver {
         }
     }
     void lineLengthExceeded(std::string_view line) override {  // record, do not close
-        check(line.size() > MAX_LENGTH, "lineLengthExceeded for a short line");
+        check(line == pending(), "lineLengthExceeded without everything buffered");
+        const std::size_t at = line.find(delimiter);
+        if (at != std::string_view::npos)
+            check(at > MAX_LENGTH, "a line of at most MAX_LENGTH refused");
+        else
+            check(line.size() >= MAX_LENGTH + delimiter.size(), "refused before the line was known to be too long");
         emit(line);
+    }
+    /// After a top-level dataReceived or resumeProducing: bytes the receiver
+    /// could deliver must not stay behind.
+    void checkSettled() const {
+        check(bufferedSize() == pending().size(), "bufferedSize is not what was not delivered");
+        if (paused()) return;
+        if (!lineMode()) {
+            check(pending().empty(), "raw mode kept bytes");
+            return;
+        }
+        check(pending().find(delimiter) == std::string_view::npos, "a complete line left undelivered");
+        check(pending().size() < MAX_LENGTH + delimiter.size(), "line buffer not bounded");
     }
 
     static std::string pickDelimiter(FuzzedDataProvider& fdp) {
@@ -97,12 +130,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         std::string chunk = fdp.ConsumeRandomLengthString(128);
         p.input += chunk;
         p.dataReceived(chunk);
-        if (p.paused() && fdp.ConsumeBool()) p.resumeProducing();
-        if (!p.paused() && p.lineMode()) {
-            check(p.bufferedSize() < p.MAX_LENGTH + p.delimiter.size(), "line buffer not bounded");
+        p.checkSettled();
+        if (p.paused() && fdp.ConsumeBool()) {
+            p.resumeProducing();
+            p.checkSettled();
         }
     }
-    while (p.paused()) p.resumeProducing();
+    while (p.paused()) {
+        p.resumeProducing();
+        p.checkSettled();
+    }
     p.emit(p.clearLineBuffer());
     check(p.output == p.input, "bytes lost or duplicated");
     return 0;

@@ -2,12 +2,15 @@
 // random stream fed whole and in random chunks must give the same strings
 // and the same verdict as a plain reference parser; a stream that breaks
 // the peer delivers nothing after the bad byte; what sendString writes
-// parses back to the same strings.
+// parses back to the same strings. MAX_LENGTH is sometimes huge (up to
+// SIZE_MAX, "no limit") and the stream sometimes has long digit runs: the
+// reference counts in 128 bits, so a length past SIZE_MAX cannot wrap.
 //
 //   make fuzz FUZZ_SECONDS=60      (or build/fuzz/fuzz_netstring -help=1)
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <cstdlib>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -40,10 +43,11 @@ void reference(std::string_view in, std::size_t max, std::vector<std::string>& o
     std::size_t i = 0;
     broken = false;
     while (i < in.size()) {
-        std::size_t len = 0, digits = 0;
+        unsigned __int128 len = 0;  // at most max * 10 + 9 before the check: no wrap
+        std::size_t digits = 0;
         while (i < in.size() && in[i] >= '0' && in[i] <= '9') {
             if (digits == 1 && len == 0) return void(broken = true);
-            len = len * 10 + static_cast<std::size_t>(in[i] - '0');
+            len = len * 10 + static_cast<unsigned>(in[i] - '0');
             ++digits;
             ++i;
             if (len > max) return void(broken = true);
@@ -52,8 +56,8 @@ void reference(std::string_view in, std::size_t max, std::vector<std::string>& o
         if (in[i] != ':' || digits == 0) return void(broken = true);
         ++i;
         if (in.size() - i < len) return;  // incomplete string
-        std::string_view s = in.substr(i, len);
-        i += len;
+        std::string_view s = in.substr(i, static_cast<std::size_t>(len));
+        i += static_cast<std::size_t>(len);
         if (i == in.size()) return;  // no comma yet
         if (in[i] != ',') return void(broken = true);
         ++i;
@@ -67,9 +71,35 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     static bool quiet = (reactor::setLogger([](reactor::LogLevel, std::string_view) {}), true);
     (void)quiet;
     FuzzedDataProvider fdp(data, size);
-    const std::size_t max = fdp.ConsumeIntegralInRange<std::size_t>(0, 300);
+    std::size_t max;
+    switch (fdp.ConsumeIntegralInRange<int>(0, 7)) {
+        case 0: max = std::numeric_limits<std::size_t>::max(); break;  // "no limit"
+        case 1: max = std::numeric_limits<std::size_t>::max() - fdp.ConsumeIntegralInRange<std::size_t>(0, 20); break;
+        case 2: max = fdp.ConsumeIntegral<std::size_t>(); break;
+        default: max = fdp.ConsumeIntegralInRange<std::size_t>(0, 300); break;
+    }
     const std::vector<std::uint8_t> cutBytes = fdp.ConsumeBytes<std::uint8_t>(32);
-    const std::string stream = fdp.ConsumeRemainingBytesAsString();
+    std::string stream;
+    if (fdp.ConsumeBool()) {
+        stream = fdp.ConsumeRemainingBytesAsString();
+    } else {  // pieces: netstrings, digit runs (long lengths), garbage
+        while (fdp.remaining_bytes() > 0) {
+            switch (fdp.ConsumeIntegralInRange<int>(0, 3)) {
+                case 0: {
+                    std::string s = fdp.ConsumeRandomLengthString(40);
+                    stream += std::to_string(s.size()) + ":" + s + ",";
+                    break;
+                }
+                case 1: {
+                    std::string digits = fdp.ConsumeRandomLengthString(30);
+                    for (char& c : digits) c = static_cast<char>('0' + static_cast<unsigned char>(c) % 10);
+                    stream += digits;
+                    break;
+                }
+                default: stream += fdp.ConsumeRandomLengthString(8); break;
+            }
+        }
+    }
 
     std::vector<std::string> expected;
     bool broken = false;
