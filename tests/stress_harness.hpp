@@ -519,6 +519,8 @@ private:
     void deferToThread(Rng& a);
     void stopReactor();
     void destroyFactory(Rng& a);
+    /// Marks the open connections of `owner` (every one if null) closed without callbacks.
+    void abandonOpen(const void* owner);
     void deleteReactor();
     /// A user callback: none may run while the Reactor or a factory is being destroyed.
     void checkCallback(const char* what);
@@ -1826,12 +1828,6 @@ inline void World::destroyFactory(Rng& a) {
         if (c.owner == f && c.live()) ++open;
     note("destroying %s factory %zu (%d open connection(s))", server ? "server" : "client", i, open);
     if (open) ++expectedWarnings_;  // "a Factory was destroyed with N open connection(s)"
-    for (ConnRec& c : conns_) {
-        if (c.owner != f || !c.live()) continue;
-        c.abandoned = true;
-        c.transport = nullptr;  // freed at the end of the turn
-        live_.erase(std::remove(live_.begin(), live_.end(), &c), live_.end());
-    }
     inFactoryDtor_ = true;
     std::unique_ptr<Factory> dying;
     if (server) {
@@ -1844,8 +1840,21 @@ inline void World::destroyFactory(Rng& a) {
     dying.reset();
     inFactoryDtor_ = false;
     if (open) --expectedWarnings_;
+    // Its connections still open now were closed silently (a guard in the
+    // factory may have closed some normally first: ~SFactory's members die
+    // before ~Factory abandons the rest). Freed at the end of the turn.
+    abandonOpen(f);
+}
+
+inline void World::abandonOpen(const void* owner) {
+    for (ConnRec& c : conns_) {
+        if ((owner && c.owner != owner) || !c.live()) continue;
+        c.abandoned = true;
+        c.transport = nullptr;
+        live_.erase(std::remove(live_.begin(), live_.end(), &c), live_.end());
+    }
     for (ConnRec& c : conns_)
-        if (c.owner == f) c.owner = nullptr;
+        if (c.owner == owner) c.owner = nullptr;
 }
 
 inline void World::stopReactor() {
@@ -2127,8 +2136,6 @@ inline void World::teardownOpen() {
     phase_ = Phase::Teardown;
     loops_.clear();  // a LoopingCall must not outlive its clock
     joinThreads();
-    for (ConnRec* c : live_) c->abandoned = true;
-    live_.clear();
     if (ending_ == Ending::FactoriesFirst) {
         expectedWarnings_ += 1000;
         std::deque<std::unique_ptr<SFactory>> sf;
@@ -2148,6 +2155,9 @@ inline void World::teardownOpen() {
         for (PortRec& p : ports_) p.factory = nullptr;
         connectors_.clear();
     }
+    // Before, not after: ~Reactor frees the connections, and a guard that
+    // dies inside it must not reach one through our records.
+    abandonOpen(nullptr);
     deleteReactor();  // guards in what it destroys still act: it must cope
     guardsLive_ = false;
     expectedWarnings_ = 0;
