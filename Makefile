@@ -87,8 +87,10 @@ $(OUT)/run_tests: $(TEST_OBJS)
 STRESS_ARGS ?= --seed 1 --count 12
 # Patterns of reported but not yet fixed defects for the harness to stay
 # clear of (names: `avoidNames` in tests/stress_harness.hpp, comma-separated;
-# an unknown name makes `stress --avoid` list them). Empty: all are fixed.
-STRESS_AVOID ?=
+# an unknown name makes `stress --avoid` list them):
+#   bidi_bulk  both ends of a connection write megabytes at once and deadlock
+#              (read backpressure on unsent output; tests/test_stress_regressions.cpp)
+STRESS_AVOID ?= bidi_bulk
 STRESS_RUN = $(OUT)/stress $(if $(STRESS_AVOID),--avoid $(STRESS_AVOID))
 
 $(OUT)/stress: tests/stress.cpp tests/stress_harness.hpp reactor.hpp

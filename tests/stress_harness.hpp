@@ -119,7 +119,7 @@ enum Op : std::uint8_t {
     DISCONNECT_ALL, LISTEN, STOP_LISTENING, CONNECT, CONNECTOR_OP,
     ADD_READER, REMOVE_READER, ADD_WRITER, REMOVE_WRITER, POKE, REMOVE_ALL,
     CALL_LATER, CANCEL, RESET, SESSION, SESSION_CANCEL, GUARD, LOOP,
-    THREAD, CALL_IN_THREAD, DEFER_TO_THREAD, STOP, DESTROY_FACTORY,
+    THREAD, CALL_IN_THREAD, DEFER_TO_THREAD, STOP, DESTROY_FACTORY, BULK,
     NOPS
 };
 
@@ -129,7 +129,7 @@ inline const char* opName(unsigned op) {
         "UNREG_PRODUCER", "LINE_MODE", "DISCONNECT_ALL", "LISTEN", "STOP_LISTENING", "CONNECT", "CONNECTOR_OP",
         "ADD_READER", "REMOVE_READER", "ADD_WRITER", "REMOVE_WRITER", "POKE", "REMOVE_ALL", "CALL_LATER",
         "CANCEL", "RESET", "SESSION", "SESSION_CANCEL", "GUARD", "LOOP", "THREAD", "CALL_IN_THREAD",
-        "DEFER_TO_THREAD", "STOP", "DESTROY_FACTORY"};
+        "DEFER_TO_THREAD", "STOP", "DESTROY_FACTORY", "BULK"};
     return op < NOPS ? names[op] : "?";
 }
 
@@ -144,8 +144,8 @@ enum Avoid : unsigned {
     avoidProducerClose = 1u << 5,    // tcp_producer_overlong_leak: loseConnection with a streaming producer
     avoidEofFlush = 1u << 6,         // tcp_halfclose_big: output queued when the peer's EOF arrives
     avoidPoolStop = 1u << 7,         // def_pool_stop: a pool job that queues another while stop() runs
-    avoidTeardownCreate = 1u << 8,   // destructors that run inside ~Reactor create timers, ports, connections
-    avoidFactoryInCallback = 1u << 9,  // NEW: a factory destroyed inside its own or its protocol's callback
+    avoidFactoryInCallback = 1u << 9,  // a factory destroyed inside its own or its protocol's callback (fixed)
+    avoidBidiBulk = 1u << 10,        // NEW: both ends of a connection write megabytes at once
 };
 
 struct AvoidName {
@@ -157,7 +157,8 @@ inline const AvoidName avoidNames[] = {
     {"retired_dtor", avoidFdGuards},             {"factory_refcount", avoidRetry},
     {"dead_clear", avoidSharedGuards},           {"producer_close", avoidProducerClose},
     {"eof_flush", avoidEofFlush},                {"pool_stop", avoidPoolStop},
-    {"teardown_create", avoidTeardownCreate},    {"factory_in_callback", avoidFactoryInCallback},
+    {"factory_in_callback", avoidFactoryInCallback},
+    {"bidi_bulk", avoidBidiBulk},
 };
 
 /// How a program is generated: operation weights and budgets.
@@ -167,7 +168,7 @@ struct Profile {
     unsigned weight[NOPS] = {};
     unsigned endPermille = 350;      // a callback stops taking operations
     std::size_t maxOps = 400;        // per program
-    std::size_t maxBytes = 6u << 20; // written, per program
+    std::size_t maxBytes = 12u << 20; // written, per program
     double busySeconds = 0.25;       // per run, before the drain
     double drainSeconds = 10;        // the drain must finish within this (a hang otherwise)
     double timerScale = 1.0;         // multiplies timer delays
@@ -183,7 +184,7 @@ inline Profile defaultProfile() {
     w[DISCONNECT_ALL] = 2; w[LISTEN] = 4; w[STOP_LISTENING] = 3; w[CONNECT] = 16; w[CONNECTOR_OP] = 4;
     w[ADD_READER] = 10; w[REMOVE_READER] = 8; w[ADD_WRITER] = 4; w[REMOVE_WRITER] = 4; w[POKE] = 14;
     w[REMOVE_ALL] = 1; w[CALL_LATER] = 22; w[CANCEL] = 10; w[RESET] = 8; w[SESSION] = 4; w[SESSION_CANCEL] = 4;
-    w[GUARD] = 14; w[LOOP] = 4; w[THREAD] = 2; w[CALL_IN_THREAD] = 4; w[DEFER_TO_THREAD] = 2; w[STOP] = 1; w[DESTROY_FACTORY] = 1;
+    w[GUARD] = 14; w[LOOP] = 4; w[THREAD] = 2; w[CALL_IN_THREAD] = 4; w[DEFER_TO_THREAD] = 2; w[STOP] = 1; w[DESTROY_FACTORY] = 1; w[BULK] = 1;
     return p;
 }
 
@@ -859,9 +860,22 @@ inline void World::onBytes(ConnRec& rec, std::string_view data, const char* what
     if (!rec.corrupt) {
         for (std::size_t i = 0; i < data.size(); ++i) {
             if (data[i] != streamByte(rec.inStream, rec.received + i)) {
-                fail("conn %d (%s): byte %zu of the incoming stream is wrong in %s (data lost, duplicated or "
-                     "reordered)",
-                     rec.id, rec.server ? "server" : "client", rec.received + i, what);
+                // Where the bytes would fit in the stream, if anywhere near: a gap, a repeat.
+                long shift = 0;
+                for (long d = -4096; d <= 4096 && !shift; ++d) {
+                    if (d == 0 || static_cast<long>(rec.received + i) + d < 0) continue;
+                    std::size_t at = static_cast<std::size_t>(static_cast<long>(rec.received + i) + d), n = 0;
+                    while (n < 16 && i + n < data.size() && data[i + n] == streamByte(rec.inStream, at + n)) ++n;
+                    if (n == 16 || (n > 0 && i + n == data.size())) shift = d;
+                }
+                fail("conn %d (%s, %u->%u): byte %zu of the incoming stream is wrong in %s (got 0x%02x, expected "
+                     "0x%02x, chunk of %zu bytes; %s)",
+                     rec.id, rec.server ? "server" : "client", rec.peerPort, rec.localPort, rec.received + i, what,
+                     static_cast<unsigned char>(data[i]), static_cast<unsigned char>(streamByte(rec.inStream, rec.received + i)),
+                     data.size(),
+                     shift > 0   ? ("bytes skipped: the data matches the stream " + std::to_string(shift) + " bytes on").c_str()
+                     : shift < 0 ? ("bytes repeated: the data matches the stream " + std::to_string(-shift) + " bytes back").c_str()
+                                 : "not from this stream");
                 rec.corrupt = true;
                 break;
             }
@@ -1118,9 +1132,10 @@ inline void World::guardFired(std::uint8_t kind, std::uint32_t t) {
         Depth(const Depth&) = delete;
         Depth& operator=(const Depth&) = delete;
     } depth(guardDepth_);
-    // New objects from a destructor: while busy, or while the Reactor is
-    // destroyed (it repeats its teardown until nothing is left).
-    const bool mayCreate = creating() || (inReactorDtor_ && !(profile_.avoid & avoidTeardownCreate));
+    // New objects from a destructor only while busy: ~Reactor promises that
+    // destructors may cancel, remove and close, not that they may start new
+    // connections (connect() refuses once the reactor is going away).
+    const bool mayCreate = creating();
     Rng a(mix(seed_ ^ t ^ (std::uint64_t(kind) << 32) ^ opCounter_));
     switch (kind) {
         case 0:
@@ -1806,6 +1821,22 @@ inline void World::exec(unsigned op, Ctx ctx, Rng& a) {
                 }
             }
             break;
+        case BULK: {
+            // Both ends of one connection send megabytes at once (a sync, a
+            // proxy, a bulk exchange), while both keep reading.
+            if (profile_.avoid & avoidBidiBulk) break;
+            ConnRec* c = pickConn(ctx, a);
+            if (!c) break;
+            ConnRec* peer = nullptr;
+            for (ConnRec* p : live_)
+                if (p != c && p->localPort == c->peerPort && p->peerPort == c->localPort) peer = p;
+            if (!peer) break;
+            std::size_t n = (3u << 20) + a.below(2u << 20);
+            note("conn %d <-> %d: %zu bytes each way", c->id, peer->id, n);
+            sendOn(*c, n, false);
+            sendOn(*peer, n, false);
+            break;
+        }
         case DESTROY_FACTORY:
             if (phase_ == Phase::Busy && !(userDepth_ > 0 && (profile_.avoid & avoidFactoryInCallback)))
                 destroyFactory(a);
