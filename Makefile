@@ -88,9 +88,12 @@ STRESS_ARGS ?= --seed 1 --count 12
 # Patterns of reported but not yet fixed defects for the harness to stay
 # clear of (names: `avoidNames` in tests/stress_harness.hpp, comma-separated;
 # an unknown name makes `stress --avoid` list them):
-#   bidi_bulk  both ends of a connection write megabytes at once and deadlock
-#              (read backpressure on unsent output; tests/test_stress_regressions.cpp)
-STRESS_AVOID ?= bidi_bulk
+#   bidi_bulk       both ends of a connection write megabytes at once and
+#                   deadlock (read backpressure on unsent output)
+#   negative_delay  DelayedCall::delay() moves a call before the reactor's
+#                   clock began: the loop stops waking for timers
+# (both: tests/test_stress_regressions.cpp)
+STRESS_AVOID ?= bidi_bulk,negative_delay
 STRESS_RUN = $(OUT)/stress $(if $(STRESS_AVOID),--avoid $(STRESS_AVOID))
 
 $(OUT)/stress: tests/stress.cpp tests/stress_harness.hpp reactor.hpp

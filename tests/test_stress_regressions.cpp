@@ -125,4 +125,27 @@ TEST_CASE("both ends send 16 MiB at once while reading: both get everything" * d
     r.disconnectAll();
 }
 
+// Found by `stress --seed 42338` (built with -fno-exceptions; any build
+// replays it) on 3eb9899: the program hung in poll() with four timers
+// pending. The Reactor's clock starts at 0 when it is made, and
+// DelayedCall::delay() may move a call earlier (Twisted's semantics): one
+// made in the first moments and delayed by more than its time left is due
+// at a negative time. TimerQueue::nextTime() returns that time, and turn()
+// takes any negative value for its "no timer" answer: poll() waits without
+// limit (run() sleeps until some descriptor wakes it; iterate(t) waits all
+// of t), and every timer behind it waits too. Twisted runs it at once:
+//     dc = reactor.callLater(1.0, f); dc.delay(-2.0)   # f runs at once
+TEST_CASE("a call delayed to before the reactor's clock began runs at once" * doctest::skip()) {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    bool fired = false;
+    DelayedCall dc = r.callLater(1.0, [&] { fired = true; });
+    dc.delay(-2.0);  // due at -1 on the reactor's clock: overdue
+    CHECK(dc.getTime() < 0);
+    const double start = r.seconds();
+    r.iterate(5.0);  // returns as soon as something is due; it is
+    CHECK(fired);
+    CHECK(r.seconds() - start < 2.5);
+}
+
 }  // TEST_SUITE stress-regressions
