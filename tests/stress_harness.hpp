@@ -42,8 +42,10 @@
 // operation or changing a weight makes the same seed another program.
 #pragma once
 
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -476,6 +478,7 @@ public:
     void onBuilt(ConnRec& rec, Protocol* p);
     void onMade(ConnRec& rec);
     void onBytes(ConnRec& rec, std::string_view data, const char* what);
+    void checkPeer(ConnRec& rec, const char* what);
     void onLost(ConnRec& rec, const Failure& reason);
     void onProtoDestroyed(ConnRec& rec);
     void onReadLost(ConnRec& rec);
@@ -576,6 +579,7 @@ private:
     std::size_t opsLeft_ = 0, bytesLeft_ = 0;
     int connectsLeft_ = 0, threadsLeft_ = 0, jobsLeft_ = 0, loopsLeft_ = 0, portsLeft_ = 0;
     double busyUntil_ = 0, drainDeadline_ = 0;
+    int deadPortFd_ = -1, deadPort_ = 0;  // bound, not listening: connecting there is refused
     double lastOp_ = 0;  // when the last operation ran: a quiet program drains early
     DelayedCall pacer_;
     std::uint64_t opCounter_ = 0;
@@ -870,8 +874,20 @@ inline void World::onMade(ConnRec& rec) {
     }
 }
 
+inline void World::checkPeer(ConnRec& rec, const char* what) {
+    // getPeer() asks the socket (getpeername): another port means the
+    // transport's descriptor now belongs to another connection.
+    if (!rec.transport || !rec.transport->connected) return;
+    Address peer = rec.transport->getPeer();
+    if (peer.port != rec.peerPort)
+        fail("conn %d (%s): in %s its transport's peer is port %u, it was %u at connectionMade (its descriptor "
+             "was closed and reused?)",
+             rec.id, rec.server ? "server" : "client", what, peer.port, rec.peerPort);
+}
+
 inline void World::onBytes(ConnRec& rec, std::string_view data, const char* what) {
     if (data.empty()) return;
+    checkPeer(rec, what);
     if (!rec.made || rec.lost) fail("conn %d: %zu bytes in %s outside the connection's life", rec.id, data.size(), what);
     if (!rec.corrupt) {
         for (std::size_t i = 0; i < data.size(); ++i) {
@@ -955,6 +971,7 @@ inline void World::sendOn(ConnRec& rec, std::size_t n, bool sequence) {
     if (rec.transport->connected && !rec.calledAbort) rec.attempted += n;
     bytesLeft_ -= n;
     stats.bytes += n;
+    checkPeer(rec, "write");
     ITransport* t = rec.transport;
     if (!sequence || n < 4) {
         t->write(buf);
@@ -1290,6 +1307,8 @@ inline void World::checkReaders() {
 }
 
 inline void World::releaseOwnFds() {
+    if (deadPortFd_ >= 0) ::close(deadPortFd_);
+    deadPortFd_ = -1;
     for (FdRec& f : fds_) {
         if (f.a >= 0) ::close(f.a);
         if (f.b >= 0) ::close(f.b);
@@ -1484,12 +1503,14 @@ inline void World::doListen(Rng& a) {
 inline void World::doConnect(Rng& a) {
     if (ports_.empty()) return;
     --connectsLeft_;
-    // Mostly a listening port; sometimes one that stopped (refused).
+    // Mostly a listening port; sometimes our dead port (refused). Never one
+    // that stopped listening: another process may listen there by now, and
+    // its bytes are not our streams (two --jobs children did just that).
     std::vector<std::size_t> live;
     for (std::size_t i = 0; i < ports_.size(); ++i)
         if (ports_[i].port.listening()) live.push_back(i);
-    std::size_t pi = (!live.empty() && !a.chance(150)) ? live[a.below(live.size())] : a.below(ports_.size());
-    int port = ports_[pi].number;
+    int port = (!live.empty() && !a.chance(150)) ? ports_[live[a.below(live.size())]].number : deadPort_;
+    if (port == 0) return;
     double timeout = a.pick({30.0, 30.0, 5.0, 0.0, 0.002});
     int id = static_cast<int>(cfactories_.size() + sharedFactories_.size());
     note("connectTCP to %d (timeout %g)", port, timeout);
@@ -1957,6 +1978,18 @@ inline void World::setUp() {
     runs_ = rng_.chance(600) ? 1 : rng_.chance(700) ? 2 : 3;
     ending_ = Ending::Clean;
     if (!useRun_ && rng_.chance(400)) ending_ = rng_.chance(500) ? Ending::ReactorFirst : Ending::FactoriesFirst;
+    // A port that refuses connections and that no other process can take:
+    // bound, never listening.
+    deadPortFd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (deadPortFd_ >= 0) {
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof sa;
+        if (::bind(deadPortFd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
+            ::getsockname(deadPortFd_, reinterpret_cast<sockaddr*>(&sa), &len) == 0)
+            deadPort_ = ntohs(sa.sin_port);
+    }
     std::size_t nfds = rng_.below(static_cast<std::size_t>(profile_.maxFds) + 1);
     for (std::size_t i = 0; i < nfds; ++i) {
         int sv[2];
@@ -2053,6 +2086,7 @@ inline void World::beginDrain() {
     for (auto& l : loops_)
         if (l.lc) l.lc->stop();
     joinThreads();
+    Rng drainRng = rng_.split();
     std::vector<ConnRec*> live = live_;
     for (ConnRec* c : live) {
         if (!c->live()) continue;
@@ -2067,10 +2101,34 @@ inline void World::beginDrain() {
             c->transport->unregisterProducer();
         }
         // Clients close; servers read to EOF (half-closeable ones close once they get it).
-        if (!c->server || (c->halfClose && c->readLost)) {
-            c->calledLose = true;
-            c->transport->loseConnection();
+        if (c->server) {
+            if (c->halfClose && c->readLost) {
+                c->calledLose = true;
+                c->transport->loseConnection();
+            }
+            continue;
         }
+        // Or a client only half-closes and reads on, sometimes while its server
+        // has megabytes queued: what the server wrote must all arrive.
+        if (!c->calledLose && !c->readLost && drainRng.chance(400)) {
+            // (Not to a LineReceiver: megabytes of short lines cost seconds of CPU under the sanitizers.)
+            if (drainRng.chance(400) && !c->line && !(profile_.avoid & avoidEofFlush)) {
+                for (ConnRec* p : live_)
+                    if (p->server && p->localPort == c->peerPort && p->peerPort == c->localPort && p->live()) {
+                        bytesLeft_ += 5u << 20;  // the drain's own allowance
+                        sendOn(*p, (2u << 20) + drainRng.below(3u << 20), false);
+                    }
+            }
+            if (!c->live()) continue;
+            if (!c->calledLoseWrite) {
+                c->calledLoseWrite = true;
+                c->guaranteed = c->attempted;
+            }
+            c->transport->loseWriteConnection();
+            continue;
+        }
+        c->calledLose = true;
+        c->transport->loseConnection();
     }
     for (std::size_t i = 0; i < fds_.size(); ++i) {
         if (fds_[i].wOn) removeWriter(i);
