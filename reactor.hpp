@@ -2751,7 +2751,8 @@ class TcpConnector;
 class TcpConnection final : public ITransport, public Owned {
 public:
     /// Outgoing data above this many buffered bytes pauses a streaming
-    /// producer, or (with no producer registered) reading from the socket...
+    /// producer, or (with no producer registered, when a dataReceived call
+    /// took it there) reading from the socket...
     static constexpr std::size_t highWaterMark = 64 * 1024;
     /// ...and at or below this many resumes it.
     static constexpr std::size_t lowWaterMark = 16 * 1024;
@@ -6080,18 +6081,9 @@ REACTOR_INLINE void TcpConnection::writeSequence(const std::string_view* parts, 
         skip = 0;
     }
     startWriting();
-    if (pending() <= highWaterMark) return;
-    if (producer_ && streaming_ && !producerPaused_) {
+    if (producer_ && streaming_ && !producerPaused_ && pending() > highWaterMark) {
         producerPaused_ = true;
         producer_->pauseProducing();
-    } else if (!producer_ && !outputPaused_) {
-        // Nobody else limits this connection's output: stop reading (what
-        // we read would only make more output) until the peer catches up.
-        outputPaused_ = true;
-        if (reactor_.tracing())
-            reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(pending()) +
-                           " bytes unsent, over the high-water mark: reading paused until they drain");
-        updateReading();
     }
 }
 
@@ -6225,9 +6217,27 @@ REACTOR_INLINE void TcpConnection::doRead() {
         if (reactor_.tracing())
             reactor_.trace("fd " + std::to_string(fd_) + " readable -> " + p->logPrefix() + ".dataReceived(" +
                            std::to_string(n) + " bytes)");
+        const std::size_t before = pending();
         Failure failure;
         // A protocol that throws loses its own connection, nothing else.
-        if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) closeWith(failure, true);
+        if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) {
+            closeWith(failure, true);
+            return;
+        }
+        // Read-side backpressure: this input took the unsent output over the
+        // high-water mark, and nobody else limits it (no producer). Reading
+        // more would only make more output for a peer that is not taking
+        // it, so stop until it drains. Only input-driven output counts: a
+        // protocol that sends a bulk of its own (from connectionMade, a
+        // timer) keeps reading, so two such peers never wait on each other.
+        if (!producer_ && !outputPaused_ && connected && !closing_ && before <= highWaterMark &&
+            pending() > highWaterMark) {
+            outputPaused_ = true;
+            if (reactor_.tracing())
+                reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(pending()) +
+                               " bytes unsent, over the high-water mark: reading paused until they drain");
+            updateReading();
+        }
         return;
     }
     if (n < 0) {
