@@ -852,8 +852,10 @@ public:
     std::size_t liveCount() const { return live_; }
     double now() const { return clock_.seconds(); }
 
-    /// The time of the earliest live call, or a negative number if none.
-    double nextTime();
+    /// Sets `time` to the earliest live call's time (which may be negative:
+    /// DelayedCall::delay() can move a call before the clock began) and
+    /// returns true; false if there is none.
+    bool nextTime(double& time);
 
     /// Runs every call due at `now`. Calls scheduled (or rescheduled) while
     /// this runs wait for the next pass unless `includeNew` (the Clock's
@@ -4965,9 +4967,11 @@ REACTOR_INLINE void TimerQueue::cancelled() {
     maybeCompact();
 }
 
-REACTOR_INLINE double TimerQueue::nextTime() {
+REACTOR_INLINE bool TimerQueue::nextTime(double& time) {
     dropStaleTop();
-    return heap_.empty() ? -1.0 : heap_.front().time;
+    if (heap_.empty()) return false;
+    time = heap_.front().time;
+    return true;
 }
 
 REACTOR_INLINE std::vector<DelayedCall> TimerQueue::delayedCalls() const {
@@ -5738,9 +5742,9 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
         InTurn& operator=(const InTurn&) = delete;
     } inTurn(inTurn_);
     double wait = maxWait;
-    double next = timers_.nextTime();
+    double next = 0;
     bool timerLimited = false;  // for the trace: why a wait without events ended
-    if (next >= 0) {
+    if (timers_.nextTime(next)) {
         double untilNext = std::max(0.0, next - seconds());
         timerLimited = wait < 0 || untilNext <= wait;
         wait = wait < 0 ? untilNext : std::min(wait, untilNext);
