@@ -1400,34 +1400,3 @@ TEST_CASE("a client that never reads cannot make a line echo server buffer its f
 
 }  // TEST_SUITE tcp
 
-TEST_SUITE("tcp") {
-
-// Found by the stress harness (seed 20287, its BULK operation): both ends
-// write megabytes from connectionMade and read everything. Pausing reading
-// on any output over the mark stopped both, and neither kernel buffer
-// drained again. Only input-driven output pauses reading now.
-TEST_CASE("two peers that each send 16 MiB on their own at once both get everything") {
-    static constexpr std::size_t size = 16u << 20;
-    struct Bulk : Protocol {
-        std::size_t* got;
-        explicit Bulk(std::size_t* g) : got(g) {}
-        void connectionMade() override { transport->write(std::string(size, 'x')); }
-        void dataReceived(std::string_view data) override {
-            *got += data.size();
-            transport->write("ack");  // a small answer to input does not pause it either
-        }
-    };
-    test::CleanReactor t;
-    Reactor& r = t.r;
-    std::size_t serverGot = 0, clientGot = 0;
-    Factory server;
-    server.protocol = [&] { return std::make_unique<Bulk>(&serverGot); };
-    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
-    ClientFactory client;
-    client.protocol = [&] { return std::make_unique<Bulk>(&clientGot); };
-    r.connectTCP("127.0.0.1", port.getHost().port, client);
-    CHECK(testing::runUntil(r, [&] { return serverGot >= size && clientGot >= size; }, 20));
-    port.stopListening();
-}
-
-}  // TEST_SUITE tcp
