@@ -2531,7 +2531,9 @@ public:
     void writeSequence(const std::vector<std::string>& parts) {
         for (const auto& part : parts) write(part);
     }
-    /// Closes after everything buffered has been sent.
+    /// Closes after everything buffered has been sent. Nothing more is
+    /// delivered to the protocol; a TCP transport reads on and drops what
+    /// arrives meanwhile, so that a peer busy sending to us can finish.
     virtual void loseConnection() = 0;
     /// Closes now, dropping buffered data (the peer sees a reset).
     virtual void abortConnection() = 0;
@@ -6189,7 +6191,9 @@ REACTOR_INLINE std::string TcpConnection::describe() const {
 }
 
 REACTOR_INLINE void TcpConnection::updateReading() {
-    bool want = connected && !closing_ && !aborting_ && !disconnecting && !readShut_ && !userPaused_ && !outputPaused_;
+    // Closing (disconnecting) reads on to drop what arrives: see doRead.
+    bool want = connected && !closing_ && !aborting_ && !readShut_ &&
+                (disconnecting || (!userPaused_ && !outputPaused_));
     if (want && !reading_)
         reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
     else if (!want)
@@ -6215,6 +6219,16 @@ REACTOR_INLINE void TcpConnection::doRead() {
     if (!connected || closing_ || aborting_) return;
     std::vector<char>& buf = ReactorAccess::readBuffer(reactor_);
     long n = os::receive(fd_, buf.data(), buf.size());
+    if (n > 0 && disconnecting) {
+        // Closing: what still arrives is read and dropped, never delivered.
+        // Reading on lets a peer that is itself waiting to send (its own
+        // close, or its reading paused until its output drains) finish:
+        // two peers that both stopped reading would wait for each other.
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(n) +
+                           " bytes arrived after loseConnection(): dropped");
+        return;
+    }
     if (n > 0) {
         Protocol* p = protocol_.get();
         std::string_view data(buf.data(), static_cast<std::size_t>(n));
@@ -6259,7 +6273,7 @@ REACTOR_INLINE void TcpConnection::doRead() {
     // The peer stopped sending.
     readShut_ = true;
     stopReading();
-    if (protocol_->halfCloseable()) {
+    if (protocol_->halfCloseable() && !disconnecting) {
         Protocol* p = protocol_.get();
         Failure failure;
         if (!runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure)) closeWith(failure, true);
@@ -6272,7 +6286,7 @@ REACTOR_INLINE void TcpConnection::doRead() {
     // Output is still queued (a reply to what the peer sent before its
     // FIN, which it may well be waiting for): send it, then close cleanly,
     // as loseConnection() does. Never throw the queued bytes away.
-    if (reactor_.tracing())
+    if (reactor_.tracing() && !disconnecting)
         reactor_.trace("fd " + std::to_string(fd_) + ": the peer stopped sending; closing once " +
                        std::to_string(pending()) + " queued bytes are sent");
     disconnecting = true;

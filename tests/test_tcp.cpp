@@ -1400,3 +1400,44 @@ TEST_CASE("a client that never reads cannot make a line echo server buffer its f
 
 }  // TEST_SUITE tcp
 
+
+TEST_SUITE("tcp") {
+
+// Found by the stress harness (seeds 1228, 1323, 1444, 1524): both ends
+// queued megabytes and called loseConnection(), which stopped reading on
+// both: neither kernel buffer drained, so neither close completed (Twisted
+// hangs the same way). A closing transport now reads on and drops what
+// arrives; the same unblocks a peer whose reading is paused by its output.
+TEST_CASE("two peers that both close with megabytes queued both finish") {
+    static constexpr std::size_t size = 8u << 20;
+    struct SendAndClose : Protocol {
+        std::shared_ptr<Record> rec;
+        explicit SendAndClose(std::shared_ptr<Record> r) : rec(std::move(r)) {}
+        void connectionMade() override {
+            transport->write(std::string(size, 'x'));
+            transport->loseConnection();
+        }
+        void dataReceived(std::string_view d) override { rec->data.append(d); }
+        void connectionLost(const Failure& reason) override {
+            ++rec->lostCount;
+            rec->lostType = reason.type();
+        }
+    };
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    auto serverRec = std::make_shared<Record>(), clientRec = std::make_shared<Record>();
+    Factory server;
+    server.protocol = [&] { return std::make_unique<SendAndClose>(serverRec); };
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    ClientFactory client;
+    client.protocol = [&] { return std::make_unique<SendAndClose>(clientRec); };
+    r.connectTCP("127.0.0.1", port.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return serverRec->lost() && clientRec->lost(); }, 20));
+    CHECK(serverRec->lostCount == 1);  // the first to close may reset the other: either reason
+    CHECK(clientRec->lostCount == 1);
+    CHECK(serverRec->data.empty());  // nothing is delivered after loseConnection()
+    CHECK(clientRec->data.empty());
+    port.stopListening();
+}
+
+}  // TEST_SUITE tcp
