@@ -44,6 +44,8 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -436,6 +438,25 @@ inline int countDir(const char* path) {
     return n;
 }
 inline int openFds() { return countDir("/proc/self/fd") - 1; }  // minus the DIR's own
+
+/// A loopback port that refuses connections for the life of the process: a
+/// socket bound to it that never listens. A stopped port's number is no
+/// good for that, since another process (a parallel soak job) may listen on
+/// it next and answer with its own bytes.
+inline int refusingPort() {
+    static const int port = [] {
+        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof a;
+        if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+            return 9;  // discard: refused on any machine without a discard server
+        return static_cast<int>(ntohs(a.sin_port));  // the socket stays open, bound, not listening
+    }();
+    return port;
+}
 inline int liveThreads() { return countDir("/proc/self/task"); }
 inline long long heapInUse() {
 #if defined(STRESS_SANITIZER_ALLOCATOR)
@@ -1489,7 +1510,7 @@ inline void World::doConnect(Rng& a) {
     for (std::size_t i = 0; i < ports_.size(); ++i)
         if (ports_[i].port.listening()) live.push_back(i);
     std::size_t pi = (!live.empty() && !a.chance(150)) ? live[a.below(live.size())] : a.below(ports_.size());
-    int port = ports_[pi].number;
+    int port = ports_[pi].port.listening() ? ports_[pi].number : refusingPort();
     double timeout = a.pick({30.0, 30.0, 5.0, 0.0, 0.002});
     int id = static_cast<int>(cfactories_.size() + sharedFactories_.size());
     note("connectTCP to %d (timeout %g)", port, timeout);
@@ -2283,6 +2304,7 @@ inline bool World::run() {
     // A sanitizer's runtime starts a background thread with the first thread
     // the process makes: make one first, so the baseline includes it.
     std::thread([] {}).join();
+    refusingPort();  // opened once per process, before the baseline
     const int fds0 = openFds(), threads0 = liveThreads();
     ++stats.programs;
     setUp();
