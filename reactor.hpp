@@ -852,8 +852,10 @@ public:
     std::size_t liveCount() const { return live_; }
     double now() const { return clock_.seconds(); }
 
-    /// The time of the earliest live call, or a negative number if none.
-    double nextTime();
+    /// Sets `time` to the earliest live call's time (which may be negative:
+    /// DelayedCall::delay() can move a call before the clock began) and
+    /// returns true; false if there is none.
+    bool nextTime(double& time);
 
     /// Runs every call due at `now`. Calls scheduled (or rescheduled) while
     /// this runs wait for the next pass unless `includeNew` (the Clock's
@@ -2529,7 +2531,9 @@ public:
     void writeSequence(const std::vector<std::string>& parts) {
         for (const auto& part : parts) write(part);
     }
-    /// Closes after everything buffered has been sent.
+    /// Closes after everything buffered has been sent. Nothing more is
+    /// delivered to the protocol; a TCP transport reads on and drops what
+    /// arrives meanwhile, so that a peer busy sending to us can finish.
     virtual void loseConnection() = 0;
     /// Closes now, dropping buffered data (the peer sees a reset).
     virtual void abortConnection() = 0;
@@ -2751,7 +2755,8 @@ class TcpConnector;
 class TcpConnection final : public ITransport, public Owned {
 public:
     /// Outgoing data above this many buffered bytes pauses a streaming
-    /// producer, or (with no producer registered) reading from the socket...
+    /// producer, or (with no producer registered, when a dataReceived call
+    /// took it there) reading from the socket...
     static constexpr std::size_t highWaterMark = 64 * 1024;
     /// ...and at or below this many resumes it.
     static constexpr std::size_t lowWaterMark = 16 * 1024;
@@ -4964,9 +4969,11 @@ REACTOR_INLINE void TimerQueue::cancelled() {
     maybeCompact();
 }
 
-REACTOR_INLINE double TimerQueue::nextTime() {
+REACTOR_INLINE bool TimerQueue::nextTime(double& time) {
     dropStaleTop();
-    return heap_.empty() ? -1.0 : heap_.front().time;
+    if (heap_.empty()) return false;
+    time = heap_.front().time;
+    return true;
 }
 
 REACTOR_INLINE std::vector<DelayedCall> TimerQueue::delayedCalls() const {
@@ -5737,9 +5744,9 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
         InTurn& operator=(const InTurn&) = delete;
     } inTurn(inTurn_);
     double wait = maxWait;
-    double next = timers_.nextTime();
+    double next = 0;
     bool timerLimited = false;  // for the trace: why a wait without events ended
-    if (next >= 0) {
+    if (timers_.nextTime(next)) {
         double untilNext = std::max(0.0, next - seconds());
         timerLimited = wait < 0 || untilNext <= wait;
         wait = wait < 0 ? untilNext : std::min(wait, untilNext);
@@ -6080,18 +6087,9 @@ REACTOR_INLINE void TcpConnection::writeSequence(const std::string_view* parts, 
         skip = 0;
     }
     startWriting();
-    if (pending() <= highWaterMark) return;
-    if (producer_ && streaming_ && !producerPaused_) {
+    if (producer_ && streaming_ && !producerPaused_ && pending() > highWaterMark) {
         producerPaused_ = true;
         producer_->pauseProducing();
-    } else if (!producer_ && !outputPaused_) {
-        // Nobody else limits this connection's output: stop reading (what
-        // we read would only make more output) until the peer catches up.
-        outputPaused_ = true;
-        if (reactor_.tracing())
-            reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(pending()) +
-                           " bytes unsent, over the high-water mark: reading paused until they drain");
-        updateReading();
     }
 }
 
@@ -6193,7 +6191,9 @@ REACTOR_INLINE std::string TcpConnection::describe() const {
 }
 
 REACTOR_INLINE void TcpConnection::updateReading() {
-    bool want = connected && !closing_ && !aborting_ && !disconnecting && !readShut_ && !userPaused_ && !outputPaused_;
+    // Closing (disconnecting) reads on to drop what arrives: see doRead.
+    bool want = connected && !closing_ && !aborting_ && !readShut_ &&
+                (disconnecting || (!userPaused_ && !outputPaused_));
     if (want && !reading_)
         reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
     else if (!want)
@@ -6219,15 +6219,43 @@ REACTOR_INLINE void TcpConnection::doRead() {
     if (!connected || closing_ || aborting_) return;
     std::vector<char>& buf = ReactorAccess::readBuffer(reactor_);
     long n = os::receive(fd_, buf.data(), buf.size());
+    if (n > 0 && disconnecting) {
+        // Closing: what still arrives is read and dropped, never delivered.
+        // Reading on lets a peer that is itself waiting to send (its own
+        // close, or its reading paused until its output drains) finish:
+        // two peers that both stopped reading would wait for each other.
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(n) +
+                           " bytes arrived after loseConnection(): dropped");
+        return;
+    }
     if (n > 0) {
         Protocol* p = protocol_.get();
         std::string_view data(buf.data(), static_cast<std::size_t>(n));
         if (reactor_.tracing())
             reactor_.trace("fd " + std::to_string(fd_) + " readable -> " + p->logPrefix() + ".dataReceived(" +
                            std::to_string(n) + " bytes)");
+        const std::size_t before = pending();
         Failure failure;
         // A protocol that throws loses its own connection, nothing else.
-        if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) closeWith(failure, true);
+        if (!runGuarded("dataReceived", [&] { p->dataReceived(data); }, &failure)) {
+            closeWith(failure, true);
+            return;
+        }
+        // Read-side backpressure: this input took the unsent output over the
+        // high-water mark, and nobody else limits it (no producer). Reading
+        // more would only make more output for a peer that is not taking
+        // it, so stop until it drains. Only input-driven output counts: a
+        // protocol that sends a bulk of its own (from connectionMade, a
+        // timer) keeps reading, so two such peers never wait on each other.
+        if (!producer_ && !outputPaused_ && connected && !closing_ && before <= highWaterMark &&
+            pending() > highWaterMark) {
+            outputPaused_ = true;
+            if (reactor_.tracing())
+                reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(pending()) +
+                               " bytes unsent, over the high-water mark: reading paused until they drain");
+            updateReading();
+        }
         return;
     }
     if (n < 0) {
@@ -6245,7 +6273,7 @@ REACTOR_INLINE void TcpConnection::doRead() {
     // The peer stopped sending.
     readShut_ = true;
     stopReading();
-    if (protocol_->halfCloseable()) {
+    if (protocol_->halfCloseable() && !disconnecting) {
         Protocol* p = protocol_.get();
         Failure failure;
         if (!runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure)) closeWith(failure, true);
@@ -6258,7 +6286,7 @@ REACTOR_INLINE void TcpConnection::doRead() {
     // Output is still queued (a reply to what the peer sent before its
     // FIN, which it may well be waiting for): send it, then close cleanly,
     // as loseConnection() does. Never throw the queued bytes away.
-    if (reactor_.tracing())
+    if (reactor_.tracing() && !disconnecting)
         reactor_.trace("fd " + std::to_string(fd_) + ": the peer stopped sending; closing once " +
                        std::to_string(pending()) + " queued bytes are sent");
     disconnecting = true;

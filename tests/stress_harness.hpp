@@ -438,6 +438,25 @@ inline int countDir(const char* path) {
     return n;
 }
 inline int openFds() { return countDir("/proc/self/fd") - 1; }  // minus the DIR's own
+
+/// A loopback port that refuses connections for the life of the process: a
+/// socket bound to it that never listens. A stopped port's number is no
+/// good for that, since another process (a parallel soak job) may listen on
+/// it next and answer with its own bytes.
+inline int refusingPort() {
+    static const int port = [] {
+        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        socklen_t len = sizeof a;
+        if (fd < 0 || ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+            ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+            return 9;  // discard: refused on any machine without a discard server
+        return static_cast<int>(ntohs(a.sin_port));  // the socket stays open, bound, not listening
+    }();
+    return port;
+}
 inline int liveThreads() { return countDir("/proc/self/task"); }
 inline long long heapInUse() {
 #if defined(STRESS_SANITIZER_ALLOCATOR)
@@ -579,7 +598,6 @@ private:
     std::size_t opsLeft_ = 0, bytesLeft_ = 0;
     int connectsLeft_ = 0, threadsLeft_ = 0, jobsLeft_ = 0, loopsLeft_ = 0, portsLeft_ = 0;
     double busyUntil_ = 0, drainDeadline_ = 0;
-    int deadPortFd_ = -1, deadPort_ = 0;  // bound, not listening: connecting there is refused
     double lastOp_ = 0;  // when the last operation ran: a quiet program drains early
     DelayedCall pacer_;
     std::uint64_t opCounter_ = 0;
@@ -1307,8 +1325,6 @@ inline void World::checkReaders() {
 }
 
 inline void World::releaseOwnFds() {
-    if (deadPortFd_ >= 0) ::close(deadPortFd_);
-    deadPortFd_ = -1;
     for (FdRec& f : fds_) {
         if (f.a >= 0) ::close(f.a);
         if (f.b >= 0) ::close(f.b);
@@ -1503,14 +1519,14 @@ inline void World::doListen(Rng& a) {
 inline void World::doConnect(Rng& a) {
     if (ports_.empty()) return;
     --connectsLeft_;
-    // Mostly a listening port; sometimes our dead port (refused). Never one
-    // that stopped listening: another process may listen there by now, and
-    // its bytes are not our streams (two --jobs children did just that).
+    // Mostly a listening port; sometimes the process's refusing port. Never
+    // one that stopped listening: another process may listen there by now,
+    // and its bytes are not our streams (two --jobs children did just that).
     std::vector<std::size_t> live;
     for (std::size_t i = 0; i < ports_.size(); ++i)
         if (ports_[i].port.listening()) live.push_back(i);
-    int port = (!live.empty() && !a.chance(150)) ? ports_[live[a.below(live.size())]].number : deadPort_;
-    if (port == 0) return;
+    std::size_t pi = (!live.empty() && !a.chance(150)) ? live[a.below(live.size())] : a.below(ports_.size());
+    int port = ports_[pi].port.listening() ? ports_[pi].number : refusingPort();
     double timeout = a.pick({30.0, 30.0, 5.0, 0.0, 0.002});
     int id = static_cast<int>(cfactories_.size() + sharedFactories_.size());
     note("connectTCP to %d (timeout %g)", port, timeout);
@@ -1978,18 +1994,6 @@ inline void World::setUp() {
     runs_ = rng_.chance(600) ? 1 : rng_.chance(700) ? 2 : 3;
     ending_ = Ending::Clean;
     if (!useRun_ && rng_.chance(400)) ending_ = rng_.chance(500) ? Ending::ReactorFirst : Ending::FactoriesFirst;
-    // A port that refuses connections and that no other process can take:
-    // bound, never listening.
-    deadPortFd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (deadPortFd_ >= 0) {
-        sockaddr_in sa{};
-        sa.sin_family = AF_INET;
-        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        socklen_t len = sizeof sa;
-        if (::bind(deadPortFd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa) == 0 &&
-            ::getsockname(deadPortFd_, reinterpret_cast<sockaddr*>(&sa), &len) == 0)
-            deadPort_ = ntohs(sa.sin_port);
-    }
     std::size_t nfds = rng_.below(static_cast<std::size_t>(profile_.maxFds) + 1);
     for (std::size_t i = 0; i < nfds; ++i) {
         int sv[2];
@@ -2341,6 +2345,7 @@ inline bool World::run() {
     // A sanitizer's runtime starts a background thread with the first thread
     // the process makes: make one first, so the baseline includes it.
     std::thread([] {}).join();
+    refusingPort();  // opened once per process, before the baseline
     const int fds0 = openFds(), threads0 = liveThreads();
     ++stats.programs;
     setUp();
