@@ -86,13 +86,8 @@ $(OUT)/run_tests: $(TEST_OBJS)
 # keep working; every variant runs it. make check runs longer passes.
 STRESS_ARGS ?= --seed 1 --count 12
 # Patterns of reported but not yet fixed defects for the harness to stay
-# clear of (names: `avoidNames` in tests/stress_harness.hpp, comma-separated;
-# an unknown name makes `stress --avoid` list them):
-#   bidi_bulk       both ends of a connection write megabytes at once and
-#                   deadlock (read backpressure on unsent output)
-#   negative_delay  DelayedCall::delay() moves a call before the reactor's
-#                   clock began: the loop stops waking for timers
-# (both: tests/test_stress_regressions.cpp)
+# clear of, comma-separated (names: `avoidNames` in tests/stress_harness.hpp;
+# an unknown name makes `stress --avoid` list them). Empty: none is open.
 STRESS_AVOID ?=
 STRESS_RUN = $(OUT)/stress $(if $(STRESS_AVOID),--avoid $(STRESS_AVOID))
 
