@@ -2822,6 +2822,9 @@ private:
     /// The one way a connection ends: connectionLost exactly once, then the
     /// protocol is destroyed and the reactor frees this object after the turn.
     void closeWith(const Failure& reason, bool reset);
+    /// The first half of closeWith and abandon: stop watching, close the
+    /// socket (with a reset if asked), read as closed. False if already closing.
+    bool closeSocket(bool reset);
 
     Reactor& reactor_;
     int fd_;
@@ -6170,15 +6173,7 @@ REACTOR_INLINE void TcpConnection::shutdownNow() { closeWith(Failure(error::Conn
 REACTOR_INLINE void TcpConnection::abandon() {
     stopUsingFactory();
     abandoned_ = true;  // a closeWith() under way (its factory died in a callback) calls no one else
-    if (closing_) return;
-    closing_ = true;
-    if (abortCall_.active()) abortCall_.cancel();
-    stopReading();
-    stopWriting();
-    os::closeFd(fd_);
-    fd_ = -1;
-    connected = false;
-    disconnecting = true;
+    if (!closeSocket(false)) return;
     producer_ = nullptr;
     if (protocol_) protocol_->connected = false;
     if (connector_) connector_->abandon();
@@ -6615,8 +6610,8 @@ REACTOR_INLINE void TcpPort::acceptError(int err) {
     });
 }
 
-REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) {
-    if (closing_) return;
+REACTOR_INLINE bool TcpConnection::closeSocket(bool reset) {
+    if (closing_) return false;
     closing_ = true;
     if (abortCall_.active()) abortCall_.cancel();
     stopReading();
@@ -6626,6 +6621,11 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
     fd_ = -1;
     connected = false;
     disconnecting = true;  // a protocol method still on the stack stops delivering
+    return true;
+}
+
+REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) {
+    if (!closeSocket(reset)) return;
     IProducer* producer = producer_;
     producer_ = nullptr;
     if (producer) runGuarded("stopProducing", [&] { producer->stopProducing(); });
