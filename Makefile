@@ -135,11 +135,15 @@ ASAN_FLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize
 # many random programs under ASan+UBSan, thread-heavy ones under TSan.
 STRESS_CHECK_ASAN := --seed 1 --count 300 --jobs 2
 STRESS_CHECK_TSAN := --seed 1 --count 200 --jobs 2 --profile threads
+# The epoll backend gets its own ASan+UBSan build and stress pass (other seeds).
+STRESS_CHECK_EPOLL := --seed 1001 --count 200 --jobs 2
 
 check: compile-checks
 	$(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=clang-c++20
 	$(MAKE) --no-print-directory test STD=c++20 VARIANT=gcc-c++20
 	$(MAKE) --no-print-directory test VARIANT=select EXTRA=-DREACTOR_USE_SELECT
+	$(SAN_ENV) $(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=epoll-asan \
+	  EXTRA="-DREACTOR_USE_EPOLL $(ASAN_FLAGS)" STRESS_ARGS="$(STRESS_CHECK_EPOLL)"
 	$(MAKE) --no-print-directory test VARIANT=separate EXTRA=$(SEPARATE)
 	$(MAKE) --no-print-directory test VARIANT=noexc EXTRA="$(NOEXC_FLAGS)"
 	$(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=noexc-clang EXTRA="$(NOEXC_FLAGS)"

@@ -22,6 +22,10 @@
 //     }
 //
 // Configuration (define before including)
+//   REACTOR_USE_EPOLL      use epoll instead of poll() (Linux): the cost of a
+//                          turn follows the ready descriptors, not the
+//                          watched ones. Worth it from a few thousand
+//                          mostly idle connections (README, "Performance").
 //   REACTOR_USE_SELECT     use select() instead of poll() (descriptors must be
 //                          below FD_SETSIZE; larger ones are refused).
 //   REACTOR_NO_EXCEPTIONS  force the no-exceptions code paths. Normally
@@ -94,6 +98,13 @@
 
 #ifndef REACTOR_READ_BUFFER_SIZE
 #define REACTOR_READ_BUFFER_SIZE 65536
+#endif
+
+#if defined(REACTOR_USE_EPOLL) && defined(REACTOR_USE_SELECT)
+#error "define at most one of REACTOR_USE_EPOLL and REACTOR_USE_SELECT"
+#endif
+#if defined(REACTOR_USE_EPOLL) && !defined(__linux__)
+#error "REACTOR_USE_EPOLL needs Linux (epoll); the default poll() backend works everywhere"
 #endif
 
 // The inline namespace every name lives in (reactor::v0::Reactor, spelled
@@ -172,6 +183,9 @@
 #if defined(__linux__)
 #include <sys/eventfd.h>
 #endif
+#if defined(REACTOR_USE_EPOLL)
+#include <sys/epoll.h>
+#endif
 
 namespace reactor {
 inline namespace REACTOR_ABI {
@@ -207,31 +221,119 @@ bool setNonBlocking(Fd fd);
 
 bool setCloseOnExec(Fd fd);
 
-/// One entry of the readiness array (WSAPOLLFD has the same fields).
-using PollFd = pollfd;
-
 /// The event bits the reactor uses, named once; poll() values on POSIX.
 inline constexpr short evRead = POLLIN;
 inline constexpr short evWrite = POLLOUT;
 inline constexpr short evError = POLLERR | POLLHUP;
 inline constexpr short evInvalid = POLLNVAL;
 
-/// The largest descriptor the select() backend can watch.
-inline constexpr int selectLimit = FD_SETSIZE;
-
 /// Sleeps `ms` milliseconds without watching anything: the back-off after a
-/// failed poll(), so a persistent error cannot spin the CPU.
+/// failed wait, so a persistent error cannot spin the CPU.
 inline void pause(int ms) { ::poll(nullptr, 0, ms); }
 
-/// Waits for readiness on `fds` (entries with fd < 0 are ignored), at most
-/// `timeoutMs` milliseconds (-1: forever). Returns the number of ready
-/// entries, 0 on timeout, -1 with errno set on failure.
-inline int pollWait(pollfd* fds, size_t count, int timeoutMs) {
-    return ::poll(fds, static_cast<nfds_t>(count), timeoutMs);
-}
+// ---- readiness backends -----------------------------------------------------
+//
+// The reactor asks the OS one question: which of these descriptors are
+// ready? Each backend answers it behind the same calls, and the reactor is
+// compiled against exactly one of them (`Poller`, chosen at the end of this
+// block), never learning which. The contract they share:
+//   add(fd, interest)     start watching (interest: evRead|evWrite, not 0);
+//   modify(fd, interest)  change what is watched (not to 0: use remove);
+//   remove(fd)            stop watching;
+//   wait(ms, ready)       block at most `ms` (-1: forever), then fill
+//                         `ready` with one entry per ready descriptor and
+//                         return their count (0: timeout, -1: failed, with
+//                         lastError()).
+// Readiness comes back as ev* bits: evError (hang-up, error) is reported
+// whatever the interest; evInvalid means the descriptor was closed while
+// watched (poll and select; epoll cannot tell, the kernel forgets it).
+// add/modify are forgiving about an fd the backend still knows or already
+// forgot (closed and reused behind its back); false, with lastError(), only
+// when the descriptor cannot be watched at all.
 
-/// The same contract on top of select(), filling in `revents`.
-int selectWait(pollfd* fds, size_t count, int timeoutMs);
+/// One ready descriptor. `tag` is the caller's: the reactor stamps each
+/// entry to recognise a descriptor re-armed while the turn's entries run.
+struct Ready {
+    Fd fd;
+    short events;
+    std::uint64_t tag;
+};
+
+/// The storage poll() and select() share: a pollfd array kept
+/// incrementally (handed to poll() as is), and each fd's place in it.
+class PollArray {
+public:
+    bool add(Fd fd, short interest);
+    bool modify(Fd fd, short interest) { return add(fd, interest); }
+    void remove(Fd fd);
+    std::size_t size() const { return fds_.size(); }
+
+protected:
+    /// After a wait that returned `n`: moves the entries with revents into `ready`.
+    int collect(int n, std::vector<Ready>& ready);
+    std::vector<pollfd> fds_;
+    std::vector<std::size_t> position_;  // fd -> index in fds_, npos if absent
+    static constexpr std::size_t npos = static_cast<std::size_t>(-1);
+};
+
+/// The default: poll(), everywhere POSIX.
+class PollBackend : public PollArray {
+public:
+    static constexpr const char* name = "poll()";
+    static bool canWatch(Fd fd) { return fd >= 0; }
+    static std::string limit() { return ""; }
+    int error() const { return 0; }
+    int wait(int timeoutMs, std::vector<Ready>& ready);
+};
+
+/// REACTOR_USE_SELECT: select(), for the rare system without poll(). It
+/// cannot watch a descriptor at or above FD_SETSIZE.
+class SelectBackend : public PollArray {
+public:
+    static constexpr const char* name = "select()";
+    static bool canWatch(Fd fd) { return fd >= 0 && fd < FD_SETSIZE; }
+    static std::string limit() { return "FD_SETSIZE is " + std::to_string(FD_SETSIZE); }
+    int error() const { return 0; }
+    int wait(int timeoutMs, std::vector<Ready>& ready);
+};
+
+#if defined(REACTOR_USE_EPOLL)
+/// REACTOR_USE_EPOLL: Linux epoll, level-triggered (poll()'s semantics, so
+/// the reactor above needs no change), one epoll_ctl per change of interest.
+/// epoll refuses regular files (EPERM): like Twisted's epoll reactor, such
+/// descriptors are reported ready on every turn, which is what poll() says
+/// of them too.
+class EpollBackend {
+public:
+    static constexpr const char* name = "epoll";
+    static bool canWatch(Fd fd) { return fd >= 0; }
+    static std::string limit() { return ""; }
+    EpollBackend();
+    ~EpollBackend();
+    EpollBackend(const EpollBackend&) = delete;
+    EpollBackend& operator=(const EpollBackend&) = delete;
+    /// Why the epoll descriptor could not be made (0: it was).
+    int error() const { return error_; }
+    bool add(Fd fd, short interest);
+    bool modify(Fd fd, short interest);
+    void remove(Fd fd);
+    std::size_t size() const { return watched_ + alwaysReady_.size(); }
+    int wait(int timeoutMs, std::vector<Ready>& ready);
+
+private:
+    bool control(int op, Fd fd, short interest);
+    Fd epfd_ = invalidFd;
+    int error_ = 0;
+    std::size_t watched_ = 0;                   // registered with the kernel
+    std::vector<epoll_event> events_;           // epoll_wait's output, reused
+    std::vector<std::pair<Fd, short>> alwaysReady_;  // regular files (EPERM)
+};
+using Poller = EpollBackend;
+#elif defined(REACTOR_USE_SELECT)
+using Poller = SelectBackend;
+#else
+using Poller = PollBackend;
+#endif
 
 /// A self-pipe (eventfd on Linux) that another thread, or a signal handler,
 /// writes to so that a reactor blocked in poll() wakes up.
@@ -2362,10 +2464,13 @@ private:
     };
 
     struct Slot {
-        detail::Handler reader;
-        detail::Handler writer;
+        int fd = -1;
+        short interest = 0;    // os::evRead | os::evWrite, as the poller has it
         bool internal = false;
         bool foreign = false;  // added with addReader/addWriter (traced here, not by a transport)
+        std::uint64_t armed = 0;  // changes on every watch(): see dispatch()
+        detail::Handler reader;
+        detail::Handler writer;
     };
     struct Trigger {
         TriggerId id;
@@ -2388,7 +2493,7 @@ private:
     /// Twisted's built-in "during" triggers, which run before the user's.
     void builtinDuring(const std::string& event);
 
-    // ---- the descriptor table: a pollfd array kept incrementally ------
+    // ---- the descriptor table: slots, and the poller that watches them --
 
     std::size_t watch(int fd, short event, detail::Handler handler, bool foreign = false);
 
@@ -2407,6 +2512,8 @@ private:
     void unwatch(int fd, short events);
 
     void removeSlot(std::size_t slot);
+    /// Every slot, dropped (the reactor's destructor).
+    void unwatchAll();
 
     std::size_t slotOf(int fd) const;
 
@@ -2439,12 +2546,13 @@ private:
     std::uint64_t turnNumber_ = 0;
     detail::TimerQueue timers_{*this};
     detail::os::Waker waker_;
-    std::size_t wakerSlot_ = npos;
+    bool wakerWatched_ = false;
 
-    std::vector<detail::os::PollFd> pollfds_;  // handed to poll() as is
-    std::vector<Slot> slots_;          // parallel to pollfds_
-    std::vector<std::size_t> slotOf_;  // fd -> index, npos if unwatched
-    std::vector<std::size_t> deadSlots_;
+    detail::os::Poller poller_;           // the readiness backend (section 3)
+    std::vector<detail::os::Ready> ready_;  // what the last wait found (reused)
+    std::vector<Slot> slots_;             // one per watched fd, in no order
+    std::vector<std::size_t> slotOf_;     // fd -> index in slots_, npos if unwatched
+    std::uint64_t lastArmed_ = 0;
     std::vector<detail::Handler> retired_;  // removed; freed by releaseRetired()
     std::vector<detail::Handler> releasing_;  // the batch being freed (reused)
     bool dispatching_ = false;
@@ -4391,20 +4499,59 @@ REACTOR_INLINE bool setCloseOnExec(Fd fd) {
     return flags >= 0 && ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0;
 }
 
-REACTOR_INLINE int selectWait(pollfd* fds, size_t count, int timeoutMs) {
+REACTOR_INLINE bool PollArray::add(Fd fd, short interest) {
+    const auto i = static_cast<std::size_t>(fd);
+    if (i >= position_.size()) position_.resize(i + 1, npos);
+    if (position_[i] == npos) {
+        position_[i] = fds_.size();
+        pollfd p{};
+        p.fd = fd;
+        fds_.push_back(p);
+    }
+    fds_[position_[i]].events = interest;
+    return true;
+}
+
+REACTOR_INLINE void PollArray::remove(Fd fd) {
+    const auto i = static_cast<std::size_t>(fd);
+    if (fd < 0 || i >= position_.size() || position_[i] == npos) return;
+    const std::size_t at = position_[i];
+    position_[i] = npos;
+    if (at + 1 != fds_.size()) {  // the last entry fills the hole
+        fds_[at] = fds_.back();
+        position_[static_cast<std::size_t>(fds_[at].fd)] = at;
+    }
+    fds_.pop_back();
+}
+
+REACTOR_INLINE int PollArray::collect(int n, std::vector<Ready>& ready) {
+    for (std::size_t i = 0; i < fds_.size() && static_cast<int>(ready.size()) < n; ++i) {
+        if (fds_[i].revents == 0) continue;
+        ready.push_back(Ready{fds_[i].fd, fds_[i].revents, 0});
+        fds_[i].revents = 0;
+    }
+    return static_cast<int>(ready.size());
+}
+
+REACTOR_INLINE int PollBackend::wait(int timeoutMs, std::vector<Ready>& ready) {
+    ready.clear();
+    int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeoutMs);
+    return n <= 0 ? n : collect(n, ready);
+}
+
+REACTOR_INLINE int SelectBackend::wait(int timeoutMs, std::vector<Ready>& ready) {
+    ready.clear();
     fd_set readSet, writeSet, errorSet;
     FD_ZERO(&readSet);
     FD_ZERO(&writeSet);
     FD_ZERO(&errorSet);
     int maxFd = -1;
-    for (size_t i = 0; i < count; ++i) {
-        fds[i].revents = 0;
-        int fd = fds[i].fd;
-        if (fd < 0 || fd >= selectLimit) continue;
-        if (fds[i].events & evRead) FD_SET(fd, &readSet);
-        if (fds[i].events & evWrite) FD_SET(fd, &writeSet);
-        FD_SET(fd, &errorSet);
-        maxFd = std::max(maxFd, fd);
+    for (pollfd& p : fds_) {  // add() never takes an fd at or above FD_SETSIZE
+        p.revents = 0;
+        if (p.events & evRead) FD_SET(p.fd, &readSet);
+        if (p.events & evWrite) FD_SET(p.fd, &writeSet);
+        FD_SET(p.fd, &errorSet);
+        maxFd = std::max(maxFd, p.fd);
     }
     timeval tv{};
     timeval* tvp = nullptr;
@@ -4417,29 +4564,109 @@ REACTOR_INLINE int selectWait(pollfd* fds, size_t count, int timeoutMs) {
     if (n < 0 && errno == EBADF) {
         // A watched descriptor was closed: report it as poll() would
         // (POLLNVAL) instead of failing every turn.
-        int bad = 0;
-        for (size_t i = 0; i < count; ++i)
-            if (fds[i].fd >= 0 && ::fcntl(fds[i].fd, F_GETFD) < 0) {
-                fds[i].revents = evInvalid;
-                ++bad;
-            }
-        if (bad) return bad;
+        for (pollfd& p : fds_)
+            if (::fcntl(p.fd, F_GETFD) < 0) ready.push_back(Ready{p.fd, evInvalid, 0});
+        if (!ready.empty()) return static_cast<int>(ready.size());
         errno = EBADF;
     }
     if (n <= 0) return n;
-    int ready = 0;
-    for (size_t i = 0; i < count; ++i) {
-        int fd = fds[i].fd;
-        if (fd < 0 || fd >= selectLimit) continue;
+    for (pollfd& p : fds_) {
         short rev = 0;
-        if (FD_ISSET(fd, &readSet)) rev = static_cast<short>(rev | evRead);
-        if (FD_ISSET(fd, &writeSet)) rev = static_cast<short>(rev | evWrite);
-        if (FD_ISSET(fd, &errorSet)) rev = static_cast<short>(rev | POLLERR);
-        fds[i].revents = rev;
-        if (rev) ++ready;
+        if (FD_ISSET(p.fd, &readSet)) rev = static_cast<short>(rev | evRead);
+        if (FD_ISSET(p.fd, &writeSet)) rev = static_cast<short>(rev | evWrite);
+        if (FD_ISSET(p.fd, &errorSet)) rev = static_cast<short>(rev | POLLERR);
+        if (rev) ready.push_back(Ready{p.fd, rev, 0});
     }
-    return ready;
+    return static_cast<int>(ready.size());
 }
+
+#if defined(REACTOR_USE_EPOLL)
+REACTOR_INLINE EpollBackend::EpollBackend() {
+    epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    if (epfd_ < 0) error_ = errno;
+    events_.resize(64);
+}
+
+REACTOR_INLINE EpollBackend::~EpollBackend() {
+    if (epfd_ >= 0) closeFd(epfd_);
+}
+
+REACTOR_INLINE bool EpollBackend::control(int op, Fd fd, short interest) {
+    epoll_event e{};
+    e.events = ((interest & evRead) ? EPOLLIN : 0u) | ((interest & evWrite) ? EPOLLOUT : 0u);
+    e.data.fd = fd;
+    return ::epoll_ctl(epfd_, op, fd, &e) == 0;
+}
+
+REACTOR_INLINE bool EpollBackend::add(Fd fd, short interest) {
+    for (auto& a : alwaysReady_)
+        if (a.first == fd) {
+            a.second = interest;
+            return true;
+        }
+    if (control(EPOLL_CTL_ADD, fd, interest)) {
+        ++watched_;
+        return true;
+    }
+    if (errno == EEXIST) return control(EPOLL_CTL_MOD, fd, interest);  // still registered: a dup of a closed fd
+    if (errno == EPERM) {  // a regular file or a directory: always ready, as poll() says
+        alwaysReady_.emplace_back(fd, interest);
+        return true;
+    }
+    return false;
+}
+
+REACTOR_INLINE bool EpollBackend::modify(Fd fd, short interest) {
+    for (auto& a : alwaysReady_)
+        if (a.first == fd) {
+            a.second = interest;
+            return true;
+        }
+    if (control(EPOLL_CTL_MOD, fd, interest)) return true;
+    if (errno != ENOENT) return false;
+    // The kernel forgot it (closed behind our back, the number reused).
+    --watched_;
+    return add(fd, interest);
+}
+
+REACTOR_INLINE void EpollBackend::remove(Fd fd) {
+    for (std::size_t i = 0; i < alwaysReady_.size(); ++i)
+        if (alwaysReady_[i].first == fd) {
+            alwaysReady_.erase(alwaysReady_.begin() + static_cast<std::ptrdiff_t>(i));
+            return;
+        }
+    // EBADF/ENOENT: already closed, and with it gone from the kernel's set.
+    epoll_event e{};
+    ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, &e);
+    if (watched_) --watched_;
+}
+
+REACTOR_INLINE int EpollBackend::wait(int timeoutMs, std::vector<Ready>& ready) {
+    ready.clear();
+    // Room for every watched descriptor up to a cap: level-triggered, so
+    // what does not fit is reported again next turn.
+    const std::size_t room = std::min<std::size_t>(std::max<std::size_t>(watched_, 64), 4096);
+    if (events_.size() < room) events_.resize(room);
+    if (!alwaysReady_.empty()) timeoutMs = 0;
+    if (epfd_ < 0) {  // never made (the reactor said so): sleep as a wait would
+        pause(timeoutMs < 0 ? 10 : timeoutMs);
+        return 0;
+    }
+    int n = ::epoll_wait(epfd_, events_.data(), static_cast<int>(room), timeoutMs);
+    if (n < 0) return n;
+    for (int i = 0; i < n; ++i) {
+        const std::uint32_t e = events_[static_cast<std::size_t>(i)].events;
+        short rev = 0;
+        if (e & (EPOLLIN | EPOLLPRI)) rev = static_cast<short>(rev | evRead);
+        if (e & EPOLLOUT) rev = static_cast<short>(rev | evWrite);
+        if (e & EPOLLERR) rev = static_cast<short>(rev | POLLERR);
+        if (e & EPOLLHUP) rev = static_cast<short>(rev | POLLHUP);
+        ready.push_back(Ready{events_[static_cast<std::size_t>(i)].data.fd, rev, 0});
+    }
+    for (auto& a : alwaysReady_) ready.push_back(Ready{a.first, a.second, 0});
+    return static_cast<int>(ready.size());
+}
+#endif
 
 REACTOR_INLINE Waker::Waker() {
 #if defined(__linux__)
@@ -5356,23 +5583,30 @@ REACTOR_INLINE Reactor::Reactor() : epoch_(std::chrono::steady_clock::now()) {
     // Without its wake-up descriptor the reactor cannot hear other threads
     // (callFromThread, stop() from a signal or thread) while it waits: refuse
     // to exist, or (no exceptions) poll for them every 10 ms instead.
+    // The same for the epoll backend's own descriptor.
     std::string why;
-    if (waker_.readFd() < 0)
+    std::size_t wakerSlot = npos;
+    if (poller_.error() != 0)
+        why = std::string("cannot create its ") + detail::os::Poller::name +
+              " descriptor: " + detail::os::errorString(poller_.error());
+    else if (waker_.readFd() < 0)
         why = "cannot create its wake-up descriptor: " + detail::os::errorString(waker_.error());
-    else if (!detail::ReactorAccess::canWatch(waker_.readFd()))
-        why = "cannot watch its wake-up descriptor " + std::to_string(waker_.readFd()) +
-              " (the select() backend stops at FD_SETSIZE)";
+    else if (!detail::os::Poller::canWatch(waker_.readFd()))
+        why = "cannot watch its wake-up descriptor " + std::to_string(waker_.readFd()) + " (the " +
+              detail::os::Poller::name + " backend: " + detail::os::Poller::limit() + ")";
     else
-        wakerSlot_ = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
-                               waker_.drain();
-                               wakePending_.store(false);
-                           }));
-    if (wakerSlot_ == npos) {
+        wakerSlot = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
+                              waker_.drain();
+                              wakePending_.store(false);
+                          }));
+    if (wakerSlot == npos) {
+        if (why.empty()) why = "cannot watch its wake-up descriptor " + std::to_string(waker_.readFd());
         detail::raise<error::RuntimeError>("Reactor " + why);
         log(LogLevel::error, "Reactor " + why + "; waking every 10 ms to look for calls from other threads");
         return;
     }
-    slots_[wakerSlot_].internal = true;
+    slots_[wakerSlot].internal = true;
+    wakerWatched_ = true;
 }
 
 REACTOR_INLINE Reactor::~Reactor() {
@@ -5388,15 +5622,7 @@ REACTOR_INLINE Reactor::~Reactor() {
         all.clear();
         releaseDead();
         timers_.clear();
-        for (Slot& slot : slots_) {
-            retire(slot.reader);
-            retire(slot.writer);
-        }
-        pollfds_.clear();
-        slots_.clear();
-        slotOf_.clear();
-        deadSlots_.clear();
-        wakerSlot_ = npos;
+        unwatchAll();
         releaseRetired();
         std::vector<std::function<void()>> calls;
         {
@@ -5496,8 +5722,8 @@ REACTOR_INLINE void Reactor::removeWriter(int fd) {
 
 REACTOR_INLINE std::vector<int> Reactor::removeAll() {
     std::vector<int> fds;
-    for (std::size_t i = 0; i < pollfds_.size(); ++i)
-        if (pollfds_[i].fd >= 0 && slots_[i].foreign) fds.push_back(pollfds_[i].fd);
+    for (const Slot& slot : slots_)
+        if (slot.foreign) fds.push_back(slot.fd);
     for (int fd : fds) unwatch(fd, os::evRead | os::evWrite);
     releaseRetired();
     return fds;
@@ -5608,31 +5834,41 @@ REACTOR_INLINE void Reactor::builtinDuring(const std::string& event) {
 }
 
 REACTOR_INLINE std::size_t Reactor::watch(int fd, short event, detail::Handler handler, bool foreign) {
+    using Poller = detail::os::Poller;
     if (fd < 0) {
         detail::raise<error::ValueError>("cannot watch a negative file descriptor");
         return npos;
     }
-#if defined(REACTOR_USE_SELECT)
-    if (fd >= detail::os::selectLimit) {
-        log(LogLevel::error, "select() backend cannot watch fd " + std::to_string(fd) + " (FD_SETSIZE is " +
-                                 std::to_string(detail::os::selectLimit) + ")");
+    if (!Poller::canWatch(fd)) {
+        log(LogLevel::error, std::string(Poller::name) + " backend cannot watch fd " + std::to_string(fd) + " (" +
+                                 Poller::limit() + ")");
         return npos;
     }
-#endif
     std::size_t slot = slotOf(fd);
+    const short interest = static_cast<short>((slot == npos ? 0 : slots_[slot].interest) | event);
     if (slot == npos) {
-        slot = pollfds_.size();
-        detail::os::PollFd p{};
-        p.fd = fd;
-        pollfds_.push_back(p);
+        if (!poller_.add(fd, interest)) {
+            log(LogLevel::error, std::string(Poller::name) + " cannot watch fd " + std::to_string(fd) + ": " +
+                                     detail::os::errorString(detail::os::lastError()));
+            return npos;
+        }
+        slot = slots_.size();
         slots_.emplace_back();
+        slots_[slot].fd = fd;
         if (static_cast<std::size_t>(fd) >= slotOf_.size()) slotOf_.resize(static_cast<std::size_t>(fd) + 1, npos);
         slotOf_[static_cast<std::size_t>(fd)] = slot;
+    } else if ((interest != slots_[slot].interest || foreign) && !poller_.modify(fd, interest)) {
+        // (A user's addReader may name a number closed and reused behind our
+        // back: tell the poller again; epoll forgot the old descriptor.)
+        log(LogLevel::error, std::string(Poller::name) + " cannot watch fd " + std::to_string(fd) + ": " +
+                                 detail::os::errorString(detail::os::lastError()));
+        return npos;
     }
-    pollfds_[slot].events = static_cast<short>(pollfds_[slot].events | event);
-    pollfds_[slot].revents = 0;  // a new interest is not dispatched this turn
-    slots_[slot].foreign = foreign;
-    detail::Handler& target = event == os::evRead ? slots_[slot].reader : slots_[slot].writer;
+    Slot& s = slots_[slot];
+    s.interest = interest;
+    s.armed = ++lastArmed_;  // a new interest is not dispatched this turn
+    s.foreign = foreign;
+    detail::Handler& target = event == os::evRead ? s.reader : s.writer;
     retire(target);
     target = std::move(handler);
     return slot;
@@ -5665,30 +5901,43 @@ REACTOR_INLINE void Reactor::releaseDead() {
 REACTOR_INLINE void Reactor::unwatch(int fd, short events) {
     std::size_t slot = slotOf(fd);
     if (slot == npos || slots_[slot].internal) return;
-    if (events & os::evRead) retire(slots_[slot].reader);
-    if (events & os::evWrite) retire(slots_[slot].writer);
-    pollfds_[slot].events = static_cast<short>(pollfds_[slot].events & ~events);
-    if (pollfds_[slot].events != 0) return;
-    slotOf_[static_cast<std::size_t>(fd)] = npos;
-    if (dispatching_) {  // keep indices stable until the pass is over
-        pollfds_[slot].fd = -1;
-        pollfds_[slot].revents = 0;
-        deadSlots_.push_back(slot);
-    } else {
-        removeSlot(slot);
+    Slot& s = slots_[slot];
+    if (events & os::evRead) retire(s.reader);
+    if (events & os::evWrite) retire(s.writer);
+    const short interest = static_cast<short>(s.interest & ~events);
+    if (interest == s.interest) return;
+    s.interest = interest;
+    if (interest != 0) {
+        if (!poller_.modify(fd, interest))
+            log(LogLevel::error, std::string(detail::os::Poller::name) + " cannot change what it watches on fd " +
+                                     std::to_string(fd) + ": " + detail::os::errorString(detail::os::lastError()));
+        return;
     }
+    poller_.remove(fd);
+    slotOf_[static_cast<std::size_t>(fd)] = npos;
+    removeSlot(slot);
 }
 
+// Slots are found by fd, never by position, so removing one in the middle of
+// a dispatch pass is safe: the last slot fills the hole.
 REACTOR_INLINE void Reactor::removeSlot(std::size_t slot) {
-    std::size_t last = pollfds_.size() - 1;
+    const std::size_t last = slots_.size() - 1;
     if (slot != last) {
-        pollfds_[slot] = pollfds_[last];
         slots_[slot] = std::move(slots_[last]);
-        if (pollfds_[slot].fd >= 0) slotOf_[static_cast<std::size_t>(pollfds_[slot].fd)] = slot;
-        if (wakerSlot_ == last) wakerSlot_ = slot;
+        slotOf_[static_cast<std::size_t>(slots_[slot].fd)] = slot;
     }
-    pollfds_.pop_back();
     slots_.pop_back();
+}
+
+REACTOR_INLINE void Reactor::unwatchAll() {
+    for (Slot& slot : slots_) {
+        poller_.remove(slot.fd);
+        retire(slot.reader);
+        retire(slot.writer);
+    }
+    slots_.clear();
+    slotOf_.clear();
+    wakerWatched_ = false;
 }
 
 REACTOR_INLINE std::size_t Reactor::slotOf(int fd) const {
@@ -5698,43 +5947,46 @@ REACTOR_INLINE std::size_t Reactor::slotOf(int fd) const {
 
 REACTOR_INLINE std::vector<int> Reactor::fdsWith(short events) const {
     std::vector<int> out;
-    for (std::size_t i = 0; i < pollfds_.size(); ++i)
-        if (pollfds_[i].fd >= 0 && !slots_[i].internal && (pollfds_[i].events & events)) out.push_back(pollfds_[i].fd);
+    for (const Slot& slot : slots_)
+        if (!slot.internal && (slot.interest & events)) out.push_back(slot.fd);
     return out;
 }
 
+// The ready list was stamped with each slot's `armed` right after the wait.
+// A slot whose stamp no longer matches was re-armed (or removed and its fd
+// reused) by an earlier callback of this pass: what the wait saw is not
+// about it, and it waits for the next turn. Handlers removed during the pass
+// are only retired, so the one running stays alive until the pass ends.
 REACTOR_INLINE void Reactor::dispatch() {
     dispatching_ = true;
-    const std::size_t count = pollfds_.size();
-    for (std::size_t i = 0; i < count; ++i) {
-        const short rev = pollfds_[i].revents;
-        if (rev == 0) continue;
-        pollfds_[i].revents = 0;
-        const int fd = pollfds_[i].fd;
-        if (fd < 0) continue;
-        if (rev & os::evInvalid) {
+    for (detail::os::Ready& r : ready_) {
+        const std::size_t found = slotOf(r.fd);
+        r.tag = found == npos ? 0 : slots_[found].armed;
+    }
+    for (const detail::os::Ready& r : ready_) {
+        const int fd = r.fd;
+        std::size_t slot = slotOf(fd);
+        if (slot == npos || slots_[slot].armed != r.tag) continue;
+        if (r.events & os::evInvalid) {
             log(LogLevel::error, "fd " + std::to_string(fd) + " was closed while still watched; no longer watching it");
             unwatch(fd, os::evRead | os::evWrite);
             continue;
         }
-        if ((rev & (os::evRead | os::evError)) && slots_[i].reader) {
-            if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
-            std::function<void()>& h = *slots_[i].reader;  // kept alive by retire() if removed
+        if ((r.events & (os::evRead | os::evError)) && slots_[slot].reader) {
+            if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
+            std::function<void()>& h = *slots_[slot].reader;  // kept alive by retire() if removed
             detail::runGuarded("reader callback", h);
+            // The reader may have removed the writer, or the whole fd.
+            slot = slotOf(fd);
+            if (slot == npos || slots_[slot].armed != r.tag) continue;
         }
-        // The reader may have removed the writer, or the whole fd.
-        if ((rev & (os::evWrite | os::evError)) && pollfds_[i].fd == fd && slots_[i].writer) {
-            if (tracer_ && slots_[i].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
-            std::function<void()>& h = *slots_[i].writer;
+        if ((r.events & (os::evWrite | os::evError)) && slots_[slot].writer) {
+            if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
+            std::function<void()>& h = *slots_[slot].writer;
             detail::runGuarded("writer callback", h);
         }
     }
     dispatching_ = false;
-    if (!deadSlots_.empty()) {
-        std::sort(deadSlots_.begin(), deadSlots_.end(), std::greater<std::size_t>());
-        for (std::size_t slot : deadSlots_) removeSlot(slot);
-        deadSlots_.clear();
-    }
     releaseRetired();  // last: the tables are consistent again
 }
 
@@ -5755,16 +6007,12 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
         wait = wait < 0 ? untilNext : std::min(wait, untilNext);
     }
     if (threadCallsPending_.load() || (stopRequested_ && !shutdownStarted_) || (inRun_ && loopDone_)) wait = 0;
-    if (wakerSlot_ == npos && (wait < 0 || wait > 0.01)) wait = 0.01;  // no waker: look for other threads' calls
+    if (!wakerWatched_ && (wait < 0 || wait > 0.01)) wait = 0.01;  // no waker: look for other threads' calls
     int ms = -1;
     if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
 
     const double waitStart = tracer_ ? seconds() : 0.0;
-#if defined(REACTOR_USE_SELECT)
-    int ready = detail::os::selectWait(pollfds_.data(), pollfds_.size(), ms);
-#else
-    int ready = detail::os::pollWait(pollfds_.data(), pollfds_.size(), ms);
-#endif
+    int ready = poller_.wait(ms, ready_);
     TraceScope traceScope(*this);
     if (tracer_) traceTurn(ready, ms, timerLimited, seconds() - waitStart);
     if (ready < 0) {
@@ -5773,11 +6021,10 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
             // Persistent (too many descriptors for RLIMIT_NOFILE, say):
             // log it, and back off instead of spinning.
             if (pollErrors_++ % 1000 == 0)
-                log(LogLevel::error, "poll failed: " + detail::os::errorString(err) + " (" +
+                log(LogLevel::error, std::string(detail::os::Poller::name) + " failed: " + detail::os::errorString(err) + " (" +
                                          std::to_string(pollErrors_) + " time(s)); retrying in 10 ms");
             detail::os::pause(10);
         }
-        for (auto& p : pollfds_) p.revents = 0;
     } else if (ready > 0) {
         dispatch();
     }
@@ -5814,11 +6061,7 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
 
 REACTOR_INLINE void Reactor::traceTurn(int ready, int timeoutMs, bool timerLimited, double waited) {
     std::string line = "turn " + std::to_string(++turnNumber_) + ": ";
-#if defined(REACTOR_USE_SELECT)
-    line += "select()";
-#else
-    line += "poll()";
-#endif
+    line += detail::os::Poller::name;
     line += " waited " + detail::formatDuration(waited) + ", woke: ";
     if (ready > 0)
         line += std::to_string(ready) + (ready == 1 ? " descriptor ready" : " descriptors ready");
@@ -5980,13 +6223,7 @@ REACTOR_INLINE ThreadPool& ReactorAccess::resolver(Reactor& r) {
     return *r.resolver_;
 }
 
-REACTOR_INLINE bool ReactorAccess::canWatch(int fd) {
-#if defined(REACTOR_USE_SELECT)
-    return fd >= 0 && fd < os::selectLimit;
-#else
-    return fd >= 0;
-#endif
-}
+REACTOR_INLINE bool ReactorAccess::canWatch(int fd) { return os::Poller::canWatch(fd); }
 
 REACTOR_INLINE std::uint64_t randomSeed() {
     static std::atomic<std::uint64_t> counter{0};
