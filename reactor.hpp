@@ -389,6 +389,8 @@ Fd tcpSocket(int family);
 
 bool setIntOption(Fd fd, int level, int name, int value);
 inline bool setReuseAddress(Fd fd) { return setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1); }
+/// SO_REUSEPORT: false with lastError() ENOPROTOOPT where the system lacks it.
+bool setReusePort(Fd fd);
 bool setNoDelay(Fd fd, bool on);
 bool setKeepAlive(Fd fd, bool on);
 bool getIntOption(Fd fd, int level, int name);
@@ -2281,6 +2283,26 @@ class ListeningPort;
 /// listenTCP's default accept-queue length: the system's maximum.
 inline constexpr int defaultBacklog = detail::os::maxBacklog;
 
+/// How listenTCP binds, beyond the port. An aggregate: fill in the fields you
+/// need (`ListenOptions o; o.interface = "127.0.0.1";`), or in order
+/// (`r.listenTCP(8000, f, {"127.0.0.1"})`).
+struct ListenOptions {
+    /// An IP literal to bind; "" = every IPv4 address, "::" = every IPv6
+    /// address (and IPv4 too, where the system maps it). Twisted's name.
+    std::string interface;
+    /// The accept queue; the default, the system's maximum (SOMAXCONN),
+    /// absorbs a burst of connects (Twisted's 50 overflows at ~50
+    /// simultaneous connects and costs each extra client a 1 s SYN retry).
+    int backlog = defaultBacklog;
+    /// SO_REUSEPORT (Linux 3.9+, the BSDs): several sockets, in one process
+    /// or several, listen on the same port and the kernel spreads new
+    /// connections between them. One reactor per core, each with its own
+    /// port on the same number, is how a server uses more than one core
+    /// (examples/echo_server.cpp --threads). Every socket sharing the port
+    /// must set it. Where the system lacks it, listening fails and says so.
+    bool reusePort = false;
+};
+
 /// The event loop (Twisted's reactor). Create as many as you like; nothing
 /// is shared between two reactors. Not thread-safe except callFromThread.
 class Reactor : public IReactorTime {
@@ -2428,14 +2450,13 @@ public:
 
     // ---- TCP (defined in section 9) -------------------------------------
 
-    /// Listens on `port` (0: a free one; see getHost()) on `interface` (an
-    /// IP literal; "" = every IPv4 address, "::" = every IPv6 address).
-    /// `factory` should outlive the port and its connections (see Factory).
-    /// `backlog` is the accept queue: the default, the system's maximum
-    /// (SOMAXCONN), absorbs a burst of connects; Twisted's 50 overflows at
-    /// ~50 simultaneous connects and costs each extra client a 1 s SYN retry.
-    /// A bind failure throws `error::CannotListenError` (without exceptions:
-    /// logged, and the returned port is not listening).
+    /// Listens on `port` (0: a free one; see getHost()) as `options` say
+    /// (interface, backlog, port sharing). `factory` should outlive the port
+    /// and its connections (see Factory). A bind failure throws
+    /// `error::CannotListenError` (without exceptions: logged, and the
+    /// returned port is not listening).
+    ListeningPort listenTCP(int port, Factory& factory, const ListenOptions& options);
+    /// Twisted's positional form: `listenTCP(8000, f, 50, "127.0.0.1")`.
     ListeningPort listenTCP(int port, Factory& factory, int backlog = defaultBacklog, std::string_view interface = "");
     /// Connects to `host` (an IP literal, connected at once, or a name,
     /// resolved on a thread without blocking the loop). Failures reach
@@ -3036,7 +3057,7 @@ public:
     }
 
     /// Binds and listens; on failure returns the reason (and listens not).
-    bool listen(std::uint16_t port, int backlog, std::string_view interface, std::string& why);
+    bool listen(std::uint16_t port, const ListenOptions& options, std::string& why);
 
     Address getHost() const { return host_; }
     bool listening() const { return listening_; }
@@ -4492,6 +4513,16 @@ REACTOR_INLINE void closeFd(Fd fd) {
 REACTOR_INLINE bool setNonBlocking(Fd fd) {
     int flags = ::fcntl(fd, F_GETFL, 0);
     return flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
+}
+
+REACTOR_INLINE bool setReusePort(Fd fd) {
+#if defined(SO_REUSEPORT)
+    return setIntOption(fd, SOL_SOCKET, SO_REUSEPORT, 1);
+#else
+    (void)fd;
+    errno = ENOPROTOOPT;
+    return false;
+#endif
 }
 
 REACTOR_INLINE bool setCloseOnExec(Fd fd) {
@@ -6771,21 +6802,25 @@ REACTOR_INLINE void TcpConnector::finishCycle() {
     }
 }
 
-REACTOR_INLINE bool TcpPort::listen(std::uint16_t port, int backlog, std::string_view interface, std::string& why) {
-    std::string host(interface.empty() ? "0.0.0.0" : interface);
+REACTOR_INLINE bool TcpPort::listen(std::uint16_t port, const ListenOptions& options, std::string& why) {
+    const std::string host = options.interface.empty() ? "0.0.0.0" : options.interface;
     os::SockAddr a;
-    std::string where = (interface.empty() ? std::string("0.0.0.0") : host) + ":" + std::to_string(port);
+    const std::string where = host + ":" + std::to_string(port);
     if (!os::parseLiteral(host, port, a)) {
         why = "Couldn't listen on " + where + ": the interface must be an IP address.";
         return false;
     }
-    fd_ = os::tcpSocket(a.family());
-    if (fd_ < 0 || !os::setReuseAddress(fd_) || os::bindTo(fd_, a) != 0 || os::listenOn(fd_, backlog) != 0) {
+    auto fail = [&](const char* step) {
         int err = os::lastError();
-        why = "Couldn't listen on " + where + ": [Errno " + std::to_string(err) + "] " + os::errorString(err) + ".";
+        why = "Couldn't listen on " + where + ": " + step + "[Errno " + std::to_string(err) + "] " +
+              os::errorString(err) + ".";
         closeSocket();
         return false;
-    }
+    };
+    fd_ = os::tcpSocket(a.family());
+    if (fd_ < 0 || !os::setReuseAddress(fd_)) return fail("");
+    if (options.reusePort && !os::setReusePort(fd_)) return fail("SO_REUSEPORT: ");
+    if (os::bindTo(fd_, a) != 0 || os::listenOn(fd_, options.backlog) != 0) return fail("");
     os::SockAddr bound;
     if (os::localAddress(fd_, bound)) host_ = toAddress(bound);
     int& spare = ReactorAccess::spareFd(reactor_);
@@ -6997,6 +7032,13 @@ REACTOR_INLINE void TcpPort::doRead() {
 }  // namespace detail
 
 REACTOR_INLINE ListeningPort Reactor::listenTCP(int port, Factory& factory, int backlog, std::string_view interface) {
+    ListenOptions options;
+    options.interface = std::string(interface);
+    options.backlog = backlog;
+    return listenTCP(port, factory, options);
+}
+
+REACTOR_INLINE ListeningPort Reactor::listenTCP(int port, Factory& factory, const ListenOptions& options) {
     auto p = std::make_shared<detail::TcpPort>(*this, factory);
     std::string why;
     if (port < 0 || port > 65535) {
@@ -7004,7 +7046,7 @@ REACTOR_INLINE ListeningPort Reactor::listenTCP(int port, Factory& factory, int 
                                                 ": a port is 0 (any free port) to 65535.");
         return ListeningPort();
     }
-    if (!p->listen(static_cast<std::uint16_t>(port), backlog, interface, why)) {
+    if (!p->listen(static_cast<std::uint16_t>(port), options, why)) {
         detail::raise<error::CannotListenError>(why);
         return ListeningPort();
     }

@@ -6,8 +6,18 @@
 // One idea: you write a Protocol (what to do with bytes); a Factory makes one
 // per connection; the reactor owns the sockets and calls your methods:
 //   buildProtocol -> makeConnection -> connectionMade -> dataReceived... -> connectionLost
+//
+// And a second, at the end: past one core.
+//   ./build/examples/echo_server 8000 --threads 4
+// runs four reactors on four threads, each listening on port 8000 with
+// ListenOptions::reusePort; the kernel spreads new connections between them.
+// Nothing is shared between the reactors, so the Echo class does not change.
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <thread>
+#include <vector>
 
 #include "reactor.hpp"
 
@@ -27,14 +37,41 @@ struct Echo : reactor::Protocol {
 };
 
 int main(int argc, char** argv) {
-    auto port = static_cast<std::uint16_t>(argc > 1 ? std::atoi(argv[1]) : 0);
+    int port = 0, threads = 1;
+    for (int i = 1; i < argc; ++i) {
+        if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
+        else port = std::atoi(argv[i]);
+    }
 
     reactor::Reactor r;
     auto factory = reactor::Factory::forProtocol<Echo>();  // "make an Echo for each connection"
-    reactor::ListeningPort listening = r.listenTCP(port, factory);
-    std::printf("echo server listening on %s\n", listening.getHost().str().c_str());
+    reactor::ListenOptions options;
+    options.reusePort = threads > 1;  // every socket sharing the port must ask
+    reactor::ListeningPort listening = r.listenTCP(port, factory, options);
+    std::printf("echo server listening on %s", listening.getHost().str().c_str());
+    if (threads > 1) std::printf(" (%d reactors on %d threads share the port)", threads, threads);
+    std::printf("\n");
     std::fflush(stdout);
 
-    r.run(true);  // Ctrl-C stops it cleanly
+    // A reactor per extra thread, each with its own factory and its own
+    // socket on the same port number. A reactor belongs to the thread that
+    // runs it: the main thread only ever reaches the others through
+    // callFromThread, the one thread-safe method.
+    std::vector<std::unique_ptr<reactor::Reactor>> others;
+    std::vector<std::thread> running;
+    for (int i = 1; i < threads; ++i) others.push_back(std::make_unique<reactor::Reactor>());
+    for (auto& other : others) {
+        running.emplace_back([&other, &options, port = listening.getHost().port] {
+            auto ownFactory = reactor::Factory::forProtocol<Echo>();
+            reactor::ListeningPort own = other->listenTCP(port, ownFactory, options);
+            other->run();  // until the main reactor's shutdown stops it
+        });
+    }
+    r.addSystemEventTrigger("before", "shutdown", [&] {
+        for (auto& other : others) other->callFromThread([o = other.get()] { o->stop(); });
+    });
+
+    r.run(true);  // Ctrl-C stops it cleanly (and, through the trigger, the others)
+    for (auto& t : running) t.join();
     return 0;
 }

@@ -37,6 +37,7 @@ class Server:
         self.proc = subprocess.Popen([os.path.join(BIN, args[0])] + args[1:], stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, env=ENV)
         line = self.proc.stdout.readline().decode()
+        self.first_line = line
         m = (re.search(r"(?:\d+\.\d+\.\d+\.\d+|\[[^\]]*\]):(\d+)", line)  # the first address printed
              or re.search(r"listening on (\d+)", line))
         if not m:
@@ -101,6 +102,22 @@ def main():
     rc, out, err = server.stop()
     check("echo_server logs connections", "connection from 127.0.0.1" in out, out)
     check("echo_server trace", "Echo.dataReceived" in err and "Echo.connectionLost" in err, err[-800:])
+
+    # echo_server --threads: two reactors share the port (SO_REUSEPORT);
+    # 16 connections all echo, whichever reactor the kernel gave them to,
+    # and one SIGINT stops both.
+    server = Server(["echo_server", "0", "--threads", "2"])
+    check("echo_server --threads 2 says so", "2 reactors on 2 threads" in server.first_line, server.first_line)
+    conns = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(16)]
+    for i, c in enumerate(conns):
+        c.sendall(b"ping %d\n" % i)
+    echoed = [recv_until(c, b"\n") for c in conns]
+    for c in conns:
+        c.close()
+    check("echo_server --threads 2 echoes on 16 connections",
+          echoed == [b"ping %d\n" % i for i in range(16)], repr(echoed[:3]))
+    rc, out, err = server.stop()
+    check("echo_server --threads 2 stops on SIGINT", rc == 0 and "Received SIGINT" in err, "rc %s: %s" % (rc, err[-500:]))
 
     # chat_server: two users.
     if os.path.exists(os.path.join(BIN, "chat_server")):

@@ -9,7 +9,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <memory>
@@ -256,6 +258,130 @@ TEST_CASE("listening on a port in use is CannotListenError with the reason") {
     CHECK_MISUSE(r.listenTCP(0, f2, 50, "localhost"), error::CannotListenError);  // must be an IP literal
     a.stopListening();
 }
+
+TEST_CASE("ListenOptions: the interface and backlog by name, Twisted's positional form unchanged") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    ServerFactory server;
+    server.echo = true;
+    ListeningPort six = r.listenTCP(0, server, {"::1"});  // in order: the interface first
+    CHECK(six.getHost().host == "::1");
+    ListenOptions options;
+    options.interface = "127.0.0.1";
+    options.backlog = 8;
+    ListeningPort four = r.listenTCP(0, server, options);
+    CHECK(four.getHost().host == "127.0.0.1");
+    Client client;
+    r.connectTCP("127.0.0.1", four.getHost().port, client);
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->made; }));
+    client.last()->transport->write("named");
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->data == "named"; }));
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost(); }));
+    options.interface = "localhost";
+    CHECK_MISUSE_WITH(r.listenTCP(0, server, options), error::CannotListenError, "must be an IP address");
+    six.stopListening();
+    four.stopListening();
+}
+
+#if defined(SO_REUSEPORT)
+// A reactor per core: each listens on the same port with reusePort, and the
+// kernel spreads new connections between them (by a hash of the addresses).
+TEST_CASE("reusePort: two reactors share a port and both get connections") {
+    test::CleanReactor ta, tb;
+    ServerFactory fa, fb;
+    ListenOptions shared;
+    shared.interface = "127.0.0.1";
+    shared.reusePort = true;
+    ListeningPort a = ta.r.listenTCP(0, fa, shared);
+    const int port = a.getHost().port;
+    ListeningPort b = tb.r.listenTCP(port, fb, shared);
+    REQUIRE(b.listening());
+    // A socket that did not ask to share cannot join them.
+    ServerFactory intruder;
+    CHECK_MISUSE_WITH(ta.r.listenTCP(port, intruder, 50, "127.0.0.1"), error::CannotListenError,
+                      "Address already in use");
+
+    // 32 blocking connects: the kernel completes them into the two accept
+    // queues; all in one queue would have probability 2^-31.
+    constexpr int n = 32;
+    std::vector<int> clients;
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<std::uint16_t>(port));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    for (int i = 0; i < n; ++i) {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        REQUIRE(fd >= 0);
+        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+        clients.push_back(fd);
+    }
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (fa.records.size() + fb.records.size() < n && std::chrono::steady_clock::now() < deadline) {
+        ta.r.iterate(0.001);
+        tb.r.iterate(0.001);
+    }
+    CHECK(fa.records.size() + fb.records.size() == n);
+    CHECK(fa.records.size() > 0);
+    CHECK(fb.records.size() > 0);
+    for (int fd : clients) ::close(fd);
+    CHECK(testing::runUntil(ta.r, [&] { return std::all_of(fa.records.begin(), fa.records.end(), [](auto& x) { return x->lost(); }); }));
+    CHECK(testing::runUntil(tb.r, [&] { return std::all_of(fb.records.begin(), fb.records.end(), [](auto& x) { return x->lost(); }); }));
+    a.stopListening();
+    b.stopListening();
+}
+
+// The same with a reactor per thread, as examples/echo_server.cpp --threads
+// runs them (and under TSan in make check): nothing shared but the port.
+TEST_CASE("reusePort: a reactor per thread, each echoing on the shared port" * doctest::test_suite("threads")) {
+    constexpr int threads = 2, n = 32;
+    std::atomic<int> port{0}, listening{0}, accepted{0};
+    std::vector<std::unique_ptr<Reactor>> reactors;
+    for (int i = 0; i < threads; ++i) reactors.push_back(std::make_unique<Reactor>());
+    std::vector<std::thread> running;
+    for (int i = 0; i < threads; ++i) {
+        running.emplace_back([&, i] {
+            Reactor& r = *reactors[static_cast<std::size_t>(i)];
+            ServerFactory f;
+            f.echo = true;
+            ListenOptions shared;
+            shared.interface = "127.0.0.1";
+            shared.reusePort = true;
+            while (i > 0 && port.load() == 0) std::this_thread::yield();  // the first picks the port
+            ListeningPort p = r.listenTCP(port.load(), f, shared);
+            port.store(p.getHost().port);
+            ++listening;
+            DelayedCall guard = r.callLater(10, [&] { r.stop(); });
+            r.run();
+            accepted += static_cast<int>(f.records.size());
+            if (guard.active()) guard.cancel();
+            p.stopListening();
+            testing::runUntilClean(r);
+        });
+    }
+    while (listening.load() < threads) std::this_thread::yield();
+    sockaddr_in to{};
+    to.sin_family = AF_INET;
+    to.sin_port = htons(static_cast<std::uint16_t>(port.load()));
+    to.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int echoed = 0;
+    for (int i = 0; i < n; ++i) {
+        int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        REQUIRE(fd >= 0);
+        timeval tv{5, 0};
+        ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&to), sizeof to) == 0);
+        REQUIRE(::send(fd, "hi", 2, 0) == 2);
+        char buf[2];
+        echoed += ::recv(fd, buf, 2, MSG_WAITALL) == 2 && std::string_view(buf, 2) == "hi";
+        ::close(fd);
+    }
+    for (auto& r : reactors) r->callFromThread([p = r.get()] { p->stop(); });
+    for (auto& t : running) t.join();
+    CHECK(echoed == n);
+    CHECK(accepted.load() == n);
+}
+#endif
 
 TEST_CASE("abortConnection: ConnectionAborted here, ConnectionLost (reset) there") {
     test::CleanReactor t;
