@@ -6,12 +6,13 @@
 // ============================================================================
 //
 // What it is
-//   A poll()-based event loop (`Reactor`) that dispatches socket readiness,
-//   timers and cross-thread calls; TCP transports kept apart from the
-//   protocols that use them; Twisted's `Protocol`/`Factory` family, framing
-//   protocols, an IRC client, a `Deferred<T>` promise, and test helpers
-//   (`StringTransport`, `Clock`) so protocols are tested without sockets or
-//   real time. Names follow Twisted, so Twisted's documentation maps 1:1.
+//   An event loop (`Reactor`, on poll(); epoll or select() on request) that
+//   dispatches socket readiness, timers and cross-thread calls; TCP
+//   transports kept apart from the protocols that use them; Twisted's
+//   `Protocol`/`Factory` family, framing protocols, an IRC client, a
+//   `Deferred<T>` promise, and test helpers (`StringTransport`, `Clock`) so
+//   protocols are tested without sockets or real time. Names follow
+//   Twisted, so Twisted's documentation maps 1:1.
 //
 // Quick start
 //     #include "reactor.hpp"
@@ -2188,7 +2189,7 @@ private:
 // ==== 8. REACTOR ====
 // The event loop. One turn:
 //
-//     +--> wait in poll() (until an fd is ready, the next timer is due,
+//     +--> wait in the poller (until an fd is ready, the next timer is due,
 //     |    or another thread calls callFromThread)
 //     |      |
 //     |    dispatch ready descriptors (read, then write)
@@ -2378,7 +2379,7 @@ public:
     // ---- tracing (for teaching) ----------------------------------------
 
     /// Reports every turn of the loop, one readable line per event: how long
-    /// poll() waited and why it woke, each ready descriptor and the protocol
+    /// the poller waited and why it woke, each ready descriptor and the protocol
     /// callback it led to, timers (and how late), thread calls, connections
     /// made and lost, Deferreds fired. REACTOR_TRACE=1 in the environment
     /// turns it on (to stderr) for every new Reactor. Off: one branch per event.
