@@ -385,6 +385,16 @@ std::vector<SockAddr> resolve(const std::string& host, std::uint16_t port, std::
 /// The host string and port of an address.
 void describe(const SockAddr& a, std::string& host, std::uint16_t& port, bool& ipv6);
 
+/// An IPv4 or IPv6 address and port in 20 bytes (a SockAddr takes 128):
+/// what each connection keeps to name its two ends after the socket is gone.
+struct CompactAddr {
+    std::uint8_t ip[16] = {};
+    std::uint16_t port = 0;  // host byte order
+    bool ipv6 = false;
+};
+CompactAddr compact(const SockAddr& a);
+SockAddr expand(const CompactAddr& c);
+
 /// A non-blocking, close-on-exec TCP socket, or invalidFd with errno set.
 Fd tcpSocket(int family);
 
@@ -2207,10 +2217,23 @@ using TriggerId = std::uint64_t;
 class Factory;
 
 namespace detail {
-/// A readiness callback. Shared so that a callback that removes or replaces
-/// itself keeps running on a live object until it returns.
-using Handler = std::shared_ptr<std::function<void()>>;
+/// What the reactor calls when a descriptor is ready: `events` is
+/// evRead for a reader, evWrite for a writer. An interface rather than a
+/// std::function so that a connection is its own handler (no allocation,
+/// no 32-byte function object per direction).
+class IoHandler {
+public:
+    virtual void onReady(short events) = 0;
 
+protected:
+    ~IoHandler() = default;
+};
+/// A readiness callback. Shared so that a callback that removes or replaces
+/// itself keeps running on a live object until it returns (a connection
+/// hands out aliasing pointers that share its own ownership).
+using Handler = std::shared_ptr<IoHandler>;
+
+/// A handler around a plain function (addReader/addWriter, ports, connectors).
 Handler makeHandler(std::function<void()> f);
 
 /// Where a trigger is in the three-phase event.
@@ -2882,7 +2905,37 @@ class TcpConnector;
 
 /// One TCP connection: the ITransport a protocol writes to. Owned by the
 /// reactor; it owns its protocol and destroys it after connectionLost.
-class TcpConnection final : public ITransport, public Owned {
+/// A connection's unsent bytes. Eight bytes until something is queued (most
+/// connections never queue: writes go straight to the socket), then a
+/// string whose capacity is kept for the next burst (up to a limit).
+class OutputBuffer {
+public:
+    std::size_t size() const { return s_ ? s_->size() : 0; }
+    const char* data() const { return s_ ? s_->data() : ""; }
+    std::size_t capacity() const { return s_ ? s_->capacity() : 0; }
+    void append(const char* p, std::size_t n) {
+        if (!s_) s_ = std::make_unique<std::string>();
+        s_->append(p, n);
+    }
+    /// Empties it, keeping the capacity (no allocation next time).
+    void clear() {
+        if (s_) s_->clear();
+    }
+    /// Drops the first `n` bytes.
+    void consume(std::size_t n) {
+        if (s_) s_->erase(0, n);
+    }
+    /// Empties it and gives the memory back.
+    void release() { s_.reset(); }
+
+private:
+    std::unique_ptr<std::string> s_;
+};
+
+class TcpConnection final : public ITransport,
+                            public Owned,
+                            private IoHandler,
+                            public std::enable_shared_from_this<TcpConnection> {
 public:
     /// Outgoing data above this many buffered bytes pauses a streaming
     /// producer, or (with no producer registered, when a dataReceived call
@@ -2912,7 +2965,7 @@ public:
     REACTOR_INLINE void abortConnection() override;
     REACTOR_INLINE void loseWriteConnection() override;
     REACTOR_INLINE Address getPeer() const override;
-    Address getHost() const override { return host_; }
+    Address getHost() const override { return toAddress(os::expand(host_)); }
     bool setTcpNoDelay(bool enabled) override { return fd_ >= 0 && os::setNoDelay(fd_, enabled); }
     bool setTcpKeepAlive(bool enabled) override { return fd_ >= 0 && os::setKeepAlive(fd_, enabled); }
     bool getTcpNoDelay() const override { return fd_ >= 0 && os::getNoDelay(fd_); }
@@ -2932,7 +2985,7 @@ public:
     int descriptor() const override { return fd_; }
     REACTOR_INLINE std::string describe() const override;
 
-    void setPeer(Address a) { peer_ = std::move(a); }
+    void setPeer(const os::SockAddr& a) { peer_ = os::compact(a); }
     Protocol* protocol() const { return protocol_.get(); }
 
 private:
@@ -2960,10 +3013,15 @@ private:
     int fd_;
     std::unique_ptr<Protocol> protocol_;
     std::shared_ptr<TcpConnector> connector_;  // client side only
-    Handler readHandler_, writeHandler_;       // made once: pausing allocates nothing
-    std::string out_;                          // unsent bytes, from outPos_
+    // The connection is its own readiness handler, handed to the reactor as
+    // a pointer that shares this object's ownership (the aliasing
+    // shared_ptr constructor): watching and pausing allocate nothing, and a
+    // retired handler keeps the connection alive until the end of the turn.
+    void onReady(short events) override { events == os::evRead ? doRead() : doWrite(); }
+    Handler handler() { return Handler(shared_from_this(), static_cast<IoHandler*>(this)); }
+    OutputBuffer out_;                         // unsent bytes, from outPos_
     std::size_t outPos_ = 0;
-    Address peer_, host_;
+    os::CompactAddr peer_, host_;  // the ends, still known after the close
     IProducer* producer_ = nullptr;
     DelayedCall abortCall_;
     int writeError_ = 0;
@@ -4780,6 +4838,39 @@ REACTOR_INLINE std::vector<SockAddr> resolve(const std::string& host, std::uint1
     return out;
 }
 
+REACTOR_INLINE CompactAddr compact(const SockAddr& a) {
+    CompactAddr c;
+    c.ipv6 = a.family() == AF_INET6;
+    if (c.ipv6) {
+        auto* v6 = reinterpret_cast<const sockaddr_in6*>(&a.storage);
+        std::memcpy(c.ip, &v6->sin6_addr, 16);
+        c.port = ntohs(v6->sin6_port);
+    } else {
+        auto* v4 = reinterpret_cast<const sockaddr_in*>(&a.storage);
+        std::memcpy(c.ip, &v4->sin_addr, 4);
+        c.port = ntohs(v4->sin_port);
+    }
+    return c;
+}
+
+REACTOR_INLINE SockAddr expand(const CompactAddr& c) {
+    SockAddr a;
+    if (c.ipv6) {
+        auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage);
+        v6->sin6_family = AF_INET6;
+        std::memcpy(&v6->sin6_addr, c.ip, 16);
+        v6->sin6_port = htons(c.port);
+        a.length = sizeof(sockaddr_in6);
+    } else {
+        auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage);
+        v4->sin_family = AF_INET;
+        std::memcpy(&v4->sin_addr, c.ip, 4);
+        v4->sin_port = htons(c.port);
+        a.length = sizeof(sockaddr_in);
+    }
+    return a;
+}
+
 REACTOR_INLINE void describe(const SockAddr& a, std::string& host, std::uint16_t& port, bool& ipv6) {
     char buf[INET6_ADDRSTRLEN] = {};
     ipv6 = a.family() == AF_INET6;
@@ -5595,7 +5686,12 @@ REACTOR_INLINE void ThreadPool::State::work() {
 namespace detail {
 
 REACTOR_INLINE Handler makeHandler(std::function<void()> f) {
-    return std::make_shared<std::function<void()>>(std::move(f));
+    struct FunctionHandler final : IoHandler {
+        std::function<void()> f;
+        explicit FunctionHandler(std::function<void()> fn) : f(std::move(fn)) {}
+        void onReady(short) override { f(); }
+    };
+    return std::make_shared<FunctionHandler>(std::move(f));
 }
 }  // namespace detail
 
@@ -6006,16 +6102,16 @@ REACTOR_INLINE void Reactor::dispatch() {
         }
         if ((r.events & (os::evRead | os::evError)) && slots_[slot].reader) {
             if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
-            std::function<void()>& h = *slots_[slot].reader;  // kept alive by retire() if removed
-            detail::runGuarded("reader callback", h);
+            detail::IoHandler& h = *slots_[slot].reader;  // kept alive by retire() if removed
+            detail::runGuarded("reader callback", [&h] { h.onReady(os::evRead); });
             // The reader may have removed the writer, or the whole fd.
             slot = slotOf(fd);
             if (slot == npos || slots_[slot].armed != r.tag) continue;
         }
         if ((r.events & (os::evWrite | os::evError)) && slots_[slot].writer) {
             if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
-            std::function<void()>& h = *slots_[slot].writer;
-            detail::runGuarded("writer callback", h);
+            detail::IoHandler& h = *slots_[slot].writer;
+            detail::runGuarded("writer callback", [&h] { h.onReady(os::evWrite); });
         }
     }
     dispatching_ = false;
@@ -6296,19 +6392,17 @@ REACTOR_INLINE Failure connectFailure(int err) {
 REACTOR_INLINE TcpConnection::TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector)
     : reactor_(r), fd_(fd), protocol_(std::move(p)), connector_(std::move(connector)) {
     connected = true;
-    readHandler_ = makeHandler([this] { doRead(); });
-    writeHandler_ = makeHandler([this] { doWrite(); });
 }
 
 REACTOR_INLINE bool TcpConnection::start() {
-    if (!ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_)) return false;
+    if (!ReactorAccess::watch(reactor_, fd_, os::evRead, handler())) return false;
     reading_ = true;
     os::SockAddr local;
-    if (os::localAddress(fd_, local)) host_ = toAddress(local);  // still known after the close
+    if (os::localAddress(fd_, local)) host_ = os::compact(local);
     Protocol* p = protocol_.get();
     if (reactor_.tracing())
         reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
-                       peer_.str() + " -> " + p->logPrefix() + ".connectionMade");
+                       toAddress(os::expand(peer_)).str() + " -> " + p->logPrefix() + ".connectionMade");
     Failure failure;
     if (!runGuarded("connectionMade", [&] { p->makeConnection(this); }, &failure)) closeWith(failure, true);
     return true;
@@ -6395,7 +6489,7 @@ REACTOR_INLINE void TcpConnection::loseWriteConnection() {
 
 REACTOR_INLINE Address TcpConnection::getPeer() const {
     os::SockAddr a;
-    return os::peerAddress(fd_, a) ? toAddress(a) : peer_;
+    return toAddress(os::peerAddress(fd_, a) ? a : os::expand(peer_));
 }
 
 REACTOR_INLINE void TcpConnection::pauseProducing() {
@@ -6450,7 +6544,7 @@ REACTOR_INLINE void TcpConnection::abandon() {
 }
 
 REACTOR_INLINE std::string TcpConnection::describe() const {
-    return std::string("TCP connection ") + (connector_ ? "to " : "from ") + peer_.str() +
+    return std::string("TCP connection ") + (connector_ ? "to " : "from ") + toAddress(os::expand(peer_)).str() +
            (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
 }
 
@@ -6459,7 +6553,7 @@ REACTOR_INLINE void TcpConnection::updateReading() {
     bool want = connected && !closing_ && !aborting_ && !readShut_ &&
                 (disconnecting || (!userPaused_ && !outputPaused_));
     if (want && !reading_)
-        reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, readHandler_);
+        reading_ = ReactorAccess::watch(reactor_, fd_, os::evRead, handler());
     else if (!want)
         stopReading();
 }
@@ -6471,7 +6565,7 @@ REACTOR_INLINE void TcpConnection::stopReading() {
 
 REACTOR_INLINE void TcpConnection::startWriting() {
     if (!writing_ && connected && !closing_ && !aborting_)
-        writing_ = ReactorAccess::watch(reactor_, fd_, os::evWrite, writeHandler_);
+        writing_ = ReactorAccess::watch(reactor_, fd_, os::evWrite, handler());
 }
 
 REACTOR_INLINE void TcpConnection::stopWriting() {
@@ -6579,12 +6673,12 @@ REACTOR_INLINE void TcpConnection::doWrite() {
     }
     if (pending() == 0) {
         if (out_.capacity() > retainedBufferLimit)
-            std::string().swap(out_);  // a burst is over: give its memory back
+            out_.release();  // a burst is over: give its memory back
         else
             out_.clear();  // keeps its capacity: no allocation next time
         outPos_ = 0;
     } else if (outPos_ >= 64 * 1024 && outPos_ * 2 >= out_.size()) {
-        out_.erase(0, outPos_);  // a buffer that never quite drains must not keep its sent prefix
+        out_.consume(outPos_);  // a buffer that never quite drains must not keep its sent prefix
         outPos_ = 0;
     }
     // Below the low-water mark a paused streaming producer resumes
@@ -6908,7 +7002,8 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
     // connection): after one, call no one else.
     if (!abandoned_) {
         if (reactor_.tracing())
-            reactor_.trace("connection to " + peer_.str() + " closed -> " + p->logPrefix() + ".connectionLost(" +
+            reactor_.trace("connection to " + toAddress(os::expand(peer_)).str() + " closed -> " + p->logPrefix() +
+                           ".connectionLost(" +
                            reason.str() + ")");
         runGuarded("connectionLost", [&] { p->connectionLost(reason); });
     }
@@ -6966,7 +7061,7 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
     auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p),
                                                 std::static_pointer_cast<TcpConnector>(shared_from_this()));
     conn->useFactory(factory_);
-    conn->setPeer(peerAddress);
+    conn->setPeer(peer);
     transport_ = conn.get();
     ReactorAccess::adopt(reactor_, conn);
     if (!conn->start()) {
@@ -7020,7 +7115,7 @@ REACTOR_INLINE void TcpPort::doRead() {
         if (!p->factory) p->factory = &factory_;
         auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p), nullptr);
         conn->useFactory(factory_);
-        conn->setPeer(peerAddress);
+        conn->setPeer(peer);
         ReactorAccess::adopt(reactor_, conn);
         if (!conn->start()) {
             log(LogLevel::error, "connection from " + peerAddress.str() + " closed: its descriptor cannot be watched");
