@@ -4,7 +4,7 @@
 //
 // --rounds: how many turns each server takes per scenario (default 7);
 // --only: just the scenarios whose name contains TEXT; --verbose: every
-// run's throughput on stderr.
+// run's throughput and every round's ratios on stderr.
 //
 // ECHO_* are examples/echo_server.cpp built with each of reactor.hpp's
 // readiness backends (the default poll(), -DREACTOR_USE_SELECT,
@@ -87,7 +87,10 @@ void killLiveServer() {
 
 void onSignal(int sig) {  // Ctrl-C, or `timeout`: stop the server too
     pid_t pid = static_cast<pid_t>(liveServer);
-    if (pid > 0) ::kill(pid, SIGKILL);
+    if (pid > 0) {
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+    }
     ::_exit(128 + sig);
 }
 
@@ -371,6 +374,10 @@ std::vector<int> connectAll(const Server& s, int n) {
     for (int i = 0; i < n; ++i) fds.push_back(connectTo(s.port));
     long have = 0;
     for (double until = now() + 20; now() < until;) {
+        if (::waitpid(s.pid, nullptr, WNOHANG) == s.pid) {
+            liveServer = 0;
+            fail("the server exited while accepting connections");
+        }
         have = openFds(s.pid) - before;
         if (have >= n) return fds;
         ::usleep(2000);  // the bench waiting for another process to accept
@@ -582,7 +589,9 @@ int main(int argc, char** argv) {
         else args.push_back(argv[i]);
     }
     if (args.size() != 4) {
-        std::fprintf(stderr, "usage: %s [--rounds N] [--only TEXT] [--verbose] SECONDS ECHO_POLL ECHO_SELECT ECHO_EPOLL\n", argv[0]);
+        std::fprintf(stderr,
+                     "usage: %s [--rounds N] [--only TEXT] [--verbose] SECONDS ECHO_POLL ECHO_SELECT ECHO_EPOLL\n",
+                     argv[0]);
         return 2;
     }
     const double seconds = std::atof(args[0].c_str());
@@ -613,7 +622,9 @@ int main(int argc, char** argv) {
     // The order servers run in within a round (reversed every other round):
     // each reactor.hpp build next to the raw loop it is compared with.
     enum { rawPoll, reactorPoll, reactorSelect, reactorEpoll, rawEpoll, kinds };
-    const std::string self = argv[0];
+    char exe[4096] = {};  // this program, however it was started, runs the raw servers
+    if (::readlink("/proc/self/exe", exe, sizeof exe - 1) <= 0) die("readlink /proc/self/exe");
+    const std::string self = exe;
     const std::vector<ServerKind> servers = {
         {"raw poll()", {self, "--raw-server", "poll", "PORT"}, false},
         {"reactor.hpp on poll()", {args[1], "PORT"}, false},
@@ -623,8 +634,10 @@ int main(int argc, char** argv) {
     };
     // The table's columns: throughputs, then ratios (numerator, denominator).
     const int columns[] = {rawPoll, reactorPoll, reactorSelect, rawEpoll, reactorEpoll};
-    const int ratios[][2] = {{reactorPoll, rawPoll}, {reactorSelect, rawPoll}, {reactorEpoll, rawEpoll}, {reactorEpoll, rawPoll}};
-    const char* ratioNames[] = {"poll() / raw poll()", "select() / raw poll()", "epoll / raw epoll", "epoll / raw poll()"};
+    const int ratios[][2] = {
+        {reactorPoll, rawPoll}, {reactorSelect, rawPoll}, {reactorEpoll, rawEpoll}, {reactorEpoll, rawPoll}};
+    const char* ratioNames[] = {
+        "poll() / raw poll()", "select() / raw poll()", "epoll / raw epoll", "epoll / raw poll()"};
     const std::string tooMany = "n/a (FD_SETSIZE)";
     // reactor.hpp on select() refuses descriptors >= FD_SETSIZE; its own
     // (stdio, listener, waker...) come first.
@@ -673,7 +686,8 @@ int main(int argc, char** argv) {
             else if (stream) std::printf(" %s MB/s |", withCommas(median(v) / 1e6).c_str());
             else std::printf(" %s msg/s |", withCommas(median(v)).c_str());
         }
-        for (const auto& ratio : ratios) {  // the median of the per-round ratios
+        for (size_t r = 0; r < std::size(ratios); ++r) {  // the median of the per-round ratios
+            const auto& ratio = ratios[r];
             const auto& a = rate[static_cast<size_t>(ratio[0])];
             const auto& b = rate[static_cast<size_t>(ratio[1])];
             if (a.empty() || b.empty()) {
@@ -683,18 +697,26 @@ int main(int argc, char** argv) {
             std::vector<double> perRound;
             for (size_t i = 0; i < a.size() && i < b.size(); ++i) perRound.push_back(b[i] > 0 ? a[i] / b[i] : 0);
             std::printf(" %s |", format("%.2f", median(perRound)).c_str());
+            if (verbose) {
+                std::string all;
+                for (double x : perRound) all += format(" %.2f", x);
+                std::fprintf(stderr, "  %s, %s per round:%s\n", sc.name.c_str(), ratioNames[r], all.c_str());
+            }
         }
         std::printf("\n");
         std::fflush(stdout);
     }
-    std::printf("| user-space memory per idle connection |");
-    for (int c : columns) {
-        const auto& v = memory[static_cast<size_t>(c)];
-        if (v.empty()) std::printf(" %s |", tooMany.c_str());
-        else std::printf(" %s B |", withCommas(median(v)).c_str());
+    if (std::any_of(memory.begin(), memory.end(), [](const auto& v) { return !v.empty(); })) {
+        std::printf("| user-space memory per idle connection |");
+        for (int c : columns) {
+            const auto& v = memory[static_cast<size_t>(c)];
+            if (v.empty()) std::printf(" %s |", tooMany.c_str());
+            else std::printf(" %s B |", withCommas(median(v)).c_str());
+        }
+        for (size_t i = 0; i < std::size(ratioNames); ++i) std::printf(" |");
+        std::printf("\n");
     }
-    for (size_t i = 0; i < std::size(ratioNames); ++i) std::printf(" |");
-    std::printf("\n\n");
+    std::printf("\n");
     std::printf(
         "Ratios are paired: in each scenario the five servers take turns, %d rounds, the order reversed every\n"
         "round (raw poll(), reactor.hpp on poll(), on select(), on epoll, raw epoll); a ratio is reactor.hpp's\n"
