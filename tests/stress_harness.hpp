@@ -31,6 +31,8 @@
 //    and the shutdown leaves no pool worker;
 //  - producers get no callback after unregisterProducer/stopProducing;
 //  - factories: startFactory and stopFactory balance;
+//  - the program connects only to its own ports, listening, or the
+//    process's refusing port (a stopped port may be another process's);
 //  - no user callback while the Reactor or a factory is being destroyed;
 //  - at the end nothing is left: no timer or descriptor in the reactor
 //    (testing::dirtyReport), no file descriptor or thread in the process,
@@ -1148,8 +1150,11 @@ inline std::unique_ptr<Protocol> CFactory::buildProtocol(const Address&) {
     return w->build(rec);
 }
 
-inline void CFactory::startedConnecting(IConnector&) {
+inline void CFactory::startedConnecting(IConnector& c) {
     w->checkCallback("startedConnecting");
+    if (!w->ours(c.getDestination().port))  // it may reach another process (see World::ours)
+        w->fail("client factory %d: connecting to port %u, which this program does not listen on", id,
+                c.getDestination().port);
     w->note("client factory %d: startedConnecting", id);
     connecting = true;
     run("startedConnecting");
