@@ -31,6 +31,8 @@
 //    and the shutdown leaves no pool worker;
 //  - producers get no callback after unregisterProducer/stopProducing;
 //  - factories: startFactory and stopFactory balance;
+//  - the program connects only to its own ports, listening, or the
+//    process's refusing port (a stopped port may be another process's);
 //  - no user callback while the Reactor or a factory is being destroyed;
 //  - at the end nothing is left: no timer or descriptor in the reactor
 //    (testing::dirtyReport), no file descriptor or thread in the process,
@@ -553,6 +555,12 @@ public:
         if (idx < sessions_.size()) sessions_[idx].alive = false;
     }
     void factoryDied(CFactory* f);
+    /// A connect to `port` reaches this program: one of its ports still
+    /// listening, or the process's refusing port. A port that stopped
+    /// listening may be another process's by now (a parallel soak job's
+    /// listenTCP(0) gets the freed number), and that process would read our
+    /// streams as corrupt: a connector is connected again only to these.
+    bool ours(std::uint16_t port) const;
 
     Reactor& reactor() { return *r_; }
     std::uint64_t seed() const { return seed_; }
@@ -1142,8 +1150,11 @@ inline std::unique_ptr<Protocol> CFactory::buildProtocol(const Address&) {
     return w->build(rec);
 }
 
-inline void CFactory::startedConnecting(IConnector&) {
+inline void CFactory::startedConnecting(IConnector& c) {
     w->checkCallback("startedConnecting");
+    if (!w->ours(c.getDestination().port))  // it may reach another process (see World::ours)
+        w->fail("client factory %d: connecting to port %u, which this program does not listen on", id,
+                c.getDestination().port);
     w->note("client factory %d: startedConnecting", id);
     connecting = true;
     run("startedConnecting");
@@ -1154,7 +1165,8 @@ inline void CFactory::clientConnectionFailed(IConnector& conn, const Failure& re
     connecting = false;
     w->note("client factory %d: connection failed: %s", id, reason.str().c_str());
     if (!run("clientConnectionFailed")) return;
-    if (w->creating() && !(w->profile_.avoid & avoidRetry) && !connecting && retries < 2 && rng.chance(400)) {
+    if (w->creating() && !(w->profile_.avoid & avoidRetry) && !connecting && retries < 2 && rng.chance(400) &&
+        w->ours(conn.getDestination().port)) {
         ++retries;
         w->note("client factory %d: connect() again from clientConnectionFailed", id);
         conn.connect();
@@ -1166,7 +1178,8 @@ inline void CFactory::clientConnectionLost(IConnector& conn, const Failure&) {
     w->note("client factory %d: clientConnectionLost", id);
     connected = false;
     if (!run("clientConnectionLost")) return;
-    if (w->creating() && !(w->profile_.avoid & avoidRetry) && !connecting && retries < 2 && rng.chance(300)) {
+    if (w->creating() && !(w->profile_.avoid & avoidRetry) && !connecting && retries < 2 && rng.chance(300) &&
+        w->ours(conn.getDestination().port)) {
         ++retries;
         w->note("client factory %d: connect() again from clientConnectionLost", id);
         conn.connect();
@@ -1530,6 +1543,13 @@ inline void World::joinThreads() {
 
 // ---- TCP --------------------------------------------------------------------------------
 
+inline bool World::ours(std::uint16_t port) const {
+    if (port == refusingPort()) return true;
+    for (const PortRec& p : ports_)
+        if (p.number == port && p.port.listening()) return true;
+    return false;
+}
+
 inline void World::doListen(Rng& a) {
     (void)a;
     --portsLeft_;
@@ -1552,7 +1572,8 @@ inline void World::doConnect(Rng& a) {
     --connectsLeft_;
     // Mostly a listening port; sometimes the process's refusing port. Never
     // one that stopped listening: another process may listen there by now,
-    // and its bytes are not our streams (two --jobs children did just that).
+    // and its bytes are not our streams (two --jobs children did just that;
+    // connect() again on a connector follows the same rule: see ours()).
     std::vector<std::size_t> live;
     for (std::size_t i = 0; i < ports_.size(); ++i)
         if (ports_[i].port.listening()) live.push_back(i);
@@ -1753,6 +1774,7 @@ inline void World::exec(unsigned op, Ctx ctx, Rng& a) {
                 else
                     c.disconnect();
             } else if (make && !f->connecting && !f->connected && connectsLeft_ > 0 && a.chance(500)) {
+                if (!ours(c.getDestination().port)) break;  // its port stopped: no longer ours to connect to
                 --connectsLeft_;
                 note("connector %zu (client factory %d): connect() again", i, f->id);
                 c.connect();
