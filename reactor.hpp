@@ -4968,6 +4968,17 @@ REACTOR_INLINE long receive(Fd fd, char* buf, std::size_t size) {
 }
 
 REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t count) {
+#if defined(MSG_NOSIGNAL)
+    constexpr int flags = MSG_NOSIGNAL;
+#else
+    constexpr int flags = 0;  // SO_NOSIGPIPE was set on the socket
+#endif
+    ssize_t sent;
+    if (count == 1) {  // the common case: send() skips sendmsg's message header
+        do sent = ::send(fd, parts[0].data(), parts[0].size(), flags);
+        while (sent < 0 && errno == EINTR);
+        return static_cast<long>(sent);
+    }
     constexpr std::size_t maxParts = 16;
     iovec iov[maxParts];
     std::size_t n = std::min(count, maxParts);
@@ -4978,12 +4989,6 @@ REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t 
     msghdr msg{};
     msg.msg_iov = iov;
     msg.msg_iovlen = static_cast<decltype(msg.msg_iovlen)>(n);
-#if defined(MSG_NOSIGNAL)
-    constexpr int flags = MSG_NOSIGNAL;
-#else
-    constexpr int flags = 0;  // SO_NOSIGPIPE was set on the socket
-#endif
-    ssize_t sent;
     do sent = ::sendmsg(fd, &msg, flags);
     while (sent < 0 && errno == EINTR);
     return static_cast<long>(sent);
