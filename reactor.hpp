@@ -69,7 +69,8 @@
 //   6. DEFERRED        Deferred<T>, Result<T>, DeferredList, gatherResults
 //   7. THREADS         ThreadPool
 //   8. REACTOR         the event loop
-//   9. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory
+//   9. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory,
+//                      policies::TimeoutMixin
 //  10. TCP             listenTCP, connectTCP, the TCP transport
 //  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
 //  12. TASK            LoopingCall, deferLater, deferToThread
@@ -2649,6 +2650,8 @@ private:
 //        -> protocol.connectionMade()          3. say hello
 //        -> protocol.dataReceived(bytes) ...   4. as bytes arrive
 //        -> protocol.connectionLost(reason)    5. exactly once; then destroyed
+//
+// Ends with the policies a protocol opts into (an idle timeout).
 // ============================================================================
 
 /// Something that produces data on demand (Twisted's IPushProducer and
@@ -2852,6 +2855,95 @@ public:
     /// An established connection ended.
     REACTOR_INLINE virtual void clientConnectionLost(IConnector& connector, const Failure& reason);
 };
+
+// ---- policies: an idle timeout --------------------------------------------
+
+namespace policies {
+
+/// Twisted's policies.TimeoutMixin: closes a connection that stays idle.
+/// Put it between your protocol and the one it extends, and give it a clock
+/// (the Reactor, or a Clock in tests):
+///
+///     struct Session : reactor::policies::TimeoutMixin<reactor::LineReceiver> {
+///         explicit Session(reactor::IReactorTime& clock) { timeoutClock = &clock; }
+///         void connectionMade() override { setTimeout(60); }
+///         void lineReceived(std::string_view line) override { resetTimeout(); ... }
+///     };
+///
+/// Ownership: the timer belongs to the protocol. It is cancelled when the
+/// protocol is destroyed (a timer must never call a dead object) and, as a
+/// convenience Twisted lacks, when the connection is lost; a timer that
+/// fires after connectionLost (your override did not call this one) does
+/// nothing.
+template <class Base = Protocol>
+class TimeoutMixin : public Base {
+public:
+    using Base::Base;
+    TimeoutMixin() = default;
+    TimeoutMixin(const TimeoutMixin&) = delete;
+    TimeoutMixin& operator=(const TimeoutMixin&) = delete;
+    ~TimeoutMixin() override { cancelTimer(); }
+
+    /// The clock the timer runs on (Twisted's `callLater` attribute). Set it
+    /// before setTimeout; it must outlive the protocol's timer.
+    IReactorTime* timeoutClock = nullptr;
+    /// The idle period in seconds, or none (Twisted's `timeOut`).
+    std::optional<double> timeOut;
+
+    /// Sets the period and returns the previous one. A running timer is
+    /// restarted with the new period, or cancelled by std::nullopt; with no
+    /// timer running, a period starts one.
+    /// (`where`: your call, named by traces and dirty-reactor reports.)
+    std::optional<double> setTimeout(std::optional<double> period, detail::Where where = {}) {
+        std::optional<double> previous = timeOut;
+        timeOut = period;
+        if (timeoutCall_.active()) {
+            if (period)
+                timeoutCall_.reset(*period);
+            else
+                timeoutCall_.cancel();
+        } else if (period) {
+            if (!timeoutClock) {
+                detail::raise<error::ValueError>("TimeoutMixin: set timeoutClock before setTimeout");
+                return previous;
+            }
+            timeoutCall_ = timeoutClock->callLater(
+                *period,
+                [this] {
+                    if (this->connected) timeoutConnection();
+                },
+                where);
+        }
+        return previous;
+    }
+
+    /// The peer showed life: the full period starts again. Call it from
+    /// dataReceived (or lineReceived...). Does nothing with no timer running.
+    void resetTimeout() {
+        if (timeoutCall_.active() && timeOut) timeoutCall_.reset(*timeOut);
+    }
+
+    /// The period passed without resetTimeout(): closes the connection
+    /// (loseConnection, so queued output is still sent). Override to warn
+    /// the peer first, or to abort instead.
+    virtual void timeoutConnection() {
+        if (this->transport) this->transport->loseConnection();
+    }
+
+    /// Cancels the timer, then runs Base's. Your override should call this.
+    void connectionLost(const Failure& reason) override {
+        cancelTimer();
+        Base::connectionLost(reason);
+    }
+
+private:
+    void cancelTimer() {
+        if (timeoutCall_.active()) timeoutCall_.cancel();
+    }
+    DelayedCall timeoutCall_;
+};
+
+}  // namespace policies
 
 // ============================================================================
 // ==== 10. TCP ====

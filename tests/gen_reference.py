@@ -5,7 +5,7 @@
     python3 tests/gen_reference.py --check   exit 1 if README.md is stale
 
 Every public class and struct of the public namespaces (reactor, and its
-irc, task, testing, error and defer namespaces; the inline namespace, v0,
+irc, task, testing, policies, error and defer namespaces; the inline namespace, v0,
 spelled REACTOR_ABI in the header, is left out of the names), with its
 public member functions, constructors and
 data members, and the free functions, aliases, enums and constants at
@@ -33,7 +33,7 @@ HEADER = "reactor.hpp"
 README = "README.md"
 BEGIN = "<!-- reference:begin -->"
 END = "<!-- reference:end -->"
-PUBLIC_NAMESPACES = {"reactor", "reactor::irc", "reactor::task", "reactor::testing",
+PUBLIC_NAMESPACES = {"reactor", "reactor::irc", "reactor::task", "reactor::testing", "reactor::policies",
                      "reactor::error", "reactor::defer"}
 INLINE_NAMESPACES = {"v0", "REACTOR_ABI"}
 MAX_ROWS = 700

@@ -971,3 +971,172 @@ TEST_CASE("chat server: 10 MB without a newline is cut off early; others keep ch
 }
 
 }  // TEST_SUITE basic-sockets
+
+// ---- policies::TimeoutMixin ------------------------------------------------
+// Twisted 22.4 (twisted.protocols.policies.TimeoutMixin), on a task.Clock:
+//     p.callLater = clock.callLater; p.makeConnection(tr); p.setTimeout(10)
+//     clock.advance(9.9)  -> still connected
+//     p.dataReceived(b"x") (calls resetTimeout); clock.advance(9.9) -> connected
+//     clock.advance(0.1)  -> p.timeoutConnection() -> tr.loseConnection()
+//     p.setTimeout(None) returns the previous period (10) and cancels the call.
+
+TEST_SUITE("policies") {
+
+namespace {
+/// Resets its idle timer on every byte; records timeouts.
+struct Idle : policies::TimeoutMixin<Protocol> {
+    int timeouts = 0;
+    bool custom = false;
+    explicit Idle(IReactorTime& clock) { timeoutClock = &clock; }
+    void dataReceived(std::string_view) override { resetTimeout(); }
+    void timeoutConnection() override {
+        ++timeouts;
+        if (!custom) TimeoutMixin::timeoutConnection();
+    }
+};
+}  // namespace
+
+TEST_CASE("TimeoutMixin: closes after the idle period, data restarts it") {
+    Clock clock;
+    StringTransport t;
+    Idle p(clock);
+    p.makeConnection(&t);
+    CHECK(!p.setTimeout(10));  // no previous period
+    clock.advance(9.9);
+    CHECK(!t.disconnecting);
+    p.dataReceived("x");
+    clock.advance(9.9);
+    CHECK(!t.disconnecting);
+    clock.advance(0.1);
+    CHECK(t.disconnecting);
+    CHECK(p.timeouts == 1);
+    CHECK(clock.getDelayedCalls().empty());  // fired once, not re-armed
+    p.dataReceived("late");                  // resetTimeout with no timer: nothing
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+TEST_CASE("TimeoutMixin: setTimeout returns the previous period, changes or cancels a running timer") {
+    Clock clock;
+    StringTransport t;
+    Idle p(clock);
+    p.makeConnection(&t);
+    p.setTimeout(10);
+    clock.advance(5);
+    CHECK(p.setTimeout(2) == std::optional<double>(10));  // restarted with the new period, from now
+    clock.advance(1.9);
+    CHECK(p.timeouts == 0);
+    clock.advance(0.1);
+    CHECK(p.timeouts == 1);
+    p.setTimeout(3);  // no timer running: starts one
+    CHECK(clock.getDelayedCalls().size() == 1);
+    CHECK(p.setTimeout(std::nullopt) == std::optional<double>(3));
+    CHECK(clock.getDelayedCalls().empty());
+    clock.advance(100);
+    CHECK(p.timeouts == 1);
+}
+
+TEST_CASE("TimeoutMixin: an overridden timeoutConnection decides; nothing fires after connectionLost or destruction") {
+    Clock clock;
+    {
+        StringTransport t;
+        Idle p(clock);
+        p.custom = true;  // warn instead of closing, say
+        p.makeConnection(&t);
+        p.setTimeout(1);
+        clock.advance(1);
+        CHECK(p.timeouts == 1);
+        CHECK(!t.disconnecting);
+    }
+    {
+        StringTransport t;
+        Idle p(clock);
+        p.makeConnection(&t);
+        p.setTimeout(1);
+        p.connectionLost(Failure(error::ConnectionDone()));  // the timer goes with the connection
+        CHECK(clock.getDelayedCalls().empty());
+    }
+    {
+        StringTransport t;
+        auto p = std::make_unique<Idle>(clock);
+        p->makeConnection(&t);
+        p->setTimeout(1);
+        p.reset();  // destroyed with its timer pending
+        CHECK(clock.getDelayedCalls().empty());
+        clock.advance(2);  // would have called a dead object
+    }
+}
+
+TEST_CASE("TimeoutMixin: setTimeout without a clock is a clear error") {
+    StringTransport t;
+    struct NoClock : policies::TimeoutMixin<Protocol> {} p;
+    p.makeConnection(&t);
+    CHECK_MISUSE_WITH(p.setTimeout(5), error::ValueError, "timeoutClock");
+    CHECK(p.timeOut == std::optional<double>(5));
+}
+
+// On real sockets, over a LineReceiver: a client that goes quiet is closed
+// by the server after the period; one that keeps talking is not.
+TEST_CASE("TimeoutMixin over LineReceiver on loopback: the quiet client is dropped, the talkative one stays") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    struct Session : policies::TimeoutMixin<LineReceiver> {
+        explicit Session(IReactorTime& clock) { timeoutClock = &clock; }
+        void connectionMade() override { setTimeout(0.3); }
+        void lineReceived(std::string_view line) override {
+            resetTimeout();
+            sendLine(line);
+        }
+        void timeoutConnection() override {
+            sendLine("idle too long");  // still sent: loseConnection drains first
+            TimeoutMixin::timeoutConnection();
+        }
+    };
+    Factory server;
+    server.protocol = [&r] { return std::make_unique<Session>(r); };
+    ListeningPort port = r.listenTCP(0, server, {"127.0.0.1"});
+    struct Log {  // outlives the protocol, which is destroyed after connectionLost
+        std::string got;
+        bool made = false, lost = false;
+        ITransport* transport = nullptr;
+    };
+    struct Peer : Protocol {
+        Log& log;
+        explicit Peer(Log& l) : log(l) {}
+        void connectionMade() override {
+            log.made = true;
+            log.transport = transport;
+        }
+        void dataReceived(std::string_view d) override { log.got.append(d); }
+        void connectionLost(const Failure&) override {
+            log.lost = true;
+            log.transport = nullptr;
+        }
+    };
+    Log quiet, talkative;
+    ClientFactory qf, tf;
+    qf.protocol = [&] { return std::make_unique<Peer>(quiet); };
+    tf.protocol = [&] { return std::make_unique<Peer>(talkative); };
+    r.connectTCP("127.0.0.1", port.getHost().port, qf);
+    r.connectTCP("127.0.0.1", port.getHost().port, tf);
+    REQUIRE(testing::runUntil(r, [&] { return quiet.made && talkative.made; }));
+    // The talkative client says something every 0.1 s, for over twice the period.
+    int said = 0;
+    task::LoopingCall chatter(r, [&] {
+        if (talkative.transport) talkative.transport->write("ping\r\n");
+        ++said;
+    });
+    chatter.start(0.1);
+    REQUIRE(testing::runUntil(r, [&] { return quiet.lost; }, 5));
+    CHECK(quiet.got == "idle too long\r\n");
+    REQUIRE(testing::runUntil(r, [&] { return said >= 7; }, 5));
+    CHECK(!talkative.lost);
+    CHECK(talkative.got.find("idle too long") == std::string::npos);
+    CHECK(talkative.got.find("ping\r\n") == 0);
+    chatter.stop();
+    talkative.transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return talkative.lost; }));
+    port.stopListening();
+    CHECK(testing::runUntilClean(r));  // the server's side closes too, and its timer goes with it
+}
+
+}  // TEST_SUITE policies
