@@ -1,5 +1,6 @@
 // The Reactor core: running and stopping, system event triggers, timers,
 // the Clock, foreign descriptors, cross-thread calls, errors at the edge.
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -428,6 +429,49 @@ TEST_CASE("removing an fd that is ready in the same pass does not dispatch it") 
     r.iterate(1);
     CHECK(aCalls + bCalls == 1);
     CHECK(r.selectables().empty());
+}
+
+// The poller's ready list is taken before any callback runs. An earlier
+// callback of the pass closes a ready descriptor and puts a new, empty one
+// under the same number: what the wait saw is about the old one, so the new
+// reader must wait for its own readiness (on every backend).
+TEST_CASE("an fd closed and its number reused within a pass gets no stale readiness") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Pipe a, b;
+    int staleCalls = 0, newCalls = 0, firstCalls = 0;
+    int reusedNumber = -1;
+    int fresh[2] = {-1, -1};
+    auto replaceOther = [&](Pipe& self, Pipe& other) {
+        ++firstCalls;
+        self.take();
+        r.removeReader(self.readEnd());
+        reusedNumber = other.readEnd();
+        r.removeReader(reusedNumber);
+        REQUIRE(::pipe2(fresh, O_NONBLOCK) == 0);  // a stale call reads nothing instead of blocking
+        REQUIRE(::dup2(fresh[0], reusedNumber) == reusedNumber);  // the same number, an empty pipe
+        ::close(fresh[0]);
+        fresh[0] = reusedNumber;
+        other.fds[0] = -1;  // now owned by `fresh`
+        r.addReader(reusedNumber, [&] {
+            char c;
+            if (::read(fresh[0], &c, 1) == 1) ++newCalls; else ++staleCalls;
+        });
+    };
+    r.addReader(a.readEnd(), [&] { replaceOther(a, b); });
+    r.addReader(b.readEnd(), [&] { replaceOther(b, a); });
+    a.put();
+    b.put();
+    r.iterate(1);
+    CHECK(firstCalls == 1);
+    CHECK(staleCalls == 0);
+    CHECK(newCalls == 0);
+    REQUIRE(::write(fresh[1], "y", 1) == 1);
+    CHECK(testing::runUntil(r, [&] { return newCalls == 1; }, 2));
+    CHECK(staleCalls == 0);
+    r.removeReader(reusedNumber);
+    ::close(fresh[0]);
+    ::close(fresh[1]);
 }
 
 TEST_CASE("a callback may remove itself and add a new reader for the same fd") {
