@@ -268,7 +268,6 @@ public:
     bool add(Fd fd, short interest);
     bool modify(Fd fd, short interest) { return add(fd, interest); }
     void remove(Fd fd);
-    std::size_t size() const { return fds_.size(); }
 
 protected:
     /// After a wait that returned `n`: moves the entries with revents into `ready`.
@@ -319,11 +318,12 @@ public:
     bool add(Fd fd, short interest);
     bool modify(Fd fd, short interest);
     void remove(Fd fd);
-    std::size_t size() const { return watched_ + alwaysReady_.size(); }
     int wait(int timeoutMs, std::vector<Ready>& ready);
 
 private:
     bool control(int op, Fd fd, short interest);
+    /// Where `fd` is in alwaysReady_, or alwaysReady_.size().
+    std::size_t alwaysReadyIndex(Fd fd) const;
     Fd epfd_ = invalidFd;
     int error_ = 0;
     std::size_t watched_ = 0;                   // registered with the kernel
@@ -2995,8 +2995,6 @@ Failure connectFailure(int err);
 
 class TcpConnector;
 
-/// One TCP connection: the ITransport a protocol writes to. Owned by the
-/// reactor; it owns its protocol and destroys it after connectionLost.
 /// A connection's unsent bytes. Eight bytes until something is queued (most
 /// connections never queue: writes go straight to the socket), then a
 /// string whose capacity is kept for the next burst (up to a limit).
@@ -3024,6 +3022,8 @@ private:
     std::unique_ptr<std::string> s_;
 };
 
+/// One TCP connection: the ITransport a protocol writes to. Owned by the
+/// reactor; it owns its protocol and destroys it after connectionLost.
 class TcpConnection final : public ITransport,
                             public Owned,
                             private IoHandler,
@@ -3111,6 +3111,8 @@ private:
     // retired handler keeps the connection alive until the end of the turn.
     void onReady(short events) override { events == os::evRead ? doRead() : doWrite(); }
     Handler handler() { return Handler(shared_from_this(), static_cast<IoHandler*>(this)); }
+    /// The peer as it was when the connection was made.
+    Address peerAddress() const { return toAddress(os::expand(peer_)); }
     OutputBuffer out_;                         // unsent bytes, from outPos_
     std::size_t outPos_ = 0;
     os::CompactAddr peer_, host_;  // the ends, still known after the close
@@ -4728,8 +4730,7 @@ REACTOR_INLINE int SelectBackend::wait(int timeoutMs, std::vector<Ready>& ready)
     FD_ZERO(&writeSet);
     FD_ZERO(&errorSet);
     int maxFd = -1;
-    for (pollfd& p : fds_) {  // add() never takes an fd at or above FD_SETSIZE
-        p.revents = 0;
+    for (const pollfd& p : fds_) {  // add() never takes an fd at or above FD_SETSIZE
         if (p.events & evRead) FD_SET(p.fd, &readSet);
         if (p.events & evWrite) FD_SET(p.fd, &writeSet);
         FD_SET(p.fd, &errorSet);
@@ -4780,12 +4781,18 @@ REACTOR_INLINE bool EpollBackend::control(int op, Fd fd, short interest) {
     return ::epoll_ctl(epfd_, op, fd, &e) == 0;
 }
 
+REACTOR_INLINE std::size_t EpollBackend::alwaysReadyIndex(Fd fd) const {
+    std::size_t i = 0;
+    while (i < alwaysReady_.size() && alwaysReady_[i].first != fd) ++i;
+    return i;
+}
+
 REACTOR_INLINE bool EpollBackend::add(Fd fd, short interest) {
-    for (auto& a : alwaysReady_)
-        if (a.first == fd) {
-            a.second = interest;
-            return true;
-        }
+    const std::size_t i = alwaysReadyIndex(fd);
+    if (i < alwaysReady_.size()) {
+        alwaysReady_[i].second = interest;
+        return true;
+    }
     if (control(EPOLL_CTL_ADD, fd, interest)) {
         ++watched_;
         return true;
@@ -4799,11 +4806,11 @@ REACTOR_INLINE bool EpollBackend::add(Fd fd, short interest) {
 }
 
 REACTOR_INLINE bool EpollBackend::modify(Fd fd, short interest) {
-    for (auto& a : alwaysReady_)
-        if (a.first == fd) {
-            a.second = interest;
-            return true;
-        }
+    const std::size_t i = alwaysReadyIndex(fd);
+    if (i < alwaysReady_.size()) {
+        alwaysReady_[i].second = interest;
+        return true;
+    }
     if (control(EPOLL_CTL_MOD, fd, interest)) return true;
     if (errno != ENOENT) return false;
     // The kernel forgot it (closed behind our back, the number reused).
@@ -4812,11 +4819,11 @@ REACTOR_INLINE bool EpollBackend::modify(Fd fd, short interest) {
 }
 
 REACTOR_INLINE void EpollBackend::remove(Fd fd) {
-    for (std::size_t i = 0; i < alwaysReady_.size(); ++i)
-        if (alwaysReady_[i].first == fd) {
-            alwaysReady_.erase(alwaysReady_.begin() + static_cast<std::ptrdiff_t>(i));
-            return;
-        }
+    const std::size_t i = alwaysReadyIndex(fd);
+    if (i < alwaysReady_.size()) {
+        alwaysReady_.erase(alwaysReady_.begin() + static_cast<std::ptrdiff_t>(i));
+        return;
+    }
     // EBADF/ENOENT: already closed, and with it gone from the kernel's set.
     epoll_event e{};
     ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, &e);
@@ -6069,14 +6076,15 @@ REACTOR_INLINE std::size_t Reactor::watch(int fd, short event, detail::Handler h
                                  Poller::limit() + ")");
         return npos;
     }
+    auto refused = [&] {
+        log(LogLevel::error, std::string(Poller::name) + " cannot watch fd " + std::to_string(fd) + ": " +
+                                 detail::os::errorString(detail::os::lastError()));
+        return npos;
+    };
     std::size_t slot = slotOf(fd);
     const short interest = static_cast<short>((slot == npos ? 0 : slots_[slot].interest) | event);
     if (slot == npos) {
-        if (!poller_.add(fd, interest)) {
-            log(LogLevel::error, std::string(Poller::name) + " cannot watch fd " + std::to_string(fd) + ": " +
-                                     detail::os::errorString(detail::os::lastError()));
-            return npos;
-        }
+        if (!poller_.add(fd, interest)) return refused();
         slot = slots_.size();
         slots_.emplace_back();
         slots_[slot].fd = fd;
@@ -6084,10 +6092,8 @@ REACTOR_INLINE std::size_t Reactor::watch(int fd, short event, detail::Handler h
         slotOf_[static_cast<std::size_t>(fd)] = slot;
     } else if ((interest != slots_[slot].interest || foreign) && !poller_.modify(fd, interest)) {
         // (A user's addReader may name a number closed and reused behind our
-        // back: tell the poller again; epoll forgot the old descriptor.)
-        log(LogLevel::error, std::string(Poller::name) + " cannot watch fd " + std::to_string(fd) + ": " +
-                                 detail::os::errorString(detail::os::lastError()));
-        return npos;
+        // back: it tells the poller again; epoll forgot the old descriptor.)
+        return refused();
     }
     Slot& s = slots_[slot];
     s.interest = interest;
@@ -6190,8 +6196,12 @@ REACTOR_INLINE void Reactor::dispatch() {
     }
     for (const detail::os::Ready& r : ready_) {
         const int fd = r.fd;
-        std::size_t slot = slotOf(fd);
-        if (slot == npos || slots_[slot].armed != r.tag) continue;
+        std::size_t slot = npos;
+        auto stillArmed = [&] {  // finds the slot again: a callback may have moved or removed it
+            slot = slotOf(fd);
+            return slot != npos && slots_[slot].armed == r.tag;
+        };
+        if (!stillArmed()) continue;
         if (r.events & os::evInvalid) {
             log(LogLevel::error, "fd " + std::to_string(fd) + " was closed while still watched; no longer watching it");
             unwatch(fd, os::evRead | os::evWrite);
@@ -6201,9 +6211,7 @@ REACTOR_INLINE void Reactor::dispatch() {
             if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
             detail::IoHandler& h = *slots_[slot].reader;  // kept alive by retire() if removed
             detail::runGuarded("reader callback", [&h] { h.onReady(os::evRead); });
-            // The reader may have removed the writer, or the whole fd.
-            slot = slotOf(fd);
-            if (slot == npos || slots_[slot].armed != r.tag) continue;
+            if (!stillArmed()) continue;  // the reader may have removed the writer, or the whole fd
         }
         if ((r.events & (os::evWrite | os::evError)) && slots_[slot].writer) {
             if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
@@ -6499,7 +6507,7 @@ REACTOR_INLINE bool TcpConnection::start() {
     Protocol* p = protocol_.get();
     if (reactor_.tracing())
         reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
-                       toAddress(os::expand(peer_)).str() + " -> " + p->logPrefix() + ".connectionMade");
+                       peerAddress().str() + " -> " + p->logPrefix() + ".connectionMade");
     Failure failure;
     if (!runGuarded("connectionMade", [&] { p->makeConnection(this); }, &failure)) closeWith(failure, true);
     return true;
@@ -6586,7 +6594,7 @@ REACTOR_INLINE void TcpConnection::loseWriteConnection() {
 
 REACTOR_INLINE Address TcpConnection::getPeer() const {
     os::SockAddr a;
-    return toAddress(os::peerAddress(fd_, a) ? a : os::expand(peer_));
+    return os::peerAddress(fd_, a) ? toAddress(a) : peerAddress();
 }
 
 REACTOR_INLINE void TcpConnection::pauseProducing() {
@@ -6641,7 +6649,7 @@ REACTOR_INLINE void TcpConnection::abandon() {
 }
 
 REACTOR_INLINE std::string TcpConnection::describe() const {
-    return std::string("TCP connection ") + (connector_ ? "to " : "from ") + toAddress(os::expand(peer_)).str() +
+    return std::string("TCP connection ") + (connector_ ? "to " : "from ") + peerAddress().str() +
            (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
 }
 
@@ -7099,9 +7107,8 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
     // connection): after one, call no one else.
     if (!abandoned_) {
         if (reactor_.tracing())
-            reactor_.trace("connection to " + toAddress(os::expand(peer_)).str() + " closed -> " + p->logPrefix() +
-                           ".connectionLost(" +
-                           reason.str() + ")");
+            reactor_.trace("connection to " + peerAddress().str() + " closed -> " + p->logPrefix() +
+                           ".connectionLost(" + reason.str() + ")");
         runGuarded("connectionLost", [&] { p->connectionLost(reason); });
     }
     if (connector_ && !abandoned_) connector_->connectionLost(reason);
