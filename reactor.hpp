@@ -140,6 +140,7 @@
 #include <algorithm>    // std::push_heap, std::pop_heap, std::find_if
 #include <atomic>       // wake-up flag, signal flag
 #include <chrono>       // steady_clock: the monotonic time source
+#include <cstddef>      // offsetof (sockaddr_un lengths)
 #include <cstdint>      // fixed-width integers
 #include <cstring>      // std::strerror, std::memcpy
 #include <exception>    // std::exception, std::exception_ptr
@@ -179,8 +180,10 @@
 #include <poll.h>
 #include <sys/select.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
+#include <sys/un.h>
 #include <unistd.h>
 #if defined(__linux__)
 #include <sys/eventfd.h>
@@ -371,6 +374,7 @@ struct SockAddr {
     socklen_t length = 0;
     int family() const { return storage.ss_family; }
     bool ipv6() const { return storage.ss_family == AF_INET6; }
+    bool isUnix() const { return storage.ss_family == AF_UNIX; }
     const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
     sockaddr* get() { return reinterpret_cast<sockaddr*>(&storage); }
 };
@@ -396,7 +400,8 @@ struct CompactAddr {
 CompactAddr compact(const SockAddr& a);
 SockAddr expand(const CompactAddr& c);
 
-/// A non-blocking, close-on-exec TCP socket, or invalidFd with errno set.
+/// A non-blocking, close-on-exec stream socket (TCP; UNIX-domain for
+/// AF_UNIX), or invalidFd with errno set.
 Fd tcpSocket(int family);
 
 bool setIntOption(Fd fd, int level, int name, int value);
@@ -437,6 +442,37 @@ inline Fd openSpareFd() { return ::open("/dev/null", O_RDONLY | O_CLOEXEC); }
 
 bool localAddress(Fd fd, SockAddr& a);
 bool peerAddress(Fd fd, SockAddr& a);
+
+// ---- UNIX-domain sockets ----------------------------------------------------
+
+/// A UNIX-domain address for `path`. A path starting with '\0' names
+/// Linux's abstract namespace (no file). False, with `why`, if the path is
+/// empty or too long for sockaddr_un.
+bool unixAddress(const std::string& path, SockAddr& out, std::string& why);
+/// The name in a UNIX-domain address: "" for an unnamed socket, a leading
+/// '\0' for an abstract one.
+std::string unixName(const SockAddr& a);
+inline bool abstractName(const std::string& path) { return !path.empty() && path[0] == '\0'; }
+/// Removes `path` if it is a socket (a dead listener's), best effort.
+void removeStaleSocket(const std::string& path);
+inline void removeFile(const std::string& path) { ::unlink(path.c_str()); }
+inline bool changeMode(const std::string& path, int mode) {
+    return ::chmod(path.c_str(), static_cast<mode_t>(mode)) == 0;
+}
+
+/// A lock file naming its owner, as Twisted's FilesystemLock: a symbolic
+/// link whose target is the owner's process id, so a lock whose owner died
+/// can be recognised and taken over.
+enum class PidLock { acquired, acquiredStale, held, failed };
+PidLock lockPidFile(const std::string& name);
+/// True if `name` is a lock held by a live process.
+bool pidFileLocked(const std::string& name);
+inline void unlockPidFile(const std::string& name) { ::unlink(name.c_str()); }
+
+/// The process, user and group at the other end of a connected UNIX socket
+/// (SO_PEERCRED on Linux, getpeereid() on the BSDs and macOS, where the pid
+/// is unknown: -1). False where the system cannot say.
+bool peerCredentials(Fd fd, long& pid, long& uid, long& gid);
 
 /// recv(); EINTR retried. Returns bytes, 0 at EOF, -1 with errno.
 long receive(Fd fd, char* buf, std::size_t size);
@@ -633,6 +669,7 @@ REACTOR_ERROR_CLASS(DNSLookupError, ConnectError, "DNS lookup failed.");
 REACTOR_ERROR_CLASS(NoRouteError, ConnectError, "No route to host.");
 REACTOR_ERROR_CLASS(ConnectionRefusedError, ConnectError, "Connection was refused by other side.");
 REACTOR_ERROR_CLASS(TCPTimedOutError, ConnectError, "TCP connection timed out.");
+REACTOR_ERROR_CLASS(BadFileError, ConnectError, "File used for UNIX socket is no good.");
 REACTOR_ERROR_CLASS(UserError, ConnectError, "User aborted connection.");
 REACTOR_ERROR_CLASS(TimeoutError, UserError, "User timeout caused connection failure.");
 REACTOR_ERROR_CLASS(NotConnectingError, RuntimeError, "The Connector was not connecting when it was asked to stop connecting.");
@@ -2282,22 +2319,43 @@ private:
 struct ReactorAccess;
 }  // namespace detail
 
-/// A transport endpoint address (Twisted's IPv4Address / IPv6Address).
+/// A transport endpoint address: Twisted's IPv4Address / IPv6Address
+/// (type "TCP" or "UDP", host, port) and UNIXAddress (type "UNIX", the path
+/// in `host`).
 struct Address {
-    /// The transport type: "TCP".
+    /// The transport type: "TCP", "UDP" or "UNIX".
     std::string type = "TCP";
-    /// The IP literal, without brackets: "127.0.0.1", "::1".
+    /// The IP literal, without brackets: "127.0.0.1", "::1". UNIX: the
+    /// socket's path (Twisted's UNIXAddress.name); "" for an unnamed socket
+    /// (a client's end); a leading '\0' for Linux's abstract namespace.
     std::string host;
     /// The port number (host byte order).
     std::uint16_t port = 0;
     /// An IPv6 address (Twisted's IPv6Address); str() brackets the host.
     bool ipv6 = false;
-    /// "127.0.0.1:8000", or "[::1]:8000" for IPv6.
+    /// "127.0.0.1:8000", "[::1]:8000" for IPv6; for UNIX the path,
+    /// "@name" for an abstract name, "(unnamed)" for an unnamed socket.
     std::string str() const;
     /// All four fields are equal.
     friend bool operator==(const Address& a, const Address& b) {
         return a.type == b.type && a.host == b.host && a.port == b.port && a.ipv6 == b.ipv6;
     }
+    /// A UNIX address (Twisted's UNIXAddress(path)).
+    static Address unixSocket(std::string path) {
+        Address a;
+        a.type = "UNIX";
+        a.host = std::move(path);
+        return a;
+    }
+};
+
+/// The process, user and group ids of a UNIX socket's peer
+/// (ITransport::getPeerCredentials). `pid` is -1 where the system does not
+/// report it (macOS, the BSDs).
+struct PeerCredentials {
+    long pid = -1;
+    long uid = -1;
+    long gid = -1;
 };
 
 class Factory;
@@ -2495,6 +2553,27 @@ public:
     std::shared_ptr<IConnector> connectTCP(const std::string& host, int port,
                                                   std::shared_ptr<ClientFactory> factory, double timeout = 30,
                                                   const Address& bindAddress = {});
+
+    /// Listens on a UNIX-domain socket at `path` (a file; a path starting
+    /// with '\0' is a name in Linux's abstract namespace, no file). The
+    /// same factories and protocols as TCP work unchanged. `mode` is set on
+    /// the socket file (who may connect). The file is removed when the port
+    /// stops listening. A file already at `path` makes this fail
+    /// (CannotListenError, "Address already in use"), unless `wantPID`:
+    /// then a lock file "<path>.lock" names this process, and a socket file
+    /// whose lock's owner has died is removed first (Twisted's wantPID; a
+    /// live owner makes it fail with "Cannot acquire lock").
+    ListeningPort listenUNIX(const std::string& path, Factory& factory, int backlog = defaultBacklog,
+                             int mode = 0666, bool wantPID = false);
+    /// Connects to the UNIX socket at `path`. With `checkPID`, fails at once
+    /// (BadFileError) unless a live process holds "<path>.lock" (a server
+    /// listening with wantPID). Failures and losses reach the factory as
+    /// for connectTCP; the peer's address is Address::unixSocket(path).
+    std::shared_ptr<IConnector> connectUNIX(const std::string& path, ClientFactory& factory, double timeout = 30,
+                                            bool checkPID = false);
+    /// The same, with the connector sharing ownership of the factory.
+    std::shared_ptr<IConnector> connectUNIX(const std::string& path, std::shared_ptr<ClientFactory> factory,
+                                            double timeout = 30, bool checkPID = false);
 
 private:
     friend struct detail::ReactorAccess;
@@ -2714,6 +2793,10 @@ public:
     virtual bool getTcpNoDelay() const { return false; }
     /// The current SO_KEEPALIVE setting (false where there is none).
     virtual bool getTcpKeepAlive() const { return false; }
+    /// Who is at the other end of a UNIX socket (pid, uid, gid), checked by
+    /// the kernel: how a local daemon authorises a client. Empty for other
+    /// transports, after the close, and where the system cannot say.
+    virtual std::optional<PeerCredentials> getPeerCredentials() const { return std::nullopt; }
 
     bool connected = false;      ///< true until the connection is gone
     /// loseConnection() was called, or the connection is gone (framing
@@ -3057,11 +3140,12 @@ public:
     REACTOR_INLINE void abortConnection() override;
     REACTOR_INLINE void loseWriteConnection() override;
     REACTOR_INLINE Address getPeer() const override;
-    Address getHost() const override { return toAddress(os::expand(host_)); }
+    Address getHost() const override { return unix_ ? Address::unixSocket(unix_->host) : toAddress(os::expand(host_)); }
     bool setTcpNoDelay(bool enabled) override { return fd_ >= 0 && os::setNoDelay(fd_, enabled); }
     bool setTcpKeepAlive(bool enabled) override { return fd_ >= 0 && os::setKeepAlive(fd_, enabled); }
     bool getTcpNoDelay() const override { return fd_ >= 0 && os::getNoDelay(fd_); }
     bool getTcpKeepAlive() const override { return fd_ >= 0 && os::getKeepAlive(fd_); }
+    REACTOR_INLINE std::optional<PeerCredentials> getPeerCredentials() const override;
 
     /// The reading side: stop and restart reading.
     REACTOR_INLINE void pauseProducing() override;
@@ -3077,7 +3161,14 @@ public:
     int descriptor() const override { return fd_; }
     REACTOR_INLINE std::string describe() const override;
 
-    void setPeer(const os::SockAddr& a) { peer_ = os::compact(a); }
+    /// The other end as accept() or connect() saw it (a UNIX socket keeps
+    /// its names apart: a path does not fit the 20 bytes an IP end takes).
+    void setPeer(const os::SockAddr& a) {
+        if (a.isUnix())
+            unix_ = std::make_unique<UnixNames>(UnixNames{os::unixName(a), std::string()});
+        else
+            peer_ = os::compact(a);
+    }
     Protocol* protocol() const { return protocol_.get(); }
 
 private:
@@ -3112,10 +3203,16 @@ private:
     void onReady(short events) override { events == os::evRead ? doRead() : doWrite(); }
     Handler handler() { return Handler(shared_from_this(), static_cast<IoHandler*>(this)); }
     /// The peer as it was when the connection was made.
-    Address peerAddress() const { return toAddress(os::expand(peer_)); }
+    Address peerAddress() const { return unix_ ? Address::unixSocket(unix_->peer) : toAddress(os::expand(peer_)); }
+    /// "TCP" or "UNIX", for log lines.
+    const char* kind() const { return unix_ ? "UNIX" : "TCP"; }
     OutputBuffer out_;                         // unsent bytes, from outPos_
     std::size_t outPos_ = 0;
     os::CompactAddr peer_, host_;  // the ends, still known after the close
+    struct UnixNames {
+        std::string peer, host;
+    };
+    std::unique_ptr<UnixNames> unix_;  // a UNIX socket's ends instead
     IProducer* producer_ = nullptr;
     DelayedCall abortCall_;
     int writeError_ = 0;
@@ -3155,6 +3252,12 @@ public:
 
     /// Called by the transport when the established connection ends.
     void connectionLost(const Failure& reason);
+    /// Makes this a UNIX-domain connector for the path given as `host`
+    /// (before connect()). `checkPID`: see Reactor::connectUNIX.
+    void targetUnix(bool checkPID) {
+        unix_ = true;
+        checkPID_ = checkPID;
+    }
 
 private:
     enum class State { disconnected, connecting, connected };
@@ -3197,6 +3300,7 @@ private:
     TcpConnection* transport_ = nullptr;
     bool factoryStarted_ = false;  // doStart once per cycle, however often connect() retries
     bool abandoned_ = false;       // the reactor or the factory is gone: connect() refused
+    bool unix_ = false, checkPID_ = false;  // a UNIX socket: host_ is its path
     std::shared_ptr<const bool> reactorAlive_ = ReactorAccess::aliveFlag(reactor_);
 };
 
@@ -3211,6 +3315,8 @@ public:
 
     /// Binds and listens; on failure returns the reason (and listens not).
     bool listen(std::uint16_t port, const ListenOptions& options, std::string& why);
+    /// The same on a UNIX socket (Reactor::listenUNIX has the details).
+    bool listenUnix(const std::string& path, int backlog, int mode, bool wantPID, std::string& why);
 
     Address getHost() const { return host_; }
     bool listening() const { return listening_; }
@@ -3220,9 +3326,12 @@ public:
     void shutdownNow() override { stopListening(); }
     REACTOR_INLINE void abandon() override;
     int descriptor() const override { return fd_; }
-    std::string describe() const override { return "TCP port listening on " + host_.str(); }
+    std::string describe() const override { return host_.type + " port listening on " + host_.str(); }
 
 private:
+    /// What listen and listenUnix share once the address is known.
+    bool startListening(const os::SockAddr& a, int backlog, bool reusePort, const std::string& where,
+                        std::string& why);
     void closeSocket();
 
     /// Accepts a bounded batch per wake-up (Twisted: 100, growing by 20 when
@@ -3242,6 +3351,8 @@ private:
     DelayedCall resumeCall_;
     int numberAccepts_ = 100;
     bool listening_ = false;
+    std::string socketFile_;  // UNIX: the file our bind() made, removed at the close
+    std::string lockFile_;    // UNIX with wantPID: "<path>.lock", released at the close
 };
 
 }  // namespace detail
@@ -5059,6 +5170,91 @@ REACTOR_INLINE bool peerAddress(Fd fd, SockAddr& a) {
     return ::getpeername(fd, a.get(), &a.length) == 0;
 }
 
+REACTOR_INLINE bool unixAddress(const std::string& path, SockAddr& out, std::string& why) {
+    auto* un = reinterpret_cast<sockaddr_un*>(&out.storage);
+    if (path.empty()) {
+        why = "a UNIX socket needs a path";
+        return false;
+    }
+    if (path.size() >= sizeof un->sun_path + (abstractName(path) ? 1 : 0)) {
+        why = "the path is longer than the " + std::to_string(sizeof un->sun_path - 1) +
+              " bytes a UNIX socket address holds";
+        return false;
+    }
+    out = SockAddr();
+    un->sun_family = AF_UNIX;
+    std::memcpy(un->sun_path, path.data(), path.size());
+    // An abstract name is exactly its bytes; a file name ends at its NUL.
+    out.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + path.size() + (abstractName(path) ? 0 : 1));
+    return true;
+}
+
+REACTOR_INLINE std::string unixName(const SockAddr& a) {
+    auto* un = reinterpret_cast<const sockaddr_un*>(&a.storage);
+    std::size_t offset = offsetof(sockaddr_un, sun_path);
+    if (a.family() != AF_UNIX || a.length <= offset) return "";
+    std::size_t n = a.length - offset;
+    if (un->sun_path[0] != '\0') n = ::strnlen(un->sun_path, n);
+    return std::string(un->sun_path, n);
+}
+
+REACTOR_INLINE void removeStaleSocket(const std::string& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
+}
+
+REACTOR_INLINE PidLock lockPidFile(const std::string& name) {
+    bool clean = true;
+    for (int round = 0; round < 16; ++round) {  // bounded: another process may race us
+        std::string pid = std::to_string(::getpid());
+        if (::symlink(pid.c_str(), name.c_str()) == 0) return clean ? PidLock::acquired : PidLock::acquiredStale;
+        if (errno != EEXIST) return PidLock::failed;
+        char owner[32] = {};
+        ssize_t n = ::readlink(name.c_str(), owner, sizeof owner - 1);
+        if (n < 0) {
+            if (errno == ENOENT) continue;  // released meanwhile: try again
+            return PidLock::failed;
+        }
+        owner[n] = '\0';
+        long ownerPid = std::strtol(owner, nullptr, 10);
+        if (ownerPid > 0 && (::kill(static_cast<pid_t>(ownerPid), 0) == 0 || errno != ESRCH)) return PidLock::held;
+        if (::unlink(name.c_str()) != 0 && errno != ENOENT) return PidLock::failed;  // its owner is gone
+        clean = false;
+    }
+    return PidLock::held;
+}
+
+REACTOR_INLINE bool pidFileLocked(const std::string& name) {
+    char owner[32] = {};
+    ssize_t n = ::readlink(name.c_str(), owner, sizeof owner - 1);
+    if (n < 0) return false;
+    long ownerPid = std::strtol(owner, nullptr, 10);
+    return ownerPid > 0 && (::kill(static_cast<pid_t>(ownerPid), 0) == 0 || errno != ESRCH);
+}
+
+REACTOR_INLINE bool peerCredentials(Fd fd, long& pid, long& uid, long& gid) {
+#if defined(SO_PEERCRED)
+    ucred cred{};
+    socklen_t len = sizeof cred;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) return false;
+    pid = cred.pid;
+    uid = static_cast<long>(cred.uid);
+    gid = static_cast<long>(cred.gid);
+    return true;
+#elif defined(__APPLE__) || defined(__FreeBSD__) || defined(__OpenBSD__) || defined(__NetBSD__)
+    uid_t u;
+    gid_t g;
+    if (::getpeereid(fd, &u, &g) != 0) return false;
+    pid = -1;
+    uid = static_cast<long>(u);
+    gid = static_cast<long>(g);
+    return true;
+#else
+    (void)fd; (void)pid; (void)uid; (void)gid;
+    return false;
+#endif
+}
+
 REACTOR_INLINE long receive(Fd fd, char* buf, std::size_t size) {
     ssize_t n;
     do n = ::recv(fd, buf, size, 0);
@@ -5231,6 +5427,7 @@ REACTOR_ERROR_CONSTRUCTOR(DNSLookupError)
 REACTOR_ERROR_CONSTRUCTOR(NoRouteError)
 REACTOR_ERROR_CONSTRUCTOR(ConnectionRefusedError)
 REACTOR_ERROR_CONSTRUCTOR(TCPTimedOutError)
+REACTOR_ERROR_CONSTRUCTOR(BadFileError)
 REACTOR_ERROR_CONSTRUCTOR(UserError)
 REACTOR_ERROR_CONSTRUCTOR(TimeoutError)
 REACTOR_ERROR_CONSTRUCTOR(NotConnectingError)
@@ -5800,6 +5997,10 @@ REACTOR_INLINE Handler makeHandler(std::function<void()> f) {
 }  // namespace detail
 
 REACTOR_INLINE std::string Address::str() const {
+    if (type == "UNIX") {
+        if (host.empty()) return "(unnamed)";
+        return host[0] == '\0' ? "@" + host.substr(1) : host;
+    }
     return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
@@ -6469,6 +6670,7 @@ REACTOR_INLINE std::uint64_t randomSeed() {
 }
 
 REACTOR_INLINE Address toAddress(const os::SockAddr& a) {
+    if (a.isUnix()) return Address::unixSocket(os::unixName(a));
     Address out;
     os::describe(a, out.host, out.port, out.ipv6);
     return out;
@@ -6503,7 +6705,12 @@ REACTOR_INLINE bool TcpConnection::start() {
     if (!ReactorAccess::watch(reactor_, fd_, os::evRead, handler())) return false;
     reading_ = true;
     os::SockAddr local;
-    if (os::localAddress(fd_, local)) host_ = os::compact(local);
+    if (os::localAddress(fd_, local)) {
+        if (unix_)
+            unix_->host = os::unixName(local);
+        else
+            host_ = os::compact(local);
+    }
     Protocol* p = protocol_.get();
     if (reactor_.tracing())
         reactor_.trace("fd " + std::to_string(fd_) + (connector_ ? ": connected to " : ": connection from ") +
@@ -6594,7 +6801,13 @@ REACTOR_INLINE void TcpConnection::loseWriteConnection() {
 
 REACTOR_INLINE Address TcpConnection::getPeer() const {
     os::SockAddr a;
-    return os::peerAddress(fd_, a) ? toAddress(a) : peerAddress();
+    return !unix_ && os::peerAddress(fd_, a) ? toAddress(a) : peerAddress();
+}
+
+REACTOR_INLINE std::optional<PeerCredentials> TcpConnection::getPeerCredentials() const {
+    PeerCredentials c;
+    if (!unix_ || fd_ < 0 || !os::peerCredentials(fd_, c.pid, c.uid, c.gid)) return std::nullopt;
+    return c;
 }
 
 REACTOR_INLINE void TcpConnection::pauseProducing() {
@@ -6649,7 +6862,7 @@ REACTOR_INLINE void TcpConnection::abandon() {
 }
 
 REACTOR_INLINE std::string TcpConnection::describe() const {
-    return std::string("TCP connection ") + (connector_ ? "to " : "from ") + peerAddress().str() +
+    return std::string(kind()) + " connection " + (connector_ ? "to " : "from ") + peerAddress().str() +
            (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
 }
 
@@ -6837,6 +7050,7 @@ REACTOR_INLINE void TcpConnector::stopConnecting() {
 }
 
 REACTOR_INLINE Address TcpConnector::getDestination() const {
+    if (unix_) return Address::unixSocket(host_);
     Address a;
     a.host = host_;
     a.port = port_;
@@ -6867,9 +7081,25 @@ REACTOR_INLINE void TcpConnector::abandon() {
     ReactorAccess::release(reactor_, this);
 }
 
-REACTOR_INLINE std::string TcpConnector::describe() const { return "TCP connection attempt to " + getDestination().str(); }
+REACTOR_INLINE std::string TcpConnector::describe() const {
+    return std::string(unix_ ? "UNIX" : "TCP") + " connection attempt to " + getDestination().str();
+}
 
 REACTOR_INLINE void TcpConnector::beginAttempt() {
+    if (unix_) {
+        os::SockAddr a;
+        std::string why;
+        if (!os::unixAddress(host_, a, why)) {
+            failSoon(connectError<error::BadFileError>(Address::unixSocket(host_).str() + ": " + why));
+        } else if (checkPID_ && !os::pidFileLocked(host_ + ".lock")) {
+            failSoon(connectError<error::BadFileError>(host_ + ": no live process holds " + host_ + ".lock"));
+        } else {
+            candidates_.assign(1, a);
+            next_ = 0;
+            tryNext(0);
+        }
+        return;
+    }
     if (port_ == 0) {  // bad input: a clear failure, reported like any other
         failSoon(connectError<error::ConnectError>("invalid port " + std::to_string(badPort_) +
                                                   " (a port is 1 to 65535)"));
@@ -7010,6 +7240,38 @@ REACTOR_INLINE bool TcpPort::listen(std::uint16_t port, const ListenOptions& opt
         why = "Couldn't listen on " + where + ": the interface must be an IP address.";
         return false;
     }
+    return startListening(a, options.backlog, options.reusePort, where, why);
+}
+
+REACTOR_INLINE bool TcpPort::listenUnix(const std::string& path, int backlog, int mode, bool wantPID,
+                                        std::string& why) {
+    const std::string where = Address::unixSocket(path).str();
+    os::SockAddr a;
+    if (!os::unixAddress(path, a, why)) {
+        why = "Couldn't listen on " + where + ": " + why + ".";
+        return false;
+    }
+    host_ = Address::unixSocket(path);
+    if (wantPID && !os::abstractName(path)) {
+        // Twisted's wantPID: a lock naming this process guards the path, and
+        // a socket file left by a dead owner is removed before binding.
+        std::string lock = path + ".lock";
+        os::PidLock got = os::lockPidFile(lock);
+        if (got == os::PidLock::held || got == os::PidLock::failed) {
+            why = "Couldn't listen on " + where + ": Cannot acquire lock" +
+                  (got == os::PidLock::failed ? " (" + os::errorString(os::lastError()) + ")" : std::string()) + ".";
+            return false;
+        }
+        lockFile_ = lock;
+        if (got == os::PidLock::acquiredStale) os::removeStaleSocket(path);
+    }
+    if (!startListening(a, backlog, false, where, why)) return false;
+    if (!socketFile_.empty()) os::changeMode(path, mode);  // Twisted: after bind, before clients come
+    return true;
+}
+
+REACTOR_INLINE bool TcpPort::startListening(const os::SockAddr& a, int backlog, bool reusePort,
+                                            const std::string& where, std::string& why) {
     auto fail = [&](const char* step) {
         int err = os::lastError();
         why = "Couldn't listen on " + where + ": " + step + "[Errno " + std::to_string(err) + "] " +
@@ -7018,11 +7280,13 @@ REACTOR_INLINE bool TcpPort::listen(std::uint16_t port, const ListenOptions& opt
         return false;
     };
     fd_ = os::tcpSocket(a.family());
-    if (fd_ < 0 || !os::setReuseAddress(fd_)) return fail("");
-    if (options.reusePort && !os::setReusePort(fd_)) return fail("SO_REUSEPORT: ");
-    if (os::bindTo(fd_, a) != 0 || os::listenOn(fd_, options.backlog) != 0) return fail("");
+    if (fd_ < 0 || (!a.isUnix() && !os::setReuseAddress(fd_))) return fail("");
+    if (reusePort && !os::setReusePort(fd_)) return fail("SO_REUSEPORT: ");
+    if (os::bindTo(fd_, a) != 0) return fail("");
+    if (a.isUnix() && !os::abstractName(host_.host)) socketFile_ = host_.host;  // ours from here: removed on failure too
+    if (os::listenOn(fd_, backlog) != 0) return fail("");
     os::SockAddr bound;
-    if (os::localAddress(fd_, bound)) host_ = toAddress(bound);
+    if (!a.isUnix() && os::localAddress(fd_, bound)) host_ = toAddress(bound);
     int& spare = ReactorAccess::spareFd(reactor_);
     if (spare < 0) spare = os::openSpareFd();
     handler_ = makeHandler([this] { doRead(); });
@@ -7063,6 +7327,10 @@ REACTOR_INLINE void TcpPort::closeSocket() {
         os::closeFd(fd_);
         fd_ = -1;
     }
+    // UNIX: the socket file goes with the socket (a later listener would
+    // otherwise find the path taken), then the lock.
+    if (!socketFile_.empty()) os::removeFile(std::exchange(socketFile_, std::string()));
+    if (!lockFile_.empty()) os::unlockPidFile(std::exchange(lockFile_, std::string()));
 }
 
 REACTOR_INLINE void TcpPort::acceptError(int err) {
@@ -7267,6 +7535,36 @@ REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectTCP(const std::string
                                                                const Address& bindAddress) {
     auto c = std::make_shared<detail::TcpConnector>(*this, host, port, *factory, timeout, bindAddress);
     c->keepFactory = std::move(factory);
+    c->connect();
+    return c;
+}
+
+REACTOR_INLINE ListeningPort Reactor::listenUNIX(const std::string& path, Factory& factory, int backlog, int mode,
+                                                bool wantPID) {
+    auto p = std::make_shared<detail::TcpPort>(*this, factory);
+    std::string why;
+    if (!p->listenUnix(path, backlog, mode, wantPID, why)) {
+        detail::raise<error::CannotListenError>(why);
+        return ListeningPort();
+    }
+    detail::ReactorAccess::adopt(*this, p);
+    return ListeningPort(std::move(p));
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectUNIX(const std::string& path, ClientFactory& factory,
+                                                                double timeout, bool checkPID) {
+    auto c = std::make_shared<detail::TcpConnector>(*this, path, 1, factory, timeout, Address());
+    c->targetUnix(checkPID);
+    c->connect();
+    return c;
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectUNIX(const std::string& path,
+                                                                std::shared_ptr<ClientFactory> factory,
+                                                                double timeout, bool checkPID) {
+    auto c = std::make_shared<detail::TcpConnector>(*this, path, 1, *factory, timeout, Address());
+    c->keepFactory = std::move(factory);
+    c->targetUnix(checkPID);
     c->connect();
     return c;
 }
