@@ -676,6 +676,8 @@ REACTOR_ERROR_CLASS(NotConnectingError, RuntimeError, "The Connector was not con
 REACTOR_ERROR_CLASS(BindError, Error, "An error occurred binding to an interface.");
 REACTOR_ERROR_CLASS(CannotListenError, BindError, "Couldn't listen.");
 REACTOR_ERROR_CLASS(NotListeningError, RuntimeError, "The Port was not listening when it was asked to stop listening.");
+REACTOR_ERROR_CLASS(ConnectingCancelledError, Error, "Connecting was cancelled.");
+REACTOR_ERROR_CLASS(NoProtocol, Error, "The factory built no protocol.");
 
 #undef REACTOR_ERROR_CLASS
 
@@ -3258,6 +3260,14 @@ public:
         unix_ = true;
         checkPID_ = checkPID;
     }
+    /// Bounds this attempt and its connection by `owner`'s life instead of
+    /// the client factory's (endpoints: the client factory is an internal
+    /// adapter, `owner` the user's factory that builds the protocols).
+    void ownedBy(Factory& owner) {
+        stopUsingFactory();
+        useFactory(owner);
+        owner_ = &owner;
+    }
 
 private:
     enum class State { disconnected, connecting, connected };
@@ -3301,6 +3311,7 @@ private:
     bool factoryStarted_ = false;  // doStart once per cycle, however often connect() retries
     bool abandoned_ = false;       // the reactor or the factory is gone: connect() refused
     bool unix_ = false, checkPID_ = false;  // a UNIX socket: host_ is its path
+    Factory* owner_ = nullptr;              // see ownedBy()
     std::shared_ptr<const bool> reactorAlive_ = ReactorAccess::aliveFlag(reactor_);
 };
 
@@ -3393,6 +3404,184 @@ namespace detail {
 
 
 
+
+
+// ---- endpoints ----------------------------------------------------------------
+//
+// Twisted's endpoints: where to listen or connect, as an object or as a
+// string ("tcp:8000:interface=127.0.0.1", "unix:/run/app.sock",
+// "tcp:host=example.org:port=6667"), so a program takes its address from
+// the command line and works over TCP or UNIX sockets unchanged.
+
+/// Where a server listens (Twisted's IStreamServerEndpoint).
+class IStreamServerEndpoint {
+public:
+    virtual ~IStreamServerEndpoint() = default;
+    /// Starts listening. Fires with the port at once, or fails with
+    /// error::CannotListenError. `factory` must outlive the port, as for
+    /// listenTCP.
+    virtual Deferred<ListeningPort> listen(Factory& factory) = 0;
+    /// What it listens on, for logs: "TCP port 8000 on 127.0.0.1".
+    virtual std::string describe() const = 0;
+};
+
+/// Where a client connects (Twisted's IStreamClientEndpoint).
+class IStreamClientEndpoint {
+public:
+    virtual ~IStreamClientEndpoint() = default;
+    /// Connects, and fires with the protocol `factory` built once its
+    /// connectionMade has run; fails with the reason the attempt failed
+    /// (error::ConnectionRefusedError, DNSLookupError, TimeoutError...),
+    /// error::NoProtocol if the factory built none, or
+    /// error::ConnectingCancelledError if cancelled while connecting.
+    ///
+    /// Ownership: the protocol is shared between the connection (until
+    /// connectionLost has returned) and the handles you keep, so a test may
+    /// read it after the close. `factory` must outlive the connection, as
+    /// for connectTCP: if it is destroyed first, the attempt or connection
+    /// is closed silently and the Deferred never fires. The endpoint object
+    /// itself may go as soon as this returns.
+    REACTOR_INLINE Deferred<std::shared_ptr<Protocol>> connect(Factory& factory);
+    /// What it connects to, for logs: "TCP 127.0.0.1:8000".
+    virtual std::string describe() const = 0;
+    /// The primitive an endpoint type implements: starts one attempt for
+    /// `factory` (which the attempt owns). `owner`, if not null, is the
+    /// factory whose destruction closes the attempt and its connection.
+    virtual std::shared_ptr<IConnector> connectWith(std::shared_ptr<ClientFactory> factory, Factory* owner) = 0;
+};
+
+/// TCP over IPv4 (Twisted's TCP4ServerEndpoint): listenTCP(port, factory,
+/// backlog, interface). `interface` "" is every IPv4 address.
+class TCP4ServerEndpoint : public IStreamServerEndpoint {
+public:
+    TCP4ServerEndpoint(Reactor& r, int port, int backlog = defaultBacklog, std::string interface = "")
+        : reactor_(r), port_(port), backlog_(backlog), interface_(std::move(interface)) {}
+    REACTOR_INLINE Deferred<ListeningPort> listen(Factory& factory) override;
+    REACTOR_INLINE std::string describe() const override;
+
+protected:
+    Reactor& reactor_;
+    int port_;
+    int backlog_;
+    std::string interface_;
+};
+
+/// TCP over IPv6 (Twisted's TCP6ServerEndpoint): `interface` "::" (the
+/// default) is every IPv6 address.
+class TCP6ServerEndpoint : public TCP4ServerEndpoint {
+public:
+    TCP6ServerEndpoint(Reactor& r, int port, int backlog = defaultBacklog, std::string interface = "::")
+        : TCP4ServerEndpoint(r, port, backlog, std::move(interface)) {}
+};
+
+/// A UNIX socket (Twisted's UNIXServerEndpoint): listenUNIX(path, factory,
+/// backlog, mode, wantPID).
+class UNIXServerEndpoint : public IStreamServerEndpoint {
+public:
+    UNIXServerEndpoint(Reactor& r, std::string path, int backlog = defaultBacklog, int mode = 0666,
+                       bool wantPID = false)
+        : reactor_(r), path_(std::move(path)), backlog_(backlog), mode_(mode), wantPID_(wantPID) {}
+    REACTOR_INLINE Deferred<ListeningPort> listen(Factory& factory) override;
+    REACTOR_INLINE std::string describe() const override;
+
+private:
+    Reactor& reactor_;
+    std::string path_;
+    int backlog_;
+    int mode_;
+    bool wantPID_;
+};
+
+/// TCP to a host (an IP literal, or a name resolved off the loop) and
+/// port (Twisted's TCP4ClientEndpoint): connectTCP's arguments.
+class TCP4ClientEndpoint : public IStreamClientEndpoint {
+public:
+    TCP4ClientEndpoint(Reactor& r, std::string host, int port, double timeout = 30, Address bindAddress = {})
+        : reactor_(r), host_(std::move(host)), port_(port), timeout_(timeout), bindAddress_(std::move(bindAddress)) {}
+    REACTOR_INLINE std::string describe() const override;
+    REACTOR_INLINE std::shared_ptr<IConnector> connectWith(std::shared_ptr<ClientFactory> factory,
+                                                           Factory* owner) override;
+
+private:
+    Reactor& reactor_;
+    std::string host_;
+    int port_;
+    double timeout_;
+    Address bindAddress_;
+};
+
+/// Twisted's TCP6ClientEndpoint. connectTCP already tries every address a
+/// name resolves to, IPv6 ones included, so this is TCP4ClientEndpoint.
+using TCP6ClientEndpoint = TCP4ClientEndpoint;
+
+/// A UNIX socket (Twisted's UNIXClientEndpoint): connectUNIX's arguments.
+class UNIXClientEndpoint : public IStreamClientEndpoint {
+public:
+    UNIXClientEndpoint(Reactor& r, std::string path, double timeout = 30, bool checkPID = false)
+        : reactor_(r), path_(std::move(path)), timeout_(timeout), checkPID_(checkPID) {}
+    REACTOR_INLINE std::string describe() const override;
+    REACTOR_INLINE std::shared_ptr<IConnector> connectWith(std::shared_ptr<ClientFactory> factory,
+                                                           Factory* owner) override;
+
+private:
+    Reactor& reactor_;
+    std::string path_;
+    double timeout_;
+    bool checkPID_;
+};
+
+/// Parses a server description (Twisted's serverFromString). Fields are
+/// separated by ':' (write "\:" for a colon inside a value), positional
+/// first, then name=value:
+///   tcp:PORT[:interface=IP][:backlog=N]      (also port=PORT)
+///   tcp6:PORT[:interface=IP6][:backlog=N]    (interface defaults to ::)
+///   unix:PATH[:mode=OCTAL][:backlog=N][:lockfile=0|1]
+///                                            (also address=PATH; mode 666
+///                                            and lockfile=1 by default, as
+///                                            in Twisted; "@name" is a Linux
+///                                            abstract name)
+/// Bad input (an unknown type or parameter, a missing or malformed value)
+/// raises error::ValueError naming the problem; without exceptions it is
+/// logged and the endpoint returned fails every listen() with it.
+REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& r, std::string_view description);
+
+/// Parses a client description (Twisted's clientFromString):
+///   tcp:HOST:PORT  or  tcp:host=HOST:port=PORT[:timeout=SECONDS][:bindAddress=IP]
+///   tcp6:...       (the same)
+///   unix:PATH  or  unix:path=PATH[:timeout=SECONDS][:lockfile=0|1]
+/// Errors as for serverFromString.
+REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& r, std::string_view description);
+
+namespace detail {
+/// connect() and connectProtocol: the attempt's client factory. It builds
+/// the protocol (with the user's factory, or hands over the one given),
+/// keeps it in a shared_ptr and gives the connection a forwarder to it.
+REACTOR_INLINE Deferred<std::shared_ptr<Protocol>> connectEndpoint(IStreamClientEndpoint& endpoint, Factory* factory,
+                                                                   std::shared_ptr<Protocol> given);
+}  // namespace detail
+
+/// Connects `protocol` through `endpoint` (Twisted's connectProtocol) and
+/// fires with it once its connectionMade has run. You own the protocol:
+/// the connection shares it until connectionLost has returned, after which
+/// `transport` is null and `connected` false, and your handle stays valid.
+///
+///     auto d = connectProtocol(*clientFromString(r, "tcp:127.0.0.1:8000"),
+///                              std::make_shared<Greeter>());
+template <class P>
+Deferred<std::shared_ptr<P>> connectProtocol(IStreamClientEndpoint& endpoint, std::shared_ptr<P> protocol) {
+    static_assert(std::is_base_of<Protocol, P>::value, "connectProtocol: P must derive from reactor::Protocol");
+    return detail::connectEndpoint(endpoint, nullptr, std::move(protocol))
+        .addCallback([](std::shared_ptr<Protocol> p) { return std::static_pointer_cast<P>(std::move(p)); });
+}
+
+/// The shortest way to a connected protocol over TCP (Twisted's
+/// ClientCreator): `connectProtocol<Echo>(r, "127.0.0.1", 8000)` makes a
+/// P(args...) and connects it, as connectProtocol(endpoint, protocol).
+template <class P, class... Args>
+Deferred<std::shared_ptr<P>> connectProtocol(Reactor& r, const std::string& host, int port, Args&&... args) {
+    TCP4ClientEndpoint endpoint(r, host, port);
+    return connectProtocol(endpoint, std::make_shared<P>(std::forward<Args>(args)...));
+}
 
 /// A ClientFactory that reconnects with exponential backoff (Twisted's
 /// ReconnectingClientFactory, with the same formula and defaults). Call
@@ -5434,6 +5623,8 @@ REACTOR_ERROR_CONSTRUCTOR(NotConnectingError)
 REACTOR_ERROR_CONSTRUCTOR(BindError)
 REACTOR_ERROR_CONSTRUCTOR(CannotListenError)
 REACTOR_ERROR_CONSTRUCTOR(NotListeningError)
+REACTOR_ERROR_CONSTRUCTOR(ConnectingCancelledError)
+REACTOR_ERROR_CONSTRUCTOR(NoProtocol)
 #undef REACTOR_ERROR_CONSTRUCTOR
 
 namespace detail {
@@ -7432,7 +7623,7 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
     state_ = State::connected;
     auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p),
                                                 std::static_pointer_cast<TcpConnector>(shared_from_this()));
-    conn->useFactory(factory_);
+    conn->useFactory(owner_ ? *owner_ : factory_);
     conn->setPeer(peer);
     transport_ = conn.get();
     ReactorAccess::adopt(reactor_, conn);
@@ -7567,6 +7758,387 @@ REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectUNIX(const std::strin
     c->targetUnix(checkPID);
     c->connect();
     return c;
+}
+
+// ---- endpoints ----
+
+namespace detail {
+
+/// Lives in the connection in place of the protocol it shares: forwards
+/// every event, and lets go of the transport after connectionLost so a
+/// protocol kept by its owner never points at a freed transport.
+class SharedProtocol final : public Protocol {
+public:
+    SharedProtocol(std::shared_ptr<Protocol> inner, Deferred<std::shared_ptr<Protocol>> onConnection)
+        : inner_(std::move(inner)), onConnection_(std::move(onConnection)) {}
+    void connectionMade() override {
+        inner_->makeConnection(transport);
+        if (!onConnection_.called()) onConnection_.callback(inner_);
+    }
+    void dataReceived(std::string_view data) override { inner_->dataReceived(data); }
+    void connectionLost(const Failure& reason) override {
+        inner_->connected = false;
+        auto detach = [this] { inner_->transport = nullptr; };
+        struct Guard {  // also when connectionLost throws
+            decltype(detach)& f;
+            ~Guard() { f(); }
+        } guard{detach};
+        inner_->connectionLost(reason);
+        // connectionMade failed before the Deferred fired: say so.
+        if (!onConnection_.called()) onConnection_.errback(reason);
+    }
+    bool halfCloseable() const override { return inner_->halfCloseable(); }
+    void readConnectionLost() override { inner_->readConnectionLost(); }
+    void writeConnectionLost() override { inner_->writeConnectionLost(); }
+    std::string logPrefix() const override { return inner_->logPrefix(); }
+
+private:
+    std::shared_ptr<Protocol> inner_;
+    Deferred<std::shared_ptr<Protocol>> onConnection_;
+};
+
+/// The client factory of one endpoint attempt (owned by its connector).
+class EndpointFactory final : public ClientFactory {
+public:
+    EndpointFactory(Factory* wrapped, std::shared_ptr<Protocol> given, Deferred<std::shared_ptr<Protocol>> d)
+        : wrapped_(wrapped), given_(std::move(given)), onConnection_(std::move(d)) {}
+    std::unique_ptr<Protocol> buildProtocol(const Address& addr) override {
+        std::shared_ptr<Protocol> p = std::move(given_);
+        if (!p && wrapped_) p = wrapped_->buildProtocol(addr);
+        if (!p) {
+            if (!onConnection_.called()) onConnection_.errback(Failure(error::NoProtocol()));
+            return nullptr;  // the connector closes the socket
+        }
+        return std::make_unique<SharedProtocol>(std::move(p), onConnection_);
+    }
+    void startFactory() override {
+        if (wrapped_) wrapped_->doStart();
+    }
+    void stopFactory() override {
+        if (wrapped_) wrapped_->doStop();
+    }
+    void clientConnectionFailed(IConnector&, const Failure& reason) override {
+        if (!onConnection_.called()) onConnection_.errback(reason);
+    }
+
+private:
+    Factory* wrapped_;
+    std::shared_ptr<Protocol> given_;
+    Deferred<std::shared_ptr<Protocol>> onConnection_;
+};
+
+REACTOR_INLINE Deferred<std::shared_ptr<Protocol>> connectEndpoint(IStreamClientEndpoint& endpoint, Factory* factory,
+                                                                   std::shared_ptr<Protocol> given) {
+    // The canceller needs the connector, which exists only once the
+    // attempt has started: it reads it through this slot.
+    auto connector = std::make_shared<std::weak_ptr<IConnector>>();
+    Deferred<std::shared_ptr<Protocol>> d([connector](Deferred<std::shared_ptr<Protocol>>& self) {
+        auto c = connector->lock();
+        if (!c) return;  // plain CancelledError
+        // Twisted: the Deferred fails first, then the attempt stops (its
+        // clientConnectionFailed finds the Deferred fired).
+        self.errback(Failure(error::ConnectingCancelledError("Connecting to " + c->getDestination().str() +
+                                                             " was cancelled.")));
+        if (c->isConnecting()) c->stopConnecting();
+    });
+    auto adapter = std::make_shared<EndpointFactory>(factory, std::move(given), d);
+    *connector = endpoint.connectWith(std::move(adapter), factory);
+    return d;
+}
+
+/// listenTCP / listenUNIX without raising: the port, or the reason.
+template <class Listen>
+ListeningPort startPort(Reactor& r, Factory& factory, std::string& why, Listen listen) {
+    auto p = std::make_shared<TcpPort>(r, factory);
+    if (!listen(*p, why)) return ListeningPort();
+    ReactorAccess::adopt(r, p);
+    return ListeningPort(std::move(p));
+}
+
+/// Parsing endpoint descriptions (Twisted's strports grammar).
+struct EndpointDescription {
+    std::string type;
+    std::vector<std::string> args;
+    std::vector<std::pair<std::string, std::string>> params;
+    std::string error;  // non-empty: what is wrong
+};
+
+REACTOR_INLINE EndpointDescription parseDescription(std::string_view text) {
+    EndpointDescription out;
+    std::vector<std::string> field(1);  // one field: its ':'-free pieces split at the first '='
+    auto finish = [&] {
+        if (field.size() == 1)
+            out.args.push_back(std::move(field[0]));
+        else
+            out.params.emplace_back(std::move(field[0]), std::move(field[1]));
+        field.assign(1, std::string());
+    };
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        char c = text[i];
+        if (c == '\\') {
+            if (++i == text.size()) {
+                out.error = "ends with a lone backslash";
+                return out;
+            }
+            field.back() += text[i];
+        } else if (c == ':') {
+            finish();
+        } else if (c == '=' && field.size() == 1) {
+            field.emplace_back();
+        } else {
+            field.back() += c;
+        }
+    }
+    finish();
+    if (out.args.empty() || out.args[0].empty()) {
+        out.error = "no endpoint type (it starts with one: tcp:, tcp6:, unix:)";
+        return out;
+    }
+    out.type = out.args[0];
+    out.args.erase(out.args.begin());
+    for (const auto& kv : out.params)
+        if (kv.first.empty()) out.error = "a parameter without a name ('=" + kv.second + "')";
+    return out;
+}
+
+/// Reads the fields of one description by name or position, and collects
+/// the first problem.
+class DescriptionReader {
+public:
+    DescriptionReader(EndpointDescription& d, std::initializer_list<const char*> known) : d_(d) {
+        for (const auto& kv : d_.params) {
+            bool ok = false;
+            for (const char* k : known) ok = ok || kv.first == k;
+            if (!ok) {
+                std::string names;
+                for (const char* k : known) names += std::string(names.empty() ? "" : ", ") + k;
+                fail("unknown parameter '" + kv.first + "' (" + d_.type + ": takes " + names + ")");
+            }
+        }
+    }
+    /// The value named `name`, else the next positional one, else `fallback`.
+    std::optional<std::string> take(const char* name, bool positional) {
+        for (const auto& kv : d_.params)
+            if (kv.first == name) return kv.second;
+        if (positional && next_ < d_.args.size()) return d_.args[next_++];
+        return std::nullopt;
+    }
+    std::string text(const char* name, bool positional, std::string fallback) {
+        auto v = take(name, positional);
+        return v ? *v : fallback;
+    }
+    long number(const char* name, bool positional, long fallback, long lo, long hi, int base = 10) {
+        auto v = take(name, positional);
+        if (!v) return fallback;
+        char* end = nullptr;
+        errno = 0;
+        long n = v->empty() ? 0 : std::strtol(v->c_str(), &end, base);
+        if (v->empty() || *end != '\0' || errno != 0 || n < lo || n > hi)
+            fail(std::string(name) + " must be " + (base == 8 ? "an octal number" : "a whole number") + " from " +
+                 (base == 8 ? "0 to 7777" : std::to_string(lo) + " to " + std::to_string(hi)) + ", not '" + *v + "'");
+        return n;
+    }
+    double seconds(const char* name, double fallback) {
+        auto v = take(name, false);
+        if (!v) return fallback;
+        char* end = nullptr;
+        double x = v->empty() ? -1 : std::strtod(v->c_str(), &end);
+        if (v->empty() || *end != '\0' || !(x >= 0)) fail(std::string(name) + " must be a number of seconds, not '" + *v + "'");
+        return x;
+    }
+    bool flag(const char* name, bool fallback) { return number(name, false, fallback ? 1 : 0, 0, 1) != 0; }
+    void need(const std::optional<std::string>& v, const char* what) {
+        if (!v || v->empty()) fail(std::string("missing ") + what);
+    }
+    /// Positional fields nobody asked for.
+    void finish() {
+        if (next_ < d_.args.size()) fail("unexpected field '" + d_.args[next_] + "'");
+    }
+    void fail(std::string why) {
+        if (d_.error.empty()) d_.error = std::move(why);
+    }
+
+private:
+    EndpointDescription& d_;
+    std::size_t next_ = 0;
+};
+
+/// "@name" in a description is Linux's abstract name "\0name".
+inline std::string unixPathFromDescription(std::string path) {
+    if (!path.empty() && path[0] == '@') path[0] = '\0';
+    return path;
+}
+
+/// What serverFromString/clientFromString return for bad input when they
+/// cannot throw: an endpoint that fails with the parse error.
+class BrokenEndpoint final : public IStreamServerEndpoint, public IStreamClientEndpoint {
+public:
+    explicit BrokenEndpoint(Failure why) : why_(std::move(why)) {}
+    Deferred<ListeningPort> listen(Factory&) override { return fail<ListeningPort>(why_); }
+    std::string describe() const override { return "invalid endpoint (" + why_.getErrorMessage() + ")"; }
+    std::shared_ptr<IConnector> connectWith(std::shared_ptr<ClientFactory> factory, Factory*) override {
+        Failure why = why_;
+        struct Refused final : IConnector {
+            void connect() override {}
+            void disconnect() override {}
+            void stopConnecting() override {}
+            bool isConnecting() const override { return false; }
+            Address getDestination() const override { return Address(); }
+        };
+        auto c = std::make_shared<Refused>();
+        factory->clientConnectionFailed(*c, why);
+        return c;
+    }
+
+private:
+    Failure why_;
+};
+
+}  // namespace detail
+
+REACTOR_INLINE Deferred<std::shared_ptr<Protocol>> IStreamClientEndpoint::connect(Factory& factory) {
+    return detail::connectEndpoint(*this, &factory, nullptr);
+}
+
+REACTOR_INLINE Deferred<ListeningPort> TCP4ServerEndpoint::listen(Factory& factory) {
+    std::string why;
+    ListenOptions options;
+    options.interface = interface_;
+    options.backlog = backlog_;
+    ListeningPort port = detail::startPort(reactor_, factory, why, [&](detail::TcpPort& p, std::string& w) {
+        if (port_ < 0 || port_ > 65535) {
+            w = "Couldn't listen on port " + std::to_string(port_) + ": a port is 0 (any free port) to 65535.";
+            return false;
+        }
+        return p.listen(static_cast<std::uint16_t>(port_), options, w);
+    });
+    if (!port) return fail<ListeningPort>(Failure(error::CannotListenError(why)));
+    return succeed(std::move(port));
+}
+
+REACTOR_INLINE std::string TCP4ServerEndpoint::describe() const {
+    return "TCP port " + std::to_string(port_) + " on " + (interface_.empty() ? "every IPv4 address" : interface_);
+}
+
+REACTOR_INLINE Deferred<ListeningPort> UNIXServerEndpoint::listen(Factory& factory) {
+    std::string why;
+    ListeningPort port = detail::startPort(reactor_, factory, why, [&](detail::TcpPort& p, std::string& w) {
+        return p.listenUnix(path_, backlog_, mode_, wantPID_, w);
+    });
+    if (!port) return fail<ListeningPort>(Failure(error::CannotListenError(why)));
+    return succeed(std::move(port));
+}
+
+REACTOR_INLINE std::string UNIXServerEndpoint::describe() const {
+    return "UNIX socket " + Address::unixSocket(path_).str();
+}
+
+REACTOR_INLINE std::string TCP4ClientEndpoint::describe() const {
+    Address a;
+    a.host = host_;
+    a.port = static_cast<std::uint16_t>(port_);
+    a.ipv6 = host_.find(':') != std::string::npos;
+    return "TCP " + a.str();
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> TCP4ClientEndpoint::connectWith(std::shared_ptr<ClientFactory> factory,
+                                                                          Factory* owner) {
+    auto c = std::make_shared<detail::TcpConnector>(reactor_, host_, port_, *factory, timeout_, bindAddress_);
+    c->keepFactory = std::move(factory);
+    if (owner) c->ownedBy(*owner);
+    c->connect();
+    return c;
+}
+
+REACTOR_INLINE std::string UNIXClientEndpoint::describe() const {
+    return "UNIX socket " + Address::unixSocket(path_).str();
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> UNIXClientEndpoint::connectWith(std::shared_ptr<ClientFactory> factory,
+                                                                          Factory* owner) {
+    auto c = std::make_shared<detail::TcpConnector>(reactor_, path_, 1, *factory, timeout_, Address());
+    c->keepFactory = std::move(factory);
+    c->targetUnix(checkPID_);
+    if (owner) c->ownedBy(*owner);
+    c->connect();
+    return c;
+}
+
+REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& r, std::string_view description) {
+    detail::EndpointDescription d = detail::parseDescription(description);
+    std::shared_ptr<IStreamServerEndpoint> made;
+    if (d.error.empty()) {
+        if (d.type == "tcp" || d.type == "tcp6") {
+            detail::DescriptionReader in(d, {"port", "interface", "backlog"});
+            auto port = in.take("port", true);
+            in.need(port, "port (tcp:8000)");
+            long number = 0;
+            if (port && !port->empty()) {
+                d.params.emplace_back("port", *port);  // re-read as a number
+                number = in.number("port", false, 0, 0, 65535);
+            }
+            std::string interface = in.text("interface", false, d.type == "tcp6" ? "::" : "");
+            long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
+            in.finish();
+            made = std::make_shared<TCP4ServerEndpoint>(r, static_cast<int>(number), static_cast<int>(backlog),
+                                                        interface);
+        } else if (d.type == "unix") {
+            detail::DescriptionReader in(d, {"address", "mode", "backlog", "lockfile"});
+            auto path = in.take("address", true);
+            in.need(path, "path (unix:/run/app.sock)");
+            long mode = in.number("mode", false, 0666, 0, 07777, 8);
+            long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
+            bool lock = in.flag("lockfile", true);
+            in.finish();
+            made = std::make_shared<UNIXServerEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""),
+                                                        static_cast<int>(backlog), static_cast<int>(mode), lock);
+        } else {
+            d.error = "unknown endpoint type '" + d.type + "' (known: tcp, tcp6, unix)";
+        }
+    }
+    if (d.error.empty()) return made;
+    std::string message = "invalid server endpoint '" + std::string(description) + "': " + d.error;
+    detail::raise<error::ValueError>(message);
+    return std::make_shared<detail::BrokenEndpoint>(Failure(error::ValueError(message)));
+}
+
+REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& r, std::string_view description) {
+    detail::EndpointDescription d = detail::parseDescription(description);
+    std::shared_ptr<IStreamClientEndpoint> made;
+    if (d.error.empty()) {
+        if (d.type == "tcp" || d.type == "tcp6") {
+            detail::DescriptionReader in(d, {"host", "port", "timeout", "bindAddress"});
+            auto host = in.take("host", true);
+            in.need(host, "host (tcp:host=example.org:port=6667)");
+            auto port = in.take("port", true);
+            in.need(port, "port (tcp:host=example.org:port=6667)");
+            long number = 0;
+            if (port && !port->empty()) {
+                d.params.emplace_back("port", *port);
+                number = in.number("port", false, 0, 1, 65535);
+            }
+            double timeout = in.seconds("timeout", 30);
+            Address bind;
+            bind.host = in.text("bindAddress", false, "");
+            in.finish();
+            made = std::make_shared<TCP4ClientEndpoint>(r, host ? *host : "", static_cast<int>(number), timeout, bind);
+        } else if (d.type == "unix") {
+            detail::DescriptionReader in(d, {"path", "timeout", "lockfile"});
+            auto path = in.take("path", true);
+            in.need(path, "path (unix:path=/run/app.sock)");
+            double timeout = in.seconds("timeout", 30);
+            bool check = in.flag("lockfile", false);
+            in.finish();
+            made = std::make_shared<UNIXClientEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""), timeout,
+                                                        check);
+        } else {
+            d.error = "unknown endpoint type '" + d.type + "' (known: tcp, tcp6, unix)";
+        }
+    }
+    if (d.error.empty()) return made;
+    std::string message = "invalid client endpoint '" + std::string(description) + "': " + d.error;
+    detail::raise<error::ValueError>(message);
+    return std::make_shared<detail::BrokenEndpoint>(Failure(error::ValueError(message)));
 }
 
 REACTOR_INLINE void ReconnectingClientFactory::clientConnectionFailed(IConnector& c, const Failure& reason) {
