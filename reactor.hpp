@@ -71,7 +71,8 @@
 //   8. REACTOR         the event loop
 //   9. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory,
 //                      policies::TimeoutMixin
-//  10. TCP             listenTCP, connectTCP, the TCP transport
+//  10. TCP             listenTCP, connectTCP, the TCP transport; UNIX
+//                      sockets; endpoints (serverFromString, connectProtocol)
 //  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
 //  12. TASK            LoopingCall, deferLater, deferToThread
 //  13. IRC             irc::parsemsg, irc::IRCClient

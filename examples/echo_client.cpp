@@ -1,33 +1,37 @@
-// echo_client — a client: connectTCP, a ClientFactory, and stdin as a second
-// event source in the same loop.
+// echo_client — a client: connectProtocol, and stdin as a second event
+// source in the same loop.
 //
 //   make && ./build/examples/echo_client 127.0.0.1 8000
 //   printf 'one\ntwo\n' | ./build/examples/echo_client 127.0.0.1 8000
+//   ./build/examples/echo_client unix:/tmp/echo.sock        (an endpoint string)
 //
-// One idea: a client is the same Protocol as a server; only the factory
-// differs (a ClientFactory also hears about failed and lost connections).
+// One idea: a client is the same Protocol as a server. connectProtocol hands
+// you the connected protocol in a Deferred; you own it (a shared_ptr), so it
+// stays valid after the connection is gone.
 #include <unistd.h>
 
 #include <cstdio>
 #include <cstdlib>
+#include <memory>
 #include <string>
 
 #include "reactor.hpp"
 
 struct EchoClient : reactor::Protocol {
-    reactor::Reactor* r = nullptr;
+    reactor::Reactor& r;
     int outstanding = 0;  // bytes sent and not yet echoed back
     bool inputDone = false;
+    explicit EchoClient(reactor::Reactor& reactor) : r(reactor) {}
 
     void connectionMade() override {
         std::printf("connected to %s; type lines, Ctrl-D to finish\n", transport->getPeer().str().c_str());
         std::fflush(stdout);
         // stdin is just another descriptor for the reactor to watch.
-        r->addReader(STDIN_FILENO, [this] {
+        r.addReader(STDIN_FILENO, [this] {
             char buf[4096];
             ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
             if (n <= 0) {  // end of input: close once the echoes are back
-                r->removeReader(STDIN_FILENO);
+                r.removeReader(STDIN_FILENO);
                 inputDone = true;
                 if (outstanding == 0) transport->loseConnection();
                 return;
@@ -42,35 +46,33 @@ struct EchoClient : reactor::Protocol {
         outstanding -= static_cast<int>(data.size());
         if (inputDone && outstanding <= 0) transport->loseConnection();
     }
-    void connectionLost(const reactor::Failure&) override { r->removeReader(STDIN_FILENO); }
-};
-
-struct EchoClientFactory : reactor::ClientFactory {
-    reactor::Reactor& r;
-    explicit EchoClientFactory(reactor::Reactor& reactor) : r(reactor) {}
-    std::unique_ptr<reactor::Protocol> buildProtocol(const reactor::Address&) override {
-        auto p = std::make_unique<EchoClient>();
-        p->r = &r;
-        return p;
-    }
-    void clientConnectionFailed(reactor::IConnector&, const reactor::Failure& reason) override {
-        std::printf("connection failed: %s\n", reason.getErrorMessage().c_str());
-        r.stop();
-    }
-    void clientConnectionLost(reactor::IConnector&, const reactor::Failure& reason) override {
+    void connectionLost(const reactor::Failure& reason) override {
+        r.removeReader(STDIN_FILENO);
         std::printf("connection closed: %s\n", reason.getErrorMessage().c_str());
         r.stop();
     }
 };
 
 int main(int argc, char** argv) {
-    if (argc != 3) {
-        std::fprintf(stderr, "usage: %s HOST PORT\n", argv[0]);
+    if (argc != 2 && argc != 3) {
+        std::fprintf(stderr, "usage: %s HOST PORT\n       %s ENDPOINT   (tcp:HOST:PORT, unix:PATH)\n", argv[0], argv[0]);
         return 2;
     }
     reactor::Reactor r;
-    EchoClientFactory factory(r);
-    r.connectTCP(argv[1], static_cast<std::uint16_t>(std::atoi(argv[2])), factory);
+    std::string where = argc == 3 ? std::string("tcp:") + argv[1] + ":" + argv[2] : argv[1];
+    // IPv6 literals: the endpoint grammar needs their colons escaped.
+    if (argc == 3 && std::string(argv[1]).find(':') != std::string::npos) {
+        where = "tcp:host=";
+        for (char c : std::string(argv[1])) where += c == ':' ? std::string("\\:") : std::string(1, c);
+        where += std::string(":port=") + argv[2];
+    }
+    auto client = std::make_shared<EchoClient>(r);
+    reactor::connectProtocol(*reactor::clientFromString(r, where), client)
+        .addErrback([&](const reactor::Failure& reason) {
+            std::printf("connection failed: %s\n", reason.getErrorMessage().c_str());
+            r.stop();
+            return std::shared_ptr<EchoClient>();
+        });
     r.run(true);
     return 0;
 }

@@ -3,6 +3,11 @@
 //   make && ./build/examples/echo_server 8000        (0 or nothing: a free port)
 //   then, in another terminal:  nc 127.0.0.1 8000
 //
+// Where to listen can also be an endpoint string (Twisted's strports), so the
+// same program serves TCP or a UNIX socket without a line changed:
+//   ./build/examples/echo_server tcp:8000:interface=127.0.0.1
+//   ./build/examples/echo_server unix:/tmp/echo.sock      (nc -U /tmp/echo.sock)
+//
 // One idea: you write a Protocol (what to do with bytes); a Factory makes one
 // per connection; the reactor owns the sockets and calls your methods:
 //   buildProtocol -> makeConnection -> connectionMade -> dataReceived... -> connectionLost
@@ -38,16 +43,39 @@ struct Echo : reactor::Protocol {
 
 int main(int argc, char** argv) {
     int port = 0, threads = 1;
+    const char* endpoint = nullptr;
     for (int i = 1; i < argc; ++i) {
         if (std::strcmp(argv[i], "--threads") == 0 && i + 1 < argc) threads = std::max(1, std::atoi(argv[++i]));
+        else if (std::strchr(argv[i], ':')) endpoint = argv[i];
         else port = std::atoi(argv[i]);
     }
 
     reactor::Reactor r;
     auto factory = reactor::Factory::forProtocol<Echo>();  // "make an Echo for each connection"
+    reactor::ListeningPort listening;
+    if (endpoint) {
+        if (threads > 1) {
+            std::fprintf(stderr, "--threads takes a port number, not an endpoint\n");
+            return 2;
+        }
+        // A malformed string is refused at once (error::ValueError); a good
+        // one listens and fires its Deferred with the port, or with the
+        // reason it could not listen.
+        std::shared_ptr<reactor::IStreamServerEndpoint> where;
+        try {
+            where = reactor::serverFromString(r, endpoint);
+        } catch (const reactor::error::ValueError& e) {
+            std::fprintf(stderr, "%s\n", e.what());
+            return 2;
+        }
+        where->listen(factory).addCallbacks(
+            [&](reactor::ListeningPort p) { listening = p; },
+            [](const reactor::Failure& f) { std::fprintf(stderr, "%s\n", f.str().c_str()); });
+        if (!listening) return 1;
+    }
     reactor::ListenOptions options;
     options.reusePort = threads > 1;  // every socket sharing the port must ask
-    reactor::ListeningPort listening = r.listenTCP(port, factory, options);
+    if (!endpoint) listening = r.listenTCP(port, factory, options);
     std::printf("echo server listening on %s", listening.getHost().str().c_str());
     if (threads > 1) std::printf(" (%d reactors on %d threads share the port)", threads, threads);
     std::printf("\n");

@@ -82,6 +82,7 @@ def main():
     rc, out, err = run(["echo_client", "127.0.0.1", str(server.port)], b"one\ntwo\n")
     check("echo_client talks to echo_server", rc == 0 and "server: one" in out and "closed cleanly" in out, out + err)
     check("echo_client trace", "EchoClient.connectionMade" in err and "EchoClient.dataReceived" in err, err[:800])
+    port = server.port
 
     # port_forward in front of the echo server: 2 MB each way, intact.
     fwd = Server(["port_forward", "0", "127.0.0.1", str(server.port)])
@@ -102,6 +103,27 @@ def main():
     rc, out, err = server.stop()
     check("echo_server logs connections", "connection from 127.0.0.1" in out, out)
     check("echo_server trace", "Echo.dataReceived" in err and "Echo.connectionLost" in err, err[-800:])
+    # The server has stopped: the client reports the refusal and exits.
+    rc, out, err = run(["echo_client", "127.0.0.1", str(port)])
+    check("echo_client reports a refused connection", rc == 0 and "connection failed: Connection was refused" in out,
+          out + err[-300:])
+
+    # Endpoint strings: the same two programs over a UNIX socket.
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "echo.sock")
+        proc = subprocess.Popen([os.path.join(BIN, "echo_server"), "unix:" + path], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=ENV)
+        first = proc.stdout.readline().decode()
+        check("echo_server unix:PATH listens there", ("listening on " + path) in first, first)
+        rc, out, err = run(["echo_client", "unix:" + path], b"over unix\n")
+        check("echo_client unix:PATH talks to it", rc == 0 and "server: over unix" in out and "closed cleanly" in out,
+              out + err[-500:])
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+        check("echo_server removes its socket file on exit", not os.path.exists(path), path)
+        rc, out, err = run(["echo_server", "bogus:1"])
+        check("echo_server refuses a bad endpoint clearly", rc != 0 and "unknown endpoint type 'bogus'" in err, err)
 
     # echo_server --threads: two reactors share the port (SO_REUSEPORT);
     # 16 connections all echo, whichever reactor the kernel gave them to,

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <map>
 #include <memory>
 #include <string>
 
@@ -292,3 +293,51 @@ TEST_CASE("the factory destroyed while connecting: the attempt closes silently")
 }
 
 }  // TEST_SUITE
+
+// The README's testing chapter, verbatim but for the KV server it leaves to
+// the reader: keep the two in step.
+namespace readme {
+struct KVProtocol : reactor::LineReceiver {
+    std::map<std::string, std::string> store;
+    void lineReceived(std::string_view line) override {
+        std::string l(line);
+        if (l.rfind("SET ", 0) == 0) {
+            auto sp = l.find(' ', 4);
+            store[l.substr(4, sp - 4)] = l.substr(sp + 1);
+            sendLine("OK");
+        } else if (l.rfind("GET ", 0) == 0) {
+            sendLine("VALUE " + store[l.substr(4)]);
+        }
+    }
+};
+struct KVFactory : reactor::Factory {
+    KVFactory() { protocol = [] { return std::make_unique<KVProtocol>(); }; }
+};
+// The test's client: sends two commands, keeps the replies, then closes.
+struct KVClient : reactor::LineReceiver {
+    std::vector<std::string> replies;
+    bool closed = false;
+    void connectionMade() override { sendLine("SET k v"); sendLine("GET k"); }
+    void lineReceived(std::string_view line) override {
+        replies.emplace_back(line);
+        if (replies.size() == 2) transport->loseConnection();
+    }
+    void connectionLost(const reactor::Failure&) override { closed = true; }
+};
+
+TEST_CASE("README: SET then GET over loopback") {
+    reactor::Reactor r;
+    KVFactory server;                                       // your server factory
+    auto port = r.listenTCP(0, server, {"127.0.0.1"});      // 0: any free port, loopback only
+    auto client = std::make_shared<KVClient>();             // yours: still readable after the close
+    reactor::TCP4ClientEndpoint to(r, "127.0.0.1", port.getHost().port);
+    reactor::connectProtocol(to, client);
+
+    CHECK(reactor::testing::runUntil(r, [&] { return client->closed; }, 5.0));   // bounded, no sleep
+    CHECK(client->replies == std::vector<std::string>{"OK", "VALUE v"});
+
+    port.stopListening();
+    CHECK(reactor::testing::runUntilClean(r));      // both ends closed, no timers left
+    CHECK(reactor::testing::cleanUp(r) == "");      // else: names each leftover timer
+}                                                   // (file:line) and descriptor
+}  // namespace readme
