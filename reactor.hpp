@@ -2356,9 +2356,9 @@ struct Address {
 /// (ITransport::getPeerCredentials). `pid` is -1 where the system does not
 /// report it (macOS, the BSDs).
 struct PeerCredentials {
-    long pid = -1;
-    long uid = -1;
-    long gid = -1;
+    long pid = -1;  ///< the peer's process id when it connected (or listened)
+    long uid = -1;  ///< its effective user id
+    long gid = -1;  ///< its effective group id
 };
 
 class Factory;
@@ -3455,6 +3455,7 @@ public:
 /// backlog, interface). `interface` "" is every IPv4 address.
 class TCP4ServerEndpoint : public IStreamServerEndpoint {
 public:
+    /// listenTCP(port, factory, backlog, interface) on `r`, at listen().
     TCP4ServerEndpoint(Reactor& r, int port, int backlog = defaultBacklog, std::string interface = "")
         : reactor_(r), port_(port), backlog_(backlog), interface_(std::move(interface)) {}
     REACTOR_INLINE Deferred<ListeningPort> listen(Factory& factory) override;
@@ -3471,6 +3472,7 @@ protected:
 /// default) is every IPv6 address.
 class TCP6ServerEndpoint : public TCP4ServerEndpoint {
 public:
+    /// As TCP4ServerEndpoint, on every IPv6 address unless told otherwise.
     TCP6ServerEndpoint(Reactor& r, int port, int backlog = defaultBacklog, std::string interface = "::")
         : TCP4ServerEndpoint(r, port, backlog, std::move(interface)) {}
 };
@@ -3479,6 +3481,7 @@ public:
 /// backlog, mode, wantPID).
 class UNIXServerEndpoint : public IStreamServerEndpoint {
 public:
+    /// listenUNIX(path, factory, backlog, mode, wantPID) on `r`, at listen().
     UNIXServerEndpoint(Reactor& r, std::string path, int backlog = defaultBacklog, int mode = 0666,
                        bool wantPID = false)
         : reactor_(r), path_(std::move(path)), backlog_(backlog), mode_(mode), wantPID_(wantPID) {}
@@ -3497,6 +3500,7 @@ private:
 /// port (Twisted's TCP4ClientEndpoint): connectTCP's arguments.
 class TCP4ClientEndpoint : public IStreamClientEndpoint {
 public:
+    /// connectTCP(host, port, factory, timeout, bindAddress) on `r`, at connect().
     TCP4ClientEndpoint(Reactor& r, std::string host, int port, double timeout = 30, Address bindAddress = {})
         : reactor_(r), host_(std::move(host)), port_(port), timeout_(timeout), bindAddress_(std::move(bindAddress)) {}
     REACTOR_INLINE std::string describe() const override;
@@ -3518,6 +3522,7 @@ using TCP6ClientEndpoint = TCP4ClientEndpoint;
 /// A UNIX socket (Twisted's UNIXClientEndpoint): connectUNIX's arguments.
 class UNIXClientEndpoint : public IStreamClientEndpoint {
 public:
+    /// connectUNIX(path, factory, timeout, checkPID) on `r`, at connect().
     UNIXClientEndpoint(Reactor& r, std::string path, double timeout = 30, bool checkPID = false)
         : reactor_(r), path_(std::move(path)), timeout_(timeout), checkPID_(checkPID) {}
     REACTOR_INLINE std::string describe() const override;
