@@ -3326,7 +3326,7 @@ public:
     }
 
     /// Binds and listens; on failure returns the reason (and listens not).
-    bool listen(std::uint16_t port, const ListenOptions& options, std::string& why);
+    bool listen(int port, const ListenOptions& options, std::string& why);
     /// The same on a UNIX socket (Reactor::listenUNIX has the details).
     bool listenUnix(const std::string& path, int backlog, int mode, bool wantPID, std::string& why);
 
@@ -3395,12 +3395,15 @@ private:
 };
 
 namespace detail {
-
-
-
-
-
-
+/// listenTCP, listenUNIX and the server endpoints: a new port that `listen`
+/// sets up; the port, or an empty handle and the reason (nothing raised).
+template <class Listen>
+ListeningPort startPort(Reactor& r, Factory& factory, std::string& why, Listen listen) {
+    auto p = std::make_shared<TcpPort>(r, factory);
+    if (!listen(*p, why)) return ListeningPort();
+    ReactorAccess::adopt(r, p);
+    return ListeningPort(std::move(p));
+}
 }  // namespace detail
 
 
@@ -7429,11 +7432,15 @@ REACTOR_INLINE void TcpConnector::finishCycle() {
     }
 }
 
-REACTOR_INLINE bool TcpPort::listen(std::uint16_t port, const ListenOptions& options, std::string& why) {
+REACTOR_INLINE bool TcpPort::listen(int port, const ListenOptions& options, std::string& why) {
+    if (port < 0 || port > 65535) {
+        why = "Couldn't listen on port " + std::to_string(port) + ": a port is 0 (any free port) to 65535.";
+        return false;
+    }
     const std::string host = options.interface.empty() ? "0.0.0.0" : options.interface;
     os::SockAddr a;
     const std::string where = host + ":" + std::to_string(port);
-    if (!os::parseLiteral(host, port, a)) {
+    if (!os::parseLiteral(host, static_cast<std::uint16_t>(port), a)) {
         why = "Couldn't listen on " + where + ": the interface must be an IP address.";
         return false;
     }
@@ -7704,19 +7711,12 @@ REACTOR_INLINE ListeningPort Reactor::listenTCP(int port, Factory& factory, int 
 }
 
 REACTOR_INLINE ListeningPort Reactor::listenTCP(int port, Factory& factory, const ListenOptions& options) {
-    auto p = std::make_shared<detail::TcpPort>(*this, factory);
     std::string why;
-    if (port < 0 || port > 65535) {
-        detail::raise<error::CannotListenError>("Couldn't listen on port " + std::to_string(port) +
-                                                ": a port is 0 (any free port) to 65535.");
-        return ListeningPort();
-    }
-    if (!p->listen(static_cast<std::uint16_t>(port), options, why)) {
-        detail::raise<error::CannotListenError>(why);
-        return ListeningPort();
-    }
-    detail::ReactorAccess::adopt(*this, p);
-    return ListeningPort(std::move(p));
+    ListeningPort made = detail::startPort(*this, factory, why, [&](detail::TcpPort& p, std::string& w) {
+        return p.listen(port, options, w);
+    });
+    if (!made) detail::raise<error::CannotListenError>(why);
+    return made;
 }
 
 REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectTCP(const std::string& host, int port,
@@ -7738,14 +7738,12 @@ REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectTCP(const std::string
 
 REACTOR_INLINE ListeningPort Reactor::listenUNIX(const std::string& path, Factory& factory, int backlog, int mode,
                                                 bool wantPID) {
-    auto p = std::make_shared<detail::TcpPort>(*this, factory);
     std::string why;
-    if (!p->listenUnix(path, backlog, mode, wantPID, why)) {
-        detail::raise<error::CannotListenError>(why);
-        return ListeningPort();
-    }
-    detail::ReactorAccess::adopt(*this, p);
-    return ListeningPort(std::move(p));
+    ListeningPort made = detail::startPort(*this, factory, why, [&](detail::TcpPort& p, std::string& w) {
+        return p.listenUnix(path, backlog, mode, wantPID, w);
+    });
+    if (!made) detail::raise<error::CannotListenError>(why);
+    return made;
 }
 
 REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectUNIX(const std::string& path, ClientFactory& factory,
@@ -7850,15 +7848,6 @@ REACTOR_INLINE Deferred<std::shared_ptr<Protocol>> connectEndpoint(IStreamClient
     auto adapter = std::make_shared<EndpointFactory>(factory, std::move(given), d);
     *connector = endpoint.connectWith(std::move(adapter), factory);
     return d;
-}
-
-/// listenTCP / listenUNIX without raising: the port, or the reason.
-template <class Listen>
-ListeningPort startPort(Reactor& r, Factory& factory, std::string& why, Listen listen) {
-    auto p = std::make_shared<TcpPort>(r, factory);
-    if (!listen(*p, why)) return ListeningPort();
-    ReactorAccess::adopt(r, p);
-    return ListeningPort(std::move(p));
 }
 
 /// Parsing endpoint descriptions (Twisted's strports grammar).
@@ -8012,11 +8001,7 @@ REACTOR_INLINE Deferred<ListeningPort> TCP4ServerEndpoint::listen(Factory& facto
     options.interface = interface_;
     options.backlog = backlog_;
     ListeningPort port = detail::startPort(reactor_, factory, why, [&](detail::TcpPort& p, std::string& w) {
-        if (port_ < 0 || port_ > 65535) {
-            w = "Couldn't listen on port " + std::to_string(port_) + ": a port is 0 (any free port) to 65535.";
-            return false;
-        }
-        return p.listen(static_cast<std::uint16_t>(port_), options, w);
+        return p.listen(port_, options, w);
     });
     if (!port) return fail<ListeningPort>(Failure(error::CannotListenError(why)));
     return succeed(std::move(port));
