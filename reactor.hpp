@@ -109,6 +109,9 @@
 #if defined(REACTOR_USE_EPOLL) && !defined(__linux__)
 #error "REACTOR_USE_EPOLL needs Linux (epoll); the default poll() backend works everywhere"
 #endif
+#if defined(REACTOR_USE_EPOLL) && defined(REACTOR_POSIX_ONLY)
+#error "REACTOR_POSIX_ONLY builds what macOS and the BSDs run: poll() (or select()), not epoll"
+#endif
 
 // The inline namespace every name lives in (reactor::v0::Reactor, spelled
 // reactor::Reactor) carries the exceptions setting, which changes the
@@ -186,7 +189,7 @@
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <unistd.h>
-#if defined(__linux__)
+#if defined(__linux__) && !defined(REACTOR_POSIX_ONLY)
 #include <sys/eventfd.h>
 #endif
 #if defined(REACTOR_USE_EPOLL)
@@ -201,8 +204,40 @@ inline namespace REACTOR_ABI {
 // The OS layer. Everything above the socket API lives here so that a port to
 // another OS (Windows: WSAPoll + Winsock) touches this section only.
 // ============================================================================
+// The calls that differ between systems, decided once. Each Linux-only call
+// has a POSIX fallback, which is what macOS and the BSDs run;
+// REACTOR_POSIX_ONLY selects every fallback on Linux too, so that code is
+// compiled and tested here (make check runs the whole suite that way).
+//   wake-up descriptor    eventfd (Linux)       | a non-blocking self-pipe
+//   accepted sockets      accept4 with flags    | accept, then fcntl
+//   new sockets           SOCK_NONBLOCK|CLOEXEC | socket, then fcntl
+//   no SIGPIPE on send    MSG_NOSIGNAL          | SO_NOSIGPIPE on the socket
+//                                               | (macOS, BSD), else SIGPIPE
+//                                               | blocked in this thread
+//                                               | around the send
+#if defined(__linux__) && !defined(REACTOR_POSIX_ONLY)
+#define REACTOR_OS_EVENTFD 1
+#define REACTOR_OS_ACCEPT4 1
+#endif
+#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC) && !defined(REACTOR_POSIX_ONLY)
+#define REACTOR_OS_SOCKET_FLAGS 1
+#endif
+#if defined(MSG_NOSIGNAL) && !defined(REACTOR_POSIX_ONLY)
+#define REACTOR_OS_MSG_NOSIGNAL 1
+#elif defined(SO_NOSIGPIPE)
+#define REACTOR_OS_SO_NOSIGPIPE 1
+#endif
+
 namespace detail {
 namespace os {
+
+/// Which of the paths above this build takes, for tests and `make footprint`.
+inline constexpr bool posixFallbacks =
+#if defined(REACTOR_OS_EVENTFD) || defined(REACTOR_OS_ACCEPT4) || defined(REACTOR_OS_MSG_NOSIGNAL)
+    false;
+#else
+    true;
+#endif
 
 using Fd = int;
 inline constexpr Fd invalidFd = -1;
@@ -478,7 +513,7 @@ bool peerCredentials(Fd fd, long& pid, long& uid, long& gid);
 /// recv(); EINTR retried. Returns bytes, 0 at EOF, -1 with errno.
 long receive(Fd fd, char* buf, std::size_t size);
 
-/// Gather-write without SIGPIPE (MSG_NOSIGNAL): writev for sockets.
+/// Gather-write without SIGPIPE (see the table at the top of this section).
 long sendParts(Fd fd, const std::string_view* parts, std::size_t count);
 
 inline int shutdownWrite(Fd fd) { return ::shutdown(fd, SHUT_WR); }
@@ -5167,7 +5202,7 @@ REACTOR_INLINE int EpollBackend::wait(int timeoutMs, std::vector<Ready>& ready) 
 #endif
 
 REACTOR_INLINE Waker::Waker() {
-#if defined(__linux__)
+#if defined(REACTOR_OS_EVENTFD)
     readFd_ = writeFd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 #else
     int p[2];
@@ -5187,7 +5222,7 @@ REACTOR_INLINE Waker::~Waker() {
 
 REACTOR_INLINE void Waker::wake(Fd writeFd) {
     if (writeFd < 0) return;
-#if defined(__linux__)
+#if defined(REACTOR_OS_EVENTFD)
     std::uint64_t one = 1;
     ssize_t n = ::write(writeFd, &one, sizeof one);
 #else
@@ -5295,13 +5330,13 @@ REACTOR_INLINE void describe(const SockAddr& a, std::string& host, std::uint16_t
 }
 
 REACTOR_INLINE Fd tcpSocket(int family) {
-#if defined(SOCK_NONBLOCK) && defined(SOCK_CLOEXEC)
+#if defined(REACTOR_OS_SOCKET_FLAGS)
     Fd fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 #else
     Fd fd = ::socket(family, SOCK_STREAM, 0);
     if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
 #endif
-#if defined(SO_NOSIGPIPE)  // macOS/BSD: no SIGPIPE from this socket
+#if defined(REACTOR_OS_SO_NOSIGPIPE)  // macOS/BSD: no SIGPIPE from this socket
     if (fd >= 0) { int one = 1; ::setsockopt(fd, SOL_SOCKET, SO_NOSIGPIPE, &one, sizeof one); }
 #endif
     return fd;
@@ -5346,7 +5381,7 @@ REACTOR_INLINE Fd acceptOne(Fd listener, SockAddr& peer) {
     Fd fd;
     do {
         peer.length = sizeof peer.storage;
-#if defined(__linux__)
+#if defined(REACTOR_OS_ACCEPT4)
         fd = ::accept4(listener, peer.get(), &peer.length, SOCK_NONBLOCK | SOCK_CLOEXEC);
 #else
         fd = ::accept(listener, peer.get(), &peer.length);
@@ -5460,12 +5495,45 @@ REACTOR_INLINE long receive(Fd fd, char* buf, std::size_t size) {
     return static_cast<long>(n);
 }
 
-REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t count) {
-#if defined(MSG_NOSIGNAL)
-    constexpr int flags = MSG_NOSIGNAL;
-#else
-    constexpr int flags = 0;  // SO_NOSIGPIPE was set on the socket
+#if !defined(REACTOR_OS_MSG_NOSIGNAL) && !defined(REACTOR_OS_SO_NOSIGPIPE)
+/// Neither MSG_NOSIGNAL nor SO_NOSIGPIPE: SIGPIPE is blocked in this thread
+/// while the send runs, and one that the send raised is taken off the
+/// pending set before the mask is restored. Neither the process's signal
+/// handlers nor other threads are touched; a SIGPIPE that was already
+/// pending (someone else's) is left alone.
+class QuietSigpipe {
+public:
+    QuietSigpipe() {
+        sigemptyset(&pipe_);
+        sigaddset(&pipe_, SIGPIPE);
+        pthread_sigmask(SIG_BLOCK, &pipe_, &old_);
+        sigset_t pending;
+        sigpending(&pending);
+        alreadyPending_ = sigismember(&pending, SIGPIPE) == 1;
+    }
+    ~QuietSigpipe() {
+        int err = errno;  // the caller reads the send's errno after this
+        if (raised_ && !alreadyPending_) {
+            timespec zero{};
+            while (sigtimedwait(&pipe_, nullptr, &zero) < 0 && errno == EINTR) {
+            }
+        }
+        pthread_sigmask(SIG_SETMASK, &old_, nullptr);
+        errno = err;
+    }
+    QuietSigpipe(const QuietSigpipe&) = delete;
+    QuietSigpipe& operator=(const QuietSigpipe&) = delete;
+    /// After the send: whether it failed with EPIPE (and so raised SIGPIPE).
+    void sent(long result) { raised_ = result < 0 && errno == EPIPE; }
+
+private:
+    sigset_t pipe_{}, old_{};
+    bool alreadyPending_ = false, raised_ = false;
+};
 #endif
+
+/// send()/sendmsg() with `flags`, EINTR retried.
+REACTOR_INLINE long sendWithFlags(Fd fd, const std::string_view* parts, std::size_t count, int flags) {
     ssize_t sent;
     if (count == 1) {  // the common case: send() skips sendmsg's message header
         do sent = ::send(fd, parts[0].data(), parts[0].size(), flags);
@@ -5485,6 +5553,19 @@ REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t 
     do sent = ::sendmsg(fd, &msg, flags);
     while (sent < 0 && errno == EINTR);
     return static_cast<long>(sent);
+}
+
+REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t count) {
+#if defined(REACTOR_OS_MSG_NOSIGNAL)
+    return sendWithFlags(fd, parts, count, MSG_NOSIGNAL);
+#elif defined(REACTOR_OS_SO_NOSIGPIPE)
+    return sendWithFlags(fd, parts, count, 0);  // SO_NOSIGPIPE is set on the socket
+#else
+    QuietSigpipe quiet;
+    long sent = sendWithFlags(fd, parts, count, 0);
+    quiet.sent(sent);
+    return sent;
+#endif
 }
 
 REACTOR_INLINE std::atomic<int>& signalWakeFd() {

@@ -2,6 +2,7 @@
 // close reasons, buffering, half-close, flow control, failures, robustness;
 // plus ReconnectingClientFactory on a Clock.
 #include <arpa/inet.h>
+#include <signal.h>
 #include <malloc.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -155,6 +156,54 @@ TEST_CASE("echo on 127.0.0.1: port 0, the five-step lifecycle, addresses, factor
     port.stopListening();
     CHECK(server.stopped == 1);
     CHECK_FALSE(port.listening());
+}
+
+TEST_CASE("no SIGPIPE when writing to a peer that reset, with SIGPIPE's default action (fatal)") {
+    // MSG_NOSIGNAL on Linux; with REACTOR_POSIX_ONLY the fallback that
+    // blocks SIGPIPE in this thread around the send. Either way the process
+    // lives, no SIGPIPE is left pending and this thread's mask is as before.
+    struct sigaction fatal {}, previous {};
+    fatal.sa_handler = SIG_DFL;
+    sigemptyset(&fatal.sa_mask);
+    REQUIRE(::sigaction(SIGPIPE, &fatal, &previous) == 0);
+    sigset_t maskBefore;
+    pthread_sigmask(SIG_SETMASK, nullptr, &maskBefore);
+
+    test::CleanReactor t;
+    ServerFactory server;
+    ListeningPort port = t.r.listenTCP(0, server, {"127.0.0.1"});
+    // The server closes; the client keeps writing after the FIN. The first
+    // write draws a reset from the server's kernel, the next gets EPIPE,
+    // which is where the kernel would raise SIGPIPE.
+    struct Writer : Protocol {
+        bool halfCloseable() const override { return true; }
+        void readConnectionLost() override {}
+        std::string why;
+        void connectionLost(const Failure& reason) override { why = reason.type(); }
+    };
+    auto writer = std::make_shared<Writer>();
+    TCP4ClientEndpoint to(t.r, "127.0.0.1", port.getHost().port);
+    connectProtocol(to, writer);
+    REQUIRE(testing::runUntil(t.r, [&] { return writer->connected && server.records.size() == 1; }, 5.0));
+    server.records[0]->transport->loseConnection();
+    int writes = 0;
+    REQUIRE(testing::runUntil(t.r, [&] {
+        if (writer->connected && writes < 1000) {
+            writer->transport->write("more after your FIN\n");
+            ++writes;
+        }
+        return !writer->why.empty();
+    }, 5.0));
+    CHECK(writes >= 2);
+    CHECK(writer->why == "ConnectionLost");
+
+    sigset_t pending, maskAfter;
+    sigpending(&pending);
+    CHECK(sigismember(&pending, SIGPIPE) == 0);
+    pthread_sigmask(SIG_SETMASK, nullptr, &maskAfter);
+    CHECK(sigismember(&maskAfter, SIGPIPE) == sigismember(&maskBefore, SIGPIPE));
+    port.stopListening();
+    ::sigaction(SIGPIPE, &previous, nullptr);
 }
 
 TEST_CASE("IPv6: listen on ::1 and connect to it") {
