@@ -3,7 +3,8 @@
 #   make            build the examples into build/examples/
 #   make test       build and run every test (installs doctest-dev if root)
 #   make check      what CI runs beyond `make test`: clang and C++20,
-#                   sanitizers, the select() backend, -fno-exceptions builds,
+#                   sanitizers, the select() and epoll backends, the POSIX
+#                   fallbacks (REACTOR_POSIX_ONLY), -fno-exceptions builds,
 #                   REACTOR_SEPARATE_COMPILATION
 #   make demo       the IRC demo on loopback (see README)
 #   make bench      benchmarks (see README)
@@ -142,6 +143,7 @@ check: compile-checks
 	$(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=clang-c++20
 	$(MAKE) --no-print-directory test STD=c++20 VARIANT=gcc-c++20
 	$(MAKE) --no-print-directory test VARIANT=select EXTRA=-DREACTOR_USE_SELECT
+	$(MAKE) --no-print-directory test VARIANT=posix EXTRA=-DREACTOR_POSIX_ONLY
 	$(SAN_ENV) $(MAKE) --no-print-directory test CXX=clang++ STD=c++20 VARIANT=epoll-asan \
 	  EXTRA="-DREACTOR_USE_EPOLL $(ASAN_FLAGS)" STRESS_ARGS="$(STRESS_CHECK_EPOLL)"
 	$(MAKE) --no-print-directory test VARIANT=separate EXTRA=$(SEPARATE)
