@@ -3745,12 +3745,18 @@ public:
 
     /// Starts calling: now (if `now`) and then every `seconds`. Returns a
     /// Deferred fired with this LoopingCall by stop(), or failed by `f`.
-    /// Starting a running loop or a negative interval is an error.
+    /// Starting a running loop is error::RuntimeError (Twisted asserts),
+    /// like stop() and reset() of a stopped one; a negative interval is
+    /// error::ValueError. Without exceptions they are logged, and start()
+    /// then returns the running loop's Deferred or a failed one.
     Deferred<LoopingCall*> start(double seconds, bool now = true);
 
     /// Stops the loop and fires the start() Deferred (after `f` returns or
-    /// its Deferred fires, if called from inside). Unlike Twisted, stopping
-    /// a loop that is not running is harmless: it returns false.
+    /// its Deferred fires, if called from inside). Stopping a loop that is
+    /// not running (never started, stopped, or ended by a failure of `f`)
+    /// is error::RuntimeError, as start() of a running one (Twisted asserts
+    /// both); check running() first if unsure. Returns true when it
+    /// stopped the loop (false only after a logged misuse without exceptions).
     bool stop();
 
     /// Restarts the interval from now (the next call is `interval` from now).
@@ -7716,7 +7722,10 @@ REACTOR_INLINE Deferred<LoopingCall*> LoopingCall::start(double seconds, bool no
 }
 
 REACTOR_INLINE bool LoopingCall::stop() {
-    if (!running_) return false;
+    if (!running_) {
+        detail::raise<error::RuntimeError>("Tried to stop a LoopingCall that was not running.");
+        return false;
+    }
     running_ = false;
     if (call_) {  // between calls: finish now
         if (call_.active()) call_.cancel();

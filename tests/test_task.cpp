@@ -25,7 +25,6 @@ TEST_CASE("LoopingCall: now=true calls at once, then every interval; stop fires 
     CHECK(lc.stop());
     CHECK(stoppedWith == &lc);
     CHECK_FALSE(lc.running());
-    CHECK_FALSE(lc.stop());  // not running: harmless (Twisted asserts)
     CHECK(clock.getDelayedCalls().empty());
 }
 
@@ -147,6 +146,35 @@ TEST_CASE("LoopingCall: start twice and a negative interval are errors; destruct
         task::LoopingCall neg(clock, [] {});
         CHECK_MISUSE(neg.start(-1), error::ValueError);
     }
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+TEST_CASE("LoopingCall: starting a running loop and stopping a stopped one are the same error") {
+    // Twisted asserts in all three (AssertionError; RuntimeError here):
+    //   c = task.Clock(); lc = task.LoopingCall(lambda: None); lc.clock = c
+    //   lc.start(1); lc.start(1)  # Tried to start an already running LoopingCall.
+    //   lc.stop(); lc.stop()      # Tried to stop a LoopingCall that was not running.
+    //   lc.reset()                # Tried to reset a LoopingCall that was not running.
+    //   lc2 = task.LoopingCall(lambda: 1/0); lc2.clock = c
+    //   lc2.start(1).addErrback(...); lc2.stop()   # the same AssertionError
+    Clock clock;
+    task::LoopingCall lc(clock, [] {});
+    CHECK_MISUSE(lc.stop(), error::RuntimeError);  // never started
+    lc.start(1.0);
+    CHECK_MISUSE_WITH(lc.start(1.0), error::RuntimeError, "Tried to start an already running LoopingCall.");
+    CHECK(lc.running());
+    CHECK(lc.stop());
+    CHECK_MISUSE_WITH(lc.stop(), error::RuntimeError, "Tried to stop a LoopingCall that was not running.");
+    CHECK_MISUSE_WITH(lc.reset(), error::RuntimeError, "Tried to reset a LoopingCall that was not running.");
+
+    task::LoopingCall failing(clock, []() -> Result<void> { return Failure(error::ValueError("boom")); });
+    std::string error;
+    failing.start(1.0).addErrback([&](Failure f) -> task::LoopingCall* {
+        error = f.type();
+        return nullptr;
+    });
+    CHECK(error == "ValueError");
+    CHECK_MISUSE(failing.stop(), error::RuntimeError);
     CHECK(clock.getDelayedCalls().empty());
 }
 
@@ -355,8 +383,8 @@ TEST_CASE("LoopingCall: when the next call cannot be scheduled the loop ends and
     CHECK(error == "ValueError");
     CHECK_FALSE(lc.running());
     CHECK(clock.getDelayedCalls().empty());
-    CHECK_FALSE(lc.stop());
     CHECK_FALSE(log.contains("Unhandled error"));  // the failure went to the start() Deferred
+    CHECK_MISUSE(lc.stop(), error::RuntimeError);  // the loop has ended (Twisted asserts)
 }
 
 TEST_CASE("deferLater: destroying the clock with the call pending frees what f captures (no cycle)") {
