@@ -1078,13 +1078,16 @@ private:
 //     returns the same Deferred, as in Twisted.
 //   - A callback that changes the type (`A -> B`) returns a *new*
 //     `Deferred<B>` fed by the original: when the chain reaches that pair,
-//     the result (value or failure) *moves* into the new Deferred. The
-//     original chain is then left holding a handled "ResultConsumed"
-//     failure; callbacks added to the original handle after that point see
-//     it on the errback track (Twisted's "result becomes None"). Until
+//     the result (value or failure) *moves* into the new Deferred. Until
 //     then, cancelling the new Deferred cancels the original (in Twisted
 //     they are one Deferred): if that one has fired and waits on a
 //     Deferred a callback returned, only that inner one is cancelled.
+//   - A Deferred whose result moved on (to a type-changing branch, to the
+//     outer Deferred whose callback returned it, to a DeferredList with
+//     consumeErrors, to a co_await, to chainDeferred's target) holds the
+//     empty value T{} on the success track: Twisted leaves None there. A T
+//     that cannot be default-constructed holds a handled "ResultConsumed"
+//     failure instead (callbacks added later do not run; never logged).
 //   - A callback may fail without exceptions by returning a `Failure` or a
 //     `Result<T>` (value or Failure).
 //   - The chain is run by one loop over an explicit stack (Twisted's
@@ -1333,10 +1336,15 @@ public:
         result = std::move(r);
         consumed = result.failed() && isConsumedMarker(result.failure());
     }
-    /// Moves the result out, leaving the handled "ResultConsumed" marker.
+    /// Moves the result out and leaves what Twisted leaves (None): an
+    /// empty value, T{}, on the success track; for a T that cannot be
+    /// default-constructed, the handled "ResultConsumed" marker.
     Result<T> take() {
         Result<T> r = std::move(result);
-        result = consumedFailure();
+        if constexpr (std::is_default_constructible<Stored<T>>::value)
+            result = Result<T>();
+        else
+            result = consumedFailure();
         consumed = true;
         return r;
     }

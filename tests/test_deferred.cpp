@@ -197,7 +197,10 @@ TEST_CASE("type-changing callbacks return a Deferred of the new type") {
         e.errback(boom());
         CHECK(err == "ValueError");
     }
-    SUBCASE("void callbacks on Deferred<int> give Deferred<void>; the original then holds a handled marker") {
+    SUBCASE("void callbacks on Deferred<int> give Deferred<void>; the original then holds an empty int") {
+        // Twisted (one Deferred): d.addCallback(lambda x: None), then
+        // d.addCallbacks(cb, eb) runs cb(None). Here the original handle
+        // holds int{} on the success track.
         test::LogCapture log;
         Deferred<int> e;
         int seen = 0;
@@ -207,7 +210,11 @@ TEST_CASE("type-changing callbacks return a Deferred of the new type") {
         e.callback(5);
         CHECK(seen == 5);
         CHECK(v.called());
-        CHECK(later == "ResultConsumed");
+        CHECK(later.empty());
+        int after = -1;
+        e.addCallback([&](int x) { after = x; return x; });
+        CHECK(after == 0);
+        CHECK(log.lines.empty());
     }
     SUBCASE("a callback may return Result<U>") {
         Deferred<int> e;
@@ -711,7 +718,8 @@ TEST_CASE("a result passed on stays handled: callbacks added afterwards log noth
         inner.callback(2);
         CHECK(out->value == 2);
         auto late = observe(inner.addCallback([](int x) { return x; }));
-        CHECK(late->error == "ResultConsumed");
+        CHECK(late->ok);  // an empty int on the success track (Twisted: None)
+        CHECK(late->value == 0);
     }
     {  // fed to a type-changing branch, then a same-type pair added
         Deferred<int> d;
@@ -1312,17 +1320,14 @@ TEST_CASE("coroutines: a Failure known only by name keeps its type when co_await
     test::LogCapture log;
     auto out = observe(passesOn(failsByName()));
     CHECK(out->error == "ParseError");
-    // A Deferred whose result moved on holds the "ResultConsumed" marker:
-    // awaited, it stays that handled marker, and nothing is logged.
+    // A Deferred whose result moved on holds an empty value (Twisted:
+    // None): awaited, it gives int{}, and nothing is logged.
     Deferred<int> e;
     e.addCallback([](int x) { return std::to_string(x); });
     e.callback(1);
-    std::string error;
-    passesOn(e).addErrback([&](Failure f) {
-        error = f.type();
-        return 0;
-    });
-    CHECK(error == "ResultConsumed");
+    auto empty = observe(passesOn(e));
+    CHECK(empty->ok);
+    CHECK(empty->value == 0);
     CHECK(log.lines.empty());
 }
 #endif
@@ -1393,5 +1398,130 @@ TEST_CASE("coroutines: a coroutine of another type destroyed while suspended in 
     CHECK(got.empty());  // never resumed
 }
 #endif
+
+namespace {
+/// A value type with no default constructor: nothing stands for "empty".
+struct NoDefault {
+    explicit NoDefault(int v) : value(v) {}
+    int value;
+};
+}  // namespace
+
+TEST_CASE("a result handed on by chaining leaves an empty value: later callbacks run with it, errbacks do not") {
+    // Twisted leaves None in the inner Deferred:
+    //   inner = Deferred(); outer = Deferred()
+    //   outer.addCallback(lambda _: inner); outer.callback(1); inner.callback(2)
+    //   inner.addCallbacks(cb, eb)                # cb(None)
+    //   inner = Deferred(); inner.callback(3)     # fired before it is returned
+    //   outer = Deferred(); outer.addCallback(lambda _: inner); outer.callback(0)
+    //   inner.addCallbacks(cb, eb)                # cb(None)
+    //   inner = Deferred(); outer = Deferred()    # a failure the outer's errback handles
+    //   outer.addCallback(lambda _: inner); outer.addErrback(lambda f: seen.append(f.type))
+    //   outer.callback(0); inner.errback(ValueError("boom"))
+    //   inner.addCallbacks(cb, eb)                # cb(None); seen == [ValueError]
+    // Here an empty T: T{} (0, "", an empty vector...) on the success track.
+    test::LogCapture log;
+    std::vector<std::string> seen;
+    auto later = [&](Deferred<int> d) {
+        d.addCallbacks(
+            [&](int v) {
+                seen.push_back("cb " + std::to_string(v));
+                return v;
+            },
+            [&](Failure f) {
+                seen.push_back("eb " + f.type());
+                return -1;
+            });
+    };
+    SUBCASE("inner fires after it was returned") {
+        Deferred<int> inner, outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(1);
+        inner.callback(2);
+        CHECK(out->value == 2);
+        later(inner);
+        CHECK(seen == std::vector<std::string>{"cb 0"});
+    }
+    SUBCASE("inner had fired before it was returned (taken at once)") {
+        Deferred<int> inner = succeed(3), outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(0);
+        CHECK(out->value == 3);
+        later(inner);
+        CHECK(seen == std::vector<std::string>{"cb 0"});
+    }
+    SUBCASE("inner failed; the outer chain handled the failure") {
+        Deferred<int> inner, outer;
+        outer.addCallback([inner](int) { return inner; }).addErrback([&](Failure f) {
+            seen.push_back("outer eb " + f.type());
+            return 0;
+        });
+        outer.callback(0);
+        inner.errback(boom());
+        later(inner);
+        CHECK(seen == std::vector<std::string>{"outer eb ValueError", "cb 0"});
+    }
+    SUBCASE("a string inner gives an empty string") {
+        Deferred<std::string> inner, outer;
+        outer.addCallback([inner](std::string) { return inner; });
+        outer.callback("a");
+        inner.callback("b");
+        std::string got = "unset";
+        inner.addCallback([&](std::string v) { got = v; });
+        CHECK(got.empty());
+    }
+    SUBCASE("a T without a default constructor keeps the handled ResultConsumed marker") {
+        // No empty value exists: callbacks added later do not run, errbacks
+        // see "ResultConsumed" (a handled marker: never logged).
+        Deferred<NoDefault> inner, outer;
+        outer.addCallback([inner](NoDefault) { return inner; });
+        int value = 0;
+        outer.addCallback([&](NoDefault v) { value = v.value; return v; });
+        outer.callback(NoDefault(1));
+        inner.callback(NoDefault(2));
+        CHECK(value == 2);
+        std::string got;
+        inner.addCallbacks([&](NoDefault v) { got = "cb"; return v; },
+                           [&](Failure f) { got = f.type(); return NoDefault(0); });
+        CHECK(got == "ResultConsumed");
+    }
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("DeferredList with consumeErrors: a member whose failure it took goes on on the success track") {
+    // Twisted:
+    //   a = Deferred(); b = Deferred()
+    //   dl = DeferredList([a, b], consumeErrors=True); dl.addCallback(res.append)
+    //   a.errback(ValueError("boom")); b.callback(4)
+    //   # res == [[(False, <ValueError>), (True, 4)]]
+    //   a.addCallbacks(cb, eb); b.addCallbacks(cb, eb)   # cb(None), cb(4)
+    test::LogCapture log;
+    std::vector<Deferred<int>> ds(2);
+    DeferredList<int> list(ds, false, false, true);
+    DeferredListResult<int> got;
+    list.addCallback([&](DeferredListResult<int> r) { got = r; });
+    ds[0].errback(boom());
+    ds[1].callback(4);
+    REQUIRE(got.size() == 2);
+    CHECK_FALSE(got[0].first);
+    CHECK(got[0].second.failure().type() == "ValueError");
+    CHECK(got[1].first);
+    CHECK(got[1].second.value() == 4);
+    std::vector<std::string> seen;
+    for (auto& d : ds)
+        d.addCallbacks(
+            [&](int v) {
+                seen.push_back("cb " + std::to_string(v));
+                return v;
+            },
+            [&](Failure f) {
+                seen.push_back("eb " + f.type());
+                return 0;
+            });
+    CHECK(seen == std::vector<std::string>{"cb 0", "cb 4"});
+    CHECK(log.lines.empty());
+}
 
 }  // TEST_SUITE deferred
