@@ -1441,6 +1441,22 @@ DeferredPtr settleReturn(DeferredState<U>& s, R&& r) {
         return settle(s, Result<U>(std::forward<R>(r)));
 }
 
+/// chainDeferred's step: `target` gets `s`'s result, and `s` goes on with
+/// the empty value take() leaves. The loop runs `target`'s chain (no
+/// recursion). A target fired already is AlreadyCalledError on `s`'s chain,
+/// unless a cancel() without canceller said to ignore its next fire.
+template <class T>
+DeferredPtr forwardTo(DeferredState<T>& s, DeferredState<T>& target) {
+    if (!target.called) return target.prime(s.take());
+    if (target.suppressAlreadyCalled) {
+        target.suppressAlreadyCalled = false;
+        s.take();
+    } else {
+        s.setResult(Result<T>(Failure(defer::AlreadyCalledError())));
+    }
+    return nullptr;
+}
+
 template <class F, class A>
 decltype(auto) callWith(F& f, A&& a) {
     if constexpr (std::is_same<std::decay_t<A>, Unit>::value)
@@ -1629,6 +1645,20 @@ public:
         using R = std::decay_t<std::invoke_result_t<F&, Result<T>&&>>;
         using U = typename detail::Unwrap<R, T>::type;
         return chainBoth<U>(std::move(f));
+    }
+    /// Twisted's chainDeferred: when the chain gets here, `other` is fired
+    /// with the result (value or failure), and this chain goes on with the
+    /// empty value T{} (Twisted: None). Returns this Deferred. Caveats, as
+    /// in Twisted: nobody else may fire `other` (if it has fired, this chain
+    /// gets defer::AlreadyCalledError instead), and cancelling `other` does
+    /// not cancel this one (cancelling this one reaches `other` as the
+    /// CancelledError). Unlike Twisted, a long line of chained Deferreds
+    /// runs without growing the stack.
+    Deferred chainDeferred(Deferred other) {
+        s_->addStep([target = other.s_](detail::DeferredState<T>& s) -> detail::DeferredPtr {
+            return detail::forwardTo(s, *target);
+        });
+        return *this;
     }
 
     // ---- flow control -------------------------------------------------------

@@ -1524,4 +1524,94 @@ TEST_CASE("DeferredList with consumeErrors: a member whose failure it took goes 
     CHECK(log.lines.empty());
 }
 
+TEST_CASE("chainDeferred: the other Deferred gets the result; this chain goes on with an empty value") {
+    // Twisted:
+    //   d1 = Deferred(); d2 = Deferred(); d1.chainDeferred(d2)
+    //   d2.addCallback(got.append); d1.callback(5)
+    //   d1.addCallback(lambda v: got.append(("d1 later", v)))  # got == [5, ("d1 later", None)]
+    //   (with d1.errback(ValueError("x")): d2's errback gets ValueError, d1's later callback None)
+    //   d2.callback("x"); d1.chainDeferred(d2); d1.callback("y")  # d1's errback: AlreadyCalledError
+    //   d1.chainDeferred(d2); d2.cancel(); d1.callback("y")       # ignored; d1's callback: None
+    //   d1.chainDeferred(d2); d1.cancel()                          # d2's errback: CancelledError
+    test::LogCapture log;
+    std::vector<std::string> got;
+    SUBCASE("a value") {
+        Deferred<int> d1, d2;
+        CHECK(d1.chainDeferred(d2) == d1);
+        d2.addCallback([&](int v) { got.push_back("d2 " + std::to_string(v)); });
+        d1.callback(5);
+        d1.addCallback([&](int v) { got.push_back("d1 later " + std::to_string(v)); });
+        CHECK(got == std::vector<std::string>{"d2 5", "d1 later 0"});
+    }
+    SUBCASE("a failure") {
+        Deferred<int> d1, d2;
+        d1.chainDeferred(d2);
+        d2.addErrback([&](Failure f) {
+            got.push_back("d2 eb " + f.type());
+            return 0;
+        });
+        d1.errback(boom());
+        d1.addCallbacks(
+            [&](int v) {
+                got.push_back("d1 later cb " + std::to_string(v));
+                return v;
+            },
+            [&](Failure f) {
+                got.push_back("d1 later eb " + f.type());
+                return 0;
+            });
+        CHECK(got == std::vector<std::string>{"d2 eb ValueError", "d1 later cb 0"});
+    }
+    SUBCASE("onto a Deferred that has fired: AlreadyCalledError on this chain") {
+        Deferred<std::string> d1, d2 = succeed(std::string("x"));
+        d1.chainDeferred(d2).addErrback([&](Failure f) {
+            got.push_back(f.type());
+            return std::string();
+        });
+        d1.callback("y");
+        CHECK(got == std::vector<std::string>{"defer.AlreadyCalledError"});
+    }
+    SUBCASE("onto a Deferred cancelled without canceller: its next fire is ignored") {
+        Deferred<std::string> d1, d2;
+        d2.addErrback([&](Failure f) {
+            got.push_back("d2 eb " + f.type());
+            return std::string();
+        });
+        d1.chainDeferred(d2);
+        d2.cancel();
+        d1.callback("y");
+        d1.addCallback([&](std::string v) { got.push_back("d1 cb '" + v + "'"); });
+        CHECK(got == std::vector<std::string>{"d2 eb defer.CancelledError", "d1 cb ''"});
+    }
+    SUBCASE("cancelling the source reaches the other as CancelledError") {
+        Deferred<void> d1, d2;
+        d1.chainDeferred(d2);
+        d2.addErrback([&](Failure f) { got.push_back(f.type()); });
+        d1.cancel();
+        CHECK(got == std::vector<std::string>{"defer.CancelledError"});
+    }
+    SUBCASE("chained onto itself: AlreadyCalledError, as in Twisted") {
+        Deferred<int> d;
+        d.chainDeferred(d);
+        auto out = observe(d);
+        d.callback(1);
+        CHECK(out->error == "defer.AlreadyCalledError");
+    }
+    SUBCASE("100,000 Deferreds chained one to the next do not overflow the stack") {
+        // Twisted's documented caveat (each chainDeferred nests a call)
+        // does not apply here: the run loop fires the next one.
+        Deferred<int> first;
+        Deferred<int> cur = first;
+        for (int i = 0; i < 100000; ++i) {
+            Deferred<int> next;
+            cur.chainDeferred(next);
+            cur = next;
+        }
+        auto out = observe(cur);
+        first.callback(7);
+        CHECK(out->value == 7);
+    }
+    CHECK(log.lines.empty());
+}
+
 }  // TEST_SUITE deferred
