@@ -153,7 +153,7 @@
 #include <utility>      // std::move, std::exchange
 #include <variant>      // Result<T>: a value or a Failure
 #include <vector>       // everything array-like
-#include <optional>     // IRC: absent CTCP data, optional command arguments
+#include <optional>     // a log-only errback's Deferred<optional<T>>; IRC: absent CTCP data, optional arguments
 
 // C++20 coroutines: Deferred<T> is awaitable and a coroutine return type.
 #if defined(__cpp_impl_coroutine) && defined(__has_include)
@@ -1129,6 +1129,10 @@ struct IsDeferred : std::negation<std::is_void<decltype(deferredTag(std::declval
 /// The T of a Deferred<T> (or of a class derived from one).
 template <class R>
 using DeferredValueOf = typename decltype(deferredTag(std::declval<R*>()))::type;
+template <class T>
+struct IsOptional : std::false_type {};
+template <class T>
+struct IsOptional<std::optional<T>> : std::true_type {};
 template <class R>
 struct IsResult : std::false_type {};
 template <class T>
@@ -1627,16 +1631,34 @@ public:
         return chain<U>(std::move(cb), detail::Pass{});
     }
     /// Adds (pass-through, eb). `eb(Failure)` returns a T (recovers), a
-    /// Failure (fails on), a Result<T> or a Deferred<T>; for Deferred<void>
-    /// it may return nothing (recovers).
+    /// Failure (fails on), a Result<T> or a Deferred<T>, and this Deferred
+    /// is returned. An `eb` that returns nothing (Twisted's
+    /// `addErrback(log.err)`: it only logs) recovers with "no value": on a
+    /// Deferred<void> or Deferred<std::optional<X>> that is nothing or
+    /// std::nullopt on the same Deferred; on any other Deferred<T> the call
+    /// returns a new Deferred<std::optional<T>> fed by this one, holding the
+    /// value or, after `eb` ran, std::nullopt.
     template <class EB>
-    Deferred addErrback(EB eb) {
+    auto addErrback(EB eb) {
         static_assert(std::is_invocable<EB&, Failure&&>::value, "an errback takes a Failure");
         using R2 = std::decay_t<std::invoke_result_t<EB&, Failure&&>>;
-        static_assert(detail::feeds<R2, T>(),
-                      "addErrback on Deferred<T>: the errback must return T, Result<T>, Failure or "
-                      "Deferred<T> (nothing for Deferred<void>)");
-        return chain<T>(detail::Pass{}, std::move(eb));
+        if constexpr (std::is_void<R2>::value && detail::IsOptional<T>::value) {
+            return chain<T>(detail::Pass{}, [eb = std::move(eb)](Failure f) mutable -> T {
+                eb(std::move(f));
+                return std::nullopt;
+            });
+        } else if constexpr (std::is_void<R2>::value && !std::is_void<T>::value) {
+            using O = std::optional<T>;
+            return chain<O>([](T v) { return O(std::move(v)); }, [eb = std::move(eb)](Failure f) mutable -> O {
+                eb(std::move(f));
+                return std::nullopt;
+            });
+        } else {
+            static_assert(detail::feeds<R2, T>(),
+                          "addErrback on Deferred<T>: the errback must return T, Result<T>, Failure, "
+                          "Deferred<T> or nothing");
+            return chain<T>(detail::Pass{}, std::move(eb));
+        }
     }
     /// Adds (f, f): `f(Result<T>)` sees either track and returns like a callback.
     template <class F>

@@ -1614,4 +1614,50 @@ TEST_CASE("chainDeferred: the other Deferred gets the result; this chain goes on
     CHECK(log.lines.empty());
 }
 
+TEST_CASE("a log-only errback (returns nothing) is a one-liner on any Deferred") {
+    // Twisted's d.addErrback(log.err): the errback returns None, so the
+    // chain goes on with None after a failure, with the value otherwise:
+    //   d = Deferred(); d.addErrback(lambda f: got.append("logged " + f.getErrorMessage()))
+    //   d.addCallback(lambda v: got.append(("then", v)))
+    //   d.errback(ValueError("boom"))  # got == ["logged boom", ("then", None)]
+    //   (d.callback("hello") instead: got == [("then", "hello")])
+    // Here, on a Deferred<std::string>, it gives a Deferred<std::optional<std::string>>.
+    test::LogCapture log;
+    std::vector<std::string> got;
+    auto then = [&](std::optional<std::string> v) { got.push_back(v ? "then " + *v : std::string("then nullopt")); };
+    SUBCASE("a failure: logged, then std::nullopt") {
+        Deferred<std::string> d;
+        Deferred<std::optional<std::string>> o = d.addErrback([&](const Failure& f) {
+            got.push_back("logged " + f.getErrorMessage());
+        });
+        o.addCallback(then);
+        d.errback(boom());
+        CHECK(got == std::vector<std::string>{"logged boom", "then nullopt"});
+    }
+    SUBCASE("a value passes through") {
+        Deferred<std::string> d;
+        d.addErrback([&](Failure) { got.push_back("logged"); }).addCallback(then);
+        d.callback("hello");
+        CHECK(got == std::vector<std::string>{"then hello"});
+    }
+    SUBCASE("on a Deferred<std::optional<X>> it stays the same Deferred") {
+        Deferred<std::optional<int>> d;
+        Deferred<std::optional<int>> same = d.addErrback([&](Failure) { got.push_back("logged"); });
+        CHECK(same == d);
+        std::optional<int> last = 5;
+        d.addCallback([&](std::optional<int> v) { last = v; });
+        d.errback(boom());
+        CHECK(got == std::vector<std::string>{"logged"});
+        CHECK_FALSE(last.has_value());
+    }
+    SUBCASE("on a Deferred<void> it recovers, as before") {
+        Deferred<void> d;
+        bool after = false;
+        d.addErrback([&](Failure) { got.push_back("logged"); }).addCallback([&] { after = true; });
+        d.errback(boom());
+        CHECK(after);
+    }
+    CHECK(log.lines.empty());
+}
+
 }  // TEST_SUITE deferred
