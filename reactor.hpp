@@ -3389,7 +3389,12 @@ public:
     /// Schedules the next attempt: delay = min(delay * factor, maxDelay),
     /// then a normal variate with standard deviation delay * jitter.
     void retry(std::shared_ptr<IConnector> c = nullptr);
-    /// Stops reconnecting: cancels a scheduled retry and an attempt in progress.
+    /// Stops reconnecting: cancels a scheduled retry, and calls
+    /// `connector->stopConnecting()` on the connector it knows (ignoring
+    /// error::NotConnectingError), which stops an attempt in progress.
+    /// Twisted does the same once a connection failed or was lost; this one
+    /// also knows the connector of the first attempt (startedConnecting).
+    /// Without exceptions it calls stopConnecting() only if isConnecting().
     void stopTrying();
     /// Back to the first delay and zero retries (call it once connected).
     void resetDelay();
@@ -7378,8 +7383,19 @@ REACTOR_INLINE void ReconnectingClientFactory::stopTrying() {
     if (callID.active()) callID.cancel();
     callID = DelayedCall();
     continueTrying = false;
-    if (auto c = connector.lock())
-        if (c->isConnecting()) c->stopConnecting();
+    std::shared_ptr<IConnector> c = connector.lock();
+    if (!c) return;
+#if REACTOR_HAS_EXCEPTIONS
+    // As Twisted: whatever state the connector is in, and a connector that
+    // is not connecting says so with NotConnectingError, which is ignored.
+    try {
+        c->stopConnecting();
+    } catch (const error::NotConnectingError&) {
+    }
+#else
+    // The same call when it can succeed: otherwise it would log a misuse.
+    if (c->isConnecting()) c->stopConnecting();
+#endif
 }
 
 REACTOR_INLINE void ReconnectingClientFactory::resetDelay() {

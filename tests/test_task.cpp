@@ -398,4 +398,85 @@ TEST_CASE("deferLater: destroying the clock with the call pending frees what f c
     CHECK(weak.expired());
 }
 
+namespace {
+/// A connector that records what the factory asks of it (Twisted's own
+/// tests use one like it).
+class RecordingConnector : public IConnector {
+public:
+    enum class State { disconnected, connecting, connected };
+    State state = State::connecting;
+    std::vector<std::string> calls;
+
+    void connect() override {
+        calls.push_back("connect");
+        state = State::connecting;
+    }
+    void disconnect() override { calls.push_back("disconnect"); }
+    void stopConnecting() override {
+        static const char* names[] = {"disconnected", "connecting", "connected"};
+        calls.push_back(std::string("stopConnecting(") + names[static_cast<int>(state)] + ")");
+        if (state != State::connecting) {
+            detail::raise<error::NotConnectingError>();
+            return;
+        }
+        state = State::disconnected;
+    }
+    bool isConnecting() const override { return state == State::connecting; }
+    Address getDestination() const override { return Address{}; }
+};
+}  // namespace
+
+TEST_CASE("ReconnectingClientFactory::stopTrying calls stopConnecting() as Twisted does") {
+    // Twisted (a fake connector recording calls; jitter 0):
+    //   f = ReconnectingClientFactory(); f.clock = task.Clock()
+    //   c.state = "disconnected"; f.clientConnectionFailed(c, None)
+    //   f.stopTrying(); clock.advance(100)  # ['stopConnecting(disconnected)'], no retry
+    //   (retry fired first: clock.advance(100); f.stopTrying())
+    //                                       # ['connect', 'stopConnecting(connecting)']
+    //   (after a loss, reconnected: c.state = "connected"; f.stopTrying())
+    //                                       # ['connect', 'stopConnecting(connected)']
+    // Twisted ignores the NotConnectingError. Without exceptions the
+    // factory asks isConnecting() first (the call would log a misuse).
+    Clock clock;
+    ReconnectingClientFactory f(clock);
+    f.jitter = 0;
+    auto c = std::make_shared<RecordingConnector>();
+    const Failure reason{error::ConnectionRefusedError()};
+    SUBCASE("a retry is pending: cancelled; the connector is told, and is not connecting") {
+        c->state = RecordingConnector::State::disconnected;
+        f.clientConnectionFailed(*c, reason);
+        CHECK(clock.getDelayedCalls().size() == 1);
+        f.stopTrying();
+        clock.advance(100);
+#if REACTOR_HAS_EXCEPTIONS
+        CHECK(c->calls == std::vector<std::string>{"stopConnecting(disconnected)"});
+#else
+        CHECK(c->calls.empty());
+#endif
+    }
+    SUBCASE("the retry is connecting: stopConnecting() stops it") {
+        c->state = RecordingConnector::State::disconnected;
+        f.clientConnectionFailed(*c, reason);
+        clock.advance(100);
+        f.stopTrying();
+        CHECK(c->calls == std::vector<std::string>{"connect", "stopConnecting(connecting)"});
+        f.clientConnectionFailed(*c, Failure(error::UserError()));  // what the stop reports: no retry
+        CHECK(clock.getDelayedCalls().empty());
+    }
+    SUBCASE("connected again after a loss: told, NotConnectingError ignored") {
+        c->state = RecordingConnector::State::disconnected;
+        f.clientConnectionLost(*c, Failure(error::ConnectionLost()));
+        clock.advance(100);
+        c->state = RecordingConnector::State::connected;
+        f.stopTrying();
+#if REACTOR_HAS_EXCEPTIONS
+        CHECK(c->calls == std::vector<std::string>{"connect", "stopConnecting(connected)"});
+#else
+        CHECK(c->calls == std::vector<std::string>{"connect"});
+#endif
+    }
+    CHECK_FALSE(f.continueTrying);
+    CHECK(clock.getDelayedCalls().empty());
+}
+
 }  // TEST_SUITE task
