@@ -49,6 +49,12 @@ std::shared_ptr<Outcome> observe(Deferred<T> d) {
 
 Failure boom() { return Failure(error::ValueError("boom")); }
 
+/// A value type with no default constructor: nothing stands for "empty".
+struct NoDefault {
+    explicit NoDefault(int v) : value(v) {}
+    int value;
+};
+
 /// One step of a table-driven chain.
 enum class Op {
     cbAdd1,          // addCallback(x -> x + 1)
@@ -1117,6 +1123,41 @@ TEST_CASE("callbacks added to a type-changed Deferred while its callback runs ge
     CHECK(log.lines.empty());  // no placeholder failure went anywhere
 }
 
+TEST_CASE("cancelling a fired Deferred that waits on an inner one cancels only the inner one and waits") {
+    // Twisted:
+    //   leaf = Deferred(); cleanup = Deferred(); leaf.addErrback(lambda f: cleanup)
+    //   outer = Deferred(); outer.addCallback(lambda _: leaf); outer.addBoth(got.append)
+    //   outer.callback(0); outer.cancel()   # got == [], outer.paused == 1
+    //   cleanup.callback(7)                 # got == [7]
+    //   inner = Deferred(lambda d: d.callback(42)); outer = Deferred()
+    //   outer.addCallback(lambda _: inner); outer.addBoth(got.append)
+    //   outer.callback(0); outer.cancel()   # got == [42]; cancel() again: no change
+    SUBCASE("the inner one recovers later: the outer gets that result") {
+        Deferred<int> leaf, cleanup;
+        leaf.addErrback([cleanup](Failure) { return cleanup; });
+        Deferred<int> outer;
+        outer.addCallback([leaf](int) { return leaf; });
+        auto out = observe(outer);
+        outer.callback(0);
+        outer.cancel();
+        CHECK_FALSE(out->fired);
+        CHECK(outer.paused());
+        cleanup.callback(7);
+        CHECK(out->value == 7);
+    }
+    SUBCASE("the inner canceller fires a value: the outer goes on with it") {
+        Deferred<int> inner([](Deferred<int>& self) { self.callback(42); });
+        Deferred<int> outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(0);
+        outer.cancel();
+        CHECK(out->value == 42);
+        outer.cancel();  // fired, waiting on nothing: ignored
+        CHECK(out->value == 42);
+    }
+}
+
 TEST_CASE("cancelling a type-changed Deferred whose source waits on an inner one cancels only the inner one") {
     // Twisted (one Deferred: cancel() of a fired Deferred waiting on the one
     // a callback returned cancels that one, and the chain goes on with what
@@ -1314,6 +1355,7 @@ TEST_CASE("a Failure known only by name keeps its type when trap<E>() re-raises 
 namespace {
 Deferred<int> failsByName() { co_return Failure("ParseError", "bad header"); }
 Deferred<int> passesOn(Deferred<int> d) { co_return co_await d; }
+Deferred<int> valueOf(Deferred<NoDefault> d) { co_return (co_await d).value; }
 }  // namespace
 
 TEST_CASE("coroutines: a Failure known only by name keeps its type when co_await throws it") {
@@ -1328,6 +1370,13 @@ TEST_CASE("coroutines: a Failure known only by name keeps its type when co_await
     auto empty = observe(passesOn(e));
     CHECK(empty->ok);
     CHECK(empty->value == 0);
+    // No empty NoDefault exists: the handled "ResultConsumed" marker is
+    // thrown at the co_await and keeps its name; nothing is logged.
+    Deferred<NoDefault> n;
+    n.addCallback([](NoDefault v) { return v.value; });
+    n.callback(NoDefault(1));
+    auto marker = observe(valueOf(n));
+    CHECK(marker->error == "ResultConsumed");
     CHECK(log.lines.empty());
 }
 #endif
@@ -1398,14 +1447,6 @@ TEST_CASE("coroutines: a coroutine of another type destroyed while suspended in 
     CHECK(got.empty());  // never resumed
 }
 #endif
-
-namespace {
-/// A value type with no default constructor: nothing stands for "empty".
-struct NoDefault {
-    explicit NoDefault(int v) : value(v) {}
-    int value;
-};
-}  // namespace
 
 TEST_CASE("a result handed on by chaining leaves an empty value: later callbacks run with it, errbacks do not") {
     // Twisted leaves None in the inner Deferred:
