@@ -158,7 +158,7 @@
 #include <utility>      // std::move, std::exchange
 #include <variant>      // Result<T>: a value or a Failure
 #include <vector>       // everything array-like
-#include <optional>     // IRC: absent CTCP data, optional command arguments
+#include <optional>     // a log-only errback's Deferred<optional<T>>; IRC: absent CTCP data, optional arguments
 
 // C++20 coroutines: Deferred<T> is awaitable and a coroutine return type.
 #if defined(__cpp_impl_coroutine) && defined(__has_include)
@@ -1153,13 +1153,16 @@ private:
 //     returns the same Deferred, as in Twisted.
 //   - A callback that changes the type (`A -> B`) returns a *new*
 //     `Deferred<B>` fed by the original: when the chain reaches that pair,
-//     the result (value or failure) *moves* into the new Deferred. The
-//     original chain is then left holding a handled "ResultConsumed"
-//     failure; callbacks added to the original handle after that point see
-//     it on the errback track (Twisted's "result becomes None"). Until
+//     the result (value or failure) *moves* into the new Deferred. Until
 //     then, cancelling the new Deferred cancels the original (in Twisted
 //     they are one Deferred): if that one has fired and waits on a
 //     Deferred a callback returned, only that inner one is cancelled.
+//   - A Deferred whose result moved on (to a type-changing branch, to the
+//     outer Deferred whose callback returned it, to a DeferredList with
+//     consumeErrors, to a co_await, to chainDeferred's target) holds the
+//     empty value T{} on the success track: Twisted leaves None there. A T
+//     that cannot be default-constructed holds a handled "ResultConsumed"
+//     failure instead (callbacks added later do not run; never logged).
 //   - A callback may fail without exceptions by returning a `Failure` or a
 //     `Result<T>` (value or Failure).
 //   - The chain is run by one loop over an explicit stack (Twisted's
@@ -1201,6 +1204,10 @@ struct IsDeferred : std::negation<std::is_void<decltype(deferredTag(std::declval
 /// The T of a Deferred<T> (or of a class derived from one).
 template <class R>
 using DeferredValueOf = typename decltype(deferredTag(std::declval<R*>()))::type;
+template <class T>
+struct IsOptional : std::false_type {};
+template <class T>
+struct IsOptional<std::optional<T>> : std::true_type {};
 template <class R>
 struct IsResult : std::false_type {};
 template <class T>
@@ -1408,10 +1415,15 @@ public:
         result = std::move(r);
         consumed = result.failed() && isConsumedMarker(result.failure());
     }
-    /// Moves the result out, leaving the handled "ResultConsumed" marker.
+    /// Moves the result out and leaves what Twisted leaves (None): an
+    /// empty value, T{}, on the success track; for a T that cannot be
+    /// default-constructed, the handled "ResultConsumed" marker.
     Result<T> take() {
         Result<T> r = std::move(result);
-        result = consumedFailure();
+        if constexpr (std::is_default_constructible<Stored<T>>::value)
+            result = Result<T>();
+        else
+            result = consumedFailure();
         consumed = true;
         return r;
     }
@@ -1506,6 +1518,22 @@ DeferredPtr settleReturn(DeferredState<U>& s, R&& r) {
         return settleDeferred(s, stateOf(r));
     else
         return settle(s, Result<U>(std::forward<R>(r)));
+}
+
+/// chainDeferred's step: `target` gets `s`'s result, and `s` goes on with
+/// the empty value take() leaves. The loop runs `target`'s chain (no
+/// recursion). A target fired already is AlreadyCalledError on `s`'s chain,
+/// unless a cancel() without canceller said to ignore its next fire.
+template <class T>
+DeferredPtr forwardTo(DeferredState<T>& s, DeferredState<T>& target) {
+    if (!target.called) return target.prime(s.take());
+    if (target.suppressAlreadyCalled) {
+        target.suppressAlreadyCalled = false;
+        s.take();
+    } else {
+        s.setResult(Result<T>(Failure(defer::AlreadyCalledError())));
+    }
+    return nullptr;
 }
 
 template <class F, class A>
@@ -1678,16 +1706,34 @@ public:
         return chain<U>(std::move(cb), detail::Pass{});
     }
     /// Adds (pass-through, eb). `eb(Failure)` returns a T (recovers), a
-    /// Failure (fails on), a Result<T> or a Deferred<T>; for Deferred<void>
-    /// it may return nothing (recovers).
+    /// Failure (fails on), a Result<T> or a Deferred<T>, and this Deferred
+    /// is returned. An `eb` that returns nothing (Twisted's
+    /// `addErrback(log.err)`: it only logs) recovers with "no value": on a
+    /// Deferred<void> or Deferred<std::optional<X>> that is nothing or
+    /// std::nullopt on the same Deferred; on any other Deferred<T> the call
+    /// returns a new Deferred<std::optional<T>> fed by this one, holding the
+    /// value or, after `eb` ran, std::nullopt.
     template <class EB>
-    Deferred addErrback(EB eb) {
+    auto addErrback(EB eb) {
         static_assert(std::is_invocable<EB&, Failure&&>::value, "an errback takes a Failure");
         using R2 = std::decay_t<std::invoke_result_t<EB&, Failure&&>>;
-        static_assert(detail::feeds<R2, T>(),
-                      "addErrback on Deferred<T>: the errback must return T, Result<T>, Failure or "
-                      "Deferred<T> (nothing for Deferred<void>)");
-        return chain<T>(detail::Pass{}, std::move(eb));
+        if constexpr (std::is_void<R2>::value && detail::IsOptional<T>::value) {
+            return chain<T>(detail::Pass{}, [eb = std::move(eb)](Failure f) mutable -> T {
+                eb(std::move(f));
+                return std::nullopt;
+            });
+        } else if constexpr (std::is_void<R2>::value && !std::is_void<T>::value) {
+            using O = std::optional<T>;
+            return chain<O>([](T v) { return O(std::move(v)); }, [eb = std::move(eb)](Failure f) mutable -> O {
+                eb(std::move(f));
+                return std::nullopt;
+            });
+        } else {
+            static_assert(detail::feeds<R2, T>(),
+                          "addErrback on Deferred<T>: the errback must return T, Result<T>, Failure, "
+                          "Deferred<T> or nothing");
+            return chain<T>(detail::Pass{}, std::move(eb));
+        }
     }
     /// Adds (f, f): `f(Result<T>)` sees either track and returns like a callback.
     template <class F>
@@ -1696,6 +1742,20 @@ public:
         using R = std::decay_t<std::invoke_result_t<F&, Result<T>&&>>;
         using U = typename detail::Unwrap<R, T>::type;
         return chainBoth<U>(std::move(f));
+    }
+    /// Twisted's chainDeferred: when the chain gets here, `other` is fired
+    /// with the result (value or failure), and this chain goes on with the
+    /// empty value T{} (Twisted: None). Returns this Deferred. Caveats, as
+    /// in Twisted: nobody else may fire `other` (if it has fired, this chain
+    /// gets defer::AlreadyCalledError instead), and cancelling `other` does
+    /// not cancel this one (cancelling this one reaches `other` as the
+    /// CancelledError). Unlike Twisted, a long line of chained Deferreds
+    /// runs without growing the stack.
+    Deferred chainDeferred(Deferred other) {
+        s_->addStep([target = other.s_](detail::DeferredState<T>& s) -> detail::DeferredPtr {
+            return detail::forwardTo(s, *target);
+        });
+        return *this;
     }
 
     // ---- flow control -------------------------------------------------------
@@ -3673,7 +3733,12 @@ public:
     /// Schedules the next attempt: delay = min(delay * factor, maxDelay),
     /// then a normal variate with standard deviation delay * jitter.
     void retry(std::shared_ptr<IConnector> c = nullptr);
-    /// Stops reconnecting: cancels a scheduled retry and an attempt in progress.
+    /// Stops reconnecting: cancels a scheduled retry, and calls
+    /// `connector->stopConnecting()` on the connector it knows (ignoring
+    /// error::NotConnectingError), which stops an attempt in progress.
+    /// Twisted does the same once a connection failed or was lost; this one
+    /// also knows the connector of the first attempt (startedConnecting).
+    /// Without exceptions it calls stopConnecting() only if isConnecting().
     void stopTrying();
     /// Back to the first delay and zero retries (call it once connected).
     void resetDelay();
@@ -4089,12 +4154,18 @@ public:
 
     /// Starts calling: now (if `now`) and then every `seconds`. Returns a
     /// Deferred fired with this LoopingCall by stop(), or failed by `f`.
-    /// Starting a running loop or a negative interval is an error.
+    /// Starting a running loop is error::RuntimeError (Twisted asserts),
+    /// like stop() and reset() of a stopped one; a negative interval is
+    /// error::ValueError. Without exceptions they are logged, and start()
+    /// then returns the running loop's Deferred or a failed one.
     Deferred<LoopingCall*> start(double seconds, bool now = true);
 
     /// Stops the loop and fires the start() Deferred (after `f` returns or
-    /// its Deferred fires, if called from inside). Unlike Twisted, stopping
-    /// a loop that is not running is harmless: it returns false.
+    /// its Deferred fires, if called from inside). Stopping a loop that is
+    /// not running (never started, stopped, or ended by a failure of `f`)
+    /// is error::RuntimeError, as start() of a running one (Twisted asserts
+    /// both); check running() first if unsure. Returns true when it
+    /// stopped the loop (false only after a logged misuse without exceptions).
     bool stop();
 
     /// Restarts the interval from now (the next call is `interval` from now).
@@ -8254,8 +8325,19 @@ REACTOR_INLINE void ReconnectingClientFactory::stopTrying() {
     if (callID.active()) callID.cancel();
     callID = DelayedCall();
     continueTrying = false;
-    if (auto c = connector.lock())
-        if (c->isConnecting()) c->stopConnecting();
+    std::shared_ptr<IConnector> c = connector.lock();
+    if (!c) return;
+#if REACTOR_HAS_EXCEPTIONS
+    // As Twisted: whatever state the connector is in, and a connector that
+    // is not connecting says so with NotConnectingError, which is ignored.
+    try {
+        c->stopConnecting();
+    } catch (const error::NotConnectingError&) {
+    }
+#else
+    // The same call when it can succeed: otherwise it would log a misuse.
+    if (c->isConnecting()) c->stopConnecting();
+#endif
 }
 
 REACTOR_INLINE void ReconnectingClientFactory::resetDelay() {
@@ -8658,7 +8740,10 @@ REACTOR_INLINE Deferred<LoopingCall*> LoopingCall::start(double seconds, bool no
 }
 
 REACTOR_INLINE bool LoopingCall::stop() {
-    if (!running_) return false;
+    if (!running_) {
+        detail::raise<error::RuntimeError>("Tried to stop a LoopingCall that was not running.");
+        return false;
+    }
     running_ = false;
     if (call_) {  // between calls: finish now
         if (call_.active()) call_.cancel();

@@ -1450,7 +1450,7 @@ inline void World::startLoop(Rng& a) {
         c.where = "LoopingCall";
         c.loop = &lr;
         act(c, lr.rng);
-        if (lr.lc && lr.ticks >= lr.limit) lr.lc->stop();
+        if (lr.lc && lr.ticks >= lr.limit && lr.lc->running()) lr.lc->stop();
     });
     double interval = a.pick({0.0, 0.001, 0.004}) * profile_.timerScale;
     note("LoopingCall %zu every %g", idx, interval);
@@ -1891,7 +1891,7 @@ inline void World::exec(unsigned op, Ctx ctx, Rng& a) {
             LoopRec& l = (ctx.loop && a.chance(500)) ? *ctx.loop : loops_[a.below(loops_.size())];
             if (!l.lc) break;
             if (a.chance(500)) {
-                l.lc->stop();
+                if (l.lc->running()) l.lc->stop();  // stopping a stopped loop is misuse
             } else {
                 note("LoopingCall destroyed%s", &l == ctx.loop ? " from inside its own call" : "");
                 l.lc.reset();
@@ -2142,7 +2142,7 @@ inline void World::beginDrain() {
         for (auto& s : sessions_)
             if (s.alive && s.raw->idle.active()) s.raw->idle.cancel();
     for (auto& l : loops_)
-        if (l.lc) l.lc->stop();
+        if (l.lc && l.lc->running()) l.lc->stop();
     joinThreads();
     Rng drainRng = rng_.split();
     std::vector<ConnRec*> live = live_;
@@ -2273,7 +2273,7 @@ inline void World::afterRun() {
         for (auto& s : sessions_)
             if (s.alive && s.raw->idle.active()) s.raw->idle.cancel();
     for (auto& l : loops_)
-        if (l.lc) l.lc->stop();
+        if (l.lc && l.lc->running()) l.lc->stop();
     joinThreads();
     for (std::size_t i = 0; i < fds_.size(); ++i) {
         if (fds_[i].rOn) removeReader(i);

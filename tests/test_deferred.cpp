@@ -49,6 +49,12 @@ std::shared_ptr<Outcome> observe(Deferred<T> d) {
 
 Failure boom() { return Failure(error::ValueError("boom")); }
 
+/// A value type with no default constructor: nothing stands for "empty".
+struct NoDefault {
+    explicit NoDefault(int v) : value(v) {}
+    int value;
+};
+
 /// One step of a table-driven chain.
 enum class Op {
     cbAdd1,          // addCallback(x -> x + 1)
@@ -197,7 +203,10 @@ TEST_CASE("type-changing callbacks return a Deferred of the new type") {
         e.errback(boom());
         CHECK(err == "ValueError");
     }
-    SUBCASE("void callbacks on Deferred<int> give Deferred<void>; the original then holds a handled marker") {
+    SUBCASE("void callbacks on Deferred<int> give Deferred<void>; the original then holds an empty int") {
+        // Twisted (one Deferred): d.addCallback(lambda x: None), then
+        // d.addCallbacks(cb, eb) runs cb(None). Here the original handle
+        // holds int{} on the success track.
         test::LogCapture log;
         Deferred<int> e;
         int seen = 0;
@@ -207,7 +216,11 @@ TEST_CASE("type-changing callbacks return a Deferred of the new type") {
         e.callback(5);
         CHECK(seen == 5);
         CHECK(v.called());
-        CHECK(later == "ResultConsumed");
+        CHECK(later.empty());
+        int after = -1;
+        e.addCallback([&](int x) { after = x; return x; });
+        CHECK(after == 0);
+        CHECK(log.lines.empty());
     }
     SUBCASE("a callback may return Result<U>") {
         Deferred<int> e;
@@ -711,7 +724,8 @@ TEST_CASE("a result passed on stays handled: callbacks added afterwards log noth
         inner.callback(2);
         CHECK(out->value == 2);
         auto late = observe(inner.addCallback([](int x) { return x; }));
-        CHECK(late->error == "ResultConsumed");
+        CHECK(late->ok);  // an empty int on the success track (Twisted: None)
+        CHECK(late->value == 0);
     }
     {  // fed to a type-changing branch, then a same-type pair added
         Deferred<int> d;
@@ -1109,6 +1123,41 @@ TEST_CASE("callbacks added to a type-changed Deferred while its callback runs ge
     CHECK(log.lines.empty());  // no placeholder failure went anywhere
 }
 
+TEST_CASE("cancelling a fired Deferred that waits on an inner one cancels only the inner one and waits") {
+    // Twisted:
+    //   leaf = Deferred(); cleanup = Deferred(); leaf.addErrback(lambda f: cleanup)
+    //   outer = Deferred(); outer.addCallback(lambda _: leaf); outer.addBoth(got.append)
+    //   outer.callback(0); outer.cancel()   # got == [], outer.paused == 1
+    //   cleanup.callback(7)                 # got == [7]
+    //   inner = Deferred(lambda d: d.callback(42)); outer = Deferred()
+    //   outer.addCallback(lambda _: inner); outer.addBoth(got.append)
+    //   outer.callback(0); outer.cancel()   # got == [42]; cancel() again: no change
+    SUBCASE("the inner one recovers later: the outer gets that result") {
+        Deferred<int> leaf, cleanup;
+        leaf.addErrback([cleanup](Failure) { return cleanup; });
+        Deferred<int> outer;
+        outer.addCallback([leaf](int) { return leaf; });
+        auto out = observe(outer);
+        outer.callback(0);
+        outer.cancel();
+        CHECK_FALSE(out->fired);
+        CHECK(outer.paused());
+        cleanup.callback(7);
+        CHECK(out->value == 7);
+    }
+    SUBCASE("the inner canceller fires a value: the outer goes on with it") {
+        Deferred<int> inner([](Deferred<int>& self) { self.callback(42); });
+        Deferred<int> outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(0);
+        outer.cancel();
+        CHECK(out->value == 42);
+        outer.cancel();  // fired, waiting on nothing: ignored
+        CHECK(out->value == 42);
+    }
+}
+
 TEST_CASE("cancelling a type-changed Deferred whose source waits on an inner one cancels only the inner one") {
     // Twisted (one Deferred: cancel() of a fired Deferred waiting on the one
     // a callback returned cancels that one, and the chain goes on with what
@@ -1306,23 +1355,28 @@ TEST_CASE("a Failure known only by name keeps its type when trap<E>() re-raises 
 namespace {
 Deferred<int> failsByName() { co_return Failure("ParseError", "bad header"); }
 Deferred<int> passesOn(Deferred<int> d) { co_return co_await d; }
+Deferred<int> valueOf(Deferred<NoDefault> d) { co_return (co_await d).value; }
 }  // namespace
 
 TEST_CASE("coroutines: a Failure known only by name keeps its type when co_await throws it") {
     test::LogCapture log;
     auto out = observe(passesOn(failsByName()));
     CHECK(out->error == "ParseError");
-    // A Deferred whose result moved on holds the "ResultConsumed" marker:
-    // awaited, it stays that handled marker, and nothing is logged.
+    // A Deferred whose result moved on holds an empty value (Twisted:
+    // None): awaited, it gives int{}, and nothing is logged.
     Deferred<int> e;
     e.addCallback([](int x) { return std::to_string(x); });
     e.callback(1);
-    std::string error;
-    passesOn(e).addErrback([&](Failure f) {
-        error = f.type();
-        return 0;
-    });
-    CHECK(error == "ResultConsumed");
+    auto empty = observe(passesOn(e));
+    CHECK(empty->ok);
+    CHECK(empty->value == 0);
+    // No empty NoDefault exists: the handled "ResultConsumed" marker is
+    // thrown at the co_await and keeps its name; nothing is logged.
+    Deferred<NoDefault> n;
+    n.addCallback([](NoDefault v) { return v.value; });
+    n.callback(NoDefault(1));
+    auto marker = observe(valueOf(n));
+    CHECK(marker->error == "ResultConsumed");
     CHECK(log.lines.empty());
 }
 #endif
@@ -1393,5 +1447,258 @@ TEST_CASE("coroutines: a coroutine of another type destroyed while suspended in 
     CHECK(got.empty());  // never resumed
 }
 #endif
+
+TEST_CASE("a result handed on by chaining leaves an empty value: later callbacks run with it, errbacks do not") {
+    // Twisted leaves None in the inner Deferred:
+    //   inner = Deferred(); outer = Deferred()
+    //   outer.addCallback(lambda _: inner); outer.callback(1); inner.callback(2)
+    //   inner.addCallbacks(cb, eb)                # cb(None)
+    //   inner = Deferred(); inner.callback(3)     # fired before it is returned
+    //   outer = Deferred(); outer.addCallback(lambda _: inner); outer.callback(0)
+    //   inner.addCallbacks(cb, eb)                # cb(None)
+    //   inner = Deferred(); outer = Deferred()    # a failure the outer's errback handles
+    //   outer.addCallback(lambda _: inner); outer.addErrback(lambda f: seen.append(f.type))
+    //   outer.callback(0); inner.errback(ValueError("boom"))
+    //   inner.addCallbacks(cb, eb)                # cb(None); seen == [ValueError]
+    // Here an empty T: T{} (0, "", an empty vector...) on the success track.
+    test::LogCapture log;
+    std::vector<std::string> seen;
+    auto later = [&](Deferred<int> d) {
+        d.addCallbacks(
+            [&](int v) {
+                seen.push_back("cb " + std::to_string(v));
+                return v;
+            },
+            [&](Failure f) {
+                seen.push_back("eb " + f.type());
+                return -1;
+            });
+    };
+    SUBCASE("inner fires after it was returned") {
+        Deferred<int> inner, outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(1);
+        inner.callback(2);
+        CHECK(out->value == 2);
+        later(inner);
+        CHECK(seen == std::vector<std::string>{"cb 0"});
+    }
+    SUBCASE("inner had fired before it was returned (taken at once)") {
+        Deferred<int> inner = succeed(3), outer;
+        outer.addCallback([inner](int) { return inner; });
+        auto out = observe(outer);
+        outer.callback(0);
+        CHECK(out->value == 3);
+        later(inner);
+        CHECK(seen == std::vector<std::string>{"cb 0"});
+    }
+    SUBCASE("inner failed; the outer chain handled the failure") {
+        Deferred<int> inner, outer;
+        outer.addCallback([inner](int) { return inner; }).addErrback([&](Failure f) {
+            seen.push_back("outer eb " + f.type());
+            return 0;
+        });
+        outer.callback(0);
+        inner.errback(boom());
+        later(inner);
+        CHECK(seen == std::vector<std::string>{"outer eb ValueError", "cb 0"});
+    }
+    SUBCASE("a string inner gives an empty string") {
+        Deferred<std::string> inner, outer;
+        outer.addCallback([inner](std::string) { return inner; });
+        outer.callback("a");
+        inner.callback("b");
+        std::string got = "unset";
+        inner.addCallback([&](std::string v) { got = v; });
+        CHECK(got.empty());
+    }
+    SUBCASE("a T without a default constructor keeps the handled ResultConsumed marker") {
+        // No empty value exists: callbacks added later do not run, errbacks
+        // see "ResultConsumed" (a handled marker: never logged).
+        Deferred<NoDefault> inner, outer;
+        outer.addCallback([inner](NoDefault) { return inner; });
+        int value = 0;
+        outer.addCallback([&](NoDefault v) { value = v.value; return v; });
+        outer.callback(NoDefault(1));
+        inner.callback(NoDefault(2));
+        CHECK(value == 2);
+        std::string got;
+        inner.addCallbacks([&](NoDefault v) { got = "cb"; return v; },
+                           [&](Failure f) { got = f.type(); return NoDefault(0); });
+        CHECK(got == "ResultConsumed");
+    }
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("DeferredList with consumeErrors: a member whose failure it took goes on on the success track") {
+    // Twisted:
+    //   a = Deferred(); b = Deferred()
+    //   dl = DeferredList([a, b], consumeErrors=True); dl.addCallback(res.append)
+    //   a.errback(ValueError("boom")); b.callback(4)
+    //   # res == [[(False, <ValueError>), (True, 4)]]
+    //   a.addCallbacks(cb, eb); b.addCallbacks(cb, eb)   # cb(None), cb(4)
+    test::LogCapture log;
+    std::vector<Deferred<int>> ds(2);
+    DeferredList<int> list(ds, false, false, true);
+    DeferredListResult<int> got;
+    list.addCallback([&](DeferredListResult<int> r) { got = r; });
+    ds[0].errback(boom());
+    ds[1].callback(4);
+    REQUIRE(got.size() == 2);
+    CHECK_FALSE(got[0].first);
+    CHECK(got[0].second.failure().type() == "ValueError");
+    CHECK(got[1].first);
+    CHECK(got[1].second.value() == 4);
+    std::vector<std::string> seen;
+    for (auto& d : ds)
+        d.addCallbacks(
+            [&](int v) {
+                seen.push_back("cb " + std::to_string(v));
+                return v;
+            },
+            [&](Failure f) {
+                seen.push_back("eb " + f.type());
+                return 0;
+            });
+    CHECK(seen == std::vector<std::string>{"cb 0", "cb 4"});
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("chainDeferred: the other Deferred gets the result; this chain goes on with an empty value") {
+    // Twisted:
+    //   d1 = Deferred(); d2 = Deferred(); d1.chainDeferred(d2)
+    //   d2.addCallback(got.append); d1.callback(5)
+    //   d1.addCallback(lambda v: got.append(("d1 later", v)))  # got == [5, ("d1 later", None)]
+    //   (with d1.errback(ValueError("x")): d2's errback gets ValueError, d1's later callback None)
+    //   d2.callback("x"); d1.chainDeferred(d2); d1.callback("y")  # d1's errback: AlreadyCalledError
+    //   d1.chainDeferred(d2); d2.cancel(); d1.callback("y")       # ignored; d1's callback: None
+    //   d1.chainDeferred(d2); d1.cancel()                          # d2's errback: CancelledError
+    test::LogCapture log;
+    std::vector<std::string> got;
+    SUBCASE("a value") {
+        Deferred<int> d1, d2;
+        CHECK(d1.chainDeferred(d2) == d1);
+        d2.addCallback([&](int v) { got.push_back("d2 " + std::to_string(v)); });
+        d1.callback(5);
+        d1.addCallback([&](int v) { got.push_back("d1 later " + std::to_string(v)); });
+        CHECK(got == std::vector<std::string>{"d2 5", "d1 later 0"});
+    }
+    SUBCASE("a failure") {
+        Deferred<int> d1, d2;
+        d1.chainDeferred(d2);
+        d2.addErrback([&](Failure f) {
+            got.push_back("d2 eb " + f.type());
+            return 0;
+        });
+        d1.errback(boom());
+        d1.addCallbacks(
+            [&](int v) {
+                got.push_back("d1 later cb " + std::to_string(v));
+                return v;
+            },
+            [&](Failure f) {
+                got.push_back("d1 later eb " + f.type());
+                return 0;
+            });
+        CHECK(got == std::vector<std::string>{"d2 eb ValueError", "d1 later cb 0"});
+    }
+    SUBCASE("onto a Deferred that has fired: AlreadyCalledError on this chain") {
+        Deferred<std::string> d1, d2 = succeed(std::string("x"));
+        d1.chainDeferred(d2).addErrback([&](Failure f) {
+            got.push_back(f.type());
+            return std::string();
+        });
+        d1.callback("y");
+        CHECK(got == std::vector<std::string>{"defer.AlreadyCalledError"});
+    }
+    SUBCASE("onto a Deferred cancelled without canceller: its next fire is ignored") {
+        Deferred<std::string> d1, d2;
+        d2.addErrback([&](Failure f) {
+            got.push_back("d2 eb " + f.type());
+            return std::string();
+        });
+        d1.chainDeferred(d2);
+        d2.cancel();
+        d1.callback("y");
+        d1.addCallback([&](std::string v) { got.push_back("d1 cb '" + v + "'"); });
+        CHECK(got == std::vector<std::string>{"d2 eb defer.CancelledError", "d1 cb ''"});
+    }
+    SUBCASE("cancelling the source reaches the other as CancelledError") {
+        Deferred<void> d1, d2;
+        d1.chainDeferred(d2);
+        d2.addErrback([&](Failure f) { got.push_back(f.type()); });
+        d1.cancel();
+        CHECK(got == std::vector<std::string>{"defer.CancelledError"});
+    }
+    SUBCASE("chained onto itself: AlreadyCalledError, as in Twisted") {
+        Deferred<int> d;
+        d.chainDeferred(d);
+        auto out = observe(d);
+        d.callback(1);
+        CHECK(out->error == "defer.AlreadyCalledError");
+    }
+    SUBCASE("100,000 Deferreds chained one to the next do not overflow the stack") {
+        // Twisted's documented caveat (each chainDeferred nests a call)
+        // does not apply here: the run loop fires the next one.
+        Deferred<int> first;
+        Deferred<int> cur = first;
+        for (int i = 0; i < 100000; ++i) {
+            Deferred<int> next;
+            cur.chainDeferred(next);
+            cur = next;
+        }
+        auto out = observe(cur);
+        first.callback(7);
+        CHECK(out->value == 7);
+    }
+    CHECK(log.lines.empty());
+}
+
+TEST_CASE("a log-only errback (returns nothing) is a one-liner on any Deferred") {
+    // Twisted's d.addErrback(log.err): the errback returns None, so the
+    // chain goes on with None after a failure, with the value otherwise:
+    //   d = Deferred(); d.addErrback(lambda f: got.append("logged " + f.getErrorMessage()))
+    //   d.addCallback(lambda v: got.append(("then", v)))
+    //   d.errback(ValueError("boom"))  # got == ["logged boom", ("then", None)]
+    //   (d.callback("hello") instead: got == [("then", "hello")])
+    // Here, on a Deferred<std::string>, it gives a Deferred<std::optional<std::string>>.
+    test::LogCapture log;
+    std::vector<std::string> got;
+    auto then = [&](std::optional<std::string> v) { got.push_back(v ? "then " + *v : std::string("then nullopt")); };
+    SUBCASE("a failure: logged, then std::nullopt") {
+        Deferred<std::string> d;
+        Deferred<std::optional<std::string>> o = d.addErrback([&](const Failure& f) {
+            got.push_back("logged " + f.getErrorMessage());
+        });
+        o.addCallback(then);
+        d.errback(boom());
+        CHECK(got == std::vector<std::string>{"logged boom", "then nullopt"});
+    }
+    SUBCASE("a value passes through") {
+        Deferred<std::string> d;
+        d.addErrback([&](Failure) { got.push_back("logged"); }).addCallback(then);
+        d.callback("hello");
+        CHECK(got == std::vector<std::string>{"then hello"});
+    }
+    SUBCASE("on a Deferred<std::optional<X>> it stays the same Deferred") {
+        Deferred<std::optional<int>> d;
+        Deferred<std::optional<int>> same = d.addErrback([&](Failure) { got.push_back("logged"); });
+        CHECK(same == d);
+        std::optional<int> last = 5;
+        d.addCallback([&](std::optional<int> v) { last = v; });
+        d.errback(boom());
+        CHECK(got == std::vector<std::string>{"logged"});
+        CHECK_FALSE(last.has_value());
+    }
+    SUBCASE("on a Deferred<void> it recovers, as before") {
+        Deferred<void> d;
+        bool after = false;
+        d.addErrback([&](Failure) { got.push_back("logged"); }).addCallback([&] { after = true; });
+        d.errback(boom());
+        CHECK(after);
+    }
+    CHECK(log.lines.empty());
+}
 
 }  // TEST_SUITE deferred

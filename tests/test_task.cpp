@@ -25,7 +25,6 @@ TEST_CASE("LoopingCall: now=true calls at once, then every interval; stop fires 
     CHECK(lc.stop());
     CHECK(stoppedWith == &lc);
     CHECK_FALSE(lc.running());
-    CHECK_FALSE(lc.stop());  // not running: harmless (Twisted asserts)
     CHECK(clock.getDelayedCalls().empty());
 }
 
@@ -147,6 +146,35 @@ TEST_CASE("LoopingCall: start twice and a negative interval are errors; destruct
         task::LoopingCall neg(clock, [] {});
         CHECK_MISUSE(neg.start(-1), error::ValueError);
     }
+    CHECK(clock.getDelayedCalls().empty());
+}
+
+TEST_CASE("LoopingCall: starting a running loop and stopping a stopped one are the same error") {
+    // Twisted asserts in all three (AssertionError; RuntimeError here):
+    //   c = task.Clock(); lc = task.LoopingCall(lambda: None); lc.clock = c
+    //   lc.start(1); lc.start(1)  # Tried to start an already running LoopingCall.
+    //   lc.stop(); lc.stop()      # Tried to stop a LoopingCall that was not running.
+    //   lc.reset()                # Tried to reset a LoopingCall that was not running.
+    //   lc2 = task.LoopingCall(lambda: 1/0); lc2.clock = c
+    //   lc2.start(1).addErrback(...); lc2.stop()   # the same AssertionError
+    Clock clock;
+    task::LoopingCall lc(clock, [] {});
+    CHECK_MISUSE(lc.stop(), error::RuntimeError);  // never started
+    lc.start(1.0);
+    CHECK_MISUSE_WITH(lc.start(1.0), error::RuntimeError, "Tried to start an already running LoopingCall.");
+    CHECK(lc.running());
+    CHECK(lc.stop());
+    CHECK_MISUSE_WITH(lc.stop(), error::RuntimeError, "Tried to stop a LoopingCall that was not running.");
+    CHECK_MISUSE_WITH(lc.reset(), error::RuntimeError, "Tried to reset a LoopingCall that was not running.");
+
+    task::LoopingCall failing(clock, []() -> Result<void> { return Failure(error::ValueError("boom")); });
+    std::string error;
+    failing.start(1.0).addErrback([&](Failure f) -> task::LoopingCall* {
+        error = f.type();
+        return nullptr;
+    });
+    CHECK(error == "ValueError");
+    CHECK_MISUSE(failing.stop(), error::RuntimeError);
     CHECK(clock.getDelayedCalls().empty());
 }
 
@@ -355,8 +383,8 @@ TEST_CASE("LoopingCall: when the next call cannot be scheduled the loop ends and
     CHECK(error == "ValueError");
     CHECK_FALSE(lc.running());
     CHECK(clock.getDelayedCalls().empty());
-    CHECK_FALSE(lc.stop());
     CHECK_FALSE(log.contains("Unhandled error"));  // the failure went to the start() Deferred
+    CHECK_MISUSE(lc.stop(), error::RuntimeError);  // the loop has ended (Twisted asserts)
 }
 
 TEST_CASE("deferLater: destroying the clock with the call pending frees what f captures (no cycle)") {
@@ -368,6 +396,87 @@ TEST_CASE("deferLater: destroying the clock with the call pending frees what f c
         task::deferLater(clock, 10, [big] {});
     }
     CHECK(weak.expired());
+}
+
+namespace {
+/// A connector that records what the factory asks of it (Twisted's own
+/// tests use one like it).
+class RecordingConnector : public IConnector {
+public:
+    enum class State { disconnected, connecting, connected };
+    State state = State::connecting;
+    std::vector<std::string> calls;
+
+    void connect() override {
+        calls.push_back("connect");
+        state = State::connecting;
+    }
+    void disconnect() override { calls.push_back("disconnect"); }
+    void stopConnecting() override {
+        static const char* names[] = {"disconnected", "connecting", "connected"};
+        calls.push_back(std::string("stopConnecting(") + names[static_cast<int>(state)] + ")");
+        if (state != State::connecting) {
+            detail::raise<error::NotConnectingError>();
+            return;
+        }
+        state = State::disconnected;
+    }
+    bool isConnecting() const override { return state == State::connecting; }
+    Address getDestination() const override { return Address{}; }
+};
+}  // namespace
+
+TEST_CASE("ReconnectingClientFactory::stopTrying calls stopConnecting() as Twisted does") {
+    // Twisted (a fake connector recording calls; jitter 0):
+    //   f = ReconnectingClientFactory(); f.clock = task.Clock()
+    //   c.state = "disconnected"; f.clientConnectionFailed(c, None)
+    //   f.stopTrying(); clock.advance(100)  # ['stopConnecting(disconnected)'], no retry
+    //   (retry fired first: clock.advance(100); f.stopTrying())
+    //                                       # ['connect', 'stopConnecting(connecting)']
+    //   (after a loss, reconnected: c.state = "connected"; f.stopTrying())
+    //                                       # ['connect', 'stopConnecting(connected)']
+    // Twisted ignores the NotConnectingError. Without exceptions the
+    // factory asks isConnecting() first (the call would log a misuse).
+    Clock clock;
+    ReconnectingClientFactory f(clock);
+    f.jitter = 0;
+    auto c = std::make_shared<RecordingConnector>();
+    const Failure reason{error::ConnectionRefusedError()};
+    SUBCASE("a retry is pending: cancelled; the connector is told, and is not connecting") {
+        c->state = RecordingConnector::State::disconnected;
+        f.clientConnectionFailed(*c, reason);
+        CHECK(clock.getDelayedCalls().size() == 1);
+        f.stopTrying();
+        clock.advance(100);
+#if REACTOR_HAS_EXCEPTIONS
+        CHECK(c->calls == std::vector<std::string>{"stopConnecting(disconnected)"});
+#else
+        CHECK(c->calls.empty());
+#endif
+    }
+    SUBCASE("the retry is connecting: stopConnecting() stops it") {
+        c->state = RecordingConnector::State::disconnected;
+        f.clientConnectionFailed(*c, reason);
+        clock.advance(100);
+        f.stopTrying();
+        CHECK(c->calls == std::vector<std::string>{"connect", "stopConnecting(connecting)"});
+        f.clientConnectionFailed(*c, Failure(error::UserError()));  // what the stop reports: no retry
+        CHECK(clock.getDelayedCalls().empty());
+    }
+    SUBCASE("connected again after a loss: told, NotConnectingError ignored") {
+        c->state = RecordingConnector::State::disconnected;
+        f.clientConnectionLost(*c, Failure(error::ConnectionLost()));
+        clock.advance(100);
+        c->state = RecordingConnector::State::connected;
+        f.stopTrying();
+#if REACTOR_HAS_EXCEPTIONS
+        CHECK(c->calls == std::vector<std::string>{"connect", "stopConnecting(connected)"});
+#else
+        CHECK(c->calls == std::vector<std::string>{"connect"});
+#endif
+    }
+    CHECK_FALSE(f.continueTrying);
+    CHECK(clock.getDelayedCalls().empty());
 }
 
 }  // TEST_SUITE task
