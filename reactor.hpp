@@ -3637,13 +3637,15 @@ private:
 /// Parses a server description (Twisted's serverFromString). Fields are
 /// separated by ':' (write "\:" for a colon inside a value), positional
 /// first, then name=value:
-///   tcp:PORT[:interface=IP][:backlog=N]      (also port=PORT)
+///   tcp:PORT[:interface=IP][:backlog=N]      (also port=PORT; or by
+///                                            position: tcp:PORT:IP:N)
 ///   tcp6:PORT[:interface=IP6][:backlog=N]    (interface defaults to ::)
-///   unix:PATH[:mode=OCTAL][:backlog=N][:lockfile=0|1]
+///   unix:PATH[:mode=OCTAL][:backlog=N][:lockfile=0|1]   (or by position)
 ///                                            (also address=PATH; mode 666
 ///                                            and lockfile=1 by default, as
 ///                                            in Twisted; "@name" is a Linux
 ///                                            abstract name)
+/// A parameter given twice takes its last value, as in Twisted.
 /// Bad input (an unknown type or parameter, a missing or malformed value)
 /// raises error::ValueError naming the problem; without exceptions it is
 /// logged and the endpoint returned fails every listen() with it.
@@ -5481,7 +5483,7 @@ REACTOR_INLINE bool unixAddress(const std::string& path, SockAddr& out, std::str
         return false;
     }
     if (path.size() >= sizeof un->sun_path + (abstractName(path) ? 1 : 0)) {
-        why = "the path is longer than the " + std::to_string(sizeof un->sun_path - 1) +
+        why = "the path is longer than the " + std::to_string(sizeof un->sun_path - (abstractName(path) ? 0 : 1)) +
               " bytes a UNIX socket address holds";
         return false;
     }
@@ -7418,8 +7420,10 @@ REACTOR_INLINE void TcpConnector::abandon() {
     stopUsingFactory();
     if (abandoned_) return;
     abandoned_ = true;
-    if (std::exchange(factoryStarted_, false) && factory_.numPorts > 0)
-        --factory_.numPorts;  // silently: a later first use starts the factory again
+    if (std::exchange(factoryStarted_, false)) {  // silently: a later first use starts them again
+        if (factory_.numPorts > 0) --factory_.numPorts;
+        if (owner_ && owner_->numPorts > 0) --owner_->numPorts;  // started through factory_
+    }
     if (!*reactorAlive_) {  // between attempts when the reactor went: nothing of ours is left in it
         state_ = State::disconnected;
         return;
@@ -7443,7 +7447,7 @@ REACTOR_INLINE void TcpConnector::beginAttempt() {
         std::string why;
         if (!os::unixAddress(host_, a, why)) {
             failSoon(connectError<error::BadFileError>(Address::unixSocket(host_).str() + ": " + why));
-        } else if (checkPID_ && !os::pidFileLocked(host_ + ".lock")) {
+        } else if (checkPID_ && !os::abstractName(host_) && !os::pidFileLocked(host_ + ".lock")) {
             failSoon(connectError<error::BadFileError>(host_ + ": no live process holds " + host_ + ".lock"));
         } else {
             candidates_.assign(1, a);
@@ -7603,6 +7607,10 @@ REACTOR_INLINE bool TcpPort::listenUnix(const std::string& path, int backlog, in
                                         std::string& why) {
     const std::string where = Address::unixSocket(path).str();
     os::SockAddr a;
+    if (mode < 0 || mode > 0777) {
+        why = "Couldn't listen on " + where + ": mode must be a permission from 0 to 0777 (octal).";
+        return false;
+    }
     if (!os::unixAddress(path, a, why)) {
         why = "Couldn't listen on " + where + ": " + why + ".";
         return false;
@@ -7774,8 +7782,16 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
     int fd = std::exchange(fd_, -1);
     Address peerAddress = toAddress(peer);
     std::unique_ptr<Protocol> p;
+    std::uint64_t attempt = attempt_;
     runGuarded("buildProtocol", [&] { p = factory_.buildProtocol(peerAddress); });
     if (abandoned_) {  // buildProtocol destroyed the factory: nothing more for it
+        os::closeFd(fd);
+        return;
+    }
+    if (attempt_ != attempt || state_ != State::connecting) {
+        // buildProtocol stopped this attempt (stopConnecting, a cancelled
+        // endpoint Deferred), and maybe started another: it was reported
+        // failed, so it must not connect after all.
         os::closeFd(fd);
         return;
     }
@@ -7927,21 +7943,24 @@ class SharedProtocol final : public Protocol {
 public:
     SharedProtocol(std::shared_ptr<Protocol> inner, Deferred<std::shared_ptr<Protocol>> onConnection)
         : inner_(std::move(inner)), onConnection_(std::move(onConnection)) {}
+    /// Also when the connection is closed silently (its factory or the
+    /// reactor destroyed): the protocol you keep is left detached.
+    ~SharedProtocol() override { detach(); }
     void connectionMade() override {
         inner_->makeConnection(transport);
         if (!onConnection_.called()) onConnection_.callback(inner_);
     }
     void dataReceived(std::string_view data) override { inner_->dataReceived(data); }
     void connectionLost(const Failure& reason) override {
-        inner_->connected = false;
-        auto detach = [this] { inner_->transport = nullptr; };
-        struct Guard {  // also when connectionLost throws
-            decltype(detach)& f;
-            ~Guard() { f(); }
-        } guard{detach};
-        inner_->connectionLost(reason);
-        // connectionMade failed before the Deferred fired: say so.
+        // connectionMade failed before the Deferred fired: it fails, first,
+        // so that nothing the protocol does next can keep it pending.
         if (!onConnection_.called()) onConnection_.errback(reason);
+        inner_->connected = false;
+        struct Detach {  // also when connectionLost throws
+            SharedProtocol* self;
+            ~Detach() { self->detach(); }
+        } detachAfter{this};
+        inner_->connectionLost(reason);
     }
     bool halfCloseable() const override { return inner_->halfCloseable(); }
     void readConnectionLost() override { inner_->readConnectionLost(); }
@@ -7949,6 +7968,10 @@ public:
     std::string logPrefix() const override { return inner_->logPrefix(); }
 
 private:
+    void detach() {
+        inner_->transport = nullptr;
+        inner_->connected = false;
+    }
     std::shared_ptr<Protocol> inner_;
     Deferred<std::shared_ptr<Protocol>> onConnection_;
 };
@@ -7960,7 +7983,18 @@ public:
         : wrapped_(wrapped), given_(std::move(given)), onConnection_(std::move(d)) {}
     std::unique_ptr<Protocol> buildProtocol(const Address& addr) override {
         std::shared_ptr<Protocol> p = std::move(given_);
+#if REACTOR_HAS_EXCEPTIONS
+        if (!p && wrapped_) {
+            try {
+                p = wrapped_->buildProtocol(addr);
+            } catch (...) {  // Twisted: the Deferred fails with it
+                if (!onConnection_.called()) onConnection_.errback(Failure::current());
+                return nullptr;
+            }
+        }
+#else
         if (!p && wrapped_) p = wrapped_->buildProtocol(addr);
+#endif
         if (!p) {
             if (!onConnection_.called()) onConnection_.errback(Failure(error::NoProtocol()));
             return nullptr;  // the connector closes the socket
@@ -7995,7 +8029,10 @@ REACTOR_INLINE Deferred<std::shared_ptr<Protocol>> connectEndpoint(IStreamClient
         // clientConnectionFailed finds the Deferred fired).
         self.errback(Failure(error::ConnectingCancelledError("Connecting to " + c->getDestination().str() +
                                                              " was cancelled.")));
-        if (c->isConnecting()) c->stopConnecting();
+        if (c->isConnecting())
+            c->stopConnecting();
+        else
+            c->disconnect();  // cancelled inside connectionMade: the connection goes too
     });
     auto adapter = std::make_shared<EndpointFactory>(factory, std::move(given), d);
     *connector = endpoint.connectWith(std::move(adapter), factory);
@@ -8065,8 +8102,8 @@ public:
     }
     /// The value named `name`, else the next positional one, else `fallback`.
     std::optional<std::string> take(const char* name, bool positional) {
-        for (const auto& kv : d_.params)
-            if (kv.first == name) return kv.second;
+        for (auto kv = d_.params.rbegin(); kv != d_.params.rend(); ++kv)  // the last one wins, as in Twisted
+            if (kv->first == name) return kv->second;
         if (positional && next_ < d_.args.size()) return d_.args[next_++];
         return std::nullopt;
     }
@@ -8082,7 +8119,7 @@ public:
         long n = v->empty() ? 0 : std::strtol(v->c_str(), &end, base);
         if (v->empty() || *end != '\0' || errno != 0 || n < lo || n > hi)
             fail(std::string(name) + " must be " + (base == 8 ? "an octal number" : "a whole number") + " from " +
-                 (base == 8 ? "0 to 7777" : std::to_string(lo) + " to " + std::to_string(hi)) + ", not '" + *v + "'");
+                 (base == 8 ? "0 to 777" : std::to_string(lo) + " to " + std::to_string(hi)) + ", not '" + *v + "'");
         return n;
     }
     double seconds(const char* name, double fallback) {
@@ -8220,7 +8257,10 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
                 d.params.emplace_back("port", *port);  // re-read as a number
                 number = in.number("port", false, 0, 0, 65535);
             }
-            std::string interface = in.text("interface", false, d.type == "tcp6" ? "::" : "");
+            // Twisted's positional order: port, interface, backlog.
+            std::string interface = in.text("interface", true, "");
+            if (interface.empty() && d.type == "tcp6") interface = "::";
+            if (auto b = in.take("backlog", true)) d.params.emplace_back("backlog", *b);
             long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
             in.finish();
             made = std::make_shared<TCP4ServerEndpoint>(r, static_cast<int>(number), static_cast<int>(backlog),
@@ -8229,8 +8269,12 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
             detail::DescriptionReader in(d, {"address", "mode", "backlog", "lockfile"});
             auto path = in.take("address", true);
             in.need(path, "path (unix:/run/app.sock)");
-            long mode = in.number("mode", false, 0666, 0, 07777, 8);
+            // Twisted's positional order: address, mode, backlog, lockfile.
+            if (auto m = in.take("mode", true)) d.params.emplace_back("mode", *m);
+            long mode = in.number("mode", false, 0666, 0, 0777, 8);
+            if (auto b = in.take("backlog", true)) d.params.emplace_back("backlog", *b);
             long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
+            if (auto l = in.take("lockfile", true)) d.params.emplace_back("lockfile", *l);
             bool lock = in.flag("lockfile", true);
             in.finish();
             made = std::make_shared<UNIXServerEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""),

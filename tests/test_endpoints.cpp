@@ -90,7 +90,7 @@ TEST_CASE("bad descriptions are refused with a message that names the problem") 
         {"tcp:80x", "not '80x'"},
         {"tcp:8000:colour=blue", "unknown parameter 'colour' (tcp: takes port, interface, backlog)"},
         {"tcp:8000:backlog=-1", "backlog must be a whole number"},
-        {"tcp:8000:9000", "unexpected field '9000'"},
+        {"tcp:8000:127.0.0.1:5:more", "unexpected field 'more'"},
         {"tcp:8000:=x", "a parameter without a name"},
         {"unix", "missing path"},
         {"unix:/tmp/s:mode=999", "mode must be an octal number"},
@@ -341,3 +341,162 @@ TEST_CASE("README: SET then GET over loopback") {
     CHECK(reactor::testing::cleanUp(r) == "");      // else: names each leftover timer
 }                                                   // (file:line) and descriptor
 }  // namespace readme
+
+// Found by a second reader's reproducers (each failed before its fix).
+TEST_SUITE("endpoints") {
+
+TEST_CASE("a kept protocol is detached when its connection is closed silently (reactor destroyed)") {
+    Factory server = Factory::forProtocol<Echo>();
+    auto kept = std::make_shared<Greeter>("x");
+    {
+        Reactor r;
+        ListeningPort port = r.listenTCP(0, server, {"127.0.0.1"});
+        TCP4ClientEndpoint to(r, "127.0.0.1", port.getHost().port);
+        kept->want = 1000;  // never closes by itself
+        connectProtocol(to, kept);
+        REQUIRE(testing::runUntil(r, [&] { return kept->got.size() == 1; }, 5.0));
+        CHECK(kept->transport != nullptr);
+    }  // ~Reactor closes it without connectionLost
+    CHECK(kept->transport == nullptr);  // was a dangling pointer to the freed connection
+    CHECK_FALSE(kept->connected);
+    CHECK_FALSE(kept->lost);
+}
+
+TEST_CASE("the user's factory is stopped again when the reactor goes with an endpoint attempt open") {
+    struct Counting : Factory {
+        int starts = 0;
+        void startFactory() override { ++starts; }
+    } client;
+    client.protocol = [] { return std::make_unique<Greeter>(); };
+    {
+        Reactor r;
+        clientFromString(r, "tcp:127.0.0.1:1")->connect(client);  // pending when the reactor goes
+        CHECK(client.numPorts == 1);
+    }
+    CHECK(client.numPorts == 0);  // stayed 1 before: a later use never started it again
+    test::CleanReactor t;
+    ListeningPort p = t.r.listenTCP(0, client, {"127.0.0.1"});
+    CHECK(client.starts == 2);
+    p.stopListening();
+}
+
+TEST_CASE("cancelled or stopped inside buildProtocol: reported failed, and no connection after all") {
+    test::CleanReactor t;
+    Factory server = Factory::forProtocol<Echo>();
+    ListeningPort port = t.r.listenTCP(0, server, {"127.0.0.1"});
+    struct Canceller : ClientFactory {
+        std::function<void()> inBuild;
+        Greeter* built = nullptr;
+        bool failed = false;
+        std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+            inBuild();
+            auto p = std::make_unique<Greeter>();
+            built = p.get();
+            return p;
+        }
+        void clientConnectionFailed(IConnector&, const Failure&) override { failed = true; }
+    };
+    {
+        Canceller f;
+        Deferred<std::shared_ptr<Protocol>> d;
+        f.inBuild = [&] { d.cancel(); };
+        std::string why;
+        d = clientFromString(t.r, "tcp:127.0.0.1:" + std::to_string(port.getHost().port))->connect(f);
+        d.addErrback([&](const Failure& e) {
+            why = e.type();
+            return std::shared_ptr<Protocol>();
+        });
+        REQUIRE(testing::runUntil(t.r, [&] { return !why.empty(); }, 5.0));
+        CHECK(why == "ConnectingCancelledError");
+        CHECK(testing::runUntilClean(t.r, 0.5) == false);  // only the listening port is left
+        CHECK(f.numPorts == 0);
+    }
+    {
+        Canceller f;
+        std::shared_ptr<IConnector> c;
+        f.inBuild = [&] { c->stopConnecting(); };
+        c = t.r.connectTCP("127.0.0.1", port.getHost().port, f);
+        REQUIRE(testing::runUntil(t.r, [&] { return f.failed; }, 5.0));
+        testing::runUntil(t.r, [] { return false; }, 0.2);
+        CHECK(c->getDestination().port == port.getHost().port);
+        CHECK_FALSE(c->isConnecting());
+    }
+    port.stopListening();
+    CHECK(testing::runUntilClean(t.r));
+}
+
+TEST_CASE("cancelled inside connectionMade: the Deferred fails and the connection closes") {
+    test::CleanReactor t;
+    Factory server = Factory::forProtocol<Echo>();
+    ListeningPort port = t.r.listenTCP(0, server, {"127.0.0.1"});
+    struct SelfCancel : Protocol {
+        Deferred<std::shared_ptr<Protocol>>* d = nullptr;
+        bool lost = false;
+        void connectionMade() override { d->cancel(); }
+        void connectionLost(const Failure&) override { lost = true; }
+    };
+    auto p = std::make_shared<SelfCancel>();
+    TCP4ClientEndpoint to(t.r, "127.0.0.1", port.getHost().port);
+    std::string why;
+    Deferred<std::shared_ptr<Protocol>> d = detail::connectEndpoint(to, nullptr, p);
+    p->d = &d;
+    d.addErrback([&](const Failure& e) {
+        why = e.type();
+        return std::shared_ptr<Protocol>();
+    });
+    REQUIRE(testing::runUntil(t.r, [&] { return p->lost; }, 5.0));
+    CHECK(why == "ConnectingCancelledError");
+    port.stopListening();
+    CHECK(testing::runUntilClean(t.r));
+}
+
+#if REACTOR_HAS_EXCEPTIONS
+TEST_CASE("exceptions: from buildProtocol the Deferred fails with it; from connectionMade and connectionLost too") {
+    test::LogCapture quiet;
+    test::CleanReactor t;
+    Factory server = Factory::forProtocol<Echo>();
+    ListeningPort port = t.r.listenTCP(0, server, {"127.0.0.1"});
+    const std::string where = "tcp:127.0.0.1:" + std::to_string(port.getHost().port);
+
+    struct Throws : Factory {
+        std::unique_ptr<Protocol> buildProtocol(const Address&) override { throw error::ValueError("no protocol today"); }
+    } throwing;
+    std::string why;
+    clientFromString(t.r, where)->connect(throwing).addErrback([&](const Failure& e) {
+        why = e.type() + ": " + e.getErrorMessage();
+        return std::shared_ptr<Protocol>();
+    });
+    REQUIRE(testing::runUntil(t.r, [&] { return !why.empty(); }, 5.0));
+    CHECK(why == "ValueError: no protocol today");
+
+    struct Broken : Protocol {
+        void connectionMade() override { throw error::RuntimeError("made"); }
+        void connectionLost(const Failure&) override { throw error::RuntimeError("lost"); }
+    };
+    std::string why2;
+    connectProtocol(*clientFromString(t.r, where), std::make_shared<Broken>()).addErrback([&](const Failure& e) {
+        why2 = e.getErrorMessage();
+        return std::shared_ptr<Broken>();
+    });
+    REQUIRE(testing::runUntil(t.r, [&] { return !why2.empty(); }, 5.0));  // never fired before
+    CHECK(why2 == "made");
+    port.stopListening();
+    CHECK(testing::runUntilClean(t.r));
+}
+#endif
+
+TEST_CASE("the grammar, as Twisted: positional server fields, the last of a repeated parameter") {
+    Reactor r;
+    CHECK(serverFromString(r, "tcp:0:127.0.0.1:7")->describe() == "TCP port 0 on 127.0.0.1");
+    CHECK(serverFromString(r, "tcp:0:")->describe() == "TCP port 0 on every IPv4 address");
+    CHECK(serverFromString(r, "tcp:0:interface=10.0.0.1:interface=127.0.0.1")->describe() ==
+          "TCP port 0 on 127.0.0.1");
+    CHECK_MISUSE_WITH(serverFromString(r, "unix:/tmp/x:4777"), error::ValueError,
+                      "mode must be an octal number from 0 to 777");
+    Factory f = Factory::forProtocol<Echo>();
+    CHECK_MISUSE_WITH(r.listenUNIX("/tmp/never-made", f, defaultBacklog, -1), error::CannotListenError,
+                      "mode must be a permission from 0 to 0777");
+    CHECK(testing::cleanUp(r) == "");
+}
+
+}  // TEST_SUITE
