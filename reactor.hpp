@@ -8113,13 +8113,21 @@ public:
     }
     long number(const char* name, bool positional, long fallback, long lo, long hi, int base = 10) {
         auto v = take(name, positional);
-        if (!v) return fallback;
+        return v ? parseNumber(name, *v, lo, hi, base) : fallback;
+    }
+    /// A field that must be there: "missing <what>" if it is not.
+    long requiredNumber(const char* name, bool positional, const char* what, long lo, long hi) {
+        auto v = take(name, positional);
+        need(v, what);
+        return v && !v->empty() ? parseNumber(name, *v, lo, hi, 10) : 0;
+    }
+    long parseNumber(const char* name, const std::string& v, long lo, long hi, int base) {
         char* end = nullptr;
         errno = 0;
-        long n = v->empty() ? 0 : std::strtol(v->c_str(), &end, base);
-        if (v->empty() || *end != '\0' || errno != 0 || n < lo || n > hi)
+        long n = v.empty() ? 0 : std::strtol(v.c_str(), &end, base);
+        if (v.empty() || *end != '\0' || errno != 0 || n < lo || n > hi)
             fail(std::string(name) + " must be " + (base == 8 ? "an octal number" : "a whole number") + " from " +
-                 (base == 8 ? "0 to 777" : std::to_string(lo) + " to " + std::to_string(hi)) + ", not '" + *v + "'");
+                 (base == 8 ? "0 to 777" : std::to_string(lo) + " to " + std::to_string(hi)) + ", not '" + v + "'");
         return n;
     }
     double seconds(const char* name, double fallback) {
@@ -8130,7 +8138,6 @@ public:
         if (v->empty() || *end != '\0' || !(x >= 0)) fail(std::string(name) + " must be a number of seconds, not '" + *v + "'");
         return x;
     }
-    bool flag(const char* name, bool fallback) { return number(name, false, fallback ? 1 : 0, 0, 1) != 0; }
     void need(const std::optional<std::string>& v, const char* what) {
         if (!v || v->empty()) fail(std::string("missing ") + what);
     }
@@ -8177,6 +8184,15 @@ public:
 private:
     Failure why_;
 };
+
+/// Bad input to serverFromString/clientFromString: raised, and (without
+/// exceptions) an endpoint that fails with it.
+inline std::shared_ptr<BrokenEndpoint> refuseDescription(const char* kind, std::string_view description,
+                                                         const std::string& why) {
+    std::string message = std::string("invalid ") + kind + " endpoint '" + std::string(description) + "': " + why;
+    raise<error::ValueError>(message);
+    return std::make_shared<BrokenEndpoint>(Failure(error::ValueError(message)));
+}
 
 }  // namespace detail
 
@@ -8250,18 +8266,11 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
     if (d.error.empty()) {
         if (d.type == "tcp" || d.type == "tcp6") {
             detail::DescriptionReader in(d, {"port", "interface", "backlog"});
-            auto port = in.take("port", true);
-            in.need(port, "port (tcp:8000)");
-            long number = 0;
-            if (port && !port->empty()) {
-                d.params.emplace_back("port", *port);  // re-read as a number
-                number = in.number("port", false, 0, 0, 65535);
-            }
             // Twisted's positional order: port, interface, backlog.
+            long number = in.requiredNumber("port", true, "port (tcp:8000)", 0, 65535);
             std::string interface = in.text("interface", true, "");
             if (interface.empty() && d.type == "tcp6") interface = "::";
-            if (auto b = in.take("backlog", true)) d.params.emplace_back("backlog", *b);
-            long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
+            long backlog = in.number("backlog", true, defaultBacklog, 1, 1L << 30);
             in.finish();
             made = std::make_shared<TCP4ServerEndpoint>(r, static_cast<int>(number), static_cast<int>(backlog),
                                                         interface);
@@ -8270,12 +8279,9 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
             auto path = in.take("address", true);
             in.need(path, "path (unix:/run/app.sock)");
             // Twisted's positional order: address, mode, backlog, lockfile.
-            if (auto m = in.take("mode", true)) d.params.emplace_back("mode", *m);
-            long mode = in.number("mode", false, 0666, 0, 0777, 8);
-            if (auto b = in.take("backlog", true)) d.params.emplace_back("backlog", *b);
-            long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
-            if (auto l = in.take("lockfile", true)) d.params.emplace_back("lockfile", *l);
-            bool lock = in.flag("lockfile", true);
+            long mode = in.number("mode", true, 0666, 0, 0777, 8);
+            long backlog = in.number("backlog", true, defaultBacklog, 1, 1L << 30);
+            bool lock = in.number("lockfile", true, 1, 0, 1) != 0;
             in.finish();
             made = std::make_shared<UNIXServerEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""),
                                                         static_cast<int>(backlog), static_cast<int>(mode), lock);
@@ -8284,9 +8290,7 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
         }
     }
     if (d.error.empty()) return made;
-    std::string message = "invalid server endpoint '" + std::string(description) + "': " + d.error;
-    detail::raise<error::ValueError>(message);
-    return std::make_shared<detail::BrokenEndpoint>(Failure(error::ValueError(message)));
+    return detail::refuseDescription("server", description, d.error);
 }
 
 REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& r, std::string_view description) {
@@ -8297,13 +8301,7 @@ REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& 
             detail::DescriptionReader in(d, {"host", "port", "timeout", "bindAddress"});
             auto host = in.take("host", true);
             in.need(host, "host (tcp:host=example.org:port=6667)");
-            auto port = in.take("port", true);
-            in.need(port, "port (tcp:host=example.org:port=6667)");
-            long number = 0;
-            if (port && !port->empty()) {
-                d.params.emplace_back("port", *port);
-                number = in.number("port", false, 0, 1, 65535);
-            }
+            long number = in.requiredNumber("port", true, "port (tcp:host=example.org:port=6667)", 1, 65535);
             double timeout = in.seconds("timeout", 30);
             Address bind;
             bind.host = in.text("bindAddress", false, "");
@@ -8314,7 +8312,7 @@ REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& 
             auto path = in.take("path", true);
             in.need(path, "path (unix:path=/run/app.sock)");
             double timeout = in.seconds("timeout", 30);
-            bool check = in.flag("lockfile", false);
+            bool check = in.number("lockfile", false, 0, 0, 1) != 0;
             in.finish();
             made = std::make_shared<UNIXClientEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""), timeout,
                                                         check);
@@ -8323,9 +8321,7 @@ REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& 
         }
     }
     if (d.error.empty()) return made;
-    std::string message = "invalid client endpoint '" + std::string(description) + "': " + d.error;
-    detail::raise<error::ValueError>(message);
-    return std::make_shared<detail::BrokenEndpoint>(Failure(error::ValueError(message)));
+    return detail::refuseDescription("client", description, d.error);
 }
 
 REACTOR_INLINE void ReconnectingClientFactory::clientConnectionFailed(IConnector& c, const Failure& reason) {
