@@ -3536,7 +3536,9 @@ public:
         transport = t;
         doStart();
     }
-    /// The first port's start runs startProtocol() (Twisted's numPorts).
+    /// Counts the port, and the first one runs startProtocol() (Twisted's
+    /// numPorts; counted before startProtocol, Twisted counts after, so
+    /// that a stopListening() from startProtocol balances it).
     REACTOR_INLINE void doStart();
     /// The last port's stop clears `transport` and runs stopProtocol().
     REACTOR_INLINE void doStop();
