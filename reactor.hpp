@@ -2322,7 +2322,7 @@ struct ReactorAccess;
 
 /// A transport endpoint address (Twisted's IPv4Address / IPv6Address).
 struct Address {
-    /// The transport type: "TCP".
+    /// The transport type: "TCP", or "UDP" (a datagram's sender, a UDP port).
     std::string type = "TCP";
     /// The IP literal, without brackets: "127.0.0.1", "::1".
     std::string host;
