@@ -181,6 +181,43 @@ TEST_CASE("IPv6 loopback: an interface of \"::1\" makes an IPv6 port") {
     cport->stopListening();
 }
 
+// Twisted 22.4: p = reactor.listenUDP(0, P(), interface='::'); an IPv4
+// socket sends b'' then b'v4' to 127.0.0.1:port
+//   -> :: [(b'', '::ffff:127.0.0.1'), (b'v4', '::ffff:127.0.0.1')]
+TEST_CASE("\"::\" listens on both families; an empty datagram is a datagram") {
+    test::CleanReactor c;
+    Recorder p;
+    std::shared_ptr<IUDPTransport> port;
+#if REACTOR_HAS_EXCEPTIONS
+    try {
+        port = c.r.listenUDP(0, p, "::");
+    } catch (const error::CannotListenError& e) {
+        MESSAGE("SKIPPED: no IPv6 here (" << e.what() << ")");
+        return;
+    }
+#else
+    port = c.r.listenUDP(0, p, "::");
+    if (!port->listening()) {
+        MESSAGE("SKIPPED: no IPv6 here");
+        return;
+    }
+#endif
+    CHECK(port->getHost().host == "::");
+    RawUdp raw;
+    raw.sendTo("", "127.0.0.1", port->getHost().port);
+    raw.sendTo("v4", "127.0.0.1", port->getHost().port);
+    REQUIRE(testing::runUntil(c.r, [&] { return p.data.size() == 2; }));
+    CHECK(p.data == std::vector<std::string>{"", "v4"});
+    CHECK(p.from[0].host == "::ffff:127.0.0.1");
+    CHECK(p.from[0].ipv6);
+    // The answer goes back through the mapped address.
+    CHECK(port->write("back", p.from[1]));
+    char buf[16] = {};
+    CHECK(::recv(raw.fd, buf, sizeof buf, MSG_DONTWAIT) == 4);  // loopback delivers at once
+    CHECK(std::string(buf) == "back");
+    port->stopListening();
+}
+
 // Twisted 22.4, an IPv6 port:
 //   p.write(b'x', ('localhost', 5)) -> InvalidAddressError ('localhost',
 //       'write() only accepts IP addresses, not hostnames')
