@@ -3454,6 +3454,13 @@ public:
     }
     /// Sends to the peer given to connect() (error::RuntimeError before).
     virtual bool write(std::string_view datagram) = 0;
+    /// Sends the pieces joined as ONE datagram to `addr` (Twisted's
+    /// writeSequence; copies them into one string first).
+    bool writeSequence(std::initializer_list<std::string_view> parts, const Address& addr) {
+        std::string joined;
+        for (std::string_view part : parts) joined.append(part);
+        return write(joined, addr);
+    }
     /// Fixes the peer (an IP literal): write(data) goes there, only its
     /// datagrams are received, and an ICMP "port unreachable" for it reaches
     /// the protocol's connectionRefused(). Once per port (Twisted: no

@@ -127,6 +127,10 @@ TEST_CASE("an echo round trip on 127.0.0.1, written from startProtocol") {
     CHECK(echo.from[0].port == cport->getHost().port);
     CHECK(client.data[0] == "hello");
     CHECK(client.from[0] == host);
+    // writeSequence: the pieces make one datagram (Twisted's b"".join(seq)).
+    CHECK(cport->writeSequence({"one ", "datagram"}, host));
+    REQUIRE(testing::runUntil(c.r, [&] { return client.data.size() == 2; }));
+    CHECK(echo.data[1] == "one datagram");
 
     port->stopListening();
     CHECK_FALSE(port->listening());
