@@ -72,7 +72,8 @@
 //   9. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory,
 //                      policies::TimeoutMixin
 //  10. TCP             listenTCP, connectTCP, the TCP transport; UNIX
-//                      sockets; endpoints (serverFromString, connectProtocol)
+//                      sockets; endpoints (serverFromString, connectProtocol);
+//                      UDP (listenUDP, listenMulticast, DatagramProtocol)
 //  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
 //  12. TASK            LoopingCall, deferLater, deferToThread
 //  13. IRC             irc::parsemsg, irc::IRCClient
@@ -518,6 +519,40 @@ long sendParts(Fd fd, const std::string_view* parts, std::size_t count);
 
 inline int shutdownWrite(Fd fd) { return ::shutdown(fd, SHUT_WR); }
 
+// ---- datagram sockets (UDP) -------------------------------------------------
+
+/// A non-blocking, close-on-exec UDP socket, or invalidFd with errno set.
+Fd udpSocket(int family);
+/// Sends one datagram to `to`, or to the connected peer when `to` is null;
+/// EINTR retried. Bytes sent, or -1 with errno.
+long sendTo(Fd fd, std::string_view data, const SockAddr* to);
+/// Receives one datagram into `buf` (recvmsg; EINTR retried) and its sender
+/// into `from`. Returns the bytes stored (at most `size`), or -1 with errno;
+/// `truncated` says the datagram was longer than `size` (MSG_TRUNC), and
+/// `fullLength` is then its real length where the system tells (Linux), else `size`.
+long receiveFrom(Fd fd, char* buf, std::size_t size, SockAddr& from, bool& truncated, std::size_t& fullLength);
+/// Error values a datagram socket reports, by name.
+inline constexpr int errMessageSize = EMSGSIZE;
+/// An ICMP "port unreachable" reported on a connected datagram socket.
+inline bool refused(int err) { return err == ECONNREFUSED; }
+inline bool setBroadcast(Fd fd, bool on) { return setIntOption(fd, SOL_SOCKET, SO_BROADCAST, on ? 1 : 0); }
+inline bool getBroadcast(Fd fd) { return getIntOption(fd, SOL_SOCKET, SO_BROADCAST); }
+/// SO_REUSEADDR and, where the system has it, SO_REUSEPORT: several
+/// sockets bound to one multicast port all receive its datagrams.
+bool setReuseMultiple(Fd fd);
+/// Joins (or leaves) the multicast group `group` on the interface with the
+/// IPv4 address `iface` (null: the system's choice; IPv6 always uses it).
+bool joinGroup(Fd fd, const SockAddr& group, const SockAddr* iface, bool join);
+/// Multicast options of an IPv4 or IPv6 socket (time-to-live / hop limit,
+/// loopback of our own datagrams). false / -1 with errno on failure.
+bool setMulticastTTL(Fd fd, bool ipv6, int ttl);
+int getMulticastTTL(Fd fd, bool ipv6);
+bool setMulticastLoop(Fd fd, bool ipv6, bool on);
+bool getMulticastLoop(Fd fd, bool ipv6);
+/// The IPv4 interface multicast datagrams leave from (IP_MULTICAST_IF).
+bool setMulticastInterface(Fd fd, const SockAddr& iface);
+std::string getMulticastInterface(Fd fd);
+
 
 /// SIGINT/SIGTERM handling for `Reactor::run(true)`. A signal handler can
 /// only touch lock-free atomics, so the one reactor that asked for signals
@@ -714,6 +749,10 @@ REACTOR_ERROR_CLASS(CannotListenError, BindError, "Couldn't listen.");
 REACTOR_ERROR_CLASS(NotListeningError, RuntimeError, "The Port was not listening when it was asked to stop listening.");
 REACTOR_ERROR_CLASS(ConnectingCancelledError, Error, "Connecting was cancelled.");
 REACTOR_ERROR_CLASS(NoProtocol, Error, "The factory built no protocol.");
+// Datagrams (UDP).
+REACTOR_ERROR_CLASS(InvalidAddressError, ValueError, "An invalid address was specified.");
+REACTOR_ERROR_CLASS(MessageLengthError, Error, "Message is too long to send.");
+REACTOR_ERROR_CLASS(MulticastJoinError, Error, "An attempt to join a multicast group failed.");
 
 #undef REACTOR_ERROR_CLASS
 
@@ -2421,7 +2460,7 @@ struct ReactorAccess;
 /// (type "TCP" or "UDP", host, port) and UNIXAddress (type "UNIX", the path
 /// in `host`).
 struct Address {
-    /// The transport type: "TCP", "UDP" or "UNIX".
+    /// The transport type: "TCP", "UDP" (a datagram's sender, a UDP port) or "UNIX".
     std::string type = "TCP";
     /// The IP literal, without brackets: "127.0.0.1", "::1". UNIX: the
     /// socket's path (Twisted's UNIXAddress.name); "" for an unnamed socket
@@ -2460,6 +2499,8 @@ class Factory;
 class ClientFactory;
 class IConnector;
 class ListeningPort;
+class DatagramProtocol;
+class IUDPTransport;
 
 /// listenTCP's default accept-queue length: the system's maximum.
 inline constexpr int defaultBacklog = detail::os::maxBacklog;
@@ -2672,6 +2713,24 @@ public:
     /// The same, with the connector sharing ownership of the factory.
     std::shared_ptr<IConnector> connectUNIX(const std::string& path, std::shared_ptr<ClientFactory> factory,
                                             double timeout = 30, bool checkPID = false);
+    // ---- UDP (section 10) -------------------------------------------------
+
+    /// Binds a UDP port (0: a free one) on `interface` (an IP literal; ""
+    /// every IPv4 address, "::" every IPv6 one) and hands it to `protocol`
+    /// (its transport; startProtocol runs before this returns). Datagrams
+    /// longer than `maxPacketSize` arrive truncated to it. The reactor keeps
+    /// the port until stopListening() or shutdown; the returned pointer is
+    /// optional. `protocol` must outlive the port, or its destructor closes
+    /// it. A bind failure throws `error::CannotListenError` (without
+    /// exceptions: logged, and the returned port is not listening).
+    std::shared_ptr<IUDPTransport> listenUDP(int port, DatagramProtocol& protocol, std::string_view interface = "",
+                                             std::size_t maxPacketSize = 8192);
+    /// listenUDP for multicast (Twisted's listenMulticast): the same port;
+    /// `listenMultiple` lets several sockets bind the same port (SO_REUSEADDR
+    /// and SO_REUSEPORT), so that each receives the group's datagrams.
+    std::shared_ptr<IUDPTransport> listenMulticast(int port, DatagramProtocol& protocol,
+                                                   std::string_view interface = "", std::size_t maxPacketSize = 8192,
+                                                   bool listenMultiple = false);
 
 private:
     friend struct detail::ReactorAccess;
@@ -3758,6 +3817,236 @@ public:
 private:
     double normalVariate(double mean, double stddev);
 };
+
+// ---- UDP ----
+//
+// Datagrams: no connection, no stream. One DatagramProtocol per port (not a
+// factory): the port is its transport, every datagram arrives whole, with
+// the address it came from. Twisted's udp.Port, DatagramProtocol,
+// IUDPTransport and IMulticastTransport.
+//
+//   listenUDP(port, protocol)            bind; protocol.transport = the port
+//     -> protocol.startProtocol()         1. say hello (write, join groups)
+//     -> protocol.datagramReceived(d, a)  2. per datagram, with its sender
+//     -> protocol.connectionRefused()     (a connected port only: ICMP said no)
+//   stopListening() / shutdown
+//     -> protocol.stopProtocol()          3. once; transport is null again
+
+/// What a DatagramProtocol writes to: a bound UDP port (Twisted's
+/// IUDPTransport and IMulticastTransport in one; a listenUDP port can use
+/// the multicast calls too). Addresses are IP literals, never names (as in
+/// Twisted: resolve first, off the loop). Owned by the reactor until
+/// stopListening() or shutdown; a shared_ptr to it keeps the object (not the
+/// socket) alive, and every call on a closed port is harmless.
+class IUDPTransport {
+public:
+    virtual ~IUDPTransport() = default;
+
+    /// Sends one datagram to `addr` (its host and port; the type is
+    /// ignored). True if the system took it. Never queued or blocking: when
+    /// the socket buffer is full the datagram is dropped (false; Twisted
+    /// raises the socket error instead). Throws error::MessageLengthError
+    /// for a datagram the system cannot send whole (EMSGSIZE),
+    /// error::InvalidAddressError for a name or the other IP family, and
+    /// error::ValueError for another peer than the connected one. A closed
+    /// port, an unreachable network: false (logged or traced).
+    virtual bool write(std::string_view datagram, const Address& addr) = 0;
+    /// Sends one datagram to `host`:`port` (an IP literal; Twisted's tuple).
+    bool write(std::string_view datagram, const std::string& host, int port) {
+        Address a;
+        a.type = "UDP";
+        a.host = host;
+        if (port < 0 || port > 65535) {
+            detail::raise<error::ValueError>("write(): port " + std::to_string(port) + " is outside 0-65535");
+            return false;
+        }
+        a.port = static_cast<std::uint16_t>(port);
+        return write(datagram, a);
+    }
+    /// Sends to the peer given to connect() (error::RuntimeError before).
+    virtual bool write(std::string_view datagram) = 0;
+    /// Sends the pieces joined as ONE datagram to `addr` (Twisted's
+    /// writeSequence; copies them into one string first).
+    bool writeSequence(std::initializer_list<std::string_view> parts, const Address& addr) {
+        std::string joined;
+        for (std::string_view part : parts) joined.append(part);
+        return write(joined, addr);
+    }
+    /// Fixes the peer (an IP literal): write(data) goes there, only its
+    /// datagrams are received, and an ICMP "port unreachable" for it reaches
+    /// the protocol's connectionRefused(). Once per port (Twisted: no
+    /// reconnecting). error::InvalidAddressError for a name.
+    virtual void connect(const std::string& host, int port) = 0;
+    /// The bound address, type "UDP" (with port 0 asked, the port chosen).
+    virtual Address getHost() const = 0;
+    /// Closes the socket now (Twisted: at the next turn, with a Deferred);
+    /// the protocol's stopProtocol() runs before this returns and nothing
+    /// more is delivered, even from the datagrams of the current wake-up.
+    virtual void stopListening() = 0;
+    /// Bound and not stopped.
+    virtual bool listening() const = 0;
+    /// SO_BROADCAST: may datagrams go to a broadcast address ("<broadcast>"
+    /// is 255.255.255.255, as in Twisted).
+    virtual void setBroadcastAllowed(bool enabled) = 0;
+    /// The SO_BROADCAST setting.
+    virtual bool getBroadcastAllowed() const = 0;
+
+    // Multicast (Twisted's IMulticastTransport).
+
+    /// Joins the group `addr` (an IP literal) on the IPv4 interface
+    /// `interface` ("": the system's choice; IPv6 groups always use it). The
+    /// Deferred has fired when this returns: with nothing, or with
+    /// error::MulticastJoinError (error::InvalidAddressError for a bad literal).
+    virtual Deferred<void> joinGroup(const std::string& addr, const std::string& interface = "") = 0;
+    /// Leaves a group joined with joinGroup (same arguments, same Deferred).
+    virtual Deferred<void> leaveGroup(const std::string& addr, const std::string& interface = "") = 0;
+    /// The multicast time-to-live (IPv6: hop limit), 0-255 (else error::ValueError).
+    virtual void setTTL(int ttl) = 0;
+    /// The multicast time-to-live (1 by default; -1 on a closed port).
+    virtual int getTTL() const = 0;
+    /// Whether our own multicast datagrams come back to us (on by default).
+    virtual void setLoopbackMode(bool enabled) = 0;
+    /// The loopback setting.
+    virtual bool getLoopbackMode() const = 0;
+    /// The IPv4 interface (its address) multicast datagrams leave from.
+    /// False if the system refused it; error::InvalidAddressError for a non-IPv4 literal.
+    virtual bool setOutgoingInterface(const std::string& addr) = 0;
+    /// The outgoing interface ("0.0.0.0": the system's choice).
+    virtual std::string getOutgoingInterface() const = 0;
+};
+
+namespace detail {
+class UdpPort;
+}
+
+/// The base of every datagram protocol (Twisted's DatagramProtocol).
+/// Override the event methods; the port calls them on the reactor thread.
+///
+/// Ownership: listenUDP takes the protocol by reference, as Twisted takes
+/// an instance. Keep it alive while it listens; if it is destroyed first,
+/// its destructor closes the port silently (no stopProtocol: the object is
+/// half gone), so nothing ever calls a destroyed protocol. One port at a
+/// time (Twisted asserts the same); after stopListening it can listen again.
+class DatagramProtocol {
+public:
+    DatagramProtocol() = default;
+    DatagramProtocol(const DatagramProtocol&) = delete;
+    DatagramProtocol& operator=(const DatagramProtocol&) = delete;
+    /// Closes the port still using it (silently).
+    REACTOR_INLINE virtual ~DatagramProtocol();
+
+    /// The port is bound and `transport` set: write, connect, join groups.
+    virtual void startProtocol() {}
+    /// The port closed (stopListening or shutdown); `transport` is null again.
+    virtual void stopProtocol() {}
+    /// One datagram from `addr` (type "UDP"). The view is valid only during
+    /// the call; at most maxPacketSize bytes (a longer datagram is cut).
+    virtual void datagramReceived(std::string_view datagram, const Address& addr) {
+        (void)datagram;
+        (void)addr;
+    }
+    /// A connected port only: the peer's host answered "port unreachable"
+    /// (ICMP) to an earlier datagram. Called from the loop, never inside write().
+    virtual void connectionRefused() {}
+
+    /// Sets `transport` and calls doStart() (the port calls it).
+    void makeConnection(IUDPTransport* t) {
+        transport = t;
+        doStart();
+    }
+    /// Counts the port, and the first one runs startProtocol() (Twisted's
+    /// numPorts; counted before startProtocol, Twisted counts after, so
+    /// that a stopListening() from startProtocol balances it).
+    REACTOR_INLINE void doStart();
+    /// The last port's stop clears `transport` and runs stopProtocol().
+    REACTOR_INLINE void doStop();
+    /// The name used in traces: the class name with RTTI, else "DatagramProtocol".
+    REACTOR_INLINE virtual std::string logPrefix() const;
+
+    /// The port, from makeConnection until stopProtocol; null otherwise.
+    IUDPTransport* transport = nullptr;
+    /// How many ports use it (0 or 1: one port at a time).
+    int numPorts = 0;
+
+private:
+    friend class detail::UdpPort;
+    friend class Reactor;
+    detail::UdpPort* port_ = nullptr;  // the port reading for it (cleared by whichever side ends first)
+};
+
+namespace detail {
+
+/// A bound UDP socket (Twisted's udp.Port / MulticastPort). Owned by the
+/// reactor while open; it reads for its protocol and is its transport.
+class UdpPort final : public IUDPTransport, public Owned, public std::enable_shared_from_this<UdpPort> {
+public:
+    /// At most this many bytes (Twisted's maxThroughput) or datagrams are
+    /// read per wake-up, so that a flooded port cannot starve the loop.
+    static constexpr std::size_t maxThroughput = 256 * 1024;
+    static constexpr int maxDatagramsPerRead = 256;
+
+    UdpPort(Reactor& r, DatagramProtocol& p) : reactor_(r), protocol_(&p) {}
+    ~UdpPort() override { closeSocket(); }
+
+    /// Binds; on failure returns the reason (and is closed).
+    bool bind(std::uint16_t port, const os::SockAddr& where, std::size_t maxPacketSize, bool listenMultiple,
+              std::string& why);
+    /// Links the protocol, starts it, then reads (unless it stopped the port).
+    void start();
+
+    using IUDPTransport::write;
+    REACTOR_INLINE bool write(std::string_view datagram, const Address& addr) override;
+    REACTOR_INLINE bool write(std::string_view datagram) override;
+    REACTOR_INLINE void connect(const std::string& host, int port) override;
+    Address getHost() const override { return host_; }
+    REACTOR_INLINE void stopListening() override;
+    bool listening() const override { return listening_; }
+    REACTOR_INLINE void setBroadcastAllowed(bool enabled) override;
+    bool getBroadcastAllowed() const override { return fd_ >= 0 && os::getBroadcast(fd_); }
+    REACTOR_INLINE Deferred<void> joinGroup(const std::string& addr, const std::string& interface) override;
+    REACTOR_INLINE Deferred<void> leaveGroup(const std::string& addr, const std::string& interface) override;
+    REACTOR_INLINE void setTTL(int ttl) override;
+    int getTTL() const override { return fd_ >= 0 ? os::getMulticastTTL(fd_, ipv6_) : -1; }
+    REACTOR_INLINE void setLoopbackMode(bool enabled) override;
+    bool getLoopbackMode() const override { return fd_ >= 0 && os::getMulticastLoop(fd_, ipv6_); }
+    REACTOR_INLINE bool setOutgoingInterface(const std::string& addr) override;
+    std::string getOutgoingInterface() const override { return fd_ >= 0 ? os::getMulticastInterface(fd_) : ""; }
+
+    void shutdownNow() override { stopListening(); }
+    REACTOR_INLINE void abandon() override;
+    int descriptor() const override { return fd_; }
+    REACTOR_INLINE std::string describe() const override;
+
+private:
+    void doRead();
+    /// Sends, mapping errno as Twisted does; `to` null: the connected peer.
+    bool send(std::string_view datagram, const os::SockAddr* to, const Address& shown);
+    /// ECONNREFUSED for the connected peer: connectionRefused from the loop.
+    void refusedSoon();
+    void deliverRefused();
+    /// Parses an IP literal of this port's family, or raises InvalidAddressError.
+    bool parsePeer(const std::string& host, std::uint16_t port, os::SockAddr& out, const char* what);
+    Deferred<void> changeGroup(const std::string& addr, const std::string& interface, bool join);
+    /// Unlinks the protocol (and returns it, or null if none was linked).
+    DatagramProtocol* unlinkProtocol();
+    void closeSocket();
+
+    Reactor& reactor_;
+    DatagramProtocol* protocol_;  // null once unlinked (stopped, abandoned, protocol destroyed)
+    int fd_ = -1;
+    bool ipv6_ = false;
+    bool listening_ = false;
+    bool connected_ = false;
+    bool warnedTruncation_ = false;
+    Address host_;
+    Address peer_;                // connect()'s peer
+    std::vector<char> buffer_;    // maxPacketSize bytes, reused for every datagram
+    Address from_;                // the sender, reused (no allocation per datagram)
+    Handler handler_;
+    DelayedCall refusedCall_;
+};
+
+}  // namespace detail
 
 // ============================================================================
 // ==== 11. BASIC FRAMING ====
@@ -5641,6 +5930,133 @@ REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t 
 #endif
 }
 
+REACTOR_INLINE Fd udpSocket(int family) {
+#if defined(REACTOR_OS_SOCKET_FLAGS)
+    Fd fd = ::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+#else
+    Fd fd = ::socket(family, SOCK_DGRAM, 0);
+    if (fd >= 0) { setNonBlocking(fd); setCloseOnExec(fd); }
+#endif
+    return fd;
+}
+
+REACTOR_INLINE long sendTo(Fd fd, std::string_view data, const SockAddr* to) {
+#if defined(REACTOR_OS_MSG_NOSIGNAL)  // datagrams raise no SIGPIPE; the flag costs nothing
+    constexpr int flags = MSG_NOSIGNAL;
+#else
+    constexpr int flags = 0;
+#endif
+    ssize_t sent;
+    do sent = to ? ::sendto(fd, data.data(), data.size(), flags, to->get(), to->length)
+                 : ::send(fd, data.data(), data.size(), flags);
+    while (sent < 0 && errno == EINTR);
+    return static_cast<long>(sent);
+}
+
+REACTOR_INLINE long receiveFrom(Fd fd, char* buf, std::size_t size, SockAddr& from, bool& truncated,
+                                std::size_t& fullLength) {
+    iovec iov;
+    iov.iov_base = buf;
+    iov.iov_len = size;
+    msghdr msg{};
+    msg.msg_name = &from.storage;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+#if defined(__linux__)
+    constexpr int flags = MSG_TRUNC;  // Linux: return the datagram's real length
+#else
+    constexpr int flags = 0;
+#endif
+    ssize_t n;
+    do {
+        msg.msg_namelen = sizeof from.storage;
+        msg.msg_flags = 0;
+        n = ::recvmsg(fd, &msg, flags);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return -1;
+    from.length = msg.msg_namelen;
+    truncated = (msg.msg_flags & MSG_TRUNC) != 0;
+    fullLength = static_cast<std::size_t>(n);
+    if (fullLength > size) n = static_cast<ssize_t>(size);
+    if (truncated && fullLength < size) fullLength = size;
+    return static_cast<long>(n);
+}
+
+REACTOR_INLINE bool setReuseMultiple(Fd fd) {
+    if (!setReuseAddress(fd)) return false;
+#if defined(SO_REUSEPORT)
+    // Some kernels define it and refuse it (ENOPROTOOPT): SO_REUSEADDR is
+    // then what shares the port, as in Twisted.
+    if (!setIntOption(fd, SOL_SOCKET, SO_REUSEPORT, 1) && errno != ENOPROTOOPT) return false;
+#endif
+    return true;
+}
+
+REACTOR_INLINE bool joinGroup(Fd fd, const SockAddr& group, const SockAddr* iface, bool join) {
+    if (group.ipv6()) {
+        ipv6_mreq m{};
+        m.ipv6mr_multiaddr = reinterpret_cast<const sockaddr_in6*>(&group.storage)->sin6_addr;
+        m.ipv6mr_interface = 0;
+        return ::setsockopt(fd, IPPROTO_IPV6, join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP, &m, sizeof m) == 0;
+    }
+    ip_mreq m{};
+    m.imr_multiaddr = reinterpret_cast<const sockaddr_in*>(&group.storage)->sin_addr;
+    m.imr_interface.s_addr = htonl(INADDR_ANY);
+    if (iface) m.imr_interface = reinterpret_cast<const sockaddr_in*>(&iface->storage)->sin_addr;
+    return ::setsockopt(fd, IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP, &m, sizeof m) == 0;
+}
+
+REACTOR_INLINE bool setMulticastTTL(Fd fd, bool ipv6, int ttl) {
+    if (ipv6) return setIntOption(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, ttl);
+    unsigned char v = static_cast<unsigned char>(ttl);  // a byte on every system
+    return ::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &v, sizeof v) == 0;
+}
+
+REACTOR_INLINE int getMulticastTTL(Fd fd, bool ipv6) {
+    if (ipv6) {
+        int v = 0;
+        socklen_t len = sizeof v;
+        return ::getsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, &v, &len) == 0 ? v : -1;
+    }
+    unsigned char v = 0;
+    socklen_t len = sizeof v;
+    return ::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_TTL, &v, &len) == 0 ? v : -1;
+}
+
+REACTOR_INLINE bool setMulticastLoop(Fd fd, bool ipv6, bool on) {
+    if (ipv6) {
+        unsigned int v = on ? 1u : 0u;
+        return ::setsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &v, sizeof v) == 0;
+    }
+    unsigned char v = on ? 1 : 0;
+    return ::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &v, sizeof v) == 0;
+}
+
+REACTOR_INLINE bool getMulticastLoop(Fd fd, bool ipv6) {
+    if (ipv6) {
+        unsigned int v = 0;
+        socklen_t len = sizeof v;
+        return ::getsockopt(fd, IPPROTO_IPV6, IPV6_MULTICAST_LOOP, &v, &len) == 0 && v != 0;
+    }
+    unsigned char v = 0;
+    socklen_t len = sizeof v;
+    return ::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &v, &len) == 0 && v != 0;
+}
+
+REACTOR_INLINE bool setMulticastInterface(Fd fd, const SockAddr& iface) {
+    in_addr a = reinterpret_cast<const sockaddr_in*>(&iface.storage)->sin_addr;
+    return ::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof a) == 0;
+}
+
+REACTOR_INLINE std::string getMulticastInterface(Fd fd) {
+    in_addr a{};
+    socklen_t len = sizeof a;
+    if (::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &a, &len) != 0) return "";
+    char buf[INET_ADDRSTRLEN] = {};
+    ::inet_ntop(AF_INET, &a, buf, sizeof buf);
+    return buf;
+}
+
 REACTOR_INLINE std::atomic<int>& signalWakeFd() {
     static std::atomic<int> fd{invalidFd};
     return fd;
@@ -5788,6 +6204,9 @@ REACTOR_ERROR_CONSTRUCTOR(CannotListenError)
 REACTOR_ERROR_CONSTRUCTOR(NotListeningError)
 REACTOR_ERROR_CONSTRUCTOR(ConnectingCancelledError)
 REACTOR_ERROR_CONSTRUCTOR(NoProtocol)
+REACTOR_ERROR_CONSTRUCTOR(InvalidAddressError)
+REACTOR_ERROR_CONSTRUCTOR(MessageLengthError)
+REACTOR_ERROR_CONSTRUCTOR(MulticastJoinError)
 #undef REACTOR_ERROR_CONSTRUCTOR
 
 namespace detail {
@@ -8391,6 +8810,365 @@ REACTOR_INLINE double ReconnectingClientFactory::normalVariate(double mean, doub
     double u1 = uniform01(), u2 = uniform01();
     if (u1 < 1e-300) u1 = 1e-300;
     return mean + stddev * std::sqrt(-2.0 * std::log(u1)) * std::cos(6.283185307179586 * u2);
+}
+
+// ---- UDP --------------------------------------------------------------------
+
+REACTOR_INLINE DatagramProtocol::~DatagramProtocol() {
+    if (port_) port_->abandon();  // unlinks us first: no call into this half-destroyed object
+}
+
+REACTOR_INLINE void DatagramProtocol::doStart() {
+    if (numPorts++ == 0) startProtocol();
+}
+
+REACTOR_INLINE void DatagramProtocol::doStop() {
+    if (numPorts == 0) return;
+    transport = nullptr;
+    if (--numPorts == 0) stopProtocol();
+}
+
+REACTOR_INLINE std::string DatagramProtocol::logPrefix() const {
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+    std::string name = detail::demangle(typeid(*this).name());
+    std::size_t colon = name.rfind("::");
+    return colon == std::string::npos ? name : name.substr(colon + 2);
+#else
+    return "DatagramProtocol";
+#endif
+}
+
+namespace detail {
+
+REACTOR_INLINE bool UdpPort::bind(std::uint16_t port, const os::SockAddr& where, std::size_t maxPacketSize,
+                                  bool listenMultiple, std::string& why) {
+    Address shown = toAddress(where);
+    const std::string place = shown.host + ":" + std::to_string(port);
+    ipv6_ = where.ipv6();
+    fd_ = os::udpSocket(where.family());
+    bool ok = fd_ >= 0 && (!listenMultiple || os::setReuseMultiple(fd_)) && os::bindTo(fd_, where) == 0;
+    if (!ok) {
+        int err = os::lastError();
+        why = "Couldn't listen on " + place + ": [Errno " + std::to_string(err) + "] " + os::errorString(err) + ".";
+        closeSocket();
+        return false;
+    }
+    os::SockAddr bound;
+    if (os::localAddress(fd_, bound)) host_ = toAddress(bound);
+    host_.type = "UDP";
+    from_.type = "UDP";
+    peer_.type = "UDP";
+    buffer_.resize(maxPacketSize);
+    listening_ = true;
+    return true;
+}
+
+REACTOR_INLINE void UdpPort::start() {
+    auto keep = shared_from_this();
+    DatagramProtocol* p = protocol_;
+    p->port_ = this;
+    if (reactor_.tracing())
+        reactor_.trace("fd " + std::to_string(fd_) + ": UDP port on " + host_.str() + " -> " + p->logPrefix() +
+                       ".startProtocol");
+    runGuarded("startProtocol", [&] { p->makeConnection(this); });
+    // startProtocol may have stopped the port, or destroyed the protocol.
+    if (!listening_ || !protocol_) return;
+    handler_ = makeHandler([this] { doRead(); });
+    if (!ReactorAccess::watch(reactor_, fd_, os::evRead, handler_)) {
+        log(LogLevel::error, "UDP port on " + host_.str() + " closed: its descriptor cannot be watched");
+        stopListening();
+    }
+}
+
+REACTOR_INLINE DatagramProtocol* UdpPort::unlinkProtocol() {
+    DatagramProtocol* p = std::exchange(protocol_, nullptr);
+    if (p && p->port_ == this) p->port_ = nullptr;
+    return p;
+}
+
+REACTOR_INLINE void UdpPort::closeSocket() {
+    if (fd_ >= 0) {
+        if (handler_) ReactorAccess::unwatch(reactor_, fd_, os::evRead);
+        os::closeFd(fd_);
+        fd_ = -1;
+    }
+}
+
+REACTOR_INLINE void UdpPort::stopListening() {
+    if (!listening_) return;
+    auto keep = shared_from_this();
+    listening_ = false;
+    if (refusedCall_.active()) refusedCall_.cancel();
+    closeSocket();
+    if (DatagramProtocol* p = unlinkProtocol()) {
+        if (reactor_.tracing()) reactor_.trace("UDP port on " + host_.str() + " closed -> " + p->logPrefix() + ".stopProtocol");
+        runGuarded("stopProtocol", [&] { p->doStop(); });
+    }
+    ReactorAccess::release(reactor_, this);
+}
+
+REACTOR_INLINE void UdpPort::abandon() {
+    if (listening_) {
+        listening_ = false;
+        if (refusedCall_.active()) refusedCall_.cancel();
+        closeSocket();
+    }
+    if (DatagramProtocol* p = unlinkProtocol()) {  // silently: no stopProtocol
+        p->transport = nullptr;
+        if (p->numPorts > 0) --p->numPorts;
+    }
+    ReactorAccess::release(reactor_, this);
+}
+
+REACTOR_INLINE std::string UdpPort::describe() const {
+    return "UDP port on " + host_.str() + (protocol_ ? " (" + protocol_->logPrefix() + ")" : std::string());
+}
+
+REACTOR_INLINE void UdpPort::doRead() {
+    auto keep = shared_from_this();  // the protocol may stop the port, or destroy itself
+    std::size_t bytes = 0;
+    for (int i = 0; i < maxDatagramsPerRead && bytes < maxThroughput && listening_ && protocol_; ++i) {
+        os::SockAddr from;
+        bool truncated = false;
+        std::size_t full = 0;
+        long n = os::receiveFrom(fd_, buffer_.data(), buffer_.size(), from, truncated, full);
+        if (n < 0) {
+            int err = os::lastError();
+            if (os::wouldBlock(err)) return;
+            // ICMP errors: only a connected port hears of them, and only its
+            // protocol is told (Twisted). Others: say so once, and go on.
+            if (os::refused(err)) {
+                if (connected_) deliverRefused();
+                return;
+            }
+            log(LogLevel::error, "UDP port on " + host_.str() + ": recvmsg failed: " + os::errorString(err));
+            return;
+        }
+        std::size_t length = static_cast<std::size_t>(n);
+        bytes += length;
+        os::describe(from, from_.host, from_.port, from_.ipv6);  // reuses from_'s capacity
+        if (truncated) {
+            std::string line = "UDP port on " + host_.str() + ": a datagram of " +
+                               (full > buffer_.size() ? std::to_string(full) : "more than " + std::to_string(full)) +
+                               " bytes from " + from_.str() + " was cut to maxPacketSize (" +
+                               std::to_string(buffer_.size()) + " bytes)";
+            if (reactor_.tracing()) reactor_.trace(line);
+            if (!std::exchange(warnedTruncation_, true))
+                log(LogLevel::warning, line + "; raise maxPacketSize to receive them whole (logged once per port)");
+        }
+        DatagramProtocol* p = protocol_;
+        if (reactor_.tracing())
+            reactor_.trace("fd " + std::to_string(fd_) + " readable -> " + p->logPrefix() + ".datagramReceived(" +
+                           std::to_string(length) + " bytes from " + from_.str() + ")");
+        std::string_view data(buffer_.data(), length);
+        runGuarded("datagramReceived", [&] { p->datagramReceived(data, from_); });
+    }
+}
+
+REACTOR_INLINE void UdpPort::deliverRefused() {
+    DatagramProtocol* p = protocol_;
+    if (!p || !listening_) return;
+    if (reactor_.tracing())
+        reactor_.trace("UDP port on " + host_.str() + ": " + peer_.str() + " refused -> " + p->logPrefix() +
+                       ".connectionRefused");
+    runGuarded("connectionRefused", [&] { p->connectionRefused(); });
+}
+
+REACTOR_INLINE void UdpPort::refusedSoon() {
+    if (refusedCall_.active()) return;  // one notice per turn is enough
+    refusedCall_ = reactor_.callLater(0, [this] {
+        refusedCall_ = DelayedCall();
+        deliverRefused();
+    });
+}
+
+REACTOR_INLINE bool UdpPort::parsePeer(const std::string& host, std::uint16_t port, os::SockAddr& out,
+                                       const char* what) {
+    const std::string& literal = host == "<broadcast>" && !ipv6_ ? std::string("255.255.255.255") : host;
+    if (!os::parseLiteral(literal, port, out)) {
+        raise<error::InvalidAddressError>("'" + host + "': " + what + " only accepts IP addresses, not hostnames");
+        return false;
+    }
+    if (out.ipv6() != ipv6_) {
+        raise<error::InvalidAddressError>("'" + host + "': " + (ipv6_ ? "IPv6" : "IPv4") + " port " + what +
+                                          " called with an " + (ipv6_ ? "IPv4" : "IPv6") + " address");
+        return false;
+    }
+    return true;
+}
+
+REACTOR_INLINE bool UdpPort::send(std::string_view datagram, const os::SockAddr* to, const Address& shown) {
+    long n = os::sendTo(fd_, datagram, to);
+    if (n >= 0) {
+        if (reactor_.tracing())
+            reactor_.trace("transport.write(" + std::to_string(datagram.size()) + " bytes to " + shown.str() + "): sent");
+        return true;
+    }
+    int err = os::lastError();
+    if (os::wouldBlock(err)) {
+        if (reactor_.tracing())
+            reactor_.trace("transport.write(" + std::to_string(datagram.size()) + " bytes to " + shown.str() +
+                           "): socket buffer full, datagram dropped");
+        return false;
+    }
+    if (err == os::errMessageSize) {
+        raise<error::MessageLengthError>("Message is too long to send: " + std::to_string(datagram.size()) +
+                                         " bytes to " + shown.str() + ".");
+        return false;
+    }
+    if (os::refused(err)) {
+        // An earlier datagram was refused. Unconnected ports ignore it
+        // (Twisted); a connected one tells its protocol, from the loop.
+        if (connected_) refusedSoon();
+        return false;
+    }
+    log(LogLevel::error, "UDP port on " + host_.str() + ": a datagram to " + shown.str() +
+                             " was not sent: " + os::errorString(err));
+    return false;
+}
+
+REACTOR_INLINE bool UdpPort::write(std::string_view datagram, const Address& addr) {
+    if (!listening_) return false;  // closed: ignored, as a TCP transport's writes after the close
+    if (connected_) {
+        if (addr.host != peer_.host || addr.port != peer_.port) {
+            raise<error::ValueError>("write() to " + addr.str() + " on a port connected to " + peer_.str());
+            return false;
+        }
+        return send(datagram, nullptr, peer_);
+    }
+    os::SockAddr to;
+    if (!parsePeer(addr.host, addr.port, to, "write()")) return false;
+    return send(datagram, &to, addr);
+}
+
+REACTOR_INLINE bool UdpPort::write(std::string_view datagram) {
+    if (!listening_) return false;
+    if (!connected_) {
+        raise<error::RuntimeError>("write() without an address needs connect() first");
+        return false;
+    }
+    return send(datagram, nullptr, peer_);
+}
+
+REACTOR_INLINE void UdpPort::connect(const std::string& host, int port) {
+    if (!listening_) {
+        raise<error::RuntimeError>("connect() on a UDP port that is not listening");
+        return;
+    }
+    if (connected_) {
+        raise<error::RuntimeError>("already connected, reconnecting is not currently supported");
+        return;
+    }
+    if (port <= 0 || port > 65535) {
+        raise<error::ValueError>("connect(): port " + std::to_string(port) + " is outside 1-65535");
+        return;
+    }
+    os::SockAddr to;
+    if (!parsePeer(host, static_cast<std::uint16_t>(port), to, "connect()")) return;
+    if (os::startConnect(fd_, to) != 0) {
+        int err = os::lastError();
+        raise<error::ConnectError>("connect() to " + host + ":" + std::to_string(port) + " failed: " +
+                                   os::errorString(err));
+        return;
+    }
+    connected_ = true;
+    peer_ = toAddress(to);
+    peer_.type = "UDP";
+}
+
+REACTOR_INLINE void UdpPort::setBroadcastAllowed(bool enabled) {
+    if (fd_ >= 0) os::setBroadcast(fd_, enabled);
+}
+
+REACTOR_INLINE Deferred<void> UdpPort::changeGroup(const std::string& addr, const std::string& interface, bool join) {
+    const char* verb = join ? "join" : "leave";
+    if (fd_ < 0)
+        return fail<void>(Failure(error::MulticastJoinError(std::string("can't ") + verb + " " + addr +
+                                                            ": the port is not listening")));
+    os::SockAddr group, iface;
+    if (!os::parseLiteral(addr, 0, group) || group.ipv6() != ipv6_)
+        return fail<void>(Failure(error::InvalidAddressError(
+            "'" + addr + "': not an " + (ipv6_ ? "IPv6" : "IPv4") + " address (a group is an IP literal of the port's family)")));
+    if (!interface.empty() && (ipv6_ || !os::parseLiteral(interface, 0, iface) || iface.ipv6()))
+        return fail<void>(Failure(error::InvalidAddressError(
+            "'" + interface + "': the interface is an IPv4 literal (IPv6 groups use the system's choice: pass \"\")")));
+    if (!os::joinGroup(fd_, group, interface.empty() ? nullptr : &iface, join)) {
+        int err = os::lastError();
+        return fail<void>(Failure(error::MulticastJoinError(std::string("can't ") + verb + " " + addr + ": [Errno " +
+                                                            std::to_string(err) + "] " + os::errorString(err))));
+    }
+    if (reactor_.tracing()) reactor_.trace("UDP port on " + host_.str() + ": " + verb + " group " + addr);
+    return succeed();
+}
+
+REACTOR_INLINE Deferred<void> UdpPort::joinGroup(const std::string& addr, const std::string& interface) {
+    return changeGroup(addr, interface, true);
+}
+
+REACTOR_INLINE Deferred<void> UdpPort::leaveGroup(const std::string& addr, const std::string& interface) {
+    return changeGroup(addr, interface, false);
+}
+
+REACTOR_INLINE void UdpPort::setTTL(int ttl) {
+    if (ttl < 0 || ttl > 255) {
+        raise<error::ValueError>("setTTL(" + std::to_string(ttl) + "): a time-to-live is 0-255");
+        return;
+    }
+    if (fd_ >= 0) os::setMulticastTTL(fd_, ipv6_, ttl);
+}
+
+REACTOR_INLINE void UdpPort::setLoopbackMode(bool enabled) {
+    if (fd_ >= 0) os::setMulticastLoop(fd_, ipv6_, enabled);
+}
+
+REACTOR_INLINE bool UdpPort::setOutgoingInterface(const std::string& addr) {
+    os::SockAddr iface;
+    if (!os::parseLiteral(addr, 0, iface) || iface.ipv6()) {
+        raise<error::InvalidAddressError>("'" + addr + "': setOutgoingInterface takes an IPv4 literal");
+        return false;
+    }
+    return fd_ >= 0 && !ipv6_ && os::setMulticastInterface(fd_, iface);
+}
+
+}  // namespace detail
+
+REACTOR_INLINE std::shared_ptr<IUDPTransport> Reactor::listenMulticast(int port, DatagramProtocol& protocol,
+                                                                      std::string_view interface,
+                                                                      std::size_t maxPacketSize, bool listenMultiple) {
+    auto p = std::make_shared<detail::UdpPort>(*this, protocol);
+    const std::string host = interface.empty() ? "0.0.0.0" : std::string(interface);
+    detail::os::SockAddr where;
+    if (port < 0 || port > 65535) {
+        detail::raise<error::CannotListenError>("Couldn't listen on port " + std::to_string(port) +
+                                                ": a port is 0 (any free port) to 65535.");
+        return p;
+    }
+    if (!detail::os::parseLiteral(host, static_cast<std::uint16_t>(port), where)) {
+        detail::raise<error::InvalidAddressError>("'" + host + "': not an IPv4 or IPv6 address.");
+        return p;
+    }
+    if (maxPacketSize == 0) {
+        detail::raise<error::ValueError>("maxPacketSize must be at least 1");
+        return p;
+    }
+    if (protocol.port_ || protocol.transport) {
+        detail::raise<error::RuntimeError>(
+            "this DatagramProtocol already has a port (one at a time: stopListening() it first)");
+        return p;
+    }
+    std::string why;
+    if (!p->bind(static_cast<std::uint16_t>(port), where, maxPacketSize, listenMultiple, why)) {
+        detail::raise<error::CannotListenError>(why);
+        return p;
+    }
+    detail::ReactorAccess::adopt(*this, p);
+    p->start();
+    return p;
+}
+
+REACTOR_INLINE std::shared_ptr<IUDPTransport> Reactor::listenUDP(int port, DatagramProtocol& protocol,
+                                                                std::string_view interface, std::size_t maxPacketSize) {
+    return listenMulticast(port, protocol, interface, maxPacketSize, false);
 }
 
 // ---- 11. BASIC FRAMING -----------------------------------------------------

@@ -175,6 +175,24 @@ def main():
     b.close()
     irc.stop()
 
+    # udp_query: a Deferred per datagram question, with a timeout.
+    rc, out, err = run(["udp_query"])
+    check("udp_query runs", rc == 0 and "client: alpha -> 10.0.0.1" in out and "client: gamma -> NXDOMAIN" in out
+          and "client: drop.me -> defer.TimeoutError" in out, out)
+    check("udp_query trace", "NameServer.datagramReceived(" in err and "transport.write(" in err, err[:800])
+    uq = Server(["udp_query", "server", "0"])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(10)
+    s.sendto(b"Q 7 alpha", ("127.0.0.1", uq.port))
+    reply = s.recv(100)
+    s.close()
+    check("udp_query server answers a raw datagram", reply == b"A 7 alpha 10.0.0.1", repr(reply))
+    rc, out, err = run(["udp_query", str(uq.port), "beta", "drop.it"])
+    check("udp_query client against the server", rc == 0 and "client: beta -> 10.0.0.2" in out
+          and "client: drop.it -> defer.TimeoutError" in out, out)
+    rc, out, err = uq.stop()
+    check("udp_query server stops on SIGINT", rc == 0 and "asks for drop.it" in out, out + err[-300:])
+
     # deferred_chain and blocking_db: no network.
     rc, out, err = run(["deferred_chain"])
     check("deferred_chain runs", rc == 0 and "errback" in out and "callback" in out, out)
