@@ -2364,6 +2364,10 @@ public:
     void crash();
     /// True from "during startup" until "during shutdown".
     bool running() const { return running_; }
+    /// True from stop() until run() returns: the shutdown event's triggers,
+    /// and the connectionLost and clientConnection* calls its closing of
+    /// connections causes, can tell a shutdown from an outage.
+    bool stopping() const { return stopRequested_ && inRun_; }
     /// One turn of the loop, waiting at most `timeout` seconds for events
     /// (0: don't wait). For embedding in a foreign loop. Not re-entrant.
     void iterate(double timeout = 0);
@@ -3293,6 +3297,10 @@ public:
     /// Retry timers go on `clockRef` (a Reactor, or a Clock in tests), which
     /// must outlive the factory.
     explicit ReconnectingClientFactory(IReactorTime& clockRef) : clock(&clockRef) {}
+    /// The same on a Reactor, which also tells it about shutdown: a
+    /// connection lost or failed while the reactor is stopping (see
+    /// Reactor::stopping) is not retried.
+    explicit ReconnectingClientFactory(Reactor& r) : clock(&r), reactor_(&r) {}
 
     /// The longest delay between attempts, in seconds.
     double maxDelay = 3600;
@@ -3321,9 +3329,9 @@ public:
 
     /// Remembers the connector, so stopTrying() can stop even the first attempt.
     void startedConnecting(IConnector& c) override { connector = c.weak_from_this(); }
-    /// The attempt failed: retry() while continueTrying.
+    /// The attempt failed: retry() while continueTrying (and the reactor is not stopping).
     REACTOR_INLINE void clientConnectionFailed(IConnector& c, const Failure& reason) override;
-    /// The connection ended: retry() while continueTrying.
+    /// The connection ended: retry() while continueTrying (and the reactor is not stopping).
     REACTOR_INLINE void clientConnectionLost(IConnector& c, const Failure& reason) override;
 
     /// Schedules the next attempt: delay = min(delay * factor, maxDelay),
@@ -3346,6 +3354,7 @@ public:
 
 private:
     double normalVariate(double mean, double stddev);
+    Reactor* reactor_ = nullptr;  // set by the Reactor constructor: no retry while it stops
 };
 
 // ============================================================================
@@ -3810,15 +3819,18 @@ auto deferLater(IReactorTime& clock, double delay, F f) {
 //     still refused;
 //   - IRCClient::sendLine itself refuses a line containing CR, LF or NUL,
 //     so even raw lines cannot smuggle in a second command.
-// Incoming: CR, LF and CRLF all end a line; an empty line is skipped; a line
-// that is malformed, contains NUL, or is over the IRC limit (510 bytes plus
-// up to 8191 bytes of IRCv3 tags) is dropped with a log line.
+// Incoming (liberal): CR, LF and CRLF all end a line; an empty line is
+// skipped; lines longer than IRC's 512 bytes (IRCv3 tags, a raised LINELEN)
+// are delivered whole up to MAX_LENGTH (16384, Twisted's); a longer line, or
+// one that is malformed or contains NUL, is dropped with a log line and the
+// connection stays up. Outgoing (strict): every line is at most 512 bytes.
 // ============================================================================
 namespace irc {
 
 /// The longest line, CRLF included (RFC 2812 section 2.3).
 inline constexpr std::size_t MAX_COMMAND_LENGTH = 512;
-/// The longest IRCv3 tag section ("@..." up to the space).
+/// The longest IRCv3 tag section a server sends ("@..." up to the space);
+/// incoming lines are bounded by IRCClient::MAX_LENGTH instead.
 inline constexpr std::size_t MAX_TAGS_LENGTH = 8191;
 /// Channel prefixes assumed until the server announces CHANTYPES.
 inline constexpr std::string_view CHANNEL_PREFIXES = "&#!+";
@@ -3915,9 +3927,12 @@ CtcpExtracted ctcpExtract(std::string_view message);
 std::string ctcpStringify(const std::vector<CtcpMessage>& messages);
 
 /// Splits text into chunks of at most `length` bytes (Twisted's irc.split):
-/// breaks at LF (and CR), prefers to break at a space, drops empty lines
-/// and the spaces at each break, turns tabs into spaces, and never cuts a
-/// UTF-8 character in two. `length` 0 gives nothing.
+/// breaks at LF (and CR), fills each line greedily with whole words (a
+/// word longer than `length` is cut to fill the line it starts on, as
+/// textwrap does), drops empty lines and the spaces at each break, expands
+/// tabs to the next multiple of 8 columns (textwrap's expandtabs), and
+/// never cuts a UTF-8 character in two. `length` 0 gives nothing. Unlike
+/// textwrap it does not break after hyphens.
 std::vector<std::string> split(std::string_view text, std::size_t length = 80);
 
 // ---- modes -------------------------------------------------------------------
@@ -4058,7 +4073,14 @@ class IRCClient : public LineReceiver {
 public:
     /// `timeSource`: the clock for lineRate and the heartbeat (may be null).
     explicit IRCClient(IReactorTime* timeSource = nullptr);
-    ~IRCClient() override { cancelTimers(); }
+    /// On a Reactor (also the clock): while connected, the client takes part
+    /// in the reactor's shutdown ("before" trigger): stopping the reactor
+    /// (stop(), or SIGINT/SIGTERM with run(true)) sends what the lineRate
+    /// queue holds, then `QUIT :shutdownMessage`, and half-closes once that
+    /// is flushed; the shutdown waits for the server to close the
+    /// connection, at most quitTimeout seconds (then aborts it).
+    explicit IRCClient(Reactor* r);
+    REACTOR_INLINE ~IRCClient() override;
     IRCClient(const IRCClient&) = delete;
     IRCClient& operator=(const IRCClient&) = delete;
 
@@ -4083,6 +4105,11 @@ public:
     std::optional<std::vector<std::string>> motd;  ///< the MOTD being collected (375..376)
     ServerSupportedFeatures supported;  ///< ISUPPORT (005), reset in connectionMade
     IReactorTime* clock = nullptr;  ///< lineRate, heartbeat, CTCP PING timing
+    /// The QUIT message sent when the reactor shuts down (Reactor* constructor).
+    std::string shutdownMessage = "Shutting down";
+    /// How long a shutdown waits for the server to close the connection
+    /// after our QUIT before aborting it, in seconds.
+    double quitTimeout = 3;
 
     /// True between 001 and the end of the connection.
     bool registered() const { return registered_; }
@@ -4103,8 +4130,9 @@ public:
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
     REACTOR_INLINE void dataReceived(std::string_view data) override;
-    /// A line longer than MAX_LENGTH: dropped with a log line; the
-    /// connection stays up and the following lines still count.
+    /// A line longer than MAX_LENGTH (LineReceiver's, 16384 as in Twisted;
+    /// raise it for a network whose lines are longer): dropped with a log
+    /// line; the connection stays up and the following lines still count.
     REACTOR_INLINE void lineLengthExceeded(std::string_view line) override;
     /// One server line (also callable directly from tests): checked,
     /// parsed, and dispatched through handleCommand. Bad lines go to
@@ -4134,6 +4162,10 @@ public:
     REACTOR_INLINE virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params);
     /// TOPIC: topicUpdated(nick, channel, newTopic).
     REACTOR_INLINE virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
+    /// INVITE: invited(inviter's nick, channel) when we are the one invited
+    /// (not in Twisted 22.4). An invite-notify line about someone else is
+    /// ignored.
+    REACTOR_INLINE virtual void irc_INVITE(const std::string& prefix, const std::vector<std::string>& params);
     /// NICK: nickChanged(new) for us, else userRenamed(old, new).
     REACTOR_INLINE virtual void irc_NICK(const std::string& prefix, const std::vector<std::string>& params);
     /// MODE: parsed with the ISUPPORT-derived parameter modes, then
@@ -4226,6 +4258,9 @@ public:
     virtual void kickedFrom(const std::string& channel, const std::string& kicker, const std::string& message) {
         (void)channel, (void)kicker, (void)message;
     }
+    /// `inviter` (a nick) invites us to `channel`. Default: nothing; a bot
+    /// that should follow invitations calls join(channel) here.
+    virtual void invited(const std::string& inviter, const std::string& channel) { (void)inviter, (void)channel; }
     /// Our nick changed; the default records it in `nickname`.
     virtual void nickChanged(const std::string& nick) { nickname = nick; }
     /// A CTCP PING we sent with ping() came back after `secs` seconds.
@@ -4441,6 +4476,9 @@ private:
     void sendQueued();
     void sendHeartbeat();
     void cancelTimers();
+    /// The "before shutdown" trigger: QUIT, close, then `done` (from connectionLost).
+    void quitForShutdown(std::function<void()> done);
+    void dropShutdownTrigger();
 
     bool checkArgs(const char* command, std::initializer_list<std::string_view> args);
     /// Middle parameters (targets, nicks, channels, keys): a space or a
@@ -4467,6 +4505,10 @@ private:
     std::size_t queueHead_ = 0;
     DelayedCall queueTimer_;
     DelayedCall heartbeat_;
+    Reactor* reactor_ = nullptr;     // the Reactor* constructor's: QUIT at its shutdown
+    TriggerId shutdownTrigger_ = 0;  // while connected, on reactor_
+    std::function<void()> shutdownDone_;  // the shutdown waits for this call
+    DelayedCall quitTimer_;
     std::vector<Ping> pings_;
     std::vector<std::pair<std::string, std::vector<std::string>>> names_;
     std::size_t namesHeld_ = 0;  // nicknames + channels in names_
@@ -7273,7 +7315,7 @@ REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectTCP(const std::string
 
 REACTOR_INLINE void ReconnectingClientFactory::clientConnectionFailed(IConnector& c, const Failure& reason) {
     (void)reason;
-    if (continueTrying) {
+    if (continueTrying && !(reactor_ && reactor_->stopping())) {
         connector = c.weak_from_this();
         retry();
     }
@@ -7281,7 +7323,7 @@ REACTOR_INLINE void ReconnectingClientFactory::clientConnectionFailed(IConnector
 
 REACTOR_INLINE void ReconnectingClientFactory::clientConnectionLost(IConnector& c, const Failure& reason) {
     (void)reason;
-    if (continueTrying) {
+    if (continueTrying && !(reactor_ && reactor_->stopping())) {
         connector = c.weak_from_this();
         retry();
     }
@@ -8038,14 +8080,35 @@ REACTOR_INLINE std::vector<std::string> split(std::string_view text, std::size_t
     std::vector<std::string> out;
     if (length == 0) return out;
     auto isCont = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; };
+    // The longest prefix of `s` of at most `n` bytes that does not end inside
+    // a UTF-8 character (n bytes when that would be nothing: invalid UTF-8,
+    // or `n` smaller than one character).
+    auto fit = [&](std::string_view s, std::size_t n) {
+        std::size_t cut = n, back = 0;
+        while (cut > 0 && back < 4 && isCont(s[cut])) --cut, ++back;
+        return (cut == 0 || back == 4) ? n : cut;
+    };
+    std::string line;
     while (!text.empty()) {
         std::size_t eol = text.find_first_of("\r\n");
-        std::string line(text.substr(0, eol));
+        std::string_view raw = text.substr(0, eol);
         text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
-        std::replace(line.begin(), line.end(), '\t', ' ');
+        // textwrap: tabs to the next multiple of 8 columns (a column per
+        // character, not per byte), then every other whitespace to a space.
+        line.clear();
+        std::size_t column = 0;
+        for (char c : raw) {
+            if (c == '\t') {
+                line.append(8 - column % 8, ' ');
+                column += 8 - column % 8;
+                continue;
+            }
+            line += (c == '\v' || c == '\f') ? ' ' : c;
+            if (!isCont(c)) ++column;
+        }
         std::string_view rest = line;
         while (!rest.empty() && rest.back() == ' ') rest.remove_suffix(1);
-        bool first = true;
+        bool first = true;  // textwrap keeps the first line's indentation only
         while (!rest.empty()) {
             if (!first)
                 while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
@@ -8055,19 +8118,21 @@ REACTOR_INLINE std::vector<std::string> split(std::string_view text, std::size_t
                 out.emplace_back(rest);
                 break;
             }
+            // Greedy, as textwrap: the words that fit, up to the last space
+            // at or before `length`; but a following word longer than a
+            // whole line is cut to fill this one ("nick: <long word>" does
+            // not leave "nick:" alone on its line).
             std::size_t cut = rest.rfind(' ', length);
             std::string_view chunk;
             if (cut != std::string_view::npos) {
                 chunk = rest.substr(0, cut);
                 while (!chunk.empty() && chunk.back() == ' ') chunk.remove_suffix(1);
+                std::size_t word = rest.find_first_not_of(' ', cut);
+                std::size_t wordEnd = rest.find(' ', word);
+                if (wordEnd == std::string_view::npos) wordEnd = rest.size();
+                if (wordEnd - word > length) chunk = {};
             }
-            if (chunk.empty()) {  // no usable space: cut at a character boundary
-                cut = length;
-                std::size_t back = 0;
-                while (cut > 0 && back < 4 && isCont(rest[cut])) --cut, ++back;
-                if (cut == 0 || back == 4) cut = length;  // invalid UTF-8, or length < one character
-                chunk = rest.substr(0, cut);
-            }
+            if (chunk.empty()) chunk = rest.substr(0, fit(rest, length));
             out.emplace_back(chunk);
             rest.remove_prefix(chunk.size());
         }
@@ -8297,7 +8362,45 @@ REACTOR_INLINE bool ServerSupportedFeatures::acceptable(const std::string& key, 
 
 REACTOR_INLINE IRCClient::IRCClient(IReactorTime* timeSource) : clock(timeSource) {
     delimiter = "\n";  // dataReceived turns CR into LF: CR, LF and CRLF all end a line
-    MAX_LENGTH = MAX_TAGS_LENGTH + 1 + MAX_COMMAND_LENGTH;
+    // MAX_LENGTH stays LineReceiver's (and Twisted's) 16384: a line with
+    // IRCv3 tags, or from a network with a larger LINELEN, is delivered whole.
+}
+
+REACTOR_INLINE IRCClient::IRCClient(Reactor* r) : IRCClient(static_cast<IReactorTime*>(r)) { reactor_ = r; }
+
+REACTOR_INLINE IRCClient::~IRCClient() {
+    cancelTimers();
+    dropShutdownTrigger();
+    // Destroyed while the shutdown waits for us (without connectionLost):
+    // let it go on, from the loop rather than from a destructor.
+    if (shutdownDone_ && reactor_) reactor_->callLater(0, std::move(shutdownDone_));
+}
+
+REACTOR_INLINE void IRCClient::quitForShutdown(std::function<void()> done) {
+    if (!connected || !transport || transport->disconnecting) return done();
+    shutdownDone_ = std::move(done);
+    while (queueHead_ < queue_.size()) reallySendLine(queue_[queueHead_++]);  // promised lines first
+    queue_.clear();
+    queueHead_ = 0;
+    cancelTimers();
+    std::string quitLine = "QUIT :" + shutdownMessage;
+    if (detail::hasUnsafeChar(shutdownMessage) || quitLine.size() > maxLineBytes) quitLine = "QUIT";
+    reallySendLine(quitLine);
+    // Half-close once QUIT is flushed: the server reads it, then our EOF, and
+    // closes (as it does after any QUIT); connectionLost then calls done.
+    transport->loseWriteConnection();
+    if (quitTimeout >= 0 && clock)
+        quitTimer_ = clock->callLater(quitTimeout, [this] {
+            quitTimer_ = DelayedCall();
+            reactor::log(LogLevel::warning, "irc: the server did not take our QUIT within quitTimeout; aborting");
+            if (transport) transport->abortConnection();
+        });
+}
+
+REACTOR_INLINE void IRCClient::dropShutdownTrigger() {
+    if (shutdownTrigger_ == 0 || !reactor_) return;
+    reactor_->removeSystemEventTrigger(shutdownTrigger_);
+    shutdownTrigger_ = 0;
 }
 
 REACTOR_INLINE const std::vector<std::pair<std::string, std::string>>& IRCClient::tags() const {
@@ -8308,12 +8411,22 @@ REACTOR_INLINE const std::vector<std::pair<std::string, std::string>>& IRCClient
 REACTOR_INLINE void IRCClient::connectionMade() {
     supported = ServerSupportedFeatures();
     registered_ = false;
+    if (reactor_) {
+        dropShutdownTrigger();
+        shutdownTrigger_ = reactor_->addAsyncSystemEventTrigger(
+            "before", "shutdown", [this](std::function<void()> done) { quitForShutdown(std::move(done)); });
+    }
     if (performLogin) register_(nickname);
 }
 
 REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
     (void)reason;
     cancelTimers();
+    dropShutdownTrigger();
+    // The shutdown waited for this close: it goes on from the loop, not
+    // from inside the transport's close.
+    if (shutdownDone_) reactor_->callLater(0, std::move(shutdownDone_));
+    shutdownDone_ = nullptr;
     queue_.clear();
     queueHead_ = 0;
     registered_ = false;  // a reused client starts its next connection afresh
@@ -8351,7 +8464,8 @@ REACTOR_INLINE void IRCClient::dataReceived(std::string_view data) {
 }
 
 REACTOR_INLINE void IRCClient::lineLengthExceeded(std::string_view line) {
-    reactor::log(LogLevel::warning, "irc: dropped a server line over " + std::to_string(MAX_LENGTH) + " bytes");
+    reactor::log(LogLevel::warning, "irc: dropped a server line over MAX_LENGTH (" + std::to_string(MAX_LENGTH) +
+                                        " bytes); the connection stays up");
     std::size_t nl = line.find('\n');
     if (nl == std::string_view::npos)
         discarding_ = true;
@@ -8362,15 +8476,6 @@ REACTOR_INLINE void IRCClient::lineLengthExceeded(std::string_view line) {
 REACTOR_INLINE void IRCClient::lineReceived(std::string_view line) {
     if (line.empty()) return;  // the LF of a CRLF, or a blank line
     if (line.find('\0') != std::string_view::npos) return badMessage(line, "NUL byte in line");
-    std::size_t body = line.size();
-    if (line[0] == '@') {
-        std::size_t sp = line.find(' ');
-        if (sp != std::string_view::npos) {
-            if (sp > MAX_TAGS_LENGTH) return badMessage(line, "tags over 8191 bytes");
-            body = line.size() - sp - 1;
-        }
-    }
-    if (body > MAX_COMMAND_LENGTH - 2) return badMessage(line, "line over 512 bytes");
     Message m = parsemsg(line);
     if (!m) return badMessage(line, m.error);
     std::string command = m.command;
@@ -8390,7 +8495,7 @@ REACTOR_INLINE void IRCClient::handleCommand(const std::string& command, const s
         {"NOTICE", &IRCClient::irc_NOTICE}, {"JOIN", &IRCClient::irc_JOIN},
         {"PART", &IRCClient::irc_PART}, {"QUIT", &IRCClient::irc_QUIT},
         {"KICK", &IRCClient::irc_KICK}, {"TOPIC", &IRCClient::irc_TOPIC},
-        {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE},
+        {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE}, {"INVITE", &IRCClient::irc_INVITE},
         {"RPL_WELCOME", &IRCClient::irc_RPL_WELCOME}, {"RPL_YOURHOST", &IRCClient::irc_RPL_YOURHOST},
         {"RPL_CREATED", &IRCClient::irc_RPL_CREATED}, {"RPL_MYINFO", &IRCClient::irc_RPL_MYINFO},
         {"RPL_ISUPPORT", &IRCClient::irc_RPL_ISUPPORT}, {"RPL_BOUNCE", &IRCClient::irc_RPL_BOUNCE},
@@ -8483,6 +8588,11 @@ REACTOR_INLINE void IRCClient::irc_KICK(const std::string& prefix, const std::ve
 REACTOR_INLINE void IRCClient::irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
     if (!need(params, 2, "TOPIC")) return;
     topicUpdated(detail::nickOf(prefix), params[0], params[1]);
+}
+
+REACTOR_INLINE void IRCClient::irc_INVITE(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 2, "INVITE")) return;
+    if (nickEquals(params[0], nickname)) invited(detail::nickOf(prefix), params[1]);
 }
 
 REACTOR_INLINE void IRCClient::irc_NICK(const std::string& prefix, const std::vector<std::string>& params) {
@@ -9114,6 +9224,8 @@ REACTOR_INLINE void IRCClient::cancelTimers() {
     stopHeartbeat();
     if (queueTimer_.active()) queueTimer_.cancel();
     queueTimer_ = DelayedCall();
+    if (quitTimer_.active()) quitTimer_.cancel();
+    quitTimer_ = DelayedCall();
 }
 
 REACTOR_INLINE bool IRCClient::checkArgs(const char* command, std::initializer_list<std::string_view> args) {
