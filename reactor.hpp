@@ -3870,6 +3870,10 @@ char asciiLower(char c);
 /// Parses a non-negative decimal int; false on anything else (or overflow).
 bool parseInt(std::string_view s, int& out);
 
+/// Twisted's _intOrDefault(value): an optionally signed decimal int, or
+/// nullopt for "" and anything else (or overflow).
+std::optional<int> intOrNone(std::string_view s);
+
 std::string unescapeTagValue(std::string_view v);
 
 /// The part of "nick!user@host" before '!'.
@@ -3975,7 +3979,9 @@ std::string_view numericToSymbolic(std::string_view numeric);
 /// The server's RPL_ISUPPORT (005) announcements (Twisted's
 /// ServerSupportedFeatures). Starts with Twisted's defaults; parse() adds
 /// what the server says, keeping the old value for a malformed NICKLEN,
-/// CHANNELLEN, PREFIX or CHANMODES.
+/// CHANNELLEN, PREFIX or CHANMODES. Values are kept as strings
+/// (getFeature); the typed accessors give what Twisted's parsers make of
+/// them, and a feature Twisted parses to None reads as absent.
 class ServerSupportedFeatures {
 public:
     /// A PREFIX entry: mode 'o' shows as symbol '@'; priority 0 is the highest.
@@ -4035,6 +4041,37 @@ public:
     /// CASEMAPPING ("rfc1459" when not announced).
     std::string caseMapping() const { return getFeatureString("CASEMAPPING", "rfc1459"); }
 
+    /// Pairs "key:number" as Twisted's _splitParamArgs with _intOrDefault
+    /// makes them: "#&:10,+:" is {("#&", 10), ("+", nullopt)}; a value
+    /// without ':' is a key with no number.
+    using NumberedList = std::vector<std::pair<std::string, std::optional<int>>>;
+    /// CHANLIMIT: how many channels of each group of prefixes we may join
+    /// (empty when not announced).
+    NumberedList chanLimit() const { return numbered("CHANLIMIT"); }
+    /// MAXLIST: how many entries each group of list modes may hold.
+    NumberedList maxList() const { return numbered("MAXLIST"); }
+    /// TARGMAX: how many targets each command takes (nullopt: no limit
+    /// given). Twisted's dict: one entry per command, the last value wins.
+    NumberedList targMax() const;
+    /// IDCHAN: (channel prefix, length of the channel ID) pairs, as strings.
+    std::vector<std::pair<std::string, std::string>> idChan() const;
+    /// KICKLEN: the longest kick reason; nullopt when absent, empty or not
+    /// a number (Twisted's None).
+    std::optional<int> kickLen() const { return numberOrNone("KICKLEN"); }
+    /// TOPICLEN: the longest topic; nullopt as for kickLen.
+    std::optional<int> topicLen() const { return numberOrNone("TOPICLEN"); }
+    /// EXCEPTS: the ban-exception mode letter ("e" when announced without
+    /// one); nullopt when not announced.
+    std::optional<std::string> excepts() const { return stringOrNone("EXCEPTS"); }
+    /// INVEX: the invite-exception mode letter ("I" when announced without
+    /// one); nullopt when not announced.
+    std::optional<std::string> invex() const { return stringOrNone("INVEX"); }
+    /// SAFELIST: LIST will not flood us off the server.
+    bool safeList() const { return hasFeature("SAFELIST"); }
+    /// STATUSMSG: the status prefixes a message target may carry ("@+"
+    /// sends to a channel's ops and voiced); nullopt when not announced.
+    std::optional<std::string> statusMsg() const { return stringOrNone("STATUSMSG"); }
+
 private:
     struct Entry {
         std::string key;
@@ -4045,6 +4082,9 @@ private:
     void set(const std::string& key, std::vector<std::string> values, bool announced);
     void erase(const std::string& key);
     static bool unescape(std::string_view in, std::string& out);
+    NumberedList numbered(std::string_view key) const;
+    std::optional<int> numberOrNone(std::string_view key) const;
+    std::optional<std::string> stringOrNone(std::string_view key) const;
     /// Twisted's processors that keep the old value on a malformed one.
     static bool acceptable(const std::string& key, const std::vector<std::string>& values);
     std::vector<Entry> entries_;
@@ -7887,6 +7927,17 @@ REACTOR_INLINE bool parseInt(std::string_view s, int& out) {
     return true;
 }
 
+REACTOR_INLINE std::optional<int> intOrNone(std::string_view s) {
+    bool negative = false;
+    if (!s.empty() && (s[0] == '-' || s[0] == '+')) {
+        negative = s[0] == '-';
+        s.remove_prefix(1);
+    }
+    int v = 0;
+    if (!parseInt(s, v)) return std::nullopt;
+    return negative ? -v : v;
+}
+
 REACTOR_INLINE std::string unescapeTagValue(std::string_view v) {
     std::string out;
     out.reserve(v.size());
@@ -8245,6 +8296,16 @@ REACTOR_INLINE void ServerSupportedFeatures::parse(const std::vector<std::string
             continue;
         }
         if (!acceptable(key, values)) continue;  // Twisted keeps the old value
+        // Where Twisted's parser returns None the feature reads as absent
+        // (hasFeature is false): an empty PREFIX, a MODES, KICKLEN or
+        // TOPICLEN that is empty or not a number.
+        const bool number = key == "MODES" || key == "KICKLEN" || key == "TOPICLEN";
+        if ((key == "PREFIX" && values[0].empty()) || (number && !detail::intOrNone(values[0]))) {
+            erase(key);
+            continue;
+        }
+        if (key == "EXCEPTS" && values[0].empty()) values[0] = "e";  // Twisted's default letters
+        if (key == "INVEX" && values[0].empty()) values[0] = "I";
         set(key, std::move(values), true);
     }
 }
@@ -8275,8 +8336,9 @@ REACTOR_INLINE std::vector<ServerSupportedFeatures::PrefixMode> ServerSupportedF
     std::vector<PrefixMode> out;
     std::string value = getFeatureString("PREFIX");
     std::size_t close = value.find(')');
-    if (value.empty() || value[0] != '(' || close == std::string::npos) return out;
-    std::string modes = value.substr(1, close - 1), symbols = value.substr(close + 1);
+    if (close == std::string::npos) return out;
+    // As Twisted: the modes are what precedes ')' less its first character.
+    std::string modes = close == 0 ? std::string() : value.substr(1, close - 1), symbols = value.substr(close + 1);
     for (std::size_t i = 0; i < modes.size() && i < symbols.size(); ++i)
         out.push_back({modes[i], symbols[i], static_cast<int>(i)});
     return out;
@@ -8289,6 +8351,50 @@ REACTOR_INLINE ServerSupportedFeatures::ChanModes ServerSupportedFeatures::chanM
     std::string* fields[] = {&out.addressModes, &out.param, &out.setParam, &out.noParam};
     for (std::size_t i = 0; i < v->size() && i < 4; ++i) *fields[i] = (*v)[i];
     return out;
+}
+
+REACTOR_INLINE ServerSupportedFeatures::NumberedList ServerSupportedFeatures::numbered(std::string_view key) const {
+    NumberedList out;
+    const Entry* e = find(key);
+    if (!e) return out;
+    for (const std::string& v : e->values) {
+        std::size_t colon = v.find(':');
+        out.emplace_back(v.substr(0, colon),
+                         colon == std::string::npos ? std::nullopt : detail::intOrNone(std::string_view(v).substr(colon + 1)));
+    }
+    return out;
+}
+
+REACTOR_INLINE ServerSupportedFeatures::NumberedList ServerSupportedFeatures::targMax() const {
+    NumberedList out;
+    for (auto& item : numbered("TARGMAX")) {
+        auto same = std::find_if(out.begin(), out.end(), [&](const auto& o) { return o.first == item.first; });
+        if (same != out.end()) same->second = item.second;
+        else out.push_back(std::move(item));
+    }
+    return out;
+}
+
+REACTOR_INLINE std::vector<std::pair<std::string, std::string>> ServerSupportedFeatures::idChan() const {
+    std::vector<std::pair<std::string, std::string>> out;
+    const Entry* e = find("IDCHAN");
+    if (!e) return out;
+    for (const std::string& v : e->values) {
+        std::size_t colon = v.find(':');
+        out.emplace_back(v.substr(0, colon), colon == std::string::npos ? std::string() : v.substr(colon + 1));
+    }
+    return out;
+}
+
+REACTOR_INLINE std::optional<int> ServerSupportedFeatures::numberOrNone(std::string_view key) const {
+    const Entry* e = find(key);
+    return (e && !e->values.empty()) ? detail::intOrNone(e->values[0]) : std::nullopt;
+}
+
+REACTOR_INLINE std::optional<std::string> ServerSupportedFeatures::stringOrNone(std::string_view key) const {
+    const Entry* e = find(key);
+    if (!e) return std::nullopt;
+    return e->values.empty() ? std::string() : e->values[0];
 }
 
 REACTOR_INLINE std::optional<int> ServerSupportedFeatures::modes() const {
@@ -8348,14 +8454,10 @@ REACTOR_INLINE bool ServerSupportedFeatures::unescape(std::string_view in, std::
 }
 
 REACTOR_INLINE bool ServerSupportedFeatures::acceptable(const std::string& key, const std::vector<std::string>& values) {
-    int v = 0;
-    if (key == "NICKLEN" || key == "CHANNELLEN") return !values.empty() && detail::parseInt(values[0], v);
-    if (key == "PREFIX") {
-        const std::string& p = values[0];
-        if (p.empty()) return true;  // Twisted stores None: the feature is off
-        std::size_t close = p.find(')');
-        return p[0] == '(' && close != std::string::npos && close - 1 == p.size() - close - 1;
-    }
+    if (key == "NICKLEN" || key == "CHANNELLEN") return detail::intOrNone(values[0]).has_value();
+    // Twisted takes any PREFIX with a ')' (pairing modes and symbols up to
+    // the shorter list); without one it keeps the old value. Empty: None.
+    if (key == "PREFIX") return values[0].empty() || values[0].find(')') != std::string::npos;
     if (key == "CHANMODES") return values.size() <= 4;
     return true;
 }

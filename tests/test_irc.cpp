@@ -272,7 +272,7 @@ TEST_CASE("ServerSupportedFeatures: defaults and parse") {
     CHECK(s.modes() == std::nullopt);
     CHECK(s.channelLen() == 200);  // malformed: the old value stays
     CHECK_FALSE(s.hasFeature("BAD"));
-    s.parse({"PREFIX=(ov)@", "CHANMODES=a,b,c,d,e"});  // malformed: both keep their old value
+    s.parse({"PREFIX=(ov", "CHANMODES=a,b,c,d,e"});  // malformed: both keep their old value
     CHECK(s.prefix().size() == 4);
     CHECK(s.chanModes().addressModes == "beI");
 }
@@ -1722,6 +1722,83 @@ TEST_CASE("SIGTERM with run(true): the client QUITs over loopback and the Reconn
     CHECK(script.closed);
     CHECK_FALSE(r.stopping());
     CHECK(testing::runUntilClean(r));  // the shutdown closed the port too
+}
+
+}  // TEST_SUITE irc
+
+TEST_SUITE("irc") {
+
+TEST_CASE("ISUPPORT: every token Twisted parses, with Twisted's typed results") {
+    // /usr/bin/python3; from twisted.words.protocols.irc import ServerSupportedFeatures as S
+    //   s = S(); s.parse(["CHANLIMIT=#&:10,+:", "MAXLIST=b:25,eI:50,q", "TARGMAX=PRIVMSG:4,NOTICE:3,JOIN:,KICK:x",
+    //       "IDCHAN=!:5", "KICKLEN=180", "TOPICLEN=", "EXCEPTS", "INVEX=J", "SAFELIST", "STATUSMSG=@+", "MODES="])
+    //   CHANLIMIT [('#&', 10), ('+', None)] True          (getFeature, hasFeature)
+    //   MAXLIST [('b', 25), ('eI', 50), ('q', None)] True
+    //   TARGMAX {'PRIVMSG': 4, 'NOTICE': 3, 'JOIN': None, 'KICK': None} True
+    //   IDCHAN [('!', '5')] True
+    //   KICKLEN 180 True
+    //   TOPICLEN None False
+    //   EXCEPTS 'e' True
+    //   INVEX 'J' True
+    //   SAFELIST True True
+    //   STATUSMSG '@+' True
+    //   MODES None False
+    //   S().getFeature("KICKLEN"), S().getFeature("EXCEPTS"), S().hasFeature("SAFELIST") -> None None False
+    using NL = ServerSupportedFeatures::NumberedList;
+    ServerSupportedFeatures s;
+    CHECK(s.chanLimit().empty());
+    CHECK(s.kickLen() == std::nullopt);
+    CHECK(s.excepts() == std::nullopt);
+    CHECK_FALSE(s.safeList());
+    CHECK(s.statusMsg() == std::nullopt);
+    s.parse({"CHANLIMIT=#&:10,+:", "MAXLIST=b:25,eI:50,q", "TARGMAX=PRIVMSG:4,NOTICE:3,JOIN:,KICK:x", "IDCHAN=!:5",
+             "KICKLEN=180", "TOPICLEN=", "EXCEPTS", "INVEX=J", "SAFELIST", "STATUSMSG=@+", "MODES="});
+    CHECK(s.chanLimit() == NL{{"#&", 10}, {"+", std::nullopt}});
+    CHECK(s.maxList() == NL{{"b", 25}, {"eI", 50}, {"q", std::nullopt}});
+    CHECK(s.targMax() == NL{{"PRIVMSG", 4}, {"NOTICE", 3}, {"JOIN", std::nullopt}, {"KICK", std::nullopt}});
+    CHECK(s.idChan() == std::vector<std::pair<std::string, std::string>>{{"!", "5"}});
+    CHECK(s.kickLen() == 180);
+    CHECK(s.topicLen() == std::nullopt);
+    CHECK_FALSE(s.hasFeature("TOPICLEN"));
+    CHECK(s.excepts() == std::string("e"));
+    CHECK(s.invex() == std::string("J"));
+    CHECK(s.safeList());
+    CHECK(s.statusMsg() == std::string("@+"));
+    CHECK(s.modes() == std::nullopt);
+    CHECK_FALSE(s.hasFeature("MODES"));
+
+    // s = S(); s.parse(["PREFIX="]) -> getFeature None, hasFeature False
+    // s = S(); s.parse(["PREFIX=(ov)@"]) -> {'o': ('@', 0)}   (paired up to the shorter list)
+    // s = S(); s.parse(["EXCEPTS=", "INVEX="]) -> 'e' 'I'
+    // s = S(); s.parse(["KICKLEN=abc", "CHANNELLEN=", "NICKLEN=x"]) -> None 200 9
+    // s = S(); s.parse(["CHANLIMIT"]) -> [('', None)]
+    // s = S(); s.parse(["MAXLIST=b:-1"]) -> [('b', -1)]
+    // s = S(); s.parse(["IDCHAN=!:5,#:"]) -> [('!', '5'), ('#', '')]
+    // s = S(); s.parse(["TARGMAX=A:1,A:2"]) -> {'A': 2}
+    ServerSupportedFeatures e;
+    e.parse({"PREFIX="});
+    CHECK_FALSE(e.hasFeature("PREFIX"));
+    CHECK(e.prefix().empty());
+    ServerSupportedFeatures f;
+    f.parse({"PREFIX=(ov)@"});
+    REQUIRE(f.prefix().size() == 1);
+    CHECK(f.prefix()[0].mode == 'o');
+    CHECK(f.prefix()[0].symbol == '@');
+    ServerSupportedFeatures g;
+    g.parse({"EXCEPTS=", "INVEX="});
+    CHECK(g.excepts() == std::string("e"));
+    CHECK(g.invex() == std::string("I"));
+    CHECK(g.getFeature("INVEX") == std::vector<std::string>{"I"});
+    ServerSupportedFeatures h;
+    h.parse({"KICKLEN=abc", "CHANNELLEN=", "NICKLEN=x", "CHANLIMIT", "MAXLIST=b:-1", "IDCHAN=!:5,#:",
+             "TARGMAX=A:1,A:2"});
+    CHECK(h.kickLen() == std::nullopt);
+    CHECK(h.channelLen() == 200);
+    CHECK(h.nickLen() == 9);
+    CHECK(h.chanLimit() == NL{{"", std::nullopt}});
+    CHECK(h.maxList() == NL{{"b", -1}});
+    CHECK(h.idChan() == std::vector<std::pair<std::string, std::string>>{{"!", "5"}, {"#", ""}});
+    CHECK(h.targMax() == NL{{"A", 2}});
 }
 
 }  // TEST_SUITE irc
