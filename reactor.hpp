@@ -3873,6 +3873,17 @@ bool parseInt(std::string_view s, int& out);
 /// Twisted's _intOrDefault(value): an optionally signed decimal int, or
 /// nullopt for "" and anything else (or overflow).
 std::optional<int> intOrNone(std::string_view s);
+/// The same for 64-bit values (up to 18 digits): DCC sizes and positions.
+std::optional<std::int64_t> int64OrNone(std::string_view s);
+
+/// Splits words as a POSIX shell does (Python's shlex.split): whitespace
+/// separates, '...' is literal, "..." allows \" and \\, a backslash
+/// outside quotes escapes the next character. False on an unclosed quote.
+bool shellSplit(std::string_view s, std::vector<std::string>& out);
+
+/// Twisted's dccParseAddress: a dotted address as is, a number as the
+/// dotted quad of its low 32 bits; false otherwise.
+bool dccParseAddress(const std::string& address, std::string& out);
 
 std::string unescapeTagValue(std::string_view v);
 
@@ -4314,9 +4325,30 @@ public:
     virtual void noticed(const std::string& user, const std::string& channel, const std::string& message) {
         (void)user, (void)channel, (void)message;
     }
-    /// A CTCP ACTION ("/me waves").
-    virtual void action(const std::string& user, const std::string& channel, const std::string& data) {
+    /// A CTCP ACTION ("/me waves"). `data` is absent for a bare
+    /// "\x01ACTION\x01" and "" for "\x01ACTION \x01" (Twisted: None and '').
+    virtual void action(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         (void)user, (void)channel, (void)data;
+    }
+    /// A DCC SEND offer (Twisted's dccDoSend): `address` dotted (a numeric
+    /// address is converted), `size` -1 when not given or not a number,
+    /// `data` the offer's words. Parsed only: nothing is transferred.
+    virtual void dccDoSend(const std::string& user, const std::string& address, int port, const std::string& fileName,
+                           std::int64_t size, const std::vector<std::string>& data) {
+        (void)user, (void)address, (void)port, (void)fileName, (void)size, (void)data;
+    }
+    /// A DCC CHAT offer (Twisted's dccDoChat); `data` as for dccDoSend.
+    virtual void dccDoChat(const std::string& user, const std::string& channel, const std::string& address, int port,
+                           const std::vector<std::string>& data) {
+        (void)user, (void)channel, (void)address, (void)port, (void)data;
+    }
+    /// A DCC RESUME request for a file we offered (Twisted's dccDoResume).
+    virtual void dccDoResume(const std::string& user, const std::string& file, int port, std::int64_t resumePos) {
+        (void)user, (void)file, (void)port, (void)resumePos;
+    }
+    /// A DCC ACCEPT of our RESUME request (Twisted's dccDoAcceptResume).
+    virtual void dccDoAcceptResume(const std::string& user, const std::string& file, int port, std::int64_t resumePos) {
+        (void)user, (void)file, (void)port, (void)resumePos;
     }
     /// Someone else joined; `user` is the nick only.
     virtual void userJoined(const std::string& user, const std::string& channel) { (void)user, (void)channel; }
@@ -4365,10 +4397,15 @@ public:
     /// CTCP queries in one PRIVMSG. Each tag is answered once per message
     /// (Twisted's flood fix); unknown tags go to ctcpUnknownQuery.
     REACTOR_INLINE virtual void ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
-    /// ACTION: action(user, channel, data) ("" without data).
+    /// ACTION: action(user, channel, data).
     virtual void ctcpQuery_ACTION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        action(user, channel, data.value_or(""));
+        action(user, channel, data);
     }
+    /// DCC: "SEND", "CHAT", "RESUME" and "ACCEPT" offers are parsed (words
+    /// split as a POSIX shell does, so "my file.txt" in quotes is one) and
+    /// go to the dccDo* callbacks; a malformed one is logged and ignored;
+    /// another type gets an ERRMSG reply (as Twisted). No transfer.
+    REACTOR_INLINE virtual void ctcpQuery_DCC(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// PING: echoes the data back to the sender's nick.
     REACTOR_INLINE virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies versionName:versionNum:versionEnv; nothing without versionName.
@@ -7927,15 +7964,75 @@ REACTOR_INLINE bool parseInt(std::string_view s, int& out) {
     return true;
 }
 
-REACTOR_INLINE std::optional<int> intOrNone(std::string_view s) {
+REACTOR_INLINE std::optional<std::int64_t> int64OrNone(std::string_view s) {
     bool negative = false;
     if (!s.empty() && (s[0] == '-' || s[0] == '+')) {
         negative = s[0] == '-';
         s.remove_prefix(1);
     }
-    int v = 0;
-    if (!parseInt(s, v)) return std::nullopt;
+    if (s.empty() || s.size() > 18) return std::nullopt;
+    std::int64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        v = v * 10 + (c - '0');
+    }
     return negative ? -v : v;
+}
+
+REACTOR_INLINE std::optional<int> intOrNone(std::string_view s) {
+    std::optional<std::int64_t> v = int64OrNone(s);
+    if (!v || *v > INT32_MAX || *v < INT32_MIN) return std::nullopt;  // int is 32 bits on every target
+    return static_cast<int>(*v);
+}
+
+REACTOR_INLINE bool shellSplit(std::string_view s, std::vector<std::string>& out) {
+    out.clear();
+    std::string word;
+    bool inWord = false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        char c = s[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f') {
+            if (inWord) out.push_back(std::move(word));
+            word.clear();
+            inWord = false;
+        } else if (c == '\'') {
+            std::size_t close = s.find('\'', i + 1);
+            if (close == std::string_view::npos) return false;
+            word.append(s.substr(i + 1, close - i - 1));
+            i = close;
+            inWord = true;
+        } else if (c == '"') {
+            for (++i;; ++i) {
+                if (i >= s.size()) return false;
+                if (s[i] == '"') break;
+                if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == '"' || s[i + 1] == '\\')) ++i;
+                word += s[i];
+            }
+            inWord = true;
+        } else if (c == '\\') {
+            if (++i == s.size()) return false;  // shlex: "No escaped character"
+            word += s[i];
+            inWord = true;
+        } else {
+            word += c;
+            inWord = true;
+        }
+    }
+    if (inWord) out.push_back(std::move(word));
+    return true;
+}
+
+REACTOR_INLINE bool dccParseAddress(const std::string& address, std::string& out) {
+    if (address.find('.') != std::string::npos) {
+        out = address;
+        return true;
+    }
+    std::optional<std::int64_t> n = int64OrNone(address);
+    if (!n) return false;
+    const auto v = static_cast<std::uint64_t>(*n);
+    out = std::to_string((v >> 24) & 0xFF) + "." + std::to_string((v >> 16) & 0xFF) + "." +
+          std::to_string((v >> 8) & 0xFF) + "." + std::to_string(v & 0xFF);
+    return true;
 }
 
 REACTOR_INLINE std::string unescapeTagValue(std::string_view v) {
@@ -8963,6 +9060,7 @@ REACTOR_INLINE void IRCClient::ctcpQuery(const std::string& user, const std::str
         if (std::find(seen.begin(), seen.end(), m.tag) != seen.end()) continue;
         seen.push_back(m.tag);
         if (m.tag == "ACTION") ctcpQuery_ACTION(user, channel, m.data);
+        else if (m.tag == "DCC") ctcpQuery_DCC(user, channel, m.data);
         else if (m.tag == "PING") ctcpQuery_PING(user, channel, m.data);
         else if (m.tag == "VERSION") ctcpQuery_VERSION(user, channel, m.data);
         else if (m.tag == "SOURCE") ctcpQuery_SOURCE(user, channel, m.data);
@@ -8978,6 +9076,44 @@ REACTOR_INLINE void IRCClient::ctcpQuery(const std::string& user, const std::str
 REACTOR_INLINE void IRCClient::ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
     (void)channel;
     ctcpMakeReply(detail::nickOf(user), {{"PING", data}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_DCC(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    if (!data || data->empty()) return;
+    std::string_view rest = *data;
+    std::size_t start = rest.find_first_not_of(" \t");
+    if (start == std::string_view::npos) return;
+    std::string type(rest.substr(start, rest.find_first_of(" \t", start) - start));
+    for (char& c : type) c = detail::asciiUpper(c);
+    // Twisted drops len(type) + 1 characters, whatever they are.
+    rest = rest.size() > type.size() + 1 ? rest.substr(type.size() + 1) : std::string_view();
+    if (type != "SEND" && type != "CHAT" && type != "RESUME" && type != "ACCEPT") {
+        ctcpMakeReply(detail::nickOf(user), {{"ERRMSG", "DCC " + *data + " :Unknown DCC type '" + type + "'"}});
+        quirkyMessage(user + " offered unknown DCC type " + type);
+        return;
+    }
+    auto bad = [&](const std::string& why) {
+        reactor::log(LogLevel::warning, "irc: malformed DCC " + type + " request from " +
+                                            reactor::detail::printable(user) + ": " + reactor::detail::printable(why));
+    };
+    std::vector<std::string> words;
+    if (!detail::shellSplit(rest, words)) return bad("no closing quotation: " + std::string(rest));
+    if (words.size() < 3) return bad(std::string(rest));
+    if (type == "RESUME" || type == "ACCEPT") {
+        std::optional<int> port = detail::intOrNone(words[1]);
+        std::optional<std::int64_t> pos = detail::int64OrNone(words[2]);
+        if (!port || !pos) return;  // as Twisted: silently ignored
+        if (type == "RESUME") dccDoResume(user, words[0], *port, *pos);
+        else dccDoAcceptResume(user, words[0], *port, *pos);
+        return;
+    }
+    std::string address;
+    if (!detail::dccParseAddress(words[1], address)) return bad("indecipherable address " + words[1]);
+    std::optional<int> port = detail::intOrNone(words[2]);
+    if (!port) return bad("indecipherable port " + words[2]);
+    if (type == "CHAT") return dccDoChat(user, channel, address, *port, words);
+    std::optional<std::int64_t> size = words.size() >= 4 ? detail::int64OrNone(words[3]) : std::nullopt;
+    dccDoSend(user, address, *port, words[0], size.value_or(-1), words);
 }
 
 REACTOR_INLINE void IRCClient::ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
@@ -9010,6 +9146,7 @@ REACTOR_INLINE void IRCClient::ctcpQuery_CLIENTINFO(const std::string& user, con
     (void)channel;
     static constexpr std::pair<std::string_view, std::string_view> info[] = {
         {"ACTION", "ACTION text: a /me action"}, {"CLIENTINFO", "CLIENTINFO [tag]: what we answer"},
+        {"DCC", "DCC type args: SEND, CHAT, RESUME and ACCEPT offers are read, never transferred"},
         {"ERRMSG", "ERRMSG text: echoes text"}, {"FINGER", "FINGER: who is behind the keyboard"},
         {"PING", "PING data: echoes data"}, {"SOURCE", "SOURCE: where the source is"},
         {"TIME", "TIME: local time"}, {"USERINFO", "USERINFO: user information"},
@@ -9022,7 +9159,8 @@ REACTOR_INLINE void IRCClient::ctcpQuery_CLIENTINFO(const std::string& user, con
         ctcpMakeReply(nick, {{"CLIENTINFO", all}});
         return;
     }
-    std::string tag = data->substr(0, data->find(' '));
+    std::size_t from = data->find_first_not_of(" \t");  // Twisted: data.split()[0]
+    std::string tag = from == std::string::npos ? std::string() : data->substr(from, data->find_first_of(" \t", from) - from);
     for (const auto& i : info)
         if (i.first == tag) {
             ctcpMakeReply(nick, {{"CLIENTINFO", std::string(i.second)}});

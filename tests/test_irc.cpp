@@ -74,7 +74,9 @@ struct Recorder : IRCClient {
     void pong(const std::string& user, double secs) override { rec("pong", {user, std::to_string(secs)}); }
     void privmsg(const std::string& u, const std::string& c, const std::string& m) override { rec("privmsg", {u, c, m}); }
     void noticed(const std::string& u, const std::string& c, const std::string& m) override { rec("noticed", {u, c, m}); }
-    void action(const std::string& u, const std::string& c, const std::string& d) override { rec("action", {u, c, d}); }
+    void action(const std::string& u, const std::string& c, const std::optional<std::string>& d) override {
+        rec("action", {u, c, q(d)});
+    }
     void userJoined(const std::string& u, const std::string& c) override { rec("userJoined", {u, c}); }
     void userLeft(const std::string& u, const std::string& c) override { rec("userLeft", {u, c}); }
     void userQuit(const std::string& u, const std::string& m) override { rec("userQuit", {u, m}); }
@@ -613,7 +615,7 @@ TEST_CASE("CTCP queries are answered, once per tag") {
     c.line(":bob!b@h PRIVMSG me :\x01PING 1\x01\x01PING 2\x01\x01PING 3\x01");  // a flood: one reply
     CHECK(c.out() == "NOTICE bob :\x01PING 1\x01\r\n");
     c.line(":bob!b@h PRIVMSG me :\x01" "CLIENTINFO\x01");
-    CHECK(c.out() == "NOTICE bob :\x01" "CLIENTINFO ACTION CLIENTINFO ERRMSG FINGER PING SOURCE TIME USERINFO VERSION\x01\r\n");
+    CHECK(c.out() == "NOTICE bob :\x01" "CLIENTINFO ACTION CLIENTINFO DCC ERRMSG FINGER PING SOURCE TIME USERINFO VERSION\x01\r\n");
     c.line(":bob!b@h PRIVMSG me :\x01" "CLIENTINFO PING\x01");
     CHECK(c.out() == "NOTICE bob :\x01" "CLIENTINFO PING data: echoes data\x01\r\n");
     c.line(":bob!b@h PRIVMSG me :\x01" "CLIENTINFO BOGUS\x01");
@@ -633,7 +635,7 @@ TEST_CASE("CTCP queries are answered, once per tag") {
     c.line(":bob!b@h PRIVMSG me :\x01USERINFO\x01");
     CHECK(c.out() == "NOTICE bob :\x01USERINFO just a bot\x01\r\n");
     test::LogCapture log;
-    c.line(":bob!b@h PRIVMSG me :\x01" "DCC SEND x 1 2 3\x01\x01WHATEVER\x01");  // unknown: never answered
+    c.line(":bob!b@h PRIVMSG me :\x01WHATEVER\x01");  // unknown: never answered
     CHECK(c.out().empty());
     CHECK(log.contains("unknown CTCP query"));
     c.line(":bob!b@h PRIVMSG #c :\x01" "ACTION dances\x01 and \x01" "ACTION sings\x01");
@@ -1799,6 +1801,109 @@ TEST_CASE("ISUPPORT: every token Twisted parses, with Twisted's typed results") 
     CHECK(h.maxList() == NL{{"b", -1}});
     CHECK(h.idChan() == std::vector<std::pair<std::string, std::string>>{{"!", "5"}, {"#", ""}});
     CHECK(h.targMax() == NL{{"A", 2}});
+}
+
+}  // TEST_SUITE irc
+
+TEST_SUITE("irc") {
+
+TEST_CASE("CTCP: a bare ACTION is absent data, an empty one is empty; CLIENTINFO <tag> as Twisted") {
+    // /usr/bin/python3: an IRCClient whose action() prints its arguments
+    //   p.lineReceived(":a!a@h PRIVMSG #c :\x01ACTION\x01")        -> action 'a!a@h' '#c' None
+    //   p.lineReceived(":a!a@h PRIVMSG #c :\x01ACTION \x01")       -> action 'a!a@h' '#c' ''
+    //   p.lineReceived(":a!a@h PRIVMSG #c :\x01ACTION waves\x01")  -> action 'a!a@h' '#c' 'waves'
+    //   p.lineReceived(':a!a@h PRIVMSG me :\x01CLIENTINFO\x01')
+    //     -> NOTICE a :\x01CLIENTINFO ACTION CLIENTINFO DCC ERRMSG FINGER PING SOURCE TIME USERINFO VERSION\x01
+    //   p.lineReceived(':a!a@h PRIVMSG me :\x01CLIENTINFO NOPE x\x01')
+    //     -> NOTICE a :\x01ERRMSG CLIENTINFO NOPE x :Unknown query 'NOPE'\x01
+    //   p.lineReceived(':a!a@h PRIVMSG me :\x01CLIENTINFO PING\x01') -> NOTICE a :\x01CLIENTINFO\x01
+    //     (Twisted answers with the method's docstring, None for PING; we answer a line of our own)
+    Connected c;
+    c.line(":a!a@h PRIVMSG #c :\x01" "ACTION\x01");
+    CHECK(c.p.last() == "action(a!a@h, #c, None)");
+    c.line(":a!a@h PRIVMSG #c :\x01" "ACTION \x01");
+    CHECK(c.p.last() == "action(a!a@h, #c, )");
+    c.line(":a!a@h PRIVMSG #c :\x01" "ACTION waves\x01");
+    CHECK(c.p.last() == "action(a!a@h, #c, waves)");
+    c.line(":a!a@h PRIVMSG me :\x01" "CLIENTINFO NOPE x\x01");
+    CHECK(c.out() == "NOTICE a :\x01" "ERRMSG CLIENTINFO NOPE x :Unknown query 'NOPE'\x01\r\n");
+    c.line(":a!a@h PRIVMSG me :\x01" "CLIENTINFO  DCC\x01");  // Twisted: data.split()[0]
+    CHECK(c.out() == "NOTICE a :\x01" "CLIENTINFO DCC type args: SEND, CHAT, RESUME and ACCEPT offers are read, never "
+                     "transferred\x01\r\n");
+    c.line(":a!a@h PRIVMSG me :\x01" "CLIENTINFO ping\x01");  // tags are case-sensitive, as Twisted's getattr
+    CHECK(c.out() == "NOTICE a :\x01" "ERRMSG CLIENTINFO ping :Unknown query 'ping'\x01\r\n");
+}
+
+TEST_CASE("CTCP DCC: offers are parsed to the dccDo* callbacks as Twisted's, malformed ones logged") {
+    // /usr/bin/python3: an IRCClient whose dccDo* methods print their arguments
+    //   '\x01DCC SEND "my file.txt" 3232235777 5000 1024\x01'
+    //     -> dccDoSend a!a@h '192.168.1.1' 5000 'my file.txt' 1024 ['my file.txt', '3232235777', '5000', '1024']
+    //   '\x01DCC SEND f.txt 127.0.0.1 5000\x01' -> dccDoSend a!a@h '127.0.0.1' 5000 'f.txt' -1 [...]
+    //   '\x01DCC CHAT chat 3232235777 5001\x01'  -> dccDoChat a!a@h me '192.168.1.1' 5001 ['chat', '3232235777', '5001']
+    //   '\x01DCC RESUME f.txt 5000 100\x01'      -> dccDoResume a!a@h f.txt 5000 100
+    //   '\x01DCC ACCEPT f.txt 5000 100\x01'      -> dccDoAcceptResume a!a@h f.txt 5000 100
+    //   (none of these sends anything)
+    //   '\x01DCC FOO bar\x01' -> NOTICE a :\x01ERRMSG DCC FOO bar :Unknown DCC type 'FOO'\x01
+    //   '\x01DCC SEND f.txt 1.2.3.4 5000 big\x01' -> dccDoSend ... 'f.txt' -1 ['f.txt', '1.2.3.4', '5000', 'big']
+    //   '\x01DCC SEND f.txt\x01', '... 1.2.3.4 notaport', '... xyz 5000' -> IRCBadMessage, logged; no callback
+    //   '\x01DCC\x01' -> nothing
+    struct Dcc : Recorder {
+        using Recorder::Recorder;
+        static std::string words(const std::vector<std::string>& d) {
+            std::string all;
+            for (const auto& w : d) all += "[" + w + "]";
+            return all;
+        }
+        void dccDoSend(const std::string& user, const std::string& address, int port, const std::string& fileName,
+                       std::int64_t size, const std::vector<std::string>& data) override {
+            rec("dccDoSend", {user, address, std::to_string(port), fileName, std::to_string(size), words(data)});
+        }
+        void dccDoChat(const std::string& user, const std::string& channel, const std::string& address, int port,
+                       const std::vector<std::string>& data) override {
+            rec("dccDoChat", {user, channel, address, std::to_string(port), words(data)});
+        }
+        void dccDoResume(const std::string& user, const std::string& file, int port, std::int64_t pos) override {
+            rec("dccDoResume", {user, file, std::to_string(port), std::to_string(pos)});
+        }
+        void dccDoAcceptResume(const std::string& user, const std::string& file, int port, std::int64_t pos) override {
+            rec("dccDoAcceptResume", {user, file, std::to_string(port), std::to_string(pos)});
+        }
+    };
+    Clock clock;
+    StringTransport t;
+    Dcc p(&clock);
+    p.nickname = "me";
+    p.heartbeatInterval = 0;
+    p.makeConnection(&t);
+    t.clear();
+    p.lineReceived(":a!a@h PRIVMSG me :\x01" "DCC SEND \"my file.txt\" 3232235777 5000 1024\x01");
+    CHECK(p.last() == "dccDoSend(a!a@h, 192.168.1.1, 5000, my file.txt, 1024, [my file.txt][3232235777][5000][1024])");
+    p.lineReceived(":a!a@h PRIVMSG me :\x01" "DCC SEND f.txt 127.0.0.1 5000\x01");
+    CHECK(p.last() == "dccDoSend(a!a@h, 127.0.0.1, 5000, f.txt, -1, [f.txt][127.0.0.1][5000])");
+    p.lineReceived(":a!a@h PRIVMSG me :\x01" "DCC CHAT chat 3232235777 5001\x01");
+    CHECK(p.last() == "dccDoChat(a!a@h, me, 192.168.1.1, 5001, [chat][3232235777][5001])");
+    p.lineReceived(":a!a@h PRIVMSG me :\x01" "DCC RESUME f.txt 5000 100\x01");
+    CHECK(p.last() == "dccDoResume(a!a@h, f.txt, 5000, 100)");
+    p.lineReceived(":a!a@h PRIVMSG me :\x01" "DCC ACCEPT f.txt 5000 100\x01");
+    CHECK(p.last() == "dccDoAcceptResume(a!a@h, f.txt, 5000, 100)");
+    p.lineReceived(":a!a@h PRIVMSG me :\x01" "DCC send 'it''s here' 1.2.3.4 5000 big\x01");  // type case-insensitive
+    CHECK(p.last() == "dccDoSend(a!a@h, 1.2.3.4, 5000, its here, -1, [its here][1.2.3.4][5000][big])");
+    CHECK(t.value().empty());
+    p.calls.clear();
+    test::LogCapture log;
+    p.lineReceived(":a!a@h PRIVMSG me :\x01" "DCC FOO bar\x01");
+    CHECK(t.value() == "NOTICE a :\x01" "ERRMSG DCC FOO bar :Unknown DCC type 'FOO'\x01\r\n");
+    CHECK(log.contains("offered unknown DCC type FOO"));
+    for (const char* bad : {"DCC SEND f.txt", "DCC SEND f.txt 1.2.3.4 notaport", "DCC SEND f.txt xyz 5000",
+                            "DCC SEND \"unclosed 1.2.3.4 5000", "DCC CHAT chat ::1 5000", "DCC", "DCC RESUME f x 1"})
+        p.lineReceived(std::string(":a!a@h PRIVMSG me :\x01") + bad + "\x01");
+    CHECK(p.calls.empty());
+    CHECK(log.contains("malformed DCC SEND request from a!a@h: f.txt"));
+    CHECK(log.contains("indecipherable port notaport"));
+    CHECK(log.contains("indecipherable address xyz"));
+    CHECK(log.contains("no closing quotation"));
+    CHECK(log.contains("indecipherable address ::1"));
+    p.connectionLost(Failure(error::ConnectionDone()));
 }
 
 }  // TEST_SUITE irc
