@@ -3885,6 +3885,14 @@ bool shellSplit(std::string_view s, std::vector<std::string>& out);
 /// dotted quad of its low 32 bits; false otherwise.
 bool dccParseAddress(const std::string& address, std::string& out);
 
+/// IRCv3 tag value escaping (the reverse of unescapeTagValue).
+std::string escapeTagValue(std::string_view v);
+/// Standard base64 with padding (SASL PLAIN's payload).
+std::string base64(std::string_view in);
+/// An IRCv3 server-time value ("2011-10-19T16:40:51.620Z") as seconds since
+/// the Unix epoch; nullopt when malformed.
+std::optional<double> parseServerTime(std::string_view v);
+
 std::string unescapeTagValue(std::string_view v);
 
 /// The part of "nick!user@host" before '!'.
@@ -4162,6 +4170,34 @@ public:
     /// after our QUIT before aborting it, in seconds.
     double quitTimeout = 3;
 
+    // ---- IRCv3 capabilities (not in Twisted 22.4) ----------------------------
+    /// Negotiate IRCv3 capabilities: connectionMade sends `CAP LS 302` just
+    /// before registering, requests what the server offers of capRequests
+    /// (and `sasl` with saslUsername/saslPassword), authenticates, then sends
+    /// `CAP END`. A server without CAP answers 421 (or nothing) and
+    /// registers us as usual. false: Twisted's registration, byte for byte.
+    bool capNegotiation = true;
+    /// The capabilities requested when offered (CAP LS, or CAP NEW later).
+    std::vector<std::string> capRequests = {"message-tags", "server-time",    "multi-prefix", "away-notify",
+                                            "account-notify", "extended-join", "cap-notify"};
+    /// SASL PLAIN credentials: with both set, `sasl` is requested when the
+    /// server offers PLAIN; authzid and authcid are both saslUsername.
+    std::string saslUsername;
+    /// See saslUsername.
+    std::string saslPassword;
+    /// What the server offered (CAP LS and NEW, less DEL), with values
+    /// ("sasl" -> "PLAIN,EXTERNAL"; "" when none).
+    const std::vector<std::pair<std::string, std::string>>& availableCaps() const { return capsAvailable_; }
+    /// The capabilities the server acknowledged (and has not removed).
+    const std::vector<std::string>& enabledCaps() const { return capsEnabled_; }
+    /// Whether `cap` is enabled.
+    bool capEnabled(std::string_view cap) const;
+    /// The account SASL logged us in as (900), "" if none.
+    const std::string& account() const { return account_; }
+    /// server-time: the time tag of the line being dispatched, as seconds
+    /// since the Unix epoch (UTC); nullopt when it has none or it is malformed.
+    std::optional<double> serverTime() const;
+
     /// True between 001 and the end of the connection.
     bool registered() const { return registered_; }
     /// The nick we asked for last (NICK); becomes `nickname` on 001.
@@ -4213,6 +4249,27 @@ public:
     REACTOR_INLINE virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params);
     /// TOPIC: topicUpdated(nick, channel, newTopic).
     REACTOR_INLINE virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
+    /// CAP: LS (collected over continuation lines), ACK, NAK, NEW, DEL and
+    /// LIST replies of the capability negotiation (see capNegotiation).
+    REACTOR_INLINE virtual void irc_CAP(const std::string& prefix, const std::vector<std::string>& params);
+    /// AUTHENTICATE +: the server is ready for our SASL PLAIN payload.
+    REACTOR_INLINE virtual void irc_AUTHENTICATE(const std::string& prefix, const std::vector<std::string>& params);
+    /// AWAY (away-notify): userAway(nick, message, or nullopt when back).
+    REACTOR_INLINE virtual void irc_AWAY(const std::string& prefix, const std::vector<std::string>& params);
+    /// ACCOUNT (account-notify): userAccount(nick, account, or nullopt for "*").
+    REACTOR_INLINE virtual void irc_ACCOUNT(const std::string& prefix, const std::vector<std::string>& params);
+    /// TAGMSG (message-tags): tagMessage(user, target); the tags are in tags().
+    REACTOR_INLINE virtual void irc_TAGMSG(const std::string& prefix, const std::vector<std::string>& params);
+    /// 900: loggedIn(account).
+    REACTOR_INLINE virtual void irc_RPL_LOGGEDIN(const std::string& prefix, const std::vector<std::string>& params);
+    /// 903: SASL done; negotiation ends (CAP END).
+    REACTOR_INLINE virtual void irc_RPL_SASLSUCCESS(const std::string& prefix, const std::vector<std::string>& params);
+    /// 902, 904, 905, 906: saslFailed(the server's text), once per attempt.
+    REACTOR_INLINE virtual void irc_ERR_SASLFAIL(const std::string& prefix, const std::vector<std::string>& params);
+    /// 907: already authenticated; negotiation ends.
+    REACTOR_INLINE virtual void irc_ERR_SASLALREADY(const std::string& prefix, const std::vector<std::string>& params);
+    /// 421: if it is our CAP, the server has no capabilities; nothing waits for them.
+    REACTOR_INLINE virtual void irc_ERR_UNKNOWNCOMMAND(const std::string& prefix, const std::vector<std::string>& params);
     /// INVITE: invited(inviter's nick, channel) when we are the one invited
     /// (not in Twisted 22.4). An invite-notify line about someone else is
     /// ignored.
@@ -4309,6 +4366,38 @@ public:
     virtual void kickedFrom(const std::string& channel, const std::string& kicker, const std::string& message) {
         (void)channel, (void)kicker, (void)message;
     }
+    /// The server acknowledged these capabilities (CAP ACK).
+    virtual void capsEnabled(const std::vector<std::string>& caps) { (void)caps; }
+    /// The server refused a request for these capabilities (CAP NAK).
+    virtual void capsRefused(const std::vector<std::string>& caps) { (void)caps; }
+    /// These capabilities are off again (CAP DEL, or an ACK of "-cap").
+    virtual void capsDisabled(const std::vector<std::string>& caps) { (void)caps; }
+    /// SASL logged us in as `account` (900).
+    virtual void loggedIn(const std::string& accountName) { (void)accountName; }
+    /// SASL failed (`reason` is the server's text). Called once; nothing
+    /// is retried. Default: an error log line, `QUIT :SASL authentication
+    /// failed` and close: a client that was given credentials does not go
+    /// on without them. To go on unauthenticated, override it and call
+    /// endCapNegotiation(); to stop a ReconnectingClientFactory from trying
+    /// again with the same credentials, call its stopTrying() here.
+    REACTOR_INLINE virtual void saslFailed(const std::string& reason);
+    /// away-notify: `user` (a nick) is away with `message`, or back (nullopt).
+    virtual void userAway(const std::string& user, const std::optional<std::string>& message) {
+        (void)user, (void)message;
+    }
+    /// account-notify: `user` (a nick) logged in as `accountName`, or out (nullopt).
+    virtual void userAccount(const std::string& user, const std::optional<std::string>& accountName) {
+        (void)user, (void)accountName;
+    }
+    /// extended-join: the JOIN also named the account (nullopt: none) and
+    /// real name. Called after joined/userJoined; `user` is the nick.
+    virtual void extendedJoin(const std::string& user, const std::string& channel,
+                              const std::optional<std::string>& accountName, const std::string& realName) {
+        (void)user, (void)channel, (void)accountName, (void)realName;
+    }
+    /// message-tags: a TAGMSG (a message of tags only, e.g. +typing) from
+    /// `user` ("nick!user@host") to `target`; read them with tags().
+    virtual void tagMessage(const std::string& user, const std::string& target) { (void)user, (void)target; }
     /// `inviter` (a nick) invites us to `channel`. Default: nothing; a bot
     /// that should follow invitations calls join(channel) here.
     virtual void invited(const std::string& inviter, const std::string& channel) { (void)inviter, (void)channel; }
@@ -4496,6 +4585,14 @@ public:
     /// shifting USER's parameters), or any CR, LF or NUL, sends nothing
     /// and returns false. A password with a space goes as "PASS :pass".
     bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar");
+    /// Sends `line` with IRCv3 client tags ("+example.com/key" -> value,
+    /// "" for a tag without value), escaped. Needs the message-tags
+    /// capability; refused (false, logged) without it, for a key that is
+    /// not [+][vendor/]name, or when the tags exceed 4094 bytes.
+    bool sendWithTags(const std::vector<std::pair<std::string, std::string>>& tags, std::string_view line);
+    /// Ends capability negotiation (CAP END) if it is still going on; the
+    /// server then completes registration.
+    void endCapNegotiation();
     /// Sends CTCP queries to `user` in one PRIVMSG.
     bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages);
     /// Sends CTCP replies to `user` in one NOTICE.
@@ -4582,6 +4679,17 @@ private:
     std::size_t queueHead_ = 0;
     DelayedCall queueTimer_;
     DelayedCall heartbeat_;
+    // IRCv3 capability negotiation (reset per connection).
+    void capRequest(const std::vector<std::string>& offered);
+    void capDone();
+    bool negotiating_ = false;  // CAP LS sent, CAP END not yet
+    std::vector<std::pair<std::string, std::string>> capsAvailable_;
+    std::vector<std::string> capsEnabled_;
+    std::vector<std::string> lsOffered_;  // CAP LS continuation lines collected
+    std::size_t capsPending_ = 0;         // CAP REQ lines not yet ACKed/NAKed
+    enum class Sasl { idle, started, done } sasl_ = Sasl::idle;
+    bool capLsDue_ = false;  // register_ sends CAP LS 302 first (set by connectionMade)
+    std::string account_;
     Reactor* reactor_ = nullptr;     // the Reactor* constructor's: QUIT at its shutdown
     TriggerId shutdownTrigger_ = 0;  // while connected, on reactor_
     std::function<void()> shutdownDone_;  // the shutdown waits for this call
@@ -8035,6 +8143,76 @@ REACTOR_INLINE bool dccParseAddress(const std::string& address, std::string& out
     return true;
 }
 
+REACTOR_INLINE std::string escapeTagValue(std::string_view v) {
+    std::string out;
+    for (char c : v) {
+        switch (c) {
+            case ';': out += "\\:"; break;
+            case ' ': out += "\\s"; break;
+            case '\\': out += "\\\\"; break;
+            case '\r': out += "\\r"; break;
+            case '\n': out += "\\n"; break;
+            default: out += c;
+        }
+    }
+    return out;
+}
+
+REACTOR_INLINE std::string base64(std::string_view in) {
+    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    std::size_t i = 0;
+    for (; i + 2 < in.size(); i += 3) {
+        unsigned v = static_cast<unsigned>(static_cast<unsigned char>(in[i])) << 16 |
+                     static_cast<unsigned>(static_cast<unsigned char>(in[i + 1])) << 8 |
+                     static_cast<unsigned char>(in[i + 2]);
+        out += alphabet[v >> 18 & 63];
+        out += alphabet[v >> 12 & 63];
+        out += alphabet[v >> 6 & 63];
+        out += alphabet[v & 63];
+    }
+    if (i < in.size()) {
+        unsigned v = static_cast<unsigned>(static_cast<unsigned char>(in[i])) << 16;
+        if (i + 1 < in.size()) v |= static_cast<unsigned>(static_cast<unsigned char>(in[i + 1])) << 8;
+        out += alphabet[v >> 18 & 63];
+        out += alphabet[v >> 12 & 63];
+        out += i + 1 < in.size() ? alphabet[v >> 6 & 63] : '=';
+        out += '=';
+    }
+    return out;
+}
+
+REACTOR_INLINE std::optional<double> parseServerTime(std::string_view v) {
+    // YYYY-MM-DDThh:mm:ss[.sss]Z, UTC (the IRCv3 server-time format).
+    auto num = [&](std::size_t at, std::size_t n, int& out) {
+        return at + n <= v.size() && parseInt(v.substr(at, n), out);
+    };
+    int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0;
+    if (v.size() < 20 || v[4] != '-' || v[7] != '-' || v[10] != 'T' || v[13] != ':' || v[16] != ':' ||
+        v.back() != 'Z' || !num(0, 4, y) || !num(5, 2, mo) || !num(8, 2, d) || !num(11, 2, h) || !num(14, 2, mi) ||
+        !num(17, 2, sec) || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return std::nullopt;
+    double fraction = 0;
+    std::string_view rest = v.substr(19, v.size() - 20);
+    if (!rest.empty()) {
+        if (rest[0] != '.' || rest.size() < 2 || rest.size() > 10) return std::nullopt;
+        double scale = 0.1;
+        for (char c : rest.substr(1)) {
+            if (c < '0' || c > '9') return std::nullopt;
+            fraction += (c - '0') * scale;
+            scale /= 10;
+        }
+    }
+    // Days from 1970-01-01 to y-mo-d (proleptic Gregorian), no OS call.
+    const int yy = mo <= 2 ? y - 1 : y;
+    const int era = (yy >= 0 ? yy : yy - 399) / 400;
+    const int yoe = yy - era * 400;
+    const int doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    const double days = static_cast<double>(era) * 146097 + doe - 719468;
+    return days * 86400 + h * 3600 + mi * 60 + sec + fraction;
+}
+
 REACTOR_INLINE std::string unescapeTagValue(std::string_view v) {
     std::string out;
     out.reserve(v.size());
@@ -8353,6 +8531,10 @@ REACTOR_INLINE std::string_view numericToSymbolic(std::string_view numeric) {
         {"465", "ERR_YOUREBANNEDCREEP"}, {"471", "ERR_CHANNELISFULL"}, {"473", "ERR_INVITEONLYCHAN"},
         {"474", "ERR_BANNEDFROMCHAN"}, {"475", "ERR_BADCHANNELKEY"}, {"481", "ERR_NOPRIVILEGES"},
         {"482", "ERR_CHANOPRIVSNEEDED"},
+        // IRCv3 SASL (not in Twisted's table).
+        {"900", "RPL_LOGGEDIN"}, {"901", "RPL_LOGGEDOUT"}, {"902", "ERR_NICKLOCKED"}, {"903", "RPL_SASLSUCCESS"},
+        {"904", "ERR_SASLFAIL"}, {"905", "ERR_SASLTOOLONG"}, {"906", "ERR_SASLABORTED"}, {"907", "ERR_SASLALREADY"},
+        {"908", "RPL_SASLMECHS"},
     };
     for (const auto& entry : table)
         if (entry.first == numeric) return entry.second;
@@ -8610,6 +8792,14 @@ REACTOR_INLINE const std::vector<std::pair<std::string, std::string>>& IRCClient
 REACTOR_INLINE void IRCClient::connectionMade() {
     supported = ServerSupportedFeatures();
     registered_ = false;
+    negotiating_ = false;
+    capsAvailable_.clear();
+    capsEnabled_.clear();
+    lsOffered_.clear();
+    capsPending_ = 0;
+    sasl_ = Sasl::idle;
+    account_.clear();
+    capLsDue_ = capNegotiation;
     if (reactor_) {
         dropShutdownTrigger();
         shutdownTrigger_ = reactor_->addAsyncSystemEventTrigger(
@@ -8629,6 +8819,9 @@ REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
     queue_.clear();
     queueHead_ = 0;
     registered_ = false;  // a reused client starts its next connection afresh
+    negotiating_ = capLsDue_ = false;
+    capsPending_ = 0;
+    lsOffered_.clear();
     userHost_.clear();
     names_.clear();
     namesHeld_ = 0;
@@ -8695,6 +8888,12 @@ REACTOR_INLINE void IRCClient::handleCommand(const std::string& command, const s
         {"PART", &IRCClient::irc_PART}, {"QUIT", &IRCClient::irc_QUIT},
         {"KICK", &IRCClient::irc_KICK}, {"TOPIC", &IRCClient::irc_TOPIC},
         {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE}, {"INVITE", &IRCClient::irc_INVITE},
+        {"CAP", &IRCClient::irc_CAP}, {"AUTHENTICATE", &IRCClient::irc_AUTHENTICATE},
+        {"AWAY", &IRCClient::irc_AWAY}, {"ACCOUNT", &IRCClient::irc_ACCOUNT}, {"TAGMSG", &IRCClient::irc_TAGMSG},
+        {"RPL_LOGGEDIN", &IRCClient::irc_RPL_LOGGEDIN}, {"RPL_SASLSUCCESS", &IRCClient::irc_RPL_SASLSUCCESS},
+        {"ERR_NICKLOCKED", &IRCClient::irc_ERR_SASLFAIL}, {"ERR_SASLFAIL", &IRCClient::irc_ERR_SASLFAIL},
+        {"ERR_SASLTOOLONG", &IRCClient::irc_ERR_SASLFAIL}, {"ERR_SASLABORTED", &IRCClient::irc_ERR_SASLFAIL},
+        {"ERR_SASLALREADY", &IRCClient::irc_ERR_SASLALREADY}, {"ERR_UNKNOWNCOMMAND", &IRCClient::irc_ERR_UNKNOWNCOMMAND},
         {"RPL_WELCOME", &IRCClient::irc_RPL_WELCOME}, {"RPL_YOURHOST", &IRCClient::irc_RPL_YOURHOST},
         {"RPL_CREATED", &IRCClient::irc_RPL_CREATED}, {"RPL_MYINFO", &IRCClient::irc_RPL_MYINFO},
         {"RPL_ISUPPORT", &IRCClient::irc_RPL_ISUPPORT}, {"RPL_BOUNCE", &IRCClient::irc_RPL_BOUNCE},
@@ -8753,12 +8952,15 @@ REACTOR_INLINE void IRCClient::irc_NOTICE(const std::string& prefix, const std::
 REACTOR_INLINE void IRCClient::irc_JOIN(const std::string& prefix, const std::vector<std::string>& params) {
     if (!need(params, 1, "JOIN")) return;
     std::string nick = detail::nickOf(prefix);
+    const std::string& channel = params[0];  // extended-join adds account and real name after it
     if (nickEquals(nick, nickname)) {
         userHost_ = prefix.substr(nick.size());  // "!user@host": sizes msg() lines exactly
-        joined(params.back());
+        joined(channel);
     } else {
-        userJoined(nick, params.back());
+        userJoined(nick, channel);
     }
+    if (params.size() >= 3 && capEnabled("extended-join"))
+        extendedJoin(nick, channel, params[1] == "*" ? std::nullopt : std::optional<std::string>(params[1]), params[2]);
 }
 
 REACTOR_INLINE void IRCClient::irc_PART(const std::string& prefix, const std::vector<std::string>& params) {
@@ -8787,6 +8989,197 @@ REACTOR_INLINE void IRCClient::irc_KICK(const std::string& prefix, const std::ve
 REACTOR_INLINE void IRCClient::irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
     if (!need(params, 2, "TOPIC")) return;
     topicUpdated(detail::nickOf(prefix), params[0], params[1]);
+}
+
+REACTOR_INLINE bool IRCClient::capEnabled(std::string_view cap) const {
+    return std::find(capsEnabled_.begin(), capsEnabled_.end(), cap) != capsEnabled_.end();
+}
+
+REACTOR_INLINE std::optional<double> IRCClient::serverTime() const {
+    for (const auto& t : tags())
+        if (t.first == "time") return detail::parseServerTime(t.second);
+    return std::nullopt;
+}
+
+REACTOR_INLINE void IRCClient::irc_CAP(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 3, "CAP")) return;
+    std::string sub = params[1];
+    for (char& c : sub) c = detail::asciiUpper(c);
+    const bool more = params.size() >= 4 && params[2] == "*";  // "CAP * LS * :..." continues (302)
+    std::vector<std::string> caps;
+    std::string_view list = params.back();
+    while (!list.empty()) {
+        std::size_t sp = list.find(' ');
+        if (sp != 0) caps.emplace_back(list.substr(0, sp));
+        if (sp == std::string_view::npos) break;
+        list.remove_prefix(sp + 1);
+    }
+    auto offer = [&](const std::vector<std::string>& tokens, std::vector<std::string>& names) {
+        for (const std::string& token : tokens) {
+            std::size_t eq = token.find('=');
+            std::string name = token.substr(0, eq), value = eq == std::string::npos ? "" : token.substr(eq + 1);
+            auto it = std::find_if(capsAvailable_.begin(), capsAvailable_.end(), [&](const auto& a) { return a.first == name; });
+            if (it != capsAvailable_.end()) it->second = value;
+            else if (capsAvailable_.size() < 256) capsAvailable_.emplace_back(name, value);  // a bounded list
+            names.push_back(name);
+        }
+    };
+    if (sub == "LS") {
+        if (lsOffered_.size() + caps.size() > 1024) return;  // a hostile server's endless LS
+        lsOffered_.insert(lsOffered_.end(), caps.begin(), caps.end());
+        if (more) return;
+        std::vector<std::string> tokens = std::move(lsOffered_), names;
+        lsOffered_.clear();
+        offer(tokens, names);
+        if (negotiating_ && capsPending_ == 0) capRequest(names);
+    } else if (sub == "NEW") {
+        std::vector<std::string> names;
+        offer(caps, names);
+        capRequest(names);
+    } else if (sub == "DEL") {
+        std::vector<std::string> gone;
+        for (const std::string& c : caps) {
+            capsAvailable_.erase(std::remove_if(capsAvailable_.begin(), capsAvailable_.end(),
+                                                [&](const auto& a) { return a.first == c; }),
+                                 capsAvailable_.end());
+            auto it = std::find(capsEnabled_.begin(), capsEnabled_.end(), c);
+            if (it != capsEnabled_.end()) {
+                capsEnabled_.erase(it);
+                gone.push_back(c);
+            }
+        }
+        if (!gone.empty()) capsDisabled(gone);
+    } else if (sub == "ACK" || sub == "NAK") {
+        if (sub == "NAK") {
+            capsRefused(caps);
+        } else {
+            std::vector<std::string> on, off;
+            for (const std::string& c : caps) {
+                if (!c.empty() && c[0] == '-') {
+                    auto it = std::find(capsEnabled_.begin(), capsEnabled_.end(), c.substr(1));
+                    if (it != capsEnabled_.end()) capsEnabled_.erase(it);
+                    off.push_back(c.substr(1));
+                } else if (!capEnabled(c)) {
+                    capsEnabled_.push_back(c);
+                    on.push_back(c);
+                }
+            }
+            if (!on.empty()) capsEnabled(on);
+            if (!off.empty()) capsDisabled(off);
+        }
+        if (more) return;
+        if (capsPending_ > 0) --capsPending_;
+        if (capsPending_ > 0) return;
+        if (capEnabled("sasl") && sasl_ == Sasl::idle && !saslUsername.empty() && !saslPassword.empty() && negotiating_) {
+            sasl_ = Sasl::started;
+            sendLine("AUTHENTICATE PLAIN");
+            return;
+        }
+        if (sasl_ != Sasl::started) capDone();
+    }
+}
+
+REACTOR_INLINE void IRCClient::capRequest(const std::vector<std::string>& offered) {
+    std::vector<std::string> wanted;
+    for (const std::string& name : offered) {
+        if (capEnabled(name) || std::find(wanted.begin(), wanted.end(), name) != wanted.end()) continue;
+        bool want = std::find(capRequests.begin(), capRequests.end(), name) != capRequests.end();
+        if (name == "sasl" && !saslUsername.empty() && !saslPassword.empty() && sasl_ == Sasl::idle && negotiating_) {
+            auto it = std::find_if(capsAvailable_.begin(), capsAvailable_.end(), [](const auto& a) { return a.first == "sasl"; });
+            const std::string mechs = "," + (it == capsAvailable_.end() ? std::string() : it->second) + ",";
+            want = mechs == ",," || mechs.find(",PLAIN,") != std::string::npos;  // no list (3.1): try PLAIN
+        }
+        // A name that could shift or end the REQ line is not requested.
+        if (want && name.find_first_of(std::string_view(" :\r\n\0", 5)) == std::string::npos) wanted.push_back(name);
+    }
+    std::string line;
+    auto flush = [&] {
+        if (line.empty()) return;
+        if (sendLine("CAP REQ :" + line)) ++capsPending_;
+        line.clear();
+    };
+    for (const std::string& name : wanted) {
+        if (!line.empty() && 9 + line.size() + 1 + name.size() > maxLineBytes) flush();
+        line += (line.empty() ? "" : " ") + name;
+    }
+    flush();
+    if (capsPending_ == 0) capDone();  // nothing to ask: registration goes on
+}
+
+REACTOR_INLINE void IRCClient::capDone() {
+    if (!negotiating_) return;
+    negotiating_ = false;
+    sendLine("CAP END");
+}
+
+REACTOR_INLINE void IRCClient::endCapNegotiation() { capDone(); }
+
+REACTOR_INLINE void IRCClient::irc_AUTHENTICATE(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 1, "AUTHENTICATE")) return;
+    if (params[0] != "+" || sasl_ != Sasl::started) return;
+    std::string payload = detail::base64(saslUsername + std::string(1, '\0') + saslUsername + std::string(1, '\0') + saslPassword);
+    // 400-byte pieces; a payload that ends on a piece boundary ends with "+".
+    for (std::size_t at = 0; at < payload.size(); at += 400) sendLine("AUTHENTICATE " + payload.substr(at, 400));
+    if (payload.size() % 400 == 0) sendLine("AUTHENTICATE +");
+}
+
+REACTOR_INLINE void IRCClient::irc_AWAY(const std::string& prefix, const std::vector<std::string>& params) {
+    userAway(detail::nickOf(prefix), params.empty() ? std::nullopt : std::optional<std::string>(params[0]));
+}
+
+REACTOR_INLINE void IRCClient::irc_ACCOUNT(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 1, "ACCOUNT")) return;
+    userAccount(detail::nickOf(prefix), params[0] == "*" ? std::nullopt : std::optional<std::string>(params[0]));
+}
+
+REACTOR_INLINE void IRCClient::irc_TAGMSG(const std::string& prefix, const std::vector<std::string>& params) {
+    if (need(params, 1, "TAGMSG")) tagMessage(prefix, params[0]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_LOGGEDIN(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 3, "RPL_LOGGEDIN")) return;
+    account_ = params[2];
+    loggedIn(account_);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_SASLSUCCESS(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix, (void)params;
+    if (sasl_ != Sasl::started) return;
+    sasl_ = Sasl::done;
+    capDone();
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_SASLFAIL(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (sasl_ != Sasl::started) return;  // one attempt, one callback
+    sasl_ = Sasl::done;
+    saslFailed(params.empty() ? std::string() : params.back());
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_SASLALREADY(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix, (void)params;
+    if (sasl_ != Sasl::started) return;
+    sasl_ = Sasl::done;
+    capDone();
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_UNKNOWNCOMMAND(const std::string& prefix, const std::vector<std::string>& params) {
+    if (params.size() >= 2 && params[1] == "CAP") {  // no IRCv3 here: nothing waits for CAP replies
+        negotiating_ = false;
+        capsPending_ = 0;
+        return;
+    }
+    irc_unknown(prefix, "ERR_UNKNOWNCOMMAND", params);
+}
+
+REACTOR_INLINE void IRCClient::saslFailed(const std::string& reason) {
+    reactor::log(LogLevel::error, "irc: SASL authentication failed: " + reactor::detail::printable(reason));
+    negotiating_ = false;
+    reallySendLine("QUIT :SASL authentication failed");  // ahead of any lineRate queue
+    if (transport) transport->loseConnection();
 }
 
 REACTOR_INLINE void IRCClient::irc_INVITE(const std::string& prefix, const std::vector<std::string>& params) {
@@ -9312,6 +9705,11 @@ REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::str
     if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname}) ||
         !checkMiddle("NICK", {nick}) || !checkMiddle("USER", {user, hostName, serverName}, 3))
         return false;
+    if (capLsDue_) {  // before NICK/USER, so that the server waits for CAP END (and SASL)
+        capLsDue_ = false;
+        negotiating_ = true;
+        sendLine("CAP LS 302");
+    }
     if (!password.empty()) {
         // PASS has one parameter: a password with a space or a leading
         // ':' goes as the trailing one, which the server takes whole.
@@ -9322,6 +9720,32 @@ REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::str
     if (username.empty()) username = nick;  // Twisted's register keeps it for later
     return sendLine("USER " + username + " " + hostName + " " + serverName + " :" +
                     (realname.empty() ? nick : realname));
+}
+
+REACTOR_INLINE bool IRCClient::sendWithTags(const std::vector<std::pair<std::string, std::string>>& tags,
+                                            std::string_view line) {
+    auto refuse = [](const std::string& why) {
+        reactor::log(LogLevel::warning, "irc: refused to send a tagged line: " + why);
+        return false;
+    };
+    if (!capEnabled("message-tags")) return refuse("the server has not enabled message-tags");
+    std::string section;
+    for (const auto& t : tags) {
+        std::string_view key = t.first;
+        if (!key.empty() && key[0] == '+') key.remove_prefix(1);
+        bool good = !key.empty() && key.back() != '/';
+        for (char c : key)
+            good = good && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                            c == '.' || c == '/');
+        if (!good) return refuse("bad tag key " + reactor::detail::printable(t.first));
+        if (t.second.find('\0') != std::string::npos) return refuse("NUL in a tag value");
+        section += (section.empty() ? "@" : ";") + t.first;
+        if (!t.second.empty()) section += "=" + detail::escapeTagValue(t.second);
+    }
+    if (section.empty()) return sendLine(line);
+    if (section.size() + 1 > 4096) return refuse("tags over 4094 bytes");
+    if (line.empty() || line[0] == '@') return refuse("no command after the tags");
+    return sendLine(section + " " + std::string(line));
 }
 
 REACTOR_INLINE bool IRCClient::ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages) {
@@ -9341,10 +9765,13 @@ REACTOR_INLINE bool IRCClient::sendLine(std::string_view line) {
     }
     if (!connected) return false;  // after connectionLost: nothing to send on, no timer to arm
     std::string capped;
-    if (line.size() > maxLineBytes) {
+    // IRCv3 tags (sendWithTags) have their own limit; the 510 is the rest.
+    std::size_t tagged = 0;
+    if (!line.empty() && line[0] == '@' && line.find(' ') != std::string_view::npos) tagged = line.find(' ') + 1;
+    if (line.size() - tagged > maxLineBytes) {
         // A server drops the connection on an over-long line ("Request
         // too long"): cut it, at a UTF-8 character boundary.
-        std::size_t cut = maxLineBytes;
+        std::size_t cut = tagged + maxLineBytes;
         while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
         reactor::log(LogLevel::warning, "irc: cut an outgoing line of " + std::to_string(line.size()) +
                                             " bytes to " + std::to_string(cut));
