@@ -4644,6 +4644,9 @@ private:
     bool sendMessage(const std::string& command, const std::string& target, const std::string& message,
                      std::size_t length);
 
+    /// sendLine, where the first `tagged` bytes (an IRCv3 tag section) do
+    /// not count toward maxLineBytes.
+    bool sendCapped(std::string_view line, std::size_t tagged);
     void reallySendLine(std::string_view line);
     /// The lineRate pump: one line now, the next after lineRate seconds
     /// (Twisted's _sendLine, on our injectable clock).
@@ -9225,6 +9228,9 @@ REACTOR_INLINE void IRCClient::irc_MODE(const std::string& prefix, const std::ve
 REACTOR_INLINE void IRCClient::irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params) {
     hostname = prefix;
     registered_ = true;
+    // Registered before any CAP reply: the server ignored CAP LS (or
+    // refused it as "not registered"); nothing is negotiated any more.
+    if (negotiating_ && capsAvailable_.empty() && lsOffered_.empty() && capsPending_ == 0) negotiating_ = false;
     if (!params.empty() && !params[0].empty())
         nickname = params[0];
     else if (!attemptedNick_.empty())
@@ -9745,7 +9751,8 @@ REACTOR_INLINE bool IRCClient::sendWithTags(const std::vector<std::pair<std::str
     if (section.empty()) return sendLine(line);
     if (section.size() + 1 > 4096) return refuse("tags over 4094 bytes");
     if (line.empty() || line[0] == '@') return refuse("no command after the tags");
-    return sendLine(section + " " + std::string(line));
+    std::string full = section + " " + std::string(line);
+    return sendCapped(full, section.size() + 1);
 }
 
 REACTOR_INLINE bool IRCClient::ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages) {
@@ -9758,16 +9765,17 @@ REACTOR_INLINE bool IRCClient::ctcpMakeReply(const std::string& user, const std:
     return notice(user, ctcpStringify(messages));
 }
 
-REACTOR_INLINE bool IRCClient::sendLine(std::string_view line) {
+REACTOR_INLINE bool IRCClient::sendLine(std::string_view line) { return sendCapped(line, 0); }
+
+REACTOR_INLINE bool IRCClient::sendCapped(std::string_view line, std::size_t tagged) {
     if (detail::hasUnsafeChar(line)) {
         reactor::log(LogLevel::warning, "irc: refused to send a line containing CR, LF or NUL");
         return false;
     }
     if (!connected) return false;  // after connectionLost: nothing to send on, no timer to arm
     std::string capped;
-    // IRCv3 tags (sendWithTags) have their own limit; the 510 is the rest.
-    std::size_t tagged = 0;
-    if (!line.empty() && line[0] == '@' && line.find(' ') != std::string_view::npos) tagged = line.find(' ') + 1;
+    // IRCv3 tags (sendWithTags: the first `tagged` bytes) have their own
+    // limit; the 510 is the rest.
     if (line.size() - tagged > maxLineBytes) {
         // A server drops the connection on an over-long line ("Request
         // too long"): cut it, at a UTF-8 character boundary.
