@@ -3805,7 +3805,10 @@ auto deferLater(IReactorTime& clock, double delay, F f) {
 // ==== 13. IRC ====
 // Twisted's twisted.words.protocols.irc client side: parsemsg, the CTCP
 // quoting helpers, ServerSupportedFeatures (ISUPPORT), parseModes, split,
-// and IRCClient, a LineReceiver that speaks IRC.
+// and IRCClient, a LineReceiver that speaks IRC. Beyond Twisted 22.4:
+// INVITE, a QUIT at reactor shutdown, and IRCv3 (capability negotiation,
+// SASL PLAIN, message tags, server-time, away/account-notify,
+// extended-join). DCC offers are parsed, never transferred.
 //
 // Lines are bytes (std::string), not decoded text: UTF-8 passes through
 // untouched, and msg() never cuts a UTF-8 character in two.
@@ -4137,7 +4140,10 @@ public:
     /// (stop(), or SIGINT/SIGTERM with run(true)) sends what the lineRate
     /// queue holds, then `QUIT :shutdownMessage`, and half-closes once that
     /// is flushed; the shutdown waits for the server to close the
-    /// connection, at most quitTimeout seconds (then aborts it).
+    /// connection, at most quitTimeout seconds (then aborts it). The
+    /// Reactor must outlive the client (on TCP it does: it owns it). A
+    /// subclass that takes an IReactorTime* and passes that on gets the
+    /// other constructor, and no QUIT.
     explicit IRCClient(Reactor* r);
     REACTOR_INLINE ~IRCClient() override;
     IRCClient(const IRCClient&) = delete;
