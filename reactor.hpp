@@ -9786,7 +9786,9 @@ REACTOR_INLINE bool IRCClient::sendCapped(std::string_view line, std::size_t tag
         // A server drops the connection on an over-long line ("Request
         // too long"): cut it, at a UTF-8 character boundary.
         std::size_t cut = tagged + maxLineBytes;
-        while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+        std::size_t back = 0;  // at most 3: a longer run of continuation bytes is not UTF-8
+        while (back < 3 && cut > tagged && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut, ++back;
+        if ((static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) cut = tagged + maxLineBytes;
         reactor::log(LogLevel::warning, "irc: cut an outgoing line of " + std::to_string(line.size()) +
                                             " bytes to " + std::to_string(cut));
         capped.assign(line.substr(0, cut));

@@ -2241,3 +2241,33 @@ TEST_CASE("IRCv3 over loopback: a scripted server does CAP and SASL; success sig
 }
 
 }  // TEST_SUITE irc
+
+TEST_SUITE("irc") {
+
+TEST_CASE("an over-long line of invalid UTF-8 is cut at 510 bytes, not walked back to a character start") {
+    // Found by fuzz_ircclient: a run of continuation bytes (0x80..0xBF, not
+    // UTF-8) made the cut walk back past the parameters before it.
+    StringTransport t;
+    IRCClient p;
+    p.capNegotiation = false;
+    p.makeConnection(&t);
+    t.clear();
+    test::LogCapture log;
+    REQUIRE(p.sendLine("USER u " + std::string(600, '\xb8') + " bar :x"));
+    std::vector<std::string> sent = lines(t.value());
+    REQUIRE(sent.size() == 1);
+    CHECK(sent[0].size() == IRCClient::maxLineBytes);
+    t.clear();
+    // Valid UTF-8 is still never cut inside a character ("é" is 2 bytes).
+    std::string e;
+    for (int i = 0; i < 300; ++i) e += "\xc3\xa9";
+    REQUIRE(p.sendLine("PRIVMSG #c :" + e));
+    sent = lines(t.value());
+    REQUIRE(sent.size() == 1);
+    CHECK(sent[0].size() <= IRCClient::maxLineBytes);
+    CHECK(sent[0].size() + 1 >= IRCClient::maxLineBytes);
+    CHECK(static_cast<unsigned char>(sent[0].back()) == 0xa9);
+    p.connectionLost(Failure(error::ConnectionDone()));
+}
+
+}  // TEST_SUITE irc
