@@ -6,6 +6,10 @@
 //   make && ./build/examples/irc_bot 127.0.0.1 6667 bot '#demo'
 //   (with the toy server: ./build/examples/irc_server 6667)
 //
+// IRC_SASL_USER and IRC_SASL_PASSWORD in the environment log in with SASL
+// PLAIN where the server offers it; a refused password stops the bot (it
+// would be refused again on every reconnect).
+//
 // One idea: a protocol is just callbacks (signedOn, userJoined, privmsg);
 // the factory decides what happens between connections.
 #include <cstdio>
@@ -32,6 +36,12 @@ struct Bot : IRCClient {
     void joined(const std::string& ch) override {
         std::printf("joined %s\n", ch.c_str());
         std::fflush(stdout);
+    }
+    void saslFailed(const std::string& reason) override {
+        std::printf("SASL failed (%s); not reconnecting\n", reason.c_str());
+        std::fflush(stdout);
+        reconnecting->stopTrying();
+        IRCClient::saslFailed(reason);  // QUIT, close
     }
     void invited(const std::string& inviter, const std::string& ch) override {
         std::printf("invited to %s by %s\n", ch.c_str(), inviter.c_str());
@@ -64,15 +74,18 @@ struct BotFactory : reactor::ReconnectingClientFactory {
             bot->versionName = "reactor.hpp irc_bot";
             bot->lineRate = 0.2;  // flood control: at most 5 lines a second
             bot->shutdownMessage = "irc_bot stopping";
+            if (const char* user = std::getenv("IRC_SASL_USER")) bot->saslUsername = user;
+            if (const char* pass = std::getenv("IRC_SASL_PASSWORD")) bot->saslPassword = pass;
             return bot;
         };
     }
     void clientConnectionLost(reactor::IConnector& c, const reactor::Failure& reason) override {
         // While the reactor stops (a signal), the base class does not retry.
         std::printf("connection lost (%s); %s\n", reason.getErrorMessage().c_str(),
-                    r.stopping() ? "shutting down" : "reconnecting");
+                    r.stopping() ? "shutting down" : continueTrying ? "reconnecting" : "stopping");
         std::fflush(stdout);
         ReconnectingClientFactory::clientConnectionLost(c, reason);
+        if (!continueTrying && !r.stopping()) r.stop();  // stopTrying() was called: nothing left to do
     }
     void clientConnectionFailed(reactor::IConnector& c, const reactor::Failure& reason) override {
         std::printf("connection failed (%s); %s\n", reason.getErrorMessage().c_str(),
