@@ -2271,3 +2271,28 @@ TEST_CASE("an over-long line of invalid UTF-8 is cut at 510 bytes, not walked ba
 }
 
 }  // TEST_SUITE irc
+
+TEST_SUITE("irc") {
+
+TEST_CASE("Reactor::stopping: true from stop() until run() returns, seen by shutdown triggers") {
+    test::CleanReactor cr;
+    Reactor& r = cr.r;
+    std::vector<std::string> seen;
+    auto note = [&](const char* where) { seen.push_back(std::string(where) + (r.stopping() ? " stopping" : " not")); };
+    TriggerId before = r.addSystemEventTrigger("before", "shutdown", [&] { note("before"); });
+    TriggerId after = r.addSystemEventTrigger("after", "shutdown", [&] { note("after"); });
+    note("idle");
+    r.callLater(0, [&] {
+        note("running");
+        r.stop();
+        note("stop()");
+    });
+    r.run();
+    note("returned");
+    CHECK(seen == std::vector<std::string>{"idle not", "running not", "stop() stopping", "before stopping",
+                                           "after stopping", "returned not"});
+    r.removeSystemEventTrigger(before);
+    r.removeSystemEventTrigger(after);
+}
+
+}  // TEST_SUITE irc
