@@ -2561,6 +2561,10 @@ public:
     void crash();
     /// True from "during startup" until "during shutdown".
     bool running() const { return running_; }
+    /// True from stop() until run() returns: the shutdown event's triggers,
+    /// and the connectionLost and clientConnection* calls its closing of
+    /// connections causes, can tell a shutdown from an outage.
+    bool stopping() const { return stopRequested_ && inRun_; }
     /// One turn of the loop, waiting at most `timeout` seconds for events
     /// (0: don't wait). For embedding in a foreign loop. Not re-entrant.
     void iterate(double timeout = 0);
@@ -3758,6 +3762,10 @@ public:
     /// Retry timers go on `clockRef` (a Reactor, or a Clock in tests), which
     /// must outlive the factory.
     explicit ReconnectingClientFactory(IReactorTime& clockRef) : clock(&clockRef) {}
+    /// The same on a Reactor, which also tells it about shutdown: a
+    /// connection lost or failed while the reactor is stopping (see
+    /// Reactor::stopping) is not retried.
+    explicit ReconnectingClientFactory(Reactor& r) : clock(&r), reactor_(&r) {}
 
     /// The longest delay between attempts, in seconds.
     double maxDelay = 3600;
@@ -3786,9 +3794,9 @@ public:
 
     /// Remembers the connector, so stopTrying() can stop even the first attempt.
     void startedConnecting(IConnector& c) override { connector = c.weak_from_this(); }
-    /// The attempt failed: retry() while continueTrying.
+    /// The attempt failed: retry() while continueTrying (and the reactor is not stopping).
     REACTOR_INLINE void clientConnectionFailed(IConnector& c, const Failure& reason) override;
-    /// The connection ended: retry() while continueTrying.
+    /// The connection ended: retry() while continueTrying (and the reactor is not stopping).
     REACTOR_INLINE void clientConnectionLost(IConnector& c, const Failure& reason) override;
 
     /// Schedules the next attempt: delay = min(delay * factor, maxDelay),
@@ -3816,6 +3824,7 @@ public:
 
 private:
     double normalVariate(double mean, double stddev);
+    Reactor* reactor_ = nullptr;  // set by the Reactor constructor: no retry while it stops
 };
 
 // ---- UDP ----
@@ -4502,7 +4511,10 @@ auto deferLater(IReactorTime& clock, double delay, F f) {
 // ==== 13. IRC ====
 // Twisted's twisted.words.protocols.irc client side: parsemsg, the CTCP
 // quoting helpers, ServerSupportedFeatures (ISUPPORT), parseModes, split,
-// and IRCClient, a LineReceiver that speaks IRC.
+// and IRCClient, a LineReceiver that speaks IRC. Beyond Twisted 22.4:
+// INVITE, a QUIT at reactor shutdown, and IRCv3 (capability negotiation,
+// SASL PLAIN, message tags, server-time, away/account-notify,
+// extended-join). DCC offers are parsed, never transferred.
 //
 // Lines are bytes (std::string), not decoded text: UTF-8 passes through
 // untouched, and msg() never cuts a UTF-8 character in two.
@@ -4516,15 +4528,18 @@ auto deferLater(IReactorTime& clock, double delay, F f) {
 //     still refused;
 //   - IRCClient::sendLine itself refuses a line containing CR, LF or NUL,
 //     so even raw lines cannot smuggle in a second command.
-// Incoming: CR, LF and CRLF all end a line; an empty line is skipped; a line
-// that is malformed, contains NUL, or is over the IRC limit (510 bytes plus
-// up to 8191 bytes of IRCv3 tags) is dropped with a log line.
+// Incoming (liberal): CR, LF and CRLF all end a line; an empty line is
+// skipped; lines longer than IRC's 512 bytes (IRCv3 tags, a raised LINELEN)
+// are delivered whole up to MAX_LENGTH (16384, Twisted's); a longer line, or
+// one that is malformed or contains NUL, is dropped with a log line and the
+// connection stays up. Outgoing (strict): every line is at most 512 bytes.
 // ============================================================================
 namespace irc {
 
 /// The longest line, CRLF included (RFC 2812 section 2.3).
 inline constexpr std::size_t MAX_COMMAND_LENGTH = 512;
-/// The longest IRCv3 tag section ("@..." up to the space).
+/// The longest IRCv3 tag section a server sends ("@..." up to the space);
+/// incoming lines are bounded by IRCClient::MAX_LENGTH instead.
 inline constexpr std::size_t MAX_TAGS_LENGTH = 8191;
 /// Channel prefixes assumed until the server announces CHANTYPES.
 inline constexpr std::string_view CHANNEL_PREFIXES = "&#!+";
@@ -4563,6 +4578,29 @@ char asciiLower(char c);
 
 /// Parses a non-negative decimal int; false on anything else (or overflow).
 bool parseInt(std::string_view s, int& out);
+
+/// Twisted's _intOrDefault(value): an optionally signed decimal int, or
+/// nullopt for "" and anything else (or overflow).
+std::optional<int> intOrNone(std::string_view s);
+/// The same for 64-bit values (up to 18 digits): DCC sizes and positions.
+std::optional<std::int64_t> int64OrNone(std::string_view s);
+
+/// Splits words as a POSIX shell does (Python's shlex.split): whitespace
+/// separates, '...' is literal, "..." allows \" and \\, a backslash
+/// outside quotes escapes the next character. False on an unclosed quote.
+bool shellSplit(std::string_view s, std::vector<std::string>& out);
+
+/// Twisted's dccParseAddress: a dotted address as is, a number as the
+/// dotted quad of its low 32 bits; false otherwise.
+bool dccParseAddress(const std::string& address, std::string& out);
+
+/// IRCv3 tag value escaping (the reverse of unescapeTagValue).
+std::string escapeTagValue(std::string_view v);
+/// Standard base64 with padding (SASL PLAIN's payload).
+std::string base64(std::string_view in);
+/// An IRCv3 server-time value ("2011-10-19T16:40:51.620Z") as seconds since
+/// the Unix epoch; nullopt when malformed.
+std::optional<double> parseServerTime(std::string_view v);
 
 std::string unescapeTagValue(std::string_view v);
 
@@ -4621,9 +4659,12 @@ CtcpExtracted ctcpExtract(std::string_view message);
 std::string ctcpStringify(const std::vector<CtcpMessage>& messages);
 
 /// Splits text into chunks of at most `length` bytes (Twisted's irc.split):
-/// breaks at LF (and CR), prefers to break at a space, drops empty lines
-/// and the spaces at each break, turns tabs into spaces, and never cuts a
-/// UTF-8 character in two. `length` 0 gives nothing.
+/// breaks at LF (and CR), fills each line greedily with whole words (a
+/// word longer than `length` is cut to fill the line it starts on, as
+/// textwrap does), drops empty lines and the spaces at each break, expands
+/// tabs to the next multiple of 8 columns (textwrap's expandtabs), and
+/// never cuts a UTF-8 character in two. `length` 0 gives nothing. Unlike
+/// textwrap it does not break after hyphens.
 std::vector<std::string> split(std::string_view text, std::size_t length = 80);
 
 // ---- modes -------------------------------------------------------------------
@@ -4666,7 +4707,9 @@ std::string_view numericToSymbolic(std::string_view numeric);
 /// The server's RPL_ISUPPORT (005) announcements (Twisted's
 /// ServerSupportedFeatures). Starts with Twisted's defaults; parse() adds
 /// what the server says, keeping the old value for a malformed NICKLEN,
-/// CHANNELLEN, PREFIX or CHANMODES.
+/// CHANNELLEN, PREFIX or CHANMODES. Values are kept as strings
+/// (getFeature); the typed accessors give what Twisted's parsers make of
+/// them, and a feature Twisted parses to None reads as absent.
 class ServerSupportedFeatures {
 public:
     /// A PREFIX entry: mode 'o' shows as symbol '@'; priority 0 is the highest.
@@ -4726,6 +4769,37 @@ public:
     /// CASEMAPPING ("rfc1459" when not announced).
     std::string caseMapping() const { return getFeatureString("CASEMAPPING", "rfc1459"); }
 
+    /// Pairs "key:number" as Twisted's _splitParamArgs with _intOrDefault
+    /// makes them: "#&:10,+:" is {("#&", 10), ("+", nullopt)}; a value
+    /// without ':' is a key with no number.
+    using NumberedList = std::vector<std::pair<std::string, std::optional<int>>>;
+    /// CHANLIMIT: how many channels of each group of prefixes we may join
+    /// (empty when not announced).
+    NumberedList chanLimit() const { return numbered("CHANLIMIT"); }
+    /// MAXLIST: how many entries each group of list modes may hold.
+    NumberedList maxList() const { return numbered("MAXLIST"); }
+    /// TARGMAX: how many targets each command takes (nullopt: no limit
+    /// given). Twisted's dict: one entry per command, the last value wins.
+    NumberedList targMax() const;
+    /// IDCHAN: (channel prefix, length of the channel ID) pairs, as strings.
+    std::vector<std::pair<std::string, std::string>> idChan() const;
+    /// KICKLEN: the longest kick reason; nullopt when absent, empty or not
+    /// a number (Twisted's None).
+    std::optional<int> kickLen() const { return numberOrNone("KICKLEN"); }
+    /// TOPICLEN: the longest topic; nullopt as for kickLen.
+    std::optional<int> topicLen() const { return numberOrNone("TOPICLEN"); }
+    /// EXCEPTS: the ban-exception mode letter ("e" when announced without
+    /// one); nullopt when not announced.
+    std::optional<std::string> excepts() const { return stringOrNone("EXCEPTS"); }
+    /// INVEX: the invite-exception mode letter ("I" when announced without
+    /// one); nullopt when not announced.
+    std::optional<std::string> invex() const { return stringOrNone("INVEX"); }
+    /// SAFELIST: LIST will not flood us off the server.
+    bool safeList() const { return hasFeature("SAFELIST"); }
+    /// STATUSMSG: the status prefixes a message target may carry ("@+"
+    /// sends to a channel's ops and voiced); nullopt when not announced.
+    std::optional<std::string> statusMsg() const { return stringOrNone("STATUSMSG"); }
+
 private:
     struct Entry {
         std::string key;
@@ -4736,6 +4810,9 @@ private:
     void set(const std::string& key, std::vector<std::string> values, bool announced);
     void erase(const std::string& key);
     static bool unescape(std::string_view in, std::string& out);
+    NumberedList numbered(std::string_view key) const;
+    std::optional<int> numberOrNone(std::string_view key) const;
+    std::optional<std::string> stringOrNone(std::string_view key) const;
     /// Twisted's processors that keep the old value on a malformed one.
     static bool acceptable(const std::string& key, const std::vector<std::string>& values);
     std::vector<Entry> entries_;
@@ -4764,7 +4841,17 @@ class IRCClient : public LineReceiver {
 public:
     /// `timeSource`: the clock for lineRate and the heartbeat (may be null).
     explicit IRCClient(IReactorTime* timeSource = nullptr);
-    ~IRCClient() override { cancelTimers(); }
+    /// On a Reactor (also the clock): while connected, the client takes part
+    /// in the reactor's shutdown ("before" trigger): stopping the reactor
+    /// (stop(), or SIGINT/SIGTERM with run(true)) sends what the lineRate
+    /// queue holds, then `QUIT :shutdownMessage`, and half-closes once that
+    /// is flushed; the shutdown waits for the server to close the
+    /// connection, at most quitTimeout seconds (then aborts it). The
+    /// Reactor must outlive the client (on TCP it does: it owns it). A
+    /// subclass that takes an IReactorTime* and passes that on gets the
+    /// other constructor, and no QUIT.
+    explicit IRCClient(Reactor* r);
+    REACTOR_INLINE ~IRCClient() override;
     IRCClient(const IRCClient&) = delete;
     IRCClient& operator=(const IRCClient&) = delete;
 
@@ -4789,6 +4876,39 @@ public:
     std::optional<std::vector<std::string>> motd;  ///< the MOTD being collected (375..376)
     ServerSupportedFeatures supported;  ///< ISUPPORT (005), reset in connectionMade
     IReactorTime* clock = nullptr;  ///< lineRate, heartbeat, CTCP PING timing
+    /// The QUIT message sent when the reactor shuts down (Reactor* constructor).
+    std::string shutdownMessage = "Shutting down";
+    /// How long a shutdown waits for the server to close the connection
+    /// after our QUIT before aborting it, in seconds.
+    double quitTimeout = 3;
+
+    // ---- IRCv3 capabilities (not in Twisted 22.4) ----------------------------
+    /// Negotiate IRCv3 capabilities: connectionMade sends `CAP LS 302` just
+    /// before registering, requests what the server offers of capRequests
+    /// (and `sasl` with saslUsername/saslPassword), authenticates, then sends
+    /// `CAP END`. A server without CAP answers 421 (or nothing) and
+    /// registers us as usual. false: Twisted's registration, byte for byte.
+    bool capNegotiation = true;
+    /// The capabilities requested when offered (CAP LS, or CAP NEW later).
+    std::vector<std::string> capRequests = {"message-tags", "server-time",    "multi-prefix", "away-notify",
+                                            "account-notify", "extended-join", "cap-notify"};
+    /// SASL PLAIN credentials: with both set, `sasl` is requested when the
+    /// server offers PLAIN; authzid and authcid are both saslUsername.
+    std::string saslUsername;
+    /// See saslUsername.
+    std::string saslPassword;
+    /// What the server offered (CAP LS and NEW, less DEL), with values
+    /// ("sasl" -> "PLAIN,EXTERNAL"; "" when none).
+    const std::vector<std::pair<std::string, std::string>>& availableCaps() const { return capsAvailable_; }
+    /// The capabilities the server acknowledged (and has not removed).
+    const std::vector<std::string>& enabledCaps() const { return capsEnabled_; }
+    /// Whether `cap` is enabled.
+    bool capEnabled(std::string_view cap) const;
+    /// The account SASL logged us in as (900), "" if none.
+    const std::string& account() const { return account_; }
+    /// server-time: the time tag of the line being dispatched, as seconds
+    /// since the Unix epoch (UTC); nullopt when it has none or it is malformed.
+    std::optional<double> serverTime() const;
 
     /// True between 001 and the end of the connection.
     bool registered() const { return registered_; }
@@ -4809,8 +4929,9 @@ public:
     /// Bytes from the server: CR becomes LF (so CR, LF and CRLF all end a
     /// line), then LineReceiver splitting.
     REACTOR_INLINE void dataReceived(std::string_view data) override;
-    /// A line longer than MAX_LENGTH: dropped with a log line; the
-    /// connection stays up and the following lines still count.
+    /// A line longer than MAX_LENGTH (LineReceiver's, 16384 as in Twisted;
+    /// raise it for a network whose lines are longer): dropped with a log
+    /// line; the connection stays up and the following lines still count.
     REACTOR_INLINE void lineLengthExceeded(std::string_view line) override;
     /// One server line (also callable directly from tests): checked,
     /// parsed, and dispatched through handleCommand. Bad lines go to
@@ -4840,6 +4961,31 @@ public:
     REACTOR_INLINE virtual void irc_KICK(const std::string& prefix, const std::vector<std::string>& params);
     /// TOPIC: topicUpdated(nick, channel, newTopic).
     REACTOR_INLINE virtual void irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params);
+    /// CAP: LS (collected over continuation lines), ACK, NAK, NEW, DEL and
+    /// LIST replies of the capability negotiation (see capNegotiation).
+    REACTOR_INLINE virtual void irc_CAP(const std::string& prefix, const std::vector<std::string>& params);
+    /// AUTHENTICATE +: the server is ready for our SASL PLAIN payload.
+    REACTOR_INLINE virtual void irc_AUTHENTICATE(const std::string& prefix, const std::vector<std::string>& params);
+    /// AWAY (away-notify): userAway(nick, message, or nullopt when back).
+    REACTOR_INLINE virtual void irc_AWAY(const std::string& prefix, const std::vector<std::string>& params);
+    /// ACCOUNT (account-notify): userAccount(nick, account, or nullopt for "*").
+    REACTOR_INLINE virtual void irc_ACCOUNT(const std::string& prefix, const std::vector<std::string>& params);
+    /// TAGMSG (message-tags): tagMessage(user, target); the tags are in tags().
+    REACTOR_INLINE virtual void irc_TAGMSG(const std::string& prefix, const std::vector<std::string>& params);
+    /// 900: loggedIn(account).
+    REACTOR_INLINE virtual void irc_RPL_LOGGEDIN(const std::string& prefix, const std::vector<std::string>& params);
+    /// 903: SASL done; negotiation ends (CAP END).
+    REACTOR_INLINE virtual void irc_RPL_SASLSUCCESS(const std::string& prefix, const std::vector<std::string>& params);
+    /// 902, 904, 905, 906: saslFailed(the server's text), once per attempt.
+    REACTOR_INLINE virtual void irc_ERR_SASLFAIL(const std::string& prefix, const std::vector<std::string>& params);
+    /// 907: already authenticated; negotiation ends.
+    REACTOR_INLINE virtual void irc_ERR_SASLALREADY(const std::string& prefix, const std::vector<std::string>& params);
+    /// 421: if it is our CAP, the server has no capabilities; nothing waits for them.
+    REACTOR_INLINE virtual void irc_ERR_UNKNOWNCOMMAND(const std::string& prefix, const std::vector<std::string>& params);
+    /// INVITE: invited(inviter's nick, channel) when we are the one invited
+    /// (not in Twisted 22.4). An invite-notify line about someone else is
+    /// ignored.
+    REACTOR_INLINE virtual void irc_INVITE(const std::string& prefix, const std::vector<std::string>& params);
     /// NICK: nickChanged(new) for us, else userRenamed(old, new).
     REACTOR_INLINE virtual void irc_NICK(const std::string& prefix, const std::vector<std::string>& params);
     /// MODE: parsed with the ISUPPORT-derived parameter modes, then
@@ -4932,6 +5078,41 @@ public:
     virtual void kickedFrom(const std::string& channel, const std::string& kicker, const std::string& message) {
         (void)channel, (void)kicker, (void)message;
     }
+    /// The server acknowledged these capabilities (CAP ACK).
+    virtual void capsEnabled(const std::vector<std::string>& caps) { (void)caps; }
+    /// The server refused a request for these capabilities (CAP NAK).
+    virtual void capsRefused(const std::vector<std::string>& caps) { (void)caps; }
+    /// These capabilities are off again (CAP DEL, or an ACK of "-cap").
+    virtual void capsDisabled(const std::vector<std::string>& caps) { (void)caps; }
+    /// SASL logged us in as `account` (900).
+    virtual void loggedIn(const std::string& accountName) { (void)accountName; }
+    /// SASL failed (`reason` is the server's text). Called once; nothing
+    /// is retried. Default: an error log line, `QUIT :SASL authentication
+    /// failed` and close: a client that was given credentials does not go
+    /// on without them. To go on unauthenticated, override it and call
+    /// endCapNegotiation(); to stop a ReconnectingClientFactory from trying
+    /// again with the same credentials, call its stopTrying() here.
+    REACTOR_INLINE virtual void saslFailed(const std::string& reason);
+    /// away-notify: `user` (a nick) is away with `message`, or back (nullopt).
+    virtual void userAway(const std::string& user, const std::optional<std::string>& message) {
+        (void)user, (void)message;
+    }
+    /// account-notify: `user` (a nick) logged in as `accountName`, or out (nullopt).
+    virtual void userAccount(const std::string& user, const std::optional<std::string>& accountName) {
+        (void)user, (void)accountName;
+    }
+    /// extended-join: the JOIN also named the account (nullopt: none) and
+    /// real name. Called after joined/userJoined; `user` is the nick.
+    virtual void extendedJoin(const std::string& user, const std::string& channel,
+                              const std::optional<std::string>& accountName, const std::string& realName) {
+        (void)user, (void)channel, (void)accountName, (void)realName;
+    }
+    /// message-tags: a TAGMSG (a message of tags only, e.g. +typing) from
+    /// `user` ("nick!user@host") to `target`; read them with tags().
+    virtual void tagMessage(const std::string& user, const std::string& target) { (void)user, (void)target; }
+    /// `inviter` (a nick) invites us to `channel`. Default: nothing; a bot
+    /// that should follow invitations calls join(channel) here.
+    virtual void invited(const std::string& inviter, const std::string& channel) { (void)inviter, (void)channel; }
     /// Our nick changed; the default records it in `nickname`.
     virtual void nickChanged(const std::string& nick) { nickname = nick; }
     /// A CTCP PING we sent with ping() came back after `secs` seconds.
@@ -4945,9 +5126,30 @@ public:
     virtual void noticed(const std::string& user, const std::string& channel, const std::string& message) {
         (void)user, (void)channel, (void)message;
     }
-    /// A CTCP ACTION ("/me waves").
-    virtual void action(const std::string& user, const std::string& channel, const std::string& data) {
+    /// A CTCP ACTION ("/me waves"). `data` is absent for a bare
+    /// "\x01ACTION\x01" and "" for "\x01ACTION \x01" (Twisted: None and '').
+    virtual void action(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
         (void)user, (void)channel, (void)data;
+    }
+    /// A DCC SEND offer (Twisted's dccDoSend): `address` dotted (a numeric
+    /// address is converted), `size` -1 when not given or not a number,
+    /// `data` the offer's words. Parsed only: nothing is transferred.
+    virtual void dccDoSend(const std::string& user, const std::string& address, int port, const std::string& fileName,
+                           std::int64_t size, const std::vector<std::string>& data) {
+        (void)user, (void)address, (void)port, (void)fileName, (void)size, (void)data;
+    }
+    /// A DCC CHAT offer (Twisted's dccDoChat); `data` as for dccDoSend.
+    virtual void dccDoChat(const std::string& user, const std::string& channel, const std::string& address, int port,
+                           const std::vector<std::string>& data) {
+        (void)user, (void)channel, (void)address, (void)port, (void)data;
+    }
+    /// A DCC RESUME request for a file we offered (Twisted's dccDoResume).
+    virtual void dccDoResume(const std::string& user, const std::string& file, int port, std::int64_t resumePos) {
+        (void)user, (void)file, (void)port, (void)resumePos;
+    }
+    /// A DCC ACCEPT of our RESUME request (Twisted's dccDoAcceptResume).
+    virtual void dccDoAcceptResume(const std::string& user, const std::string& file, int port, std::int64_t resumePos) {
+        (void)user, (void)file, (void)port, (void)resumePos;
     }
     /// Someone else joined; `user` is the nick only.
     virtual void userJoined(const std::string& user, const std::string& channel) { (void)user, (void)channel; }
@@ -4996,10 +5198,15 @@ public:
     /// CTCP queries in one PRIVMSG. Each tag is answered once per message
     /// (Twisted's flood fix); unknown tags go to ctcpUnknownQuery.
     REACTOR_INLINE virtual void ctcpQuery(const std::string& user, const std::string& channel, const std::vector<CtcpMessage>& messages);
-    /// ACTION: action(user, channel, data) ("" without data).
+    /// ACTION: action(user, channel, data).
     virtual void ctcpQuery_ACTION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
-        action(user, channel, data.value_or(""));
+        action(user, channel, data);
     }
+    /// DCC: "SEND", "CHAT", "RESUME" and "ACCEPT" offers are parsed (words
+    /// split as a POSIX shell does, so "my file.txt" in quotes is one) and
+    /// go to the dccDo* callbacks; a malformed one is logged and ignored;
+    /// another type gets an ERRMSG reply (as Twisted). No transfer.
+    REACTOR_INLINE virtual void ctcpQuery_DCC(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// PING: echoes the data back to the sender's nick.
     REACTOR_INLINE virtual void ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data);
     /// Replies versionName:versionNum:versionEnv; nothing without versionName.
@@ -5090,6 +5297,14 @@ public:
     /// shifting USER's parameters), or any CR, LF or NUL, sends nothing
     /// and returns false. A password with a space goes as "PASS :pass".
     bool register_(const std::string& nick, const std::string& hostName = "foo", const std::string& serverName = "bar");
+    /// Sends `line` with IRCv3 client tags ("+example.com/key" -> value,
+    /// "" for a tag without value), escaped. Needs the message-tags
+    /// capability; refused (false, logged) without it, for a key that is
+    /// not [+][vendor/]name, or when the tags exceed 4094 bytes.
+    bool sendWithTags(const std::vector<std::pair<std::string, std::string>>& tags, std::string_view line);
+    /// Ends capability negotiation (CAP END) if it is still going on; the
+    /// server then completes registration.
+    void endCapNegotiation();
     /// Sends CTCP queries to `user` in one PRIVMSG.
     bool ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages);
     /// Sends CTCP replies to `user` in one NOTICE.
@@ -5141,12 +5356,18 @@ private:
     bool sendMessage(const std::string& command, const std::string& target, const std::string& message,
                      std::size_t length);
 
+    /// sendLine, where the first `tagged` bytes (an IRCv3 tag section) do
+    /// not count toward maxLineBytes.
+    bool sendCapped(std::string_view line, std::size_t tagged);
     void reallySendLine(std::string_view line);
     /// The lineRate pump: one line now, the next after lineRate seconds
     /// (Twisted's _sendLine, on our injectable clock).
     void sendQueued();
     void sendHeartbeat();
     void cancelTimers();
+    /// The "before shutdown" trigger: QUIT, close, then `done` (from connectionLost).
+    void quitForShutdown(std::function<void()> done);
+    void dropShutdownTrigger();
 
     bool checkArgs(const char* command, std::initializer_list<std::string_view> args);
     /// Middle parameters (targets, nicks, channels, keys): a space or a
@@ -5173,6 +5394,21 @@ private:
     std::size_t queueHead_ = 0;
     DelayedCall queueTimer_;
     DelayedCall heartbeat_;
+    // IRCv3 capability negotiation (reset per connection).
+    void capRequest(const std::vector<std::string>& offered);
+    void capDone();
+    bool negotiating_ = false;  // CAP LS sent, CAP END not yet
+    std::vector<std::pair<std::string, std::string>> capsAvailable_;
+    std::vector<std::string> capsEnabled_;
+    std::vector<std::string> lsOffered_;  // CAP LS continuation lines collected
+    std::size_t capsPending_ = 0;         // CAP REQ lines not yet ACKed/NAKed
+    enum class Sasl { idle, started, done } sasl_ = Sasl::idle;
+    bool capLsDue_ = false;  // register_ sends CAP LS 302 first (set by connectionMade)
+    std::string account_;
+    Reactor* reactor_ = nullptr;     // the Reactor* constructor's: QUIT at its shutdown
+    TriggerId shutdownTrigger_ = 0;  // while connected, on reactor_
+    std::function<void()> shutdownDone_;  // the shutdown waits for this call
+    DelayedCall quitTimer_;
     std::vector<Ping> pings_;
     std::vector<std::pair<std::string, std::vector<std::string>>> names_;
     std::size_t namesHeld_ = 0;  // nicknames + channels in names_
@@ -8745,7 +8981,7 @@ REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& 
 
 REACTOR_INLINE void ReconnectingClientFactory::clientConnectionFailed(IConnector& c, const Failure& reason) {
     (void)reason;
-    if (continueTrying) {
+    if (continueTrying && !(reactor_ && reactor_->stopping())) {
         connector = c.weak_from_this();
         retry();
     }
@@ -8753,7 +8989,7 @@ REACTOR_INLINE void ReconnectingClientFactory::clientConnectionFailed(IConnector
 
 REACTOR_INLINE void ReconnectingClientFactory::clientConnectionLost(IConnector& c, const Failure& reason) {
     (void)reason;
-    if (continueTrying) {
+    if (continueTrying && !(reactor_ && reactor_->stopping())) {
         connector = c.weak_from_this();
         retry();
     }
@@ -9690,6 +9926,147 @@ REACTOR_INLINE bool parseInt(std::string_view s, int& out) {
     return true;
 }
 
+REACTOR_INLINE std::optional<std::int64_t> int64OrNone(std::string_view s) {
+    bool negative = false;
+    if (!s.empty() && (s[0] == '-' || s[0] == '+')) {
+        negative = s[0] == '-';
+        s.remove_prefix(1);
+    }
+    if (s.empty() || s.size() > 18) return std::nullopt;
+    std::int64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return std::nullopt;
+        v = v * 10 + (c - '0');
+    }
+    return negative ? -v : v;
+}
+
+REACTOR_INLINE std::optional<int> intOrNone(std::string_view s) {
+    std::optional<std::int64_t> v = int64OrNone(s);
+    if (!v || *v > INT32_MAX || *v < INT32_MIN) return std::nullopt;  // int is 32 bits on every target
+    return static_cast<int>(*v);
+}
+
+REACTOR_INLINE bool shellSplit(std::string_view s, std::vector<std::string>& out) {
+    out.clear();
+    std::string word;
+    bool inWord = false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        char c = s[i];
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f') {
+            if (inWord) out.push_back(std::move(word));
+            word.clear();
+            inWord = false;
+        } else if (c == '\'') {
+            std::size_t close = s.find('\'', i + 1);
+            if (close == std::string_view::npos) return false;
+            word.append(s.substr(i + 1, close - i - 1));
+            i = close;
+            inWord = true;
+        } else if (c == '"') {
+            for (++i;; ++i) {
+                if (i >= s.size()) return false;
+                if (s[i] == '"') break;
+                if (s[i] == '\\' && i + 1 < s.size() && (s[i + 1] == '"' || s[i + 1] == '\\')) ++i;
+                word += s[i];
+            }
+            inWord = true;
+        } else if (c == '\\') {
+            if (++i == s.size()) return false;  // shlex: "No escaped character"
+            word += s[i];
+            inWord = true;
+        } else {
+            word += c;
+            inWord = true;
+        }
+    }
+    if (inWord) out.push_back(std::move(word));
+    return true;
+}
+
+REACTOR_INLINE bool dccParseAddress(const std::string& address, std::string& out) {
+    if (address.find('.') != std::string::npos) {
+        out = address;
+        return true;
+    }
+    std::optional<std::int64_t> n = int64OrNone(address);
+    if (!n) return false;
+    const auto v = static_cast<std::uint64_t>(*n);
+    out = std::to_string((v >> 24) & 0xFF) + "." + std::to_string((v >> 16) & 0xFF) + "." +
+          std::to_string((v >> 8) & 0xFF) + "." + std::to_string(v & 0xFF);
+    return true;
+}
+
+REACTOR_INLINE std::string escapeTagValue(std::string_view v) {
+    std::string out;
+    for (char c : v) {
+        switch (c) {
+            case ';': out += "\\:"; break;
+            case ' ': out += "\\s"; break;
+            case '\\': out += "\\\\"; break;
+            case '\r': out += "\\r"; break;
+            case '\n': out += "\\n"; break;
+            default: out += c;
+        }
+    }
+    return out;
+}
+
+REACTOR_INLINE std::string base64(std::string_view in) {
+    static constexpr char alphabet[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    std::size_t i = 0;
+    for (; i + 2 < in.size(); i += 3) {
+        unsigned v = static_cast<unsigned>(static_cast<unsigned char>(in[i])) << 16 |
+                     static_cast<unsigned>(static_cast<unsigned char>(in[i + 1])) << 8 |
+                     static_cast<unsigned char>(in[i + 2]);
+        out += alphabet[v >> 18 & 63];
+        out += alphabet[v >> 12 & 63];
+        out += alphabet[v >> 6 & 63];
+        out += alphabet[v & 63];
+    }
+    if (i < in.size()) {
+        unsigned v = static_cast<unsigned>(static_cast<unsigned char>(in[i])) << 16;
+        if (i + 1 < in.size()) v |= static_cast<unsigned>(static_cast<unsigned char>(in[i + 1])) << 8;
+        out += alphabet[v >> 18 & 63];
+        out += alphabet[v >> 12 & 63];
+        out += i + 1 < in.size() ? alphabet[v >> 6 & 63] : '=';
+        out += '=';
+    }
+    return out;
+}
+
+REACTOR_INLINE std::optional<double> parseServerTime(std::string_view v) {
+    // YYYY-MM-DDThh:mm:ss[.sss]Z, UTC (the IRCv3 server-time format).
+    auto num = [&](std::size_t at, std::size_t n, int& out) {
+        return at + n <= v.size() && parseInt(v.substr(at, n), out);
+    };
+    int y = 0, mo = 0, d = 0, h = 0, mi = 0, sec = 0;
+    if (v.size() < 20 || v[4] != '-' || v[7] != '-' || v[10] != 'T' || v[13] != ':' || v[16] != ':' ||
+        v.back() != 'Z' || !num(0, 4, y) || !num(5, 2, mo) || !num(8, 2, d) || !num(11, 2, h) || !num(14, 2, mi) ||
+        !num(17, 2, sec) || mo < 1 || mo > 12 || d < 1 || d > 31 || h > 23 || mi > 59 || sec > 60)
+        return std::nullopt;
+    double fraction = 0;
+    std::string_view rest = v.substr(19, v.size() - 20);
+    if (!rest.empty()) {
+        if (rest[0] != '.' || rest.size() < 2 || rest.size() > 10) return std::nullopt;
+        double scale = 0.1;
+        for (char c : rest.substr(1)) {
+            if (c < '0' || c > '9') return std::nullopt;
+            fraction += (c - '0') * scale;
+            scale /= 10;
+        }
+    }
+    // Days from 1970-01-01 to y-mo-d (proleptic Gregorian), no OS call.
+    const int yy = mo <= 2 ? y - 1 : y;
+    const int era = (yy >= 0 ? yy : yy - 399) / 400;
+    const int yoe = yy - era * 400;
+    const int doy = (153 * (mo + (mo > 2 ? -3 : 9)) + 2) / 5 + d - 1;
+    const int doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    const double days = static_cast<double>(era) * 146097 + doe - 719468;
+    return days * 86400 + h * 3600 + mi * 60 + sec + fraction;
+}
+
 REACTOR_INLINE std::string unescapeTagValue(std::string_view v) {
     std::string out;
     out.reserve(v.size());
@@ -9883,14 +10260,35 @@ REACTOR_INLINE std::vector<std::string> split(std::string_view text, std::size_t
     std::vector<std::string> out;
     if (length == 0) return out;
     auto isCont = [](char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; };
+    // The longest prefix of `s` of at most `n` bytes that does not end inside
+    // a UTF-8 character (n bytes when that would be nothing: invalid UTF-8,
+    // or `n` smaller than one character).
+    auto fit = [&](std::string_view s, std::size_t n) {
+        std::size_t cut = n, back = 0;
+        while (cut > 0 && back < 4 && isCont(s[cut])) --cut, ++back;
+        return (cut == 0 || back == 4) ? n : cut;
+    };
+    std::string line;
     while (!text.empty()) {
         std::size_t eol = text.find_first_of("\r\n");
-        std::string line(text.substr(0, eol));
+        std::string_view raw = text.substr(0, eol);
         text = eol == std::string_view::npos ? std::string_view() : text.substr(eol + 1);
-        std::replace(line.begin(), line.end(), '\t', ' ');
+        // textwrap: tabs to the next multiple of 8 columns (a column per
+        // character, not per byte), then every other whitespace to a space.
+        line.clear();
+        std::size_t column = 0;
+        for (char c : raw) {
+            if (c == '\t') {
+                line.append(8 - column % 8, ' ');
+                column += 8 - column % 8;
+                continue;
+            }
+            line += (c == '\v' || c == '\f') ? ' ' : c;
+            if (!isCont(c)) ++column;
+        }
         std::string_view rest = line;
         while (!rest.empty() && rest.back() == ' ') rest.remove_suffix(1);
-        bool first = true;
+        bool first = true;  // textwrap keeps the first line's indentation only
         while (!rest.empty()) {
             if (!first)
                 while (!rest.empty() && rest.front() == ' ') rest.remove_prefix(1);
@@ -9900,19 +10298,21 @@ REACTOR_INLINE std::vector<std::string> split(std::string_view text, std::size_t
                 out.emplace_back(rest);
                 break;
             }
+            // Greedy, as textwrap: the words that fit, up to the last space
+            // at or before `length`; but a following word longer than a
+            // whole line is cut to fill this one ("nick: <long word>" does
+            // not leave "nick:" alone on its line).
             std::size_t cut = rest.rfind(' ', length);
             std::string_view chunk;
             if (cut != std::string_view::npos) {
                 chunk = rest.substr(0, cut);
                 while (!chunk.empty() && chunk.back() == ' ') chunk.remove_suffix(1);
+                std::size_t word = rest.find_first_not_of(' ', cut);
+                std::size_t wordEnd = rest.find(' ', word);
+                if (wordEnd == std::string_view::npos) wordEnd = rest.size();
+                if (wordEnd - word > length) chunk = {};
             }
-            if (chunk.empty()) {  // no usable space: cut at a character boundary
-                cut = length;
-                std::size_t back = 0;
-                while (cut > 0 && back < 4 && isCont(rest[cut])) --cut, ++back;
-                if (cut == 0 || back == 4) cut = length;  // invalid UTF-8, or length < one character
-                chunk = rest.substr(0, cut);
-            }
+            if (chunk.empty()) chunk = rest.substr(0, fit(rest, length));
             out.emplace_back(chunk);
             rest.remove_prefix(chunk.size());
         }
@@ -9985,6 +10385,10 @@ REACTOR_INLINE std::string_view numericToSymbolic(std::string_view numeric) {
         {"465", "ERR_YOUREBANNEDCREEP"}, {"471", "ERR_CHANNELISFULL"}, {"473", "ERR_INVITEONLYCHAN"},
         {"474", "ERR_BANNEDFROMCHAN"}, {"475", "ERR_BADCHANNELKEY"}, {"481", "ERR_NOPRIVILEGES"},
         {"482", "ERR_CHANOPRIVSNEEDED"},
+        // IRCv3 SASL (not in Twisted's table).
+        {"900", "RPL_LOGGEDIN"}, {"901", "RPL_LOGGEDOUT"}, {"902", "ERR_NICKLOCKED"}, {"903", "RPL_SASLSUCCESS"},
+        {"904", "ERR_SASLFAIL"}, {"905", "ERR_SASLTOOLONG"}, {"906", "ERR_SASLABORTED"}, {"907", "ERR_SASLALREADY"},
+        {"908", "RPL_SASLMECHS"},
     };
     for (const auto& entry : table)
         if (entry.first == numeric) return entry.second;
@@ -10025,6 +10429,16 @@ REACTOR_INLINE void ServerSupportedFeatures::parse(const std::vector<std::string
             continue;
         }
         if (!acceptable(key, values)) continue;  // Twisted keeps the old value
+        // Where Twisted's parser returns None the feature reads as absent
+        // (hasFeature is false): an empty PREFIX, a MODES, KICKLEN or
+        // TOPICLEN that is empty or not a number.
+        const bool number = key == "MODES" || key == "KICKLEN" || key == "TOPICLEN";
+        if ((key == "PREFIX" && values[0].empty()) || (number && !detail::intOrNone(values[0]))) {
+            erase(key);
+            continue;
+        }
+        if (key == "EXCEPTS" && values[0].empty()) values[0] = "e";  // Twisted's default letters
+        if (key == "INVEX" && values[0].empty()) values[0] = "I";
         set(key, std::move(values), true);
     }
 }
@@ -10055,8 +10469,9 @@ REACTOR_INLINE std::vector<ServerSupportedFeatures::PrefixMode> ServerSupportedF
     std::vector<PrefixMode> out;
     std::string value = getFeatureString("PREFIX");
     std::size_t close = value.find(')');
-    if (value.empty() || value[0] != '(' || close == std::string::npos) return out;
-    std::string modes = value.substr(1, close - 1), symbols = value.substr(close + 1);
+    if (close == std::string::npos) return out;
+    // As Twisted: the modes are what precedes ')' less its first character.
+    std::string modes = close == 0 ? std::string() : value.substr(1, close - 1), symbols = value.substr(close + 1);
     for (std::size_t i = 0; i < modes.size() && i < symbols.size(); ++i)
         out.push_back({modes[i], symbols[i], static_cast<int>(i)});
     return out;
@@ -10069,6 +10484,50 @@ REACTOR_INLINE ServerSupportedFeatures::ChanModes ServerSupportedFeatures::chanM
     std::string* fields[] = {&out.addressModes, &out.param, &out.setParam, &out.noParam};
     for (std::size_t i = 0; i < v->size() && i < 4; ++i) *fields[i] = (*v)[i];
     return out;
+}
+
+REACTOR_INLINE ServerSupportedFeatures::NumberedList ServerSupportedFeatures::numbered(std::string_view key) const {
+    NumberedList out;
+    const Entry* e = find(key);
+    if (!e) return out;
+    for (const std::string& v : e->values) {
+        std::size_t colon = v.find(':');
+        out.emplace_back(v.substr(0, colon),
+                         colon == std::string::npos ? std::nullopt : detail::intOrNone(std::string_view(v).substr(colon + 1)));
+    }
+    return out;
+}
+
+REACTOR_INLINE ServerSupportedFeatures::NumberedList ServerSupportedFeatures::targMax() const {
+    NumberedList out;
+    for (auto& item : numbered("TARGMAX")) {
+        auto same = std::find_if(out.begin(), out.end(), [&](const auto& o) { return o.first == item.first; });
+        if (same != out.end()) same->second = item.second;
+        else out.push_back(std::move(item));
+    }
+    return out;
+}
+
+REACTOR_INLINE std::vector<std::pair<std::string, std::string>> ServerSupportedFeatures::idChan() const {
+    std::vector<std::pair<std::string, std::string>> out;
+    const Entry* e = find("IDCHAN");
+    if (!e) return out;
+    for (const std::string& v : e->values) {
+        std::size_t colon = v.find(':');
+        out.emplace_back(v.substr(0, colon), colon == std::string::npos ? std::string() : v.substr(colon + 1));
+    }
+    return out;
+}
+
+REACTOR_INLINE std::optional<int> ServerSupportedFeatures::numberOrNone(std::string_view key) const {
+    const Entry* e = find(key);
+    return (e && !e->values.empty()) ? detail::intOrNone(e->values[0]) : std::nullopt;
+}
+
+REACTOR_INLINE std::optional<std::string> ServerSupportedFeatures::stringOrNone(std::string_view key) const {
+    const Entry* e = find(key);
+    if (!e) return std::nullopt;
+    return e->values.empty() ? std::string() : e->values[0];
 }
 
 REACTOR_INLINE std::optional<int> ServerSupportedFeatures::modes() const {
@@ -10128,21 +10587,55 @@ REACTOR_INLINE bool ServerSupportedFeatures::unescape(std::string_view in, std::
 }
 
 REACTOR_INLINE bool ServerSupportedFeatures::acceptable(const std::string& key, const std::vector<std::string>& values) {
-    int v = 0;
-    if (key == "NICKLEN" || key == "CHANNELLEN") return !values.empty() && detail::parseInt(values[0], v);
-    if (key == "PREFIX") {
-        const std::string& p = values[0];
-        if (p.empty()) return true;  // Twisted stores None: the feature is off
-        std::size_t close = p.find(')');
-        return p[0] == '(' && close != std::string::npos && close - 1 == p.size() - close - 1;
-    }
+    if (key == "NICKLEN" || key == "CHANNELLEN") return detail::intOrNone(values[0]).has_value();
+    // Twisted takes any PREFIX with a ')' (pairing modes and symbols up to
+    // the shorter list); without one it keeps the old value. Empty: None.
+    if (key == "PREFIX") return values[0].empty() || values[0].find(')') != std::string::npos;
     if (key == "CHANMODES") return values.size() <= 4;
     return true;
 }
 
 REACTOR_INLINE IRCClient::IRCClient(IReactorTime* timeSource) : clock(timeSource) {
     delimiter = "\n";  // dataReceived turns CR into LF: CR, LF and CRLF all end a line
-    MAX_LENGTH = MAX_TAGS_LENGTH + 1 + MAX_COMMAND_LENGTH;
+    // MAX_LENGTH stays LineReceiver's (and Twisted's) 16384: a line with
+    // IRCv3 tags, or from a network with a larger LINELEN, is delivered whole.
+}
+
+REACTOR_INLINE IRCClient::IRCClient(Reactor* r) : IRCClient(static_cast<IReactorTime*>(r)) { reactor_ = r; }
+
+REACTOR_INLINE IRCClient::~IRCClient() {
+    cancelTimers();
+    dropShutdownTrigger();
+    // Destroyed while the shutdown waits for us (without connectionLost):
+    // let it go on, from the loop rather than from a destructor.
+    if (shutdownDone_ && reactor_) reactor_->callLater(0, std::move(shutdownDone_));
+}
+
+REACTOR_INLINE void IRCClient::quitForShutdown(std::function<void()> done) {
+    if (!connected || !transport || transport->disconnecting) return done();
+    shutdownDone_ = std::move(done);
+    while (queueHead_ < queue_.size()) reallySendLine(queue_[queueHead_++]);  // promised lines first
+    queue_.clear();
+    queueHead_ = 0;
+    cancelTimers();
+    std::string quitLine = "QUIT :" + shutdownMessage;
+    if (detail::hasUnsafeChar(shutdownMessage) || quitLine.size() > maxLineBytes) quitLine = "QUIT";
+    reallySendLine(quitLine);
+    // Half-close once QUIT is flushed: the server reads it, then our EOF, and
+    // closes (as it does after any QUIT); connectionLost then calls done.
+    transport->loseWriteConnection();
+    if (quitTimeout >= 0 && clock)
+        quitTimer_ = clock->callLater(quitTimeout, [this] {
+            quitTimer_ = DelayedCall();
+            reactor::log(LogLevel::warning, "irc: the server did not take our QUIT within quitTimeout; aborting");
+            if (transport) transport->abortConnection();
+        });
+}
+
+REACTOR_INLINE void IRCClient::dropShutdownTrigger() {
+    if (shutdownTrigger_ == 0 || !reactor_) return;
+    reactor_->removeSystemEventTrigger(shutdownTrigger_);
+    shutdownTrigger_ = 0;
 }
 
 REACTOR_INLINE const std::vector<std::pair<std::string, std::string>>& IRCClient::tags() const {
@@ -10153,15 +10646,36 @@ REACTOR_INLINE const std::vector<std::pair<std::string, std::string>>& IRCClient
 REACTOR_INLINE void IRCClient::connectionMade() {
     supported = ServerSupportedFeatures();
     registered_ = false;
+    negotiating_ = false;
+    capsAvailable_.clear();
+    capsEnabled_.clear();
+    lsOffered_.clear();
+    capsPending_ = 0;
+    sasl_ = Sasl::idle;
+    account_.clear();
+    capLsDue_ = capNegotiation;
+    if (reactor_) {
+        dropShutdownTrigger();
+        shutdownTrigger_ = reactor_->addAsyncSystemEventTrigger(
+            "before", "shutdown", [this](std::function<void()> done) { quitForShutdown(std::move(done)); });
+    }
     if (performLogin) register_(nickname);
 }
 
 REACTOR_INLINE void IRCClient::connectionLost(const Failure& reason) {
     (void)reason;
     cancelTimers();
+    dropShutdownTrigger();
+    // The shutdown waited for this close: it goes on from the loop, not
+    // from inside the transport's close.
+    if (shutdownDone_) reactor_->callLater(0, std::move(shutdownDone_));
+    shutdownDone_ = nullptr;
     queue_.clear();
     queueHead_ = 0;
     registered_ = false;  // a reused client starts its next connection afresh
+    negotiating_ = capLsDue_ = false;
+    capsPending_ = 0;
+    lsOffered_.clear();
     userHost_.clear();
     names_.clear();
     namesHeld_ = 0;
@@ -10196,7 +10710,8 @@ REACTOR_INLINE void IRCClient::dataReceived(std::string_view data) {
 }
 
 REACTOR_INLINE void IRCClient::lineLengthExceeded(std::string_view line) {
-    reactor::log(LogLevel::warning, "irc: dropped a server line over " + std::to_string(MAX_LENGTH) + " bytes");
+    reactor::log(LogLevel::warning, "irc: dropped a server line over MAX_LENGTH (" + std::to_string(MAX_LENGTH) +
+                                        " bytes); the connection stays up");
     std::size_t nl = line.find('\n');
     if (nl == std::string_view::npos)
         discarding_ = true;
@@ -10207,15 +10722,6 @@ REACTOR_INLINE void IRCClient::lineLengthExceeded(std::string_view line) {
 REACTOR_INLINE void IRCClient::lineReceived(std::string_view line) {
     if (line.empty()) return;  // the LF of a CRLF, or a blank line
     if (line.find('\0') != std::string_view::npos) return badMessage(line, "NUL byte in line");
-    std::size_t body = line.size();
-    if (line[0] == '@') {
-        std::size_t sp = line.find(' ');
-        if (sp != std::string_view::npos) {
-            if (sp > MAX_TAGS_LENGTH) return badMessage(line, "tags over 8191 bytes");
-            body = line.size() - sp - 1;
-        }
-    }
-    if (body > MAX_COMMAND_LENGTH - 2) return badMessage(line, "line over 512 bytes");
     Message m = parsemsg(line);
     if (!m) return badMessage(line, m.error);
     std::string command = m.command;
@@ -10235,7 +10741,13 @@ REACTOR_INLINE void IRCClient::handleCommand(const std::string& command, const s
         {"NOTICE", &IRCClient::irc_NOTICE}, {"JOIN", &IRCClient::irc_JOIN},
         {"PART", &IRCClient::irc_PART}, {"QUIT", &IRCClient::irc_QUIT},
         {"KICK", &IRCClient::irc_KICK}, {"TOPIC", &IRCClient::irc_TOPIC},
-        {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE},
+        {"NICK", &IRCClient::irc_NICK}, {"MODE", &IRCClient::irc_MODE}, {"INVITE", &IRCClient::irc_INVITE},
+        {"CAP", &IRCClient::irc_CAP}, {"AUTHENTICATE", &IRCClient::irc_AUTHENTICATE},
+        {"AWAY", &IRCClient::irc_AWAY}, {"ACCOUNT", &IRCClient::irc_ACCOUNT}, {"TAGMSG", &IRCClient::irc_TAGMSG},
+        {"RPL_LOGGEDIN", &IRCClient::irc_RPL_LOGGEDIN}, {"RPL_SASLSUCCESS", &IRCClient::irc_RPL_SASLSUCCESS},
+        {"ERR_NICKLOCKED", &IRCClient::irc_ERR_SASLFAIL}, {"ERR_SASLFAIL", &IRCClient::irc_ERR_SASLFAIL},
+        {"ERR_SASLTOOLONG", &IRCClient::irc_ERR_SASLFAIL}, {"ERR_SASLABORTED", &IRCClient::irc_ERR_SASLFAIL},
+        {"ERR_SASLALREADY", &IRCClient::irc_ERR_SASLALREADY}, {"ERR_UNKNOWNCOMMAND", &IRCClient::irc_ERR_UNKNOWNCOMMAND},
         {"RPL_WELCOME", &IRCClient::irc_RPL_WELCOME}, {"RPL_YOURHOST", &IRCClient::irc_RPL_YOURHOST},
         {"RPL_CREATED", &IRCClient::irc_RPL_CREATED}, {"RPL_MYINFO", &IRCClient::irc_RPL_MYINFO},
         {"RPL_ISUPPORT", &IRCClient::irc_RPL_ISUPPORT}, {"RPL_BOUNCE", &IRCClient::irc_RPL_BOUNCE},
@@ -10294,12 +10806,15 @@ REACTOR_INLINE void IRCClient::irc_NOTICE(const std::string& prefix, const std::
 REACTOR_INLINE void IRCClient::irc_JOIN(const std::string& prefix, const std::vector<std::string>& params) {
     if (!need(params, 1, "JOIN")) return;
     std::string nick = detail::nickOf(prefix);
+    const std::string& channel = params[0];  // extended-join adds account and real name after it
     if (nickEquals(nick, nickname)) {
         userHost_ = prefix.substr(nick.size());  // "!user@host": sizes msg() lines exactly
-        joined(params.back());
+        joined(channel);
     } else {
-        userJoined(nick, params.back());
+        userJoined(nick, channel);
     }
+    if (params.size() >= 3 && capEnabled("extended-join"))
+        extendedJoin(nick, channel, params[1] == "*" ? std::nullopt : std::optional<std::string>(params[1]), params[2]);
 }
 
 REACTOR_INLINE void IRCClient::irc_PART(const std::string& prefix, const std::vector<std::string>& params) {
@@ -10328,6 +10843,202 @@ REACTOR_INLINE void IRCClient::irc_KICK(const std::string& prefix, const std::ve
 REACTOR_INLINE void IRCClient::irc_TOPIC(const std::string& prefix, const std::vector<std::string>& params) {
     if (!need(params, 2, "TOPIC")) return;
     topicUpdated(detail::nickOf(prefix), params[0], params[1]);
+}
+
+REACTOR_INLINE bool IRCClient::capEnabled(std::string_view cap) const {
+    return std::find(capsEnabled_.begin(), capsEnabled_.end(), cap) != capsEnabled_.end();
+}
+
+REACTOR_INLINE std::optional<double> IRCClient::serverTime() const {
+    for (const auto& t : tags())
+        if (t.first == "time") return detail::parseServerTime(t.second);
+    return std::nullopt;
+}
+
+REACTOR_INLINE void IRCClient::irc_CAP(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 3, "CAP")) return;
+    std::string sub = params[1];
+    for (char& c : sub) c = detail::asciiUpper(c);
+    const bool more = params.size() >= 4 && params[2] == "*";  // "CAP * LS * :..." continues (302)
+    std::vector<std::string> caps;
+    std::string_view list = params.back();
+    while (!list.empty()) {
+        std::size_t sp = list.find(' ');
+        if (sp != 0) caps.emplace_back(list.substr(0, sp));
+        if (sp == std::string_view::npos) break;
+        list.remove_prefix(sp + 1);
+    }
+    auto offer = [&](const std::vector<std::string>& tokens, std::vector<std::string>& names) {
+        for (const std::string& token : tokens) {
+            std::size_t eq = token.find('=');
+            std::string name = token.substr(0, eq), value = eq == std::string::npos ? "" : token.substr(eq + 1);
+            auto it = std::find_if(capsAvailable_.begin(), capsAvailable_.end(), [&](const auto& a) { return a.first == name; });
+            if (it != capsAvailable_.end()) it->second = value;
+            else if (capsAvailable_.size() < 256) capsAvailable_.emplace_back(name, value);  // a bounded list
+            names.push_back(name);
+        }
+    };
+    if (sub == "LS") {
+        if (lsOffered_.size() + caps.size() > 1024) return;  // a hostile server's endless LS
+        lsOffered_.insert(lsOffered_.end(), caps.begin(), caps.end());
+        if (more) return;
+        std::vector<std::string> tokens = std::move(lsOffered_), names;
+        lsOffered_.clear();
+        offer(tokens, names);
+        if (negotiating_ && capsPending_ == 0) capRequest(names);
+    } else if (sub == "NEW") {
+        std::vector<std::string> names;
+        offer(caps, names);
+        capRequest(names);
+    } else if (sub == "DEL") {
+        std::vector<std::string> gone;
+        for (const std::string& c : caps) {
+            capsAvailable_.erase(std::remove_if(capsAvailable_.begin(), capsAvailable_.end(),
+                                                [&](const auto& a) { return a.first == c; }),
+                                 capsAvailable_.end());
+            auto it = std::find(capsEnabled_.begin(), capsEnabled_.end(), c);
+            if (it != capsEnabled_.end()) {
+                capsEnabled_.erase(it);
+                gone.push_back(c);
+            }
+        }
+        if (!gone.empty()) capsDisabled(gone);
+    } else if (sub == "ACK" || sub == "NAK") {
+        if (sub == "NAK") {
+            capsRefused(caps);
+        } else {
+            std::vector<std::string> on, off;
+            for (const std::string& c : caps) {
+                if (!c.empty() && c[0] == '-') {
+                    auto it = std::find(capsEnabled_.begin(), capsEnabled_.end(), c.substr(1));
+                    if (it != capsEnabled_.end()) capsEnabled_.erase(it);
+                    off.push_back(c.substr(1));
+                } else if (!capEnabled(c)) {
+                    capsEnabled_.push_back(c);
+                    on.push_back(c);
+                }
+            }
+            if (!on.empty()) capsEnabled(on);
+            if (!off.empty()) capsDisabled(off);
+        }
+        if (more) return;
+        if (capsPending_ > 0) --capsPending_;
+        if (capsPending_ > 0) return;
+        if (capEnabled("sasl") && sasl_ == Sasl::idle && !saslUsername.empty() && !saslPassword.empty() && negotiating_) {
+            sasl_ = Sasl::started;
+            sendLine("AUTHENTICATE PLAIN");
+            return;
+        }
+        if (sasl_ != Sasl::started) capDone();
+    }
+}
+
+REACTOR_INLINE void IRCClient::capRequest(const std::vector<std::string>& offered) {
+    std::vector<std::string> wanted;
+    for (const std::string& name : offered) {
+        if (capEnabled(name) || std::find(wanted.begin(), wanted.end(), name) != wanted.end()) continue;
+        bool want = std::find(capRequests.begin(), capRequests.end(), name) != capRequests.end();
+        if (name == "sasl" && !saslUsername.empty() && !saslPassword.empty() && sasl_ == Sasl::idle && negotiating_) {
+            auto it = std::find_if(capsAvailable_.begin(), capsAvailable_.end(), [](const auto& a) { return a.first == "sasl"; });
+            const std::string mechs = "," + (it == capsAvailable_.end() ? std::string() : it->second) + ",";
+            want = mechs == ",," || mechs.find(",PLAIN,") != std::string::npos;  // no list (3.1): try PLAIN
+        }
+        // A name that could shift or end the REQ line is not requested.
+        if (want && name.find_first_of(std::string_view(" :\r\n\0", 5)) == std::string::npos) wanted.push_back(name);
+    }
+    std::string line;
+    auto flush = [&] {
+        if (line.empty()) return;
+        if (sendLine("CAP REQ :" + line)) ++capsPending_;
+        line.clear();
+    };
+    for (const std::string& name : wanted) {
+        if (!line.empty() && 9 + line.size() + 1 + name.size() > maxLineBytes) flush();
+        line += (line.empty() ? "" : " ") + name;
+    }
+    flush();
+    if (capsPending_ == 0) capDone();  // nothing to ask: registration goes on
+}
+
+REACTOR_INLINE void IRCClient::capDone() {
+    if (!negotiating_) return;
+    negotiating_ = false;
+    sendLine("CAP END");
+}
+
+REACTOR_INLINE void IRCClient::endCapNegotiation() { capDone(); }
+
+REACTOR_INLINE void IRCClient::irc_AUTHENTICATE(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 1, "AUTHENTICATE")) return;
+    if (params[0] != "+" || sasl_ != Sasl::started) return;
+    std::string payload = detail::base64(saslUsername + std::string(1, '\0') + saslUsername + std::string(1, '\0') + saslPassword);
+    // 400-byte pieces; a payload that ends on a piece boundary ends with "+".
+    for (std::size_t at = 0; at < payload.size(); at += 400) sendLine("AUTHENTICATE " + payload.substr(at, 400));
+    if (payload.size() % 400 == 0) sendLine("AUTHENTICATE +");
+}
+
+REACTOR_INLINE void IRCClient::irc_AWAY(const std::string& prefix, const std::vector<std::string>& params) {
+    userAway(detail::nickOf(prefix), params.empty() ? std::nullopt : std::optional<std::string>(params[0]));
+}
+
+REACTOR_INLINE void IRCClient::irc_ACCOUNT(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 1, "ACCOUNT")) return;
+    userAccount(detail::nickOf(prefix), params[0] == "*" ? std::nullopt : std::optional<std::string>(params[0]));
+}
+
+REACTOR_INLINE void IRCClient::irc_TAGMSG(const std::string& prefix, const std::vector<std::string>& params) {
+    if (need(params, 1, "TAGMSG")) tagMessage(prefix, params[0]);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_LOGGEDIN(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (!need(params, 3, "RPL_LOGGEDIN")) return;
+    account_ = params[2];
+    loggedIn(account_);
+}
+
+REACTOR_INLINE void IRCClient::irc_RPL_SASLSUCCESS(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix, (void)params;
+    if (sasl_ != Sasl::started) return;
+    sasl_ = Sasl::done;
+    capDone();
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_SASLFAIL(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix;
+    if (sasl_ != Sasl::started) return;  // one attempt, one callback
+    sasl_ = Sasl::done;
+    saslFailed(params.empty() ? std::string() : params.back());
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_SASLALREADY(const std::string& prefix, const std::vector<std::string>& params) {
+    (void)prefix, (void)params;
+    if (sasl_ != Sasl::started) return;
+    sasl_ = Sasl::done;
+    capDone();
+}
+
+REACTOR_INLINE void IRCClient::irc_ERR_UNKNOWNCOMMAND(const std::string& prefix, const std::vector<std::string>& params) {
+    if (params.size() >= 2 && params[1] == "CAP") {  // no IRCv3 here: nothing waits for CAP replies
+        negotiating_ = false;
+        capsPending_ = 0;
+        return;
+    }
+    irc_unknown(prefix, "ERR_UNKNOWNCOMMAND", params);
+}
+
+REACTOR_INLINE void IRCClient::saslFailed(const std::string& reason) {
+    reactor::log(LogLevel::error, "irc: SASL authentication failed: " + reactor::detail::printable(reason));
+    negotiating_ = false;
+    reallySendLine("QUIT :SASL authentication failed");  // ahead of any lineRate queue
+    if (transport) transport->loseConnection();
+}
+
+REACTOR_INLINE void IRCClient::irc_INVITE(const std::string& prefix, const std::vector<std::string>& params) {
+    if (!need(params, 2, "INVITE")) return;
+    if (nickEquals(params[0], nickname)) invited(detail::nickOf(prefix), params[1]);
 }
 
 REACTOR_INLINE void IRCClient::irc_NICK(const std::string& prefix, const std::vector<std::string>& params) {
@@ -10368,6 +11079,9 @@ REACTOR_INLINE void IRCClient::irc_MODE(const std::string& prefix, const std::ve
 REACTOR_INLINE void IRCClient::irc_RPL_WELCOME(const std::string& prefix, const std::vector<std::string>& params) {
     hostname = prefix;
     registered_ = true;
+    // Registered before any CAP reply: the server ignored CAP LS (or
+    // refused it as "not registered"); nothing is negotiated any more.
+    if (negotiating_ && capsAvailable_.empty() && lsOffered_.empty() && capsPending_ == 0) negotiating_ = false;
     if (!params.empty() && !params[0].empty())
         nickname = params[0];
     else if (!attemptedNick_.empty())
@@ -10596,6 +11310,7 @@ REACTOR_INLINE void IRCClient::ctcpQuery(const std::string& user, const std::str
         if (std::find(seen.begin(), seen.end(), m.tag) != seen.end()) continue;
         seen.push_back(m.tag);
         if (m.tag == "ACTION") ctcpQuery_ACTION(user, channel, m.data);
+        else if (m.tag == "DCC") ctcpQuery_DCC(user, channel, m.data);
         else if (m.tag == "PING") ctcpQuery_PING(user, channel, m.data);
         else if (m.tag == "VERSION") ctcpQuery_VERSION(user, channel, m.data);
         else if (m.tag == "SOURCE") ctcpQuery_SOURCE(user, channel, m.data);
@@ -10611,6 +11326,44 @@ REACTOR_INLINE void IRCClient::ctcpQuery(const std::string& user, const std::str
 REACTOR_INLINE void IRCClient::ctcpQuery_PING(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
     (void)channel;
     ctcpMakeReply(detail::nickOf(user), {{"PING", data}});
+}
+
+REACTOR_INLINE void IRCClient::ctcpQuery_DCC(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
+    if (!data || data->empty()) return;
+    std::string_view rest = *data;
+    std::size_t start = rest.find_first_not_of(" \t");
+    if (start == std::string_view::npos) return;
+    std::string type(rest.substr(start, rest.find_first_of(" \t", start) - start));
+    for (char& c : type) c = detail::asciiUpper(c);
+    // Twisted drops len(type) + 1 characters, whatever they are.
+    rest = rest.size() > type.size() + 1 ? rest.substr(type.size() + 1) : std::string_view();
+    if (type != "SEND" && type != "CHAT" && type != "RESUME" && type != "ACCEPT") {
+        ctcpMakeReply(detail::nickOf(user), {{"ERRMSG", "DCC " + *data + " :Unknown DCC type '" + type + "'"}});
+        quirkyMessage(user + " offered unknown DCC type " + type);
+        return;
+    }
+    auto bad = [&](const std::string& why) {
+        reactor::log(LogLevel::warning, "irc: malformed DCC " + type + " request from " +
+                                            reactor::detail::printable(user) + ": " + reactor::detail::printable(why));
+    };
+    std::vector<std::string> words;
+    if (!detail::shellSplit(rest, words)) return bad("no closing quotation: " + std::string(rest));
+    if (words.size() < 3) return bad(std::string(rest));
+    if (type == "RESUME" || type == "ACCEPT") {
+        std::optional<int> port = detail::intOrNone(words[1]);
+        std::optional<std::int64_t> pos = detail::int64OrNone(words[2]);
+        if (!port || !pos) return;  // as Twisted: silently ignored
+        if (type == "RESUME") dccDoResume(user, words[0], *port, *pos);
+        else dccDoAcceptResume(user, words[0], *port, *pos);
+        return;
+    }
+    std::string address;
+    if (!detail::dccParseAddress(words[1], address)) return bad("indecipherable address " + words[1]);
+    std::optional<int> port = detail::intOrNone(words[2]);
+    if (!port) return bad("indecipherable port " + words[2]);
+    if (type == "CHAT") return dccDoChat(user, channel, address, *port, words);
+    std::optional<std::int64_t> size = words.size() >= 4 ? detail::int64OrNone(words[3]) : std::nullopt;
+    dccDoSend(user, address, *port, words[0], size.value_or(-1), words);
 }
 
 REACTOR_INLINE void IRCClient::ctcpQuery_VERSION(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
@@ -10643,6 +11396,7 @@ REACTOR_INLINE void IRCClient::ctcpQuery_CLIENTINFO(const std::string& user, con
     (void)channel;
     static constexpr std::pair<std::string_view, std::string_view> info[] = {
         {"ACTION", "ACTION text: a /me action"}, {"CLIENTINFO", "CLIENTINFO [tag]: what we answer"},
+        {"DCC", "DCC type args: SEND, CHAT, RESUME and ACCEPT offers are read, never transferred"},
         {"ERRMSG", "ERRMSG text: echoes text"}, {"FINGER", "FINGER: who is behind the keyboard"},
         {"PING", "PING data: echoes data"}, {"SOURCE", "SOURCE: where the source is"},
         {"TIME", "TIME: local time"}, {"USERINFO", "USERINFO: user information"},
@@ -10655,7 +11409,8 @@ REACTOR_INLINE void IRCClient::ctcpQuery_CLIENTINFO(const std::string& user, con
         ctcpMakeReply(nick, {{"CLIENTINFO", all}});
         return;
     }
-    std::string tag = data->substr(0, data->find(' '));
+    std::size_t from = data->find_first_not_of(" \t");  // Twisted: data.split()[0]
+    std::string tag = from == std::string::npos ? std::string() : data->substr(from, data->find_first_of(" \t", from) - from);
     for (const auto& i : info)
         if (i.first == tag) {
             ctcpMakeReply(nick, {{"CLIENTINFO", std::string(i.second)}});
@@ -10807,6 +11562,11 @@ REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::str
     if (!checkArgs("USER", {nick, hostName, serverName, password, username, realname}) ||
         !checkMiddle("NICK", {nick}) || !checkMiddle("USER", {user, hostName, serverName}, 3))
         return false;
+    if (capLsDue_) {  // before NICK/USER, so that the server waits for CAP END (and SASL)
+        capLsDue_ = false;
+        negotiating_ = true;
+        sendLine("CAP LS 302");
+    }
     if (!password.empty()) {
         // PASS has one parameter: a password with a space or a leading
         // ':' goes as the trailing one, which the server takes whole.
@@ -10819,6 +11579,33 @@ REACTOR_INLINE bool IRCClient::register_(const std::string& nick, const std::str
                     (realname.empty() ? nick : realname));
 }
 
+REACTOR_INLINE bool IRCClient::sendWithTags(const std::vector<std::pair<std::string, std::string>>& tags,
+                                            std::string_view line) {
+    auto refuse = [](const std::string& why) {
+        reactor::log(LogLevel::warning, "irc: refused to send a tagged line: " + why);
+        return false;
+    };
+    if (!capEnabled("message-tags")) return refuse("the server has not enabled message-tags");
+    std::string section;
+    for (const auto& t : tags) {
+        std::string_view key = t.first;
+        if (!key.empty() && key[0] == '+') key.remove_prefix(1);
+        bool good = !key.empty() && key.back() != '/';
+        for (char c : key)
+            good = good && ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' ||
+                            c == '.' || c == '/');
+        if (!good) return refuse("bad tag key " + reactor::detail::printable(t.first));
+        if (t.second.find('\0') != std::string::npos) return refuse("NUL in a tag value");
+        section += (section.empty() ? "@" : ";") + t.first;
+        if (!t.second.empty()) section += "=" + detail::escapeTagValue(t.second);
+    }
+    if (section.empty()) return sendLine(line);
+    if (section.size() + 1 > 4096) return refuse("tags over 4094 bytes");
+    if (line.empty() || line[0] == '@') return refuse("no command after the tags");
+    std::string full = section + " " + std::string(line);
+    return sendCapped(full, section.size() + 1);
+}
+
 REACTOR_INLINE bool IRCClient::ctcpMakeQuery(const std::string& user, const std::vector<CtcpMessage>& messages) {
     if (!checkCtcp("PRIVMSG", user, messages)) return false;
     return msg(user, ctcpStringify(messages));
@@ -10829,18 +11616,24 @@ REACTOR_INLINE bool IRCClient::ctcpMakeReply(const std::string& user, const std:
     return notice(user, ctcpStringify(messages));
 }
 
-REACTOR_INLINE bool IRCClient::sendLine(std::string_view line) {
+REACTOR_INLINE bool IRCClient::sendLine(std::string_view line) { return sendCapped(line, 0); }
+
+REACTOR_INLINE bool IRCClient::sendCapped(std::string_view line, std::size_t tagged) {
     if (detail::hasUnsafeChar(line)) {
         reactor::log(LogLevel::warning, "irc: refused to send a line containing CR, LF or NUL");
         return false;
     }
     if (!connected) return false;  // after connectionLost: nothing to send on, no timer to arm
     std::string capped;
-    if (line.size() > maxLineBytes) {
+    // IRCv3 tags (sendWithTags: the first `tagged` bytes) have their own
+    // limit; the 510 is the rest.
+    if (line.size() - tagged > maxLineBytes) {
         // A server drops the connection on an over-long line ("Request
         // too long"): cut it, at a UTF-8 character boundary.
-        std::size_t cut = maxLineBytes;
-        while (cut > 0 && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut;
+        std::size_t cut = tagged + maxLineBytes;
+        std::size_t back = 0;  // at most 3: a longer run of continuation bytes is not UTF-8
+        while (back < 3 && cut > tagged && (static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) --cut, ++back;
+        if ((static_cast<unsigned char>(line[cut]) & 0xC0) == 0x80) cut = tagged + maxLineBytes;
         reactor::log(LogLevel::warning, "irc: cut an outgoing line of " + std::to_string(line.size()) +
                                             " bytes to " + std::to_string(cut));
         capped.assign(line.substr(0, cut));
@@ -10959,6 +11752,8 @@ REACTOR_INLINE void IRCClient::cancelTimers() {
     stopHeartbeat();
     if (queueTimer_.active()) queueTimer_.cancel();
     queueTimer_ = DelayedCall();
+    if (quitTimer_.active()) quitTimer_.cancel();
+    quitTimer_ = DelayedCall();
 }
 
 REACTOR_INLINE bool IRCClient::checkArgs(const char* command, std::initializer_list<std::string_view> args) {

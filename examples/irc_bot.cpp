@@ -1,9 +1,14 @@
 // irc_bot — the seed's IRC bot: joins a channel, greets whoever joins, and
-// answers "<botnick>: <text>" with "<nick>: <text>". Reconnects with
-// Twisted's backoff when the connection drops.
+// answers "<botnick>: <text>" with "<nick>: <text>", and joins the channels
+// it is invited to. Reconnects with Twisted's backoff when the connection
+// drops; on SIGINT/SIGTERM it says QUIT to the server and does not reconnect.
 //
 //   make && ./build/examples/irc_bot 127.0.0.1 6667 bot '#demo'
 //   (with the toy server: ./build/examples/irc_server 6667)
+//
+// IRC_SASL_USER and IRC_SASL_PASSWORD in the environment log in with SASL
+// PLAIN where the server offers it; a refused password stops the bot (it
+// would be refused again on every reconnect).
 //
 // One idea: a protocol is just callbacks (signedOn, userJoined, privmsg);
 // the factory decides what happens between connections.
@@ -19,7 +24,8 @@ struct Bot : IRCClient {
     std::string channel;
     reactor::ReconnectingClientFactory* reconnecting = nullptr;
 
-    explicit Bot(reactor::IReactorTime* time) : IRCClient(time) {}
+    // On the Reactor (not just a clock): stopping it sends QUIT :shutdownMessage.
+    explicit Bot(reactor::Reactor* r) : IRCClient(r) {}
 
     void signedOn() override {
         std::printf("signed on as %s\n", nickname.c_str());
@@ -30,6 +36,17 @@ struct Bot : IRCClient {
     void joined(const std::string& ch) override {
         std::printf("joined %s\n", ch.c_str());
         std::fflush(stdout);
+    }
+    void saslFailed(const std::string& reason) override {
+        std::printf("SASL failed (%s); not reconnecting\n", reason.c_str());
+        std::fflush(stdout);
+        reconnecting->stopTrying();
+        IRCClient::saslFailed(reason);  // QUIT, close
+    }
+    void invited(const std::string& inviter, const std::string& ch) override {
+        std::printf("invited to %s by %s\n", ch.c_str(), inviter.c_str());
+        std::fflush(stdout);
+        join(ch);
     }
     // The seed's callback: `user` is the nick only, as in Twisted.
     void userJoined(const std::string& user, const std::string& ch) override { say(ch, "Hello " + user); }
@@ -50,22 +67,29 @@ struct BotFactory : reactor::ReconnectingClientFactory {
         initialDelay = delay = 0.5;
         maxDelay = 30;
         protocol = [this]() -> std::unique_ptr<reactor::Protocol> {
-            auto bot = std::make_unique<Bot>(&r);  // the reactor is the bot's clock
+            auto bot = std::make_unique<Bot>(&r);  // the reactor is the bot's clock, and stops it
             bot->nickname = nick;
             bot->channel = channel;
             bot->reconnecting = this;
             bot->versionName = "reactor.hpp irc_bot";
             bot->lineRate = 0.2;  // flood control: at most 5 lines a second
+            bot->shutdownMessage = "irc_bot stopping";
+            if (const char* user = std::getenv("IRC_SASL_USER")) bot->saslUsername = user;
+            if (const char* pass = std::getenv("IRC_SASL_PASSWORD")) bot->saslPassword = pass;
             return bot;
         };
     }
     void clientConnectionLost(reactor::IConnector& c, const reactor::Failure& reason) override {
-        std::printf("connection lost (%s); reconnecting\n", reason.getErrorMessage().c_str());
+        // While the reactor stops (a signal), the base class does not retry.
+        std::printf("connection lost (%s); %s\n", reason.getErrorMessage().c_str(),
+                    r.stopping() ? "shutting down" : continueTrying ? "reconnecting" : "stopping");
         std::fflush(stdout);
         ReconnectingClientFactory::clientConnectionLost(c, reason);
+        if (!continueTrying && !r.stopping()) r.stop();  // stopTrying() was called: nothing left to do
     }
     void clientConnectionFailed(reactor::IConnector& c, const reactor::Failure& reason) override {
-        std::printf("connection failed (%s); retrying\n", reason.getErrorMessage().c_str());
+        std::printf("connection failed (%s); %s\n", reason.getErrorMessage().c_str(),
+                    r.stopping() ? "shutting down" : "retrying");
         std::fflush(stdout);
         ReconnectingClientFactory::clientConnectionFailed(c, reason);
     }
@@ -84,7 +108,7 @@ int main(int argc, char** argv) {
     reactor::Reactor r;
     BotFactory factory(r, argv[3], argv[4]);
     r.connectTCP(argv[1], static_cast<std::uint16_t>(port), factory);
-    r.run(true);  // SIGINT/SIGTERM stop the loop cleanly
+    r.run(true);  // SIGINT/SIGTERM stop the loop cleanly: QUIT, then no reconnect
     factory.stopTrying();
     return 0;
 }

@@ -1,8 +1,8 @@
 // libFuzzer target: an IRCClient on a StringTransport and a Clock, fed
 // arbitrary server bytes in arbitrary chunks and driven through its
 // commands with arbitrary arguments (targets, text, keys, a user name and
-// password for register_, raw lines), with or without flood control, the
-// heartbeat on.
+// password for register_, raw lines, client tags), with or without flood
+// control and SASL credentials, the heartbeat on.
 //
 //   make fuzz FUZZ_SECONDS=60      (or build/fuzz/fuzz_ircclient -help=1)
 //
@@ -10,7 +10,8 @@
 //   - it ends in CRLF and contains no other CR, LF or NUL (no command can
 //     be smuggled into another);
 //   - it is at most 512 bytes, CRLF included (RFC 1459; a server drops the
-//     connection on a longer one);
+//     connection on a longer one); a line sendWithTags wrote has its IRCv3
+//     tag section (at most 4096 bytes with '@' and the space) before those;
 //   - msg/notice with an explicit `length` write lines of at most
 //     length - 2 bytes (Twisted's limit, 2 bytes kept for CRLF);
 //   - register_ writes all of PASS?/NICK/USER or nothing, and USER has
@@ -54,7 +55,13 @@ std::vector<std::string_view> newLines(const std::string& wire, std::size_t& fro
         check(end != std::string::npos, "a line without CRLF");
         std::string_view line(wire.data() + from, end - from);
         check(line.find_first_of(std::string_view("\r\n\0", 3)) == std::string_view::npos, "CR, LF or NUL inside a line");
-        check(line.size() + 2 <= 512, "a line over 512 bytes with its CRLF");
+        std::string_view body = line;
+        const std::size_t sp = line.find(' ');
+        if (!line.empty() && line[0] == '@' && sp != std::string_view::npos) {  // IRCv3 tags have their own limit
+            check(sp + 1 <= 4096, "a tag section over 4096 bytes");
+            body = line.substr(sp + 1);
+        }
+        check(body.size() + 2 <= 512, "a line over 512 bytes with its CRLF");
         out.push_back(line);
         from = end + 2;
     }
@@ -78,7 +85,7 @@ std::string arg(FuzzedDataProvider& fdp) {
 }
 
 void command(Client& c, FuzzedDataProvider& fdp, const std::string& wire, std::size_t& from) {
-    const int which = fdp.ConsumeIntegralInRange<int>(0, 19);
+    const int which = fdp.ConsumeIntegralInRange<int>(0, 20);
     switch (which) {
         case 0:
         case 1: {
@@ -132,7 +139,7 @@ void command(Client& c, FuzzedDataProvider& fdp, const std::string& wire, std::s
             check(lines.size() == (c.password.empty() ? 2u : 3u), "register_ wrote too few or too many lines");
             std::string_view user = lines.back();
             check(user.substr(0, 5) == "USER ", "register_'s last line is not USER");
-            if (user.size() >= c.maxLineBytes) break;  // cut to fit: documented, no structure left to check
+            if (user.size() + 3 >= c.maxLineBytes) break;  // cut to fit (at a UTF-8 boundary): no structure left
             // USER <user> <host> <server> :<realname>: three middle parameters, then the trailing one.
             std::string_view rest = user.substr(5);
             int middles = 0;
@@ -147,6 +154,12 @@ void command(Client& c, FuzzedDataProvider& fdp, const std::string& wire, std::s
         }
         case 17: c.ctcpMakeQuery(arg(fdp), {{arg(fdp), fdp.ConsumeBool() ? std::optional<std::string>(arg(fdp)) : std::nullopt}}); break;
         case 18: c.ctcpMakeReply(arg(fdp), {{arg(fdp), fdp.ConsumeBool() ? std::optional<std::string>(arg(fdp)) : std::nullopt}}); break;
+        case 19: {
+            std::vector<std::pair<std::string, std::string>> tags;
+            for (int n = fdp.ConsumeIntegralInRange<int>(0, 3); n > 0; --n) tags.emplace_back(arg(fdp), arg(fdp));
+            c.sendWithTags(tags, arg(fdp));
+            break;
+        }
         default: c.sendLine(arg(fdp)); break;
     }
 }
@@ -165,7 +178,10 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         c.lineRate = fdp.ConsumeBool() ? 0.5 : 0;
         c.heartbeatInterval = 10;
         c.versionName = "fuzz";
+        if (fdp.ConsumeBool()) c.saslUsername = c.saslPassword = "fuzz";
         c.makeConnection(&t);
+        if (fdp.ConsumeBool())  // IRCv3 on (random bytes rarely spell it): tags, SASL
+            c.dataReceived(":s CAP * LS :message-tags server-time sasl\r\n:s CAP * ACK :message-tags server-time sasl\r\n");
         std::size_t from = 0;
         while (fdp.remaining_bytes() > 0) {
             if (fdp.ConsumeIntegralInRange<int>(0, 3) != 0) {  // server bytes, mostly
