@@ -9012,6 +9012,9 @@ REACTOR_INLINE void ReconnectingClientFactory::retry(std::shared_ptr<IConnector>
     if (jitter > 0) delay = std::max(0.0, normalVariate(delay, delay * jitter));
     callID = clock->callLater(delay, [this, c] {
         callID = DelayedCall();
+        // A retry due while the reactor shuts down (its "before" triggers
+        // can wait on Deferreds) would start an attempt shutdown must undo.
+        if (reactor_ && reactor_->stopping()) return;
         c->connect();
     });
 }

@@ -206,6 +206,42 @@ TEST_CASE("no SIGPIPE when writing to a peer that reset, with SIGPIPE's default 
     ::sigaction(SIGPIPE, &previous, nullptr);
 }
 
+TEST_CASE("ReconnectingClientFactory on a Reactor: a retry that falls due during shutdown does not connect") {
+    Reactor r;
+    Factory holder = Factory::forProtocol<Recorder>(std::make_shared<Record>());
+    ListeningPort gone = r.listenTCP(0, holder, {"127.0.0.1"});
+    int port = gone.getHost().port;
+    gone.stopListening();  // refused from now on
+    struct Counting : ReconnectingClientFactory {
+        using ReconnectingClientFactory::ReconnectingClientFactory;
+        int attempts = 0, failures = 0;
+        void startedConnecting(IConnector& c) override {
+            ++attempts;
+            ReconnectingClientFactory::startedConnecting(c);
+        }
+        void clientConnectionFailed(IConnector& c, const Failure& reason) override {
+            ++failures;
+            ReconnectingClientFactory::clientConnectionFailed(c, reason);
+        }
+    } f(r);
+    f.protocol = [] { return std::make_unique<Protocol>(); };
+    f.initialDelay = f.delay = 0.05;
+    f.factor = 1;
+    f.jitter = 0;
+    r.connectTCP("127.0.0.1", port, f);
+    REQUIRE(testing::runUntil(r, [&] { return f.failures == 1 && f.callID.active(); }, 5.0));
+    // Shutdown waits 0.3 s in a "before" trigger: the retry (due in 0.05 s) falls inside it.
+    r.addSystemEventTrigger("before", "shutdown", [&] {
+        Deferred<void> d;
+        r.callLater(0.3, [d]() mutable { d.callback(); });
+        return d;
+    });
+    r.callLater(0, [&] { r.stop(); });
+    r.run();
+    CHECK(f.attempts == 1);  // no attempt started during shutdown
+    CHECK(testing::cleanUp(r) == "");
+}
+
 TEST_CASE("IPv6: listen on ::1 and connect to it") {
     test::CleanReactor t;
     Reactor& r = t.r;
