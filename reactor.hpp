@@ -210,6 +210,8 @@ inline std::string errorString(int err) { return std::strerror(err); }
 /// Error values the layers above set or test by name.
 inline constexpr int errConnectionRefused = ECONNREFUSED;
 inline constexpr int errTooManyFiles = EMFILE;
+/// What a peer's reset reads as (the in-memory network's reset, section 14).
+inline constexpr int errConnectionReset = ECONNRESET;
 /// accept() found the connection already reset by the peer: try the next one.
 inline bool connectionAborted(int err) { return err == ECONNABORTED; }
 
@@ -4611,6 +4613,278 @@ std::string dirtyReport(const Reactor& r);
 std::string cleanUp(Reactor& r);
 
 }  // namespace testing
+
+// ---- the in-memory network (Twisted's iosim) --------------------------------
+
+namespace testing {
+
+class MemoryNetwork;
+class MemoryConnection;
+class MemoryConnector;
+
+/// One end of an in-memory connection: the ITransport its protocol writes to
+/// (Twisted's iosim.FakeTransport, with TCP's semantics). Nothing moves
+/// until the network is pumped; then every callback a protocol sees is the
+/// one a TcpConnection would make: loseConnection() flushes first, then
+/// connectionLost(ConnectionDone) on both ends; abortConnection() drops the
+/// buffer, connectionLost(ConnectionAborted) here and a reset
+/// (ConnectionLost) there; a peer's half-close reaches readConnectionLost()
+/// of a halfCloseable protocol; bytes written after loseConnection() are
+/// still sent, bytes arriving after it are dropped; flow control pauses a
+/// streaming producer above TcpConnection::highWaterMark unsent bytes and
+/// resumes it at lowWaterMark, and with no producer the end stops reading
+/// while input it got pushed its unsent output over the mark.
+///
+/// Owned by its MemoryConnection (which also owns the protocol): valid until
+/// the network is destroyed, even after the connection closed.
+class MemoryTransport final : public ITransport {
+public:
+    // ---- ITransport -----------------------------------------------------
+
+    REACTOR_INLINE void write(std::string_view data) override;
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    REACTOR_INLINE void loseConnection() override;
+    REACTOR_INLINE void abortConnection() override;
+    REACTOR_INLINE void loseWriteConnection() override;
+    Address getPeer() const override { return peer_; }
+    Address getHost() const override { return host_; }
+    /// The reading side, as on TCP: nothing is delivered while paused.
+    REACTOR_INLINE void pauseProducing() override;
+    REACTOR_INLINE void resumeProducing() override;
+    void stopProducing() override { loseConnection(); }
+    REACTOR_INLINE void registerProducer(IProducer* producer, bool streaming) override;
+    REACTOR_INLINE void unregisterProducer() override;
+    bool setTcpNoDelay(bool enabled) override { return noDelay_ = enabled, true; }
+    bool setTcpKeepAlive(bool enabled) override { return keepAlive_ = enabled, true; }
+    bool getTcpNoDelay() const override { return noDelay_; }
+    bool getTcpKeepAlive() const override { return keepAlive_; }
+
+    // ---- what a test looks at and scripts -------------------------------
+
+    /// Bytes written here and not yet delivered to the peer (TCP's unsent output).
+    std::size_t pending() const { return out_.size() - outPos_; }
+    /// The protocol on this end; null once it has been destroyed (after its
+    /// connectionLost, at the end of the pump step) or if none was built.
+    Protocol* protocol() const { return protocol_.get(); }
+    /// connectionLost has run on this end.
+    bool closed() const { return closed_; }
+    /// The application stopped reading: nothing is delivered to this end
+    /// (its peer's unsent output grows, so backpressure shows) until it is
+    /// false again. A fault the test sets; the protocol's own pause is
+    /// pauseProducing().
+    bool readerStopped = false;
+    /// A slow reader: at most this many bytes delivered to this end per
+    /// pump() step (0: no limit).
+    std::size_t readRate = 0;
+
+    /// Made by MemoryConnection only.
+    MemoryTransport(MemoryConnection& connection, Address host, Address peer)
+        : connection_(connection), host_(std::move(host)), peer_(std::move(peer)) {
+        connected = true;
+    }
+
+private:
+    friend class MemoryConnection;
+    friend class MemoryNetwork;
+    /// Delivery to this end is possible now (nothing holds reading back).
+    bool reading() const;
+
+    MemoryConnection& connection_;
+    MemoryTransport* peerEnd_ = nullptr;
+    std::unique_ptr<Protocol> protocol_;
+    Address host_, peer_;
+    std::string out_;  // unsent bytes, from outPos_
+    std::size_t outPos_ = 0;
+    std::uint64_t written_ = 0, sent_ = 0;  // bytes ever written and ever delivered
+    std::uint64_t readyEnd_ = 0;            // bytes up to here have arrived (latency)
+    // (total written after a write, the time it may arrive): with a latency,
+    // bytes wait here until the clock reaches their time.
+    std::vector<std::pair<std::uint64_t, double>> marks_;
+    std::size_t markPos_ = 0;
+    IProducer* producer_ = nullptr;
+    bool streaming_ = false, producerPaused_ = false, wantPull_ = false;
+    bool userPaused_ = false, outputPaused_ = false;
+    bool wantWriteShut_ = false, writeShut_ = false;
+    bool eofIncoming_ = false, readShut_ = false;  // the peer sent its FIN / we processed it
+    bool aborting_ = false, closed_ = false;
+    bool noDelay_ = false, keepAlive_ = false;
+};
+
+/// The IConnector of a MemoryConnection: Twisted's tcp.Connector lifecycle
+/// (disconnected -> connecting -> connected -> disconnected), with the
+/// ClientFactory's startedConnecting / clientConnectionFailed /
+/// clientConnectionLost at the same moments and with the same reasons as
+/// TcpConnector's. Shared, like every IConnector; once the network is gone
+/// connect() is refused.
+class MemoryConnector final : public IConnector {
+public:
+    MemoryConnector(MemoryConnection& connection, double timeout) : conn_(&connection), timeout_(timeout) {}
+    REACTOR_INLINE void connect() override;
+    REACTOR_INLINE void disconnect() override;
+    REACTOR_INLINE void stopConnecting() override;
+    bool isConnecting() const override { return state_ == State::connecting; }
+    REACTOR_INLINE Address getDestination() const override;
+
+private:
+    friend class MemoryConnection;
+    enum class State { disconnected, connecting, connected };
+    void fail(const Failure& reason);
+    void lost(const Failure& reason);
+    void finishCycle();
+    void cancelTimeout();
+    void abandon();
+
+    MemoryConnection* conn_;  // null once the network is gone
+    double timeout_;
+    State state_ = State::disconnected;
+    DelayedCall timeoutCall_;
+    bool factoryStarted_ = false;  // doStart once per cycle, as TcpConnector
+    Address destination_;
+};
+
+/// A client's link to a server factory through a MemoryNetwork: its
+/// connector (what the ClientFactory's callbacks get) and, once an attempt
+/// succeeds, the two ends. Made by MemoryNetwork::connect, owned by the
+/// network. Each new attempt of the connector (a ReconnectingClientFactory's
+/// retry) makes two new ends; the old ones stay readable.
+///
+/// The fault knobs below may be set at any time; they act at the next pump
+/// step.
+class MemoryConnection {
+public:
+    /// Refuse this many of the next attempts: clientConnectionFailed with
+    /// ConnectionRefusedError, the reason TCP gives.
+    int refuseNext = 0;
+    /// Attempts get no answer: they fail by the connector's timeout
+    /// (TimeoutError, as connectTCP's), when the clock gets there.
+    bool unreachable = false;
+    /// At most this many bytes per dataReceived call (1: byte by byte; 0:
+    /// everything that is ready in one call).
+    std::size_t chunkSize = 0;
+    /// Seconds a byte spends on the wire (simulated time: the network's
+    /// Clock must reach it). Applies to bytes written from now on.
+    double latency = 0;
+    /// The network resets the connection: at the next step both ends get
+    /// connectionLost(ConnectionLost: connection reset by peer), buffers dropped.
+    void reset() { resetPending_ = true; }
+
+    /// The client's end (null until an attempt succeeds).
+    MemoryTransport* client() const { return client_.get(); }
+    /// The server's end (null until an attempt succeeds).
+    MemoryTransport* server() const { return server_.get(); }
+    /// The protocols on each end (null before, and once destroyed after connectionLost).
+    Protocol* clientProtocol() const { return client_ ? client_->protocol() : nullptr; }
+    Protocol* serverProtocol() const { return server_ ? server_->protocol() : nullptr; }
+    /// The connector the client factory's callbacks receive.
+    IConnector& connector() const { return *connector_; }
+    /// Both ends are connected now.
+    bool established() const { return client_ && !client_->closed_ && server_ && !server_->closed_; }
+    /// How many attempts succeeded so far.
+    int connections = 0;
+
+    /// Made by MemoryNetwork::connect.
+    MemoryConnection(MemoryNetwork& net, Factory& server, ClientFactory& client, Address serverAddress,
+                     Address clientAddress, double timeout);
+    ~MemoryConnection();
+    MemoryConnection(const MemoryConnection&) = delete;
+    MemoryConnection& operator=(const MemoryConnection&) = delete;
+
+private:
+    friend class MemoryTransport;
+    friend class MemoryNetwork;
+    friend class MemoryConnector;
+    bool step();
+    void establish();
+    void makeConnection(MemoryTransport& end, Failure& failure, bool& failed);
+    bool deliver(MemoryTransport& from, MemoryTransport& to);
+    bool settle(MemoryTransport& end);
+    bool readEof(MemoryTransport& end);
+    void closeEnd(MemoryTransport& end, const Failure& reason, bool resetPeer);
+    void abandon();
+
+    MemoryNetwork& net_;
+    Factory& serverFactory_;
+    ClientFactory& clientFactory_;
+    Address serverAddress_, clientAddress_;
+    std::shared_ptr<MemoryConnector> connector_;
+    std::unique_ptr<MemoryTransport> client_, server_;
+    std::vector<std::unique_ptr<MemoryTransport>> retired_;  // ends of earlier attempts
+    bool resetPending_ = false;
+    bool attemptPending_ = false;  // connect() was called; answered at the next step
+};
+
+/// Twisted's iosim: client and server protocols connected in memory and
+/// pumped deterministically, with faults a test can script, and a Clock for
+/// time. Nothing moves between pump()s: a write only queues.
+///
+///     reactor::Clock clock;
+///     EchoFactory server;  reactor::ClientFactory client = ...;   // declared first: they outlive the network
+///     reactor::testing::MemoryNetwork net(clock);
+///     auto& c = net.connect(server, client);
+///     c.chunkSize = 1;                  // deliver byte by byte
+///     net.flush();                      // connect, connectionMade, greetings...
+///     c.client()->write("hello");
+///     net.flush();                      // delivered, answered, answer delivered
+///
+/// Ownership: the network owns the connections, their ends and their
+/// protocols (built by the factories, destroyed at the end of the pump
+/// step after their connectionLost); the factories and the clock are the
+/// test's and must outlive the network. Destroying the network is like
+/// destroying a Reactor: open connections are dropped silently (no
+/// connectionLost, no clientConnection*), their protocols destroyed.
+///
+/// Callbacks may call anything: write, close, connect(), reset() a
+/// connection; a pump()/flush()/advance() from inside a callback the
+/// network is delivering does nothing and returns false (the outer one
+/// goes on). Failures and closes are never reported inside the call that
+/// caused them: always from a pump step, as TCP reports them from the loop.
+class MemoryNetwork {
+public:
+    explicit MemoryNetwork(Clock& clockRef) : clock(clockRef) {}
+    REACTOR_INLINE ~MemoryNetwork();
+    MemoryNetwork(const MemoryNetwork&) = delete;
+    MemoryNetwork& operator=(const MemoryNetwork&) = delete;
+
+    /// Starts a connection attempt from `client` to `server` (both the
+    /// test's, outliving the network): startedConnecting now, the outcome
+    /// at the next pump step. The server factory is started (doStart) the
+    /// first time it is used, like a listening port. `serverAddress` is what
+    /// getPeer() returns on the client's end; the client's end is
+    /// 127.0.0.1 on a port counting up from 50001. `timeout` as connectTCP's.
+    REACTOR_INLINE MemoryConnection& connect(Factory& server, ClientFactory& client,
+                                             Address serverAddress = {"TCP", "127.0.0.1", 8000, false},
+                                             double timeout = 30);
+
+    /// One step: for every connection, an attempt is answered, ready bytes
+    /// are delivered (in chunkSize pieces) both ways, drained ends close,
+    /// FINs are read. Returns whether anything happened.
+    REACTOR_INLINE bool pump();
+    /// Pumps until nothing happens (Twisted's IOPump.flush). Two protocols
+    /// that always answer each other never settle: after `maxSteps` it
+    /// stops with error::RuntimeError. Returns whether anything happened.
+    REACTOR_INLINE bool flush(int maxSteps = 10000);
+    /// Moves the clock `seconds` forward, stopping at each moment something
+    /// is due (a timer, bytes arriving after their latency) to flush, so a
+    /// conversation with latency runs as it would on a real wire.
+    REACTOR_INLINE void advance(double seconds);
+    /// The connections made so far, in order.
+    const std::vector<std::unique_ptr<MemoryConnection>>& connections() const { return connections_; }
+
+    Clock& clock;  ///< latency, connect timeouts and advance() run on it
+
+private:
+    friend class MemoryConnection;
+    /// Frees the protocols closed meanwhile, once no step is running.
+    void releaseDead();
+    std::vector<std::unique_ptr<MemoryConnection>> connections_;
+    std::vector<std::unique_ptr<Protocol>> dead_;  // closed this step; freed at its end
+    std::vector<Factory*> started_;                // server factories we doStart()ed
+    int depth_ = 0;                                // pump steps running (re-entry guard)
+    std::uint16_t nextPort_ = 50001;
+};
+
+}  // namespace testing
+
 
 
 }  // namespace REACTOR_ABI
@@ -9297,6 +9571,488 @@ REACTOR_INLINE std::string cleanUp(Reactor& r) {
     r.removeAll();
     return report;
 }
+}  // namespace testing
+
+// ---- 14. TESTING: the in-memory network -------------------------------------
+namespace testing {
+
+REACTOR_INLINE void MemoryTransport::write(std::string_view data) {
+    if (data.empty()) return;
+    writeSequence(&data, 1);
+}
+
+REACTOR_INLINE void MemoryTransport::writeSequence(const std::string_view* parts, std::size_t count) {
+    if (!connected || closed_ || writeShut_ || aborting_) return;  // as TcpConnection: gone, half-closed or aborted
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+    if (total == 0) return;
+    for (std::size_t i = 0; i < count; ++i) out_.append(parts[i].data(), parts[i].size());
+    written_ += total;
+    marks_.emplace_back(written_, connection_.net_.clock.seconds() + connection_.latency);
+    if (producer_ && !streaming_) wantPull_ = true;  // asked for more once this has drained
+    if (producer_ && streaming_ && !producerPaused_ && pending() > detail::TcpConnection::highWaterMark) {
+        producerPaused_ = true;
+        producer_->pauseProducing();
+    }
+}
+
+REACTOR_INLINE void MemoryTransport::loseConnection() {
+    if (!connected || disconnecting || aborting_) return;
+    disconnecting = true;  // closes once the buffer has been delivered (a pump step)
+}
+
+REACTOR_INLINE void MemoryTransport::abortConnection() {
+    if (!connected || aborting_) return;
+    aborting_ = true;  // connectionLost at the next step, never inside the caller (as TCP)
+    out_.clear();
+    outPos_ = 0;
+    sent_ = readyEnd_ = written_;
+    marks_.clear();
+    markPos_ = 0;
+}
+
+REACTOR_INLINE void MemoryTransport::loseWriteConnection() {
+    if (!connected || writeShut_ || aborting_) return;
+    wantWriteShut_ = true;
+}
+
+REACTOR_INLINE void MemoryTransport::pauseProducing() { userPaused_ = true; }
+
+REACTOR_INLINE void MemoryTransport::resumeProducing() { userPaused_ = false; }
+
+REACTOR_INLINE void MemoryTransport::registerProducer(IProducer* producer, bool streaming) {
+    if (producer_) {
+        detail::raise<error::RuntimeError>(
+            "Cannot register producer, because another producer was never unregistered.");
+        return;
+    }
+    if (!connected) {
+        producer->stopProducing();
+        return;
+    }
+    producer_ = producer;
+    streaming_ = streaming;
+    producerPaused_ = false;
+    outputPaused_ = false;  // the producer limits the output from now on
+    if (!streaming) {
+        producer->resumeProducing();  // a pull producer is asked at once
+    } else if (pending() > detail::TcpConnection::highWaterMark) {
+        producerPaused_ = true;
+        producer->pauseProducing();
+    }
+}
+
+REACTOR_INLINE void MemoryTransport::unregisterProducer() {
+    producer_ = nullptr;
+    wantPull_ = false;
+}
+
+REACTOR_INLINE bool MemoryTransport::reading() const {
+    if (readerStopped || closed_ || aborting_ || readShut_) return false;
+    return disconnecting || (!userPaused_ && !outputPaused_);  // closing reads on, and drops (as TCP)
+}
+
+REACTOR_INLINE void MemoryConnector::connect() {
+    if (!conn_) {
+        detail::raise<error::RuntimeError>("can't connect: the MemoryNetwork of this connector is gone");
+        return;
+    }
+    if (state_ != State::disconnected) {
+        detail::raise<error::RuntimeError>("can't connect in this state");
+        return;
+    }
+    state_ = State::connecting;
+    MemoryConnection& c = *conn_;
+    if (!std::exchange(factoryStarted_, true)) c.clientFactory_.doStart();
+    if (timeout_ > 0) {
+        timeoutCall_ = c.net_.clock.callLater(timeout_, [this] {
+            timeoutCall_ = DelayedCall();
+            if (state_ == State::connecting) fail(Failure(error::TimeoutError()));
+        });
+    }
+    c.attemptPending_ = true;
+    detail::runGuarded("startedConnecting", [&] { c.clientFactory_.startedConnecting(*this); });
+}
+
+REACTOR_INLINE void MemoryConnector::disconnect() {
+    if (state_ == State::connecting)
+        stopConnecting();
+    else if (state_ == State::connected && conn_ && conn_->client_)
+        conn_->client_->loseConnection();
+}
+
+REACTOR_INLINE void MemoryConnector::stopConnecting() {
+    if (state_ != State::connecting) {
+        detail::raise<error::NotConnectingError>();
+        return;
+    }
+    fail(Failure(error::UserError()));
+}
+
+REACTOR_INLINE Address MemoryConnector::getDestination() const {
+    return conn_ ? conn_->serverAddress_ : destination_;
+}
+
+REACTOR_INLINE void MemoryConnector::cancelTimeout() {
+    if (timeoutCall_.active()) timeoutCall_.cancel();
+    timeoutCall_ = DelayedCall();
+}
+
+REACTOR_INLINE void MemoryConnector::fail(const Failure& reason) {
+    auto keep = shared_from_this();
+    cancelTimeout();
+    state_ = State::disconnected;
+    if (!conn_) return;
+    conn_->attemptPending_ = false;
+    ClientFactory& f = conn_->clientFactory_;
+    detail::runGuarded("clientConnectionFailed", [&] { f.clientConnectionFailed(*this, reason); });
+    finishCycle();
+}
+
+REACTOR_INLINE void MemoryConnector::lost(const Failure& reason) {
+    auto keep = shared_from_this();
+    state_ = State::disconnected;
+    if (!conn_) return;
+    ClientFactory& f = conn_->clientFactory_;
+    detail::runGuarded("clientConnectionLost", [&] { f.clientConnectionLost(*this, reason); });
+    finishCycle();
+}
+
+REACTOR_INLINE void MemoryConnector::finishCycle() {
+    // The factory's callback may have connected again: the same cycle.
+    if (conn_ && state_ == State::disconnected && std::exchange(factoryStarted_, false)) conn_->clientFactory_.doStop();
+}
+
+REACTOR_INLINE void MemoryConnector::abandon() {
+    cancelTimeout();
+    if (!conn_) return;
+    destination_ = conn_->serverAddress_;
+    if (std::exchange(factoryStarted_, false) && conn_->clientFactory_.numPorts > 0)
+        --conn_->clientFactory_.numPorts;  // silently, as a Reactor's destructor does
+    state_ = State::disconnected;
+    conn_ = nullptr;
+}
+
+REACTOR_INLINE MemoryConnection::MemoryConnection(MemoryNetwork& net, Factory& server, ClientFactory& client,
+                                                  Address serverAddress, Address clientAddress, double timeout)
+    : net_(net), serverFactory_(server), clientFactory_(client), serverAddress_(std::move(serverAddress)),
+      clientAddress_(std::move(clientAddress)), connector_(std::make_shared<MemoryConnector>(*this, timeout)) {}
+
+REACTOR_INLINE MemoryConnection::~MemoryConnection() { abandon(); }
+
+REACTOR_INLINE void MemoryConnection::abandon() {
+    if (connector_) connector_->abandon();
+    // Protocols first (their destructors may still look at their transport).
+    for (MemoryTransport* end : {client_.get(), server_.get()})
+        if (end) {
+            end->closed_ = true;
+            end->connected = false;
+            end->producer_ = nullptr;
+            if (end->protocol_) end->protocol_->connected = false;
+            end->protocol_.reset();
+        }
+    for (auto& end : retired_) end->protocol_.reset();
+}
+
+REACTOR_INLINE void MemoryConnection::makeConnection(MemoryTransport& end, Failure& failure, bool& failed) {
+    Protocol* p = end.protocol_.get();
+    failed = !detail::runGuarded("connectionMade", [&] { p->makeConnection(&end); }, &failure);
+}
+
+REACTOR_INLINE void MemoryConnection::establish() {
+    MemoryConnector& c = *connector_;
+    std::unique_ptr<Protocol> cp, sp;
+    detail::runGuarded("buildProtocol", [&] { cp = clientFactory_.buildProtocol(serverAddress_); });
+    if (!cp) {
+        c.fail(Failure(error::ConnectError(
+            "An error occurred while connecting: the factory refused to build a protocol.")));
+        return;
+    }
+    if (!cp->factory) cp->factory = &clientFactory_;
+    detail::runGuarded("buildProtocol", [&] { sp = serverFactory_.buildProtocol(clientAddress_); });
+    if (sp && !sp->factory) sp->factory = &serverFactory_;
+    if (client_) retired_.push_back(std::move(client_));
+    if (server_) retired_.push_back(std::move(server_));
+    client_ = std::make_unique<MemoryTransport>(*this, clientAddress_, serverAddress_);
+    server_ = std::make_unique<MemoryTransport>(*this, serverAddress_, clientAddress_);
+    client_->peerEnd_ = server_.get();
+    server_->peerEnd_ = client_.get();
+    client_->protocol_ = std::move(cp);
+    server_->protocol_ = std::move(sp);
+    ++connections;
+    c.cancelTimeout();
+    c.state_ = MemoryConnector::State::connected;
+    // The server accepts first (as Twisted's iosim.connect); a server
+    // factory that refused closes its side at once: the client is
+    // connected, then reads EOF (TCP's behaviour).
+    Failure serverFailure, clientFailure;
+    bool serverFailed = false, clientFailed = false;
+    if (server_->protocol_) {
+        makeConnection(*server_, serverFailure, serverFailed);
+    } else {
+        server_->closed_ = true;
+        server_->connected = false;
+        server_->disconnecting = true;
+        client_->eofIncoming_ = true;
+    }
+    makeConnection(*client_, clientFailure, clientFailed);
+    // A connectionMade that threw loses its own connection (the peer sees a reset).
+    if (serverFailed) closeEnd(*server_, serverFailure, true);
+    if (clientFailed) closeEnd(*client_, clientFailure, true);
+}
+
+REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTransport& to) {
+    const double now = net_.clock.seconds();
+    while (from.markPos_ < from.marks_.size() && from.marks_[from.markPos_].second <= now)
+        from.readyEnd_ = from.marks_[from.markPos_++].first;
+    if (from.markPos_ == from.marks_.size()) {
+        from.marks_.clear();
+        from.markPos_ = 0;
+    }
+    bool did = false;
+    std::size_t budget = to.readRate ? to.readRate : static_cast<std::size_t>(-1);
+    while (from.sent_ < from.readyEnd_) {
+        if (to.closed_) {  // the peer is gone: what was on its way is lost
+            from.outPos_ = from.out_.size();
+            from.sent_ = from.readyEnd_ = from.written_;
+            from.marks_.clear();
+            from.markPos_ = 0;
+            did = true;
+            break;
+        }
+        if (!to.reading() || budget == 0) break;
+        std::size_t n = static_cast<std::size_t>(from.readyEnd_ - from.sent_);
+        if (chunkSize) n = std::min(n, chunkSize);
+        n = std::min(n, budget);
+        // A copy: the callback may write to `from` and move its buffer.
+        std::string chunk(from.out_.data() + from.outPos_, n);
+        from.outPos_ += n;
+        from.sent_ += n;
+        budget -= n;
+        did = true;
+        if (to.disconnecting) continue;  // closing: read and dropped, as TCP
+        Protocol* p = to.protocol_.get();
+        const std::size_t before = to.pending();
+        Failure failure;
+        if (!detail::runGuarded("dataReceived", [&] { p->dataReceived(chunk); }, &failure)) {
+            closeEnd(to, failure, true);  // a protocol that throws loses its own connection
+            continue;
+        }
+        // TCP's read-side backpressure: this input took the unsent output
+        // over the mark and no producer limits it: stop reading until it drains.
+        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && before <= detail::TcpConnection::highWaterMark &&
+            to.pending() > detail::TcpConnection::highWaterMark)
+            to.outputPaused_ = true;
+    }
+    if (from.outPos_ == from.out_.size()) {
+        from.out_.clear();
+        from.outPos_ = 0;
+    } else if (from.outPos_ >= 64 * 1024 && from.outPos_ * 2 >= from.out_.size()) {
+        from.out_.erase(0, from.outPos_);
+        from.outPos_ = 0;
+    }
+    return did;
+}
+
+REACTOR_INLINE bool MemoryConnection::settle(MemoryTransport& end) {
+    if (end.closed_) return false;
+    if (end.aborting_) {
+        closeEnd(end, Failure(error::ConnectionAborted()), true);
+        return true;
+    }
+    bool did = false;
+    if (end.producer_ && end.streaming_ && end.producerPaused_ && end.pending() <= detail::TcpConnection::lowWaterMark) {
+        end.producerPaused_ = false;
+        end.producer_->resumeProducing();
+        did = true;
+        if (end.closed_ || end.aborting_) return did;
+    }
+    if (end.outputPaused_ && end.pending() <= detail::TcpConnection::lowWaterMark) {
+        end.outputPaused_ = false;
+        did = true;
+    }
+    if (end.pending() > 0) return did;
+    if (end.producer_ && !end.streaming_ && end.wantPull_) {  // a pull producer: one chunk per drained buffer
+        end.wantPull_ = false;
+        end.producer_->resumeProducing();
+        did = true;
+        if (end.closed_ || end.aborting_ || end.pending() > 0) return did;
+    }
+    if (end.wantWriteShut_ && !end.writeShut_) {
+        end.writeShut_ = true;
+        end.peerEnd_->eofIncoming_ = true;
+        did = true;
+        Protocol* p = end.protocol_.get();
+        if (p->halfCloseable()) detail::runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
+        if (end.closed_) return did;
+    }
+    // Closing waits for the buffer, not for a producer (which is told stopProducing).
+    if (end.disconnecting) {
+        closeEnd(end, Failure(error::ConnectionDone()), false);
+        did = true;
+    }
+    return did;
+}
+
+REACTOR_INLINE bool MemoryConnection::readEof(MemoryTransport& end) {
+    if (!end.eofIncoming_ || end.readShut_ || end.closed_) return false;
+    if (end.peerEnd_->pending() > 0 || !end.reading()) return false;  // the data before the FIN first
+    end.readShut_ = true;
+    Protocol* p = end.protocol_.get();
+    if (p->halfCloseable() && !end.disconnecting) {
+        Failure failure;
+        if (!detail::runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure))
+            closeEnd(end, failure, true);
+        return true;
+    }
+    if (end.pending() == 0)
+        closeEnd(end, Failure(error::ConnectionDone()), false);
+    else
+        end.disconnecting = true;  // a reply still queued: send it, then close (as TCP)
+    return true;
+}
+
+REACTOR_INLINE void MemoryConnection::closeEnd(MemoryTransport& end, const Failure& reason, bool resetPeer) {
+    if (end.closed_) return;
+    end.closed_ = true;
+    end.connected = false;
+    end.disconnecting = true;  // a protocol method still on the stack stops delivering
+    end.out_.clear();
+    end.outPos_ = 0;
+    end.sent_ = end.readyEnd_ = end.written_;
+    end.marks_.clear();
+    end.markPos_ = 0;
+    if (IProducer* producer = std::exchange(end.producer_, nullptr))
+        detail::runGuarded("stopProducing", [&] { producer->stopProducing(); });
+    if (Protocol* p = end.protocol_.get()) {
+        p->connected = false;
+        detail::runGuarded("connectionLost", [&] { p->connectionLost(reason); });
+    }
+    MemoryTransport* peer = end.peerEnd_;
+    if (peer && !peer->closed_) {
+        if (resetPeer)
+            closeEnd(*peer, detail::lostFailure(detail::os::errConnectionReset), false);
+        else
+            peer->eofIncoming_ = true;
+    }
+    if (&end == client_.get() && connector_->state_ == MemoryConnector::State::connected) connector_->lost(reason);
+    // Destroyed at the end of the step: one of its methods may be on the stack.
+    if (end.protocol_) net_.dead_.push_back(std::move(end.protocol_));
+}
+
+REACTOR_INLINE bool MemoryConnection::step() {
+    bool did = false;
+    if (attemptPending_ && connector_->state_ == MemoryConnector::State::connecting) {
+        if (refuseNext > 0) {
+            --refuseNext;
+            attemptPending_ = false;
+            connector_->fail(detail::connectFailure(detail::os::errConnectionRefused));
+            return true;
+        }
+        if (!unreachable) {
+            attemptPending_ = false;
+            establish();
+            did = true;
+        }
+    }
+    if (!client_) return did;
+    if (resetPending_) {
+        resetPending_ = false;
+        Failure reset = detail::lostFailure(detail::os::errConnectionReset);
+        if (!client_->closed_)
+            closeEnd(*client_, reset, true);
+        else if (!server_->closed_)
+            closeEnd(*server_, reset, false);
+        did = true;
+    }
+    MemoryTransport& c = *client_;
+    MemoryTransport& s = *server_;
+    if (deliver(c, s)) did = true;
+    if (settle(c)) did = true;
+    if (deliver(s, c)) did = true;
+    if (settle(s)) did = true;
+    if (readEof(s)) did = true;
+    if (readEof(c)) did = true;
+    return did;
+}
+
+REACTOR_INLINE MemoryNetwork::~MemoryNetwork() {
+    ++depth_;  // nothing pumps from a destructor
+    for (auto& c : connections_) c->abandon();
+    dead_.clear();
+    for (Factory* f : started_)
+        if (f->numPorts > 0) --f->numPorts;  // silently: no stopFactory, as a Reactor's destructor
+}
+
+REACTOR_INLINE MemoryConnection& MemoryNetwork::connect(Factory& server, ClientFactory& client,
+                                                        Address serverAddress, double timeout) {
+    if (std::find(started_.begin(), started_.end(), &server) == started_.end()) {
+        started_.push_back(&server);
+        server.doStart();
+    }
+    Address clientAddress{"TCP", "127.0.0.1", nextPort_++, false};
+    connections_.push_back(std::make_unique<MemoryConnection>(*this, server, client, std::move(serverAddress),
+                                                              std::move(clientAddress), timeout));
+    MemoryConnection& c = *connections_.back();
+    c.connector_->connect();
+    return c;
+}
+
+REACTOR_INLINE bool MemoryNetwork::pump() {
+    if (depth_ > 0) return false;  // from inside a callback: the running step goes on
+    struct Depth {
+        int& d;
+        ~Depth() { --d; }
+    } guard{++depth_};
+    bool did = false;
+    for (std::size_t i = 0; i < connections_.size(); ++i)  // a callback may connect(): by index
+        if (connections_[i]->step()) did = true;
+    if (depth_ == 1) releaseDead();
+    return did;
+}
+
+REACTOR_INLINE void MemoryNetwork::releaseDead() {
+    while (!dead_.empty()) {
+        std::vector<std::unique_ptr<Protocol>> batch;
+        batch.swap(dead_);
+        batch.clear();  // a destructor may close more
+    }
+}
+
+REACTOR_INLINE bool MemoryNetwork::flush(int maxSteps) {
+    if (depth_ > 0) return false;
+    bool any = false;
+    for (int i = 0; i < maxSteps; ++i) {
+        if (!pump()) return any;
+        any = true;
+    }
+    detail::raise<error::RuntimeError>("MemoryNetwork::flush: still moving after " + std::to_string(maxSteps) +
+                                       " steps (two protocols that always answer each other?)");
+    return any;
+}
+
+REACTOR_INLINE void MemoryNetwork::advance(double seconds) {
+    if (depth_ > 0) return;
+    if (!(seconds >= 0)) {
+        detail::raise<error::ValueError>("MemoryNetwork::advance: seconds must be >= 0");
+        return;
+    }
+    const double end = clock.seconds() + seconds;
+    flush();
+    for (;;) {
+        const double now = clock.seconds();
+        double next = end;
+        for (const DelayedCall& d : clock.getDelayedCalls()) next = std::min(next, std::max(now, d.getTime()));
+        for (auto& c : connections_)
+            for (MemoryTransport* t : {c->client_.get(), c->server_.get()})
+                if (t && t->markPos_ < t->marks_.size() && t->marks_[t->markPos_].second > now)
+                    next = std::min(next, t->marks_[t->markPos_].second);
+        clock.advance(std::max(0.0, next - now));
+        flush();
+        if (next >= end) break;
+    }
+}
+
 }  // namespace testing
 
 }  // namespace REACTOR_ABI
