@@ -2945,6 +2945,259 @@ private:
     DelayedCall timeoutCall_;
 };
 
+// ---- policies: wrapping factories -------------------------------------------
+
+/// Forwards every event of the Protocol interface to another protocol,
+/// `forwardee`: connectionMade (as forwardee->makeConnection), dataReceived,
+/// connectionLost, halfCloseable, readConnectionLost, writeConnectionLost
+/// and logPrefix. The one place that knows the full list, for any protocol
+/// that stands in front of another (ProtocolWrapper below). It does not own
+/// the forwardee: an owner sets the pointer and keeps the object alive
+/// until connectionLost has returned.
+class ForwardingProtocol : public Protocol {
+public:
+    /// Where the events go; null: they are dropped.
+    Protocol* forwardee = nullptr;
+
+    REACTOR_INLINE void connectionMade() override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Clears the forwardee's `connected`, then forwards.
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
+    REACTOR_INLINE bool halfCloseable() const override;
+    REACTOR_INLINE void readConnectionLost() override;
+    REACTOR_INLINE void writeConnectionLost() override;
+    /// "Forwardee (ThisClass)", as Twisted's wrappers name themselves.
+    REACTOR_INLINE std::string logPrefix() const override;
+
+protected:
+    /// What the forwardee gets as its transport: this protocol's own.
+    virtual ITransport* forwardeeTransport() { return transport; }
+};
+
+class WrappingFactory;
+
+/// Twisted's ProtocolWrapper: stands between the transport and the
+/// protocol it wraps, which sees the wrapper as its transport. Every event
+/// goes on to the wrapped protocol (ForwardingProtocol); every transport
+/// call the wrapped protocol makes goes through the wrapper's virtual
+/// method of the same name (write, loseConnection, registerProducer...),
+/// then to the real transport. Override those to watch or change traffic.
+///
+/// Ownership: the wrapper owns the wrapped protocol (they die together,
+/// after connectionLost). It registers with its factory in connectionMade
+/// and unregisters exactly once: in connectionLost, or when destroyed
+/// without one. A factory destroyed first is forgotten, never called.
+class ProtocolWrapper : public ForwardingProtocol {
+public:
+    REACTOR_INLINE ProtocolWrapper(WrappingFactory& factory, std::unique_ptr<Protocol> wrapped);
+    REACTOR_INLINE ~ProtocolWrapper() override;
+    ProtocolWrapper(const ProtocolWrapper&) = delete;
+    ProtocolWrapper& operator=(const ProtocolWrapper&) = delete;
+
+    /// The protocol inside (owned).
+    std::unique_ptr<Protocol> wrappedProtocol;
+    /// The factory that built this wrapper; null once it is destroyed.
+    WrappingFactory* wrappingFactory;
+
+    /// Registers with the factory, then connects the wrapped protocol to the wrapper.
+    REACTOR_INLINE void connectionMade() override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Unregisters, then forwards.
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
+    REACTOR_INLINE void readConnectionLost() override;
+
+    // ---- the wrapped protocol's transport calls (to the real transport) --
+
+    REACTOR_INLINE virtual void write(std::string_view data);
+    REACTOR_INLINE virtual void writeSequence(const std::string_view* parts, std::size_t count);
+    REACTOR_INLINE virtual void loseConnection();
+    REACTOR_INLINE virtual void abortConnection();
+    REACTOR_INLINE virtual void loseWriteConnection();
+    REACTOR_INLINE virtual void registerProducer(IProducer* producer, bool streaming);
+    REACTOR_INLINE virtual void unregisterProducer();
+    /// The reading side (the wrapped protocol pausing its input).
+    REACTOR_INLINE virtual void pauseProducing();
+    REACTOR_INLINE virtual void resumeProducing();
+    REACTOR_INLINE virtual void stopProducing();
+    REACTOR_INLINE Address getPeer() const;
+    REACTOR_INLINE Address getHost() const;
+
+    /// What the wrapped protocol has as `transport`.
+    ITransport& wrapperTransport() { return facet_; }
+
+protected:
+    ITransport* forwardeeTransport() override { return &facet_; }
+
+private:
+    // The ITransport the wrapped protocol holds: each call goes to the
+    // wrapper's virtual of the same name. Its `connected`/`disconnecting`
+    // follow the real transport's (the framing protocols read them).
+    class Facet final : public ITransport {
+    public:
+        explicit Facet(ProtocolWrapper& w) : w_(w) {}
+        void write(std::string_view data) override { w_.write(data); }
+        void writeSequence(const std::string_view* parts, std::size_t count) override { w_.writeSequence(parts, count); }
+        void loseConnection() override { w_.loseConnection(); }
+        void abortConnection() override { w_.abortConnection(); }
+        void loseWriteConnection() override { w_.loseWriteConnection(); }
+        Address getPeer() const override { return w_.getPeer(); }
+        Address getHost() const override { return w_.getHost(); }
+        void registerProducer(IProducer* producer, bool streaming) override { w_.registerProducer(producer, streaming); }
+        void unregisterProducer() override { w_.unregisterProducer(); }
+        void pauseProducing() override { w_.pauseProducing(); }
+        void resumeProducing() override { w_.resumeProducing(); }
+        void stopProducing() override { w_.stopProducing(); }
+        bool setTcpNoDelay(bool enabled) override { return w_.transport && w_.transport->setTcpNoDelay(enabled); }
+        bool setTcpKeepAlive(bool enabled) override { return w_.transport && w_.transport->setTcpKeepAlive(enabled); }
+        bool getTcpNoDelay() const override { return w_.transport && w_.transport->getTcpNoDelay(); }
+        bool getTcpKeepAlive() const override { return w_.transport && w_.transport->getTcpKeepAlive(); }
+
+    private:
+        ProtocolWrapper& w_;
+    };
+    friend class WrappingFactory;
+    void syncFlags();
+    void unregisterOnce();
+    Facet facet_{*this};
+    bool unregistered_ = false;
+};
+
+/// Twisted's policies.WrappingFactory: wraps another factory's protocols in
+/// ProtocolWrappers and keeps a list of the live ones. Listen (or connect)
+/// with the wrapping factory; the wrapped one builds the protocols.
+/// startFactory/stopFactory and, for a wrapped ClientFactory, the client
+/// callbacks are passed on. Both factories are the caller's; the wrapped
+/// one must outlive the wrapping one.
+class WrappingFactory : public ClientFactory {
+public:
+    explicit WrappingFactory(Factory& wrapped) : wrappedFactory(&wrapped) {}
+    /// Wrapping a client factory: its startedConnecting and
+    /// clientConnection* are called too.
+    explicit WrappingFactory(ClientFactory& wrapped) : wrappedFactory(&wrapped), wrappedClientFactory(&wrapped) {}
+    /// Its live wrappers forget it (their unregistering is skipped).
+    REACTOR_INLINE ~WrappingFactory() override;
+    WrappingFactory(const WrappingFactory&) = delete;
+    WrappingFactory& operator=(const WrappingFactory&) = delete;
+
+    Factory* wrappedFactory = nullptr;             ///< builds the wrapped protocols
+    ClientFactory* wrappedClientFactory = nullptr;  ///< the same, when it is a ClientFactory
+    /// The connected wrappers (Twisted's `protocols`), in connection order.
+    std::vector<ProtocolWrapper*> protocols;
+
+    /// The wrapped factory's protocol in a wrapper made by wrapProtocol;
+    /// null when the wrapped factory refuses.
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    /// Makes the wrapper (Twisted's `protocol` attribute): override to use
+    /// your own ProtocolWrapper subclass.
+    REACTOR_INLINE virtual std::unique_ptr<ProtocolWrapper> wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                         const Address& addr);
+    /// A wrapper connected: adds it to `protocols`.
+    REACTOR_INLINE virtual void registerProtocol(ProtocolWrapper& p);
+    /// A wrapper is done (exactly once for each one built): removes it.
+    REACTOR_INLINE virtual void unregisterProtocol(ProtocolWrapper& p);
+
+    REACTOR_INLINE void startFactory() override;
+    REACTOR_INLINE void stopFactory() override;
+    REACTOR_INLINE void startedConnecting(IConnector& connector) override;
+    REACTOR_INLINE void clientConnectionFailed(IConnector& connector, const Failure& reason) override;
+    REACTOR_INLINE void clientConnectionLost(IConnector& connector, const Failure& reason) override;
+
+protected:
+    /// For a subclass that builds the protocols itself (LimitTotalConnectionsFactory).
+    WrappingFactory() = default;
+};
+
+/// Twisted's TimeoutProtocol: closes the connection after `timeoutPeriod`
+/// seconds without traffic either way (data received, or written by the
+/// wrapped protocol). Made by TimeoutFactory.
+class TimeoutProtocol : public ProtocolWrapper {
+public:
+    /// Arms the timer now (the connection is made right after).
+    REACTOR_INLINE TimeoutProtocol(WrappingFactory& factory, std::unique_ptr<Protocol> wrapped, IReactorTime& clock,
+                                   std::optional<double> timeoutPeriod);
+    ~TimeoutProtocol() override { cancelTimeout(); }
+
+    /// The period in seconds, or none.
+    std::optional<double> timeoutPeriod;
+    /// Cancels the timer and, with a period, starts a new one (Twisted's
+    /// setTimeout: no argument means no timeout).
+    REACTOR_INLINE void setTimeout(std::optional<double> period = std::nullopt);
+    /// Stops the timer (no period from now on); doing it twice is fine.
+    REACTOR_INLINE void cancelTimeout();
+    /// Traffic: the period starts again.
+    REACTOR_INLINE void resetTimeout();
+    /// The period passed in silence: loseConnection(). Override to do otherwise.
+    virtual void timeoutFunc() { loseConnection(); }
+
+    REACTOR_INLINE void write(std::string_view data) override;
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
+
+private:
+    IReactorTime& clock_;
+    DelayedCall timeoutCall_;
+};
+
+/// Twisted's TimeoutFactory: every connection of the wrapped factory is
+/// closed after `timeoutPeriod` seconds of silence (default 30 minutes).
+/// Timers run on `clock` (the Reactor; a Clock in tests), which must
+/// outlive the connections.
+class TimeoutFactory : public WrappingFactory {
+public:
+    TimeoutFactory(Factory& wrapped, IReactorTime& clockRef, double period = 30 * 60)
+        : WrappingFactory(wrapped), timeoutPeriod(period), clock(&clockRef) {}
+    double timeoutPeriod;  ///< seconds of silence before the close
+    IReactorTime* clock;   ///< where the timers run
+    /// A TimeoutProtocol.
+    REACTOR_INLINE std::unique_ptr<ProtocolWrapper> wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                 const Address& addr) override;
+};
+
+/// Twisted's LimitTotalConnectionsFactory: at most `connectionLimit`
+/// connections at once. Set `protocol` as for any Factory; a connection
+/// over the limit gets `overflowProtocol` (to say "too busy", say) or,
+/// without one, is refused: buildProtocol returns null and the transport
+/// closes it at once (the client sees connectionMade, then
+/// connectionLost(ConnectionDone)). Protocols are wrapped in ProtocolWrappers;
+/// their `factory` is this factory. Unlike Twisted's, it is a WrappingFactory
+/// (so `protocols` lists the live ones).
+class LimitTotalConnectionsFactory : public WrappingFactory {
+public:
+    LimitTotalConnectionsFactory() = default;
+    /// Connections now (counted from buildProtocol to connectionLost).
+    int connectionCount = 0;
+    /// The limit; none: unlimited.
+    std::optional<int> connectionLimit;
+    /// What a connection over the limit gets; empty: it is refused.
+    std::function<std::unique_ptr<Protocol>()> overflowProtocol;
+
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    REACTOR_INLINE void unregisterProtocol(ProtocolWrapper& p) override;
+    void startFactory() override {}
+    void stopFactory() override {}
+};
+
+/// Twisted's LimitConnectionsByPeer: at most `maxConnectionsPerPeer`
+/// connections from one peer host (an IP address) at once; more are
+/// refused (buildProtocol returns null, the transport closes them).
+class LimitConnectionsByPeer : public WrappingFactory {
+public:
+    using WrappingFactory::WrappingFactory;
+    int maxConnectionsPerPeer = 5;  ///< Twisted's default
+    /// Open connections per host.
+    std::vector<std::pair<std::string, int>> peerConnections;
+
+    /// Starts with no connections counted (Twisted's startFactory).
+    REACTOR_INLINE void startFactory() override;
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    REACTOR_INLINE void unregisterProtocol(ProtocolWrapper& p) override;
+
+private:
+    int* countOf(const std::string& host);
+    std::vector<std::pair<ProtocolWrapper*, std::string>> hostOf_;  // counted wrappers
+};
+
 }  // namespace policies
 
 // ============================================================================
@@ -4855,8 +5108,8 @@ public:
                                              Address serverAddress = {"TCP", "127.0.0.1", 8000, false},
                                              double timeout = 30);
 
-    /// One step: for every connection, an attempt is answered, ready bytes
-    /// are delivered (in chunkSize pieces) both ways, drained ends close,
+    /// One step: for every connection, an attempt is answered (a connection
+    /// made in a step carries no data in it), or ready bytes are delivered (in chunkSize pieces) both ways, drained ends close,
     /// FINs are read. Returns whether anything happened.
     REACTOR_INLINE bool pump();
     /// Pumps until nothing happens (Twisted's IOPump.flush). Two protocols
@@ -6699,6 +6952,278 @@ REACTOR_INLINE void ClientFactory::clientConnectionLost(IConnector& connector, c
     (void)connector;
     (void)reason;
 }
+
+namespace policies {
+
+REACTOR_INLINE void ForwardingProtocol::connectionMade() {
+    if (forwardee) forwardee->makeConnection(forwardeeTransport());
+}
+
+REACTOR_INLINE void ForwardingProtocol::dataReceived(std::string_view data) {
+    if (forwardee) forwardee->dataReceived(data);
+}
+
+REACTOR_INLINE void ForwardingProtocol::connectionLost(const Failure& reason) {
+    if (!forwardee) return;
+    forwardee->connected = false;
+    forwardee->connectionLost(reason);
+}
+
+REACTOR_INLINE bool ForwardingProtocol::halfCloseable() const { return forwardee && forwardee->halfCloseable(); }
+
+REACTOR_INLINE void ForwardingProtocol::readConnectionLost() {
+    if (forwardee) forwardee->readConnectionLost();
+}
+
+REACTOR_INLINE void ForwardingProtocol::writeConnectionLost() {
+    if (forwardee) forwardee->writeConnectionLost();
+}
+
+REACTOR_INLINE std::string ForwardingProtocol::logPrefix() const {
+    std::string own = Protocol::logPrefix();
+    return forwardee ? forwardee->logPrefix() + " (" + own + ")" : own;
+}
+
+REACTOR_INLINE ProtocolWrapper::ProtocolWrapper(WrappingFactory& f, std::unique_ptr<Protocol> wrapped)
+    : wrappedProtocol(std::move(wrapped)), wrappingFactory(&f) {
+    forwardee = wrappedProtocol.get();
+    factory = &f;
+}
+
+REACTOR_INLINE ProtocolWrapper::~ProtocolWrapper() { unregisterOnce(); }
+
+REACTOR_INLINE void ProtocolWrapper::unregisterOnce() {
+    if (std::exchange(unregistered_, true)) return;
+    if (wrappingFactory) wrappingFactory->unregisterProtocol(*this);
+}
+
+REACTOR_INLINE void ProtocolWrapper::syncFlags() {
+    facet_.connected = transport && transport->connected && connected;
+    facet_.disconnecting = !facet_.connected || (transport && transport->disconnecting);
+}
+
+REACTOR_INLINE void ProtocolWrapper::connectionMade() {
+    if (wrappingFactory) wrappingFactory->registerProtocol(*this);
+    syncFlags();
+    ForwardingProtocol::connectionMade();
+}
+
+REACTOR_INLINE void ProtocolWrapper::dataReceived(std::string_view data) {
+    syncFlags();
+    ForwardingProtocol::dataReceived(data);
+}
+
+REACTOR_INLINE void ProtocolWrapper::connectionLost(const Failure& reason) {
+    unregisterOnce();
+    facet_.connected = false;
+    facet_.disconnecting = true;
+    ForwardingProtocol::connectionLost(reason);
+}
+
+REACTOR_INLINE void ProtocolWrapper::readConnectionLost() {
+    syncFlags();
+    ForwardingProtocol::readConnectionLost();
+}
+
+REACTOR_INLINE void ProtocolWrapper::write(std::string_view data) {
+    if (transport) transport->write(data);
+}
+
+REACTOR_INLINE void ProtocolWrapper::writeSequence(const std::string_view* parts, std::size_t count) {
+    if (transport) transport->writeSequence(parts, count);
+}
+
+REACTOR_INLINE void ProtocolWrapper::loseConnection() {
+    facet_.disconnecting = true;
+    if (transport) transport->loseConnection();
+}
+
+REACTOR_INLINE void ProtocolWrapper::abortConnection() {
+    facet_.disconnecting = true;
+    if (transport) transport->abortConnection();
+}
+
+REACTOR_INLINE void ProtocolWrapper::loseWriteConnection() {
+    if (transport) transport->loseWriteConnection();
+}
+
+REACTOR_INLINE void ProtocolWrapper::registerProducer(IProducer* producer, bool streaming) {
+    if (transport) transport->registerProducer(producer, streaming);
+}
+
+REACTOR_INLINE void ProtocolWrapper::unregisterProducer() {
+    if (transport) transport->unregisterProducer();
+}
+
+REACTOR_INLINE void ProtocolWrapper::pauseProducing() {
+    if (transport) transport->pauseProducing();
+}
+
+REACTOR_INLINE void ProtocolWrapper::resumeProducing() {
+    if (transport) transport->resumeProducing();
+}
+
+REACTOR_INLINE void ProtocolWrapper::stopProducing() {
+    if (transport) transport->stopProducing();
+}
+
+REACTOR_INLINE Address ProtocolWrapper::getPeer() const { return transport ? transport->getPeer() : Address{}; }
+
+REACTOR_INLINE Address ProtocolWrapper::getHost() const { return transport ? transport->getHost() : Address{}; }
+
+REACTOR_INLINE WrappingFactory::~WrappingFactory() {
+    for (ProtocolWrapper* p : protocols) p->wrappingFactory = nullptr;
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> WrappingFactory::buildProtocol(const Address& addr) {
+    if (!wrappedFactory) return nullptr;
+    std::unique_ptr<Protocol> wrapped = wrappedFactory->buildProtocol(addr);
+    if (!wrapped) return nullptr;
+    return wrapProtocol(std::move(wrapped), addr);
+}
+
+REACTOR_INLINE std::unique_ptr<ProtocolWrapper> WrappingFactory::wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                              const Address& addr) {
+    (void)addr;
+    return std::make_unique<ProtocolWrapper>(*this, std::move(wrapped));
+}
+
+REACTOR_INLINE void WrappingFactory::registerProtocol(ProtocolWrapper& p) { protocols.push_back(&p); }
+
+REACTOR_INLINE void WrappingFactory::unregisterProtocol(ProtocolWrapper& p) {
+    auto it = std::find(protocols.begin(), protocols.end(), &p);
+    if (it != protocols.end()) protocols.erase(it);
+}
+
+REACTOR_INLINE void WrappingFactory::startFactory() {
+    if (wrappedFactory) wrappedFactory->doStart();
+}
+
+REACTOR_INLINE void WrappingFactory::stopFactory() {
+    if (wrappedFactory) wrappedFactory->doStop();
+}
+
+REACTOR_INLINE void WrappingFactory::startedConnecting(IConnector& connector) {
+    if (wrappedClientFactory) wrappedClientFactory->startedConnecting(connector);
+}
+
+REACTOR_INLINE void WrappingFactory::clientConnectionFailed(IConnector& connector, const Failure& reason) {
+    if (wrappedClientFactory) wrappedClientFactory->clientConnectionFailed(connector, reason);
+}
+
+REACTOR_INLINE void WrappingFactory::clientConnectionLost(IConnector& connector, const Failure& reason) {
+    if (wrappedClientFactory) wrappedClientFactory->clientConnectionLost(connector, reason);
+}
+
+REACTOR_INLINE TimeoutProtocol::TimeoutProtocol(WrappingFactory& f, std::unique_ptr<Protocol> wrapped,
+                                                IReactorTime& clock, std::optional<double> period)
+    : ProtocolWrapper(f, std::move(wrapped)), clock_(clock) {
+    setTimeout(period);
+}
+
+REACTOR_INLINE void TimeoutProtocol::setTimeout(std::optional<double> period) {
+    cancelTimeout();
+    timeoutPeriod = period;
+    if (period) timeoutCall_ = clock_.callLater(*period, [this] {
+        timeoutCall_ = DelayedCall();
+        timeoutFunc();
+    });
+}
+
+REACTOR_INLINE void TimeoutProtocol::cancelTimeout() {
+    timeoutPeriod.reset();
+    if (timeoutCall_.active()) timeoutCall_.cancel();
+    timeoutCall_ = DelayedCall();
+}
+
+REACTOR_INLINE void TimeoutProtocol::resetTimeout() {
+    if (timeoutCall_.active() && timeoutPeriod) timeoutCall_.reset(*timeoutPeriod);
+}
+
+REACTOR_INLINE void TimeoutProtocol::write(std::string_view data) {
+    resetTimeout();
+    ProtocolWrapper::write(data);
+}
+
+REACTOR_INLINE void TimeoutProtocol::writeSequence(const std::string_view* parts, std::size_t count) {
+    resetTimeout();
+    ProtocolWrapper::writeSequence(parts, count);
+}
+
+REACTOR_INLINE void TimeoutProtocol::dataReceived(std::string_view data) {
+    resetTimeout();
+    ProtocolWrapper::dataReceived(data);
+}
+
+REACTOR_INLINE void TimeoutProtocol::connectionLost(const Failure& reason) {
+    cancelTimeout();
+    ProtocolWrapper::connectionLost(reason);
+}
+
+REACTOR_INLINE std::unique_ptr<ProtocolWrapper> TimeoutFactory::wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                             const Address& addr) {
+    (void)addr;
+    return std::make_unique<TimeoutProtocol>(*this, std::move(wrapped), *clock, timeoutPeriod);
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> LimitTotalConnectionsFactory::buildProtocol(const Address& addr) {
+    std::unique_ptr<Protocol> wrapped;
+    if (!connectionLimit || connectionCount < *connectionLimit) {
+        if (protocol) wrapped = protocol();
+    } else if (overflowProtocol) {
+        wrapped = overflowProtocol();
+    }
+    if (!wrapped) return nullptr;
+    wrapped->factory = this;
+    std::unique_ptr<ProtocolWrapper> p = wrapProtocol(std::move(wrapped), addr);
+    ++connectionCount;
+    return p;
+}
+
+REACTOR_INLINE void LimitTotalConnectionsFactory::unregisterProtocol(ProtocolWrapper& p) {
+    WrappingFactory::unregisterProtocol(p);
+    --connectionCount;
+}
+
+REACTOR_INLINE void LimitConnectionsByPeer::startFactory() {
+    peerConnections.clear();
+    WrappingFactory::startFactory();
+}
+
+REACTOR_INLINE int* LimitConnectionsByPeer::countOf(const std::string& host) {
+    for (auto& entry : peerConnections)
+        if (entry.first == host) return &entry.second;
+    return nullptr;
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> LimitConnectionsByPeer::buildProtocol(const Address& addr) {
+    int* count = countOf(addr.host);
+    if (count && *count >= maxConnectionsPerPeer) return nullptr;
+    std::unique_ptr<Protocol> built = WrappingFactory::buildProtocol(addr);
+    if (!built) return nullptr;
+    if (count)
+        ++*count;
+    else
+        peerConnections.emplace_back(addr.host, 1);
+    hostOf_.emplace_back(static_cast<ProtocolWrapper*>(built.get()), addr.host);
+    return built;
+}
+
+REACTOR_INLINE void LimitConnectionsByPeer::unregisterProtocol(ProtocolWrapper& p) {
+    WrappingFactory::unregisterProtocol(p);
+    for (auto it = hostOf_.begin(); it != hostOf_.end(); ++it) {
+        if (it->first != &p) continue;
+        for (auto e = peerConnections.begin(); e != peerConnections.end(); ++e)
+            if (e->first == it->second && --e->second <= 0) {
+                peerConnections.erase(e);
+                break;
+            }
+        hostOf_.erase(it);
+        return;
+    }
+}
+
+}  // namespace policies
 
 // ---- 10. TCP ---------------------------------------------------------------
 namespace detail {
@@ -9952,7 +10477,7 @@ REACTOR_INLINE bool MemoryConnection::step() {
         if (!unreachable) {
             attemptPending_ = false;
             establish();
-            did = true;
+            return true;  // bytes move from the next step: a test can set faults in between
         }
     }
     if (!client_) return did;
