@@ -70,12 +70,13 @@
 //   7. THREADS         ThreadPool
 //   8. REACTOR         the event loop
 //   9. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory,
-//                      policies::TimeoutMixin
+//                      policies: TimeoutMixin, WrappingFactory and friends
 //  10. TCP             listenTCP, connectTCP, the TCP transport
 //  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
 //  12. TASK            LoopingCall, deferLater, deferToThread
 //  13. IRC             irc::parsemsg, irc::IRCClient
-//  14. TESTING         StringTransport, dirty-reactor checks, runUntil
+//  14. TESTING         StringTransport, dirty-reactor checks, runUntil,
+//                      MemoryNetwork (protocols connected in memory)
 //  15. IMPLEMENTATION  the bodies of the non-template functions above
 //
 // ============================================================================
@@ -2653,7 +2654,8 @@ private:
 //        -> protocol.dataReceived(bytes) ...   4. as bytes arrive
 //        -> protocol.connectionLost(reason)    5. exactly once; then destroyed
 //
-// Ends with the policies a protocol opts into (an idle timeout).
+// Ends with the policies a protocol opts into (an idle timeout) and the
+// wrapping factories (limits, timeouts) a server puts around its factory.
 // ============================================================================
 
 /// Something that produces data on demand (Twisted's IPushProducer and
@@ -2989,6 +2991,7 @@ class WrappingFactory;
 /// without one. A factory destroyed first is forgotten, never called.
 class ProtocolWrapper : public ForwardingProtocol {
 public:
+    /// Wraps `wrapped` (taking it); `factory` is told when it connects and ends.
     REACTOR_INLINE ProtocolWrapper(WrappingFactory& factory, std::unique_ptr<Protocol> wrapped);
     REACTOR_INLINE ~ProtocolWrapper() override;
     ProtocolWrapper(const ProtocolWrapper&) = delete;
@@ -3008,18 +3011,29 @@ public:
 
     // ---- the wrapped protocol's transport calls (to the real transport) --
 
+    /// The wrapped protocol wrote: passed to transport->write.
     REACTOR_INLINE virtual void write(std::string_view data);
+    /// The same for writeSequence.
     REACTOR_INLINE virtual void writeSequence(const std::string_view* parts, std::size_t count);
+    /// The wrapped protocol closes: `disconnecting` is set at once for it, then passed on.
     REACTOR_INLINE virtual void loseConnection();
+    /// As loseConnection, for abortConnection.
     REACTOR_INLINE virtual void abortConnection();
+    /// Passed to transport->loseWriteConnection.
     REACTOR_INLINE virtual void loseWriteConnection();
+    /// The wrapped protocol's producer is registered with the real transport.
     REACTOR_INLINE virtual void registerProducer(IProducer* producer, bool streaming);
+    /// Passed to transport->unregisterProducer.
     REACTOR_INLINE virtual void unregisterProducer();
     /// The reading side (the wrapped protocol pausing its input).
     REACTOR_INLINE virtual void pauseProducing();
+    /// The reading side: reading again.
     REACTOR_INLINE virtual void resumeProducing();
+    /// Passed to transport->stopProducing (which closes).
     REACTOR_INLINE virtual void stopProducing();
+    /// The real transport's peer (an empty Address before connectionMade).
     REACTOR_INLINE Address getPeer() const;
+    /// The real transport's host.
     REACTOR_INLINE Address getHost() const;
 
     /// What the wrapped protocol has as `transport`.
@@ -3129,9 +3143,13 @@ public:
     /// The period passed in silence: loseConnection(). Override to do otherwise.
     virtual void timeoutFunc() { loseConnection(); }
 
+    /// Traffic out: resetTimeout(), then passed on.
     REACTOR_INLINE void write(std::string_view data) override;
+    /// Traffic out: resetTimeout(), then passed on.
     REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    /// Traffic in: resetTimeout(), then passed on.
     REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Cancels the timer, then passed on.
     REACTOR_INLINE void connectionLost(const Failure& reason) override;
 
 private:
@@ -3145,6 +3163,7 @@ private:
 /// outlive the connections.
 class TimeoutFactory : public WrappingFactory {
 public:
+    /// Wraps `wrapped`'s protocols; timers run on `clockRef`.
     TimeoutFactory(Factory& wrapped, IReactorTime& clockRef, double period = 30 * 60)
         : WrappingFactory(wrapped), timeoutPeriod(period), clock(&clockRef) {}
     double timeoutPeriod;  ///< seconds of silence before the close
@@ -4736,7 +4755,8 @@ private:
 // ==== 14. TESTING ====
 // Helpers for tests that drive a real Reactor: run until a condition holds
 // (never sleep), and fail when a test leaves timers or descriptors behind
-// (Trial's "dirty reactor" check).
+// (Trial's "dirty reactor" check). Then the in-memory network, for tests
+// that connect protocols without sockets.
 // ============================================================================
 /// An in-memory transport for protocol tests (Twisted's StringTransport):
 /// what the protocol writes accumulates in value(); nothing touches a
@@ -4971,6 +4991,7 @@ private:
 /// connect() is refused.
 class MemoryConnector final : public IConnector {
 public:
+    /// Made by MemoryConnection.
     MemoryConnector(MemoryConnection& connection, double timeout) : conn_(&connection), timeout_(timeout) {}
     REACTOR_INLINE void connect() override;
     REACTOR_INLINE void disconnect() override;
@@ -5025,8 +5046,9 @@ public:
     MemoryTransport* client() const { return client_.get(); }
     /// The server's end (null until an attempt succeeds).
     MemoryTransport* server() const { return server_.get(); }
-    /// The protocols on each end (null before, and once destroyed after connectionLost).
+    /// The client's protocol (null before, and once destroyed after connectionLost).
     Protocol* clientProtocol() const { return client_ ? client_->protocol() : nullptr; }
+    /// The server's protocol (the same).
     Protocol* serverProtocol() const { return server_ ? server_->protocol() : nullptr; }
     /// The connector the client factory's callbacks receive.
     IConnector& connector() const { return *connector_; }
@@ -5094,6 +5116,8 @@ private:
 class MemoryNetwork {
 public:
     explicit MemoryNetwork(Clock& clockRef) : clock(clockRef) {}
+    /// With a Clock of its own (`net.clock`), for tests that need no other.
+    MemoryNetwork() : ownClock_(std::make_unique<Clock>()), clock(*ownClock_) {}
     REACTOR_INLINE ~MemoryNetwork();
     MemoryNetwork(const MemoryNetwork&) = delete;
     MemoryNetwork& operator=(const MemoryNetwork&) = delete;
@@ -5123,6 +5147,10 @@ public:
     /// The connections made so far, in order.
     const std::vector<std::unique_ptr<MemoryConnection>>& connections() const { return connections_; }
 
+private:
+    std::unique_ptr<Clock> ownClock_;  // the default constructor's (before `clock`: initialised first)
+
+public:
     Clock& clock;  ///< latency, connect timeouts and advance() run on it
 
 private:

@@ -795,8 +795,7 @@ TEST_CASE("an IRC bot greets a user who joins") {
     auto bot = ClientFactory::forProtocol<Bot>();
     std::vector<std::string> heard;
     auto alice = ClientFactory::forProtocol<User>("alice", std::ref(heard));
-    Clock clock;
-    MemoryNetwork net(clock);
+    MemoryNetwork net;
 
     net.connect(server, bot);
     net.flush();  // the bot signs on and joins #demo
