@@ -3217,6 +3217,102 @@ private:
     std::vector<std::pair<ProtocolWrapper*, std::string>> hostOf_;  // counted wrappers
 };
 
+class ThrottlingFactory;
+
+/// Twisted's ThrottlingProtocol: counts its connection's bytes for its
+/// ThrottlingFactory, and pauses or resumes on the factory's orders. Made by
+/// ThrottlingFactory.
+class ThrottlingProtocol : public ProtocolWrapper {
+public:
+    /// Wraps `wrapped` for `factory`.
+    ThrottlingProtocol(ThrottlingFactory& factory, std::unique_ptr<Protocol> wrapped);
+    /// Counted as written, then passed on.
+    REACTOR_INLINE void write(std::string_view data) override;
+    /// Counted as written, then passed on.
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    /// Counted as read, then passed on.
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Remembered (write throttling pauses it), then passed on.
+    REACTOR_INLINE void registerProducer(IProducer* producer, bool streaming) override;
+    /// Forgotten, then passed on.
+    REACTOR_INLINE void unregisterProducer() override;
+    /// Stops reading (transport->pauseProducing()).
+    REACTOR_INLINE void throttleReads();
+    /// Reads again.
+    REACTOR_INLINE void unthrottleReads();
+    /// Pauses the registered producer, if any (writes are throttled only through one).
+    REACTOR_INLINE void throttleWrites();
+    /// Resumes the registered producer, if any.
+    REACTOR_INLINE void unthrottleWrites();
+
+private:
+    ThrottlingFactory* throttling() const;
+    IProducer* producer_ = nullptr;
+};
+
+/// Twisted's ThrottlingFactory: limits the connections (maxConnectionCount,
+/// more are refused) and the bandwidth of all of them together. Every
+/// second it compares the bytes read (and written) in that second with
+/// readLimit (writeLimit); over the limit, reading stops on every connection
+/// (every registered producer is paused) for (bytes / limit - 1) seconds, so
+/// the average comes back to the limit. Writes are throttled only through a
+/// registered producer, as in Twisted. The checks run on `clock` while
+/// there is a connection. Set the fields before the first connection.
+class ThrottlingFactory : public WrappingFactory {
+public:
+    /// Wraps `wrapped`'s protocols; the per-second checks run on `clockRef`.
+    ThrottlingFactory(Factory& wrapped, IReactorTime& clockRef) : WrappingFactory(wrapped), clock(&clockRef) {}
+    /// Cancels its timers.
+    REACTOR_INLINE ~ThrottlingFactory() override;
+
+    IReactorTime* clock;  ///< where the checks run
+    /// At most this many connections at once; none: no limit.
+    std::optional<int> maxConnectionCount;
+    /// Bytes per second read, over all connections; none: no limit.
+    std::optional<double> readLimit;
+    /// Bytes per second written, over all connections; none: no limit.
+    std::optional<double> writeLimit;
+    /// Connections now (from buildProtocol until connectionLost).
+    int connectionCount = 0;
+    double readThisSecond = 0;     ///< bytes read since the last check
+    double writtenThisSecond = 0;  ///< bytes written since the last check
+    /// The pending calls (inactive when none).
+    DelayedCall unthrottleReadsID, checkReadBandwidthID, unthrottleWritesID, checkWriteBandwidthID;
+
+    /// A protocol counts bytes it wrote.
+    void registerWritten(std::size_t length) { writtenThisSecond += static_cast<double>(length); }
+    /// A protocol counts bytes it read.
+    void registerRead(std::size_t length) { readThisSecond += static_cast<double>(length); }
+    /// The read check (every second): over the limit, throttles reads for a while.
+    REACTOR_INLINE void checkReadBandwidth();
+    /// The write check (every second).
+    REACTOR_INLINE void checkWriteBandwidth();
+    /// Every connection stops reading.
+    REACTOR_INLINE void throttleReads();
+    /// Every connection reads again.
+    REACTOR_INLINE void unthrottleReads();
+    /// Every registered producer is paused.
+    REACTOR_INLINE void throttleWrites();
+    /// Every registered producer is resumed.
+    REACTOR_INLINE void unthrottleWrites();
+
+    /// Starts the checks with the first connection; null over maxConnectionCount.
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    /// A ThrottlingProtocol (an override must return one too).
+    REACTOR_INLINE std::unique_ptr<ProtocolWrapper> wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                 const Address& addr) override;
+    /// One fewer; the last one cancels the checks.
+    REACTOR_INLINE void unregisterProtocol(ProtocolWrapper& p) override;
+
+private:
+    void cancelAll();
+    template <class F>
+    void forEach(F f) {
+        std::vector<ProtocolWrapper*> all = protocols;  // a call may close one
+        for (ProtocolWrapper* p : all) f(static_cast<ThrottlingProtocol&>(*p));
+    }
+};
+
 }  // namespace policies
 
 // ============================================================================
@@ -7249,6 +7345,130 @@ REACTOR_INLINE void LimitConnectionsByPeer::unregisterProtocol(ProtocolWrapper& 
         hostOf_.erase(it);
         return;
     }
+}
+
+REACTOR_INLINE ThrottlingProtocol::ThrottlingProtocol(ThrottlingFactory& f, std::unique_ptr<Protocol> wrapped)
+    : ProtocolWrapper(f, std::move(wrapped)) {}
+
+REACTOR_INLINE ThrottlingFactory* ThrottlingProtocol::throttling() const {
+    return static_cast<ThrottlingFactory*>(wrappingFactory);  // null once the factory is gone
+}
+
+REACTOR_INLINE void ThrottlingProtocol::write(std::string_view data) {
+    if (ThrottlingFactory* f = throttling()) f->registerWritten(data.size());
+    ProtocolWrapper::write(data);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::writeSequence(const std::string_view* parts, std::size_t count) {
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+    if (ThrottlingFactory* f = throttling()) f->registerWritten(total);
+    ProtocolWrapper::writeSequence(parts, count);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::dataReceived(std::string_view data) {
+    if (ThrottlingFactory* f = throttling()) f->registerRead(data.size());
+    ProtocolWrapper::dataReceived(data);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::registerProducer(IProducer* producer, bool streaming) {
+    producer_ = producer;
+    ProtocolWrapper::registerProducer(producer, streaming);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::unregisterProducer() {
+    producer_ = nullptr;
+    ProtocolWrapper::unregisterProducer();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::throttleReads() {
+    if (transport) transport->pauseProducing();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::unthrottleReads() {
+    if (transport) transport->resumeProducing();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::throttleWrites() {
+    if (producer_) producer_->pauseProducing();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::unthrottleWrites() {
+    if (producer_) producer_->resumeProducing();
+}
+
+REACTOR_INLINE ThrottlingFactory::~ThrottlingFactory() { cancelAll(); }
+
+REACTOR_INLINE void ThrottlingFactory::cancelAll() {
+    for (DelayedCall* c : {&unthrottleReadsID, &checkReadBandwidthID, &unthrottleWritesID, &checkWriteBandwidthID}) {
+        if (c->active()) c->cancel();
+        *c = DelayedCall();
+    }
+}
+
+REACTOR_INLINE void ThrottlingFactory::checkReadBandwidth() {
+    if (readLimit && readThisSecond > *readLimit) {
+        throttleReads();
+        double throttleTime = readThisSecond / *readLimit - 1.0;
+        if (unthrottleReadsID.active()) unthrottleReadsID.cancel();
+        unthrottleReadsID = clock->callLater(throttleTime, [this] { unthrottleReads(); });
+    }
+    readThisSecond = 0;
+    checkReadBandwidthID = clock->callLater(1, [this] { checkReadBandwidth(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::checkWriteBandwidth() {
+    if (writeLimit && writtenThisSecond > *writeLimit) {
+        throttleWrites();
+        double throttleTime = writtenThisSecond / *writeLimit - 1.0;
+        if (unthrottleWritesID.active()) unthrottleWritesID.cancel();
+        unthrottleWritesID = clock->callLater(throttleTime, [this] { unthrottleWrites(); });
+    }
+    writtenThisSecond = 0;
+    checkWriteBandwidthID = clock->callLater(1, [this] { checkWriteBandwidth(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::throttleReads() {
+    forEach([](ThrottlingProtocol& p) { p.throttleReads(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::unthrottleReads() {
+    unthrottleReadsID = DelayedCall();
+    forEach([](ThrottlingProtocol& p) { p.unthrottleReads(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::throttleWrites() {
+    forEach([](ThrottlingProtocol& p) { p.throttleWrites(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::unthrottleWrites() {
+    unthrottleWritesID = DelayedCall();
+    forEach([](ThrottlingProtocol& p) { p.unthrottleWrites(); });
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> ThrottlingFactory::buildProtocol(const Address& addr) {
+    if (connectionCount == 0) {
+        if (readLimit && !checkReadBandwidthID.active()) checkReadBandwidth();
+        if (writeLimit && !checkWriteBandwidthID.active()) checkWriteBandwidth();
+    }
+    if (maxConnectionCount && connectionCount >= *maxConnectionCount) return nullptr;
+    std::unique_ptr<Protocol> p = WrappingFactory::buildProtocol(addr);
+    if (p)
+        ++connectionCount;
+    else if (connectionCount == 0)
+        cancelAll();  // refused by the wrapped factory: no connection to check for
+    return p;
+}
+
+REACTOR_INLINE std::unique_ptr<ProtocolWrapper> ThrottlingFactory::wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                                const Address& addr) {
+    (void)addr;
+    return std::make_unique<ThrottlingProtocol>(*this, std::move(wrapped));
+}
+
+REACTOR_INLINE void ThrottlingFactory::unregisterProtocol(ProtocolWrapper& p) {
+    WrappingFactory::unregisterProtocol(p);
+    if (--connectionCount == 0) cancelAll();
 }
 
 }  // namespace policies

@@ -1108,6 +1108,68 @@ TEST_CASE("LimitConnectionsByPeer: per host, counted until connectionLost") {
     byPeer.doStop();
 }
 
+// Twisted 22.4: ThrottlingFactory(wrapped, maxConnectionCount=2,
+// readLimit=1000, writeLimit=100) on a task.Clock; three buildProtocol ->
+// [True, True, False]; one connection reads 3000 bytes and writes 250 with a
+// producer registered; clock.advance(1) -> both transports "paused", the
+// producers paused at 1.0; at 2.0 still paused; at 3.0 "producing" again
+// (the write throttle ends at 2.5); both lost -> connectionCount 0, no
+// delayed calls left.
+TEST_CASE("ThrottlingFactory: over a limit, every connection waits (bytes / limit - 1) seconds") {
+    Clock clock;
+    struct Recorder : Protocol, IProducer {
+        Clock& clock;
+        std::vector<std::string>& log;
+        Recorder(Clock& c, std::vector<std::string>& l) : clock(c), log(l) {}
+        std::string at() const { return " at " + std::to_string(clock.seconds()).substr(0, 3); }
+        void connectionMade() override { transport->registerProducer(this, true); }
+        void dataReceived(std::string_view d) override {
+            log.push_back(std::to_string(d.size()) + " bytes" + at());
+            if (d.size() == 3000) transport->write(std::string(250, 'w'));
+        }
+        void pauseProducing() override { log.push_back("pause" + at()); }
+        void resumeProducing() override { log.push_back("resume" + at()); }
+        void stopProducing() override {}
+    };
+    Log a, b;
+    int built = 0;
+    Factory inner;
+    inner.protocol = [&]() -> std::unique_ptr<Protocol> {
+        return std::make_unique<Recorder>(clock, built++ == 0 ? a : b);
+    };
+    policies::ThrottlingFactory throttled(inner, clock);
+    throttled.maxConnectionCount = 2;
+    throttled.readLimit = 1000;
+    throttled.writeLimit = 100;
+    Log third;
+    ClientFactory client = ClientFactory::forProtocol<Protocol>();
+    ClientFactory thirdClient;
+    thirdClient.protocol = [&] { return std::make_unique<Scripted>(third); };
+    MemoryNetwork net(clock);
+    MemoryConnection& ca = net.connect(throttled, client);
+    MemoryConnection& cb = net.connect(throttled, client);
+    net.connect(throttled, thirdClient);
+    net.flush();
+    CHECK(throttled.connectionCount == 2);
+    CHECK(third == Log{"made", "lost ConnectionDone"});
+    ca.client()->write(std::string(3000, 'r'));
+    net.flush();
+    net.advance(1.5);
+    ca.client()->write("more");
+    cb.client()->write("also");
+    net.advance(1.4);
+    CHECK(a == Log{"3000 bytes at 0.0", "pause at 1.0", "resume at 2.5"});
+    CHECK(b == Log{"pause at 1.0", "resume at 2.5"});  // every connection is throttled
+    net.advance(0.1);  // t = 3: reading again
+    CHECK(a == Log{"3000 bytes at 0.0", "pause at 1.0", "resume at 2.5", "4 bytes at 3.0"});
+    CHECK(b == Log{"pause at 1.0", "resume at 2.5", "4 bytes at 3.0"});
+    ca.client()->loseConnection();
+    cb.client()->loseConnection();
+    net.flush();
+    CHECK(throttled.connectionCount == 0);
+    CHECK(clock.getDelayedCalls().empty());
+}
+
 // On real sockets: a limit of one connection and an idle timeout, stacked.
 TEST_CASE("LimitTotalConnectionsFactory and TimeoutFactory on loopback TCP") {
     test::CleanReactor t;
@@ -1141,6 +1203,72 @@ TEST_CASE("LimitTotalConnectionsFactory and TimeoutFactory on loopback TCP") {
     REQUIRE(testing::runUntil(r, [&] { return first.size() == 2; }));  // idle for 0.2 s
     CHECK(first.back() == "lost ConnectionDone");
     CHECK(testing::runUntil(r, [&] { return limited.connectionCount == 0; }));
+    port.stopListening();
+    CHECK(testing::runUntilClean(r));
+}
+
+// On real sockets: one connection per address, and a read limit that
+// holds the second second's data back until its throttle ends.
+TEST_CASE("LimitConnectionsByPeer and ThrottlingFactory on loopback TCP") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::string got;
+    double lastAt = 0;
+    Factory inner;
+    inner.protocol = [&]() -> std::unique_ptr<Protocol> {
+        struct Collect : Protocol {
+            Reactor& r;
+            std::string& got;
+            double& at;
+            Collect(Reactor& re, std::string& g, double& a) : r(re), got(g), at(a) {}
+            void dataReceived(std::string_view d) override {
+                got.append(d);
+                at = r.seconds();
+            }
+        };
+        return std::make_unique<Collect>(r, got, lastAt);
+    };
+    policies::ThrottlingFactory throttled(inner, r);
+    throttled.readLimit = 1000;
+    policies::LimitConnectionsByPeer onePerPeer(throttled);
+    onePerPeer.maxConnectionsPerPeer = 1;
+    ListeningPort port = r.listenTCP(0, onePerPeer, {"127.0.0.1"});
+    struct Client : Protocol {
+        Log& log;
+        explicit Client(Log& l) : log(l) {}
+        void connectionMade() override { log.push_back("made"); }
+        void connectionLost(const Failure& reason) override { log.push_back("lost " + reason.type()); }
+    };
+    Log first, second;
+    ClientFactory f1, f2;
+    ITransport* sender = nullptr;
+    f1.protocol = [&]() -> std::unique_ptr<Protocol> {
+        struct Sender : Client {
+            ITransport*& out;
+            Sender(Log& l, ITransport*& o) : Client(l), out(o) {}
+            void connectionMade() override {
+                Client::connectionMade();
+                out = transport;
+            }
+        };
+        return std::make_unique<Sender>(first, sender);
+    };
+    f2.protocol = [&] { return std::make_unique<Client>(second); };
+    const double start = r.seconds();
+    r.connectTCP("127.0.0.1", port.getHost().port, f1);
+    REQUIRE(testing::runUntil(r, [&] { return sender && onePerPeer.protocols.size() == 1; }));
+    r.connectTCP("127.0.0.1", port.getHost().port, f2);
+    REQUIRE(testing::runUntil(r, [&] { return second.size() == 2; }));
+    CHECK(second == Log{"made", "lost ConnectionDone"});  // a second one from 127.0.0.1: refused
+    sender->write(std::string(2000, 'x'));  // twice the limit: the check at 1 s throttles reads for 1 s
+    REQUIRE(testing::runUntil(r, [&] { return got.size() == 2000; }));
+    REQUIRE(testing::runUntil(r, [&] { return throttled.unthrottleReadsID.active(); }, 3));
+    sender->write("late");
+    REQUIRE(testing::runUntil(r, [&] { return got.size() == 2004; }, 5));
+    CHECK(lastAt - start >= 1.9);  // held until the throttle ended (about 2 s after the start)
+    sender->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return first.size() == 2 && throttled.connectionCount == 0; }));
+    CHECK(onePerPeer.peerConnections.empty());
     port.stopListening();
     CHECK(testing::runUntilClean(r));
 }
