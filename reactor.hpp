@@ -5165,6 +5165,7 @@ private:
     friend class MemoryNetwork;
     friend class MemoryConnector;
     bool step();
+    bool stepPair(MemoryTransport& client, MemoryTransport& server);
     void establish();
     void makeConnection(MemoryTransport& end, Failure& failure, bool& failed);
     bool deliver(MemoryTransport& from, MemoryTransport& to);
@@ -5179,7 +5180,7 @@ private:
     Address serverAddress_, clientAddress_;
     std::shared_ptr<MemoryConnector> connector_;
     std::unique_ptr<MemoryTransport> client_, server_;
-    std::vector<std::unique_ptr<MemoryTransport>> retired_;  // ends of earlier attempts
+    std::vector<std::unique_ptr<MemoryTransport>> retired_;  // ends of earlier attempts, client then server
     bool resetPending_ = false;
     bool attemptPending_ = false;  // connect() was called; answered at the next step
 };
@@ -10516,15 +10517,17 @@ REACTOR_INLINE MemoryConnection::~MemoryConnection() { abandon(); }
 REACTOR_INLINE void MemoryConnection::abandon() {
     if (connector_) connector_->abandon();
     // Protocols first (their destructors may still look at their transport).
-    for (MemoryTransport* end : {client_.get(), server_.get()})
-        if (end) {
-            end->closed_ = true;
-            end->connected = false;
-            end->producer_ = nullptr;
-            if (end->protocol_) end->protocol_->connected = false;
-            end->protocol_.reset();
-        }
-    for (auto& end : retired_) end->protocol_.reset();
+    auto drop = [](MemoryTransport* end) {
+        if (!end) return;
+        end->closed_ = true;
+        end->connected = false;
+        end->producer_ = nullptr;
+        if (end->protocol_) end->protocol_->connected = false;
+        end->protocol_.reset();
+    };
+    drop(client_.get());
+    drop(server_.get());
+    for (auto& end : retired_) drop(end.get());
 }
 
 REACTOR_INLINE void MemoryConnection::makeConnection(MemoryTransport& end, Failure& failure, bool& failed) {
@@ -10544,8 +10547,10 @@ REACTOR_INLINE void MemoryConnection::establish() {
     if (!cp->factory) cp->factory = &clientFactory_;
     detail::runGuarded("buildProtocol", [&] { sp = serverFactory_.buildProtocol(clientAddress_); });
     if (sp && !sp->factory) sp->factory = &serverFactory_;
-    if (client_) retired_.push_back(std::move(client_));
-    if (server_) retired_.push_back(std::move(server_));
+    if (client_) {  // in pairs: client, server
+        retired_.push_back(std::move(client_));
+        retired_.push_back(std::move(server_));
+    }
     client_ = std::make_unique<MemoryTransport>(*this, clientAddress_, serverAddress_);
     server_ = std::make_unique<MemoryTransport>(*this, serverAddress_, clientAddress_);
     client_->peerEnd_ = server_.get();
@@ -10738,8 +10743,17 @@ REACTOR_INLINE bool MemoryConnection::step() {
             closeEnd(*server_, reset, false);
         did = true;
     }
-    MemoryTransport& c = *client_;
-    MemoryTransport& s = *server_;
+    // Ends of an earlier attempt may still be closing (a server end with a
+    // reply queued when the client reconnected at once): they go on too.
+    for (std::size_t i = 0; i + 1 < retired_.size(); i += 2)
+        if (!retired_[i]->closed_ || !retired_[i + 1]->closed_)
+            if (stepPair(*retired_[i], *retired_[i + 1])) did = true;
+    if (stepPair(*client_, *server_)) did = true;
+    return did;
+}
+
+REACTOR_INLINE bool MemoryConnection::stepPair(MemoryTransport& c, MemoryTransport& s) {
+    bool did = false;
     if (deliver(c, s)) did = true;
     if (settle(c)) did = true;
     if (deliver(s, c)) did = true;
@@ -10816,10 +10830,15 @@ REACTOR_INLINE void MemoryNetwork::advance(double seconds) {
         const double now = clock.seconds();
         double next = end;
         for (const DelayedCall& d : clock.getDelayedCalls()) next = std::min(next, std::max(now, d.getTime()));
-        for (auto& c : connections_)
-            for (MemoryTransport* t : {c->client_.get(), c->server_.get()})
-                if (t && t->markPos_ < t->marks_.size() && t->marks_[t->markPos_].second > now)
-                    next = std::min(next, t->marks_[t->markPos_].second);
+        auto arrival = [&](const MemoryTransport* t) {
+            if (t && t->markPos_ < t->marks_.size() && t->marks_[t->markPos_].second > now)
+                next = std::min(next, t->marks_[t->markPos_].second);
+        };
+        for (auto& c : connections_) {
+            arrival(c->client_.get());
+            arrival(c->server_.get());
+            for (auto& t : c->retired_) arrival(t.get());
+        }
         clock.advance(std::max(0.0, next - now));
         flush();
         if (next >= end) break;

@@ -690,6 +690,35 @@ TEST_CASE("MemoryNetwork: callbacks that close, re-enter the pump, connect or re
     CHECK(thirdLog == Log{"made", "lost ConnectionLost"});
 }
 
+TEST_CASE("MemoryNetwork: a client that reconnects at once; the old server end still finishes") {
+    Log serverLog;
+    Factory server;
+    server.protocol = [&] {
+        auto p = std::make_unique<Scripted>(serverLog);
+        p->halfClose = true;
+        p->onReadLost = [](Scripted& self) {  // a last word after the client went: dropped, then closed
+            self.transport->write("late");
+            self.transport->loseConnection();
+        };
+        return p;
+    };
+    struct Eager : ClientFactory {
+        int lost = 0;
+        void clientConnectionLost(IConnector& c, const Failure&) override {
+            if (++lost == 1) c.connect();  // from inside the callback, as Twisted allows
+        }
+    } client;
+    client.protocol = [] { return std::make_unique<Protocol>(); };
+    MemoryNetwork net;
+    MemoryConnection& c = net.connect(server, client);
+    net.flush();
+    c.client()->loseConnection();
+    net.flush();
+    CHECK(c.connections == 2);
+    CHECK(c.established());
+    CHECK(serverLog == Log{"made", "readConnectionLost", "made", "lost ConnectionDone"});  // the new one connects first
+}
+
 TEST_CASE("MemoryNetwork: a throwing protocol loses its own connection only") {
 #if REACTOR_HAS_EXCEPTIONS
     test::LogCapture logs;
