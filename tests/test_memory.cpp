@@ -286,9 +286,17 @@ TEST_CASE("MemoryNetwork: chunkSize 1 delivers byte by byte; the framing protoco
         }
         void stringReceived(std::string_view s) override { got.emplace_back(s); }
     };
+    struct Netstrings : NetstringReceiver {
+        Log& got;
+        explicit Netstrings(Log& g) : got(g) {}
+        void connectionMade() override {
+            for (const char* s : {"", "5:odd", "x,y"}) sendString(s);
+        }
+        void stringReceived(std::string_view s) override { got.emplace_back(s); }
+    };
     for (std::size_t chunk : {std::size_t(0), std::size_t(1), std::size_t(3)}) {
         CAPTURE(chunk);
-        Log serverLines, clientLines, strings, ignored;
+        Log serverLines, clientLines, strings, netstrings, ignored;
         Factory lineServer;
         lineServer.protocol = [&] { return std::make_unique<Lines>(serverLines, true); };
         ClientFactory lineClient;
@@ -297,17 +305,23 @@ TEST_CASE("MemoryNetwork: chunkSize 1 delivers byte by byte; the framing protoco
         stringServer.protocol = [&] { return std::make_unique<Strings>(ignored); };
         ClientFactory stringClient;
         stringClient.protocol = [&] { return std::make_unique<Strings>(strings); };
+        Factory netServer;
+        netServer.protocol = [&] { return std::make_unique<Netstrings>(ignored); };
+        ClientFactory netClient;
+        netClient.protocol = [&] { return std::make_unique<Netstrings>(netstrings); };
         Clock clock;
         MemoryNetwork net(clock);
         MemoryConnection& lines = net.connect(lineServer, lineClient);
         MemoryConnection& ints = net.connect(stringServer, stringClient);
-        lines.chunkSize = ints.chunkSize = chunk;
+        MemoryConnection& nets = net.connect(netServer, netClient);
+        lines.chunkSize = ints.chunkSize = nets.chunkSize = chunk;
         net.flush();
         lines.client()->write("a\r\n\r\nlonger line\r\npartial");
         net.flush();
         CHECK(serverLines == Log{"a", "", "longer line"});
         CHECK(clientLines == Log{"echo:a", "echo:", "echo:longer line"});
         CHECK(strings == Log{"", "one", "two\r\nthree"});
+        CHECK(netstrings == Log{"", "5:odd", "x,y"});
     }
 }
 
@@ -344,11 +358,17 @@ TEST_CASE("MemoryNetwork: latency in simulated time; advance() stops at each arr
 
 namespace {
 /// A streaming producer that writes `chunk` bytes whenever it is resumed,
-/// until `total` are written.
-struct Firehose : Protocol, IProducer {
-    std::size_t chunk = 16 * 1024, total = 1024 * 1024, written = 0;
+/// until `total` are written, then closes. What it went through is kept
+/// in a Hose outside it (the transport destroys the protocol).
+struct Hose {
     int pauses = 0, resumes = 0;
-    bool paused = false, stopped = false, streaming = true;
+    bool stopped = false;
+};
+struct Firehose : Protocol, IProducer {
+    Hose& hose;
+    explicit Firehose(Hose& h) : hose(h) {}
+    std::size_t chunk = 16 * 1024, total = 1024 * 1024, written = 0;
+    bool paused = false, streaming = true;
     void connectionMade() override {
         transport->registerProducer(this, streaming);
         if (streaming) pump();
@@ -367,14 +387,14 @@ struct Firehose : Protocol, IProducer {
     }
     void pauseProducing() override {
         paused = true;
-        ++pauses;
+        ++hose.pauses;
     }
     void resumeProducing() override {
         paused = false;
-        ++resumes;
+        ++hose.resumes;
         pump();
     }
-    void stopProducing() override { stopped = true; }
+    void stopProducing() override { hose.stopped = true; }
 };
 struct Sink : Protocol {
     std::size_t& got;
@@ -384,11 +404,12 @@ struct Sink : Protocol {
 }  // namespace
 
 TEST_CASE("MemoryNetwork: a stopped reader pauses a streaming producer at the high-water mark") {
-    Firehose* hose = nullptr;
+    Hose hose;
+    Firehose* live = nullptr;  // until the connection closes
     Factory server;
     server.protocol = [&] {
-        auto p = std::make_unique<Firehose>();
-        hose = p.get();
+        auto p = std::make_unique<Firehose>(hose);
+        live = p.get();
         return p;
     };
     std::size_t got = 0;
@@ -401,38 +422,38 @@ TEST_CASE("MemoryNetwork: a stopped reader pauses a streaming producer at the hi
     net.pump();  // one step connects (and the server starts writing); data moves from the next
     c.client()->readerStopped = true;
     net.flush();
-    REQUIRE(hose);
-    CHECK(hose->paused);
-    CHECK(hose->pauses == 1);
+    REQUIRE(live);
+    CHECK(live->paused);
+    CHECK(hose.pauses == 1);
     CHECK(got == 0);
     // It wrote until the buffer went over 64 KiB, then stopped.
     CHECK(c.server()->pending() > detail::TcpConnection::highWaterMark);
-    CHECK(c.server()->pending() <= detail::TcpConnection::highWaterMark + hose->chunk);
+    CHECK(c.server()->pending() <= detail::TcpConnection::highWaterMark + live->chunk);
     // A slow reader: 8 KiB a step. The producer resumes once the unsent
     // bytes are down to the low-water mark, not before.
     c.client()->readerStopped = false;
     c.client()->readRate = 8192;
-    while (hose->resumes == 0) {
+    while (hose.resumes == 0) {
         CHECK(c.server()->pending() > detail::TcpConnection::lowWaterMark);
         REQUIRE(net.pump());
     }
     CHECK(c.server()->pending() > detail::TcpConnection::highWaterMark);  // it wrote again, and paused
-    CHECK(hose->pauses == 2);
+    CHECK(hose.pauses == 2);
     c.client()->readRate = 0;
-    net.flush();
-    CHECK(got == hose->total);
-    CHECK(!hose->stopped);
+    const std::size_t total = live->total;
+    net.flush();  // all of it, then the server closes (and its protocol is destroyed)
+    CHECK(got == total);
+    CHECK(!hose.stopped);  // it unregistered before closing
     CHECK(!c.established());
 }
 
 TEST_CASE("MemoryNetwork: a pull producer is asked for one chunk each time the buffer drains") {
-    Firehose* hose = nullptr;
+    Hose hose;
     Factory server;
     server.protocol = [&] {
-        auto p = std::make_unique<Firehose>();
+        auto p = std::make_unique<Firehose>(hose);
         p->streaming = false;
         p->total = 10 * p->chunk;
-        hose = p.get();
         return p;
     };
     std::size_t got = 0;
@@ -442,9 +463,8 @@ TEST_CASE("MemoryNetwork: a pull producer is asked for one chunk each time the b
     MemoryNetwork net(clock);
     net.connect(server, client);
     net.flush();
-    REQUIRE(hose);
-    CHECK(got == hose->total);
-    CHECK(hose->resumes == 10);  // once at registration, then once per drained chunk
+    CHECK(got == 10 * 16 * 1024);
+    CHECK(hose.resumes == 10);  // once at registration, then once per drained chunk
 }
 
 TEST_CASE("MemoryNetwork: with no producer, an echo server stops reading while its peer does not read") {
@@ -577,10 +597,10 @@ TEST_CASE("MemoryNetwork: a refusing server closes at once; a refusing client fa
     ClientFactory client;
     client.protocol = [&] { return std::make_unique<Scripted>(clientLog); };
     Attempts noProtocol;
-    Clock clock;
-    MemoryNetwork net(clock);
-    net.connect(refusing, client);
     Factory plain = Factory::forProtocol<Protocol>();
+    Clock clock;
+    MemoryNetwork net(clock);  // after the factories: destroyed before them
+    net.connect(refusing, client);
     net.connect(plain, noProtocol);
     net.flush();
     CHECK(clientLog == Log{"made", "lost ConnectionDone"});  // as TCP: connected, then EOF
@@ -637,15 +657,14 @@ TEST_CASE("MemoryNetwork: ReconnectingClientFactory retries through refusals, on
 // ---- ownership traps -------------------------------------------------------
 
 TEST_CASE("MemoryNetwork: callbacks that close, re-enter the pump, connect or reset mid-delivery") {
+    Log serverLog, clientLog, thirdLog, l2;
+    int reentered = 0;
+    Factory third, server, resetter;  // the factories outlive the network
+    ClientFactory client, thirdClient = ClientFactory::forProtocol<Protocol>();
     Clock clock;
     MemoryNetwork net(clock);
-    Log serverLog, clientLog, thirdLog;
-    int reentered = 0;
-    Factory third;
     third.protocol = [&] { return std::make_unique<Scripted>(thirdLog); };
-    ClientFactory thirdClient = ClientFactory::forProtocol<Protocol>();
     MemoryConnection* extra = nullptr;
-    Factory server;
     server.protocol = [&] {
         auto p = std::make_unique<Scripted>(serverLog);
         p->onData = [&](Scripted& self, std::string_view d) {
@@ -660,7 +679,6 @@ TEST_CASE("MemoryNetwork: callbacks that close, re-enter the pump, connect or re
         };
         return p;
     };
-    ClientFactory client;
     client.protocol = [&] { return std::make_unique<Scripted>(clientLog); };
     MemoryConnection& c = net.connect(server, client);
     c.chunkSize = 1;
@@ -675,8 +693,6 @@ TEST_CASE("MemoryNetwork: callbacks that close, re-enter the pump, connect or re
     CHECK(extra->established());
     CHECK(thirdLog == Log{"made"});
     // reset() from inside a callback acts at the next step, not inside it.
-    Log l2;
-    Factory resetter;
     resetter.protocol = [&] {
         auto p = std::make_unique<Scripted>(l2);
         p->onData = [&](Scripted&, std::string_view) { extra->reset(); };
@@ -1074,13 +1090,13 @@ TEST_CASE("LimitTotalConnectionsFactory: the over-limit connection is refused, o
     Log log;
     limited.protocol = [&] { return std::make_unique<Scripted>(log); };
     limited.connectionLimit = 2;
-    Log c1, c2, c3, c4;
+    Log c1, c2, c3, c4, c5;
     auto clientFor = [](Log& l) {
         ClientFactory f;
         f.protocol = [&l] { return std::make_unique<Scripted>(l); };
         return f;
     };
-    ClientFactory f1 = clientFor(c1), f2 = clientFor(c2), f3 = clientFor(c3), f4 = clientFor(c4);
+    ClientFactory f1 = clientFor(c1), f2 = clientFor(c2), f3 = clientFor(c3), f4 = clientFor(c4), f5 = clientFor(c5);
     MemoryNetwork net(clock);
     MemoryConnection& first = net.connect(limited, f1);
     net.connect(limited, f2);
@@ -1108,8 +1124,6 @@ TEST_CASE("LimitTotalConnectionsFactory: the over-limit connection is refused, o
     first.client()->loseConnection();
     net.flush();
     CHECK(limited.connectionCount == 1);
-    Log c5;
-    ClientFactory f5 = clientFor(c5);
     net.connect(limited, f5);
     net.flush();
     CHECK(c5 == Log{"made"});
