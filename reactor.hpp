@@ -5183,6 +5183,7 @@ private:
     std::vector<std::unique_ptr<MemoryTransport>> retired_;  // ends of earlier attempts, client then server
     bool resetPending_ = false;
     bool attemptPending_ = false;  // connect() was called; answered at the next step
+    bool gone_ = false;            // a factory of it was destroyed: dropped, never touched again
 };
 
 /// Twisted's iosim: client and server protocols connected in memory and
@@ -5201,9 +5202,11 @@ private:
 /// Ownership: the network owns the connections, their ends and their
 /// protocols (built by the factories, destroyed at the end of the pump
 /// step after their connectionLost); the factories and the clock are the
-/// test's and must outlive the network. Destroying the network is like
-/// destroying a Reactor: open connections are dropped silently (no
-/// connectionLost, no clientConnection*), their protocols destroyed.
+/// test's and should outlive the network (the clock must: a factory
+/// destroyed first drops its connections silently and logs a warning, as
+/// with a Reactor). Destroying the network is like destroying a Reactor:
+/// open connections are dropped silently (no connectionLost, no
+/// clientConnection*), their protocols destroyed.
 ///
 /// Callbacks may call anything: write, close, connect(), reset() a
 /// connection; a pump()/flush()/advance() from inside a callback the
@@ -5252,8 +5255,32 @@ public:
 
 private:
     friend class MemoryConnection;
+    /// The network's place in a factory's list of users (as a port's or a
+    /// connection's): a factory destroyed before the network drops its
+    /// connections silently, with the Factory's warning, instead of being
+    /// called when dead.
+    class FactoryUse final : public detail::Owned {
+    public:
+        FactoryUse(MemoryNetwork& net, Factory& f) : net_(net), factory_(&f) { useFactory(f); }
+        ~FactoryUse() override { stopUsingFactory(); }
+        void shutdownNow() override {}
+        void abandon() override { net_.factoryGone(std::exchange(factory_, nullptr)); }
+        bool openConnection() const override;
+        int descriptor() const override { return -1; }
+        std::string describe() const override { return "in-memory connection (testing::MemoryNetwork)"; }
+        Factory* factory() const { return factory_; }
+
+    private:
+        MemoryNetwork& net_;
+        Factory* factory_;
+    };
+    /// Joins `f`'s users once.
+    void use(Factory& f);
+    /// `f` is being destroyed: its connections are dropped without callbacks.
+    void factoryGone(Factory* f);
     /// Frees the protocols closed meanwhile, once no step is running.
     void releaseDead();
+    std::vector<std::unique_ptr<FactoryUse>> uses_;
     std::vector<std::unique_ptr<MemoryConnection>> connections_;
     std::vector<std::unique_ptr<Protocol>> dead_;  // closed this step; freed at its end
     std::vector<Factory*> started_;                // server factories we doStart()ed
@@ -10515,15 +10542,23 @@ REACTOR_INLINE MemoryConnection::MemoryConnection(MemoryNetwork& net, Factory& s
 REACTOR_INLINE MemoryConnection::~MemoryConnection() { abandon(); }
 
 REACTOR_INLINE void MemoryConnection::abandon() {
+    if (std::exchange(gone_, true)) return;
     if (connector_) connector_->abandon();
     // Protocols first (their destructors may still look at their transport).
-    auto drop = [](MemoryTransport* end) {
+    // During a step (a callback destroyed a factory) one of them may be on
+    // the stack: it goes at the end of the step.
+    auto drop = [this](MemoryTransport* end) {
         if (!end) return;
         end->closed_ = true;
         end->connected = false;
+        end->disconnecting = true;
         end->producer_ = nullptr;
-        if (end->protocol_) end->protocol_->connected = false;
-        end->protocol_.reset();
+        if (!end->protocol_) return;
+        end->protocol_->connected = false;
+        if (net_.depth_ > 0)
+            net_.dead_.push_back(std::move(end->protocol_));
+        else
+            end->protocol_.reset();
     };
     drop(client_.get());
     drop(server_.get());
@@ -10719,6 +10754,7 @@ REACTOR_INLINE void MemoryConnection::closeEnd(MemoryTransport& end, const Failu
 }
 
 REACTOR_INLINE bool MemoryConnection::step() {
+    if (gone_) return false;
     bool did = false;
     if (attemptPending_ && connector_->state_ == MemoryConnector::State::connecting) {
         if (refuseNext > 0) {
@@ -10769,10 +10805,34 @@ REACTOR_INLINE MemoryNetwork::~MemoryNetwork() {
     dead_.clear();
     for (Factory* f : started_)
         if (f->numPorts > 0) --f->numPorts;  // silently: no stopFactory, as a Reactor's destructor
+    uses_.clear();  // leaves the factories' lists
+}
+
+REACTOR_INLINE bool MemoryNetwork::FactoryUse::openConnection() const {
+    for (auto& c : net_.connections_)
+        if (!c->gone_ && (&c->serverFactory_ == factory_ || &c->clientFactory_ == factory_) &&
+            ((c->client_ && !c->client_->closed_) || (c->server_ && !c->server_->closed_)))
+            return true;
+    return false;
+}
+
+REACTOR_INLINE void MemoryNetwork::use(Factory& f) {
+    for (auto& u : uses_)
+        if (u->factory() == &f) return;
+    uses_.push_back(std::make_unique<FactoryUse>(*this, f));
+}
+
+REACTOR_INLINE void MemoryNetwork::factoryGone(Factory* f) {
+    for (auto& c : connections_)
+        if (&c->serverFactory_ == f || &c->clientFactory_ == f) c->abandon();
+    started_.erase(std::remove(started_.begin(), started_.end(), f), started_.end());
+    if (depth_ == 0) dead_.clear();
 }
 
 REACTOR_INLINE MemoryConnection& MemoryNetwork::connect(Factory& server, ClientFactory& client,
                                                         Address serverAddress, double timeout) {
+    use(server);
+    use(client);
     if (std::find(started_.begin(), started_.end(), &server) == started_.end()) {
         started_.push_back(&server);
         server.doStart();

@@ -787,6 +787,54 @@ TEST_CASE("MemoryNetwork: destroyed with connections open: no callbacks, protoco
     CHECK_MISUSE_WITH(kept->connect(), error::RuntimeError, "MemoryNetwork");
 }
 
+TEST_CASE("MemoryNetwork: a factory destroyed before the network drops its connections, with a warning") {
+    test::LogCapture logs;
+    int alive = 0, lost = 0;
+    struct Counted : Protocol {
+        int &alive, &lost;
+        Counted(int& a, int& l) : alive(a), lost(l) { ++alive; }
+        ~Counted() override { --alive; }
+        void connectionLost(const Failure&) override { ++lost; }
+    };
+    ClientFactory client;  // outlives the network, as it should
+    client.protocol = [&] { return std::make_unique<Counted>(alive, lost); };
+    MemoryNetwork net;
+    auto server = std::make_unique<Factory>();  // destroyed first: the mistake
+    server->protocol = [&] { return std::make_unique<Counted>(alive, lost); };
+    MemoryConnection& c = net.connect(*server, client);
+    MemoryConnection& other = net.connect(*server, client);
+    net.flush();
+    CHECK(alive == 4);
+    server.reset();
+    CHECK(logs.contains("a Factory was destroyed with 1 open connection(s) (in-memory connection"));
+    CHECK(alive == 0);  // both connections dropped, no callbacks
+    CHECK(lost == 0);
+    CHECK(!c.established());
+    CHECK(!other.established());
+    CHECK(!net.flush());  // nothing left to move, nothing touches the dead factory
+    CHECK(client.numPorts == 0);
+    // The same from inside one of its own protocols' dataReceived.
+    auto doomed = std::make_unique<Factory>();
+    doomed->protocol = [&] {
+        struct Suicidal : Counted {
+            std::unique_ptr<Factory>& owner;
+            Suicidal(int& a, int& l, std::unique_ptr<Factory>& o) : Counted(a, l), owner(o) {}
+            void dataReceived(std::string_view) override {
+                owner.reset();                   // destroys this protocol's factory...
+                transport->write("still here");  // ...and this protocol lives until the step ends
+            }
+        };
+        return std::make_unique<Suicidal>(alive, lost, doomed);
+    };
+    MemoryConnection& d = net.connect(*doomed, client);
+    net.flush();
+    d.client()->write("x");
+    net.flush();
+    CHECK(!doomed);
+    CHECK(alive == 0);
+    CHECK(lost == 0);
+}
+
 TEST_CASE("MemoryNetwork: two protocols that always answer each other make flush() give up") {
     Factory server;
     Log a, b;
