@@ -10,8 +10,9 @@
 //   dispatches socket readiness, timers and cross-thread calls; TCP
 //   transports kept apart from the protocols that use them; Twisted's
 //   `Protocol`/`Factory` family, framing protocols, an IRC client, a
-//   `Deferred<T>` promise, and test helpers (`StringTransport`, `Clock`) so
-//   protocols are tested without sockets or real time. Names follow
+//   `Deferred<T>` promise, and test helpers (`StringTransport`, `Clock`,
+//   `testing::MemoryNetwork`) so protocols are tested without sockets or
+//   real time. Names follow
 //   Twisted, so Twisted's documentation maps 1:1.
 //
 // Quick start
