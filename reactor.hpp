@@ -5266,7 +5266,7 @@ private:
         ~FactoryUse() override { stopUsingFactory(); }
         void shutdownNow() override {}
         void abandon() override { net_.factoryGone(std::exchange(factory_, nullptr)); }
-        bool openConnection() const override;
+        REACTOR_INLINE bool openConnection() const override;
         int descriptor() const override { return -1; }
         std::string describe() const override { return "in-memory connection (testing::MemoryNetwork)"; }
         Factory* factory() const { return factory_; }
