@@ -73,9 +73,11 @@ $(OUT)/tests/%.o: tests/%.cpp reactor.hpp tests/support.hpp | doctest
 	@mkdir -p $(dir $@)
 	$(CXX) $(CXXFLAGS) -c $< -o $@
 
-# test_basic.cpp includes the chat server example to test its protocol.
+# test_basic.cpp includes the chat server example to test its protocol
+# (test_memory.cpp the IRC server's).
 $(OUT)/tests/test_basic.o: examples/chat_server.cpp
 $(OUT)/tests/test_http.o: examples/http_get.cpp
+$(OUT)/tests/test_memory.o: examples/irc_server.cpp
 
 $(OUT)/run_tests: $(TEST_OBJS)
 	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS)

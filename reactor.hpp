@@ -10,8 +10,9 @@
 //   dispatches socket readiness, timers and cross-thread calls; TCP
 //   transports kept apart from the protocols that use them; Twisted's
 //   `Protocol`/`Factory` family, framing protocols, an IRC client, a
-//   `Deferred<T>` promise, and test helpers (`StringTransport`, `Clock`) so
-//   protocols are tested without sockets or real time. Names follow
+//   `Deferred<T>` promise, and test helpers (`StringTransport`, `Clock`,
+//   `testing::MemoryNetwork`) so protocols are tested without sockets or
+//   real time. Names follow
 //   Twisted, so Twisted's documentation maps 1:1.
 //
 // Quick start
@@ -70,14 +71,15 @@
 //   7. THREADS         ThreadPool
 //   8. REACTOR         the event loop
 //   9. PROTOCOLS       Address, ITransport, Protocol, Factory, ClientFactory,
-//                      policies::TimeoutMixin
+//                      policies: TimeoutMixin, WrappingFactory and friends
 //  10. TCP             listenTCP, connectTCP, the TCP transport; UNIX
 //                      sockets; endpoints (serverFromString, connectProtocol);
 //                      UDP (listenUDP, listenMulticast, DatagramProtocol)
 //  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
 //  12. TASK            LoopingCall, deferLater, deferToThread
 //  13. IRC             irc::parsemsg, irc::IRCClient
-//  14. TESTING         StringTransport, dirty-reactor checks, runUntil
+//  14. TESTING         StringTransport, dirty-reactor checks, runUntil,
+//                      MemoryNetwork (protocols connected in memory)
 //  15. IMPLEMENTATION  the bodies of the non-template functions above
 //
 // ============================================================================
@@ -250,6 +252,8 @@ inline std::string errorString(int err) { return std::strerror(err); }
 /// Error values the layers above set or test by name.
 inline constexpr int errConnectionRefused = ECONNREFUSED;
 inline constexpr int errTooManyFiles = EMFILE;
+/// What a peer's reset reads as (the in-memory network's reset, section 14).
+inline constexpr int errConnectionReset = ECONNRESET;
 /// accept() found the connection already reset by the peer: try the next one.
 inline bool connectionAborted(int err) { return err == ECONNABORTED; }
 
@@ -2891,7 +2895,8 @@ private:
 //        -> protocol.dataReceived(bytes) ...   4. as bytes arrive
 //        -> protocol.connectionLost(reason)    5. exactly once; then destroyed
 //
-// Ends with the policies a protocol opts into (an idle timeout).
+// Ends with the policies a protocol opts into (an idle timeout) and the
+// wrapping factories (limits, timeouts) a server puts around its factory.
 // ============================================================================
 
 /// Something that produces data on demand (Twisted's IPushProducer and
@@ -3185,6 +3190,372 @@ private:
         if (timeoutCall_.active()) timeoutCall_.cancel();
     }
     DelayedCall timeoutCall_;
+};
+
+// ---- policies: wrapping factories -------------------------------------------
+
+/// Forwards every event of the Protocol interface to another protocol,
+/// `forwardee`: connectionMade (as forwardee->makeConnection), dataReceived,
+/// connectionLost, halfCloseable, readConnectionLost, writeConnectionLost
+/// and logPrefix. The one place that knows the full list, for any protocol
+/// that stands in front of another (ProtocolWrapper below). It does not own
+/// the forwardee: an owner sets the pointer and keeps the object alive
+/// until connectionLost has returned.
+class ForwardingProtocol : public Protocol {
+public:
+    /// Where the events go; null: they are dropped.
+    Protocol* forwardee = nullptr;
+
+    REACTOR_INLINE void connectionMade() override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Clears the forwardee's `connected`, then forwards.
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
+    REACTOR_INLINE bool halfCloseable() const override;
+    REACTOR_INLINE void readConnectionLost() override;
+    REACTOR_INLINE void writeConnectionLost() override;
+    /// "Forwardee (ThisClass)", as Twisted's wrappers name themselves.
+    REACTOR_INLINE std::string logPrefix() const override;
+
+protected:
+    /// What the forwardee gets as its transport: this protocol's own.
+    virtual ITransport* forwardeeTransport() { return transport; }
+};
+
+class WrappingFactory;
+
+/// Twisted's ProtocolWrapper: stands between the transport and the
+/// protocol it wraps, which sees the wrapper as its transport. Every event
+/// goes on to the wrapped protocol (ForwardingProtocol); every transport
+/// call the wrapped protocol makes goes through the wrapper's virtual
+/// method of the same name (write, loseConnection, registerProducer...),
+/// then to the real transport. Override those to watch or change traffic.
+///
+/// Ownership: the wrapper owns the wrapped protocol (they die together,
+/// after connectionLost). It registers with its factory in connectionMade
+/// and unregisters exactly once: in connectionLost, or when destroyed
+/// without one. A factory destroyed first is forgotten, never called.
+class ProtocolWrapper : public ForwardingProtocol {
+public:
+    /// Wraps `wrapped` (taking it); `factory` is told when it connects and ends.
+    REACTOR_INLINE ProtocolWrapper(WrappingFactory& factory, std::unique_ptr<Protocol> wrapped);
+    REACTOR_INLINE ~ProtocolWrapper() override;
+    ProtocolWrapper(const ProtocolWrapper&) = delete;
+    ProtocolWrapper& operator=(const ProtocolWrapper&) = delete;
+
+    /// The protocol inside (owned).
+    std::unique_ptr<Protocol> wrappedProtocol;
+    /// The factory that built this wrapper; null once it is destroyed.
+    WrappingFactory* wrappingFactory;
+
+    /// Registers with the factory, then connects the wrapped protocol to the wrapper.
+    REACTOR_INLINE void connectionMade() override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Unregisters, then forwards.
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
+    REACTOR_INLINE void readConnectionLost() override;
+
+    // ---- the wrapped protocol's transport calls (to the real transport) --
+
+    /// The wrapped protocol wrote: passed to transport->write.
+    REACTOR_INLINE virtual void write(std::string_view data);
+    /// The same for writeSequence.
+    REACTOR_INLINE virtual void writeSequence(const std::string_view* parts, std::size_t count);
+    /// The wrapped protocol closes: `disconnecting` is set at once for it, then passed on.
+    REACTOR_INLINE virtual void loseConnection();
+    /// As loseConnection, for abortConnection.
+    REACTOR_INLINE virtual void abortConnection();
+    /// Passed to transport->loseWriteConnection.
+    REACTOR_INLINE virtual void loseWriteConnection();
+    /// The wrapped protocol's producer is registered with the real transport.
+    REACTOR_INLINE virtual void registerProducer(IProducer* producer, bool streaming);
+    /// Passed to transport->unregisterProducer.
+    REACTOR_INLINE virtual void unregisterProducer();
+    /// The reading side (the wrapped protocol pausing its input).
+    REACTOR_INLINE virtual void pauseProducing();
+    /// The reading side: reading again.
+    REACTOR_INLINE virtual void resumeProducing();
+    /// Passed to transport->stopProducing (which closes).
+    REACTOR_INLINE virtual void stopProducing();
+    /// The real transport's peer (an empty Address before connectionMade).
+    REACTOR_INLINE Address getPeer() const;
+    /// The real transport's host.
+    REACTOR_INLINE Address getHost() const;
+
+    /// What the wrapped protocol has as `transport`.
+    ITransport& wrapperTransport() { return facet_; }
+
+protected:
+    ITransport* forwardeeTransport() override { return &facet_; }
+
+private:
+    // The ITransport the wrapped protocol holds: each call goes to the
+    // wrapper's virtual of the same name. Its `connected`/`disconnecting`
+    // follow the real transport's (the framing protocols read them).
+    class Facet final : public ITransport {
+    public:
+        explicit Facet(ProtocolWrapper& w) : w_(w) {}
+        void write(std::string_view data) override { w_.write(data); }
+        void writeSequence(const std::string_view* parts, std::size_t count) override { w_.writeSequence(parts, count); }
+        void loseConnection() override { w_.loseConnection(); }
+        void abortConnection() override { w_.abortConnection(); }
+        void loseWriteConnection() override { w_.loseWriteConnection(); }
+        Address getPeer() const override { return w_.getPeer(); }
+        Address getHost() const override { return w_.getHost(); }
+        void registerProducer(IProducer* producer, bool streaming) override { w_.registerProducer(producer, streaming); }
+        void unregisterProducer() override { w_.unregisterProducer(); }
+        void pauseProducing() override { w_.pauseProducing(); }
+        void resumeProducing() override { w_.resumeProducing(); }
+        void stopProducing() override { w_.stopProducing(); }
+        bool setTcpNoDelay(bool enabled) override { return w_.transport && w_.transport->setTcpNoDelay(enabled); }
+        bool setTcpKeepAlive(bool enabled) override { return w_.transport && w_.transport->setTcpKeepAlive(enabled); }
+        bool getTcpNoDelay() const override { return w_.transport && w_.transport->getTcpNoDelay(); }
+        bool getTcpKeepAlive() const override { return w_.transport && w_.transport->getTcpKeepAlive(); }
+
+    private:
+        ProtocolWrapper& w_;
+    };
+    friend class WrappingFactory;
+    void syncFlags();
+    void unregisterOnce();
+    Facet facet_{*this};
+    bool unregistered_ = false;
+};
+
+/// Twisted's policies.WrappingFactory: wraps another factory's protocols in
+/// ProtocolWrappers and keeps a list of the live ones. Listen (or connect)
+/// with the wrapping factory; the wrapped one builds the protocols.
+/// startFactory/stopFactory and, for a wrapped ClientFactory, the client
+/// callbacks are passed on. Both factories are the caller's; the wrapped
+/// one must outlive the wrapping one.
+class WrappingFactory : public ClientFactory {
+public:
+    explicit WrappingFactory(Factory& wrapped) : wrappedFactory(&wrapped) {}
+    /// Wrapping a client factory: its startedConnecting and
+    /// clientConnection* are called too.
+    explicit WrappingFactory(ClientFactory& wrapped) : wrappedFactory(&wrapped), wrappedClientFactory(&wrapped) {}
+    /// Its live wrappers forget it (their unregistering is skipped).
+    REACTOR_INLINE ~WrappingFactory() override;
+    WrappingFactory(const WrappingFactory&) = delete;
+    WrappingFactory& operator=(const WrappingFactory&) = delete;
+
+    Factory* wrappedFactory = nullptr;             ///< builds the wrapped protocols
+    ClientFactory* wrappedClientFactory = nullptr;  ///< the same, when it is a ClientFactory
+    /// The connected wrappers (Twisted's `protocols`), in connection order.
+    std::vector<ProtocolWrapper*> protocols;
+
+    /// The wrapped factory's protocol in a wrapper made by wrapProtocol;
+    /// null when the wrapped factory refuses.
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    /// Makes the wrapper (Twisted's `protocol` attribute): override to use
+    /// your own ProtocolWrapper subclass.
+    REACTOR_INLINE virtual std::unique_ptr<ProtocolWrapper> wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                         const Address& addr);
+    /// A wrapper connected: adds it to `protocols`.
+    REACTOR_INLINE virtual void registerProtocol(ProtocolWrapper& p);
+    /// A wrapper is done (exactly once for each one built): removes it.
+    REACTOR_INLINE virtual void unregisterProtocol(ProtocolWrapper& p);
+
+    REACTOR_INLINE void startFactory() override;
+    REACTOR_INLINE void stopFactory() override;
+    REACTOR_INLINE void startedConnecting(IConnector& connector) override;
+    REACTOR_INLINE void clientConnectionFailed(IConnector& connector, const Failure& reason) override;
+    REACTOR_INLINE void clientConnectionLost(IConnector& connector, const Failure& reason) override;
+
+protected:
+    /// For a subclass that builds the protocols itself (LimitTotalConnectionsFactory).
+    WrappingFactory() = default;
+};
+
+/// Twisted's TimeoutProtocol: closes the connection after `timeoutPeriod`
+/// seconds without traffic either way (data received, or written by the
+/// wrapped protocol). Made by TimeoutFactory.
+class TimeoutProtocol : public ProtocolWrapper {
+public:
+    /// Arms the timer now (the connection is made right after).
+    REACTOR_INLINE TimeoutProtocol(WrappingFactory& factory, std::unique_ptr<Protocol> wrapped, IReactorTime& clock,
+                                   std::optional<double> timeoutPeriod);
+    ~TimeoutProtocol() override { cancelTimeout(); }
+
+    /// The period in seconds, or none.
+    std::optional<double> timeoutPeriod;
+    /// Cancels the timer and, with a period, starts a new one (Twisted's
+    /// setTimeout: no argument means no timeout).
+    REACTOR_INLINE void setTimeout(std::optional<double> period = std::nullopt);
+    /// Stops the timer (no period from now on); doing it twice is fine.
+    REACTOR_INLINE void cancelTimeout();
+    /// Traffic: the period starts again.
+    REACTOR_INLINE void resetTimeout();
+    /// The period passed in silence: loseConnection(). Override to do otherwise.
+    virtual void timeoutFunc() { loseConnection(); }
+
+    /// Traffic out: resetTimeout(), then passed on.
+    REACTOR_INLINE void write(std::string_view data) override;
+    /// Traffic out: resetTimeout(), then passed on.
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    /// Traffic in: resetTimeout(), then passed on.
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Cancels the timer, then passed on.
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
+
+private:
+    IReactorTime& clock_;
+    DelayedCall timeoutCall_;
+};
+
+/// Twisted's TimeoutFactory: every connection of the wrapped factory is
+/// closed after `timeoutPeriod` seconds of silence (default 30 minutes).
+/// Timers run on `clock` (the Reactor; a Clock in tests), which must
+/// outlive the connections.
+class TimeoutFactory : public WrappingFactory {
+public:
+    /// Wraps `wrapped`'s protocols; timers run on `clockRef`.
+    TimeoutFactory(Factory& wrapped, IReactorTime& clockRef, double period = 30 * 60)
+        : WrappingFactory(wrapped), timeoutPeriod(period), clock(&clockRef) {}
+    double timeoutPeriod;  ///< seconds of silence before the close
+    IReactorTime* clock;   ///< where the timers run
+    /// A TimeoutProtocol.
+    REACTOR_INLINE std::unique_ptr<ProtocolWrapper> wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                 const Address& addr) override;
+};
+
+/// Twisted's LimitTotalConnectionsFactory: at most `connectionLimit`
+/// connections at once. Set `protocol` as for any Factory; a connection
+/// over the limit gets `overflowProtocol` (to say "too busy", say) or,
+/// without one, is refused: buildProtocol returns null and the transport
+/// closes it at once (the client sees connectionMade, then
+/// connectionLost(ConnectionDone)). Protocols are wrapped in ProtocolWrappers;
+/// their `factory` is this factory. Unlike Twisted's, it is a WrappingFactory
+/// (so `protocols` lists the live ones).
+class LimitTotalConnectionsFactory : public WrappingFactory {
+public:
+    LimitTotalConnectionsFactory() = default;
+    /// Connections now (counted from buildProtocol to connectionLost).
+    int connectionCount = 0;
+    /// The limit; none: unlimited.
+    std::optional<int> connectionLimit;
+    /// What a connection over the limit gets; empty: it is refused.
+    std::function<std::unique_ptr<Protocol>()> overflowProtocol;
+
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    REACTOR_INLINE void unregisterProtocol(ProtocolWrapper& p) override;
+    void startFactory() override {}
+    void stopFactory() override {}
+};
+
+/// Twisted's LimitConnectionsByPeer: at most `maxConnectionsPerPeer`
+/// connections from one peer host (an IP address) at once; more are
+/// refused (buildProtocol returns null, the transport closes them).
+class LimitConnectionsByPeer : public WrappingFactory {
+public:
+    using WrappingFactory::WrappingFactory;
+    int maxConnectionsPerPeer = 5;  ///< Twisted's default
+    /// Open connections per host.
+    std::vector<std::pair<std::string, int>> peerConnections;
+
+    /// Starts with no connections counted (Twisted's startFactory).
+    REACTOR_INLINE void startFactory() override;
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    REACTOR_INLINE void unregisterProtocol(ProtocolWrapper& p) override;
+
+private:
+    int* countOf(const std::string& host);
+    std::vector<std::pair<ProtocolWrapper*, std::string>> hostOf_;  // counted wrappers
+};
+
+class ThrottlingFactory;
+
+/// Twisted's ThrottlingProtocol: counts its connection's bytes for its
+/// ThrottlingFactory, and pauses or resumes on the factory's orders. Made by
+/// ThrottlingFactory.
+class ThrottlingProtocol : public ProtocolWrapper {
+public:
+    /// Wraps `wrapped` for `factory`.
+    ThrottlingProtocol(ThrottlingFactory& factory, std::unique_ptr<Protocol> wrapped);
+    /// Counted as written, then passed on.
+    REACTOR_INLINE void write(std::string_view data) override;
+    /// Counted as written, then passed on.
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    /// Counted as read, then passed on.
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    /// Remembered (write throttling pauses it), then passed on.
+    REACTOR_INLINE void registerProducer(IProducer* producer, bool streaming) override;
+    /// Forgotten, then passed on.
+    REACTOR_INLINE void unregisterProducer() override;
+    /// Stops reading (transport->pauseProducing()).
+    REACTOR_INLINE void throttleReads();
+    /// Reads again.
+    REACTOR_INLINE void unthrottleReads();
+    /// Pauses the registered producer, if any (writes are throttled only through one).
+    REACTOR_INLINE void throttleWrites();
+    /// Resumes the registered producer, if any.
+    REACTOR_INLINE void unthrottleWrites();
+
+private:
+    ThrottlingFactory* throttling() const;
+    IProducer* producer_ = nullptr;
+};
+
+/// Twisted's ThrottlingFactory: limits the connections (maxConnectionCount,
+/// more are refused) and the bandwidth of all of them together. Every
+/// second it compares the bytes read (and written) in that second with
+/// readLimit (writeLimit); over the limit, reading stops on every connection
+/// (every registered producer is paused) for (bytes / limit - 1) seconds, so
+/// the average comes back to the limit. Writes are throttled only through a
+/// registered producer, as in Twisted. The checks run on `clock` while
+/// there is a connection. Set the fields before the first connection.
+class ThrottlingFactory : public WrappingFactory {
+public:
+    /// Wraps `wrapped`'s protocols; the per-second checks run on `clockRef`.
+    ThrottlingFactory(Factory& wrapped, IReactorTime& clockRef) : WrappingFactory(wrapped), clock(&clockRef) {}
+    /// Cancels its timers.
+    REACTOR_INLINE ~ThrottlingFactory() override;
+
+    IReactorTime* clock;  ///< where the checks run
+    /// At most this many connections at once; none: no limit.
+    std::optional<int> maxConnectionCount;
+    /// Bytes per second read, over all connections; none: no limit.
+    std::optional<double> readLimit;
+    /// Bytes per second written, over all connections; none: no limit.
+    std::optional<double> writeLimit;
+    /// Connections now (from buildProtocol until connectionLost).
+    int connectionCount = 0;
+    double readThisSecond = 0;     ///< bytes read since the last check
+    double writtenThisSecond = 0;  ///< bytes written since the last check
+    /// The pending calls (inactive when none).
+    DelayedCall unthrottleReadsID, checkReadBandwidthID, unthrottleWritesID, checkWriteBandwidthID;
+
+    /// A protocol counts bytes it wrote.
+    void registerWritten(std::size_t length) { writtenThisSecond += static_cast<double>(length); }
+    /// A protocol counts bytes it read.
+    void registerRead(std::size_t length) { readThisSecond += static_cast<double>(length); }
+    /// The read check (every second): over the limit, throttles reads for a while.
+    REACTOR_INLINE void checkReadBandwidth();
+    /// The write check (every second).
+    REACTOR_INLINE void checkWriteBandwidth();
+    /// Every connection stops reading.
+    REACTOR_INLINE void throttleReads();
+    /// Every connection reads again.
+    REACTOR_INLINE void unthrottleReads();
+    /// Every registered producer is paused.
+    REACTOR_INLINE void throttleWrites();
+    /// Every registered producer is resumed.
+    REACTOR_INLINE void unthrottleWrites();
+
+    /// Starts the checks with the first connection; null over maxConnectionCount.
+    REACTOR_INLINE std::unique_ptr<Protocol> buildProtocol(const Address& addr) override;
+    /// A ThrottlingProtocol (an override must return one too).
+    REACTOR_INLINE std::unique_ptr<ProtocolWrapper> wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                 const Address& addr) override;
+    /// One fewer; the last one cancels the checks.
+    REACTOR_INLINE void unregisterProtocol(ProtocolWrapper& p) override;
+
+private:
+    void cancelAll();
+    template <class F>
+    void forEach(F f) {
+        std::vector<ProtocolWrapper*> all = protocols;  // a call may close one
+        for (ProtocolWrapper* p : all) f(static_cast<ThrottlingProtocol&>(*p));
+    }
 };
 
 }  // namespace policies
@@ -5423,7 +5794,8 @@ private:
 // ==== 14. TESTING ====
 // Helpers for tests that drive a real Reactor: run until a condition holds
 // (never sleep), and fail when a test leaves timers or descriptors behind
-// (Trial's "dirty reactor" check).
+// (Trial's "dirty reactor" check). Then the in-memory network, for tests
+// that connect protocols without sockets.
 // ============================================================================
 /// An in-memory transport for protocol tests (Twisted's StringTransport):
 /// what the protocol writes accumulates in value(); nothing touches a
@@ -5553,6 +5925,314 @@ std::string dirtyReport(const Reactor& r);
 std::string cleanUp(Reactor& r);
 
 }  // namespace testing
+
+// ---- the in-memory network (Twisted's iosim) --------------------------------
+
+namespace testing {
+
+class MemoryNetwork;
+class MemoryConnection;
+class MemoryConnector;
+
+/// One end of an in-memory connection: the ITransport its protocol writes to
+/// (Twisted's iosim.FakeTransport, with TCP's semantics). Nothing moves
+/// until the network is pumped; then every callback a protocol sees is the
+/// one a TcpConnection would make: loseConnection() flushes first, then
+/// connectionLost(ConnectionDone) on both ends; abortConnection() drops the
+/// buffer, connectionLost(ConnectionAborted) here and a reset
+/// (ConnectionLost) there; a peer's half-close reaches readConnectionLost()
+/// of a halfCloseable protocol; bytes written after loseConnection() are
+/// still sent, bytes arriving after it are dropped; flow control pauses a
+/// streaming producer above TcpConnection::highWaterMark unsent bytes and
+/// resumes it at lowWaterMark, and with no producer the end stops reading
+/// while input it got pushed its unsent output over the mark.
+///
+/// Owned by its MemoryConnection (which also owns the protocol): valid until
+/// the network is destroyed, even after the connection closed.
+class MemoryTransport final : public ITransport {
+public:
+    // ---- ITransport -----------------------------------------------------
+
+    REACTOR_INLINE void write(std::string_view data) override;
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    REACTOR_INLINE void loseConnection() override;
+    REACTOR_INLINE void abortConnection() override;
+    REACTOR_INLINE void loseWriteConnection() override;
+    Address getPeer() const override { return peer_; }
+    Address getHost() const override { return host_; }
+    /// The reading side, as on TCP: nothing is delivered while paused.
+    REACTOR_INLINE void pauseProducing() override;
+    REACTOR_INLINE void resumeProducing() override;
+    void stopProducing() override { loseConnection(); }
+    REACTOR_INLINE void registerProducer(IProducer* producer, bool streaming) override;
+    REACTOR_INLINE void unregisterProducer() override;
+    bool setTcpNoDelay(bool enabled) override { return noDelay_ = enabled, true; }
+    bool setTcpKeepAlive(bool enabled) override { return keepAlive_ = enabled, true; }
+    bool getTcpNoDelay() const override { return noDelay_; }
+    bool getTcpKeepAlive() const override { return keepAlive_; }
+
+    // ---- what a test looks at and scripts -------------------------------
+
+    /// Bytes written here and not yet delivered to the peer (TCP's unsent output).
+    std::size_t pending() const { return out_.size() - outPos_; }
+    /// The protocol on this end; null once it has been destroyed (after its
+    /// connectionLost, at the end of the pump step) or if none was built.
+    Protocol* protocol() const { return protocol_.get(); }
+    /// connectionLost has run on this end.
+    bool closed() const { return closed_; }
+    /// The application stopped reading: nothing is delivered to this end
+    /// (its peer's unsent output grows, so backpressure shows) until it is
+    /// false again. A fault the test sets; the protocol's own pause is
+    /// pauseProducing().
+    bool readerStopped = false;
+    /// A slow reader: at most this many bytes delivered to this end per
+    /// pump() step (0: no limit).
+    std::size_t readRate = 0;
+
+    /// Made by MemoryConnection only.
+    MemoryTransport(MemoryConnection& connection, Address host, Address peer)
+        : connection_(connection), host_(std::move(host)), peer_(std::move(peer)) {
+        connected = true;
+    }
+
+private:
+    friend class MemoryConnection;
+    friend class MemoryNetwork;
+    /// Delivery to this end is possible now (nothing holds reading back).
+    bool reading() const;
+
+    MemoryConnection& connection_;
+    MemoryTransport* peerEnd_ = nullptr;
+    std::unique_ptr<Protocol> protocol_;
+    Address host_, peer_;
+    std::string out_;  // unsent bytes, from outPos_
+    std::size_t outPos_ = 0;
+    std::uint64_t written_ = 0, sent_ = 0;  // bytes ever written and ever delivered
+    std::uint64_t readyEnd_ = 0;            // bytes up to here have arrived (latency)
+    // (total written after a write, the time it may arrive): with a latency,
+    // bytes wait here until the clock reaches their time.
+    std::vector<std::pair<std::uint64_t, double>> marks_;
+    std::size_t markPos_ = 0;
+    IProducer* producer_ = nullptr;
+    bool streaming_ = false, producerPaused_ = false, wantPull_ = false;
+    bool userPaused_ = false, outputPaused_ = false;
+    bool wantWriteShut_ = false, writeShut_ = false;
+    bool eofIncoming_ = false, readShut_ = false;  // the peer sent its FIN / we processed it
+    bool aborting_ = false, closed_ = false;
+    bool noDelay_ = false, keepAlive_ = false;
+};
+
+/// The IConnector of a MemoryConnection: Twisted's tcp.Connector lifecycle
+/// (disconnected -> connecting -> connected -> disconnected), with the
+/// ClientFactory's startedConnecting / clientConnectionFailed /
+/// clientConnectionLost at the same moments and with the same reasons as
+/// TcpConnector's. Shared, like every IConnector; once the network is gone
+/// connect() is refused.
+class MemoryConnector final : public IConnector {
+public:
+    /// Made by MemoryConnection.
+    MemoryConnector(MemoryConnection& connection, double timeout) : conn_(&connection), timeout_(timeout) {}
+    REACTOR_INLINE void connect() override;
+    REACTOR_INLINE void disconnect() override;
+    REACTOR_INLINE void stopConnecting() override;
+    bool isConnecting() const override { return state_ == State::connecting; }
+    REACTOR_INLINE Address getDestination() const override;
+
+private:
+    friend class MemoryConnection;
+    enum class State { disconnected, connecting, connected };
+    void fail(const Failure& reason);
+    void lost(const Failure& reason);
+    void finishCycle();
+    void cancelTimeout();
+    void abandon();
+
+    MemoryConnection* conn_;  // null once the network is gone
+    double timeout_;
+    State state_ = State::disconnected;
+    DelayedCall timeoutCall_;
+    bool factoryStarted_ = false;  // doStart once per cycle, as TcpConnector
+    Address destination_;
+};
+
+/// A client's link to a server factory through a MemoryNetwork: its
+/// connector (what the ClientFactory's callbacks get) and, once an attempt
+/// succeeds, the two ends. Made by MemoryNetwork::connect, owned by the
+/// network. Each new attempt of the connector (a ReconnectingClientFactory's
+/// retry) makes two new ends; the old ones stay readable.
+///
+/// The fault knobs below may be set at any time; they act at the next pump
+/// step.
+class MemoryConnection {
+public:
+    /// Refuse this many of the next attempts: clientConnectionFailed with
+    /// ConnectionRefusedError, the reason TCP gives.
+    int refuseNext = 0;
+    /// Attempts get no answer: they fail by the connector's timeout
+    /// (TimeoutError, as connectTCP's), when the clock gets there.
+    bool unreachable = false;
+    /// At most this many bytes per dataReceived call (1: byte by byte; 0:
+    /// everything that is ready in one call).
+    std::size_t chunkSize = 0;
+    /// Seconds a byte spends on the wire (simulated time: the network's
+    /// Clock must reach it). Applies to bytes written from now on.
+    double latency = 0;
+    /// The network resets the connection: at the next step both ends get
+    /// connectionLost(ConnectionLost: connection reset by peer), buffers dropped.
+    void reset() { resetPending_ = true; }
+
+    /// The client's end (null until an attempt succeeds).
+    MemoryTransport* client() const { return client_.get(); }
+    /// The server's end (null until an attempt succeeds).
+    MemoryTransport* server() const { return server_.get(); }
+    /// The client's protocol (null before, and once destroyed after connectionLost).
+    Protocol* clientProtocol() const { return client_ ? client_->protocol() : nullptr; }
+    /// The server's protocol (the same).
+    Protocol* serverProtocol() const { return server_ ? server_->protocol() : nullptr; }
+    /// The connector the client factory's callbacks receive.
+    IConnector& connector() const { return *connector_; }
+    /// Both ends are connected now.
+    bool established() const { return client_ && !client_->closed_ && server_ && !server_->closed_; }
+    /// How many attempts succeeded so far.
+    int connections = 0;
+
+    /// Made by MemoryNetwork::connect.
+    MemoryConnection(MemoryNetwork& net, Factory& server, ClientFactory& client, Address serverAddress,
+                     Address clientAddress, double timeout);
+    ~MemoryConnection();
+    MemoryConnection(const MemoryConnection&) = delete;
+    MemoryConnection& operator=(const MemoryConnection&) = delete;
+
+private:
+    friend class MemoryTransport;
+    friend class MemoryNetwork;
+    friend class MemoryConnector;
+    bool step();
+    bool stepPair(MemoryTransport& client, MemoryTransport& server);
+    void establish();
+    void makeConnection(MemoryTransport& end, Failure& failure, bool& failed);
+    bool deliver(MemoryTransport& from, MemoryTransport& to);
+    bool settle(MemoryTransport& end);
+    bool readEof(MemoryTransport& end);
+    void closeEnd(MemoryTransport& end, const Failure& reason, bool resetPeer);
+    void abandon();
+
+    MemoryNetwork& net_;
+    Factory& serverFactory_;
+    ClientFactory& clientFactory_;
+    Address serverAddress_, clientAddress_;
+    std::shared_ptr<MemoryConnector> connector_;
+    std::unique_ptr<MemoryTransport> client_, server_;
+    std::vector<std::unique_ptr<MemoryTransport>> retired_;  // ends of earlier attempts, client then server
+    bool resetPending_ = false;
+    bool attemptPending_ = false;  // connect() was called; answered at the next step
+    bool gone_ = false;            // a factory of it was destroyed: dropped, never touched again
+};
+
+/// Twisted's iosim: client and server protocols connected in memory and
+/// pumped deterministically, with faults a test can script, and a Clock for
+/// time. Nothing moves between pump()s: a write only queues.
+///
+///     reactor::Clock clock;
+///     EchoFactory server;  reactor::ClientFactory client = ...;   // declared first: they outlive the network
+///     reactor::testing::MemoryNetwork net(clock);
+///     auto& c = net.connect(server, client);
+///     c.chunkSize = 1;                  // deliver byte by byte
+///     net.flush();                      // connect, connectionMade, greetings...
+///     c.client()->write("hello");
+///     net.flush();                      // delivered, answered, answer delivered
+///
+/// Ownership: the network owns the connections, their ends and their
+/// protocols (built by the factories, destroyed at the end of the pump
+/// step after their connectionLost); the factories and the clock are the
+/// test's and should outlive the network (the clock must: a factory
+/// destroyed first drops its connections silently and logs a warning, as
+/// with a Reactor). Destroying the network is like destroying a Reactor:
+/// open connections are dropped silently (no connectionLost, no
+/// clientConnection*), their protocols destroyed.
+///
+/// Callbacks may call anything: write, close, connect(), reset() a
+/// connection; a pump()/flush()/advance() from inside a callback the
+/// network is delivering does nothing and returns false (the outer one
+/// goes on). Failures and closes are never reported inside the call that
+/// caused them: always from a pump step, as TCP reports them from the loop.
+class MemoryNetwork {
+public:
+    explicit MemoryNetwork(Clock& clockRef) : clock(clockRef) {}
+    /// With a Clock of its own (`net.clock`), for tests that need no other.
+    MemoryNetwork() : ownClock_(std::make_unique<Clock>()), clock(*ownClock_) {}
+    REACTOR_INLINE ~MemoryNetwork();
+    MemoryNetwork(const MemoryNetwork&) = delete;
+    MemoryNetwork& operator=(const MemoryNetwork&) = delete;
+
+    /// Starts a connection attempt from `client` to `server` (both the
+    /// test's, outliving the network): startedConnecting now, the outcome
+    /// at the next pump step. The server factory is started (doStart) the
+    /// first time it is used, like a listening port. `serverAddress` is what
+    /// getPeer() returns on the client's end; the client's end is
+    /// 127.0.0.1 on a port counting up from 50001. `timeout` as connectTCP's.
+    REACTOR_INLINE MemoryConnection& connect(Factory& server, ClientFactory& client,
+                                             Address serverAddress = {"TCP", "127.0.0.1", 8000, false},
+                                             double timeout = 30);
+
+    /// One step: for every connection, an attempt is answered (a connection
+    /// made in a step carries no data in it), or ready bytes are delivered (in chunkSize pieces) both ways, drained ends close,
+    /// FINs are read. Returns whether anything happened.
+    REACTOR_INLINE bool pump();
+    /// Pumps until nothing happens (Twisted's IOPump.flush). Two protocols
+    /// that always answer each other never settle: after `maxSteps` it
+    /// stops with error::RuntimeError. Returns whether anything happened.
+    REACTOR_INLINE bool flush(int maxSteps = 10000);
+    /// Moves the clock `seconds` forward, stopping at each moment something
+    /// is due (a timer, bytes arriving after their latency) to flush, so a
+    /// conversation with latency runs as it would on a real wire.
+    REACTOR_INLINE void advance(double seconds);
+    /// The connections made so far, in order.
+    const std::vector<std::unique_ptr<MemoryConnection>>& connections() const { return connections_; }
+
+private:
+    std::unique_ptr<Clock> ownClock_;  // the default constructor's (before `clock`: initialised first)
+
+public:
+    Clock& clock;  ///< latency, connect timeouts and advance() run on it
+
+private:
+    friend class MemoryConnection;
+    /// The network's place in a factory's list of users (as a port's or a
+    /// connection's): a factory destroyed before the network drops its
+    /// connections silently, with the Factory's warning, instead of being
+    /// called when dead.
+    class FactoryUse final : public detail::Owned {
+    public:
+        FactoryUse(MemoryNetwork& net, Factory& f) : net_(net), factory_(&f) { useFactory(f); }
+        ~FactoryUse() override { stopUsingFactory(); }
+        void shutdownNow() override {}
+        void abandon() override { net_.factoryGone(std::exchange(factory_, nullptr)); }
+        REACTOR_INLINE bool openConnection() const override;
+        int descriptor() const override { return -1; }
+        std::string describe() const override { return "in-memory connection (testing::MemoryNetwork)"; }
+        Factory* factory() const { return factory_; }
+
+    private:
+        MemoryNetwork& net_;
+        Factory* factory_;
+    };
+    /// Joins `f`'s users once.
+    void use(Factory& f);
+    /// `f` is being destroyed: its connections are dropped without callbacks.
+    void factoryGone(Factory* f);
+    /// Frees the protocols closed meanwhile, once no step is running.
+    void releaseDead();
+    std::vector<std::unique_ptr<FactoryUse>> uses_;
+    std::vector<std::unique_ptr<MemoryConnection>> connections_;
+    std::vector<std::unique_ptr<Protocol>> dead_;  // closed this step; freed at its end
+    std::vector<Factory*> started_;                // server factories we doStart()ed
+    int depth_ = 0;                                // pump steps running (re-entry guard)
+    std::uint16_t nextPort_ = 50001;
+};
+
+}  // namespace testing
+
 
 
 }  // namespace REACTOR_ABI
@@ -7635,6 +8315,402 @@ REACTOR_INLINE void ClientFactory::clientConnectionLost(IConnector& connector, c
     (void)connector;
     (void)reason;
 }
+
+namespace policies {
+
+REACTOR_INLINE void ForwardingProtocol::connectionMade() {
+    if (forwardee) forwardee->makeConnection(forwardeeTransport());
+}
+
+REACTOR_INLINE void ForwardingProtocol::dataReceived(std::string_view data) {
+    if (forwardee) forwardee->dataReceived(data);
+}
+
+REACTOR_INLINE void ForwardingProtocol::connectionLost(const Failure& reason) {
+    if (!forwardee) return;
+    forwardee->connected = false;
+    forwardee->connectionLost(reason);
+}
+
+REACTOR_INLINE bool ForwardingProtocol::halfCloseable() const { return forwardee && forwardee->halfCloseable(); }
+
+REACTOR_INLINE void ForwardingProtocol::readConnectionLost() {
+    if (forwardee) forwardee->readConnectionLost();
+}
+
+REACTOR_INLINE void ForwardingProtocol::writeConnectionLost() {
+    if (forwardee) forwardee->writeConnectionLost();
+}
+
+REACTOR_INLINE std::string ForwardingProtocol::logPrefix() const {
+    std::string own = Protocol::logPrefix();
+    return forwardee ? forwardee->logPrefix() + " (" + own + ")" : own;
+}
+
+REACTOR_INLINE ProtocolWrapper::ProtocolWrapper(WrappingFactory& f, std::unique_ptr<Protocol> wrapped)
+    : wrappedProtocol(std::move(wrapped)), wrappingFactory(&f) {
+    forwardee = wrappedProtocol.get();
+    factory = &f;
+}
+
+REACTOR_INLINE ProtocolWrapper::~ProtocolWrapper() { unregisterOnce(); }
+
+REACTOR_INLINE void ProtocolWrapper::unregisterOnce() {
+    if (std::exchange(unregistered_, true)) return;
+    if (wrappingFactory) wrappingFactory->unregisterProtocol(*this);
+}
+
+REACTOR_INLINE void ProtocolWrapper::syncFlags() {
+    facet_.connected = transport && transport->connected && connected;
+    facet_.disconnecting = !facet_.connected || (transport && transport->disconnecting);
+}
+
+REACTOR_INLINE void ProtocolWrapper::connectionMade() {
+    if (wrappingFactory) wrappingFactory->registerProtocol(*this);
+    syncFlags();
+    ForwardingProtocol::connectionMade();
+}
+
+REACTOR_INLINE void ProtocolWrapper::dataReceived(std::string_view data) {
+    syncFlags();
+    ForwardingProtocol::dataReceived(data);
+}
+
+REACTOR_INLINE void ProtocolWrapper::connectionLost(const Failure& reason) {
+    unregisterOnce();
+    facet_.connected = false;
+    facet_.disconnecting = true;
+    ForwardingProtocol::connectionLost(reason);
+}
+
+REACTOR_INLINE void ProtocolWrapper::readConnectionLost() {
+    syncFlags();
+    ForwardingProtocol::readConnectionLost();
+}
+
+REACTOR_INLINE void ProtocolWrapper::write(std::string_view data) {
+    if (transport) transport->write(data);
+}
+
+REACTOR_INLINE void ProtocolWrapper::writeSequence(const std::string_view* parts, std::size_t count) {
+    if (transport) transport->writeSequence(parts, count);
+}
+
+REACTOR_INLINE void ProtocolWrapper::loseConnection() {
+    facet_.disconnecting = true;
+    if (transport) transport->loseConnection();
+}
+
+REACTOR_INLINE void ProtocolWrapper::abortConnection() {
+    facet_.disconnecting = true;
+    if (transport) transport->abortConnection();
+}
+
+REACTOR_INLINE void ProtocolWrapper::loseWriteConnection() {
+    if (transport) transport->loseWriteConnection();
+}
+
+REACTOR_INLINE void ProtocolWrapper::registerProducer(IProducer* producer, bool streaming) {
+    if (transport) transport->registerProducer(producer, streaming);
+}
+
+REACTOR_INLINE void ProtocolWrapper::unregisterProducer() {
+    if (transport) transport->unregisterProducer();
+}
+
+REACTOR_INLINE void ProtocolWrapper::pauseProducing() {
+    if (transport) transport->pauseProducing();
+}
+
+REACTOR_INLINE void ProtocolWrapper::resumeProducing() {
+    if (transport) transport->resumeProducing();
+}
+
+REACTOR_INLINE void ProtocolWrapper::stopProducing() {
+    if (transport) transport->stopProducing();
+}
+
+REACTOR_INLINE Address ProtocolWrapper::getPeer() const { return transport ? transport->getPeer() : Address{}; }
+
+REACTOR_INLINE Address ProtocolWrapper::getHost() const { return transport ? transport->getHost() : Address{}; }
+
+REACTOR_INLINE WrappingFactory::~WrappingFactory() {
+    for (ProtocolWrapper* p : protocols) p->wrappingFactory = nullptr;
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> WrappingFactory::buildProtocol(const Address& addr) {
+    if (!wrappedFactory) return nullptr;
+    std::unique_ptr<Protocol> wrapped = wrappedFactory->buildProtocol(addr);
+    if (!wrapped) return nullptr;
+    return wrapProtocol(std::move(wrapped), addr);
+}
+
+REACTOR_INLINE std::unique_ptr<ProtocolWrapper> WrappingFactory::wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                              const Address& addr) {
+    (void)addr;
+    return std::make_unique<ProtocolWrapper>(*this, std::move(wrapped));
+}
+
+REACTOR_INLINE void WrappingFactory::registerProtocol(ProtocolWrapper& p) { protocols.push_back(&p); }
+
+REACTOR_INLINE void WrappingFactory::unregisterProtocol(ProtocolWrapper& p) {
+    auto it = std::find(protocols.begin(), protocols.end(), &p);
+    if (it != protocols.end()) protocols.erase(it);
+}
+
+REACTOR_INLINE void WrappingFactory::startFactory() {
+    if (wrappedFactory) wrappedFactory->doStart();
+}
+
+REACTOR_INLINE void WrappingFactory::stopFactory() {
+    if (wrappedFactory) wrappedFactory->doStop();
+}
+
+REACTOR_INLINE void WrappingFactory::startedConnecting(IConnector& connector) {
+    if (wrappedClientFactory) wrappedClientFactory->startedConnecting(connector);
+}
+
+REACTOR_INLINE void WrappingFactory::clientConnectionFailed(IConnector& connector, const Failure& reason) {
+    if (wrappedClientFactory) wrappedClientFactory->clientConnectionFailed(connector, reason);
+}
+
+REACTOR_INLINE void WrappingFactory::clientConnectionLost(IConnector& connector, const Failure& reason) {
+    if (wrappedClientFactory) wrappedClientFactory->clientConnectionLost(connector, reason);
+}
+
+REACTOR_INLINE TimeoutProtocol::TimeoutProtocol(WrappingFactory& f, std::unique_ptr<Protocol> wrapped,
+                                                IReactorTime& clock, std::optional<double> period)
+    : ProtocolWrapper(f, std::move(wrapped)), clock_(clock) {
+    setTimeout(period);
+}
+
+REACTOR_INLINE void TimeoutProtocol::setTimeout(std::optional<double> period) {
+    cancelTimeout();
+    timeoutPeriod = period;
+    if (period) timeoutCall_ = clock_.callLater(*period, [this] {
+        timeoutCall_ = DelayedCall();
+        timeoutFunc();
+    });
+}
+
+REACTOR_INLINE void TimeoutProtocol::cancelTimeout() {
+    timeoutPeriod.reset();
+    if (timeoutCall_.active()) timeoutCall_.cancel();
+    timeoutCall_ = DelayedCall();
+}
+
+REACTOR_INLINE void TimeoutProtocol::resetTimeout() {
+    if (timeoutCall_.active() && timeoutPeriod) timeoutCall_.reset(*timeoutPeriod);
+}
+
+REACTOR_INLINE void TimeoutProtocol::write(std::string_view data) {
+    resetTimeout();
+    ProtocolWrapper::write(data);
+}
+
+REACTOR_INLINE void TimeoutProtocol::writeSequence(const std::string_view* parts, std::size_t count) {
+    resetTimeout();
+    ProtocolWrapper::writeSequence(parts, count);
+}
+
+REACTOR_INLINE void TimeoutProtocol::dataReceived(std::string_view data) {
+    resetTimeout();
+    ProtocolWrapper::dataReceived(data);
+}
+
+REACTOR_INLINE void TimeoutProtocol::connectionLost(const Failure& reason) {
+    cancelTimeout();
+    ProtocolWrapper::connectionLost(reason);
+}
+
+REACTOR_INLINE std::unique_ptr<ProtocolWrapper> TimeoutFactory::wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                             const Address& addr) {
+    (void)addr;
+    return std::make_unique<TimeoutProtocol>(*this, std::move(wrapped), *clock, timeoutPeriod);
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> LimitTotalConnectionsFactory::buildProtocol(const Address& addr) {
+    std::unique_ptr<Protocol> wrapped;
+    if (!connectionLimit || connectionCount < *connectionLimit) {
+        if (protocol) wrapped = protocol();
+    } else if (overflowProtocol) {
+        wrapped = overflowProtocol();
+    }
+    if (!wrapped) return nullptr;
+    wrapped->factory = this;
+    std::unique_ptr<ProtocolWrapper> p = wrapProtocol(std::move(wrapped), addr);
+    ++connectionCount;
+    return p;
+}
+
+REACTOR_INLINE void LimitTotalConnectionsFactory::unregisterProtocol(ProtocolWrapper& p) {
+    WrappingFactory::unregisterProtocol(p);
+    --connectionCount;
+}
+
+REACTOR_INLINE void LimitConnectionsByPeer::startFactory() {
+    peerConnections.clear();
+    WrappingFactory::startFactory();
+}
+
+REACTOR_INLINE int* LimitConnectionsByPeer::countOf(const std::string& host) {
+    for (auto& entry : peerConnections)
+        if (entry.first == host) return &entry.second;
+    return nullptr;
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> LimitConnectionsByPeer::buildProtocol(const Address& addr) {
+    int* count = countOf(addr.host);
+    if (count && *count >= maxConnectionsPerPeer) return nullptr;
+    std::unique_ptr<Protocol> built = WrappingFactory::buildProtocol(addr);
+    if (!built) return nullptr;
+    if (count)
+        ++*count;
+    else
+        peerConnections.emplace_back(addr.host, 1);
+    hostOf_.emplace_back(static_cast<ProtocolWrapper*>(built.get()), addr.host);
+    return built;
+}
+
+REACTOR_INLINE void LimitConnectionsByPeer::unregisterProtocol(ProtocolWrapper& p) {
+    WrappingFactory::unregisterProtocol(p);
+    for (auto it = hostOf_.begin(); it != hostOf_.end(); ++it) {
+        if (it->first != &p) continue;
+        for (auto e = peerConnections.begin(); e != peerConnections.end(); ++e)
+            if (e->first == it->second && --e->second <= 0) {
+                peerConnections.erase(e);
+                break;
+            }
+        hostOf_.erase(it);
+        return;
+    }
+}
+
+REACTOR_INLINE ThrottlingProtocol::ThrottlingProtocol(ThrottlingFactory& f, std::unique_ptr<Protocol> wrapped)
+    : ProtocolWrapper(f, std::move(wrapped)) {}
+
+REACTOR_INLINE ThrottlingFactory* ThrottlingProtocol::throttling() const {
+    return static_cast<ThrottlingFactory*>(wrappingFactory);  // null once the factory is gone
+}
+
+REACTOR_INLINE void ThrottlingProtocol::write(std::string_view data) {
+    if (ThrottlingFactory* f = throttling()) f->registerWritten(data.size());
+    ProtocolWrapper::write(data);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::writeSequence(const std::string_view* parts, std::size_t count) {
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+    if (ThrottlingFactory* f = throttling()) f->registerWritten(total);
+    ProtocolWrapper::writeSequence(parts, count);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::dataReceived(std::string_view data) {
+    if (ThrottlingFactory* f = throttling()) f->registerRead(data.size());
+    ProtocolWrapper::dataReceived(data);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::registerProducer(IProducer* producer, bool streaming) {
+    producer_ = producer;
+    ProtocolWrapper::registerProducer(producer, streaming);
+}
+
+REACTOR_INLINE void ThrottlingProtocol::unregisterProducer() {
+    producer_ = nullptr;
+    ProtocolWrapper::unregisterProducer();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::throttleReads() {
+    if (transport) transport->pauseProducing();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::unthrottleReads() {
+    if (transport) transport->resumeProducing();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::throttleWrites() {
+    if (producer_) producer_->pauseProducing();
+}
+
+REACTOR_INLINE void ThrottlingProtocol::unthrottleWrites() {
+    if (producer_) producer_->resumeProducing();
+}
+
+REACTOR_INLINE ThrottlingFactory::~ThrottlingFactory() { cancelAll(); }
+
+REACTOR_INLINE void ThrottlingFactory::cancelAll() {
+    for (DelayedCall* c : {&unthrottleReadsID, &checkReadBandwidthID, &unthrottleWritesID, &checkWriteBandwidthID}) {
+        if (c->active()) c->cancel();
+        *c = DelayedCall();
+    }
+}
+
+REACTOR_INLINE void ThrottlingFactory::checkReadBandwidth() {
+    if (readLimit && readThisSecond > *readLimit) {
+        throttleReads();
+        double throttleTime = readThisSecond / *readLimit - 1.0;
+        if (unthrottleReadsID.active()) unthrottleReadsID.cancel();
+        unthrottleReadsID = clock->callLater(throttleTime, [this] { unthrottleReads(); });
+    }
+    readThisSecond = 0;
+    checkReadBandwidthID = clock->callLater(1, [this] { checkReadBandwidth(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::checkWriteBandwidth() {
+    if (writeLimit && writtenThisSecond > *writeLimit) {
+        throttleWrites();
+        double throttleTime = writtenThisSecond / *writeLimit - 1.0;
+        if (unthrottleWritesID.active()) unthrottleWritesID.cancel();
+        unthrottleWritesID = clock->callLater(throttleTime, [this] { unthrottleWrites(); });
+    }
+    writtenThisSecond = 0;
+    checkWriteBandwidthID = clock->callLater(1, [this] { checkWriteBandwidth(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::throttleReads() {
+    forEach([](ThrottlingProtocol& p) { p.throttleReads(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::unthrottleReads() {
+    unthrottleReadsID = DelayedCall();
+    forEach([](ThrottlingProtocol& p) { p.unthrottleReads(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::throttleWrites() {
+    forEach([](ThrottlingProtocol& p) { p.throttleWrites(); });
+}
+
+REACTOR_INLINE void ThrottlingFactory::unthrottleWrites() {
+    unthrottleWritesID = DelayedCall();
+    forEach([](ThrottlingProtocol& p) { p.unthrottleWrites(); });
+}
+
+REACTOR_INLINE std::unique_ptr<Protocol> ThrottlingFactory::buildProtocol(const Address& addr) {
+    if (connectionCount == 0) {
+        if (readLimit && !checkReadBandwidthID.active()) checkReadBandwidth();
+        if (writeLimit && !checkWriteBandwidthID.active()) checkWriteBandwidth();
+    }
+    if (maxConnectionCount && connectionCount >= *maxConnectionCount) return nullptr;
+    std::unique_ptr<Protocol> p = WrappingFactory::buildProtocol(addr);
+    if (p)
+        ++connectionCount;
+    else if (connectionCount == 0)
+        cancelAll();  // refused by the wrapped factory: no connection to check for
+    return p;
+}
+
+REACTOR_INLINE std::unique_ptr<ProtocolWrapper> ThrottlingFactory::wrapProtocol(std::unique_ptr<Protocol> wrapped,
+                                                                                const Address& addr) {
+    (void)addr;
+    return std::make_unique<ThrottlingProtocol>(*this, std::move(wrapped));
+}
+
+REACTOR_INLINE void ThrottlingFactory::unregisterProtocol(ProtocolWrapper& p) {
+    WrappingFactory::unregisterProtocol(p);
+    if (--connectionCount == 0) cancelAll();
+}
+
+}  // namespace policies
 
 // ---- 10. TCP ---------------------------------------------------------------
 namespace detail {
@@ -11940,6 +13016,539 @@ REACTOR_INLINE std::string cleanUp(Reactor& r) {
     r.removeAll();
     return report;
 }
+}  // namespace testing
+
+// ---- 14. TESTING: the in-memory network -------------------------------------
+namespace testing {
+
+REACTOR_INLINE void MemoryTransport::write(std::string_view data) {
+    if (data.empty()) return;
+    writeSequence(&data, 1);
+}
+
+REACTOR_INLINE void MemoryTransport::writeSequence(const std::string_view* parts, std::size_t count) {
+    if (!connected || closed_ || writeShut_ || aborting_) return;  // as TcpConnection: gone, half-closed or aborted
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+    if (total == 0) return;
+    for (std::size_t i = 0; i < count; ++i) out_.append(parts[i].data(), parts[i].size());
+    written_ += total;
+    marks_.emplace_back(written_, connection_.net_.clock.seconds() + connection_.latency);
+    if (producer_ && !streaming_) wantPull_ = true;  // asked for more once this has drained
+    if (producer_ && streaming_ && !producerPaused_ && pending() > detail::TcpConnection::highWaterMark) {
+        producerPaused_ = true;
+        producer_->pauseProducing();
+    }
+}
+
+REACTOR_INLINE void MemoryTransport::loseConnection() {
+    if (!connected || disconnecting || aborting_) return;
+    disconnecting = true;  // closes once the buffer has been delivered (a pump step)
+}
+
+REACTOR_INLINE void MemoryTransport::abortConnection() {
+    if (!connected || aborting_) return;
+    aborting_ = true;  // connectionLost at the next step, never inside the caller (as TCP)
+    out_.clear();
+    outPos_ = 0;
+    sent_ = readyEnd_ = written_;
+    marks_.clear();
+    markPos_ = 0;
+}
+
+REACTOR_INLINE void MemoryTransport::loseWriteConnection() {
+    if (!connected || writeShut_ || aborting_) return;
+    wantWriteShut_ = true;
+}
+
+REACTOR_INLINE void MemoryTransport::pauseProducing() { userPaused_ = true; }
+
+REACTOR_INLINE void MemoryTransport::resumeProducing() { userPaused_ = false; }
+
+REACTOR_INLINE void MemoryTransport::registerProducer(IProducer* producer, bool streaming) {
+    if (producer_) {
+        detail::raise<error::RuntimeError>(
+            "Cannot register producer, because another producer was never unregistered.");
+        return;
+    }
+    if (!connected) {
+        producer->stopProducing();
+        return;
+    }
+    producer_ = producer;
+    streaming_ = streaming;
+    producerPaused_ = false;
+    outputPaused_ = false;  // the producer limits the output from now on
+    if (!streaming) {
+        producer->resumeProducing();  // a pull producer is asked at once
+    } else if (pending() > detail::TcpConnection::highWaterMark) {
+        producerPaused_ = true;
+        producer->pauseProducing();
+    }
+}
+
+REACTOR_INLINE void MemoryTransport::unregisterProducer() {
+    producer_ = nullptr;
+    wantPull_ = false;
+}
+
+REACTOR_INLINE bool MemoryTransport::reading() const {
+    if (readerStopped || closed_ || aborting_ || readShut_) return false;
+    return disconnecting || (!userPaused_ && !outputPaused_);  // closing reads on, and drops (as TCP)
+}
+
+REACTOR_INLINE void MemoryConnector::connect() {
+    if (!conn_) {
+        detail::raise<error::RuntimeError>("can't connect: the MemoryNetwork of this connector is gone");
+        return;
+    }
+    if (state_ != State::disconnected) {
+        detail::raise<error::RuntimeError>("can't connect in this state");
+        return;
+    }
+    state_ = State::connecting;
+    MemoryConnection& c = *conn_;
+    if (!std::exchange(factoryStarted_, true)) c.clientFactory_.doStart();
+    if (timeout_ > 0) {
+        timeoutCall_ = c.net_.clock.callLater(timeout_, [this] {
+            timeoutCall_ = DelayedCall();
+            if (state_ == State::connecting) fail(Failure(error::TimeoutError()));
+        });
+    }
+    c.attemptPending_ = true;
+    detail::runGuarded("startedConnecting", [&] { c.clientFactory_.startedConnecting(*this); });
+}
+
+REACTOR_INLINE void MemoryConnector::disconnect() {
+    if (state_ == State::connecting)
+        stopConnecting();
+    else if (state_ == State::connected && conn_ && conn_->client_)
+        conn_->client_->loseConnection();
+}
+
+REACTOR_INLINE void MemoryConnector::stopConnecting() {
+    if (state_ != State::connecting) {
+        detail::raise<error::NotConnectingError>();
+        return;
+    }
+    fail(Failure(error::UserError()));
+}
+
+REACTOR_INLINE Address MemoryConnector::getDestination() const {
+    return conn_ ? conn_->serverAddress_ : destination_;
+}
+
+REACTOR_INLINE void MemoryConnector::cancelTimeout() {
+    if (timeoutCall_.active()) timeoutCall_.cancel();
+    timeoutCall_ = DelayedCall();
+}
+
+REACTOR_INLINE void MemoryConnector::fail(const Failure& reason) {
+    auto keep = shared_from_this();
+    cancelTimeout();
+    state_ = State::disconnected;
+    if (!conn_) return;
+    conn_->attemptPending_ = false;
+    ClientFactory& f = conn_->clientFactory_;
+    detail::runGuarded("clientConnectionFailed", [&] { f.clientConnectionFailed(*this, reason); });
+    finishCycle();
+}
+
+REACTOR_INLINE void MemoryConnector::lost(const Failure& reason) {
+    auto keep = shared_from_this();
+    state_ = State::disconnected;
+    if (!conn_) return;
+    ClientFactory& f = conn_->clientFactory_;
+    detail::runGuarded("clientConnectionLost", [&] { f.clientConnectionLost(*this, reason); });
+    finishCycle();
+}
+
+REACTOR_INLINE void MemoryConnector::finishCycle() {
+    // The factory's callback may have connected again: the same cycle.
+    if (conn_ && state_ == State::disconnected && std::exchange(factoryStarted_, false)) conn_->clientFactory_.doStop();
+}
+
+REACTOR_INLINE void MemoryConnector::abandon() {
+    cancelTimeout();
+    if (!conn_) return;
+    destination_ = conn_->serverAddress_;
+    if (std::exchange(factoryStarted_, false) && conn_->clientFactory_.numPorts > 0)
+        --conn_->clientFactory_.numPorts;  // silently, as a Reactor's destructor does
+    state_ = State::disconnected;
+    conn_ = nullptr;
+}
+
+REACTOR_INLINE MemoryConnection::MemoryConnection(MemoryNetwork& net, Factory& server, ClientFactory& client,
+                                                  Address serverAddress, Address clientAddress, double timeout)
+    : net_(net), serverFactory_(server), clientFactory_(client), serverAddress_(std::move(serverAddress)),
+      clientAddress_(std::move(clientAddress)), connector_(std::make_shared<MemoryConnector>(*this, timeout)) {}
+
+REACTOR_INLINE MemoryConnection::~MemoryConnection() { abandon(); }
+
+REACTOR_INLINE void MemoryConnection::abandon() {
+    if (std::exchange(gone_, true)) return;
+    if (connector_) connector_->abandon();
+    // Protocols first (their destructors may still look at their transport).
+    // During a step (a callback destroyed a factory) one of them may be on
+    // the stack: it goes at the end of the step.
+    auto drop = [this](MemoryTransport* end) {
+        if (!end) return;
+        end->closed_ = true;
+        end->connected = false;
+        end->disconnecting = true;
+        end->producer_ = nullptr;
+        if (!end->protocol_) return;
+        end->protocol_->connected = false;
+        if (net_.depth_ > 0)
+            net_.dead_.push_back(std::move(end->protocol_));
+        else
+            end->protocol_.reset();
+    };
+    drop(client_.get());
+    drop(server_.get());
+    for (auto& end : retired_) drop(end.get());
+}
+
+REACTOR_INLINE void MemoryConnection::makeConnection(MemoryTransport& end, Failure& failure, bool& failed) {
+    Protocol* p = end.protocol_.get();
+    failed = !detail::runGuarded("connectionMade", [&] { p->makeConnection(&end); }, &failure);
+}
+
+REACTOR_INLINE void MemoryConnection::establish() {
+    MemoryConnector& c = *connector_;
+    std::unique_ptr<Protocol> cp, sp;
+    detail::runGuarded("buildProtocol", [&] { cp = clientFactory_.buildProtocol(serverAddress_); });
+    if (!cp) {
+        c.fail(Failure(error::ConnectError(
+            "An error occurred while connecting: the factory refused to build a protocol.")));
+        return;
+    }
+    if (!cp->factory) cp->factory = &clientFactory_;
+    detail::runGuarded("buildProtocol", [&] { sp = serverFactory_.buildProtocol(clientAddress_); });
+    if (sp && !sp->factory) sp->factory = &serverFactory_;
+    if (client_) {  // in pairs: client, server
+        retired_.push_back(std::move(client_));
+        retired_.push_back(std::move(server_));
+    }
+    client_ = std::make_unique<MemoryTransport>(*this, clientAddress_, serverAddress_);
+    server_ = std::make_unique<MemoryTransport>(*this, serverAddress_, clientAddress_);
+    client_->peerEnd_ = server_.get();
+    server_->peerEnd_ = client_.get();
+    client_->protocol_ = std::move(cp);
+    server_->protocol_ = std::move(sp);
+    ++connections;
+    c.cancelTimeout();
+    c.state_ = MemoryConnector::State::connected;
+    // The server accepts first (as Twisted's iosim.connect); a server
+    // factory that refused closes its side at once: the client is
+    // connected, then reads EOF (TCP's behaviour).
+    Failure serverFailure, clientFailure;
+    bool serverFailed = false, clientFailed = false;
+    if (server_->protocol_) {
+        makeConnection(*server_, serverFailure, serverFailed);
+    } else {
+        server_->closed_ = true;
+        server_->connected = false;
+        server_->disconnecting = true;
+        client_->eofIncoming_ = true;
+    }
+    makeConnection(*client_, clientFailure, clientFailed);
+    // A connectionMade that threw loses its own connection (the peer sees a reset).
+    if (serverFailed) closeEnd(*server_, serverFailure, true);
+    if (clientFailed) closeEnd(*client_, clientFailure, true);
+}
+
+REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTransport& to) {
+    const double now = net_.clock.seconds();
+    while (from.markPos_ < from.marks_.size() && from.marks_[from.markPos_].second <= now)
+        from.readyEnd_ = from.marks_[from.markPos_++].first;
+    if (from.markPos_ == from.marks_.size()) {
+        from.marks_.clear();
+        from.markPos_ = 0;
+    }
+    bool did = false;
+    std::size_t budget = to.readRate ? to.readRate : static_cast<std::size_t>(-1);
+    while (from.sent_ < from.readyEnd_) {
+        if (to.closed_) {  // the peer is gone: what was on its way is lost
+            from.outPos_ = from.out_.size();
+            from.sent_ = from.readyEnd_ = from.written_;
+            from.marks_.clear();
+            from.markPos_ = 0;
+            did = true;
+            break;
+        }
+        if (!to.reading() || budget == 0) break;
+        std::size_t n = static_cast<std::size_t>(from.readyEnd_ - from.sent_);
+        if (chunkSize) n = std::min(n, chunkSize);
+        n = std::min(n, budget);
+        // A copy: the callback may write to `from` and move its buffer.
+        std::string chunk(from.out_.data() + from.outPos_, n);
+        from.outPos_ += n;
+        from.sent_ += n;
+        budget -= n;
+        did = true;
+        if (to.disconnecting) continue;  // closing: read and dropped, as TCP
+        Protocol* p = to.protocol_.get();
+        const std::size_t before = to.pending();
+        Failure failure;
+        if (!detail::runGuarded("dataReceived", [&] { p->dataReceived(chunk); }, &failure)) {
+            closeEnd(to, failure, true);  // a protocol that throws loses its own connection
+            continue;
+        }
+        // TCP's read-side backpressure: this input took the unsent output
+        // over the mark and no producer limits it: stop reading until it drains.
+        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && before <= detail::TcpConnection::highWaterMark &&
+            to.pending() > detail::TcpConnection::highWaterMark)
+            to.outputPaused_ = true;
+    }
+    if (from.outPos_ == from.out_.size()) {
+        from.out_.clear();
+        from.outPos_ = 0;
+    } else if (from.outPos_ >= 64 * 1024 && from.outPos_ * 2 >= from.out_.size()) {
+        from.out_.erase(0, from.outPos_);
+        from.outPos_ = 0;
+    }
+    return did;
+}
+
+REACTOR_INLINE bool MemoryConnection::settle(MemoryTransport& end) {
+    if (end.closed_) return false;
+    if (end.aborting_) {
+        closeEnd(end, Failure(error::ConnectionAborted()), true);
+        return true;
+    }
+    bool did = false;
+    if (end.producer_ && end.streaming_ && end.producerPaused_ && end.pending() <= detail::TcpConnection::lowWaterMark) {
+        end.producerPaused_ = false;
+        end.producer_->resumeProducing();
+        did = true;
+        if (end.closed_ || end.aborting_) return did;
+    }
+    if (end.outputPaused_ && end.pending() <= detail::TcpConnection::lowWaterMark) {
+        end.outputPaused_ = false;
+        did = true;
+    }
+    if (end.pending() > 0) return did;
+    if (end.producer_ && !end.streaming_ && end.wantPull_) {  // a pull producer: one chunk per drained buffer
+        end.wantPull_ = false;
+        end.producer_->resumeProducing();
+        did = true;
+        if (end.closed_ || end.aborting_ || end.pending() > 0) return did;
+    }
+    if (end.wantWriteShut_ && !end.writeShut_) {
+        end.writeShut_ = true;
+        end.peerEnd_->eofIncoming_ = true;
+        did = true;
+        Protocol* p = end.protocol_.get();
+        if (p->halfCloseable()) detail::runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
+        if (end.closed_) return did;
+    }
+    // Closing waits for the buffer, not for a producer (which is told stopProducing).
+    if (end.disconnecting) {
+        closeEnd(end, Failure(error::ConnectionDone()), false);
+        did = true;
+    }
+    return did;
+}
+
+REACTOR_INLINE bool MemoryConnection::readEof(MemoryTransport& end) {
+    if (!end.eofIncoming_ || end.readShut_ || end.closed_) return false;
+    if (end.peerEnd_->pending() > 0 || !end.reading()) return false;  // the data before the FIN first
+    end.readShut_ = true;
+    Protocol* p = end.protocol_.get();
+    if (p->halfCloseable() && !end.disconnecting) {
+        Failure failure;
+        if (!detail::runGuarded("readConnectionLost", [&] { p->readConnectionLost(); }, &failure))
+            closeEnd(end, failure, true);
+        return true;
+    }
+    if (end.pending() == 0)
+        closeEnd(end, Failure(error::ConnectionDone()), false);
+    else
+        end.disconnecting = true;  // a reply still queued: send it, then close (as TCP)
+    return true;
+}
+
+REACTOR_INLINE void MemoryConnection::closeEnd(MemoryTransport& end, const Failure& reason, bool resetPeer) {
+    if (end.closed_) return;
+    end.closed_ = true;
+    end.connected = false;
+    end.disconnecting = true;  // a protocol method still on the stack stops delivering
+    end.out_.clear();
+    end.outPos_ = 0;
+    end.sent_ = end.readyEnd_ = end.written_;
+    end.marks_.clear();
+    end.markPos_ = 0;
+    if (IProducer* producer = std::exchange(end.producer_, nullptr))
+        detail::runGuarded("stopProducing", [&] { producer->stopProducing(); });
+    if (Protocol* p = end.protocol_.get()) {
+        p->connected = false;
+        detail::runGuarded("connectionLost", [&] { p->connectionLost(reason); });
+    }
+    MemoryTransport* peer = end.peerEnd_;
+    if (peer && !peer->closed_) {
+        if (resetPeer)
+            closeEnd(*peer, detail::lostFailure(detail::os::errConnectionReset), false);
+        else
+            peer->eofIncoming_ = true;
+    }
+    if (&end == client_.get() && connector_->state_ == MemoryConnector::State::connected) connector_->lost(reason);
+    // Destroyed at the end of the step: one of its methods may be on the stack.
+    if (end.protocol_) net_.dead_.push_back(std::move(end.protocol_));
+}
+
+REACTOR_INLINE bool MemoryConnection::step() {
+    if (gone_) return false;
+    bool did = false;
+    if (attemptPending_ && connector_->state_ == MemoryConnector::State::connecting) {
+        if (refuseNext > 0) {
+            --refuseNext;
+            attemptPending_ = false;
+            connector_->fail(detail::connectFailure(detail::os::errConnectionRefused));
+            return true;
+        }
+        if (!unreachable) {
+            attemptPending_ = false;
+            establish();
+            return true;  // bytes move from the next step: a test can set faults in between
+        }
+    }
+    if (!client_) return did;
+    if (resetPending_) {
+        resetPending_ = false;
+        Failure reset = detail::lostFailure(detail::os::errConnectionReset);
+        if (!client_->closed_)
+            closeEnd(*client_, reset, true);
+        else if (!server_->closed_)
+            closeEnd(*server_, reset, false);
+        did = true;
+    }
+    // Ends of an earlier attempt may still be closing (a server end with a
+    // reply queued when the client reconnected at once): they go on too.
+    for (std::size_t i = 0; i + 1 < retired_.size(); i += 2)
+        if (!retired_[i]->closed_ || !retired_[i + 1]->closed_)
+            if (stepPair(*retired_[i], *retired_[i + 1])) did = true;
+    if (stepPair(*client_, *server_)) did = true;
+    return did;
+}
+
+REACTOR_INLINE bool MemoryConnection::stepPair(MemoryTransport& c, MemoryTransport& s) {
+    bool did = false;
+    if (deliver(c, s)) did = true;
+    if (settle(c)) did = true;
+    if (deliver(s, c)) did = true;
+    if (settle(s)) did = true;
+    if (readEof(s)) did = true;
+    if (readEof(c)) did = true;
+    return did;
+}
+
+REACTOR_INLINE MemoryNetwork::~MemoryNetwork() {
+    ++depth_;  // nothing pumps from a destructor
+    for (auto& c : connections_) c->abandon();
+    dead_.clear();
+    for (Factory* f : started_)
+        if (f->numPorts > 0) --f->numPorts;  // silently: no stopFactory, as a Reactor's destructor
+    uses_.clear();  // leaves the factories' lists
+}
+
+REACTOR_INLINE bool MemoryNetwork::FactoryUse::openConnection() const {
+    for (auto& c : net_.connections_)
+        if (!c->gone_ && (&c->serverFactory_ == factory_ || &c->clientFactory_ == factory_) &&
+            ((c->client_ && !c->client_->closed_) || (c->server_ && !c->server_->closed_)))
+            return true;
+    return false;
+}
+
+REACTOR_INLINE void MemoryNetwork::use(Factory& f) {
+    for (auto& u : uses_)
+        if (u->factory() == &f) return;
+    uses_.push_back(std::make_unique<FactoryUse>(*this, f));
+}
+
+REACTOR_INLINE void MemoryNetwork::factoryGone(Factory* f) {
+    for (auto& c : connections_)
+        if (&c->serverFactory_ == f || &c->clientFactory_ == f) c->abandon();
+    started_.erase(std::remove(started_.begin(), started_.end(), f), started_.end());
+    if (depth_ == 0) dead_.clear();
+}
+
+REACTOR_INLINE MemoryConnection& MemoryNetwork::connect(Factory& server, ClientFactory& client,
+                                                        Address serverAddress, double timeout) {
+    use(server);
+    use(client);
+    if (std::find(started_.begin(), started_.end(), &server) == started_.end()) {
+        started_.push_back(&server);
+        server.doStart();
+    }
+    Address clientAddress{"TCP", "127.0.0.1", nextPort_++, false};
+    connections_.push_back(std::make_unique<MemoryConnection>(*this, server, client, std::move(serverAddress),
+                                                              std::move(clientAddress), timeout));
+    MemoryConnection& c = *connections_.back();
+    c.connector_->connect();
+    return c;
+}
+
+REACTOR_INLINE bool MemoryNetwork::pump() {
+    if (depth_ > 0) return false;  // from inside a callback: the running step goes on
+    struct Depth {
+        int& d;
+        ~Depth() { --d; }
+    } guard{++depth_};
+    bool did = false;
+    for (std::size_t i = 0; i < connections_.size(); ++i)  // a callback may connect(): by index
+        if (connections_[i]->step()) did = true;
+    if (depth_ == 1) releaseDead();
+    return did;
+}
+
+REACTOR_INLINE void MemoryNetwork::releaseDead() {
+    while (!dead_.empty()) {
+        std::vector<std::unique_ptr<Protocol>> batch;
+        batch.swap(dead_);
+        batch.clear();  // a destructor may close more
+    }
+}
+
+REACTOR_INLINE bool MemoryNetwork::flush(int maxSteps) {
+    if (depth_ > 0) return false;
+    bool any = false;
+    for (int i = 0; i < maxSteps; ++i) {
+        if (!pump()) return any;
+        any = true;
+    }
+    detail::raise<error::RuntimeError>("MemoryNetwork::flush: still moving after " + std::to_string(maxSteps) +
+                                       " steps (two protocols that always answer each other?)");
+    return any;
+}
+
+REACTOR_INLINE void MemoryNetwork::advance(double seconds) {
+    if (depth_ > 0) return;
+    if (!(seconds >= 0)) {
+        detail::raise<error::ValueError>("MemoryNetwork::advance: seconds must be >= 0");
+        return;
+    }
+    const double end = clock.seconds() + seconds;
+    flush();
+    for (;;) {
+        const double now = clock.seconds();
+        double next = end;
+        for (const DelayedCall& d : clock.getDelayedCalls()) next = std::min(next, std::max(now, d.getTime()));
+        auto arrival = [&](const MemoryTransport* t) {
+            if (t && t->markPos_ < t->marks_.size() && t->marks_[t->markPos_].second > now)
+                next = std::min(next, t->marks_[t->markPos_].second);
+        };
+        for (auto& c : connections_) {
+            arrival(c->client_.get());
+            arrival(c->server_.get());
+            for (auto& t : c->retired_) arrival(t.get());
+        }
+        clock.advance(std::max(0.0, next - now));
+        flush();
+        if (next >= end) break;
+    }
+}
+
 }  // namespace testing
 
 }  // namespace REACTOR_ABI
