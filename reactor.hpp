@@ -9670,32 +9670,32 @@ namespace detail {
 /// Lives in the connection in place of the protocol it shares: forwards
 /// every event, and lets go of the transport after connectionLost so a
 /// protocol kept by its owner never points at a freed transport.
-class SharedProtocol final : public Protocol {
+class SharedProtocol final : public policies::ForwardingProtocol {
 public:
     SharedProtocol(std::shared_ptr<Protocol> inner, Deferred<std::shared_ptr<Protocol>> onConnection)
-        : inner_(std::move(inner)), onConnection_(std::move(onConnection)) {}
+        : inner_(std::move(inner)), onConnection_(std::move(onConnection)) {
+        forwardee = inner_.get();
+    }
     /// Also when the connection is closed silently (its factory or the
     /// reactor destroyed): the protocol you keep is left detached.
     ~SharedProtocol() override { detach(); }
+    SharedProtocol(const SharedProtocol&) = delete;
+    SharedProtocol& operator=(const SharedProtocol&) = delete;
     void connectionMade() override {
-        inner_->makeConnection(transport);
+        ForwardingProtocol::connectionMade();
         if (!onConnection_.called()) onConnection_.callback(inner_);
     }
-    void dataReceived(std::string_view data) override { inner_->dataReceived(data); }
     void connectionLost(const Failure& reason) override {
         // connectionMade failed before the Deferred fired: it fails, first,
         // so that nothing the protocol does next can keep it pending.
         if (!onConnection_.called()) onConnection_.errback(reason);
-        inner_->connected = false;
         struct Detach {  // also when connectionLost throws
             SharedProtocol* self;
             ~Detach() { self->detach(); }
         } detachAfter{this};
-        inner_->connectionLost(reason);
+        ForwardingProtocol::connectionLost(reason);
     }
-    bool halfCloseable() const override { return inner_->halfCloseable(); }
-    void readConnectionLost() override { inner_->readConnectionLost(); }
-    void writeConnectionLost() override { inner_->writeConnectionLost(); }
+    /// Traces and logs name your protocol, not this go-between.
     std::string logPrefix() const override { return inner_->logPrefix(); }
 
 private:
