@@ -3310,6 +3310,9 @@ private:
         bool setTcpKeepAlive(bool enabled) override { return w_.transport && w_.transport->setTcpKeepAlive(enabled); }
         bool getTcpNoDelay() const override { return w_.transport && w_.transport->getTcpNoDelay(); }
         bool getTcpKeepAlive() const override { return w_.transport && w_.transport->getTcpKeepAlive(); }
+        std::optional<PeerCredentials> getPeerCredentials() const override {
+            return w_.transport ? w_.transport->getPeerCredentials() : std::nullopt;
+        }
 
     private:
         ProtocolWrapper& w_;

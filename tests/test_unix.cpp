@@ -172,6 +172,20 @@ TEST_CASE("peer credentials name this process on both ends; TCP has none") {
     tcpPort.stopListening();
 }
 
+TEST_CASE("a wrapped protocol (policies::WrappingFactory) still sees its peer's credentials") {
+    TempDir dir;
+    test::CleanReactor t;
+    ProbeServer inner;
+    policies::WrappingFactory wrapping(inner);
+    ListeningPort port = t.r.listenUNIX(dir / "wrapped", wrapping);
+    ProbeClient client;
+    t.r.connectUNIX(dir / "wrapped", client);
+    REQUIRE(testing::runUntil(t.r, [&] { return client.seen->lost && inner.seen->lost; }, 5.0));
+    REQUIRE(inner.seen->creds.has_value());
+    CHECK(inner.seen->creds->pid == static_cast<long>(::getpid()));
+    port.stopListening();
+}
+
 TEST_CASE("mode sets the socket file's permissions") {
     TempDir dir;
     test::CleanReactor t;
