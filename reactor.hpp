@@ -3414,6 +3414,10 @@ public:
     /// Wraps `wrapped`'s protocols; timers run on `clockRef`.
     TimeoutFactory(Factory& wrapped, IReactorTime& clockRef, double period = 30 * 60)
         : WrappingFactory(wrapped), timeoutPeriod(period), clock(&clockRef) {}
+    /// Wrapping a ClientFactory passes its client callbacks on (a
+    /// ReconnectingClientFactory inside still retries).
+    TimeoutFactory(ClientFactory& wrapped, IReactorTime& clockRef, double period = 30 * 60)
+        : WrappingFactory(wrapped), timeoutPeriod(period), clock(&clockRef) {}
     double timeoutPeriod;  ///< seconds of silence before the close
     IReactorTime* clock;   ///< where the timers run
     /// A TimeoutProtocol.
@@ -3510,6 +3514,8 @@ class ThrottlingFactory : public WrappingFactory {
 public:
     /// Wraps `wrapped`'s protocols; the per-second checks run on `clockRef`.
     ThrottlingFactory(Factory& wrapped, IReactorTime& clockRef) : WrappingFactory(wrapped), clock(&clockRef) {}
+    /// Wrapping a ClientFactory passes its client callbacks on.
+    ThrottlingFactory(ClientFactory& wrapped, IReactorTime& clockRef) : WrappingFactory(wrapped), clock(&clockRef) {}
     /// Cancels its timers.
     REACTOR_INLINE ~ThrottlingFactory() override;
 
@@ -6118,6 +6124,8 @@ private:
     bool settle(MemoryTransport& end);
     bool readEof(MemoryTransport& end);
     void closeEnd(MemoryTransport& end, const Failure& reason, bool resetPeer);
+    /// What a reset tells `end`: ConnectionAborted if it was aborting itself.
+    static Failure resetReason(const MemoryTransport& end);
     void abandon();
 
     MemoryNetwork& net_;
@@ -10348,7 +10356,12 @@ REACTOR_INLINE bool UdpPort::send(std::string_view datagram, const os::SockAddr*
 REACTOR_INLINE bool UdpPort::write(std::string_view datagram, const Address& addr) {
     if (!listening_) return false;  // closed: ignored, as a TCP transport's writes after the close
     if (connected_) {
-        if (addr.host != peer_.host || addr.port != peer_.port) {
+        // Any spelling of the connected address will do ("::1" or
+        // "0:0:0:0:0:0:0:1"), as in Twisted: compare what they parse to.
+        os::SockAddr given;
+        bool same = os::parseLiteral(addr.host, addr.port, given) && toAddress(given).host == peer_.host &&
+                    addr.port == peer_.port;
+        if (!same) {
             raise<error::ValueError>("write() to " + addr.str() + " on a port connected to " + peer_.str());
             return false;
         }
@@ -10465,8 +10478,10 @@ REACTOR_INLINE std::shared_ptr<IUDPTransport> Reactor::listenMulticast(int port,
         detail::raise<error::InvalidAddressError>("'" + host + "': not an IPv4 or IPv6 address.");
         return p;
     }
-    if (maxPacketSize == 0) {
-        detail::raise<error::ValueError>("maxPacketSize must be at least 1");
+    // A datagram holds at most 65,535 bytes (its length field); the buffer
+    // of that size is allocated once, so a larger request is a mistake.
+    if (maxPacketSize == 0 || maxPacketSize > 65536) {
+        detail::raise<error::ValueError>("maxPacketSize must be 1 to 65536, not " + std::to_string(maxPacketSize));
         return p;
     }
     if (protocol.port_ || protocol.transport) {
@@ -13214,6 +13229,8 @@ REACTOR_INLINE void MemoryConnection::abandon() {
 
 REACTOR_INLINE void MemoryConnection::makeConnection(MemoryTransport& end, Failure& failure, bool& failed) {
     Protocol* p = end.protocol_.get();
+    failed = false;
+    if (!p || gone_) return;  // an earlier callback destroyed a factory: abandoned, call no one
     failed = !detail::runGuarded("connectionMade", [&] { p->makeConnection(&end); }, &failure);
 }
 
@@ -13256,6 +13273,7 @@ REACTOR_INLINE void MemoryConnection::establish() {
         client_->eofIncoming_ = true;
     }
     makeConnection(*client_, clientFailure, clientFailed);
+    if (gone_) return;
     // A connectionMade that threw loses its own connection (the peer sees a reset).
     if (serverFailed) closeEnd(*server_, serverFailure, true);
     if (clientFailed) closeEnd(*client_, clientFailure, true);
@@ -13267,6 +13285,9 @@ REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTrans
         from.readyEnd_ = from.marks_[from.markPos_++].first;
     if (from.markPos_ == from.marks_.size()) {
         from.marks_.clear();
+        from.markPos_ = 0;
+    } else if (from.markPos_ >= 64 && from.markPos_ * 2 >= from.marks_.size()) {  // a steady writer: drop what arrived
+        from.marks_.erase(from.marks_.begin(), from.marks_.begin() + static_cast<std::ptrdiff_t>(from.markPos_));
         from.markPos_ = 0;
     }
     bool did = false;
@@ -13390,14 +13411,18 @@ REACTOR_INLINE void MemoryConnection::closeEnd(MemoryTransport& end, const Failu
     }
     MemoryTransport* peer = end.peerEnd_;
     if (peer && !peer->closed_) {
-        if (resetPeer)
-            closeEnd(*peer, detail::lostFailure(detail::os::errConnectionReset), false);
+        if (resetPeer)  // an end that was aborting itself says so, as on TCP
+            closeEnd(*peer, resetReason(*peer), false);
         else
             peer->eofIncoming_ = true;
     }
     if (&end == client_.get() && connector_->state_ == MemoryConnector::State::connected) connector_->lost(reason);
     // Destroyed at the end of the step: one of its methods may be on the stack.
     if (end.protocol_) net_.dead_.push_back(std::move(end.protocol_));
+}
+
+REACTOR_INLINE Failure MemoryConnection::resetReason(const MemoryTransport& end) {
+    return end.aborting_ ? Failure(error::ConnectionAborted()) : detail::lostFailure(detail::os::errConnectionReset);
 }
 
 REACTOR_INLINE bool MemoryConnection::step() {
@@ -13419,11 +13444,10 @@ REACTOR_INLINE bool MemoryConnection::step() {
     if (!client_) return did;
     if (resetPending_) {
         resetPending_ = false;
-        Failure reset = detail::lostFailure(detail::os::errConnectionReset);
         if (!client_->closed_)
-            closeEnd(*client_, reset, true);
+            closeEnd(*client_, resetReason(*client_), true);
         else if (!server_->closed_)
-            closeEnd(*server_, reset, false);
+            closeEnd(*server_, resetReason(*server_), false);
         did = true;
     }
     // Ends of an earlier attempt may still be closing (a server end with a

@@ -2,6 +2,7 @@
 // wrapping policies (policies::WrappingFactory and friends). Where the
 // memory transports claim TCP's behaviour, the same script runs over
 // loopback TCP too and the callbacks each side saw must be identical.
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <vector>
@@ -1365,3 +1366,77 @@ TEST_CASE("LimitConnectionsByPeer and ThrottlingFactory on loopback TCP") {
 }
 
 }  // TEST_SUITE policies
+
+// Found by a second reader's reproducers (tests/…: each failed before its fix).
+TEST_SUITE("memory") {
+
+TEST_CASE("a server factory destroyed by its own protocol's connectionMade: dropped silently, no crash") {
+    test::LogCapture quiet;
+    struct SelfDestruct : Protocol {
+        std::function<void()> onMade;
+        void connectionMade() override { onMade(); }
+    };
+    reactor::Clock clock;
+    ClientFactory client;
+    client.protocol = [] { return std::make_unique<Protocol>(); };
+    auto* server = new Factory;
+    server->protocol = [&] {
+        auto p = std::make_unique<SelfDestruct>();
+        p->onMade = [&] {
+            delete server;  // a one-shot server
+            server = nullptr;
+        };
+        return p;
+    };
+    MemoryNetwork net(clock);
+    auto& c = net.connect(*server, client);
+    net.flush();  // crashed: the client's makeConnection ran on an abandoned connection
+    CHECK(server == nullptr);
+    CHECK_FALSE(c.established());
+}
+
+TEST_CASE("an end that aborted gets ConnectionAborted when the peer's reset reaches it too (as on TCP)") {
+    reactor::Clock clock;
+    std::vector<std::string> seen;
+    struct Aborter : Protocol {
+        std::vector<std::string>* seen;
+        std::string who;
+        Aborter(std::vector<std::string>* s, std::string w) : seen(s), who(std::move(w)) {}
+        void connectionMade() override { transport->abortConnection(); }
+        void connectionLost(const Failure& reason) override { seen->push_back(who + " " + reason.type()); }
+    };
+    auto server = Factory::forProtocol<Aborter>(&seen, std::string("server"));
+    auto client = ClientFactory::forProtocol<Aborter>(&seen, std::string("client"));
+    MemoryNetwork net(clock);
+    net.connect(server, client);
+    net.flush();
+    std::sort(seen.begin(), seen.end());
+    CHECK(seen == std::vector<std::string>{"client ConnectionAborted", "server ConnectionAborted"});
+}
+
+TEST_CASE("TimeoutFactory and ThrottlingFactory around a ReconnectingClientFactory pass its callbacks on") {
+    // Twisted 22.4: WrappingFactory forwards startedConnecting and
+    // clientConnectionFailed to any wrapped factory; the retry happens.
+    reactor::Clock clock;
+    Factory server = Factory::forProtocol<Protocol>();
+    for (int kind = 0; kind < 2; ++kind) {
+        CAPTURE(kind);
+        ReconnectingClientFactory rcf(clock);
+        rcf.protocol = [] { return std::make_unique<Protocol>(); };
+        rcf.jitter = 0;
+        std::unique_ptr<policies::WrappingFactory> wrapper;
+        if (kind == 0)
+            wrapper = std::make_unique<policies::TimeoutFactory>(rcf, clock, 100);
+        else
+            wrapper = std::make_unique<policies::ThrottlingFactory>(rcf, clock);
+        MemoryNetwork net(clock);
+        auto& c = net.connect(server, *wrapper);
+        c.refuseNext = 1;
+        net.advance(10);
+        CHECK(c.established());  // refused once, then retried by the factory inside
+        CHECK(rcf.retries == 1);
+        rcf.stopTrying();
+    }
+}
+
+}  // TEST_SUITE memory

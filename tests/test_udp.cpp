@@ -243,6 +243,7 @@ TEST_CASE("bad addresses and misuse get clear errors and send nothing") {
     Recorder other;
     CHECK_MISUSE_WITH(c.r.listenUDP(0, other, "localhost"), error::InvalidAddressError, "not an IPv4 or IPv6");
     CHECK_MISUSE_WITH(c.r.listenUDP(0, other, "127.0.0.1", 0), error::ValueError, "maxPacketSize");
+    CHECK_MISUSE_WITH(c.r.listenUDP(0, other, "127.0.0.1", std::size_t(1) << 40), error::ValueError, "1 to 65536");
     CHECK(other.events.empty());
     port->connect("127.0.0.1", 9);
     CHECK_MISUSE_WITH(port->connect("127.0.0.1", 10), error::RuntimeError, "already connected");
@@ -623,6 +624,20 @@ TEST_CASE("the trace shows datagrams in and out") {
     CHECK(has("readable -> " + name + ".datagramReceived(5 bytes from 127.0.0.1:"));
     CHECK(has("transport.write(5 bytes to 127.0.0.1:"));
     CHECK(has("-> " + name + ".stopProtocol"));
+}
+
+TEST_CASE("a connected port takes any spelling of its peer's address in write() (Twisted does)") {
+    test::CleanReactor t;
+    DatagramProtocol a, b;
+    auto pa = t.r.listenUDP(0, a, "::1");
+    auto pb = t.r.listenUDP(0, b, "::1");
+    int port = pb->getHost().port;
+    pa->connect("0:0:0:0:0:0:0:1", port);
+    CHECK(pa->write("x", "0:0:0:0:0:0:0:1", port));  // raised ValueError before
+    CHECK(pa->write("y", "::1", port));
+    CHECK_MISUSE_WITH(pa->write("z", "::2", port), error::ValueError, "on a port connected to");
+    pa->stopListening();
+    pb->stopListening();
 }
 
 }  // TEST_SUITE
