@@ -23,7 +23,16 @@ VARIANT  ?= gcc-$(STD)
 EXTRA    ?=
 OPT      ?= -O0 -g
 WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror
-CXXFLAGS := -std=$(STD) $(OPT) $(WARN) -I. $(EXTRA)
+# TLS (section 10a): the tests build with REACTOR_WITH_OPENSSL when
+# OpenSSL's headers are installed (Debian: libssl-dev), and say loudly that
+# the TLS tests are skipped otherwise. TLS=0 builds without it (cross-test:
+# no ARM libssl). Every TU of a program must agree on the switch.
+TLS ?= $(if $(wildcard /usr/include/openssl/ssl.h),1,0)
+ifeq ($(TLS),1)
+TLS_FLAGS := -DREACTOR_WITH_OPENSSL
+TLS_LIBS  := -lssl -lcrypto
+endif
+CXXFLAGS := -std=$(STD) $(OPT) $(WARN) -I. $(TLS_FLAGS) $(EXTRA)
 LDFLAGS  := -pthread
 OUT      := build/$(VARIANT)
 TEST_ARGS ?=
@@ -78,7 +87,7 @@ $(OUT)/tests/test_basic.o: examples/chat_server.cpp
 $(OUT)/tests/test_http.o: examples/http_get.cpp
 
 $(OUT)/run_tests: $(TEST_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS) $(TLS_LIBS)
 
 # After the suite, a short pass of the stress harness (tests/stress.cpp):
 # seeded random programs of reactor operations run from inside callbacks,
@@ -95,9 +104,14 @@ STRESS_RUN = $(OUT)/stress $(if $(STRESS_AVOID),--avoid $(STRESS_AVOID))
 
 $(OUT)/stress: tests/stress.cpp tests/stress_harness.hpp reactor.hpp
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS)
+	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS) $(TLS_LIBS)
 
 test: $(OUT)/run_tests $(OUT)/stress
+	@if [ "$(TLS)" != 1 ]; then \
+	  echo "*****************************************************************"; \
+	  echo "*** TLS tests SKIPPED: install libssl-dev (and openssl)         ***"; \
+	  echo "*****************************************************************"; \
+	fi
 	timeout $(TEST_TIMEOUT) $(RUNNER) $(OUT)/run_tests $(TEST_ARGS)
 	timeout $(TEST_TIMEOUT) $(RUNNER) $(STRESS_RUN) $(STRESS_ARGS)
 
@@ -184,6 +198,8 @@ compile-checks:
 	clang++ -std=c++17 $(WARN) -fno-exceptions -fno-rtti -I. tests/compile/no_exceptions.cpp -o build/compile/no_exceptions_clang $(LDFLAGS)
 	./build/compile/no_exceptions_clang
 	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/include_only.cpp -o build/compile/include_only.o
+	@# Without REACTOR_WITH_OPENSSL the header includes nothing of OpenSSL.
+	! $(CXX) -std=$(STD) -I. -E tests/compile/alone.cpp | grep -qi openssl
 	! nm -C build/compile/include_only.o | grep 'reactor::'
 	@# Separate compilation: the same program from three TUs, of which only
 	@# implementation.cpp compiles the library's bodies (alone.o must leave
@@ -226,7 +242,7 @@ cross-test:
 	    echo "cross-test: SKIPPED for $$triple (apt-get install g++-$$triple qemu-user)"; continue; \
 	  fi; \
 	  echo "cross-test: $$triple under $$qemu"; \
-	  $(MAKE) --no-print-directory test CXX=$$triple-g++ VARIANT=cross-$$triple OPT=-O1 EXTRA=-Wno-psabi \
+	  $(MAKE) --no-print-directory test CXX=$$triple-g++ VARIANT=cross-$$triple OPT=-O1 EXTRA=-Wno-psabi TLS=0 \
 	    RUNNER="$$qemu -L /usr/$$triple" TEST_ARGS="$(CROSS_TEST_ARGS)" || exit 1; \
 	done
 
@@ -296,7 +312,7 @@ demo: $(EXDIR)/irc_server $(EXDIR)/irc_bot $(OUT)/demo
 
 $(OUT)/demo: tests/demo.cpp reactor.hpp
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS)
+	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS) $(TLS_LIBS)
 
 # ---- IRC interop: Debian's ngircd -----------------------------------------
 # The irc-interop suite (tests/test_irc.cpp) starts ngircd itself on a free

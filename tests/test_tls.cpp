@@ -1,0 +1,825 @@
+// TLS (section 10a) on real loopback sockets: our client and our server,
+// against `openssl s_server` / `openssl s_client`, certificate failures,
+// truncation, a stalled handshake, startTLS. Compiled only with
+// REACTOR_WITH_OPENSSL (the Makefile adds it when libssl-dev is present).
+//
+// The certificates are made once per run with the `openssl` command in a
+// temporary directory: a CA, a server certificate for localhost and
+// 127.0.0.1, a client certificate, a self-signed one, an expired one.
+#if defined(REACTOR_WITH_OPENSSL)
+
+#include <fcntl.h>
+#include <malloc.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "support.hpp"
+
+extern char** environ;
+
+using namespace reactor;
+
+namespace {
+
+bool contains(const std::string& s, std::string_view needle) { return s.find(needle) != std::string::npos; }
+
+/// The throwaway PKI, made on first use, removed at exit.
+struct Pki {
+    std::string dir;
+    bool ok = false;
+    std::string path(const std::string& name) const { return dir + "/" + name; }
+    Pki() {
+        char tmpl[] = "/tmp/reactor-tls-XXXXXX";
+        if (!mkdtemp(tmpl)) return;
+        dir = tmpl;
+        const std::string ec = " -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes ";
+        const std::string d = " 2>>" + path("log") + " >&2";
+        std::string cmd =
+            "cd " + dir + " && printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\\n' > san.ext" +
+            " && printf 'subjectAltName=DNS:wrong.example\\n' > wrong.ext" +
+            " && openssl req -x509" + ec + "-keyout ca.key -out ca.pem -days 2 -subj '/CN=Reactor Test CA'" + d +
+            " && openssl req" + ec + "-keyout server.key -out server.csr -subj '/CN=localhost'" + d +
+            " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile san.ext"
+            " -out server.pem" + d +
+            " && openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days -1 -extfile san.ext"
+            " -out expired.pem" + d +
+            " && openssl req" + ec + "-keyout wrong.key -out wrong.csr -subj '/CN=wrong.example'" + d +
+            " && openssl x509 -req -in wrong.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile wrong.ext"
+            " -out wrong.pem" + d +
+            " && openssl req -x509" + ec + "-keyout self.key -out self.pem -days 2 -subj '/CN=localhost'"
+            " -addext subjectAltName=DNS:localhost,IP:127.0.0.1" + d +
+            " && openssl req" + ec + "-keyout client.key -out client.csr -subj '/CN=reactor client'" + d +
+            " && openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2"
+            " -out client.pem" + d;
+        ok = std::system(cmd.c_str()) == 0;
+    }
+    ~Pki() {
+        if (!dir.empty()) std::system(("rm -rf " + dir).c_str());
+    }
+    ssl::ServerTLSSettings server(const std::string& cert = "server.pem", const std::string& key = "server.key") const {
+        ssl::ServerTLSSettings s;
+        s.certificate = ssl::pemFile(path(cert));
+        s.privateKey = ssl::pemFile(path(key));
+        return s;
+    }
+    ssl::ClientTLSSettings client() const {
+        ssl::ClientTLSSettings s;
+        s.trust = ssl::trustRoot(ssl::pemFile(path("ca.pem")));
+        return s;
+    }
+};
+
+const Pki& pki() {
+    static Pki p;
+    REQUIRE_MESSAGE(p.ok, "could not make the test certificates with the openssl command");
+    return p;
+}
+
+/// What a test protocol saw; outlives the protocol.
+struct Record {
+    bool made = false, handshake = false;
+    std::string data;
+    std::size_t bytes = 0;  // every byte received, kept in `data` or not
+    int lostCount = 0;
+    std::string lostType, lostMessage;
+    std::vector<std::string> lostChain;
+    std::string alpn, peerSubject, version;
+    bool readLost = false;
+    ITransport* transport = nullptr;
+    bool lost() const { return lostCount > 0; }
+    bool is(const char* type) const {
+        for (auto& t : lostChain)
+            if (t == type) return true;
+        return false;
+    }
+};
+
+struct Recorder : Protocol {
+    std::shared_ptr<Record> rec;
+    bool echo = false, halfClose = false, countOnly = false;
+    std::string greeting;  // written in connectionMade (before the handshake completes)
+    explicit Recorder(std::shared_ptr<Record> r) : rec(std::move(r)) {}
+    void connectionMade() override {
+        rec->made = true;
+        rec->transport = transport;
+        if (!greeting.empty()) transport->write(greeting);
+    }
+    void handshakeCompleted() override {
+        rec->handshake = true;
+        ssl::ISSLTransport* t = transport->getTLS();
+        REQUIRE(t != nullptr);
+        rec->alpn = t->negotiatedProtocol();
+        rec->peerSubject = t->peerCertificateSubject();
+        rec->version = t->protocolVersion();
+    }
+    void dataReceived(std::string_view d) override {
+        rec->bytes += d.size();
+        if (!countOnly) rec->data.append(d);
+        if (echo) transport->write(d);
+    }
+    bool halfCloseable() const override { return halfClose; }
+    void readConnectionLost() override { rec->readLost = true; }
+    void connectionLost(const Failure& reason) override {
+        ++rec->lostCount;
+        rec->lostType = reason.type();
+        rec->lostMessage = reason.getErrorMessage();
+        for (const char* t : {"SSLError", "CertificateError", "TLSHandshakeTimeout", "ConnectionLost", "ConnectionDone",
+                              "ConnectionAborted"})
+            if (reason.check(t)) rec->lostChain.push_back(t);
+        rec->transport = nullptr;
+    }
+};
+
+struct ServerFactory : Factory {
+    std::vector<std::shared_ptr<Record>> records;
+    bool echo = false, halfClose = false, countOnly = false;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        records.push_back(std::make_shared<Record>());
+        auto p = std::make_unique<Recorder>(records.back());
+        p->echo = echo;
+        p->countOnly = countOnly;
+        p->halfClose = halfClose;
+        return p;
+    }
+    std::shared_ptr<Record> last() const { return records.empty() ? nullptr : records.back(); }
+};
+
+struct Client : ClientFactory {
+    std::vector<std::shared_ptr<Record>> records;
+    std::vector<std::string> failed, lost;
+    std::string greeting;
+    bool halfClose = false;
+    std::unique_ptr<Protocol> buildProtocol(const Address&) override {
+        records.push_back(std::make_shared<Record>());
+        auto p = std::make_unique<Recorder>(records.back());
+        p->greeting = greeting;
+        p->halfClose = halfClose;
+        return p;
+    }
+    void clientConnectionFailed(IConnector&, const Failure& reason) override { failed.push_back(reason.str()); }
+    void clientConnectionLost(IConnector&, const Failure& reason) override { lost.push_back(reason.str()); }
+    std::shared_ptr<Record> last() const { return records.empty() ? nullptr : records.back(); }
+};
+
+/// A child process (openssl s_server / s_client) with its stdin and its
+/// stdout+stderr on pipes; killed and reaped by stop() or the destructor.
+struct Child {
+    pid_t pid = -1;
+    int in = -1, out = -1;
+    std::string output;
+    bool eof = false;
+    Reactor* reactor = nullptr;
+
+    bool start(Reactor& r, const std::vector<std::string>& args) {
+        int inPipe[2], outPipe[2];
+        if (pipe(inPipe) != 0) return false;
+        if (pipe(outPipe) != 0) return false;
+        posix_spawn_file_actions_t fa;
+        posix_spawn_file_actions_init(&fa);
+        posix_spawn_file_actions_adddup2(&fa, inPipe[0], 0);
+        posix_spawn_file_actions_adddup2(&fa, outPipe[1], 1);
+        posix_spawn_file_actions_adddup2(&fa, outPipe[1], 2);
+        posix_spawn_file_actions_addclose(&fa, inPipe[1]);
+        posix_spawn_file_actions_addclose(&fa, outPipe[0]);
+        std::vector<char*> argv;
+        for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+        argv.push_back(nullptr);
+        int rc = posix_spawnp(&pid, argv[0], &fa, nullptr, argv.data(), environ);
+        posix_spawn_file_actions_destroy(&fa);
+        close(inPipe[0]);
+        close(outPipe[1]);
+        in = inPipe[1];
+        out = outPipe[0];
+        fcntl(out, F_SETFL, fcntl(out, F_GETFL) | O_NONBLOCK);
+        fcntl(in, F_SETFD, FD_CLOEXEC);
+        fcntl(out, F_SETFD, FD_CLOEXEC);
+        if (rc != 0) {
+            pid = -1;
+            return false;
+        }
+        reactor = &r;
+        r.addReader(out, [this] {
+            char buf[4096];
+            ssize_t n = read(out, buf, sizeof buf);
+            if (n > 0)
+                output.append(buf, static_cast<std::size_t>(n));
+            else if (n == 0) {
+                eof = true;
+                reactor->removeReader(out);
+            }
+        });
+        return true;
+    }
+    void send(const std::string& s) {
+        if (in >= 0) CHECK(write(in, s.data(), s.size()) == static_cast<ssize_t>(s.size()));
+    }
+    void closeInput() {
+        if (in >= 0) close(in);
+        in = -1;
+    }
+    /// Exit status, waiting at most `timeout` seconds for it; -1 if killed.
+    int stop(double timeout = 0) {
+        int status = -1;
+        if (pid > 0) {
+            if (timeout > 0 && reactor) {
+                testing::runUntil(*reactor, [&] { return waitpid(pid, &status, WNOHANG) == pid; }, timeout);
+                if (status != -1) pid = -1;
+            }
+            if (pid > 0) {
+                kill(pid, SIGKILL);
+                waitpid(pid, &status, 0);
+                status = -1;
+            }
+            pid = -1;
+        }
+        closeInput();
+        if (out >= 0) {
+            if (reactor) reactor->removeReader(out);
+            close(out);
+            out = -1;
+        }
+        return status >= 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+    }
+    ~Child() { stop(); }
+};
+
+/// A server and a verified client connected over TLS on 127.0.0.1.
+ListeningPort tlsPair(Reactor& r, ServerFactory& server, Client& client, const ssl::TLSOptions& serverOptions,
+                      const ssl::TLSOptions& clientOptions) {
+    ListeningPort port = r.listenSSL(0, server, serverOptions, ListenOptions{"127.0.0.1"});
+    r.connectSSL("127.0.0.1", port.getHost().port, client, clientOptions);
+    return port;
+}
+
+}  // namespace
+
+TEST_SUITE("tls") {
+
+// Twisted 22.4, the same exchange (verified client, server with ALPN):
+//   from twisted.internet import ssl, reactor, protocol
+//   ... ssl.optionsForClientTLS(u"localhost", trustRoot=ca, acceptableProtocols=[b"h2", b"http/1.1"])
+//   server: ssl.CertificateOptions(..., acceptableProtocols=[b"http/1.1"])
+//   client protocol: connectionMade -> write(b"hello"); handshakeCompleted -> negotiatedProtocol
+//   observed: connectionMade before the handshake, b'http/1.1', echo b'hello',
+//             connectionLost ConnectionDone on both sides after loseConnection.
+TEST_CASE("echo over TLS: verified, ALPN, SNI, writes before the handshake, clean close both sides") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    auto ss = p.server();
+    ss.acceptableProtocols = {"http/1.1"};
+    auto cs = p.client();
+    cs.acceptableProtocols = {"h2", "http/1.1"};
+    ServerFactory server;
+    server.echo = true;
+    Client client;
+    client.greeting = "hello";  // written in connectionMade, before the handshake
+    ListeningPort port = tlsPair(r, server, client, ssl::serverOptions(ss), ssl::optionsForClientTLS("localhost", cs));
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->data == "hello"; }));
+    auto c = client.last();
+    auto s = server.last();
+    CHECK(c->made);
+    CHECK(c->handshake);
+    CHECK(s->handshake);
+    CHECK(c->alpn == "http/1.1");
+    CHECK(s->alpn == "http/1.1");
+    CHECK(c->peerSubject == "/CN=localhost");
+    CHECK(s->peerSubject == "");  // no client certificate asked
+    CHECK(c->version.rfind("TLSv1.", 0) == 0);
+    // getPeer/getHost are the TCP ends.
+    CHECK(c->transport->getPeer() == port.getHost());
+    CHECK(s->transport->getPeer() == c->transport->getHost());
+    CHECK(c->transport->getTLS()->getHandle() != nullptr);
+    c->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return c->lost() && s->lost(); }));
+    CHECK(c->lostType == "ConnectionDone");
+    CHECK(s->lostType == "ConnectionDone");
+    CHECK(c->lostCount == 1);
+    CHECK(s->lostCount == 1);
+    REQUIRE(client.lost.size() == 1);
+    CHECK(contains(client.lost[0], "ConnectionDone"));
+    CHECK(client.failed.empty());
+    port.stopListening();
+}
+
+namespace {
+long heapInUseKiB() {
+    struct mallinfo2 m = ::mallinfo2();
+    return static_cast<long>((m.uordblks + m.hblkhd) / 1024);
+}
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool underASan = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+constexpr bool underASan = true;
+#else
+constexpr bool underASan = false;
+#endif
+#else
+constexpr bool underASan = false;
+#endif
+
+unsigned char patternAt(std::size_t i) { return static_cast<unsigned char>((i * 131u) ^ (i >> 16)); }
+
+/// Sends `total` bytes of the pattern as a pull producer, checks the echo byte by byte.
+struct Streamer : Protocol, IProducer {
+    std::size_t total = 0, sent = 0, received = 0, mismatches = 0;
+    long heapBase = 0, heapPeak = 0;
+    bool done = false;
+    std::string* lost = nullptr;  // outlives the protocol
+    void connectionMade() override {
+        heapBase = heapInUseKiB();
+        transport->registerProducer(this, false);
+    }
+    void resumeProducing() override {
+        if (sent >= total) return;
+        std::string chunk(std::min<std::size_t>(64 * 1024, total - sent), '\0');
+        for (std::size_t i = 0; i < chunk.size(); ++i) chunk[i] = static_cast<char>(patternAt(sent + i));
+        sent += chunk.size();
+        transport->write(chunk);
+        if (sent >= total) transport->unregisterProducer();
+        heapPeak = std::max(heapPeak, heapInUseKiB() - heapBase);
+    }
+    void stopProducing() override {}
+    void dataReceived(std::string_view d) override {
+        for (char ch : d)
+            if (static_cast<unsigned char>(ch) != patternAt(received++)) ++mismatches;
+        heapPeak = std::max(heapPeak, heapInUseKiB() - heapBase);
+        if (received == total) done = true;
+    }
+    void connectionLost(const Failure& reason) override { *lost = reason.type(); }
+};
+}  // namespace
+
+TEST_CASE("64 MiB through a TLS echo, both ways, byte-exact, with the heap bounded by backpressure") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    ServerFactory server;
+    server.echo = true;  // writes in dataReceived: the TCP read-side backpressure holds it
+    server.countOnly = true;
+    ClientFactory client;
+    Streamer* streamer = nullptr;
+    std::string clientLost;
+    const std::size_t total = underASan ? (16u << 20) : (64u << 20);
+    client.protocol = [&] {
+        auto s = std::make_unique<Streamer>();
+        s->total = total;
+        s->lost = &clientLost;
+        streamer = s.get();
+        return std::unique_ptr<Protocol>(std::move(s));
+    };
+    ListeningPort port = r.listenSSL(0, server, ssl::serverOptions(p.server()), ListenOptions{"127.0.0.1"});
+    r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::optionsForClientTLS("127.0.0.1", p.client()));
+    REQUIRE(testing::runUntil(r, [&] { return streamer && streamer->done; }, 120));
+    CHECK(streamer->received == total);
+    CHECK(streamer->mismatches == 0);
+    CHECK(server.last()->bytes == total);
+    // Unbounded buffering would hold tens of MiB; backpressure keeps both
+    // ends' buffers (plaintext and ciphertext) to a few hundred KiB.
+    if (!underASan) CHECK_MESSAGE(streamer->heapPeak < 8 * 1024, "heap grew by " << streamer->heapPeak << " KiB");
+    streamer->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && !clientLost.empty(); }));
+    CHECK(server.last()->lostType == "ConnectionDone");
+    CHECK(clientLost == "ConnectionDone");
+    port.stopListening();
+}
+
+TEST_CASE("our client against openssl s_server (-rev): verified, a line each way") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    Child srv;
+    REQUIRE(srv.start(r, {"openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", p.path("server.pem"), "-key",
+                          p.path("server.key"), "-rev", "-naccept", "1"}));
+    REQUIRE(testing::runUntil(r, [&] { return contains(srv.output, "ACCEPT 127.0.0.1:") && contains(srv.output.substr(srv.output.find("ACCEPT")), "\n"); }, 10));
+    std::size_t at = srv.output.find("ACCEPT 127.0.0.1:") + 17;
+    int portNumber = std::atoi(srv.output.c_str() + at);
+    REQUIRE(portNumber > 0);
+    Client client;
+    client.greeting = "hello tls\n";
+    r.connectSSL("127.0.0.1", portNumber, client, ssl::optionsForClientTLS("localhost", p.client()));
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && contains(client.last()->data, "slt olleh"); }, 10));
+    CHECK(client.last()->peerSubject == "/CN=localhost");
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
+    CHECK(client.last()->lostType == "ConnectionDone");
+    srv.stop(5);
+}
+
+TEST_CASE("openssl s_client against our server: it verifies us, we echo, then close") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    ServerFactory server;
+    server.echo = true;
+    ListeningPort port = r.listenSSL(0, server, ssl::serverOptions(p.server()), ListenOptions{"127.0.0.1"});
+    Child cli;
+    REQUIRE(cli.start(r, {"openssl", "s_client", "-connect", "127.0.0.1:" + std::to_string(port.getHost().port),
+                          "-CAfile", p.path("ca.pem"), "-verify_return_error", "-verify_hostname", "localhost",
+                          "-servername", "localhost", "-quiet"}));
+    cli.send("ping from s_client\n");
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && contains(server.last()->data, "ping from s_client\n"); }, 10));
+    REQUIRE(testing::runUntil(r, [&] { return contains(cli.output, "ping from s_client"); }, 10));
+    CHECK(server.last()->handshake);
+    server.last()->transport->loseConnection();  // close_notify: s_client ends
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && cli.eof; }, 10));
+    CHECK(server.last()->lostType == "ConnectionDone");
+    CHECK(cli.stop(5) == 0);
+    CHECK_FALSE(contains(cli.output, "verify error"));
+    port.stopListening();
+}
+
+namespace {
+/// Connects a verifying client for `host` to a server using `cert`; returns the client's record.
+std::shared_ptr<Record> failedHandshake(Reactor& r, const std::string& host, const std::string& cert,
+                                        const std::string& key, Client& client, ServerFactory& server) {
+    const Pki& p = pki();
+    ListeningPort port = r.listenSSL(0, server, ssl::serverOptions(p.server(cert, key)), ListenOptions{"127.0.0.1"});
+    r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::optionsForClientTLS(host, p.client()));
+    REQUIRE(testing::runUntil(r, [&] {
+        return client.last() && client.last()->lost() && server.last() && server.last()->lost();
+    }));
+    port.stopListening();
+    return client.last();
+}
+}  // namespace
+
+// Twisted 22.4, a client verifying against the wrong name:
+//   d = endpoint(..., optionsForClientTLS(u"wrong.example", trustRoot=ca)) -> connectionLost(reason)
+//   observed: the protocol's connectionMade ran, then connectionLost with
+//   OpenSSL.SSL.Error / VerificationError; clientConnectionFailed not called.
+TEST_CASE("verification failures reach connectionLost and clientConnectionLost as CertificateError, saying why") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    SUBCASE("wrong host name") {
+        Client client;
+        ServerFactory server;
+        auto c = failedHandshake(r, "localhost", "wrong.pem", "wrong.key", client, server);
+        CHECK(c->made);  // as in Twisted: connectionMade, then connectionLost
+        CHECK_FALSE(c->handshake);
+        CHECK(c->is("CertificateError"));
+        CHECK(c->is("SSLError"));
+        CHECK(c->is("ConnectionLost"));
+        CHECK(contains(c->lostMessage, "host 'localhost'"));
+        CHECK(contains(c->lostMessage, "ostname mismatch"));
+        CHECK(contains(c->lostMessage, "/CN=wrong.example"));
+        REQUIRE(client.lost.size() == 1);
+        CHECK(contains(client.lost[0], "CertificateError"));
+        CHECK(client.failed.empty());
+        CHECK(server.last()->is("SSLError"));  // the server hears the client's alert
+        CHECK_FALSE(server.last()->handshake);
+    }
+    SUBCASE("an IP literal checked against the certificate's IP addresses") {
+        Client client;
+        ServerFactory server;
+        auto c = failedHandshake(r, "127.0.0.2", "server.pem", "server.key", client, server);
+        CHECK(c->is("CertificateError"));
+        CHECK(contains(c->lostMessage, "host '127.0.0.2'"));
+        CHECK(contains(c->lostMessage, "IP address mismatch"));
+    }
+    SUBCASE("self-signed") {
+        Client client;
+        ServerFactory server;
+        auto c = failedHandshake(r, "localhost", "self.pem", "self.key", client, server);
+        CHECK(c->is("CertificateError"));
+        CHECK(contains(c->lostMessage, "self-signed certificate"));
+        CHECK(contains(c->lostMessage, "/CN=localhost"));
+    }
+    SUBCASE("expired") {
+        Client client;
+        ServerFactory server;
+        auto c = failedHandshake(r, "localhost", "expired.pem", "server.key", client, server);
+        CHECK(c->is("CertificateError"));
+        CHECK(contains(c->lostMessage, "certificate has expired"));
+        CHECK(contains(c->lostMessage, "/CN=localhost"));
+    }
+    SUBCASE("the system trust store does not know our test CA") {
+        Client client;
+        ServerFactory server;
+        const Pki& p = pki();
+        ListeningPort port = r.listenSSL(0, server, ssl::serverOptions(p.server()), ListenOptions{"127.0.0.1"});
+        r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::optionsForClientTLS("localhost"));
+        REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->lost(); }));
+        CHECK(client.last()->is("CertificateError"));
+        CHECK(contains(client.last()->lostMessage, "unable to get local issuer certificate"));
+        REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->lost(); }));
+        port.stopListening();
+    }
+}
+
+TEST_CASE("insecureNoVerify connects to a self-signed server, and says so in the log") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    test::LogCapture log;
+    const Pki& p = pki();
+    ServerFactory server;
+    server.echo = true;
+    Client client;
+    client.greeting = "x";
+    ssl::ClientTLSSettings cs;
+    cs.trust = ssl::insecureNoVerify();
+    ListeningPort port = tlsPair(r, server, client, ssl::serverOptions(p.server("self.pem", "self.key")),
+                                 ssl::optionsForClientTLS("wrong.example", cs));
+    CHECK(log.contains("certificate verification is OFF"));
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->data == "x"; }));
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && client.last()->lost(); }));
+    port.stopListening();
+}
+
+TEST_CASE("client certificates: required and absent fails both sides; present, the server sees its subject") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    auto ss = p.server();
+    ss.requireClientCertificate = ssl::pemFile(p.path("ca.pem"));
+    ServerFactory server;
+    server.echo = true;
+    ListeningPort port = r.listenSSL(0, server, ssl::serverOptions(ss), ListenOptions{"127.0.0.1"});
+    SUBCASE("absent") {
+        Client client;
+        client.greeting = "let me in";
+        r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::optionsForClientTLS("localhost", p.client()));
+        REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->lost() && server.last() &&
+                                                  server.last()->lost(); }));
+        CHECK(server.last()->is("SSLError"));
+        CHECK(contains(server.last()->lostMessage, "peer did not return a certificate"));
+        CHECK(server.last()->data.empty());
+        // TLS 1.3: the client finished its side and hears the server's alert.
+        CHECK(client.last()->is("SSLError"));
+        CHECK(contains(client.last()->lostMessage, "certificate required"));
+    }
+    SUBCASE("present") {
+        auto cs = p.client();
+        cs.certificate = ssl::pemFile(p.path("client.pem"));
+        cs.privateKey = ssl::pemFile(p.path("client.key"));
+        Client client;
+        client.greeting = "let me in";
+        r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::optionsForClientTLS("localhost", cs));
+        REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->data == "let me in"; }));
+        CHECK(server.last()->peerSubject == "/CN=reactor client");
+        client.last()->transport->loseConnection();
+        REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && client.last()->lost(); }));
+        CHECK(server.last()->lostType == "ConnectionDone");
+        CHECK(client.last()->lostType == "ConnectionDone");
+    }
+    port.stopListening();
+}
+
+namespace {
+/// A plain TCP server protocol that answers "STARTTLS\n" with "OK\n" and
+/// starts TLS at once; keeps the raw TCP transport for the tests.
+struct StartTlsServer : Protocol {
+    std::shared_ptr<Record> rec;
+    ssl::TLSOptions options;
+    ITransport* tcp = nullptr;
+    std::string clear;  // what arrived before TLS
+    bool tls = false;
+    void connectionMade() override { tcp = transport; }
+    void dataReceived(std::string_view d) override {
+        if (tls) {
+            rec->data.append(d);
+            transport->write(d);  // echo, encrypted
+            return;
+        }
+        clear.append(d);
+        if (clear == "STARTTLS\n") {
+            transport->write("OK\n");  // in clear: written before startTLS
+            transport->startTLS(options);
+            tls = true;
+        }
+    }
+    void handshakeCompleted() override { rec->handshake = true; }
+    void connectionLost(const Failure& reason) override {
+        ++rec->lostCount;
+        rec->lostType = reason.type();
+        rec->lostMessage = reason.getErrorMessage();
+    }
+};
+struct StartTlsClient : Protocol {
+    std::shared_ptr<Record> rec;
+    ssl::TLSOptions options;
+    std::string clear;
+    bool tls = false;
+    void connectionMade() override { transport->write("STARTTLS\n"); }
+    void dataReceived(std::string_view d) override {
+        if (tls) {
+            rec->data.append(d);
+            return;
+        }
+        clear.append(d);
+        if (clear == "OK\n") {
+            transport->startTLS(options);
+            tls = true;
+            transport->write("secret");  // waits for the handshake
+        }
+    }
+    void handshakeCompleted() override {
+        rec->handshake = true;
+        rec->peerSubject = transport->getTLS()->peerCertificateSubject();
+    }
+    void connectionLost(const Failure& reason) override {
+        ++rec->lostCount;
+        rec->lostType = reason.type();
+        rec->lostMessage = reason.getErrorMessage();
+    }
+};
+}  // namespace
+
+TEST_CASE("startTLS after a plaintext exchange (the STARTTLS pattern), and close_notify at the end") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    auto srec = std::make_shared<Record>(), crec = std::make_shared<Record>();
+    StartTlsServer* srv = nullptr;
+    Factory sf;
+    sf.protocol = [&] {
+        auto s = std::make_unique<StartTlsServer>();
+        s->rec = srec;
+        s->options = ssl::serverOptions(p.server());
+        srv = s.get();
+        return std::unique_ptr<Protocol>(std::move(s));
+    };
+    ClientFactory cf;
+    StartTlsClient* cli = nullptr;
+    cf.protocol = [&] {
+        auto c = std::make_unique<StartTlsClient>();
+        c->rec = crec;
+        c->options = ssl::optionsForClientTLS("localhost", p.client());
+        cli = c.get();
+        return std::unique_ptr<Protocol>(std::move(c));
+    };
+    ListeningPort port = r.listenTCP(0, sf, 50, "127.0.0.1");
+    r.connectTCP("127.0.0.1", port.getHost().port, cf);
+    REQUIRE(testing::runUntil(r, [&] { return crec->data == "secret"; }));
+    CHECK(srv->clear == "STARTTLS\n");
+    CHECK(cli->clear == "OK\n");
+    CHECK(srec->handshake);
+    CHECK(crec->handshake);
+    CHECK(crec->peerSubject == "/CN=localhost");
+    CHECK(srec->data == "secret");
+    CHECK(srv->transport != srv->tcp);  // the protocol's transport is now the TLS layer
+    CHECK(srv->transport->getTLS() != nullptr);
+    CHECK(srv->tcp->getTLS() == nullptr);
+    // Starting TLS twice is misuse.
+    CHECK_MISUSE_WITH(cli->transport->startTLS(cli->options), error::RuntimeError, "already");
+    cli->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return srec->lost() && crec->lost(); }));
+    CHECK(srec->lostType == "ConnectionDone");
+    CHECK(crec->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
+// Twisted 22.4 (twisted/protocols/tls.py, _tlsShutdownFinished): a TCP
+// close without close_notify is squashed into ConnectionLost:
+//   server.transport.transport.loseConnection()   # the TCP under the TLS
+//   observed on the client: connectionLost(ConnectionLost)
+TEST_CASE("a peer that closes TCP without close_notify: ConnectionLost, the data may be truncated") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    auto srec = std::make_shared<Record>(), crec = std::make_shared<Record>();
+    StartTlsServer* srv = nullptr;
+    Factory sf;
+    sf.protocol = [&] {
+        auto s = std::make_unique<StartTlsServer>();
+        s->rec = srec;
+        s->options = ssl::serverOptions(p.server());
+        srv = s.get();
+        return std::unique_ptr<Protocol>(std::move(s));
+    };
+    ClientFactory cf;
+    cf.protocol = [&] {
+        auto c = std::make_unique<StartTlsClient>();
+        c->rec = crec;
+        c->options = ssl::optionsForClientTLS("localhost", p.client());
+        return std::unique_ptr<Protocol>(std::move(c));
+    };
+    ListeningPort port = r.listenTCP(0, sf, 50, "127.0.0.1");
+    r.connectTCP("127.0.0.1", port.getHost().port, cf);
+    REQUIRE(testing::runUntil(r, [&] { return crec->data == "secret"; }));
+    srv->tcp->loseConnection();  // under the TLS layer: a FIN, no close_notify
+    REQUIRE(testing::runUntil(r, [&] { return crec->lost() && srec->lost(); }));
+    CHECK(crec->lostType == "ConnectionLost");
+    CHECK(contains(crec->lostMessage, "without a TLS close_notify"));
+    port.stopListening();
+}
+
+TEST_CASE("a handshake that stalls (a TCP server that never answers) fails with TLSHandshakeTimeout") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    Factory silent;
+    silent.protocol = [] { return std::make_unique<Protocol>(); };
+    ListeningPort port = r.listenTCP(0, silent, 50, "127.0.0.1");
+    auto cs = p.client();
+    cs.handshakeTimeout = 0.2;
+    Client client;
+    double start = r.seconds();
+    r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::optionsForClientTLS("localhost", cs));
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->lost(); }, 10));
+    CHECK(r.seconds() - start >= 0.2);
+    CHECK(client.last()->is("TLSHandshakeTimeout"));
+    CHECK(client.last()->is("SSLError"));
+    CHECK(contains(client.last()->lostMessage, "did not complete within 0.2 s"));
+    CHECK(contains(client.last()->lostMessage, "localhost"));
+    REQUIRE(client.lost.size() == 1);
+    port.stopListening();
+    CHECK(testing::runUntilClean(r));  // the silent server's side saw the reset
+}
+
+TEST_CASE("half-close over TLS: loseWriteConnection sends close_notify; the peer reads EOF and still writes") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    ServerFactory server;
+    server.halfClose = true;
+    Client client;
+    client.halfClose = true;
+    client.greeting = "request";
+    ListeningPort port = tlsPair(r, server, client, ssl::serverOptions(p.server()),
+                                 ssl::optionsForClientTLS("localhost", p.client()));
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->data == "request"; }));
+    client.last()->transport->loseWriteConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->readLost; }));
+    server.last()->transport->write("reply after your EOF");
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->data == "reply after your EOF"; }));
+    server.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && client.last()->readLost; }));
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
+    CHECK(server.last()->lostType == "ConnectionDone");
+    CHECK(client.last()->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
+TEST_CASE("bad TLS options: a clear error naming the file; a connection with them fails, never plaintext") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    ssl::ServerTLSSettings missing;
+    missing.certificate = ssl::pemFile(p.path("nope.pem"));
+    missing.privateKey = ssl::pemFile(p.path("server.key"));
+    CHECK_MISUSE_WITH(ssl::serverOptions(missing), error::ValueError, "nope.pem");
+    ssl::ServerTLSSettings mismatched = p.server("server.pem", "client.key");
+    CHECK_MISUSE_WITH(ssl::serverOptions(mismatched), error::ValueError, "does not match");
+    ssl::ClientTLSSettings garbage;
+    garbage.trust = ssl::trustRoot(ssl::pemData("not a certificate"));
+    CHECK_MISUSE_WITH(ssl::optionsForClientTLS("localhost", garbage), error::ValueError, "no PEM certificate");
+    // Default-made options: the connection is made and fails with the reason.
+    ServerFactory server;
+    ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
+    Client client;
+    client.greeting = "must never go out in clear";
+    r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::TLSOptions());
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->lost(); }));
+    CHECK(client.last()->is("SSLError"));
+    CHECK(contains(client.last()->lostMessage, "never made"));
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->lost(); }));
+    CHECK(server.last()->data.empty());
+    CHECK_MISUSE_WITH(r.listenSSL(0, server, ssl::TLSOptions()), error::ValueError, "listenSSL");
+    port.stopListening();
+}
+
+TEST_CASE("the trace shows the handshake, its result and the close_notify") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    std::vector<std::string> lines;
+    r.setTracer([&](std::string_view l) { lines.emplace_back(l); });
+    const Pki& p = pki();
+    ServerFactory server;
+    Client client;
+    client.greeting = "hi";
+    ListeningPort port = tlsPair(r, server, client, ssl::serverOptions(p.server()),
+                                 ssl::optionsForClientTLS("localhost", p.client()));
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->data == "hi"; }));
+    client.last()->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return server.last()->lost() && client.last()->lost(); }));
+    r.setTracer(nullptr);
+    auto seen = [&](std::string_view needle) {
+        for (auto& l : lines)
+            if (contains(l, needle)) return true;
+        return false;
+    };
+    CHECK(seen("handshake started as the client"));
+    CHECK(seen("handshake started as the server"));
+    CHECK(seen("handshake done: TLSv1.3"));
+    CHECK(seen("peer /CN=localhost"));
+    CHECK(seen("close_notify sent"));
+    CHECK(seen("the peer sent close_notify"));
+    CHECK(seen("-> TLS("));  // the TCP transport's lines name the layer and the protocol inside
+    port.stopListening();
+}
+
+}  // TEST_SUITE("tls")
+
+#endif  // REACTOR_WITH_OPENSSL
