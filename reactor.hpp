@@ -3901,6 +3901,7 @@ namespace ssl {
 struct PEM {
     std::string text;  ///< the PEM itself, or
     std::string path;  ///< a file to read it from
+    /// Neither text nor a file: not given.
     bool empty() const { return text.empty() && path.empty(); }
 };
 /// PEM read from the file at `path` (when the options are made).
@@ -3910,9 +3911,10 @@ inline PEM pemData(std::string text) { return PEM{std::move(text), std::string()
 
 /// Which certificates a client trusts (Twisted's trustRoot).
 struct TrustRoot {
+    /// The system's store, given CA certificates, or no verification.
     enum class Kind { platform, pem, none };
-    Kind kind = Kind::platform;
-    PEM certificates;  // Kind::pem: the CA certificates
+    Kind kind = Kind::platform;  ///< which of the three
+    PEM certificates;            ///< Kind::pem: the CA certificates
 };
 /// The system's trust store (Debian: /etc/ssl/certs): the default.
 inline TrustRoot platformTrust() { return TrustRoot{}; }
@@ -3955,7 +3957,9 @@ struct ServerTLSSettings {
 /// serverOptions; a default-made one is not valid().
 class TLSOptions {
 public:
+    /// Not valid: a connection made with it fails (never falls back to plaintext).
     TLSOptions() = default;
+    /// Wraps a made configuration (optionsForClientTLS and serverOptions do).
     explicit TLSOptions(std::shared_ptr<const detail::tls::Context> c) : context_(std::move(c)) {}
     /// Made without error (a bad certificate or key file is an error).
     REACTOR_INLINE bool valid() const;
@@ -4106,6 +4110,7 @@ public:
 
     // ---- ITransport (the protocol's side) -------------------------------
     REACTOR_INLINE void write(std::string_view data) override;
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
     REACTOR_INLINE void loseConnection() override;
     REACTOR_INLINE void abortConnection() override;
     REACTOR_INLINE void loseWriteConnection() override;
@@ -4159,6 +4164,10 @@ private:
     std::optional<Failure> finalReason_;  // what it reported
     DelayedCall handshakeTimer_;  // also bounds the wait for the peer's close_notify
     IProducer* producer_ = nullptr;
+    // A producer registered before the handshake completed: it is handed to
+    // the TCP transport after the buffered writes (until then its writes
+    // pile up here, so a streaming one is paused above the high-water mark).
+    bool producerWaiting_ = false, producerStreaming_ = false, producerPausedHere_ = false;
     bool handshakeDone_ = false;
     bool lost_ = false;          // TLS is over: nothing more in or out (Twisted's _lostTLSConnection)
     bool closeAfterHandshake_ = false, writeShutAfterHandshake_ = false;
@@ -9317,6 +9326,14 @@ REACTOR_INLINE void TlsConnection::unbufferPendingWrites() {
         writeNow(pending);
     }
     if (lost_) return;
+    if (producerWaiting_ && tcp_) {
+        producerWaiting_ = false;
+        IProducer* producer = producer_;
+        if (std::exchange(producerPausedHere_, false)) producer->resumeProducing();  // its writes go to TCP now
+        if (lost_ || producer_ != producer) return;
+        tcp_->registerProducer(producer, producerStreaming_);  // pauses it if TCP's buffer is full
+        if (lost_) return;
+    }
     if (closeAfterHandshake_)
         finishClose();
     else if (writeShutAfterHandshake_)
@@ -9370,6 +9387,8 @@ REACTOR_INLINE void TlsConnection::flushReceive() {
         if (st == Session::Status::done) {
             if (!inner_ || ITransport::disconnecting) continue;  // closing: read and drop
             Protocol* p = inner_.get();
+            if (reactor_.tracing())
+                trace(std::to_string(n) + " bytes decrypted -> " + p->logPrefix() + ".dataReceived");
             p->dataReceived(std::string_view(buf, n));
             continue;
         }
@@ -9406,9 +9425,28 @@ REACTOR_INLINE void TlsConnection::write(std::string_view data) {
     if (!ITransport::connected || lost_ || shutdownSent_ || data.empty()) return;
     if (!handshakeDone_) {
         appSendBuffer_.append(data.data(), data.size());
+        if (producerWaiting_ && producerStreaming_ && !producerPausedHere_ &&
+            appSendBuffer_.size() > TcpConnection::highWaterMark) {
+            producerPausedHere_ = true;
+            producer_->pauseProducing();
+        }
         return;
     }
     writeNow(data);
+}
+
+REACTOR_INLINE void TlsConnection::writeSequence(const std::string_view* parts, std::size_t count) {
+    // Small pieces (a line and its delimiter) go out as one TLS record.
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+    if (count > 1 && total <= 16 * 1024) {
+        std::string joined;
+        joined.reserve(total);
+        for (std::size_t i = 0; i < count; ++i) joined.append(parts[i].data(), parts[i].size());
+        write(joined);
+        return;
+    }
+    for (std::size_t i = 0; i < count; ++i) write(parts[i]);
 }
 
 REACTOR_INLINE void TlsConnection::finishClose() {
@@ -9522,7 +9560,9 @@ REACTOR_INLINE void TlsConnection::connectionLost(const Failure& reason) {
     tcp_ = nullptr;
     ITransport::connected = false;
     ITransport::disconnecting = true;
-    producer_ = nullptr;  // the TCP transport told it stopProducing
+    IProducer* waiting = std::exchange(producerWaiting_, false) ? producer_ : nullptr;
+    producer_ = nullptr;  // a registered one: the TCP transport told it stopProducing
+    if (waiting) waiting->stopProducing();
     Failure r = reason_ ? *reason_ : reason;
     reason_.reset();
     finalReason_ = r;
@@ -9535,16 +9575,27 @@ REACTOR_INLINE void TlsConnection::connectionLost(const Failure& reason) {
 REACTOR_INLINE void TlsConnection::registerProducer(IProducer* producer, bool streaming) {
     // The TCP transport's buffer holds the ciphertext of what the producer
     // writes (after the handshake): its backpressure is the producer's.
+    if (producer_) {
+        raise<error::RuntimeError>("Cannot register producer, because another producer was never unregistered.");
+        return;
+    }
     if (!tcp_ || lost_) {
         if (producer) producer->stopProducing();
         return;
     }
     producer_ = producer;
+    if (!handshakeDone_) {
+        producerWaiting_ = true;  // see unbufferPendingWrites
+        producerStreaming_ = streaming;
+        producerPausedHere_ = false;
+        return;
+    }
     tcp_->registerProducer(producer, streaming);
 }
 
 REACTOR_INLINE void TlsConnection::unregisterProducer() {
     producer_ = nullptr;
+    if (std::exchange(producerWaiting_, false)) return;
     if (tcp_) tcp_->unregisterProducer();
 }
 
