@@ -63,7 +63,11 @@ examples: $(EXAMPLES)
 
 $(EXDIR)/%: examples/%.cpp reactor.hpp
 	@mkdir -p $(dir $@)
-	$(CXX) -std=$(STD) -O2 $(WARN) -I. $< -o $@ $(LDFLAGS)
+	$(CXX) -std=$(STD) -O2 $(WARN) $(EXAMPLE_TLS) -I. $< -o $@ $(LDFLAGS) $(EXAMPLE_TLS_LIBS)
+
+# http_get fetches https:// where OpenSSL is installed (TLS=1).
+$(EXDIR)/http_get: EXAMPLE_TLS = $(TLS_FLAGS)
+$(EXDIR)/http_get: EXAMPLE_TLS_LIBS = $(TLS_LIBS)
 
 # ---- tests --------------------------------------------------------------
 

@@ -2713,6 +2713,10 @@ public:
     std::shared_ptr<IConnector> connectSSL(const std::string& host, int port, ClientFactory& factory,
                                            const ssl::TLSOptions& options, double timeout = 30,
                                            const Address& bindAddress = {});
+    /// The same, with the connector sharing ownership of the factory.
+    std::shared_ptr<IConnector> connectSSL(const std::string& host, int port, std::shared_ptr<ClientFactory> factory,
+                                           const ssl::TLSOptions& options, double timeout = 30,
+                                           const Address& bindAddress = {});
 #endif
 
 private:
@@ -4027,6 +4031,11 @@ struct Context {
 
 /// How many TlsConnection reads are on this thread's stack.
 int& readNesting();
+
+/// Both connectSSL overloads (`keep`: the factory to own, if any).
+std::shared_ptr<IConnector> connect(Reactor& r, const std::string& host, int port, ClientFactory& factory,
+                                    std::shared_ptr<ClientFactory> keep, const ssl::TLSOptions& options,
+                                    double timeout, const Address& bindAddress);
 
 /// Makes a context (errors in `error`).
 REACTOR_INLINE std::shared_ptr<Context> makeClientContext(const std::string& hostname,
@@ -9675,9 +9684,26 @@ REACTOR_INLINE ListeningPort Reactor::listenSSL(int port, Factory& factory, cons
 }
 
 REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectSSL(const std::string& host, int port,
+                                                               std::shared_ptr<ClientFactory> factory,
+                                                               const ssl::TLSOptions& options, double timeout,
+                                                               const Address& bindAddress) {
+    ClientFactory& f = *factory;  // before the move: argument order is unspecified
+    return detail::tls::connect(*this, host, port, f, std::move(factory), options, timeout, bindAddress);
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectSSL(const std::string& host, int port,
                                                                ClientFactory& factory, const ssl::TLSOptions& options,
                                                                double timeout, const Address& bindAddress) {
-    auto c = std::make_shared<detail::TcpConnector>(*this, host, port, factory, timeout, bindAddress);
+    return detail::tls::connect(*this, host, port, factory, nullptr, options, timeout, bindAddress);
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> detail::tls::connect(Reactor& r, const std::string& host, int port,
+                                                                ClientFactory& factory,
+                                                                std::shared_ptr<ClientFactory> keep,
+                                                                const ssl::TLSOptions& options, double timeout,
+                                                                const Address& bindAddress) {
+    auto c = std::make_shared<detail::TcpConnector>(r, host, port, factory, timeout, bindAddress);
+    c->keepFactory = std::move(keep);
     // Invalid options: every connection fails with their error (see TlsConnection::connectionMade).
     if (options.valid() && options.context()->client) {
         c->tls = options.context();

@@ -23,6 +23,9 @@
 
 #include "support.hpp"
 
+#define HTTP_GET_NO_MAIN
+#include "../examples/http_get.cpp"
+
 extern char** environ;
 
 using namespace reactor;
@@ -911,6 +914,50 @@ TEST_CASE("the trace shows the handshake, its result and the close_notify") {
     CHECK(seen("the peer sent close_notify"));
     CHECK(seen("-> TLS("));  // the TCP transport's lines name the layer and the protocol inside
     port.stopListening();
+}
+
+namespace {
+/// Answers any request with a fixed response (and a Content-Length).
+struct TinyHttp : Protocol {
+    std::string request;
+    void dataReceived(std::string_view d) override {
+        request.append(d);
+        if (request.find("\r\n\r\n") != std::string::npos)
+            transport->write("HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\nhello https");
+    }
+};
+}  // namespace
+
+TEST_CASE("examples/http_get fetches https://, verified; a certificate for another name fails it") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    http::Url u;
+    REQUIRE(http::parseUrl("https://example.org/x", u));
+    CHECK(u.tls);
+    CHECK(u.port == 443);
+    REQUIRE(http::parseUrl("http://example.org/x", u));
+    CHECK_FALSE(u.tls);
+    CHECK(u.port == 80);
+    Factory good = Factory::forProtocol<TinyHttp>(), wrong = Factory::forProtocol<TinyHttp>();
+    ListeningPort goodPort = r.listenSSL(0, good, ssl::serverOptions(p.server()), ListenOptions{"127.0.0.1"});
+    ListeningPort wrongPort =
+        r.listenSSL(0, wrong, ssl::serverOptions(p.server("wrong.pem", "wrong.key")), ListenOptions{"127.0.0.1"});
+    http::Agent agent(r);
+    agent.tls = p.client();
+    std::optional<http::Response> response;
+    std::string failure;
+    agent.request("GET", "https://localhost:" + std::to_string(goodPort.getHost().port) + "/")
+        .addCallback([&](const http::Response& resp) { response = resp; });
+    agent.request("GET", "https://localhost:" + std::to_string(wrongPort.getHost().port) + "/")
+        .addErrback([&](const Failure& f) { failure = f.getErrorMessage(); });
+    REQUIRE(testing::runUntil(r, [&] { return response && !failure.empty(); }));
+    CHECK(response->code == 200);
+    CHECK(response->body == "hello https");
+    CHECK(contains(failure, "TLS certificate verification failed for host 'localhost'"));
+    goodPort.stopListening();
+    wrongPort.stopListening();
+    CHECK(testing::runUntilClean(r));
 }
 
 }  // TEST_SUITE("tls")
