@@ -2480,6 +2480,7 @@ class TLSOptions;
 class ISSLTransport;
 }  // namespace ssl
 namespace detail {
+struct EndpointDescription;
 namespace tls {
 struct Context;
 class TlsConnection;
@@ -2993,6 +2994,10 @@ public:
     /// TLS (section 10a): the handshake completed and the peer is verified
     /// (Twisted's IHandshakeListener). transport->getTLS() says what was agreed.
     virtual void handshakeCompleted() {}
+    /// TLS: startTLS made `t` (the TLS layer) this protocol's transport.
+    /// A wrapper that hands its transport to an inner protocol overrides it
+    /// to pass `t` on, so the inner protocol's writes are encrypted too.
+    virtual void transportReplaced(ITransport* t) { transport = t; }
 #endif
 
     /// The name used in logs and traces (Twisted's logPrefix): the class
@@ -3725,6 +3730,9 @@ private:
 ///                                            and lockfile=1 by default, as
 ///                                            in Twisted; "@name" is a Linux
 ///                                            abstract name)
+///   ssl:PORT:privateKey=KEY.pem[:certKey=CERT.pem][:interface=IP]
+///       [:backlog=N][:caCerts=CA.pem]        (REACTOR_WITH_OPENSSL only,
+///                                            section 10a; "tls:" too)
 /// A parameter given twice takes its last value, as in Twisted.
 /// Bad input (an unknown type or parameter, a missing or malformed value)
 /// raises error::ValueError naming the problem; without exceptions it is
@@ -3735,6 +3743,10 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
 ///   tcp:HOST:PORT  or  tcp:host=HOST:port=PORT[:timeout=SECONDS][:bindAddress=IP]
 ///   tcp6:...       (the same)
 ///   unix:PATH  or  unix:path=PATH[:timeout=SECONDS][:lockfile=0|1]
+///   tls:HOST:PORT[:trustRoots=CA.pem][:certificate=C.pem][:privateKey=K.pem]
+///       [:timeout=SECONDS][:bindAddress=IP]  (REACTOR_WITH_OPENSSL only,
+///                                            section 10a; "ssl:" too;
+///                                            always verified)
 /// Errors as for serverFromString.
 REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& r, std::string_view description);
 
@@ -4009,6 +4021,44 @@ public:
 
 }  // namespace ssl
 
+/// TLS over TCP (Twisted's SSL4ServerEndpoint): listenSSL(port, factory,
+/// options, {interface, backlog}). The string form: serverFromString's
+/// `ssl:PORT:certKey=CERT.pem:privateKey=KEY.pem`.
+class SSL4ServerEndpoint : public TCP4ServerEndpoint {
+public:
+    /// listenSSL on `r` with `options` (ssl::serverOptions), at listen().
+    SSL4ServerEndpoint(Reactor& r, int port, ssl::TLSOptions options, int backlog = defaultBacklog,
+                       std::string interface = "")
+        : TCP4ServerEndpoint(r, port, backlog, std::move(interface)), options_(std::move(options)) {}
+    REACTOR_INLINE Deferred<ListeningPort> listen(Factory& factory) override;
+    REACTOR_INLINE std::string describe() const override;
+
+private:
+    ssl::TLSOptions options_;
+};
+
+/// TLS to a host and port (Twisted's SSL4ClientEndpoint): connectSSL's
+/// arguments. The string form: clientFromString's `tls:HOST:PORT`.
+class SSL4ClientEndpoint : public IStreamClientEndpoint {
+public:
+    /// connectSSL(host, port, factory, options, timeout, bindAddress) on `r`, at connect().
+    SSL4ClientEndpoint(Reactor& r, std::string host, int port, ssl::TLSOptions options, double timeout = 30,
+                       Address bindAddress = {})
+        : reactor_(r), host_(std::move(host)), port_(port), options_(std::move(options)), timeout_(timeout),
+          bindAddress_(std::move(bindAddress)) {}
+    REACTOR_INLINE std::string describe() const override;
+    REACTOR_INLINE std::shared_ptr<IConnector> connectWith(std::shared_ptr<ClientFactory> factory,
+                                                           Factory* owner) override;
+
+private:
+    Reactor& reactor_;
+    std::string host_;
+    int port_;
+    ssl::TLSOptions options_;
+    double timeout_;
+    Address bindAddress_;
+};
+
 namespace detail {
 namespace tls {
 
@@ -4032,10 +4082,16 @@ struct Context {
 /// How many TlsConnection reads are on this thread's stack.
 int& readNesting();
 
-/// Both connectSSL overloads (`keep`: the factory to own, if any).
+/// serverFromString's and clientFromString's `ssl:`/`tls:` types: the
+/// endpoint, or null with d.error set.
+std::shared_ptr<IStreamServerEndpoint> serverEndpoint(Reactor& r, EndpointDescription& d);
+std::shared_ptr<IStreamClientEndpoint> clientEndpoint(Reactor& r, EndpointDescription& d);
+
+/// Both connectSSL overloads and SSL4ClientEndpoint (`keep`: the factory
+/// to own, if any; `owner`: see TcpConnector::ownedBy).
 std::shared_ptr<IConnector> connect(Reactor& r, const std::string& host, int port, ClientFactory& factory,
                                     std::shared_ptr<ClientFactory> keep, const ssl::TLSOptions& options,
-                                    double timeout, const Address& bindAddress);
+                                    double timeout, const Address& bindAddress, Factory* owner = nullptr);
 
 /// Makes a context (errors in `error`).
 REACTOR_INLINE std::shared_ptr<Context> makeClientContext(const std::string& hostname,
@@ -8413,6 +8469,13 @@ public:
     void readConnectionLost() override { inner_->readConnectionLost(); }
     void writeConnectionLost() override { inner_->writeConnectionLost(); }
     std::string logPrefix() const override { return inner_->logPrefix(); }
+#if defined(REACTOR_WITH_OPENSSL)
+    void handshakeCompleted() override { inner_->handshakeCompleted(); }
+    void transportReplaced(ITransport* t) override {
+        transport = t;
+        inner_->transportReplaced(t);
+    }
+#endif
 
 private:
     void detach() {
@@ -8726,6 +8789,10 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
             in.finish();
             made = std::make_shared<UNIXServerEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""),
                                                         static_cast<int>(backlog), static_cast<int>(mode), lock);
+#if defined(REACTOR_WITH_OPENSSL)
+        } else if (d.type == "ssl" || d.type == "tls") {
+            made = detail::tls::serverEndpoint(r, d);  // section 10a
+#endif
         } else {
             d.error = "unknown endpoint type '" + d.type + "' (known: tcp, tcp6, unix)";
         }
@@ -8765,6 +8832,10 @@ REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& 
             in.finish();
             made = std::make_shared<UNIXClientEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""), timeout,
                                                         check);
+#if defined(REACTOR_WITH_OPENSSL)
+        } else if (d.type == "tls" || d.type == "ssl") {
+            made = detail::tls::clientEndpoint(r, d);  // section 10a
+#endif
         } else {
             d.error = "unknown endpoint type '" + d.type + "' (known: tcp, tcp6, unix)";
         }
@@ -9270,7 +9341,7 @@ REACTOR_INLINE void TlsConnection::startOn(ITransport* tcp) {
     Protocol::connected = true;
     tcp_ = tcp;
     ITransport::connected = true;
-    inner_->transport = this;
+    inner_->transportReplaced(this);
     begin();
     if (!session_->ok()) tlsFailed(session_->failure("setup"), false);
 }
@@ -9701,9 +9772,10 @@ REACTOR_INLINE std::shared_ptr<IConnector> detail::tls::connect(Reactor& r, cons
                                                                 ClientFactory& factory,
                                                                 std::shared_ptr<ClientFactory> keep,
                                                                 const ssl::TLSOptions& options, double timeout,
-                                                                const Address& bindAddress) {
+                                                                const Address& bindAddress, Factory* owner) {
     auto c = std::make_shared<detail::TcpConnector>(r, host, port, factory, timeout, bindAddress);
     c->keepFactory = std::move(keep);
+    if (owner) c->ownedBy(*owner);
     // Invalid options: every connection fails with their error (see TlsConnection::connectionMade).
     if (options.valid() && options.context()->client) {
         c->tls = options.context();
@@ -9717,6 +9789,115 @@ REACTOR_INLINE std::shared_ptr<IConnector> detail::tls::connect(Reactor& r, cons
     c->connect();
     return c;
 }
+
+REACTOR_INLINE Deferred<ListeningPort> SSL4ServerEndpoint::listen(Factory& factory) {
+    if (!options_.valid() || options_.context()->client)
+        return fail<ListeningPort>(Failure(error::CannotListenError(
+            "TLS: " + (options_.valid() ? std::string("client options given to a server endpoint") : options_.error()))));
+    std::string why;
+    ListenOptions options;
+    options.interface = interface_;
+    options.backlog = backlog_;
+    ListeningPort port = detail::startPort(reactor_, factory, why, [&](detail::TcpPort& p, std::string& w) {
+        p.tls = options_.context();
+        return p.listen(port_, options, w);
+    });
+    if (!port) return fail<ListeningPort>(Failure(error::CannotListenError(why)));
+    return succeed(std::move(port));
+}
+
+REACTOR_INLINE std::string SSL4ServerEndpoint::describe() const { return "TLS on " + TCP4ServerEndpoint::describe(); }
+
+REACTOR_INLINE std::string SSL4ClientEndpoint::describe() const {
+    Address a;
+    a.host = host_;
+    a.port = static_cast<std::uint16_t>(port_);
+    a.ipv6 = host_.find(':') != std::string::npos;
+    return "TLS " + a.str() + (options_.valid() ? " (verifying " + options_.context()->hostname + ")" : "");
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> SSL4ClientEndpoint::connectWith(std::shared_ptr<ClientFactory> factory,
+                                                                          Factory* owner) {
+    ClientFactory& f = *factory;
+    return detail::tls::connect(reactor_, host_, port_, f, std::move(factory), options_, timeout_, bindAddress_, owner);
+}
+
+namespace detail {
+namespace tls {
+
+REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverEndpoint(Reactor& r, EndpointDescription& d) {
+    // Twisted's names: ssl:PORT:privateKey=KEY:certKey=CERT (certKey
+    // defaults to privateKey: one PEM with both), interface, backlog; and
+    // ours: caCerts=CA.pem requires client certificates signed by it.
+    DescriptionReader in(d, {"port", "privateKey", "certKey", "interface", "backlog", "caCerts"});
+    auto port = in.take("port", true);
+    in.need(port, "port (ssl:443:privateKey=key.pem:certKey=cert.pem)");
+    long number = 0;
+    if (port && !port->empty()) {
+        d.params.emplace_back("port", *port);
+        number = in.number("port", false, 0, 0, 65535);
+    }
+    auto key = in.take("privateKey", false);
+    in.need(key, "privateKey (ssl:443:privateKey=key.pem:certKey=cert.pem)");
+    std::string cert = in.text("certKey", false, key ? *key : "");
+    std::string interface = in.text("interface", false, "");
+    long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
+    std::string ca = in.text("caCerts", false, "");
+    in.finish();
+    if (!d.error.empty()) return nullptr;
+    ssl::ServerTLSSettings s;
+    s.certificate = ssl::pemFile(cert);
+    s.privateKey = ssl::pemFile(*key);
+    if (!ca.empty()) s.requireClientCertificate = ssl::pemFile(ca);
+    std::shared_ptr<Context> c = makeServerContext(s);
+    if (!c->error.empty()) {
+        d.error = c->error;
+        return nullptr;
+    }
+    return std::make_shared<SSL4ServerEndpoint>(r, static_cast<int>(number), ssl::TLSOptions(std::move(c)),
+                                                static_cast<int>(backlog), interface);
+}
+
+REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientEndpoint(Reactor& r, EndpointDescription& d) {
+    // Twisted's tls: client: host, port, timeout, bindAddress, trustRoots,
+    // certificate, privateKey. trustRoots here is a PEM file of CA
+    // certificates (the system's store when absent). Verification is always
+    // on (Twisted's older ssl: client does not verify unless given CAs).
+    DescriptionReader in(d, {"host", "port", "timeout", "bindAddress", "trustRoots", "certificate", "privateKey"});
+    auto host = in.take("host", true);
+    in.need(host, "host (tls:example.org:443)");
+    auto port = in.take("port", true);
+    in.need(port, "port (tls:example.org:443)");
+    long number = 0;
+    if (port && !port->empty()) {
+        d.params.emplace_back("port", *port);
+        number = in.number("port", false, 0, 1, 65535);
+    }
+    double timeout = in.seconds("timeout", 30);
+    Address bind;
+    bind.host = in.text("bindAddress", false, "");
+    std::string roots = in.text("trustRoots", false, "");
+    std::string cert = in.text("certificate", false, "");
+    std::string key = in.text("privateKey", false, cert);
+    in.finish();
+    if (!d.error.empty()) return nullptr;
+    ssl::ClientTLSSettings s;
+    if (!roots.empty()) s.trust = ssl::trustRoot(ssl::pemFile(roots));
+    if (!cert.empty()) {
+        s.certificate = ssl::pemFile(cert);
+        s.privateKey = ssl::pemFile(key);
+    }
+    std::shared_ptr<Context> c = makeClientContext(*host, s);
+    if (!c->error.empty()) {
+        d.error = c->error;
+        return nullptr;
+    }
+    return std::make_shared<SSL4ClientEndpoint>(r, *host, static_cast<int>(number), ssl::TLSOptions(std::move(c)),
+                                                timeout, bind);
+}
+
+}  // namespace tls
+}  // namespace detail
 
 #endif  // REACTOR_WITH_OPENSSL
 

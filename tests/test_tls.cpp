@@ -773,6 +773,34 @@ TEST_CASE("startTLS after a plaintext exchange (the STARTTLS pattern), and close
     port.stopListening();
 }
 
+TEST_CASE("startTLS from a protocol connected through an endpoint (connectProtocol's wrapper passes it on)") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    auto srec = std::make_shared<Record>(), crec = std::make_shared<Record>();
+    Factory sf;
+    sf.protocol = [&] {
+        auto s = std::make_unique<StartTlsServer>();
+        s->rec = srec;
+        s->options = ssl::serverOptions(p.server());
+        return std::unique_ptr<Protocol>(std::move(s));
+    };
+    ListeningPort port = r.listenTCP(0, sf, 50, "127.0.0.1");
+    auto cli = std::make_shared<StartTlsClient>();
+    cli->rec = crec;
+    cli->options = ssl::optionsForClientTLS("localhost", p.client());
+    TCP4ClientEndpoint to(r, "127.0.0.1", port.getHost().port);
+    connectProtocol(to, cli);
+    REQUIRE(testing::runUntil(r, [&] { return crec->data == "secret"; }));
+    CHECK(srec->data == "secret");  // decrypted by the server: it was not sent in clear
+    CHECK(crec->handshake);         // handshakeCompleted reached the protocol through the wrapper
+    CHECK(cli->transport->getTLS() != nullptr);
+    cli->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return srec->lost() && crec->lost(); }));
+    CHECK(crec->lostType == "ConnectionDone");
+    port.stopListening();
+}
+
 // Twisted 22.4, the echo test's steps with the server closing the TCP
 // connection under its TLS layer after echoing:
 //   self.transport.write(d); self.transport.transport.loseConnection()
@@ -958,6 +986,50 @@ TEST_CASE("examples/http_get fetches https://, verified; a certificate for anoth
     goodPort.stopListening();
     wrongPort.stopListening();
     CHECK(testing::runUntilClean(r));
+}
+
+TEST_CASE("endpoint strings: ssl: servers and tls: clients, verified; bad ones say why") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    ServerFactory server;
+    server.echo = true;
+    auto ep = serverFromString(r, "ssl:0:interface=127.0.0.1:privateKey=" + p.path("server.key") +
+                                      ":certKey=" + p.path("server.pem"));
+    CHECK(contains(ep->describe(), "TLS on TCP port 0 on 127.0.0.1"));
+    ListeningPort port;
+    ep->listen(server).addCallback([&](ListeningPort lp) { port = lp; });
+    REQUIRE(port.listening());
+    std::string where = "tls:localhost:" + std::to_string(port.getHost().port) + ":trustRoots=" + p.path("ca.pem");
+    auto client = clientFromString(r, where);
+    CHECK(contains(client->describe(), "verifying localhost"));
+    auto rec = std::make_shared<Record>();
+    std::shared_ptr<Recorder> proto;
+    connectProtocol(*client, std::make_shared<Recorder>(rec)).addCallback([&](std::shared_ptr<Recorder> pr) {
+        proto = pr;
+        pr->transport->write("via endpoints");
+    });
+    REQUIRE(testing::runUntil(r, [&] { return rec->data == "via endpoints"; }));
+    CHECK(rec->peerSubject == "/CN=localhost");
+    proto->transport->loseConnection();
+    REQUIRE(testing::runUntil(r, [&] { return rec->lost() && server.last()->lost(); }));
+    CHECK(rec->lostType == "ConnectionDone");
+    // The system trust store (no trustRoots) does not know the test CA.
+    auto rec2 = std::make_shared<Record>();
+    connectProtocol(*clientFromString(r, "tls:host=localhost:port=" + std::to_string(port.getHost().port)),
+                    std::make_shared<Recorder>(rec2));
+    REQUIRE(testing::runUntil(r, [&] { return rec2->lost(); }));
+    CHECK(rec2->is("CertificateError"));
+    port.stopListening();
+    REQUIRE(testing::runUntilClean(r));
+
+    CHECK_MISUSE_WITH(serverFromString(r, "ssl:0:privateKey=" + p.path("nope.key")), error::ValueError, "nope.key");
+    CHECK_MISUSE_WITH(serverFromString(r, "ssl:0"), error::ValueError, "missing privateKey");
+    CHECK_MISUSE_WITH(clientFromString(r, "tls:localhost"), error::ValueError, "missing port");
+    CHECK_MISUSE_WITH(clientFromString(r, "tls:localhost:443:trustRoots=" + p.path("nope.pem")), error::ValueError,
+                      "nope.pem");
+    CHECK_MISUSE_WITH(clientFromString(r, "tls:localhost:443:verify=no"), error::ValueError,
+                      "unknown parameter 'verify'");
 }
 
 }  // TEST_SUITE("tls")
