@@ -301,9 +301,17 @@ build/bench/bench: tests/bench/bench.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) -std=$(STD) -O2 $(WARN) $< -o $@
 
+# The TLS row (tests/bench/tls_stream.cpp): one connection streaming over
+# TCP and over TLS, where OpenSSL is installed.
+build/bench/tls_stream: tests/bench/tls_stream.cpp reactor.hpp
+	@mkdir -p $(dir $@)
+	$(CXX) -std=$(STD) -O2 $(WARN) $(TLS_FLAGS) -I. $< -o $@ $(LDFLAGS) $(TLS_LIBS)
+
 .PHONY: bench
-bench: $(BENCH_SERVERS) build/bench/bench
+bench: $(BENCH_SERVERS) build/bench/bench $(if $(filter 1,$(TLS)),build/bench/tls_stream)
 	./build/bench/bench $(BENCH_SECONDS) $(BENCH_SERVERS)
+	@if [ "$(TLS)" = 1 ]; then ./build/bench/tls_stream $(BENCH_SECONDS); \
+	else echo "TLS row SKIPPED: install libssl-dev"; fi
 
 # ---- make demo ------------------------------------------------------------
 # The toy IRC server, the bot and a scripted user on loopback (tests/demo.cpp).
