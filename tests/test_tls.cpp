@@ -524,6 +524,69 @@ TEST_CASE("openssl s_client against our server: it verifies us, we echo, then cl
     port.stopListening();
 }
 
+TEST_CASE("against Python's ssl module: our client to its server, its client to our server") {
+    if (std::system("python3 -c 'import ssl' >/dev/null 2>&1") != 0) {
+        MESSAGE("*** SKIPPED: python3 is not installed (apt-get install python3) ***");
+        return;
+    }
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    SUBCASE("Python's server: it upper-cases a line and closes with close_notify (unwrap)") {
+        std::string script =
+            "import socket, ssl\n"
+            "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)\n"
+            "ctx.load_cert_chain('" + p.path("server.pem") + "', '" + p.path("server.key") + "')\n"
+            "s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen(1)\n"
+            "print('PORT', s.getsockname()[1], flush=True)\n"
+            "c, _ = s.accept()\n"
+            "t = ctx.wrap_socket(c, server_side=True)\n"
+            "data = t.recv(1024)\n"
+            "t.sendall(data.upper())\n"
+            "t.unwrap()\n"
+            "print('CLEAN', flush=True)\n";
+        Child py;
+        REQUIRE(py.start(r, {"python3", "-c", script}));
+        REQUIRE(testing::runUntil(r, [&] { return contains(py.output, "\n"); }, 10));
+        int portNumber = std::atoi(py.output.c_str() + py.output.find("PORT ") + 5);
+        REQUIRE(portNumber > 0);
+        Client client;
+        client.greeting = "hello python";
+        r.connectSSL("127.0.0.1", portNumber, client, ssl::optionsForClientTLS("localhost", p.client()));
+        REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->lost(); }, 10));
+        CHECK(client.last()->data == "HELLO PYTHON");
+        CHECK(client.last()->lostType == "ConnectionDone");  // its close_notify, answered
+        REQUIRE(testing::runUntil(r, [&] { return py.eof; }, 10));
+        CHECK(contains(py.output, "CLEAN"));
+        CHECK(py.stop(5) == 0);
+    }
+    SUBCASE("Python's client: it verifies us, sends, reads the echo, closes with close_notify (unwrap)") {
+        ServerFactory server;
+        server.echo = true;
+        ListeningPort port = r.listenSSL(0, server, ssl::serverOptions(p.server()), ListenOptions{"127.0.0.1"});
+        std::string script =
+            "import socket, ssl\n"
+            "ctx = ssl.create_default_context(cafile='" + p.path("ca.pem") + "')\n"
+            "s = socket.create_connection(('127.0.0.1', " + std::to_string(port.getHost().port) + "))\n"
+            "t = ctx.wrap_socket(s, server_hostname='localhost')\n"
+            "t.sendall(b'ping from python')\n"
+            "got = b''\n"
+            "while len(got) < 16: got += t.recv(100)\n"
+            "print(got.decode(), t.version(), flush=True)\n"
+            "t.unwrap()\n"
+            "print('CLEAN', flush=True)\n";
+        Child py;
+        REQUIRE(py.start(r, {"python3", "-c", script}));
+        REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->lost() && py.eof; }, 10));
+        CHECK(server.last()->data == "ping from python");
+        CHECK(server.last()->lostType == "ConnectionDone");
+        CHECK(contains(py.output, "ping from python TLSv1.3"));
+        CHECK(contains(py.output, "CLEAN"));
+        CHECK(py.stop(5) == 0);
+        port.stopListening();
+    }
+}
+
 namespace {
 /// Connects a verifying client for `host` to a server using `cert`; returns the client's record.
 std::shared_ptr<Record> failedHandshake(Reactor& r, const std::string& host, const std::string& cert,
