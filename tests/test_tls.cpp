@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -948,6 +949,50 @@ TEST_CASE("half-close over TLS: loseWriteConnection sends close_notify; the peer
     CHECK(client.last()->lostType == "ConnectionDone");
     port.stopListening();
 }
+
+TEST_CASE("abortConnection over TLS: ConnectionAborted here, ConnectionLost there") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    const Pki& p = pki();
+    ServerFactory server;
+    Client client;
+    client.greeting = "x";
+    ListeningPort port = tlsPair(r, server, client, ssl::serverOptions(p.server()),
+                                 ssl::optionsForClientTLS("localhost", p.client()));
+    REQUIRE(testing::runUntil(r, [&] { return server.last() && server.last()->data == "x"; }));
+    client.last()->transport->write(std::string(1 << 20, 'y'));  // mostly still buffered
+    client.last()->transport->abortConnection();
+    client.last()->transport->write("after the abort: ignored");
+    REQUIRE(testing::runUntil(r, [&] { return client.last()->lost() && server.last()->lost(); }));
+    CHECK(client.last()->lostType == "ConnectionAborted");
+    CHECK(server.last()->is("ConnectionLost"));
+    CHECK(client.lost.size() == 1);
+    port.stopListening();
+}
+
+#if REACTOR_HAS_EXCEPTIONS
+namespace {
+struct Thrower : Protocol {
+    void dataReceived(std::string_view) override { throw std::runtime_error("protocol bug"); }
+};
+}  // namespace
+
+TEST_CASE("a protocol that throws in dataReceived over TLS loses its own connection, with that error") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    test::LogCapture log;
+    const Pki& p = pki();
+    Factory sf = Factory::forProtocol<Thrower>();
+    ListeningPort port = r.listenSSL(0, sf, ssl::serverOptions(p.server()), ListenOptions{"127.0.0.1"});
+    Client client;
+    client.greeting = "boom";
+    r.connectSSL("127.0.0.1", port.getHost().port, client, ssl::optionsForClientTLS("localhost", p.client()));
+    REQUIRE(testing::runUntil(r, [&] { return client.last() && client.last()->lost(); }));
+    CHECK(client.last()->is("ConnectionLost"));
+    CHECK(log.contains("protocol bug"));
+    port.stopListening();
+}
+#endif
 
 TEST_CASE("bad TLS options: a clear error naming the file; a connection with them fails, never plaintext") {
     test::CleanReactor t;
