@@ -3340,13 +3340,6 @@ public:
     void wrapTLS(std::shared_ptr<const tls::Context> c);
     REACTOR_INLINE void startTLS(const ssl::TLSOptions& options) override;
 #endif
-#if defined(REACTOR_WITH_OPENSSL)
-
-private:
-    tls::TlsConnection* tls_ = nullptr;  // the TLS layer protocol_ is, if any
-
-public:
-#endif
 
 private:
     std::size_t pending() const { return out_.size() - outPos_; }
@@ -3400,6 +3393,9 @@ private:
     bool readShut_ = false, writeShut_ = false, wantWriteShut_ = false;
     bool aborting_ = false, closing_ = false;
     bool abandoned_ = false;  // no more user callbacks, even in a close under way
+#if defined(REACTOR_WITH_OPENSSL)
+    tls::TlsConnection* tls_ = nullptr;  // the TLS layer protocol_ is, if any (section 10a)
+#endif
 };
 
 /// An outgoing connection attempt and its lifecycle (Twisted's
