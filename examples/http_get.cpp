@@ -292,18 +292,22 @@ int main(int argc, char** argv) {
     reactor::Reactor r;
     http::Agent agent(r);
     int status = 0;
-    agent.request("GET", argv[1])
-        .addCallback([](const http::Response& resp) {
-            std::printf("HTTP %d %s\n", resp.code, resp.phrase.c_str());
-            for (auto& h : resp.headers) std::printf("%s: %s\n", h.first.c_str(), h.second.c_str());
-            std::printf("\n%s", resp.body.c_str());
-            if (!resp.body.empty() && resp.body.back() != '\n') std::printf("\n");
-        })
-        .addErrback([&](const reactor::Failure& f) {
-            std::fprintf(stderr, "request failed: %s\n", f.str().c_str());
-            status = 1;
-        })
-        .addBoth([&](reactor::Result<void>) { r.stop(); });
+    // Asked once the loop runs: a request that fails at once (a bad URL)
+    // then stops a running reactor instead of one not yet started.
+    r.callWhenRunning([&] {
+        agent.request("GET", argv[1])
+            .addCallback([](const http::Response& resp) {
+                std::printf("HTTP %d %s\n", resp.code, resp.phrase.c_str());
+                for (auto& h : resp.headers) std::printf("%s: %s\n", h.first.c_str(), h.second.c_str());
+                std::printf("\n%s", resp.body.c_str());
+                if (!resp.body.empty() && resp.body.back() != '\n') std::printf("\n");
+            })
+            .addErrback([&](const reactor::Failure& f) {
+                std::fprintf(stderr, "request failed: %s\n", f.str().c_str());
+                status = 1;
+            })
+            .addBoth([&](reactor::Result<void>) { r.stop(); });
+    });
     r.run(true);
     return status;
 }
