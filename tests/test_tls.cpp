@@ -492,22 +492,32 @@ TEST_CASE("testing::cleanUp names a TLS connection left open, and closes it") {
     CHECK(testing::cleanUp(r) == "");
 }
 
-TEST_CASE("our client against openssl s_server (-rev): verified, a line each way") {
+TEST_CASE("our client against openssl s_server (-rev): verified, a line each way, TLS 1.3 and 1.2") {
     test::CleanReactor t;
     Reactor& r = t.r;
     NEED_PKI(p);
+    std::vector<std::string> args = {"openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", p.path("server.pem"),
+                                     "-key", p.path("server.key"), "-rev", "-naccept", "1"};
+    std::string version = "TLSv1.3";
+    SUBCASE("TLS 1.3 (the default)") {}
+    SUBCASE("a server limited to TLS 1.2") {
+        args.push_back("-tls1_2");
+        version = "TLSv1.2";
+    }
     Child srv;
-    REQUIRE(srv.start(r, {"openssl", "s_server", "-accept", "127.0.0.1:0", "-cert", p.path("server.pem"), "-key",
-                          p.path("server.key"), "-rev", "-naccept", "1"}));
-    REQUIRE(testing::runUntil(r, [&] { return contains(srv.output, "ACCEPT 127.0.0.1:") && contains(srv.output.substr(srv.output.find("ACCEPT")), "\n"); }, 10));
-    std::size_t at = srv.output.find("ACCEPT 127.0.0.1:") + 17;
-    int portNumber = std::atoi(srv.output.c_str() + at);
+    REQUIRE(srv.start(r, args));
+    REQUIRE(testing::runUntil(r, [&] {
+        std::size_t a = srv.output.find("ACCEPT 127.0.0.1:");
+        return a != std::string::npos && srv.output.find('\n', a) != std::string::npos;
+    }, 10));
+    int portNumber = std::atoi(srv.output.c_str() + srv.output.find("ACCEPT 127.0.0.1:") + 17);
     REQUIRE(portNumber > 0);
     Client client;
     client.greeting = "hello tls\n";
     r.connectSSL("127.0.0.1", portNumber, client, ssl::optionsForClientTLS("localhost", p.client()));
     REQUIRE(testing::runUntil(r, [&] { return client.last() && contains(client.last()->data, "slt olleh"); }, 10));
     CHECK(client.last()->peerSubject == "/CN=localhost");
+    CHECK(client.last()->version == version);
     client.last()->transport->loseConnection();
     REQUIRE(testing::runUntil(r, [&] { return client.last()->lost(); }));
     CHECK(client.last()->lostType == "ConnectionDone");
