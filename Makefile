@@ -23,7 +23,16 @@ VARIANT  ?= gcc-$(STD)
 EXTRA    ?=
 OPT      ?= -O0 -g
 WARN     := -Wall -Wextra -Wpedantic -Wshadow -Wconversion -Werror
-CXXFLAGS := -std=$(STD) $(OPT) $(WARN) -I. $(EXTRA)
+# TLS (section 10a): the tests build with REACTOR_WITH_OPENSSL when
+# OpenSSL's headers are installed (Debian: libssl-dev), and say loudly that
+# the TLS tests are skipped otherwise. TLS=0 builds without it (cross-test:
+# no ARM libssl). Every TU of a program must agree on the switch.
+TLS ?= $(if $(wildcard /usr/include/openssl/ssl.h),1,0)
+ifeq ($(TLS),1)
+TLS_FLAGS := -DREACTOR_WITH_OPENSSL
+TLS_LIBS  := -lssl -lcrypto
+endif
+CXXFLAGS := -std=$(STD) $(OPT) $(WARN) -I. $(TLS_FLAGS) $(EXTRA)
 LDFLAGS  := -pthread
 OUT      := build/$(VARIANT)
 TEST_ARGS ?=
@@ -54,7 +63,11 @@ examples: $(EXAMPLES)
 
 $(EXDIR)/%: examples/%.cpp reactor.hpp
 	@mkdir -p $(dir $@)
-	$(CXX) -std=$(STD) -O2 $(WARN) -I. $< -o $@ $(LDFLAGS)
+	$(CXX) -std=$(STD) -O2 $(WARN) $(EXAMPLE_TLS) -I. $< -o $@ $(LDFLAGS) $(EXAMPLE_TLS_LIBS)
+
+# http_get fetches https:// where OpenSSL is installed (TLS=1).
+$(EXDIR)/http_get: EXAMPLE_TLS = $(TLS_FLAGS)
+$(EXDIR)/http_get: EXAMPLE_TLS_LIBS = $(TLS_LIBS)
 
 # ---- tests --------------------------------------------------------------
 
@@ -80,7 +93,7 @@ $(OUT)/tests/test_http.o: examples/http_get.cpp
 $(OUT)/tests/test_memory.o: examples/irc_server.cpp
 
 $(OUT)/run_tests: $(TEST_OBJS)
-	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS)
+	$(CXX) $(CXXFLAGS) $^ -o $@ $(LDFLAGS) $(TLS_LIBS)
 
 # After the suite, a short pass of the stress harness (tests/stress.cpp):
 # seeded random programs of reactor operations run from inside callbacks,
@@ -97,9 +110,14 @@ STRESS_RUN = $(OUT)/stress $(if $(STRESS_AVOID),--avoid $(STRESS_AVOID))
 
 $(OUT)/stress: tests/stress.cpp tests/stress_harness.hpp reactor.hpp
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS)
+	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS) $(TLS_LIBS)
 
 test: $(OUT)/run_tests $(OUT)/stress
+	@if [ "$(TLS)" != 1 ]; then \
+	  echo "*****************************************************************"; \
+	  echo "*** TLS tests SKIPPED: install libssl-dev (and openssl)         ***"; \
+	  echo "*****************************************************************"; \
+	fi
 	timeout $(TEST_TIMEOUT) $(RUNNER) $(OUT)/run_tests $(TEST_ARGS)
 	timeout $(TEST_TIMEOUT) $(RUNNER) $(STRESS_RUN) $(STRESS_ARGS)
 
@@ -186,6 +204,8 @@ compile-checks:
 	clang++ -std=c++17 $(WARN) -fno-exceptions -fno-rtti -I. tests/compile/no_exceptions.cpp -o build/compile/no_exceptions_clang $(LDFLAGS)
 	./build/compile/no_exceptions_clang
 	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/include_only.cpp -o build/compile/include_only.o
+	@# Without REACTOR_WITH_OPENSSL the header includes nothing of OpenSSL.
+	! $(CXX) -std=$(STD) -I. -E tests/compile/alone.cpp | grep -qi openssl
 	! nm -C build/compile/include_only.o | grep 'reactor::'
 	@# Separate compilation: the same program from three TUs, of which only
 	@# implementation.cpp compiles the library's bodies (alone.o must leave
@@ -204,6 +224,12 @@ compile-checks:
 	  -o build/compile/alone-sep-noexc.o
 	! $(CXX) build/compile/alone-sep-noexc.o build/compile/odr_second-sep.o build/compile/implementation-sep.o \
 	  -o build/compile/mixed $(LDFLAGS) 2>/dev/null
+	@# The same for REACTOR_WITH_OPENSSL, which adds virtuals to ITransport.
+	@if [ "$(TLS)" = 1 ]; then \
+	  $(CXX) -std=$(STD) $(WARN) $(SEPARATE) $(TLS_FLAGS) -I. -c tests/compile/alone.cpp -o build/compile/alone-sep-tls.o && \
+	  ! $(CXX) build/compile/alone-sep-tls.o build/compile/odr_second-sep.o build/compile/implementation-sep.o \
+	    -o build/compile/mixed-tls $(LDFLAGS) $(TLS_LIBS) 2>/dev/null; \
+	fi
 
 clean:
 	rm -rf build
@@ -228,7 +254,7 @@ cross-test:
 	    echo "cross-test: SKIPPED for $$triple (apt-get install g++-$$triple qemu-user)"; continue; \
 	  fi; \
 	  echo "cross-test: $$triple under $$qemu"; \
-	  $(MAKE) --no-print-directory test CXX=$$triple-g++ VARIANT=cross-$$triple OPT=-O1 EXTRA=-Wno-psabi \
+	  $(MAKE) --no-print-directory test CXX=$$triple-g++ VARIANT=cross-$$triple OPT=-O1 EXTRA=-Wno-psabi TLS=0 \
 	    RUNNER="$$qemu -L /usr/$$triple" TEST_ARGS="$(CROSS_TEST_ARGS)" || exit 1; \
 	done
 
@@ -283,9 +309,17 @@ build/bench/bench: tests/bench/bench.cpp
 	@mkdir -p $(dir $@)
 	$(CXX) -std=$(STD) -O2 $(WARN) $< -o $@
 
+# The TLS row (tests/bench/tls_stream.cpp): one connection streaming over
+# TCP and over TLS, where OpenSSL is installed.
+build/bench/tls_stream: tests/bench/tls_stream.cpp reactor.hpp
+	@mkdir -p $(dir $@)
+	$(CXX) -std=$(STD) -O2 $(WARN) $(TLS_FLAGS) -I. $< -o $@ $(LDFLAGS) $(TLS_LIBS)
+
 .PHONY: bench
-bench: $(BENCH_SERVERS) build/bench/bench
+bench: $(BENCH_SERVERS) build/bench/bench $(if $(filter 1,$(TLS)),build/bench/tls_stream)
 	./build/bench/bench $(BENCH_SECONDS) $(BENCH_SERVERS)
+	@if [ "$(TLS)" = 1 ]; then ./build/bench/tls_stream $(BENCH_SECONDS); \
+	else echo "TLS row SKIPPED: install libssl-dev"; fi
 
 # ---- make demo ------------------------------------------------------------
 # The toy IRC server, the bot and a scripted user on loopback (tests/demo.cpp).
@@ -298,7 +332,7 @@ demo: $(EXDIR)/irc_server $(EXDIR)/irc_bot $(OUT)/demo
 
 $(OUT)/demo: tests/demo.cpp reactor.hpp
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS)
+	$(CXX) $(CXXFLAGS) $< -o $@ $(LDFLAGS) $(TLS_LIBS)
 
 # ---- IRC interop: Debian's ngircd -----------------------------------------
 # The irc-interop suite (tests/test_irc.cpp) starts ngircd itself on a free

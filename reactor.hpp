@@ -33,6 +33,10 @@
 //   REACTOR_NO_EXCEPTIONS  force the no-exceptions code paths. Normally
 //                          detected from the compiler (-fno-exceptions).
 //   REACTOR_READ_BUFFER_SIZE  bytes read per recv() (default 65536).
+//   REACTOR_WITH_OPENSSL   TLS (section 10a): listenSSL, connectSSL,
+//                          startTLS. Link with -lssl -lcrypto (Debian:
+//                          libssl-dev). Without it nothing of OpenSSL is
+//                          included.
 //   REACTOR_SEPARATE_COMPILATION  compile the library once instead of in
 //                          every TU that includes it (section 15). Define
 //                          it for the whole program (-D on every compile),
@@ -75,6 +79,8 @@
 //  10. TCP             listenTCP, connectTCP, the TCP transport; UNIX
 //                      sockets; endpoints (serverFromString, connectProtocol);
 //                      UDP (listenUDP, listenMulticast, DatagramProtocol)
+//  10a. TLS            listenSSL, connectSSL, startTLS (only with
+//                      REACTOR_WITH_OPENSSL: OpenSSL, opt-in)
 //  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
 //  12. TASK            LoopingCall, deferLater, deferToThread
 //  13. IRC             irc::parsemsg, irc::IRCClient
@@ -117,13 +123,18 @@
 #endif
 
 // The inline namespace every name lives in (reactor::v0::Reactor, spelled
-// reactor::Reactor) carries the exceptions setting, which changes the
-// layout of Failure and the vtable of Error: objects built with and without
-// -fno-exceptions then fail to link together instead of crashing at run
-// time. A new major version would change the v0 (two vendored copies of
-// different versions can then coexist).
-#if REACTOR_HAS_EXCEPTIONS
+// reactor::Reactor) carries the settings that change layouts: exceptions
+// (Failure, the vtable of Error) and REACTOR_WITH_OPENSSL (the vtables of
+// ITransport and Protocol). Objects built with different settings then fail
+// to link together instead of crashing at run time. A new major version
+// would change the v0 (two vendored copies of different versions can then
+// coexist).
+#if REACTOR_HAS_EXCEPTIONS && defined(REACTOR_WITH_OPENSSL)
+#define REACTOR_ABI v0_tls
+#elif REACTOR_HAS_EXCEPTIONS
 #define REACTOR_ABI v0
+#elif defined(REACTOR_WITH_OPENSSL)
+#define REACTOR_ABI v0_noexc_tls
 #else
 #define REACTOR_ABI v0_noexc
 #endif
@@ -197,6 +208,14 @@
 #endif
 #if defined(REACTOR_USE_EPOLL)
 #include <sys/epoll.h>
+#endif
+
+// TLS (section 10a), opt-in: OpenSSL 1.1.1 or 3.
+#if defined(REACTOR_WITH_OPENSSL)
+#include <cstdio>        // std::snprintf (timeouts in messages)
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #endif
 
 namespace reactor {
@@ -2505,6 +2524,19 @@ class IConnector;
 class ListeningPort;
 class DatagramProtocol;
 class IUDPTransport;
+#if defined(REACTOR_WITH_OPENSSL)
+namespace ssl {
+class TLSOptions;
+class ISSLTransport;
+}  // namespace ssl
+namespace detail {
+struct EndpointDescription;
+namespace tls {
+struct Context;
+class TlsConnection;
+}  // namespace tls
+}  // namespace detail
+#endif
 
 /// listenTCP's default accept-queue length: the system's maximum.
 inline constexpr int defaultBacklog = detail::os::maxBacklog;
@@ -2740,6 +2772,26 @@ public:
                                                    std::string_view interface = "", std::size_t maxPacketSize = 8192,
                                                    bool listenMultiple = false);
 
+#if defined(REACTOR_WITH_OPENSSL)
+    /// listenTCP, with TLS on every connection (section 10a): `options`
+    /// from ssl::serverOptions. The protocols are unchanged; they see
+    /// plaintext. Invalid or client options raise error::ValueError
+    /// (without exceptions: logged, and the port returned is not listening).
+    ListeningPort listenSSL(int port, Factory& factory, const ssl::TLSOptions& options,
+                            const ListenOptions& listenOptions = {});
+    /// connectTCP, then TLS as `options` say (ssl::optionsForClientTLS:
+    /// the certificate is verified, for the host named there). A failed or
+    /// timed-out handshake ends the connection: connectionLost and
+    /// clientConnectionLost get the error::SSLError.
+    std::shared_ptr<IConnector> connectSSL(const std::string& host, int port, ClientFactory& factory,
+                                           const ssl::TLSOptions& options, double timeout = 30,
+                                           const Address& bindAddress = {});
+    /// The same, with the connector sharing ownership of the factory.
+    std::shared_ptr<IConnector> connectSSL(const std::string& host, int port, std::shared_ptr<ClientFactory> factory,
+                                           const ssl::TLSOptions& options, double timeout = 30,
+                                           const Address& bindAddress = {});
+#endif
+
 private:
     friend struct detail::ReactorAccess;
 
@@ -2963,6 +3015,17 @@ public:
     /// the kernel: how a local daemon authorises a client. Empty for other
     /// transports, after the close, and where the system cannot say.
     virtual std::optional<PeerCredentials> getPeerCredentials() const { return std::nullopt; }
+#if defined(REACTOR_WITH_OPENSSL)
+    /// Starts TLS on this established connection (section 10a; Twisted's
+    /// ITLSTransport.startTLS): the STARTTLS pattern. What was written
+    /// before goes out in clear first; from now on the protocol's
+    /// `transport` is the TLS layer. TCP transports only (others raise
+    /// error::RuntimeError).
+    REACTOR_INLINE virtual void startTLS(const ssl::TLSOptions& options);
+    /// The TLS layer (what was negotiated, the peer's certificate), or null
+    /// for a transport without TLS.
+    virtual ssl::ISSLTransport* getTLS() { return nullptr; }
+#endif
 
     bool connected = false;      ///< true until the connection is gone
     /// loseConnection() was called, or the connection is gone (framing
@@ -3000,6 +3063,15 @@ public:
     virtual void readConnectionLost() {}
     /// Our loseWriteConnection() completed (only for halfCloseable protocols).
     virtual void writeConnectionLost() {}
+#if defined(REACTOR_WITH_OPENSSL)
+    /// TLS (section 10a): the handshake completed and the peer is verified
+    /// (Twisted's IHandshakeListener). transport->getTLS() says what was agreed.
+    virtual void handshakeCompleted() {}
+    /// TLS: startTLS made `t` (the TLS layer) this protocol's transport.
+    /// A wrapper that hands its transport to an inner protocol overrides it
+    /// to pass `t` on, so the inner protocol's writes are encrypted too.
+    virtual void transportReplaced(ITransport* t) { transport = t; }
+#endif
 
     /// The name used in logs and traces (Twisted's logPrefix): the class
     /// name when RTTI is available, else "Protocol". Override to choose.
@@ -3215,6 +3287,14 @@ public:
     REACTOR_INLINE void writeConnectionLost() override;
     /// "Forwardee (ThisClass)", as Twisted's wrappers name themselves.
     REACTOR_INLINE std::string logPrefix() const override;
+#if defined(REACTOR_WITH_OPENSSL)
+    /// Passed on to the forwardee.
+    REACTOR_INLINE void handshakeCompleted() override;
+    /// startTLS put a TLS layer under this protocol: the forwardee, if it
+    /// shares this protocol's transport, moves onto the layer too (a
+    /// subclass that hands its own transport on needs nothing more).
+    REACTOR_INLINE void transportReplaced(ITransport* t) override;
+#endif
 
 protected:
     /// What the forwardee gets as its transport: this protocol's own.
@@ -3313,6 +3393,17 @@ private:
         std::optional<PeerCredentials> getPeerCredentials() const override {
             return w_.transport ? w_.transport->getPeerCredentials() : std::nullopt;
         }
+#if defined(REACTOR_WITH_OPENSSL)
+        // STARTTLS from the wrapped protocol: the layer goes under the
+        // wrapper, whose writes (the wrapped protocol's) it then encrypts.
+        void startTLS(const ssl::TLSOptions& options) override {
+            if (w_.transport)
+                w_.transport->startTLS(options);
+            else
+                ITransport::startTLS(options);
+        }
+        ssl::ISSLTransport* getTLS() override { return w_.transport ? w_.transport->getTLS() : nullptr; }
+#endif
 
     private:
         ProtocolWrapper& w_;
@@ -3711,6 +3802,11 @@ public:
             peer_ = os::compact(a);
     }
     Protocol* protocol() const { return protocol_.get(); }
+#if defined(REACTOR_WITH_OPENSSL)
+    /// Section 10a. Puts a TLS layer between this and its protocol (before start()).
+    void wrapTLS(std::shared_ptr<const tls::Context> c);
+    REACTOR_INLINE void startTLS(const ssl::TLSOptions& options) override;
+#endif
 
 private:
     std::size_t pending() const { return out_.size() - outPos_; }
@@ -3764,6 +3860,9 @@ private:
     bool readShut_ = false, writeShut_ = false, wantWriteShut_ = false;
     bool aborting_ = false, closing_ = false;
     bool abandoned_ = false;  // no more user callbacks, even in a close under way
+#if defined(REACTOR_WITH_OPENSSL)
+    tls::TlsConnection* tls_ = nullptr;  // the TLS layer protocol_ is, if any (section 10a)
+#endif
 };
 
 /// An outgoing connection attempt and its lifecycle (Twisted's
@@ -3830,6 +3929,9 @@ private:
 
 public:
     std::shared_ptr<ClientFactory> keepFactory;  // set by the shared_ptr overload of connectTCP
+#if defined(REACTOR_WITH_OPENSSL)
+    std::shared_ptr<const tls::Context> tls;  // connectSSL: the connection gets a TLS layer (section 10a)
+#endif
 
 private:
     Reactor& reactor_;
@@ -3870,6 +3972,9 @@ public:
 
     Address getHost() const { return host_; }
     bool listening() const { return listening_; }
+#if defined(REACTOR_WITH_OPENSSL)
+    std::shared_ptr<const tls::Context> tls;  // listenSSL: every connection gets a TLS layer (section 10a)
+#endif
 
     /// Stops accepting now; established connections stay open.
     void stopListening();
@@ -4088,6 +4193,9 @@ private:
 ///                                            and lockfile=1 by default, as
 ///                                            in Twisted; "@name" is a Linux
 ///                                            abstract name)
+///   ssl:PORT:privateKey=KEY.pem[:certKey=CERT.pem][:interface=IP]
+///       [:backlog=N][:caCerts=CA.pem]        (REACTOR_WITH_OPENSSL only,
+///                                            section 10a; "tls:" too)
 /// A parameter given twice takes its last value, as in Twisted.
 /// Bad input (an unknown type or parameter, a missing or malformed value)
 /// raises error::ValueError naming the problem; without exceptions it is
@@ -4098,6 +4206,10 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
 ///   tcp:HOST:PORT  or  tcp:host=HOST:port=PORT[:timeout=SECONDS][:bindAddress=IP]
 ///   tcp6:...       (the same)
 ///   unix:PATH  or  unix:path=PATH[:timeout=SECONDS][:lockfile=0|1]
+///   tls:HOST:PORT[:trustRoots=CA.pem][:certificate=C.pem][:privateKey=K.pem]
+///       [:timeout=SECONDS][:bindAddress=IP]  (REACTOR_WITH_OPENSSL only,
+///                                            section 10a; "ssl:" too;
+///                                            always verified)
 /// Errors as for serverFromString.
 REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& r, std::string_view description);
 
@@ -4436,6 +4548,403 @@ private:
 };
 
 }  // namespace detail
+
+// ============================================================================
+// ==== 10a. TLS ====
+// TLS over any TCP connection, with OpenSSL, compiled only when the program
+// defines REACTOR_WITH_OPENSSL (and links -lssl -lcrypto): without it this
+// section is empty and the header includes nothing of OpenSSL.
+//
+// Twisted's design (twisted.protocols.tls.TLSMemoryBIOProtocol): TLS is a
+// layer between the TCP transport and your protocol. It is the TCP
+// connection's protocol, and your protocol's transport:
+//
+//     socket <-> TcpConnection <-> detail::TlsConnection <-> your Protocol
+//                 (ciphertext:      (OpenSSL on two memory   (plaintext, the
+//                  buffering,        buffers: never touches   usual events)
+//                  backpressure)     a socket, never blocks)
+//
+// Your protocol is unchanged: connectionMade at once (what it writes before
+// the handshake completes is sent right after it), dataReceived with
+// plaintext, connectionLost exactly once. A failed handshake (a certificate
+// that does not verify, no shared protocol version) or one that takes too
+// long reaches connectionLost as an error::SSLError, as in Twisted; a
+// client factory gets it in clientConnectionLost (the TCP connection was
+// made). Every OpenSSL call is behind detail::tls.
+// ============================================================================
+
+#if defined(REACTOR_WITH_OPENSSL)
+
+namespace error {
+/// TLS failed: the handshake (no common version or cipher, a bad
+/// certificate, an alert from the peer) or a corrupt record. The message
+/// says what OpenSSL said. A ConnectionLost, for code that only asks that.
+class SSLError : public ErrorType<SSLError, ConnectionLost> {
+public:
+    static constexpr const char* typeName = "SSLError";
+    explicit SSLError(std::string message = "TLS error.") : ErrorType(std::move(message)) {}
+};
+/// The peer's certificate did not verify. The message names the host, the
+/// reason (OpenSSL's: "certificate has expired", "Hostname mismatch",
+/// "self-signed certificate"...) and the certificate's subject.
+class CertificateError : public ErrorType<CertificateError, SSLError> {
+public:
+    static constexpr const char* typeName = "CertificateError";
+    explicit CertificateError(std::string message = "The peer's certificate did not verify.")
+        : ErrorType(std::move(message)) {}
+};
+/// The handshake did not complete within the options' handshakeTimeout.
+class TLSHandshakeTimeout : public ErrorType<TLSHandshakeTimeout, SSLError> {
+public:
+    static constexpr const char* typeName = "TLSHandshakeTimeout";
+    explicit TLSHandshakeTimeout(std::string message = "The TLS handshake timed out.")
+        : ErrorType(std::move(message)) {}
+};
+}  // namespace error
+
+namespace detail {
+namespace tls {
+struct Context;
+}
+}  // namespace detail
+
+namespace ssl {
+
+/// PEM text (certificates, a private key), or the name of a file holding
+/// it. Made by pemFile() and pemData().
+struct PEM {
+    std::string text;  ///< the PEM itself, or
+    std::string path;  ///< a file to read it from
+    /// Neither text nor a file: not given.
+    bool empty() const { return text.empty() && path.empty(); }
+};
+/// PEM read from the file at `path` (when the options are made).
+inline PEM pemFile(std::string path) { return PEM{std::string(), std::move(path)}; }
+/// PEM given as text ("-----BEGIN CERTIFICATE-----...").
+inline PEM pemData(std::string text) { return PEM{std::move(text), std::string()}; }
+
+/// Which certificates a client trusts (Twisted's trustRoot).
+struct TrustRoot {
+    /// The system's store, given CA certificates, or no verification.
+    enum class Kind { platform, pem, none };
+    Kind kind = Kind::platform;  ///< which of the three
+    PEM certificates;            ///< Kind::pem: the CA certificates
+};
+/// The system's trust store (Debian: /etc/ssl/certs): the default.
+inline TrustRoot platformTrust() { return TrustRoot{}; }
+/// Only these CA certificates (a private CA, a test CA).
+inline TrustRoot trustRoot(PEM caCertificates) { return TrustRoot{TrustRoot::Kind::pem, std::move(caCertificates)}; }
+/// No verification at all: any certificate, any name. A man in the middle
+/// reads and changes everything. Making options with it logs a warning.
+inline TrustRoot insecureNoVerify() { return TrustRoot{TrustRoot::Kind::none, PEM{}}; }
+
+/// A client's settings beyond the host name (optionsForClientTLS).
+struct ClientTLSSettings {
+    /// Who may sign the server's certificate.
+    TrustRoot trust = platformTrust();
+    /// A client certificate (chain, leaf first) and its key, for servers
+    /// that ask for one. Both or neither.
+    PEM certificate, privateKey;
+    /// ALPN protocols to offer, most preferred first ("h2", "http/1.1").
+    std::vector<std::string> acceptableProtocols;
+    /// Seconds the handshake may take before the connection is closed
+    /// with error::TLSHandshakeTimeout (<= 0: no limit).
+    double handshakeTimeout = 30;
+};
+
+/// A server's settings (Twisted's CertificateOptions).
+struct ServerTLSSettings {
+    /// The certificate chain, leaf first, and its private key.
+    PEM certificate, privateKey;
+    /// Not empty: clients must present a certificate signed by one of these
+    /// CAs (the handshake fails otherwise).
+    PEM requireClientCertificate;
+    /// ALPN protocols accepted, most preferred first.
+    std::vector<std::string> acceptableProtocols;
+    /// As ClientTLSSettings::handshakeTimeout.
+    double handshakeTimeout = 30;
+};
+
+/// What TLS a connection speaks: a client's or a server's configuration,
+/// made once and shared by every connection that uses it (an OpenSSL
+/// SSL_CTX). Copies share it. Made by optionsForClientTLS and
+/// serverOptions; a default-made one is not valid().
+class TLSOptions {
+public:
+    /// Not valid: a connection made with it fails (never falls back to plaintext).
+    TLSOptions() = default;
+    /// Wraps a made configuration (optionsForClientTLS and serverOptions do).
+    explicit TLSOptions(std::shared_ptr<const detail::tls::Context> c) : context_(std::move(c)) {}
+    /// Made without error (a bad certificate or key file is an error).
+    REACTOR_INLINE bool valid() const;
+    /// Why it is not valid ("" if it is).
+    REACTOR_INLINE std::string error() const;
+    /// The shared configuration (for the transports).
+    const std::shared_ptr<const detail::tls::Context>& context() const { return context_; }
+
+private:
+    std::shared_ptr<const detail::tls::Context> context_;
+};
+
+/// Options for a client connecting to `hostname` (Twisted's
+/// optionsForClientTLS): TLS 1.2 or later; the server's certificate must
+/// chain to `settings.trust` (the system's trust store by default) and
+/// name `hostname` (a DNS name, or an IP literal matched against the
+/// certificate's IP addresses); SNI sends `hostname` (not for an IP).
+/// Bad settings (a missing file, a malformed PEM) raise error::ValueError
+/// naming the problem; without exceptions that is logged and the options
+/// returned make every connection fail with it.
+REACTOR_INLINE TLSOptions optionsForClientTLS(const std::string& hostname, const ClientTLSSettings& settings = {});
+/// Options for a server: TLS 1.2 or later, `settings.certificate` and
+/// `settings.privateKey` (checked to match); client certificates as
+/// `settings.requireClientCertificate` says. Errors as optionsForClientTLS.
+REACTOR_INLINE TLSOptions serverOptions(const ServerTLSSettings& settings);
+
+/// The TLS side of a transport (Twisted's ISSLTransport), for a protocol
+/// that wants to know what was negotiated: `transport->getTLS()`.
+class ISSLTransport : public ITransport {
+public:
+    /// The handshake has completed (the peer is verified, if asked).
+    virtual bool handshakeDone() const = 0;
+    /// The ALPN protocol agreed on, "" if none.
+    virtual std::string negotiatedProtocol() const = 0;
+    /// The peer certificate's subject ("/CN=example.org"), "" if none.
+    virtual std::string peerCertificateSubject() const = 0;
+    /// "TLSv1.3", "TLSv1.2"; "" before the handshake.
+    virtual std::string protocolVersion() const = 0;
+    /// The OpenSSL SSL* of the connection (Twisted's getHandle), for what
+    /// this API does not cover. Null once the connection is gone.
+    virtual void* getHandle() const = 0;
+};
+
+}  // namespace ssl
+
+/// TLS over TCP (Twisted's SSL4ServerEndpoint): listenSSL(port, factory,
+/// options, {interface, backlog}). The string form: serverFromString's
+/// `ssl:PORT:certKey=CERT.pem:privateKey=KEY.pem`.
+class SSL4ServerEndpoint : public TCP4ServerEndpoint {
+public:
+    /// listenSSL on `r` with `options` (ssl::serverOptions), at listen().
+    SSL4ServerEndpoint(Reactor& r, int port, ssl::TLSOptions options, int backlog = defaultBacklog,
+                       std::string interface = "")
+        : TCP4ServerEndpoint(r, port, backlog, std::move(interface)), options_(std::move(options)) {}
+    REACTOR_INLINE Deferred<ListeningPort> listen(Factory& factory) override;
+    REACTOR_INLINE std::string describe() const override;
+
+private:
+    ssl::TLSOptions options_;
+};
+
+/// TLS to a host and port (Twisted's SSL4ClientEndpoint): connectSSL's
+/// arguments. The string form: clientFromString's `tls:HOST:PORT`.
+class SSL4ClientEndpoint : public IStreamClientEndpoint {
+public:
+    /// connectSSL(host, port, factory, options, timeout, bindAddress) on `r`, at connect().
+    SSL4ClientEndpoint(Reactor& r, std::string host, int port, ssl::TLSOptions options, double timeout = 30,
+                       Address bindAddress = {})
+        : reactor_(r), host_(std::move(host)), port_(port), options_(std::move(options)), timeout_(timeout),
+          bindAddress_(std::move(bindAddress)) {}
+    REACTOR_INLINE std::string describe() const override;
+    REACTOR_INLINE std::shared_ptr<IConnector> connectWith(std::shared_ptr<ClientFactory> factory,
+                                                           Factory* owner) override;
+
+private:
+    Reactor& reactor_;
+    std::string host_;
+    int port_;
+    ssl::TLSOptions options_;
+    double timeout_;
+    Address bindAddress_;
+};
+
+namespace detail {
+namespace tls {
+
+/// A TLSOptions' shared state: the SSL_CTX (an opaque pointer here, so
+/// that OpenSSL's headers stay out of every declaration) and the settings
+/// each connection needs.
+struct Context {
+    Context() = default;
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+    REACTOR_INLINE ~Context();
+    void* ctx = nullptr;  // SSL_CTX*
+    bool client = true;
+    bool verify = true;
+    std::string hostname;
+    double handshakeTimeout = 30;
+    std::string error;  // why it could not be made
+    std::vector<unsigned char> alpn;  // ALPN list, wire format
+};
+
+/// How many TlsConnection reads are on this thread's stack.
+int& readNesting();
+
+/// serverFromString's and clientFromString's `ssl:`/`tls:` types: the
+/// endpoint, or null with d.error set.
+std::shared_ptr<IStreamServerEndpoint> serverEndpoint(Reactor& r, EndpointDescription& d);
+std::shared_ptr<IStreamClientEndpoint> clientEndpoint(Reactor& r, EndpointDescription& d);
+
+/// Both connectSSL overloads and SSL4ClientEndpoint (`keep`: the factory
+/// to own, if any; `owner`: see TcpConnector::ownedBy).
+std::shared_ptr<IConnector> connect(Reactor& r, const std::string& host, int port, ClientFactory& factory,
+                                    std::shared_ptr<ClientFactory> keep, const ssl::TLSOptions& options,
+                                    double timeout, const Address& bindAddress, Factory* owner = nullptr);
+
+/// Makes a context (errors in `error`).
+REACTOR_INLINE std::shared_ptr<Context> makeClientContext(const std::string& hostname,
+                                                          const ssl::ClientTLSSettings& s);
+REACTOR_INLINE std::shared_ptr<Context> makeServerContext(const ssl::ServerTLSSettings& s);
+
+/// One connection's OpenSSL state: an SSL over two memory buffers. Bytes
+/// from the network go in with feed(), bytes for the network come out
+/// with takeOutput(); nothing here touches a socket.
+class Session {
+public:
+    enum class Status { done, wantMore, closed, failed };
+    REACTOR_INLINE explicit Session(const Context& c);
+    REACTOR_INLINE ~Session();
+    Session(const Session&) = delete;
+    Session& operator=(const Session&) = delete;
+    /// Set up without error (else error() says why).
+    bool ok() const { return ssl_ != nullptr; }
+    /// Network bytes received.
+    REACTOR_INLINE void feed(std::string_view cipher);
+    /// Network bytes to send (empties the output buffer); "" if none.
+    REACTOR_INLINE std::string_view pendingOutput();
+    REACTOR_INLINE void consumeOutput();
+    /// Drives the handshake: done, wantMore (waiting for the peer), failed.
+    REACTOR_INLINE Status handshake();
+    /// Plaintext into `buf`: done (`n` bytes), wantMore, closed (the peer's
+    /// close_notify), failed.
+    REACTOR_INLINE Status read(char* buf, std::size_t size, std::size_t& n);
+    /// Encrypts all of `data` into the output buffer; false on failure.
+    REACTOR_INLINE bool write(std::string_view data);
+    /// Queues our close_notify.
+    REACTOR_INLINE void shutdown();
+    /// The failure after a `failed` status: what OpenSSL said, or the
+    /// verification error with the host and the certificate's subject.
+    REACTOR_INLINE Failure failure(const std::string& when) const;
+    REACTOR_INLINE std::string negotiatedProtocol() const;
+    REACTOR_INLINE std::string peerSubject() const;
+    REACTOR_INLINE std::string version() const;
+    REACTOR_INLINE std::string cipher() const;
+    void* handle() const { return ssl_; }
+    const std::string& error() const { return error_; }
+
+    // What the verify callback saw (the first certificate that failed).
+    long verifyError = 0;
+    int verifyDepth = -1;
+    std::string verifySubject;
+
+private:
+    REACTOR_INLINE Status status(int ret);
+    const Context& context_;
+    void* ssl_ = nullptr;   // SSL*
+    void* wbio_ = nullptr;  // BIO* we read the network bytes from
+    void* rbio_ = nullptr;  // BIO* we write the received bytes into
+    std::string error_;
+    std::string lastError_;  // OpenSSL's error queue at the last failure
+};
+
+/// The TLS layer of one connection (Twisted's TLSMemoryBIOProtocol): the
+/// TCP connection's protocol, and `inner`'s transport. It owns `inner`.
+class TlsConnection final : public Protocol, public ssl::ISSLTransport {
+public:
+    REACTOR_INLINE TlsConnection(Reactor& r, std::shared_ptr<const Context> c, std::unique_ptr<Protocol> inner);
+    REACTOR_INLINE ~TlsConnection() override;
+
+    /// startTLS: the TCP connection `tcp` is established and `inner`
+    /// already connected; start the handshake without connectionMade.
+    REACTOR_INLINE void startOn(ITransport* tcp);
+    Protocol* inner() const { return inner_.get(); }
+    /// The reason connectionLost gave the protocol (the TCP transport's
+    /// `tcpReason` unless TLS had its own), for the client factory.
+    Failure lostReason(const Failure& tcpReason) const { return finalReason_ ? *finalReason_ : tcpReason; }
+
+    // ---- Protocol (the TCP side) ----------------------------------------
+    REACTOR_INLINE void connectionMade() override;
+    REACTOR_INLINE void dataReceived(std::string_view data) override;
+    REACTOR_INLINE void connectionLost(const Failure& reason) override;
+    bool halfCloseable() const override { return true; }  // EOF: close_notify or truncation? (readConnectionLost)
+    REACTOR_INLINE void readConnectionLost() override;
+    REACTOR_INLINE void writeConnectionLost() override;
+    REACTOR_INLINE std::string logPrefix() const override;
+
+    // ---- ITransport (the protocol's side) -------------------------------
+    REACTOR_INLINE void write(std::string_view data) override;
+    REACTOR_INLINE void writeSequence(const std::string_view* parts, std::size_t count) override;
+    REACTOR_INLINE void loseConnection() override;
+    REACTOR_INLINE void abortConnection() override;
+    REACTOR_INLINE void loseWriteConnection() override;
+    Address getPeer() const override { return tcp_ ? tcp_->getPeer() : peer_; }
+    Address getHost() const override { return tcp_ ? tcp_->getHost() : host_; }
+    REACTOR_INLINE void registerProducer(IProducer* producer, bool streaming) override;
+    REACTOR_INLINE void unregisterProducer() override;
+    REACTOR_INLINE void pauseProducing() override;
+    REACTOR_INLINE void resumeProducing() override;
+    void stopProducing() override { loseConnection(); }
+    bool setTcpNoDelay(bool enabled) override { return tcp_ && tcp_->setTcpNoDelay(enabled); }
+    bool setTcpKeepAlive(bool enabled) override { return tcp_ && tcp_->setTcpKeepAlive(enabled); }
+    bool getTcpNoDelay() const override { return tcp_ && tcp_->getTcpNoDelay(); }
+    bool getTcpKeepAlive() const override { return tcp_ && tcp_->getTcpKeepAlive(); }
+    REACTOR_INLINE void startTLS(const ssl::TLSOptions& options) override;
+    ssl::ISSLTransport* getTLS() override { return this; }
+
+    // ---- ISSLTransport ---------------------------------------------------
+    bool handshakeDone() const override { return handshakeDone_; }
+    std::string negotiatedProtocol() const override { return session_ ? session_->negotiatedProtocol() : ""; }
+    std::string peerCertificateSubject() const override { return session_ ? session_->peerSubject() : ""; }
+    std::string protocolVersion() const override { return handshakeDone_ && session_ ? session_->version() : ""; }
+    void* getHandle() const override { return session_ ? session_->handle() : nullptr; }
+
+private:
+    /// Sets up the session and starts the handshake (a client speaks first).
+    void begin();
+    void checkHandshake();
+    /// Delivers the plaintext OpenSSL has, while the protocol reads.
+    void flushReceive();
+    /// Hands OpenSSL's output to the TCP transport.
+    void flushSend();
+    void writeNow(std::string_view data);
+    /// After the handshake: the writes made before it, then a pending close.
+    void unbufferPendingWrites();
+    /// Our close_notify, then the TCP close.
+    void finishClose();
+    /// TLS is over (an error, the peer's close_notify, a timeout): remember
+    /// the reason connectionLost will give, and close the TCP connection.
+    void tlsFailed(const Failure& reason, bool abort);
+    void trace(const std::string& line) const;
+
+    Reactor& reactor_;
+    std::shared_ptr<const Context> context_;
+    std::unique_ptr<Protocol> inner_;
+    std::unique_ptr<Session> session_;
+    ITransport* tcp_ = nullptr;  // the TCP transport (Protocol::transport), null once lost
+    Address peer_, host_;        // remembered for after the close
+    std::string appSendBuffer_;  // written before the handshake completed
+    std::optional<Failure> reason_;  // what connectionLost will report instead of the TCP reason
+    std::optional<Failure> finalReason_;  // what it reported
+    DelayedCall handshakeTimer_;  // also bounds the wait for the peer's close_notify
+    IProducer* producer_ = nullptr;
+    // A producer registered before the handshake completed: it is handed to
+    // the TCP transport after the buffered writes (until then its writes
+    // pile up here, so a streaming one is paused above the high-water mark).
+    bool producerWaiting_ = false, producerStreaming_ = false, producerPausedHere_ = false;
+    bool handshakeDone_ = false;
+    bool lost_ = false;          // TLS is over: nothing more in or out (Twisted's _lostTLSConnection)
+    bool closeAfterHandshake_ = false, writeShutAfterHandshake_ = false;
+    bool shutdownSent_ = false;  // our close_notify went out
+    bool awaitingClose_ = false; // we closed: the TCP closes at the peer's close_notify or EOF
+    bool peerClosed_ = false;    // the peer's close_notify arrived
+    bool readPaused_ = false, receiving_ = false;
+    bool innerHalfClosed_ = false;  // readConnectionLost given to the protocol
+};
+
+}  // namespace tls
+}  // namespace detail
+
+#endif  // REACTOR_WITH_OPENSSL
 
 // ============================================================================
 // ==== 11. BASIC FRAMING ====
@@ -8353,6 +8862,18 @@ REACTOR_INLINE void ForwardingProtocol::writeConnectionLost() {
     if (forwardee) forwardee->writeConnectionLost();
 }
 
+#if defined(REACTOR_WITH_OPENSSL)
+REACTOR_INLINE void ForwardingProtocol::handshakeCompleted() {
+    if (forwardee) forwardee->handshakeCompleted();
+}
+
+REACTOR_INLINE void ForwardingProtocol::transportReplaced(ITransport* t) {
+    ITransport* shared = forwardeeTransport() == transport ? t : nullptr;
+    transport = t;
+    if (forwardee && shared) forwardee->transportReplaced(shared);
+}
+#endif
+
 REACTOR_INLINE std::string ForwardingProtocol::logPrefix() const {
     std::string own = Protocol::logPrefix();
     return forwardee ? forwardee->logPrefix() + " (" + own + ")" : own;
@@ -9485,6 +10006,14 @@ REACTOR_INLINE void TcpConnection::closeWith(const Failure& reason, bool reset) 
                            ".connectionLost(" + reason.str() + ")");
         runGuarded("connectionLost", [&] { p->connectionLost(reason); });
     }
+#if defined(REACTOR_WITH_OPENSSL)
+    // A TLS layer's reason (a certificate that did not verify) is the factory's too.
+    if (connector_ && !abandoned_ && tls_) {
+        connector_->connectionLost(tls_->lostReason(reason));
+        ReactorAccess::release(reactor_, this);
+        return;
+    }
+#endif
     if (connector_ && !abandoned_) connector_->connectionLost(reason);
     // The protocol's life ends with this object's, at the end of the turn:
     // connectionLost may run while one of its own methods is on the stack
@@ -9548,6 +10077,9 @@ REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
                                                 std::static_pointer_cast<TcpConnector>(shared_from_this()));
     conn->useFactory(owner_ ? *owner_ : factory_);
     conn->setPeer(peer);
+#if defined(REACTOR_WITH_OPENSSL)
+    if (tls) conn->wrapTLS(tls);
+#endif
     transport_ = conn.get();
     ReactorAccess::adopt(reactor_, conn);
     if (!conn->start()) {
@@ -9602,6 +10134,9 @@ REACTOR_INLINE void TcpPort::doRead() {
         auto conn = std::make_shared<TcpConnection>(reactor_, fd, std::move(p), nullptr);
         conn->useFactory(factory_);
         conn->setPeer(peer);
+#if defined(REACTOR_WITH_OPENSSL)
+        if (tls) conn->wrapTLS(tls);
+#endif
         ReactorAccess::adopt(reactor_, conn);
         if (!conn->start()) {
             log(LogLevel::error, "connection from " + peerAddress.str() + " closed: its descriptor cannot be watched");
@@ -10027,6 +10562,10 @@ REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverFromString(Reactor& 
             in.finish();
             made = std::make_shared<UNIXServerEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""),
                                                         static_cast<int>(backlog), static_cast<int>(mode), lock);
+#if defined(REACTOR_WITH_OPENSSL)
+        } else if (d.type == "ssl" || d.type == "tls") {
+            made = detail::tls::serverEndpoint(r, d);  // section 10a
+#endif
         } else {
             d.error = "unknown endpoint type '" + d.type + "' (known: tcp, tcp6, unix)";
         }
@@ -10058,6 +10597,10 @@ REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientFromString(Reactor& 
             in.finish();
             made = std::make_shared<UNIXClientEndpoint>(r, detail::unixPathFromDescription(path ? *path : ""), timeout,
                                                         check);
+#if defined(REACTOR_WITH_OPENSSL)
+        } else if (d.type == "tls" || d.type == "ssl") {
+            made = detail::tls::clientEndpoint(r, d);  // section 10a
+#endif
         } else {
             d.error = "unknown endpoint type '" + d.type + "' (known: tcp, tcp6, unix)";
         }
@@ -10503,6 +11046,992 @@ REACTOR_INLINE std::shared_ptr<IUDPTransport> Reactor::listenUDP(int port, Datag
                                                                 std::string_view interface, std::size_t maxPacketSize) {
     return listenMulticast(port, protocol, interface, maxPacketSize, false);
 }
+
+// ---- 10a. TLS ----------------------------------------------------------------
+#if defined(REACTOR_WITH_OPENSSL)
+
+REACTOR_INLINE void ITransport::startTLS(const ssl::TLSOptions& options) {
+    (void)options;
+    detail::raise<error::RuntimeError>("startTLS: this transport cannot start TLS");
+}
+
+REACTOR_INLINE bool ssl::TLSOptions::valid() const { return context_ && context_->error.empty() && context_->ctx; }
+
+REACTOR_INLINE std::string ssl::TLSOptions::error() const {
+    if (!context_) return "TLS options were never made (use optionsForClientTLS or serverOptions)";
+    return context_->error;
+}
+
+namespace detail {
+namespace tls {
+
+// The OpenSSL calls, all of them: the rest of the library sees Context and
+// Session only.
+
+/// OpenSSL's error queue as one line ("certificate verify failed; ..."),
+/// emptied; `fallback` if it was empty.
+REACTOR_INLINE std::string takeErrors(const std::string& fallback) {
+    std::string out;
+    while (unsigned long e = ERR_get_error()) {
+        const char* reason = ERR_reason_error_string(e);
+        char buf[256];
+        if (!reason) {
+            ERR_error_string_n(e, buf, sizeof buf);
+            reason = buf;
+        }
+        if (out.find(reason) != std::string::npos) continue;
+        if (!out.empty()) out += "; ";
+        out += reason;
+    }
+    return out.empty() ? fallback : out;
+}
+
+REACTOR_INLINE bool isIPLiteral(const std::string& host) {
+    unsigned char buf[16];
+    return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
+/// The PEM's text (read from its file if it names one); false and `why` if unreadable.
+REACTOR_INLINE bool pemText(const ssl::PEM& pem, const char* what, std::string& text, std::string& why) {
+    if (pem.path.empty()) {
+        text = pem.text;
+        return true;
+    }
+    BIO* b = BIO_new_file(pem.path.c_str(), "r");
+    if (!b) {
+        ERR_clear_error();
+        why = std::string("cannot read the ") + what + " file '" + pem.path + "': " + os::errorString(errno);
+        return false;
+    }
+    char buf[4096];
+    int n;
+    while ((n = BIO_read(b, buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+    BIO_free(b);
+    return true;
+}
+
+/// Every certificate in a PEM (leaf first). Empty and `why` on failure.
+REACTOR_INLINE std::vector<X509*> readCertificates(const ssl::PEM& pem, const char* what, std::string& why) {
+    std::vector<X509*> certs;
+    std::string text;
+    if (!pemText(pem, what, text, why)) return certs;
+    BIO* b = BIO_new_mem_buf(text.data(), static_cast<int>(text.size()));
+    while (X509* x = PEM_read_bio_X509(b, nullptr, nullptr, nullptr)) certs.push_back(x);
+    BIO_free(b);
+    ERR_clear_error();  // the end of the input reads as an error
+    if (certs.empty())
+        why = std::string("no PEM certificate in the ") + what + (pem.path.empty() ? "" : " file '" + pem.path + "'");
+    return certs;
+}
+
+/// Loads a certificate chain and its key into `ctx`; false and `why` if not.
+REACTOR_INLINE bool useCertificate(SSL_CTX* ctx, const ssl::PEM& cert, const ssl::PEM& key, std::string& why) {
+    std::vector<X509*> chain = readCertificates(cert, "certificate", why);
+    if (chain.empty()) return false;
+    bool ok = SSL_CTX_use_certificate(ctx, chain[0]) == 1;
+    X509_free(chain[0]);
+    for (std::size_t i = 1; i < chain.size(); ++i)
+        if (ok)
+            ok = SSL_CTX_add0_chain_cert(ctx, chain[i]) == 1;  // takes ownership
+        else
+            X509_free(chain[i]);
+    if (!ok) {
+        why = "the certificate was refused: " + takeErrors("unknown error");
+        return false;
+    }
+    std::string text;
+    if (!pemText(key, "private key", text, why)) return false;
+    BIO* b = BIO_new_mem_buf(text.data(), static_cast<int>(text.size()));
+    EVP_PKEY* pkey = PEM_read_bio_PrivateKey(b, nullptr, nullptr, nullptr);
+    BIO_free(b);
+    if (!pkey) {
+        ERR_clear_error();
+        why = std::string("no PEM private key in the private key") +
+              (key.path.empty() ? "" : " file '" + key.path + "'");
+        return false;
+    }
+    ok = SSL_CTX_use_PrivateKey(ctx, pkey) == 1 && SSL_CTX_check_private_key(ctx) == 1;
+    EVP_PKEY_free(pkey);
+    if (!ok) why = "the private key does not match the certificate: " + takeErrors("unknown error");
+    return ok;
+}
+
+/// Adds CA certificates to `ctx`'s trust store.
+REACTOR_INLINE bool trustCertificates(SSL_CTX* ctx, const ssl::PEM& pem, std::string& why) {
+    std::vector<X509*> certs = readCertificates(pem, "CA certificates", why);
+    if (certs.empty()) return false;
+    X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+    for (X509* x : certs) {
+        X509_STORE_add_cert(store, x);  // takes a reference of its own
+        X509_free(x);
+    }
+    ERR_clear_error();  // a certificate already in the store is not an error
+    return true;
+}
+
+/// Records the first certificate that failed, for the error message.
+REACTOR_INLINE int verifyCallback(int preverifyOk, X509_STORE_CTX* store) {
+    if (preverifyOk) return preverifyOk;
+    SSL* s = static_cast<SSL*>(X509_STORE_CTX_get_ex_data(store, SSL_get_ex_data_X509_STORE_CTX_idx()));
+    auto* session = s ? static_cast<Session*>(SSL_get_app_data(s)) : nullptr;
+    if (session && session->verifyDepth < 0) {
+        session->verifyError = X509_STORE_CTX_get_error(store);
+        session->verifyDepth = X509_STORE_CTX_get_error_depth(store);
+        if (X509* cert = X509_STORE_CTX_get_current_cert(store)) {
+            char buf[512];
+            X509_NAME_oneline(X509_get_subject_name(cert), buf, sizeof buf);
+            session->verifySubject = buf;
+        }
+    }
+    return preverifyOk;
+}
+
+/// The server's ALPN choice: its first protocol the client offers.
+REACTOR_INLINE int selectALPN(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+                              unsigned int inlen, void* arg) {
+    auto* c = static_cast<Context*>(arg);
+    unsigned char* chosen = nullptr;
+    if (SSL_select_next_proto(&chosen, outlen, c->alpn.data(), static_cast<unsigned int>(c->alpn.size()), in,
+                              inlen) != OPENSSL_NPN_NEGOTIATED)
+        return SSL_TLSEXT_ERR_NOACK;
+    *out = chosen;
+    return SSL_TLSEXT_ERR_OK;
+}
+
+REACTOR_INLINE bool alpnWire(const std::vector<std::string>& protocols, std::vector<unsigned char>& wire,
+                             std::string& why) {
+    for (const std::string& p : protocols) {
+        if (p.empty() || p.size() > 255) {
+            why = "an ALPN protocol name must be 1 to 255 bytes: '" + printable(p) + "'";
+            return false;
+        }
+        wire.push_back(static_cast<unsigned char>(p.size()));
+        wire.insert(wire.end(), p.begin(), p.end());
+    }
+    return true;
+}
+
+REACTOR_INLINE Context::~Context() {
+    if (ctx) SSL_CTX_free(static_cast<SSL_CTX*>(ctx));
+}
+
+/// The common part of both contexts; false and c.error if it fails.
+REACTOR_INLINE bool newContext(Context& c, bool client) {
+    ERR_clear_error();
+    SSL_CTX* ctx = SSL_CTX_new(client ? TLS_client_method() : TLS_server_method());
+    if (!ctx) {
+        c.error = "cannot make a TLS context: " + takeErrors("out of memory");
+        return false;
+    }
+    c.ctx = ctx;
+    c.client = client;
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx, SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    return true;
+}
+
+REACTOR_INLINE std::shared_ptr<Context> makeClientContext(const std::string& hostname,
+                                                          const ssl::ClientTLSSettings& s) {
+    auto c = std::make_shared<Context>();
+    c->hostname = hostname;
+    c->handshakeTimeout = s.handshakeTimeout;
+    if (!newContext(*c, true)) return c;
+    SSL_CTX* ctx = static_cast<SSL_CTX*>(c->ctx);
+    std::string why;
+    switch (s.trust.kind) {
+        case ssl::TrustRoot::Kind::platform:
+            if (SSL_CTX_set_default_verify_paths(ctx) != 1) why = "cannot load the system's trust store: " + takeErrors("");
+            break;
+        case ssl::TrustRoot::Kind::pem: trustCertificates(ctx, s.trust.certificates, why); break;
+        case ssl::TrustRoot::Kind::none:
+            c->verify = false;
+            log(LogLevel::warning, "TLS to " + hostname +
+                                       ": certificate verification is OFF (insecureNoVerify): anyone on the path "
+                                       "can read and change this traffic");
+            break;
+    }
+    if (hostname.empty() && c->verify && why.empty()) why = "optionsForClientTLS: the host name is empty";
+    SSL_CTX_set_verify(ctx, c->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, c->verify ? verifyCallback : nullptr);
+    if (why.empty() && (!s.certificate.empty() || !s.privateKey.empty())) {
+        if (s.certificate.empty() || s.privateKey.empty())
+            why = "a client certificate needs both the certificate and its private key";
+        else
+            useCertificate(ctx, s.certificate, s.privateKey, why);
+    }
+    if (why.empty() && alpnWire(s.acceptableProtocols, c->alpn, why) && !c->alpn.empty())
+        SSL_CTX_set_alpn_protos(ctx, c->alpn.data(), static_cast<unsigned int>(c->alpn.size()));
+    c->error = why;
+    return c;
+}
+
+REACTOR_INLINE std::shared_ptr<Context> makeServerContext(const ssl::ServerTLSSettings& s) {
+    auto c = std::make_shared<Context>();
+    c->handshakeTimeout = s.handshakeTimeout;
+    c->verify = !s.requireClientCertificate.empty();
+    if (!newContext(*c, false)) return c;
+    SSL_CTX* ctx = static_cast<SSL_CTX*>(c->ctx);
+    std::string why;
+    if (s.certificate.empty() || s.privateKey.empty())
+        why = "a TLS server needs a certificate and its private key";
+    else
+        useCertificate(ctx, s.certificate, s.privateKey, why);
+    if (why.empty() && c->verify && trustCertificates(ctx, s.requireClientCertificate, why))
+        SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, verifyCallback);
+    if (why.empty() && alpnWire(s.acceptableProtocols, c->alpn, why) && !c->alpn.empty())
+        SSL_CTX_set_alpn_select_cb(ctx, selectALPN, c.get());
+    c->error = why;
+    return c;
+}
+
+REACTOR_INLINE Session::Session(const Context& c) : context_(c) {
+    if (!c.error.empty() || !c.ctx) {
+        error_ = c.error.empty() ? "TLS options were never made" : c.error;
+        return;
+    }
+    ERR_clear_error();
+    SSL* s = SSL_new(static_cast<SSL_CTX*>(c.ctx));
+    BIO* in = BIO_new(BIO_s_mem());
+    BIO* out = BIO_new(BIO_s_mem());
+    if (!s || !in || !out) {
+        if (s) SSL_free(s);
+        if (in) BIO_free(in);
+        if (out) BIO_free(out);
+        error_ = "cannot start TLS: " + takeErrors("out of memory");
+        return;
+    }
+    SSL_set_bio(s, in, out);  // the SSL owns both
+    SSL_set_app_data(s, this);
+    if (c.client) {
+        SSL_set_connect_state(s);
+        bool ip = isIPLiteral(c.hostname);
+        if (!ip && !c.hostname.empty()) SSL_set_tlsext_host_name(s, c.hostname.c_str());
+        if (c.verify) {
+            if (ip)
+                X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(s), c.hostname.c_str());
+            else
+                SSL_set1_host(s, c.hostname.c_str());
+        }
+    } else {
+        SSL_set_accept_state(s);
+    }
+    ssl_ = s;
+    rbio_ = in;
+    wbio_ = out;
+}
+
+REACTOR_INLINE Session::~Session() {
+    if (ssl_) SSL_free(static_cast<SSL*>(ssl_));
+}
+
+REACTOR_INLINE void Session::feed(std::string_view cipher) {
+    // A memory BIO grows as needed: the write takes everything.
+    if (ssl_ && !cipher.empty()) BIO_write(static_cast<BIO*>(rbio_), cipher.data(), static_cast<int>(cipher.size()));
+}
+
+REACTOR_INLINE std::string_view Session::pendingOutput() {
+    if (!ssl_) return {};
+    char* p = nullptr;
+    long n = BIO_get_mem_data(static_cast<BIO*>(wbio_), &p);
+    return n > 0 ? std::string_view(p, static_cast<std::size_t>(n)) : std::string_view();
+}
+
+REACTOR_INLINE void Session::consumeOutput() {
+    if (ssl_) (void)BIO_reset(static_cast<BIO*>(wbio_));
+}
+
+REACTOR_INLINE Session::Status Session::status(int ret) {
+    SSL* s = static_cast<SSL*>(ssl_);
+    switch (SSL_get_error(s, ret)) {
+        case SSL_ERROR_NONE: return Status::done;
+        case SSL_ERROR_WANT_READ:
+        case SSL_ERROR_WANT_WRITE: return Status::wantMore;
+        case SSL_ERROR_ZERO_RETURN: return Status::closed;
+        default:
+            lastError_ = takeErrors("TLS failed");
+            return Status::failed;
+    }
+}
+
+REACTOR_INLINE Session::Status Session::handshake() {
+    if (!ssl_) return Status::failed;
+    ERR_clear_error();
+    int r = SSL_do_handshake(static_cast<SSL*>(ssl_));
+    return r == 1 ? Status::done : status(r);
+}
+
+REACTOR_INLINE Session::Status Session::read(char* buf, std::size_t size, std::size_t& n) {
+    n = 0;
+    if (!ssl_) return Status::failed;
+    ERR_clear_error();
+    int r = SSL_read(static_cast<SSL*>(ssl_), buf, static_cast<int>(std::min<std::size_t>(size, 1 << 30)));
+    if (r > 0) {
+        n = static_cast<std::size_t>(r);
+        return Status::done;
+    }
+    return status(r);
+}
+
+REACTOR_INLINE bool Session::write(std::string_view data) {
+    if (!ssl_) return false;
+    while (!data.empty()) {
+        ERR_clear_error();
+        int chunk = static_cast<int>(std::min<std::size_t>(data.size(), 1 << 20));
+        int r = SSL_write(static_cast<SSL*>(ssl_), data.data(), chunk);
+        if (r <= 0) {
+            status(r);
+            return false;
+        }
+        data.remove_prefix(static_cast<std::size_t>(r));
+    }
+    return true;
+}
+
+REACTOR_INLINE void Session::shutdown() {
+    if (!ssl_) return;
+    ERR_clear_error();
+    SSL_shutdown(static_cast<SSL*>(ssl_));  // 0: sent ours, the peer's not seen; fine for a one-way close
+    ERR_clear_error();
+}
+
+REACTOR_INLINE Failure Session::failure(const std::string& when) const {
+    if (!ssl_) return Failure(error::SSLError(error_));
+    long v = verifyError ? verifyError : SSL_get_verify_result(static_cast<SSL*>(ssl_));
+    if (context_.verify && v != X509_V_OK) {
+        std::string who = context_.client ? "host '" + context_.hostname + "'" : std::string("the client");
+        std::string m = "TLS certificate verification failed for " + who + ": " +
+                        X509_verify_cert_error_string(v);
+        if (!verifySubject.empty())
+            m += " (certificate subject: " + verifySubject + (verifyDepth > 0 ? ", an issuer of the peer's" : "") + ")";
+        return Failure(error::CertificateError(m));
+    }
+    return Failure(error::SSLError("TLS " + when + " failed: " + lastError_));
+}
+
+REACTOR_INLINE std::string Session::negotiatedProtocol() const {
+    if (!ssl_) return "";
+    const unsigned char* p = nullptr;
+    unsigned int n = 0;
+    SSL_get0_alpn_selected(static_cast<SSL*>(ssl_), &p, &n);
+    return p ? std::string(reinterpret_cast<const char*>(p), n) : std::string();
+}
+
+REACTOR_INLINE std::string Session::peerSubject() const {
+    if (!ssl_) return "";
+    X509* cert = SSL_get0_peer_certificate(static_cast<SSL*>(ssl_));
+    if (!cert) return "";
+    char buf[512];
+    X509_NAME_oneline(X509_get_subject_name(cert), buf, sizeof buf);
+    return buf;
+}
+
+REACTOR_INLINE std::string Session::version() const { return ssl_ ? SSL_get_version(static_cast<SSL*>(ssl_)) : ""; }
+
+REACTOR_INLINE std::string Session::cipher() const {
+    const char* name = ssl_ ? SSL_get_cipher_name(static_cast<SSL*>(ssl_)) : nullptr;
+    return name ? name : "";
+}
+
+// ---- TlsConnection ----
+
+REACTOR_INLINE int& readNesting() {
+    static thread_local int depth = 0;
+    return depth;
+}
+
+REACTOR_INLINE TlsConnection::TlsConnection(Reactor& r, std::shared_ptr<const Context> c,
+                                            std::unique_ptr<Protocol> inner)
+    : reactor_(r), context_(std::move(c)), inner_(std::move(inner)) {
+    if (inner_) Protocol::factory = inner_->factory;
+}
+
+REACTOR_INLINE TlsConnection::~TlsConnection() {
+    if (handshakeTimer_.active()) handshakeTimer_.cancel();
+}
+
+REACTOR_INLINE void TlsConnection::trace(const std::string& line) const {
+    if (reactor_.tracing()) reactor_.trace("TLS " + (tcp_ ? tcp_->getPeer().str() : peer_.str()) + ": " + line);
+}
+
+REACTOR_INLINE std::string TlsConnection::logPrefix() const {
+    return "TLS(" + (inner_ ? inner_->logPrefix() : std::string("?")) + ")";
+}
+
+REACTOR_INLINE void TlsConnection::connectionMade() {
+    // listenSSL/connectSSL: the TCP connection is up. The protocol sees its
+    // connection at once (Twisted does the same); its writes wait for the
+    // handshake.
+    tcp_ = Protocol::transport;
+    ITransport::connected = true;
+    begin();
+    if (inner_) inner_->makeConnection(this);
+    if (!lost_ && !session_->ok()) tlsFailed(session_->failure("setup"), false);
+}
+
+REACTOR_INLINE void TlsConnection::startOn(ITransport* tcp) {
+    // startTLS: `inner_` is connected already and keeps its state.
+    Protocol::transport = tcp;
+    Protocol::connected = true;
+    tcp_ = tcp;
+    ITransport::connected = true;
+    inner_->transportReplaced(this);
+    begin();
+    if (!session_->ok()) tlsFailed(session_->failure("setup"), false);
+}
+
+REACTOR_INLINE void TlsConnection::begin() {
+    peer_ = tcp_->getPeer();
+    host_ = tcp_->getHost();
+    session_ = std::make_unique<Session>(*context_);
+    if (!session_->ok()) return;
+    if (context_->handshakeTimeout > 0) {
+        double limit = context_->handshakeTimeout;
+        handshakeTimer_ = reactor_.callLater(limit, [this, limit] {
+            if (handshakeDone_ || lost_) return;
+            trace("handshake timed out");
+            std::string who = context_->client ? " with " + context_->hostname : std::string();
+            char secs[32];
+            std::snprintf(secs, sizeof secs, "%g", limit);
+            tlsFailed(Failure(error::TLSHandshakeTimeout("The TLS handshake" + who + " (" + peer_.str() +
+                                                         ") did not complete within " + secs + " s.")),
+                      true);
+        });
+    }
+    trace(std::string("handshake started as the ") + (context_->client ? "client" : "server"));
+    if (context_->client) checkHandshake();  // the ClientHello
+}
+
+REACTOR_INLINE void TlsConnection::flushSend() {
+    std::string_view out = session_ ? session_->pendingOutput() : std::string_view();
+    if (out.empty()) return;
+    if (tcp_) tcp_->write(out);  // the TCP transport copies or sends it now
+    session_->consumeOutput();
+}
+
+REACTOR_INLINE void TlsConnection::checkHandshake() {
+    Session::Status st = session_->handshake();
+    flushSend();
+    if (st == Session::Status::done) {
+        handshakeDone_ = true;
+        if (handshakeTimer_.active()) handshakeTimer_.cancel();
+        if (reactor_.tracing()) {
+            std::string alpn = session_->negotiatedProtocol();
+            trace("handshake done: " + session_->version() + " " + session_->cipher() +
+                  (alpn.empty() ? "" : ", ALPN " + alpn) +
+                  (session_->peerSubject().empty() ? "" : ", peer " + session_->peerSubject()));
+        }
+        if (inner_ && ITransport::connected) {
+            Protocol* p = inner_.get();
+            p->handshakeCompleted();
+        }
+        if (!lost_) unbufferPendingWrites();
+    } else if (st != Session::Status::wantMore) {
+        Failure f = session_->failure("handshake");
+        trace("handshake failed: " + f.str());
+        tlsFailed(f, false);
+    }
+}
+
+REACTOR_INLINE void TlsConnection::unbufferPendingWrites() {
+    if (!appSendBuffer_.empty()) {
+        std::string pending = std::move(appSendBuffer_);
+        appSendBuffer_.clear();
+        writeNow(pending);
+    }
+    if (lost_) return;
+    if (producerWaiting_ && tcp_) {
+        producerWaiting_ = false;
+        IProducer* producer = producer_;
+        if (std::exchange(producerPausedHere_, false)) producer->resumeProducing();  // its writes go to TCP now
+        if (lost_ || producer_ != producer) return;
+        tcp_->registerProducer(producer, producerStreaming_);  // pauses it if TCP's buffer is full
+        if (lost_) return;
+    }
+    if (closeAfterHandshake_)
+        finishClose();
+    else if (writeShutAfterHandshake_)
+        loseWriteConnection();
+}
+
+REACTOR_INLINE void TlsConnection::dataReceived(std::string_view data) {
+    if (awaitingClose_ && tcp_) {
+        // Closing: drop data, close at the peer's close_notify (or an error).
+        session_->feed(data);
+        std::vector<char>& buf = ReactorAccess::readBuffer(reactor_);
+        for (;;) {
+            std::size_t n = 0;
+            Session::Status st = session_->read(buf.data(), buf.size(), n);
+            if (st == Session::Status::done) continue;
+            if (st == Session::Status::wantMore) return;
+            trace("the peer answered our close_notify: closing");
+            awaitingClose_ = false;
+            tcp_->loseConnection();
+            return;
+        }
+    }
+    if (lost_ || !session_ || !session_->ok()) return;
+    session_->feed(data);
+    if (!handshakeDone_) {
+        checkHandshake();
+        if (!handshakeDone_ || lost_) return;
+    }
+    flushReceive();
+}
+
+REACTOR_INLINE void TlsConnection::flushReceive() {
+    if (receiving_) return;  // resumeProducing() from inside dataReceived: the loop below goes on
+    receiving_ = true;
+    // The reactor's read buffer (the TCP bytes are in OpenSSL's buffer
+    // already), unless a protocol reached another TLS connection's read
+    // from inside its dataReceived: that one gets a buffer of its own.
+    struct Nesting {
+        int& depth;
+        explicit Nesting(int& d) : depth(d) { ++depth; }
+        ~Nesting() { --depth; }
+    } nesting(readNesting());
+    std::vector<char> own;
+    std::vector<char>& shared = ReactorAccess::readBuffer(reactor_);
+    if (nesting.depth > 1) own.resize(16 * 1024);
+    char* buf = nesting.depth > 1 ? own.data() : shared.data();
+    std::size_t size = nesting.depth > 1 ? own.size() : shared.size();
+    while (!lost_ && !readPaused_ && !peerClosed_) {
+        std::size_t n = 0;
+        Session::Status st = session_->read(buf, size, n);
+        if (st == Session::Status::done) {
+            if (!inner_ || ITransport::disconnecting) continue;  // closing: read and drop
+            Protocol* p = inner_.get();
+            if (reactor_.tracing())
+                trace(std::to_string(n) + " bytes decrypted -> " + p->logPrefix() + ".dataReceived");
+            p->dataReceived(std::string_view(buf, n));
+            continue;
+        }
+        if (st == Session::Status::wantMore) break;
+        if (st == Session::Status::closed) {
+            // The peer's close_notify: it sends no more.
+            peerClosed_ = true;
+            trace("the peer sent close_notify");
+            if (inner_ && inner_->halfCloseable() && !ITransport::disconnecting) {
+                innerHalfClosed_ = true;
+                Protocol* p = inner_.get();
+                p->readConnectionLost();
+            } else {
+                finishClose();
+            }
+            break;
+        }
+        tlsFailed(session_->failure("connection"), false);
+    }
+    receiving_ = false;
+    if (!lost_) flushSend();  // a key update, a session ticket
+}
+
+REACTOR_INLINE void TlsConnection::writeNow(std::string_view data) {
+    if (!session_->write(data)) {
+        flushSend();
+        tlsFailed(session_->failure("write"), false);
+        return;
+    }
+    flushSend();
+}
+
+REACTOR_INLINE void TlsConnection::write(std::string_view data) {
+    if (!ITransport::connected || lost_ || shutdownSent_ || data.empty()) return;
+    if (!handshakeDone_) {
+        appSendBuffer_.append(data.data(), data.size());
+        if (producerWaiting_ && producerStreaming_ && !producerPausedHere_ &&
+            appSendBuffer_.size() > TcpConnection::highWaterMark) {
+            producerPausedHere_ = true;
+            producer_->pauseProducing();
+        }
+        return;
+    }
+    writeNow(data);
+}
+
+REACTOR_INLINE void TlsConnection::writeSequence(const std::string_view* parts, std::size_t count) {
+    // Small pieces (a line and its delimiter) go out as one TLS record.
+    std::size_t total = 0;
+    for (std::size_t i = 0; i < count; ++i) total += parts[i].size();
+    if (count > 1 && total <= 16 * 1024) {
+        std::string joined;
+        joined.reserve(total);
+        for (std::size_t i = 0; i < count; ++i) joined.append(parts[i].data(), parts[i].size());
+        write(joined);
+        return;
+    }
+    for (std::size_t i = 0; i < count; ++i) write(parts[i]);
+}
+
+REACTOR_INLINE void TlsConnection::finishClose() {
+    if (lost_) return;
+    lost_ = true;
+    if (!handshakeDone_ || peerClosed_ || !tcp_) {
+        // Nothing to say first, or the reply to the peer's close_notify.
+        if (handshakeDone_ && !shutdownSent_) {
+            session_->shutdown();
+            shutdownSent_ = true;
+            trace("close_notify sent in reply; closing");
+            flushSend();
+        }
+        if (tcp_) tcp_->loseConnection();
+        return;
+    }
+    // We close first: our close_notify and a FIN, then read on until the
+    // peer's close_notify or EOF. Closing the socket at once would make
+    // the kernel answer the peer's close_notify with a reset, and the peer
+    // would see ConnectionLost instead of ConnectionDone.
+    if (!shutdownSent_) {
+        session_->shutdown();
+        shutdownSent_ = true;
+        flushSend();
+    }
+    trace("close_notify sent; closing once the peer answers");
+    awaitingClose_ = true;
+    if (readPaused_) tcp_->resumeProducing();  // the answer must be read
+    tcp_->loseWriteConnection();
+    if (context_->handshakeTimeout > 0 && !handshakeTimer_.active())
+        handshakeTimer_ = reactor_.callLater(context_->handshakeTimeout, [this] {
+            trace("no close_notify from the peer in time: closing");
+            if (!reason_) reason_ = Failure(error::ConnectionDone());
+            if (tcp_) tcp_->abortConnection();
+        });
+}
+
+REACTOR_INLINE void TlsConnection::loseConnection() {
+    if (!ITransport::connected || ITransport::disconnecting) return;
+    ITransport::disconnecting = true;
+    if (!handshakeDone_ && !lost_ && !appSendBuffer_.empty()) {
+        closeAfterHandshake_ = true;  // what was written goes out first
+        return;
+    }
+    finishClose();
+}
+
+REACTOR_INLINE void TlsConnection::abortConnection() {
+    if (!ITransport::connected) return;
+    ITransport::disconnecting = true;
+    lost_ = true;
+    if (tcp_) tcp_->abortConnection();
+}
+
+REACTOR_INLINE void TlsConnection::loseWriteConnection() {
+    if (!ITransport::connected || lost_ || shutdownSent_) return;
+    if (!handshakeDone_) {
+        writeShutAfterHandshake_ = true;
+        return;
+    }
+    // TLS's half-close: our close_notify, then the TCP FIN; we read on.
+    session_->shutdown();
+    shutdownSent_ = true;
+    trace("close_notify sent (half-close)");
+    flushSend();
+    if (tcp_) tcp_->loseWriteConnection();
+}
+
+REACTOR_INLINE void TlsConnection::writeConnectionLost() {
+    if (inner_ && inner_->halfCloseable() && shutdownSent_ && !lost_) {
+        Protocol* p = inner_.get();
+        p->writeConnectionLost();
+    }
+}
+
+REACTOR_INLINE void TlsConnection::readConnectionLost() {
+    // The TCP stream ended (the TCP transport reads no more).
+    if (peerClosed_) {
+        // After close_notify: the clean end of a TLS stream.
+        if (!innerHalfClosed_) finishClose();
+        return;
+    }
+    if (lost_) {
+        awaitingClose_ = false;
+        if (tcp_) tcp_->loseConnection();
+        return;
+    }
+    // Without close_notify: the data may have been cut short (Twisted
+    // reports ConnectionLost too).
+    tlsFailed(handshakeDone_ ? Failure(error::ConnectionLost(
+                                   "The peer closed the TCP connection without a TLS close_notify: the data "
+                                   "received may be truncated."))
+                             : Failure(error::SSLError("The peer closed the connection during the TLS handshake.")),
+              false);
+}
+
+REACTOR_INLINE void TlsConnection::tlsFailed(const Failure& reason, bool abort) {
+    if (!reason_) reason_ = reason;
+    lost_ = true;
+    flushSend();  // an alert that says why
+    if (!tcp_) return;
+    if (abort)
+        tcp_->abortConnection();
+    else
+        tcp_->loseConnection();
+}
+
+REACTOR_INLINE void TlsConnection::connectionLost(const Failure& reason) {
+    if (handshakeTimer_.active()) handshakeTimer_.cancel();
+    lost_ = true;
+    tcp_ = nullptr;
+    ITransport::connected = false;
+    ITransport::disconnecting = true;
+    IProducer* waiting = std::exchange(producerWaiting_, false) ? producer_ : nullptr;
+    producer_ = nullptr;  // a registered one: the TCP transport told it stopProducing
+    if (waiting) waiting->stopProducing();
+    Failure r = reason_ ? *reason_ : reason;
+    reason_.reset();
+    finalReason_ = r;
+    if (!inner_) return;
+    Protocol* p = inner_.get();
+    p->connected = false;
+    p->connectionLost(r);
+}
+
+REACTOR_INLINE void TlsConnection::registerProducer(IProducer* producer, bool streaming) {
+    // The TCP transport's buffer holds the ciphertext of what the producer
+    // writes (after the handshake): its backpressure is the producer's.
+    if (producer_) {
+        raise<error::RuntimeError>("Cannot register producer, because another producer was never unregistered.");
+        return;
+    }
+    if (!tcp_ || lost_) {
+        if (producer) producer->stopProducing();
+        return;
+    }
+    producer_ = producer;
+    if (!handshakeDone_) {
+        producerWaiting_ = true;  // see unbufferPendingWrites
+        producerStreaming_ = streaming;
+        producerPausedHere_ = false;
+        return;
+    }
+    tcp_->registerProducer(producer, streaming);
+}
+
+REACTOR_INLINE void TlsConnection::unregisterProducer() {
+    producer_ = nullptr;
+    if (std::exchange(producerWaiting_, false)) return;
+    if (tcp_) tcp_->unregisterProducer();
+}
+
+REACTOR_INLINE void TlsConnection::pauseProducing() {
+    readPaused_ = true;
+    if (tcp_) tcp_->pauseProducing();
+}
+
+REACTOR_INLINE void TlsConnection::resumeProducing() {
+    readPaused_ = false;
+    if (tcp_) tcp_->resumeProducing();
+    // Records OpenSSL already holds are not in the socket: deliver them now.
+    if (handshakeDone_ && !lost_ && !receiving_) flushReceive();
+}
+
+REACTOR_INLINE void TlsConnection::startTLS(const ssl::TLSOptions& options) {
+    (void)options;
+    raise<error::RuntimeError>("startTLS: TLS is already running on this connection");
+}
+
+}  // namespace tls
+
+REACTOR_INLINE void TcpConnection::wrapTLS(std::shared_ptr<const tls::Context> c) {
+    auto layer = std::make_unique<tls::TlsConnection>(reactor_, std::move(c), std::move(protocol_));
+    tls_ = layer.get();
+    protocol_ = std::move(layer);
+}
+
+REACTOR_INLINE void TcpConnection::startTLS(const ssl::TLSOptions& options) {
+    if (!connected || disconnecting || closing_ || aborting_) {
+        raise<error::RuntimeError>("startTLS: the connection is closing or closed");
+        return;
+    }
+    if (!options.context()) {
+        raise<error::ValueError>("startTLS: " + options.error());
+        return;
+    }
+    if (reactor_.tracing()) reactor_.trace("fd " + std::to_string(fd_) + ": startTLS");
+    // Bytes written so far are in out_ (or sent): they go out in clear,
+    // before the handshake. The protocol stays the same object; from now on
+    // its transport is the TLS layer, which this connection owns instead.
+    auto layer = std::make_unique<tls::TlsConnection>(reactor_, options.context(), std::move(protocol_));
+    tls::TlsConnection* t = layer.get();
+    protocol_ = std::move(layer);
+    tls_ = t;
+    t->startOn(this);
+}
+
+}  // namespace detail
+
+REACTOR_INLINE ssl::TLSOptions ssl::optionsForClientTLS(const std::string& hostname,
+                                                        const ClientTLSSettings& settings) {
+    auto c = detail::tls::makeClientContext(hostname, settings);
+    if (!c->error.empty()) detail::raise<error::ValueError>("optionsForClientTLS(" + hostname + "): " + c->error);
+    return TLSOptions(std::move(c));
+}
+
+REACTOR_INLINE ssl::TLSOptions ssl::serverOptions(const ServerTLSSettings& settings) {
+    auto c = detail::tls::makeServerContext(settings);
+    if (!c->error.empty()) detail::raise<error::ValueError>("serverOptions: " + c->error);
+    return TLSOptions(std::move(c));
+}
+
+REACTOR_INLINE ListeningPort Reactor::listenSSL(int port, Factory& factory, const ssl::TLSOptions& options,
+                                               const ListenOptions& listenOptions) {
+    if (!options.valid() || options.context()->client) {
+        detail::raise<error::ValueError>("listenSSL: " + (options.valid() ? std::string("these are a client's TLS options (use ssl::serverOptions)") : options.error()));
+        return ListeningPort();
+    }
+    std::string why;
+    ListeningPort made = detail::startPort(*this, factory, why, [&](detail::TcpPort& p, std::string& w) {
+        p.tls = options.context();
+        return p.listen(port, listenOptions, w);
+    });
+    if (!made) detail::raise<error::CannotListenError>(why);
+    return made;
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectSSL(const std::string& host, int port,
+                                                               std::shared_ptr<ClientFactory> factory,
+                                                               const ssl::TLSOptions& options, double timeout,
+                                                               const Address& bindAddress) {
+    ClientFactory& f = *factory;  // before the move: argument order is unspecified
+    return detail::tls::connect(*this, host, port, f, std::move(factory), options, timeout, bindAddress);
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> Reactor::connectSSL(const std::string& host, int port,
+                                                               ClientFactory& factory, const ssl::TLSOptions& options,
+                                                               double timeout, const Address& bindAddress) {
+    return detail::tls::connect(*this, host, port, factory, nullptr, options, timeout, bindAddress);
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> detail::tls::connect(Reactor& r, const std::string& host, int port,
+                                                                ClientFactory& factory,
+                                                                std::shared_ptr<ClientFactory> keep,
+                                                                const ssl::TLSOptions& options, double timeout,
+                                                                const Address& bindAddress, Factory* owner) {
+    auto c = std::make_shared<detail::TcpConnector>(r, host, port, factory, timeout, bindAddress);
+    c->keepFactory = std::move(keep);
+    if (owner) c->ownedBy(*owner);
+    // Invalid options: every connection fails with their error (see TlsConnection::connectionMade).
+    if (options.valid() && options.context()->client) {
+        c->tls = options.context();
+    } else {
+        auto bad = std::make_shared<detail::tls::Context>();
+        bad->hostname = host;
+        bad->error = options.valid() ? "connectSSL: these are a server's TLS options (use ssl::optionsForClientTLS)"
+                                     : options.error();
+        c->tls = std::move(bad);
+    }
+    c->connect();
+    return c;
+}
+
+REACTOR_INLINE Deferred<ListeningPort> SSL4ServerEndpoint::listen(Factory& factory) {
+    if (!options_.valid() || options_.context()->client)
+        return fail<ListeningPort>(Failure(error::CannotListenError(
+            "TLS: " + (options_.valid() ? std::string("client options given to a server endpoint") : options_.error()))));
+    std::string why;
+    ListenOptions options;
+    options.interface = interface_;
+    options.backlog = backlog_;
+    ListeningPort port = detail::startPort(reactor_, factory, why, [&](detail::TcpPort& p, std::string& w) {
+        p.tls = options_.context();
+        return p.listen(port_, options, w);
+    });
+    if (!port) return fail<ListeningPort>(Failure(error::CannotListenError(why)));
+    return succeed(std::move(port));
+}
+
+REACTOR_INLINE std::string SSL4ServerEndpoint::describe() const { return "TLS on " + TCP4ServerEndpoint::describe(); }
+
+REACTOR_INLINE std::string SSL4ClientEndpoint::describe() const {
+    Address a;
+    a.host = host_;
+    a.port = static_cast<std::uint16_t>(port_);
+    a.ipv6 = host_.find(':') != std::string::npos;
+    return "TLS " + a.str() + (options_.valid() ? " (verifying " + options_.context()->hostname + ")" : "");
+}
+
+REACTOR_INLINE std::shared_ptr<IConnector> SSL4ClientEndpoint::connectWith(std::shared_ptr<ClientFactory> factory,
+                                                                          Factory* owner) {
+    ClientFactory& f = *factory;
+    return detail::tls::connect(reactor_, host_, port_, f, std::move(factory), options_, timeout_, bindAddress_, owner);
+}
+
+namespace detail {
+namespace tls {
+
+REACTOR_INLINE std::shared_ptr<IStreamServerEndpoint> serverEndpoint(Reactor& r, EndpointDescription& d) {
+    // Twisted's names: ssl:PORT:privateKey=KEY:certKey=CERT (certKey
+    // defaults to privateKey: one PEM with both), interface, backlog; and
+    // ours: caCerts=CA.pem requires client certificates signed by it.
+    DescriptionReader in(d, {"port", "privateKey", "certKey", "interface", "backlog", "caCerts"});
+    auto port = in.take("port", true);
+    in.need(port, "port (ssl:443:privateKey=key.pem:certKey=cert.pem)");
+    long number = 0;
+    if (port && !port->empty()) {
+        d.params.emplace_back("port", *port);
+        number = in.number("port", false, 0, 0, 65535);
+    }
+    auto key = in.take("privateKey", false);
+    in.need(key, "privateKey (ssl:443:privateKey=key.pem:certKey=cert.pem)");
+    std::string cert = in.text("certKey", false, key ? *key : "");
+    std::string interface = in.text("interface", false, "");
+    long backlog = in.number("backlog", false, defaultBacklog, 1, 1L << 30);
+    std::string ca = in.text("caCerts", false, "");
+    in.finish();
+    if (!d.error.empty()) return nullptr;
+    ssl::ServerTLSSettings s;
+    s.certificate = ssl::pemFile(cert);
+    s.privateKey = ssl::pemFile(*key);
+    if (!ca.empty()) s.requireClientCertificate = ssl::pemFile(ca);
+    std::shared_ptr<Context> c = makeServerContext(s);
+    if (!c->error.empty()) {
+        d.error = c->error;
+        return nullptr;
+    }
+    return std::make_shared<SSL4ServerEndpoint>(r, static_cast<int>(number), ssl::TLSOptions(std::move(c)),
+                                                static_cast<int>(backlog), interface);
+}
+
+REACTOR_INLINE std::shared_ptr<IStreamClientEndpoint> clientEndpoint(Reactor& r, EndpointDescription& d) {
+    // Twisted's tls: client: host, port, timeout, bindAddress, trustRoots,
+    // certificate, privateKey. trustRoots here is a PEM file of CA
+    // certificates (the system's store when absent). Verification is always
+    // on (Twisted's older ssl: client does not verify unless given CAs).
+    DescriptionReader in(d, {"host", "port", "timeout", "bindAddress", "trustRoots", "certificate", "privateKey"});
+    auto host = in.take("host", true);
+    in.need(host, "host (tls:example.org:443)");
+    auto port = in.take("port", true);
+    in.need(port, "port (tls:example.org:443)");
+    long number = 0;
+    if (port && !port->empty()) {
+        d.params.emplace_back("port", *port);
+        number = in.number("port", false, 0, 1, 65535);
+    }
+    double timeout = in.seconds("timeout", 30);
+    Address bind;
+    bind.host = in.text("bindAddress", false, "");
+    std::string roots = in.text("trustRoots", false, "");
+    std::string cert = in.text("certificate", false, "");
+    std::string key = in.text("privateKey", false, cert);
+    in.finish();
+    if (!d.error.empty()) return nullptr;
+    ssl::ClientTLSSettings s;
+    if (!roots.empty()) s.trust = ssl::trustRoot(ssl::pemFile(roots));
+    if (!cert.empty()) {
+        s.certificate = ssl::pemFile(cert);
+        s.privateKey = ssl::pemFile(key);
+    }
+    std::shared_ptr<Context> c = makeClientContext(*host, s);
+    if (!c->error.empty()) {
+        d.error = c->error;
+        return nullptr;
+    }
+    return std::make_shared<SSL4ClientEndpoint>(r, *host, static_cast<int>(number), ssl::TLSOptions(std::move(c)),
+                                                timeout, bind);
+}
+
+}  // namespace tls
+}  // namespace detail
+
+#endif  // REACTOR_WITH_OPENSSL
 
 // ---- 11. BASIC FRAMING -----------------------------------------------------
 REACTOR_INLINE error::StringTooLongError::StringTooLongError(std::string message)

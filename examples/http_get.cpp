@@ -2,6 +2,10 @@
 //
 //   make && ./build/examples/http_get http://127.0.0.1:8000/
 //   (python3 -m http.server 8000 serves one to try it on)
+//   ./build/examples/http_get https://example.org/
+//   (https:// when built with -DREACTOR_WITH_OPENSSL -lssl -lcrypto, as
+//   `make` does where libssl-dev is installed: the server's certificate
+//   must chain to the system's trust store and name the URL's host)
 //
 // One idea: a Deferred is how an asynchronous API hands back its result.
 // `Agent::request` returns at once with a Deferred<Response>; the protocol
@@ -39,12 +43,21 @@ struct Response {
 struct Url {
     std::string host, path;
     std::uint16_t port = 80;
+    bool tls = false;  // https://
 };
 
-/// Parses "http://host[:port][/path]" (host may be "[v6]"); false otherwise.
+/// Parses "http[s]://host[:port][/path]" (host may be "[v6]"); false otherwise.
 inline bool parseUrl(const std::string& url, Url& out) {
-    const std::string scheme = "http://";
-    if (url.compare(0, scheme.size(), scheme) != 0) return false;
+    std::string scheme = "http://";
+    out.tls = false;
+    out.port = 80;
+    if (url.compare(0, 8, "https://") == 0) {
+        scheme = "https://";
+        out.tls = true;
+        out.port = 443;
+    } else if (url.compare(0, scheme.size(), scheme) != 0) {
+        return false;
+    }
     std::string rest = url.substr(scheme.size());
     std::size_t slash = rest.find('/');
     std::string authority = rest.substr(0, slash);
@@ -213,6 +226,11 @@ private:
 class Agent {
 public:
     explicit Agent(reactor::Reactor& r) : reactor_(r) {}
+#if defined(REACTOR_WITH_OPENSSL)
+    /// How https:// servers are verified: the system's trust store and the
+    /// URL's host name by default (a test sets its own CA here).
+    reactor::ssl::ClientTLSSettings tls;
+#endif
 
     reactor::Deferred<Response> request(const std::string& method, const std::string& url) {
         reactor::Deferred<Response> d;
@@ -221,8 +239,15 @@ public:
             d.errback(reactor::Failure("ValueError", "not an http:// URL: " + url));
             return d;
         }
+#if !defined(REACTOR_WITH_OPENSSL)
+        if (u.tls) {
+            d.errback(reactor::Failure("ValueError", "https:// needs TLS: build with -DREACTOR_WITH_OPENSSL "
+                                                     "and link -lssl -lcrypto"));
+            return d;
+        }
+#endif
         std::string hostHeader = u.host.find(':') != std::string::npos ? "[" + u.host + "]" : u.host;
-        if (u.port != 80) hostHeader += ":" + std::to_string(u.port);
+        if (u.port != (u.tls ? 443 : 80)) hostHeader += ":" + std::to_string(u.port);
         std::string request = method + " " + u.path + " HTTP/1.1\r\nHost: " + hostHeader +
                               "\r\nUser-Agent: reactor.hpp-http_get\r\nConnection: close\r\n\r\n";
 
@@ -240,6 +265,14 @@ public:
         auto factory = std::make_shared<Once>();
         factory->d = d;
         factory->request = std::move(request);
+#if defined(REACTOR_WITH_OPENSSL)
+        if (u.tls) {
+            // A failed verification ends the connection: ResponseReader's
+            // connectionLost errbacks with the reason.
+            reactor_.connectSSL(u.host, u.port, factory, reactor::ssl::optionsForClientTLS(u.host, tls));
+            return d;
+        }
+#endif
         reactor_.connectTCP(u.host, u.port, factory);
         return d;
     }
@@ -253,24 +286,28 @@ private:
 #ifndef HTTP_GET_NO_MAIN  // tests/test_http.cpp includes this file for the classes above
 int main(int argc, char** argv) {
     if (argc != 2) {
-        std::fprintf(stderr, "usage: %s http://HOST[:PORT]/PATH\n", argv[0]);
+        std::fprintf(stderr, "usage: %s http[s]://HOST[:PORT]/PATH\n", argv[0]);
         return 2;
     }
     reactor::Reactor r;
     http::Agent agent(r);
     int status = 0;
-    agent.request("GET", argv[1])
-        .addCallback([](const http::Response& resp) {
-            std::printf("HTTP %d %s\n", resp.code, resp.phrase.c_str());
-            for (auto& h : resp.headers) std::printf("%s: %s\n", h.first.c_str(), h.second.c_str());
-            std::printf("\n%s", resp.body.c_str());
-            if (!resp.body.empty() && resp.body.back() != '\n') std::printf("\n");
-        })
-        .addErrback([&](const reactor::Failure& f) {
-            std::fprintf(stderr, "request failed: %s\n", f.str().c_str());
-            status = 1;
-        })
-        .addBoth([&](reactor::Result<void>) { r.stop(); });
+    // Asked once the loop runs: a request that fails at once (a bad URL)
+    // then stops a running reactor instead of one not yet started.
+    r.callWhenRunning([&] {
+        agent.request("GET", argv[1])
+            .addCallback([](const http::Response& resp) {
+                std::printf("HTTP %d %s\n", resp.code, resp.phrase.c_str());
+                for (auto& h : resp.headers) std::printf("%s: %s\n", h.first.c_str(), h.second.c_str());
+                std::printf("\n%s", resp.body.c_str());
+                if (!resp.body.empty() && resp.body.back() != '\n') std::printf("\n");
+            })
+            .addErrback([&](const reactor::Failure& f) {
+                std::fprintf(stderr, "request failed: %s\n", f.str().c_str());
+                status = 1;
+            })
+            .addBoth([&](reactor::Result<void>) { r.stop(); });
+    });
     r.run(true);
     return status;
 }

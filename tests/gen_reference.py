@@ -5,7 +5,7 @@
     python3 tests/gen_reference.py --check   exit 1 if README.md is stale
 
 Every public class and struct of the public namespaces (reactor, and its
-irc, task, testing, policies, error and defer namespaces; the inline namespace, v0,
+irc, task, testing, policies, error, defer and ssl namespaces; the inline namespace, v0,
 spelled REACTOR_ABI in the header, is left out of the names), with its
 public member functions, constructors and
 data members, and the free functions, aliases, enums and constants at
@@ -34,7 +34,7 @@ README = "README.md"
 BEGIN = "<!-- reference:begin -->"
 END = "<!-- reference:end -->"
 PUBLIC_NAMESPACES = {"reactor", "reactor::irc", "reactor::task", "reactor::testing", "reactor::policies",
-                     "reactor::error", "reactor::defer"}
+                     "reactor::error", "reactor::defer", "reactor::ssl"}
 INLINE_NAMESPACES = {"v0", "REACTOR_ABI"}
 MAX_ROWS = 700
 
@@ -324,7 +324,7 @@ class Header:
         self.entities = []
         self.sections = []  # (line, title)
         for ln, text in enumerate(self.raw_lines, 1):
-            m = re.match(r"\s*//\s*====\s*(\d+)\.\s*(.*?)\s*====\s*$", text)
+            m = re.match(r"\s*//\s*====\s*(\d+[a-z]?)\.\s*(.*?)\s*====\s*$", text)
             if m:
                 self.sections.append((ln, m.group(1), m.group(2)))
 
