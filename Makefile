@@ -68,6 +68,9 @@ $(EXDIR)/%: examples/%.cpp reactor.hpp
 # http_get fetches https:// where OpenSSL is installed (TLS=1).
 $(EXDIR)/http_get: EXAMPLE_TLS = $(TLS_FLAGS)
 $(EXDIR)/http_get: EXAMPLE_TLS_LIBS = $(TLS_LIBS)
+# irc_bot --tls connects with TLS where OpenSSL is installed.
+$(EXDIR)/irc_bot: EXAMPLE_TLS = $(TLS_FLAGS)
+$(EXDIR)/irc_bot: EXAMPLE_TLS_LIBS = $(TLS_LIBS)
 
 # ---- tests --------------------------------------------------------------
 

@@ -15,6 +15,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <memory>
@@ -918,6 +919,48 @@ TEST_CASE("startTLS inside a policies wrapper: the wrapped server's writes are e
     REQUIRE(testing::runUntil(r, [&] { return srec->lost() && crec->lost(); }));
     CHECK(srec->lostType == "ConnectionDone");
     port.stopListening();
+}
+
+TEST_CASE("irc::IRCClient over TLS (what irc_bot --tls does): it signs on and joins, verified") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    NEED_PKI(p);
+    // A minimal IRC server: welcomes on USER, answers JOIN with the join.
+    struct MiniIrc : LineOnlyReceiver {
+        std::vector<std::string>* heard;
+        explicit MiniIrc(std::vector<std::string>* h) : heard(h) {}
+        void lineReceived(std::string_view line) override {
+            heard->emplace_back(line);
+            if (line.rfind("USER ", 0) == 0) sendLine(":srv 001 tlsbot :Welcome over TLS");
+            if (line.rfind("JOIN ", 0) == 0) sendLine(":tlsbot!u@h JOIN " + std::string(line.substr(5)));
+        }
+    };
+    std::vector<std::string> heard;
+    auto sf = Factory::forProtocol<MiniIrc>(&heard);
+    ListeningPort port = r.listenSSL(0, sf, ssl::serverOptions(p.server()), ListenOptions{"127.0.0.1"});
+    struct Bot : irc::IRCClient {
+        std::vector<std::string>* events;
+        explicit Bot(std::vector<std::string>* e) : events(e) {
+            nickname = "tlsbot";
+            capNegotiation = false;  // the mini server knows no CAP
+        }
+        void signedOn() override {
+            events->push_back("signedOn");
+            join("#secure");
+        }
+        void joined(const std::string& channel) override {
+            events->push_back("joined " + channel);
+            transport->loseConnection();
+        }
+    };
+    std::vector<std::string> events;
+    auto cf = ClientFactory::forProtocol<Bot>(&events);
+    r.connectSSL("localhost", port.getHost().port, cf, ssl::optionsForClientTLS("localhost", p.client()));
+    REQUIRE(testing::runUntil(r, [&] { return events.size() == 2; }, 10.0));
+    CHECK(events == std::vector<std::string>{"signedOn", "joined #secure"});
+    CHECK(std::find(heard.begin(), heard.end(), "NICK tlsbot") != heard.end());
+    port.stopListening();
+    CHECK(testing::runUntilClean(r));
 }
 
 // Twisted 22.4, the echo test's steps with the server closing the TCP
