@@ -211,6 +211,9 @@ compile-checks:
 	@# Without REACTOR_WITH_OPENSSL the header includes nothing of OpenSSL.
 	! $(CXX) -std=$(STD) -I. -E tests/compile/alone.cpp | grep -qi openssl
 	! nm -C build/compile/include_only.o | grep 'reactor::'
+	@# Without REACTOR_WITH_IRC, using the IRC client fails to compile and says why.
+	! $(CXX) -std=$(STD) -I. -fsyntax-only tests/compile/irc_not_asked.cpp 2>build/compile/irc_not_asked.log
+	grep -q 'needs #define REACTOR_WITH_IRC' build/compile/irc_not_asked.log
 	@# Separate compilation: the same program from three TUs, of which only
 	@# implementation.cpp compiles the library's bodies (alone.o must leave
 	@# Reactor::run undefined, for the linker to find in implementation.o).

@@ -33,6 +33,9 @@
 //   REACTOR_NO_EXCEPTIONS  force the no-exceptions code paths. Normally
 //                          detected from the compiler (-fno-exceptions).
 //   REACTOR_READ_BUFFER_SIZE  bytes read per recv() (default 65536).
+//   REACTOR_WITH_IRC       the IRC client (section 13, irc::IRCClient):
+//                          compiled only in the TUs that ask for it, so
+//                          that every other includer does not pay for it.
 //   REACTOR_WITH_OPENSSL   TLS (section 10a): listenSSL, connectSSL,
 //                          startTLS. Link with -lssl -lcrypto (Debian:
 //                          libssl-dev). Without it nothing of OpenSSL is
@@ -83,7 +86,7 @@
 //                      REACTOR_WITH_OPENSSL: OpenSSL, opt-in)
 //  11. BASIC FRAMING   LineReceiver, LineOnlyReceiver, Netstring, IntN
 //  12. TASK            LoopingCall, deferLater, deferToThread
-//  13. IRC             irc::parsemsg, irc::IRCClient
+//  13. IRC             irc::parsemsg, irc::IRCClient (REACTOR_WITH_IRC)
 //  14. TESTING         StringTransport, dirty-reactor checks, runUntil,
 //                      MemoryNetwork (protocols connected in memory)
 //  15. IMPLEMENTATION  the bodies of the non-template functions above
@@ -137,6 +140,18 @@
 #define REACTOR_ABI v0_noexc_tls
 #else
 #define REACTOR_ABI v0_noexc
+#endif
+
+// Modules a program asks for: the IRC client (section 13) is 2,900 lines
+// that every includer would otherwise parse and check (about a quarter of
+// an echo server's compile time); like Twisted's `from twisted.words.protocols
+// import irc`, a TU that uses it says so. REACTOR_IMPLEMENTATION (separate
+// compilation) always compiles it, so one library object serves both kinds
+// of TU.
+#if defined(REACTOR_WITH_IRC) || (defined(REACTOR_SEPARATE_COMPILATION) && defined(REACTOR_IMPLEMENTATION))
+#define REACTOR_HAS_IRC 1
+#else
+#define REACTOR_HAS_IRC 0
 #endif
 
 // Header-only by default: every function is inline. With
@@ -5422,7 +5437,10 @@ auto deferLater(IReactorTime& clock, double delay, F f) {
 // are delivered whole up to MAX_LENGTH (16384, Twisted's); a longer line, or
 // one that is malformed or contains NUL, is dropped with a log line and the
 // connection stays up. Outgoing (strict): every line is at most 512 bytes.
+// Compiled only with REACTOR_WITH_IRC (see CONFIG); without it, naming
+// irc::IRCClient, irc::parsemsg or irc::split is a compile error that says so.
 // ============================================================================
+#if REACTOR_HAS_IRC
 namespace irc {
 
 /// The longest line, CRLF included (RFC 2812 section 2.3).
@@ -6307,6 +6325,20 @@ private:
 };
 
 }  // namespace irc
+#else
+namespace irc {
+/// Stand-ins that say what is missing (section 13 is not compiled).
+template <bool compiled>
+struct ModuleNotCompiled {
+    static_assert(compiled, "reactor::irc needs #define REACTOR_WITH_IRC before #include \"reactor.hpp\"");
+};
+using IRCClient = ModuleNotCompiled<false>;
+template <class... Args>
+ModuleNotCompiled<sizeof...(Args) == 0> parsemsg(Args&&...) { return {}; }
+template <class... Args>
+ModuleNotCompiled<sizeof...(Args) == 0> split(Args&&...) { return {}; }
+}  // namespace irc
+#endif  // REACTOR_HAS_IRC
 
 // ============================================================================
 // ==== 14. TESTING ====
@@ -12524,6 +12556,7 @@ REACTOR_INLINE Deferred<void> deferLater(IReactorTime& clock, double delay) {
 }  // namespace task
 
 // ---- 13. IRC ---------------------------------------------------------------
+#if REACTOR_HAS_IRC
 namespace irc {
 
 REACTOR_INLINE const std::string* Message::tag(std::string_view key) const {
@@ -14481,6 +14514,7 @@ REACTOR_INLINE std::string IRCClient::randomKey() {
     return key;
 }
 }  // namespace irc
+#endif  // REACTOR_HAS_IRC
 
 // ---- 14. TESTING -----------------------------------------------------------
 

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <string>
 
+#define REACTOR_WITH_IRC  // the IRC client (section 13 of the header)
 #include "reactor.hpp"
 
 using reactor::irc::IRCClient;

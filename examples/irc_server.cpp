@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#define REACTOR_WITH_IRC  // the IRC client (section 13 of the header)
 #include "reactor.hpp"
 
 namespace {

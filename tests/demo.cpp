@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#define REACTOR_WITH_IRC
 #include "reactor.hpp"
 
 extern char** environ;

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#define REACTOR_WITH_IRC
 #include "support.hpp"
 
 using namespace reactor;

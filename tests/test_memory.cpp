@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#define REACTOR_WITH_IRC
 #include "support.hpp"
 
 #define IRC_SERVER_NO_MAIN

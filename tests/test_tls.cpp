@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#define REACTOR_WITH_IRC
 #include "support.hpp"
 
 #define HTTP_GET_NO_MAIN

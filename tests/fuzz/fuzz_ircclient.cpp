@@ -24,6 +24,7 @@
 #include <string>
 #include <vector>
 
+#define REACTOR_WITH_IRC
 #include "reactor.hpp"
 
 namespace {

@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <string>
 
+#define REACTOR_WITH_IRC
 #include "reactor.hpp"
 
 using namespace reactor::irc;
