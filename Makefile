@@ -266,12 +266,19 @@ cross-test:
 	done
 
 # ---- make footprint ----------------------------------------------------
-# Stripped -Os sizes of the example servers (dynamic, static, without
-# exceptions, and with the smallest flags), and the compile time of the echo
-# server TU header-only and with REACTOR_SEPARATE_COMPILATION (plus that
-# mode's implementation TU), against a reference TU with only POSIX and std
-# headers (tests/bench/footprint.sh).
+# Stripped -Os sizes of echo servers and the example servers (dynamic,
+# static, without exceptions, and with the smallest flags), and the compile
+# time of their TUs header-only and with REACTOR_SEPARATE_COMPILATION (plus
+# that mode's implementation TU), against a reference TU with only POSIX
+# and std headers (tests/bench/footprint.sh).
+# Side by side with the same echo server on standalone Asio (libasio-dev,
+# installed here when missing and run as root).
 footprint:
+	@if [ ! -f /usr/include/asio.hpp ] && [ "$$(id -u)" = 0 ]; then \
+	  echo "footprint: installing libasio-dev (the Asio echo server to compare with)"; \
+	  apt-get install -y libasio-dev >/dev/null 2>&1 || \
+	    (apt-get update >/dev/null && apt-get install -y libasio-dev >/dev/null) || true; \
+	fi
 	bash tests/bench/footprint.sh $(CXX)
 
 # ---- make soak ------------------------------------------------------------
