@@ -9,10 +9,10 @@
 //   An event loop (`Reactor`, on poll(); epoll or select() on request) that
 //   dispatches socket readiness, timers and cross-thread calls; TCP
 //   transports kept apart from the protocols that use them; Twisted's
-//   `Protocol`/`Factory` family, framing protocols, an IRC client, a
-//   `Deferred<T>` promise, and test helpers (`StringTransport`, `Clock`,
-//   `testing::MemoryNetwork`) so protocols are tested without sockets or
-//   real time. Names follow
+//   `Protocol`/`Factory` family, framing protocols, an IRC client (in the
+//   files that define REACTOR_WITH_IRC), a `Deferred<T>` promise, and test
+//   helpers (`StringTransport`, `Clock`, `testing::MemoryNetwork`) so
+//   protocols are tested without sockets or real time. Names follow
 //   Twisted, so Twisted's documentation maps 1:1.
 //
 // Quick start
