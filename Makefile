@@ -9,6 +9,7 @@
 #   make demo       the IRC demo on loopback (see README)
 #   make bench      benchmarks (see README)
 #   make cross-test the suite cross-built for aarch64 and armhf, run under qemu-user
+#   make windows-test the suite and examples built with mingw-w64, run under wine
 #   make footprint  binary sizes and the compile time of the header
 #   make soak       the random re-entrancy stress for longer (SECONDS=60)
 #
@@ -192,6 +193,7 @@ check: compile-checks
 	fi
 	python3 tests/gen_reference.py --check --quiet
 	$(MAKE) --no-print-directory cross-test
+	$(MAKE) --no-print-directory windows-test
 	@echo "make check: all passed"
 
 # The header on its own: included twice in one program (ODR), alone in a
@@ -297,12 +299,22 @@ windows-test:
 	  exit 0; \
 	fi; \
 	$(MAKE) --no-print-directory windows-build && \
+	$(WIN_ENV) timeout 60 wine $(WIN_OUT)/windows_h_first.exe && \
 	$(WIN_ENV) timeout $(TEST_TIMEOUT) wine $(WIN_OUT)/run_tests.exe \
 	  $(if $(WINDOWS_TEST_EXCLUDE),-tce="$(WINDOWS_TEST_EXCLUDE)") $(TEST_ARGS) && \
 	$(WIN_ENV) python3 tests/examples_test.py --wine $(WIN_OUT)/examples; \
 	rc=$$?; $(WIN_ENV) wineserver -k 2>/dev/null; exit $$rc
 
-windows-build: $(WIN_OUT)/run_tests.exe $(WIN_EXAMPLES)
+windows-build: $(WIN_OUT)/run_tests.exe $(WIN_EXAMPLES) $(WIN_OUT)/windows_h_first.exe
+
+# A program that includes <windows.h> first (mingw's <winsock2.h> then warns
+# that it should have come first: -Wno-cpp).
+$(WIN_OUT)/windows_h_first.o: tests/compile/windows_h_first.cpp reactor.hpp
+	@mkdir -p $(dir $@)
+	$(WIN_CXX) $(WIN_FLAGS) -Wno-cpp -c $< -o $@
+
+$(WIN_OUT)/windows_h_first.exe: $(WIN_OUT)/windows_h_first.o
+	$(call WIN_LINK,$<)
 
 $(WIN_OUT)/include/doctest/doctest.h: | doctest
 	@mkdir -p $(WIN_OUT)/include

@@ -2808,7 +2808,9 @@ public:
 
     /// Calls `f` whenever `fd` is readable (or has hung up / failed).
     /// Replaces an earlier reader of the same fd. Returns false if the fd
-    /// cannot be watched (negative, or >= FD_SETSIZE with select()).
+    /// cannot be watched (negative, or >= FD_SETSIZE with select()). The
+    /// descriptor type is os::Fd: an int on POSIX, a SOCKET on Windows,
+    /// where only sockets can be watched (WSAPoll).
     bool addReader(detail::os::Fd fd, std::function<void()> f);
     /// Calls `f` whenever `fd` is writable.
     bool addWriter(detail::os::Fd fd, std::function<void()> f);
@@ -8092,6 +8094,10 @@ REACTOR_INLINE BOOL WINAPI reactorConsoleHandler(DWORD event) {
     if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT && event != CTRL_CLOSE_EVENT) return FALSE;
     signalReceived().store(static_cast<int>(event) + 1);
     Waker::wake(signalWakeFd().load());
+    // The console closing ends the process as soon as this returns (or
+    // after 5 s): give the reactor's shutdown that long to finish.
+    for (int waited = 0; event == CTRL_CLOSE_EVENT && validFd(signalWakeFd().load()) && waited < 4500; waited += 10)
+        ::Sleep(10);
     return TRUE;  // handled: the reactor shuts down
 }
 

@@ -684,6 +684,31 @@ TEST_CASE("signal handling is off by default and stops cleanly when asked") {
     ::sigaction(SIGTERM, nullptr, &now);
     CHECK((now.sa_handler == before.sa_handler));
 }
+#else
+// Windows: run(true) installs a console control handler, which Windows
+// calls on a thread of its own for Ctrl-C, Ctrl-Break and the console
+// closing; other events are left to the next handler (FALSE).
+TEST_CASE("run(true) on Windows: a console Ctrl-Break stops the reactor; other events are not ours") {
+    Reactor r;
+    bool stoppedByEvent = false;
+    r.addSystemEventTrigger("during", "shutdown", [&] { stoppedByEvent = true; });
+    BOOL logoff = TRUE;
+    r.callWhenRunning([&] {
+        std::thread([&] {
+            logoff = detail::os::reactorConsoleHandler(CTRL_LOGOFF_EVENT);
+            detail::os::reactorConsoleHandler(CTRL_BREAK_EVENT);
+        }).join();
+    });
+    DelayedCall watchdog = r.callLater(10, [&] { r.stop(); });  // bounded even if the event is lost
+    test::LogCapture logs;
+    r.run(true);
+    if (watchdog.active()) watchdog.cancel();
+    CHECK(stoppedByEvent);
+    CHECK(logs.contains("Received Ctrl-Break, shutting down."));
+    CHECK(logoff == FALSE);
+    // After run(): no reactor to wake; the handler takes the event but wakes nothing.
+    CHECK(detail::os::signalWakeFd().load() == detail::os::invalidFd);
+}
 #endif
 
 }  // TEST_SUITE errors
