@@ -61,13 +61,25 @@ inline void closeFd(Fd fd) {
 #endif
 }
 
+/// socket(), blocking, for a raw peer (Winsock started first on Windows).
+inline Fd rawSocket(int family, int type) {
+#if defined(_WIN32)
+    reactor::detail::os::winsockStarted();
+#endif
+    return ::socket(family, type, 0);
+}
+
+/// The length type of send()/sendto(): int on Windows, size_t on POSIX.
+#if defined(_WIN32)
+using SendLength = int;
+#else
+using SendLength = std::size_t;
+#endif
+
 /// A blocking TCP client socket connected to 127.0.0.1:port (a raw peer);
 /// invalid if the connect failed.
 inline Fd rawConnect(int port) {
-#if defined(_WIN32)
-    if (reactor::detail::os::winsockStarted() != 0) return reactor::detail::os::invalidFd;
-#endif
-    Fd fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    Fd fd = rawSocket(AF_INET, SOCK_STREAM);
     if (!reactor::detail::os::validFd(fd)) return fd;
     sockaddr_in a{};
     a.sin_family = AF_INET;

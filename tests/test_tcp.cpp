@@ -1181,7 +1181,7 @@ namespace {
 struct RawClient {
     test::Fd fd = detail::os::invalidFd;
     explicit RawClient(std::uint16_t port, int rcvbuf = 0) {
-        fd = ::socket(AF_INET, SOCK_STREAM, 0);
+        fd = test::rawSocket(AF_INET, SOCK_STREAM);
         REQUIRE(detail::os::validFd(fd));
         if (rcvbuf > 0) detail::os::setIntOption(fd, SOL_SOCKET, SO_RCVBUF, rcvbuf);
         sockaddr_in a{};

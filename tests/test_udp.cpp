@@ -59,7 +59,7 @@ struct Recorder : DatagramProtocol {
 /// A plain blocking socket for the other end, where the library is not the point.
 struct RawUdp {
     test::Fd fd = detail::os::invalidFd;
-    explicit RawUdp(int family = AF_INET) { fd = detail::os::udpSocket(family); }
+    explicit RawUdp(int family = AF_INET) { fd = test::rawSocket(family, SOCK_DGRAM); }
     ~RawUdp() { test::closeFd(fd); }
     void sendTo(const std::string& data, const char* host, std::uint16_t port) const {
         if (std::string(host).find(':') != std::string::npos) {
@@ -67,20 +67,20 @@ struct RawUdp {
             a.sin6_family = AF_INET6;
             a.sin6_port = htons(port);
             ::inet_pton(AF_INET6, host, &a.sin6_addr);
-            ::sendto(fd, data.data(), static_cast<int>(data.size()), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
+            ::sendto(fd, data.data(), static_cast<test::SendLength>(data.size()), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
         } else {
             sockaddr_in a{};
             a.sin_family = AF_INET;
             a.sin_port = htons(port);
             ::inet_pton(AF_INET, host, &a.sin_addr);
-            ::sendto(fd, data.data(), static_cast<int>(data.size()), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
+            ::sendto(fd, data.data(), static_cast<test::SendLength>(data.size()), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
         }
     }
 };
 
 /// A UDP port number nothing listens on (bound, read, closed).
 std::uint16_t deadPort() {
-    test::Fd fd = detail::os::udpSocket(AF_INET);
+    test::Fd fd = test::rawSocket(AF_INET, SOCK_DGRAM);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
