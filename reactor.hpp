@@ -195,8 +195,10 @@
 // anything includes <windows.h>, whose default (not lean) contents pull in
 // the old <winsock.h>; the two macros are only defined if the program has
 // not chosen, and only for these includes. `interface` (a COM macro that
-// <windows.h> may define) is a name this header uses: it is saved here and
-// restored at the end of the header.
+// <windows.h> may define) is a name this header uses, and `min`/`max`
+// (macros of a <windows.h> included first without NOMINMAX) would break
+// std::min/std::max: the three are saved here and restored at the end of
+// the header.
 #if !defined(WIN32_LEAN_AND_MEAN)
 #define WIN32_LEAN_AND_MEAN
 #define REACTOR_DEFINED_LEAN_AND_MEAN
@@ -217,7 +219,11 @@
 #undef REACTOR_DEFINED_NOMINMAX
 #endif
 #pragma push_macro("interface")
+#pragma push_macro("min")
+#pragma push_macro("max")
 #undef interface
+#undef min
+#undef max
 #else
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -6912,6 +6918,8 @@ private:
 
 #if defined(_WIN32)
 #pragma pop_macro("interface")
+#pragma pop_macro("min")
+#pragma pop_macro("max")
 #endif
 #endif  // REACTOR_HPP_INCLUDED
 
@@ -6939,7 +6947,11 @@ private:
 
 #if defined(_WIN32)
 #pragma push_macro("interface")
+#pragma push_macro("min")
+#pragma push_macro("max")
 #undef interface
+#undef min
+#undef max
 #endif
 
 namespace reactor {
@@ -15703,6 +15715,8 @@ REACTOR_INLINE void MemoryNetwork::advance(double seconds) {
 
 #if defined(_WIN32)
 #pragma pop_macro("interface")
+#pragma pop_macro("min")
+#pragma pop_macro("max")
 #endif
 #endif  // REACTOR_IMPLEMENTATION_INCLUDED
 #endif  // !REACTOR_SEPARATE_COMPILATION || REACTOR_IMPLEMENTATION

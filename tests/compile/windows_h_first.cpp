@@ -1,20 +1,29 @@
 // Windows: a program that includes <windows.h> first (not lean: it pulls in
 // the old <winsock.h> and the COM `interface` macro), then the header. It
-// must compile, keep the program's macros as they were (`interface`
-// restored, min/max untouched), and run a loopback round trip under wine.
+// must compile, keep the program's macros as they were (`interface`, and
+// `min`/`max` where they survive the C++ headers), and run a loopback round
+// trip under wine.
 // mingw's <winsock2.h> warns that it should have come first (built with
 // -Wno-cpp here); MSVC needs <windows.h> lean, or after this header.
 #include <windows.h>
 
 #include <cstdio>
-#if defined(NOMINMAX)  // (mingw's C++ headers define it)
+// What the program has before the header (mingw defines NOMINMAX for C++,
+// so no min and max macros; MSVC's <windows.h> defines them).
+#if defined(NOMINMAX)
 #define HAD_NOMINMAX
+#endif
+#if defined(min) && defined(max)
+#define HAD_MINMAX
 #endif
 
 #include "reactor.hpp"
 
 #if !defined(interface)
 #error "reactor.hpp lost the program's interface macro"
+#endif
+#if defined(HAD_MINMAX) && !(defined(min) && defined(max))
+#error "reactor.hpp lost the program's min and max macros"
 #endif
 #if defined(NOMINMAX) != defined(HAD_NOMINMAX) || defined(WIN32_LEAN_AND_MEAN)
 #error "reactor.hpp changed NOMINMAX or left WIN32_LEAN_AND_MEAN defined"
