@@ -314,7 +314,8 @@ $(WIN_OUT)/windows_h_first.o: tests/compile/windows_h_first.cpp reactor.hpp
 	$(WIN_CXX) $(WIN_FLAGS) -Wno-cpp -c $< -o $@
 
 $(WIN_OUT)/windows_h_first.exe: $(WIN_OUT)/windows_h_first.o
-	$(call WIN_LINK,$<)
+	@echo "link $@"
+	@$(call WIN_LINK,$<)
 
 $(WIN_OUT)/include/doctest/doctest.h: | doctest
 	@mkdir -p $(WIN_OUT)/include
@@ -344,7 +345,8 @@ WIN_LINK = $(WIN_CXX) $(1) -o $@ $(WIN_LIBS)
 endif
 
 $(WIN_OUT)/run_tests.exe: $(WIN_TEST_OBJS)
-	$(call WIN_LINK,$^)
+	@echo "link $@"
+	@$(call WIN_LINK,$^)
 
 $(WIN_OUT)/examples/%.o: examples/%.cpp reactor.hpp
 	@mkdir -p $(dir $@)
@@ -352,7 +354,8 @@ $(WIN_OUT)/examples/%.o: examples/%.cpp reactor.hpp
 
 .SECONDARY: $(WIN_EXAMPLES:.exe=.o)
 $(WIN_OUT)/examples/%.exe: $(WIN_OUT)/examples/%.o
-	$(call WIN_LINK,$<)
+	@echo "link $@"
+	@$(call WIN_LINK,$<)
 
 # ---- make footprint ----------------------------------------------------
 # Stripped -Os sizes of the example servers (dynamic, static, without
