@@ -270,7 +270,7 @@ cross-test:
 # that the .exe files need only system DLLs, and run under wine on
 # loopback. Skipped, loudly, without the toolchain (.ci/run installs it:
 # apt-get install g++-mingw-w64-x86-64-posix wine64). The wine prefix is
-# made in build/windows/wine on the first run (about 10 s) and its
+# made in build/windows/wine on the first run (about 5 s) and its
 # wineserver stopped at the end. -O0: the fastest to build, and the run is
 # wine's start-up and loopback round trips, not our code.
 # WINDOWS_TEST_EXCLUDE: test cases that cannot mean anything on Windows,
