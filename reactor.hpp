@@ -202,9 +202,44 @@
 #include <typeinfo>
 #endif
 
-// POSIX: the only OS headers, used by section 3 alone.
+// The OS headers, used by section 3 alone.
 #include <cerrno>
 #include <csignal>
+#if defined(_WIN32)
+// Windows: Winsock 2 (link -lws2_32). <winsock2.h> must come before
+// anything includes <windows.h>, whose default (not lean) contents pull in
+// the old <winsock.h>; the two macros are only defined if the program has
+// not chosen, and only for these includes. `interface` (a COM macro that
+// <windows.h> may define) is a name this header uses, and `min`/`max`
+// (macros of a <windows.h> included first without NOMINMAX) would break
+// std::min/std::max: the three are saved here and restored at the end of
+// the header.
+#if !defined(WIN32_LEAN_AND_MEAN)
+#define WIN32_LEAN_AND_MEAN
+#define REACTOR_DEFINED_LEAN_AND_MEAN
+#endif
+#if !defined(NOMINMAX)
+#define NOMINMAX
+#define REACTOR_DEFINED_NOMINMAX
+#endif
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#include <windows.h>
+#if defined(REACTOR_DEFINED_LEAN_AND_MEAN)
+#undef WIN32_LEAN_AND_MEAN
+#undef REACTOR_DEFINED_LEAN_AND_MEAN
+#endif
+#if defined(REACTOR_DEFINED_NOMINMAX)
+#undef NOMINMAX
+#undef REACTOR_DEFINED_NOMINMAX
+#endif
+#pragma push_macro("interface")
+#pragma push_macro("min")
+#pragma push_macro("max")
+#undef interface
+#undef min
+#undef max
+#else
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
@@ -224,6 +259,7 @@
 #if defined(REACTOR_USE_EPOLL)
 #include <sys/epoll.h>
 #endif
+#endif  // _WIN32
 
 // TLS (section 10a), opt-in: OpenSSL 1.1.1 or 3.
 #if defined(REACTOR_WITH_OPENSSL)
@@ -252,6 +288,27 @@ inline namespace REACTOR_ABI {
 //                                               | (macOS, BSD), else SIGPIPE
 //                                               | blocked in this thread
 //                                               | around the send
+//
+// Windows (REACTOR_OS_WINDOWS: Winsock 2, started once by the first socket)
+// replaces the POSIX calls one for one:
+//   descriptors           SOCKET handles (os::Fd), not small integers: the
+//                         fd-indexed tables use fdIndex() (handle / 4)
+//   readiness             WSAPoll (sockets only; POLLIN/POLLOUT requested)
+//   wake-up descriptor    a connected loopback TCP pair
+//   non-blocking          ioctlsocket(FIONBIO); no inheritance by children
+//   errors                WSAGetLastError(), WSAE* values behind the same
+//                         os:: predicates
+//   gather write          WSASend with WSABUFs; no SIGPIPE exists
+//   run(true)             SetConsoleCtrlHandler: Ctrl-C, Ctrl-Break, close
+//   connect failures      WSAPoll may never report one (older Windows):
+//                         the reactor always arms a connect timeout
+//   not available         UNIX-domain sockets, pid lock files, select()
+#if defined(_WIN32)
+#define REACTOR_OS_WINDOWS 1
+#if defined(REACTOR_USE_SELECT)
+#error "REACTOR_USE_SELECT is not supported on Windows: the default WSAPoll backend is what it runs"
+#endif
+#else
 #if defined(__linux__) && !defined(REACTOR_POSIX_ONLY)
 #define REACTOR_OS_EVENTFD 1
 #define REACTOR_OS_ACCEPT4 1
@@ -264,6 +321,7 @@ inline namespace REACTOR_ABI {
 #elif defined(SO_NOSIGPIPE)
 #define REACTOR_OS_SO_NOSIGPIPE 1
 #endif
+#endif  // _WIN32
 
 namespace detail {
 namespace os {
@@ -276,10 +334,38 @@ inline constexpr bool posixFallbacks =
     true;
 #endif
 
+#if defined(REACTOR_OS_WINDOWS)
+using Fd = SOCKET;
+inline constexpr Fd invalidFd = INVALID_SOCKET;
+/// Where a descriptor is kept in the fd-indexed tables (the reactor's slots,
+/// the poll array): a SOCKET is a handle, a multiple of 4.
+inline std::size_t fdIndex(Fd fd) { return static_cast<std::size_t>(fd / 4); }
+inline bool validFd(Fd fd) { return fd != INVALID_SOCKET; }
+/// Starts Winsock once per process (every socket-making call does it first);
+/// 0, or WSAStartup's error.
+int winsockStarted();
+
+inline int lastError() { return ::WSAGetLastError(); }
+/// Sets what lastError() returns (os:: functions that fail without a call).
+inline void setLastError(int err) { ::WSASetLastError(err); }
+inline bool interrupted(int err) { return err == WSAEINTR; }
+inline bool wouldBlock(int err) { return err == WSAEWOULDBLOCK; }
+std::string errorString(int err);
+inline constexpr int errConnectionRefused = WSAECONNREFUSED;
+inline constexpr int errTooManyFiles = WSAEMFILE;
+inline constexpr int errConnectionReset = WSAECONNRESET;
+inline bool connectionAborted(int err) { return err == WSAECONNABORTED || err == WSAECONNRESET; }
+#else
 using Fd = int;
 inline constexpr Fd invalidFd = -1;
+/// Where a descriptor is kept in the fd-indexed tables (the reactor's slots,
+/// the poll array): the number itself.
+inline std::size_t fdIndex(Fd fd) { return static_cast<std::size_t>(fd); }
+inline bool validFd(Fd fd) { return fd >= 0; }
 
 inline int lastError() { return errno; }
+/// Sets what lastError() returns (os:: functions that fail without a call).
+inline void setLastError(int err) { errno = err; }
 inline bool interrupted(int err) { return err == EINTR; }
 inline bool wouldBlock(int err) { return err == EAGAIN || err == EWOULDBLOCK; }
 inline std::string errorString(int err) { return std::strerror(err); }
@@ -290,6 +376,7 @@ inline constexpr int errTooManyFiles = EMFILE;
 inline constexpr int errConnectionReset = ECONNRESET;
 /// accept() found the connection already reset by the peer: try the next one.
 inline bool connectionAborted(int err) { return err == ECONNABORTED; }
+#endif
 
 /// What a failed connect() means, for Twisted's ConnectError subclasses.
 enum class ConnectErrorKind { refused, timedOut, noRoute, bindError, other };
@@ -307,9 +394,17 @@ inline constexpr short evWrite = POLLOUT;
 inline constexpr short evError = POLLERR | POLLHUP;
 inline constexpr short evInvalid = POLLNVAL;
 
+/// The local time as C's asctime() writes it ("Sun Dec  6 08:55:00 2026"),
+/// or "" if the system cannot tell (CTCP TIME).
+std::string localTimeText();
+
 /// Sleeps `ms` milliseconds without watching anything: the back-off after a
 /// failed wait, so a persistent error cannot spin the CPU.
+#if defined(REACTOR_OS_WINDOWS)
+inline void pause(int ms) { ::Sleep(static_cast<DWORD>(ms)); }
+#else
 inline void pause(int ms) { ::poll(nullptr, 0, ms); }
+#endif
 
 // ---- readiness backends -----------------------------------------------------
 //
@@ -355,16 +450,21 @@ protected:
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
 };
 
-/// The default: poll(), everywhere POSIX.
+/// The default: poll(), everywhere POSIX; WSAPoll on Windows.
 class PollBackend : public PollArray {
 public:
+#if defined(REACTOR_OS_WINDOWS)
+    static constexpr const char* name = "WSAPoll";
+#else
     static constexpr const char* name = "poll()";
-    static bool canWatch(Fd fd) { return fd >= 0; }
+#endif
+    static bool canWatch(Fd fd) { return validFd(fd); }
     static std::string limit() { return ""; }
     int error() const { return 0; }
     int wait(int timeoutMs, std::vector<Ready>& ready);
 };
 
+#if !defined(REACTOR_OS_WINDOWS)
 /// REACTOR_USE_SELECT: select(), for the rare system without poll(). It
 /// cannot watch a descriptor at or above FD_SETSIZE.
 class SelectBackend : public PollArray {
@@ -375,6 +475,7 @@ public:
     int error() const { return 0; }
     int wait(int timeoutMs, std::vector<Ready>& ready);
 };
+#endif
 
 #if defined(REACTOR_USE_EPOLL)
 /// REACTOR_USE_EPOLL: Linux epoll, level-triggered (poll()'s semantics, so
@@ -415,8 +516,14 @@ using Poller = SelectBackend;
 using Poller = PollBackend;
 #endif
 
-/// A self-pipe (eventfd on Linux) that another thread, or a signal handler,
-/// writes to so that a reactor blocked in poll() wakes up.
+/// A connected pair of stream sockets, blocking and not inherited: a UNIX
+/// socketpair on POSIX, a loopback TCP pair on Windows (its waker; and what
+/// tests use where POSIX code would use a pipe). False with lastError().
+bool socketPair(Fd out[2]);
+
+/// A self-pipe (eventfd on Linux; a loopback socket pair on Windows) that
+/// another thread, or a signal handler, writes to so that a reactor blocked
+/// in poll() wakes up.
 class Waker {
 public:
     Waker();
@@ -480,7 +587,13 @@ SockAddr expand(const CompactAddr& c);
 Fd tcpSocket(int family);
 
 bool setIntOption(Fd fd, int level, int name, int value);
+#if defined(REACTOR_OS_WINDOWS)
+/// Windows: a listener may rebind at once by default, and SO_REUSEADDR there
+/// would let another socket take the port: nothing to do (as Twisted).
+inline bool setReuseAddress(Fd) { return true; }
+#else
 inline bool setReuseAddress(Fd fd) { return setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1); }
+#endif
 /// SO_REUSEPORT: false with lastError() ENOPROTOOPT where the system lacks it.
 bool setReusePort(Fd fd);
 bool setNoDelay(Fd fd, bool on);
@@ -500,7 +613,20 @@ inline constexpr int maxBacklog = SOMAXCONN;
 /// Starts a non-blocking connect: 0 when connected at once, -1 with errno
 /// (EINPROGRESS: wait for writability, then check socketError()).
 int startConnect(Fd fd, const SockAddr& a);
+#if defined(REACTOR_OS_WINDOWS)
+inline bool connectInProgress(int err) { return err == WSAEWOULDBLOCK || err == WSAEINPROGRESS || err == WSAEALREADY; }
+#else
 inline bool connectInProgress(int err) { return err == EINPROGRESS || err == EALREADY; }
+#endif
+
+/// The timeout (seconds) a connect gets when the caller asked for none:
+/// WSAPoll may never report a failed connect (older Windows 10), so there a
+/// connect always has one. 0 (none) on POSIX.
+#if defined(REACTOR_OS_WINDOWS)
+inline constexpr double fallbackConnectTimeout = 30;
+#else
+inline constexpr double fallbackConnectTimeout = 0;
+#endif
 
 /// The pending error of a socket (SO_ERROR): how a non-blocking connect ended.
 int socketError(Fd fd);
@@ -513,7 +639,11 @@ bool outOfDescriptors(int err);
 
 /// A descriptor kept in reserve so that, out of descriptors, the listener
 /// can still accept-and-close the connection at the head of the queue.
+#if defined(REACTOR_OS_WINDOWS)
+inline Fd openSpareFd() { return invalidFd; }  // no per-process descriptor limit to run into
+#else
 inline Fd openSpareFd() { return ::open("/dev/null", O_RDONLY | O_CLOEXEC); }
+#endif
 
 bool localAddress(Fd fd, SockAddr& a);
 bool peerAddress(Fd fd, SockAddr& a);
@@ -530,10 +660,15 @@ std::string unixName(const SockAddr& a);
 inline bool abstractName(const std::string& path) { return !path.empty() && path[0] == '\0'; }
 /// Removes `path` if it is a socket (a dead listener's), best effort.
 void removeStaleSocket(const std::string& path);
+#if defined(REACTOR_OS_WINDOWS)
+inline void removeFile(const std::string& path) { ::DeleteFileA(path.c_str()); }
+inline bool changeMode(const std::string&, int) { return false; }
+#else
 inline void removeFile(const std::string& path) { ::unlink(path.c_str()); }
 inline bool changeMode(const std::string& path, int mode) {
     return ::chmod(path.c_str(), static_cast<mode_t>(mode)) == 0;
 }
+#endif
 
 /// A lock file naming its owner, as Twisted's FilesystemLock: a symbolic
 /// link whose target is the owner's process id, so a lock whose owner died
@@ -542,7 +677,7 @@ enum class PidLock { acquired, acquiredStale, held, failed };
 PidLock lockPidFile(const std::string& name);
 /// True if `name` is a lock held by a live process.
 bool pidFileLocked(const std::string& name);
-inline void unlockPidFile(const std::string& name) { ::unlink(name.c_str()); }
+inline void unlockPidFile(const std::string& name) { removeFile(name); }
 
 /// The process, user and group at the other end of a connected UNIX socket
 /// (SO_PEERCRED on Linux, getpeereid() on the BSDs and macOS, where the pid
@@ -555,7 +690,11 @@ long receive(Fd fd, char* buf, std::size_t size);
 /// Gather-write without SIGPIPE (see the table at the top of this section).
 long sendParts(Fd fd, const std::string_view* parts, std::size_t count);
 
+#if defined(REACTOR_OS_WINDOWS)
+inline int shutdownWrite(Fd fd) { return ::shutdown(fd, SD_SEND); }
+#else
 inline int shutdownWrite(Fd fd) { return ::shutdown(fd, SHUT_WR); }
+#endif
 
 // ---- datagram sockets (UDP) -------------------------------------------------
 
@@ -569,10 +708,16 @@ long sendTo(Fd fd, std::string_view data, const SockAddr* to);
 /// `truncated` says the datagram was longer than `size` (MSG_TRUNC), and
 /// `fullLength` is then its real length where the system tells (Linux), else `size`.
 long receiveFrom(Fd fd, char* buf, std::size_t size, SockAddr& from, bool& truncated, std::size_t& fullLength);
+#if defined(REACTOR_OS_WINDOWS)
+inline constexpr int errMessageSize = WSAEMSGSIZE;
+/// Windows reports the ICMP as a reset (WSAECONNRESET) on a datagram socket.
+inline bool refused(int err) { return err == WSAECONNREFUSED || err == WSAECONNRESET; }
+#else
 /// Error values a datagram socket reports, by name.
 inline constexpr int errMessageSize = EMSGSIZE;
 /// An ICMP "port unreachable" reported on a connected datagram socket.
 inline bool refused(int err) { return err == ECONNREFUSED; }
+#endif
 inline bool setBroadcast(Fd fd, bool on) { return setIntOption(fd, SOL_SOCKET, SO_BROADCAST, on ? 1 : 0); }
 inline bool getBroadcast(Fd fd) { return getIntOption(fd, SOL_SOCKET, SO_BROADCAST); }
 /// SO_REUSEADDR and, where the system has it, SO_REUSEPORT: several
@@ -594,10 +739,16 @@ std::string getMulticastInterface(Fd fd);
 
 /// SIGINT/SIGTERM handling for `Reactor::run(true)`. A signal handler can
 /// only touch lock-free atomics, so the one reactor that asked for signals
-/// publishes its wake-up descriptor here while it runs.
-std::atomic<int>& signalWakeFd();
+/// publishes its wake-up descriptor here while it runs. Windows: a console
+/// control handler (Ctrl-C, Ctrl-Break, the console closing), which Windows
+/// runs on a thread of its own; the "signal" is the CTRL_*_EVENT value + 1.
+std::atomic<Fd>& signalWakeFd();
 std::atomic<int>& signalReceived();
+#if defined(REACTOR_OS_WINDOWS)
+BOOL WINAPI reactorConsoleHandler(DWORD event);
+#else
 extern "C" void reactorSignalHandler(int sig);
+#endif
 
 const char* signalName(int sig);
 
@@ -610,8 +761,10 @@ public:
     SignalHandlers& operator=(const SignalHandlers&) = delete;
 
 private:
+#if !defined(REACTOR_OS_WINDOWS)
     struct sigaction oldInt_ {};
     struct sigaction oldTerm_ {};
+#endif
 };
 
 }  // namespace os
@@ -2471,9 +2624,9 @@ public:
     virtual void abandon() = 0;
     /// An open connection (whose protocol would miss its connectionLost if abandoned).
     virtual bool openConnection() const { return false; }
-    /// The descriptor it watches (-1 if none) and what it is, for
+    /// The descriptor it watches (os::invalidFd if none) and what it is, for
     /// dirty-reactor reports: "TCP connection to 127.0.0.1:5555 (Echo)".
-    virtual int descriptor() const = 0;
+    virtual os::Fd descriptor() const = 0;
     virtual std::string describe() const = 0;
     std::size_t ownedIndex = static_cast<std::size_t>(-1);
 
@@ -2676,22 +2829,24 @@ public:
 
     /// Calls `f` whenever `fd` is readable (or has hung up / failed).
     /// Replaces an earlier reader of the same fd. Returns false if the fd
-    /// cannot be watched (negative, or >= FD_SETSIZE with select()).
-    bool addReader(int fd, std::function<void()> f);
+    /// cannot be watched (negative, or >= FD_SETSIZE with select()). The
+    /// descriptor type is os::Fd: an int on POSIX, a SOCKET on Windows,
+    /// where only sockets can be watched (WSAPoll).
+    bool addReader(detail::os::Fd fd, std::function<void()> f);
     /// Calls `f` whenever `fd` is writable.
-    bool addWriter(int fd, std::function<void()> f);
+    bool addWriter(detail::os::Fd fd, std::function<void()> f);
     /// Stops calling the reader of `fd`; removing what is not watched is not an
     /// error. Safe inside any callback: a removed fd is not dispatched later in
     /// the turn. The callback is destroyed once it is not running and the
     /// descriptor table is consistent (so its destructor, too, may add or
     /// remove descriptors): before this returns, or after the current pass.
-    void removeReader(int fd);
+    void removeReader(detail::os::Fd fd);
     /// Stops calling the writer of `fd` (as removeReader).
-    void removeWriter(int fd);
+    void removeWriter(detail::os::Fd fd);
     /// Removes every reader and writer added with addReader/addWriter and returns their fds.
     /// TCP transports and ports are not touched: close them (disconnectAll),
     /// or they would be left open and deaf.
-    std::vector<int> removeAll();
+    std::vector<detail::os::Fd> removeAll();
     /// Closes every TCP connection (their protocols get connectionLost with
     /// ConnectionLost), listening port and connection attempt. Shutdown
     /// does this; tests use it to clean up. Safe from any callback, even one
@@ -2699,14 +2854,14 @@ public:
     void disconnectAll();
     /// Every fd watched for reading: addReader's, TCP connections and ports
     /// (not the reactor's own wake-up pipe). Twisted's getReaders.
-    std::vector<int> getReaders() const { return fdsWith(os::evRead); }
+    std::vector<detail::os::Fd> getReaders() const { return fdsWith(os::evRead); }
     /// Every fd watched for writing (addWriter's, TCP connections with data to send).
-    std::vector<int> getWriters() const { return fdsWith(os::evWrite); }
+    std::vector<detail::os::Fd> getWriters() const { return fdsWith(os::evWrite); }
     /// Every watched fd (the dirty-reactor check: empty after a clean test).
-    std::vector<int> selectables() const { return fdsWith(os::evRead | os::evWrite); }
+    std::vector<detail::os::Fd> selectables() const { return fdsWith(os::evRead | os::evWrite); }
     /// What is behind a watched descriptor, for reports: a TCP connection or
     /// port (with its protocol), or "added with addReader/addWriter".
-    std::string describeSelectable(int fd) const;
+    std::string describeSelectable(detail::os::Fd fd) const;
     /// Pending timers (the dirty-reactor check: empty after a clean test).
     std::vector<DelayedCall> pendingCalls() const { return getDelayedCalls(); }
 
@@ -2813,6 +2968,9 @@ private:
     static constexpr std::size_t npos = static_cast<std::size_t>(-1);
     // Shorthand for the platform layer inside the class.
     struct os {
+        using Fd = detail::os::Fd;
+        static constexpr Fd invalidFd = detail::os::invalidFd;
+        static bool validFd(Fd fd) { return detail::os::validFd(fd); }
         static constexpr short evRead = detail::os::evRead;
         static constexpr short evWrite = detail::os::evWrite;
         static constexpr short evError = detail::os::evError;
@@ -2821,7 +2979,7 @@ private:
     };
 
     struct Slot {
-        int fd = -1;
+        detail::os::Fd fd = os::invalidFd;
         short interest = 0;    // os::evRead | os::evWrite, as the poller has it
         bool internal = false;
         bool foreign = false;  // added with addReader/addWriter (traced here, not by a transport)
@@ -2852,7 +3010,7 @@ private:
 
     // ---- the descriptor table: slots, and the poller that watches them --
 
-    std::size_t watch(int fd, short event, detail::Handler handler, bool foreign = false);
+    std::size_t watch(detail::os::Fd fd, short event, detail::Handler handler, bool foreign = false);
 
     /// Drops a handler. It is never destroyed here: it may be the one
     /// running, and its destructor is user code that may add or remove
@@ -2866,15 +3024,15 @@ private:
     /// destructors (a protocol's, a factory a connector owned) may close more.
     void releaseDead();
 
-    void unwatch(int fd, short events);
+    void unwatch(detail::os::Fd fd, short events);
 
     void removeSlot(std::size_t slot);
     /// Every slot, dropped (the reactor's destructor).
     void unwatchAll();
 
-    std::size_t slotOf(int fd) const;
+    std::size_t slotOf(detail::os::Fd fd) const;
 
-    std::vector<int> fdsWith(short events) const;
+    std::vector<os::Fd> fdsWith(short events) const;
 
     void dispatch();
 
@@ -2943,7 +3101,7 @@ private:
     bool releasingDead_ = false;
     std::vector<char> readBuffer_;                       // one buffer for every recv()
     std::unique_ptr<ThreadPool> resolver_;               // name lookups, apart from the user's pool
-    int spareFd_ = -1;                                   // see TcpPort::acceptError
+    os::Fd spareFd_ = os::invalidFd;                     // see TcpPort::acceptError
     std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false from ~Reactor on
 };
 
@@ -3685,10 +3843,10 @@ namespace detail {
 
 /// The reactor internals the TCP classes use (a narrow friend interface).
 struct ReactorAccess {
-    static bool watch(Reactor& r, int fd, short event, const Handler& h) {
+    static bool watch(Reactor& r, os::Fd fd, short event, const Handler& h) {
         return r.watch(fd, event, h) != Reactor::npos;
     }
-    static void unwatch(Reactor& r, int fd, short events) { r.unwatch(fd, events); }
+    static void unwatch(Reactor& r, os::Fd fd, short events) { r.unwatch(fd, events); }
     /// True while the reactor exists: for objects a user handle can keep
     /// alive past it (a connector between attempts).
     static std::shared_ptr<const bool> aliveFlag(Reactor& r) { return r.alive_; }
@@ -3698,9 +3856,9 @@ struct ReactorAccess {
     static void release(Reactor& r, Owned* o);
     static std::vector<char>& readBuffer(Reactor& r);
     static ThreadPool& resolver(Reactor& r);
-    static int& spareFd(Reactor& r) { return r.spareFd_; }
+    static os::Fd& spareFd(Reactor& r) { return r.spareFd_; }
     /// False for a descriptor the backend cannot watch (select(): >= FD_SETSIZE).
-    static bool canWatch(int fd);
+    static bool canWatch(os::Fd fd);
 };
 
 /// A seed that differs between objects and runs (time, a counter), mixed
@@ -3769,7 +3927,7 @@ public:
     /// larger than that gives its memory back once sent.
     static constexpr std::size_t retainedBufferLimit = 128 * 1024;
 
-    TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector);
+    TcpConnection(Reactor& r, os::Fd fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector);
     ~TcpConnection() override {
         stopUsingFactory();
         os::closeFd(fd_);
@@ -3788,10 +3946,10 @@ public:
     REACTOR_INLINE void loseWriteConnection() override;
     REACTOR_INLINE Address getPeer() const override;
     Address getHost() const override { return unix_ ? Address::unixSocket(unix_->host) : toAddress(os::expand(host_)); }
-    bool setTcpNoDelay(bool enabled) override { return fd_ >= 0 && os::setNoDelay(fd_, enabled); }
-    bool setTcpKeepAlive(bool enabled) override { return fd_ >= 0 && os::setKeepAlive(fd_, enabled); }
-    bool getTcpNoDelay() const override { return fd_ >= 0 && os::getNoDelay(fd_); }
-    bool getTcpKeepAlive() const override { return fd_ >= 0 && os::getKeepAlive(fd_); }
+    bool setTcpNoDelay(bool enabled) override { return os::validFd(fd_) && os::setNoDelay(fd_, enabled); }
+    bool setTcpKeepAlive(bool enabled) override { return os::validFd(fd_) && os::setKeepAlive(fd_, enabled); }
+    bool getTcpNoDelay() const override { return os::validFd(fd_) && os::getNoDelay(fd_); }
+    bool getTcpKeepAlive() const override { return os::validFd(fd_) && os::getKeepAlive(fd_); }
     REACTOR_INLINE std::optional<PeerCredentials> getPeerCredentials() const override;
 
     /// The reading side: stop and restart reading.
@@ -3805,7 +3963,7 @@ public:
     REACTOR_INLINE void shutdownNow() override;
     REACTOR_INLINE void abandon() override;
     bool openConnection() const override { return !closing_; }
-    int descriptor() const override { return fd_; }
+    os::Fd descriptor() const override { return fd_; }
     REACTOR_INLINE std::string describe() const override;
 
     /// The other end as accept() or connect() saw it (a UNIX socket keeps
@@ -3845,7 +4003,7 @@ private:
     bool closeSocket(bool reset);
 
     Reactor& reactor_;
-    int fd_;
+    os::Fd fd_;
     std::unique_ptr<Protocol> protocol_;
     std::shared_ptr<TcpConnector> connector_;  // client side only
     // The connection is its own readiness handler, handed to the reactor as
@@ -3902,7 +4060,7 @@ public:
     REACTOR_INLINE Address getDestination() const override;
     REACTOR_INLINE void shutdownNow() override;
     REACTOR_INLINE void abandon() override;
-    int descriptor() const override { return fd_; }
+    os::Fd descriptor() const override { return fd_; }
     REACTOR_INLINE std::string describe() const override;
 
     /// Called by the transport when the established connection ends.
@@ -3957,7 +4115,7 @@ private:
     double timeout_;
     Address bindAddress_;
     State state_ = State::disconnected;
-    int fd_ = -1;
+    os::Fd fd_ = os::invalidFd;
     std::vector<os::SockAddr> candidates_;
     std::size_t next_ = 0;
     os::SockAddr target_;
@@ -3995,7 +4153,7 @@ public:
     void stopListening();
     void shutdownNow() override { stopListening(); }
     REACTOR_INLINE void abandon() override;
-    int descriptor() const override { return fd_; }
+    os::Fd descriptor() const override { return fd_; }
     std::string describe() const override { return host_.type + " port listening on " + host_.str(); }
 
 private:
@@ -4015,7 +4173,7 @@ private:
 
     Reactor& reactor_;
     Factory& factory_;
-    int fd_ = -1;
+    os::Fd fd_ = os::invalidFd;
     Address host_;
     Handler handler_;
     DelayedCall resumeCall_;
@@ -4518,19 +4676,19 @@ public:
     REACTOR_INLINE void stopListening() override;
     bool listening() const override { return listening_; }
     REACTOR_INLINE void setBroadcastAllowed(bool enabled) override;
-    bool getBroadcastAllowed() const override { return fd_ >= 0 && os::getBroadcast(fd_); }
+    bool getBroadcastAllowed() const override { return os::validFd(fd_) && os::getBroadcast(fd_); }
     REACTOR_INLINE Deferred<void> joinGroup(const std::string& addr, const std::string& interface) override;
     REACTOR_INLINE Deferred<void> leaveGroup(const std::string& addr, const std::string& interface) override;
     REACTOR_INLINE void setTTL(int ttl) override;
-    int getTTL() const override { return fd_ >= 0 ? os::getMulticastTTL(fd_, ipv6_) : -1; }
+    int getTTL() const override { return os::validFd(fd_) ? os::getMulticastTTL(fd_, ipv6_) : -1; }
     REACTOR_INLINE void setLoopbackMode(bool enabled) override;
-    bool getLoopbackMode() const override { return fd_ >= 0 && os::getMulticastLoop(fd_, ipv6_); }
+    bool getLoopbackMode() const override { return os::validFd(fd_) && os::getMulticastLoop(fd_, ipv6_); }
     REACTOR_INLINE bool setOutgoingInterface(const std::string& addr) override;
-    std::string getOutgoingInterface() const override { return fd_ >= 0 ? os::getMulticastInterface(fd_) : ""; }
+    std::string getOutgoingInterface() const override { return os::validFd(fd_) ? os::getMulticastInterface(fd_) : ""; }
 
     void shutdownNow() override { stopListening(); }
     REACTOR_INLINE void abandon() override;
-    int descriptor() const override { return fd_; }
+    os::Fd descriptor() const override { return fd_; }
     REACTOR_INLINE std::string describe() const override;
 
 private:
@@ -4549,7 +4707,7 @@ private:
 
     Reactor& reactor_;
     DatagramProtocol* protocol_;  // null once unlinked (stopped, abandoned, protocol destroyed)
-    int fd_ = -1;
+    os::Fd fd_ = os::invalidFd;
     bool ipv6_ = false;
     bool listening_ = false;
     bool connected_ = false;
@@ -6761,7 +6919,7 @@ private:
         void shutdownNow() override {}
         void abandon() override { net_.factoryGone(std::exchange(factory_, nullptr)); }
         REACTOR_INLINE bool openConnection() const override;
-        int descriptor() const override { return -1; }
+        detail::os::Fd descriptor() const override { return detail::os::invalidFd; }
         std::string describe() const override { return "in-memory connection (testing::MemoryNetwork)"; }
         Factory* factory() const { return factory_; }
 
@@ -6790,6 +6948,11 @@ private:
 }  // namespace REACTOR_ABI
 }  // namespace reactor
 
+#if defined(_WIN32)
+#pragma pop_macro("interface")
+#pragma pop_macro("min")
+#pragma pop_macro("max")
+#endif
 #endif  // REACTOR_HPP_INCLUDED
 
 // ============================================================================
@@ -6810,9 +6973,18 @@ private:
 #include <cmath>        // std::floor (LoopingCall), std::sqrt/log/cos (reconnect jitter)
 #include <cstdio>       // std::fputs for the default logger
 #include <cstdlib>      // std::getenv for REACTOR_TRACE
-#include <ctime>        // CTCP TIME: std::time, std::strftime, localtime_r
+#include <ctime>        // CTCP TIME: std::time, std::strftime, localtime_r (os::localTimeText)
 #include <condition_variable>  // thread pool: idle workers wait for jobs
 #include <thread>       // thread pool workers
+
+#if defined(_WIN32)
+#pragma push_macro("interface")
+#pragma push_macro("min")
+#pragma push_macro("max")
+#undef interface
+#undef min
+#undef max
+#endif
 
 namespace reactor {
 inline namespace REACTOR_ABI {
@@ -6821,6 +6993,7 @@ inline namespace REACTOR_ABI {
 namespace detail {
 namespace os {
 
+#if !defined(REACTOR_OS_WINDOWS)
 REACTOR_INLINE ConnectErrorKind classifyConnectError(int err) {
     switch (err) {
         case ECONNREFUSED: return ConnectErrorKind::refused;
@@ -6856,9 +7029,27 @@ REACTOR_INLINE bool setCloseOnExec(Fd fd) {
     int flags = ::fcntl(fd, F_GETFD, 0);
     return flags >= 0 && ::fcntl(fd, F_SETFD, flags | FD_CLOEXEC) == 0;
 }
+#endif  // !REACTOR_OS_WINDOWS (their Windows bodies: at the end of this part)
+
+REACTOR_INLINE std::string localTimeText() {
+    char text[64] = {};
+    std::time_t now = std::time(nullptr);
+    std::tm local{};
+#if defined(REACTOR_OS_WINDOWS)
+    // No localtime_r, and the C runtime's strftime has no %e (its day is
+    // padded with a zero, which asctime's is not).
+    if (::localtime_s(&local, &now) != 0 || std::strftime(text, sizeof text, "%a %b %d %H:%M:%S %Y", &local) == 0)
+        return "";
+    if (text[8] == '0') text[8] = ' ';
+#else
+    if (::localtime_r(&now, &local) == nullptr || std::strftime(text, sizeof text, "%a %b %e %H:%M:%S %Y", &local) == 0)
+        return "";
+#endif
+    return text;
+}
 
 REACTOR_INLINE bool PollArray::add(Fd fd, short interest) {
-    const auto i = static_cast<std::size_t>(fd);
+    const std::size_t i = fdIndex(fd);
     if (i >= position_.size()) position_.resize(i + 1, npos);
     if (position_[i] == npos) {
         position_[i] = fds_.size();
@@ -6871,13 +7062,13 @@ REACTOR_INLINE bool PollArray::add(Fd fd, short interest) {
 }
 
 REACTOR_INLINE void PollArray::remove(Fd fd) {
-    const auto i = static_cast<std::size_t>(fd);
-    if (fd < 0 || i >= position_.size() || position_[i] == npos) return;
+    const std::size_t i = fdIndex(fd);
+    if (!validFd(fd) || i >= position_.size() || position_[i] == npos) return;
     const std::size_t at = position_[i];
     position_[i] = npos;
     if (at + 1 != fds_.size()) {  // the last entry fills the hole
         fds_[at] = fds_.back();
-        position_[static_cast<std::size_t>(fds_[at].fd)] = at;
+        position_[fdIndex(fds_[at].fd)] = at;
     }
     fds_.pop_back();
 }
@@ -6893,9 +7084,36 @@ REACTOR_INLINE int PollArray::collect(int n, std::vector<Ready>& ready) {
 
 REACTOR_INLINE int PollBackend::wait(int timeoutMs, std::vector<Ready>& ready) {
     ready.clear();
+#if defined(REACTOR_OS_WINDOWS)
+    if (fds_.empty()) {  // WSAPoll refuses an empty set (WSAEINVAL)
+        pause(timeoutMs < 0 ? 10 : timeoutMs);
+        return 0;
+    }
+    int n = ::WSAPoll(fds_.data(), static_cast<ULONG>(fds_.size()), timeoutMs);
+    if (n < 0 && lastError() == WSAENOTSOCK) {
+        // A watched socket was closed (wine fails the whole call where
+        // Windows reports POLLNVAL): report it as POLLNVAL.
+        for (pollfd& p : fds_) {
+            int type = 0;
+            socklen_t len = sizeof type;
+            if ((p.revents & evInvalid) ||
+                ::getsockopt(p.fd, SOL_SOCKET, SO_TYPE, reinterpret_cast<char*>(&type), &len) != 0)
+                ready.push_back(Ready{p.fd, evInvalid, 0});
+            p.revents = 0;
+        }
+        if (!ready.empty()) return static_cast<int>(ready.size());
+        setLastError(WSAENOTSOCK);
+    }
+    // Every entry is looked at: wine leaves a closed socket's POLLNVAL out
+    // of the count it returns.
+    return n < 0 ? n : collect(static_cast<int>(fds_.size()), ready);
+#else
     int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeoutMs);
     return n <= 0 ? n : collect(n, ready);
+#endif
 }
+
+#if !defined(REACTOR_OS_WINDOWS)
 
 REACTOR_INLINE int SelectBackend::wait(int timeoutMs, std::vector<Ready>& ready) {
     ready.clear();
@@ -7031,6 +7249,16 @@ REACTOR_INLINE int EpollBackend::wait(int timeoutMs, std::vector<Ready>& ready) 
 }
 #endif
 
+#endif  // !REACTOR_OS_WINDOWS
+
+#if !defined(REACTOR_OS_WINDOWS)
+REACTOR_INLINE bool socketPair(Fd out[2]) {
+    if (::socketpair(AF_UNIX, SOCK_STREAM, 0, out) != 0) return false;
+    setCloseOnExec(out[0]);
+    setCloseOnExec(out[1]);
+    return true;
+}
+
 REACTOR_INLINE Waker::Waker() {
 #if defined(REACTOR_OS_EVENTFD)
     readFd_ = writeFd_ = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
@@ -7067,6 +7295,7 @@ REACTOR_INLINE void Waker::drain() const {
     while (::read(readFd_, buf, sizeof buf) > 0) {
     }
 }
+#endif  // !REACTOR_OS_WINDOWS
 
 REACTOR_INLINE bool parseLiteral(const std::string& host, std::uint16_t port, SockAddr& out) {
     out = SockAddr{};
@@ -7094,6 +7323,12 @@ REACTOR_INLINE std::vector<SockAddr> resolve(const std::string& host, std::uint1
     hints.ai_flags = AI_ADDRCONFIG;
     addrinfo* list = nullptr;
     std::vector<SockAddr> out;
+#if defined(REACTOR_OS_WINDOWS)
+    if (int err = winsockStarted()) {
+        error = errorString(err);
+        return out;
+    }
+#endif
     int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
     if (rc != 0) {
         error = ::gai_strerror(rc);
@@ -7103,7 +7338,7 @@ REACTOR_INLINE std::vector<SockAddr> resolve(const std::string& host, std::uint1
         if (ai->ai_addrlen > sizeof(sockaddr_storage)) continue;
         SockAddr a;
         std::memcpy(&a.storage, ai->ai_addr, ai->ai_addrlen);
-        a.length = ai->ai_addrlen;
+        a.length = static_cast<socklen_t>(ai->ai_addrlen);
         out.push_back(a);
     }
     ::freeaddrinfo(list);
@@ -7159,6 +7394,7 @@ REACTOR_INLINE void describe(const SockAddr& a, std::string& host, std::uint16_t
     host = buf;
 }
 
+#if !defined(REACTOR_OS_WINDOWS)
 REACTOR_INLINE Fd tcpSocket(int family) {
 #if defined(REACTOR_OS_SOCKET_FLAGS)
     Fd fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -7525,8 +7761,8 @@ REACTOR_INLINE std::string getMulticastInterface(Fd fd) {
     return buf;
 }
 
-REACTOR_INLINE std::atomic<int>& signalWakeFd() {
-    static std::atomic<int> fd{invalidFd};
+REACTOR_INLINE std::atomic<Fd>& signalWakeFd() {
+    static std::atomic<Fd> fd{invalidFd};
     return fd;
 }
 
@@ -7538,7 +7774,7 @@ REACTOR_INLINE std::atomic<int>& signalReceived() {
 REACTOR_INLINE void reactorSignalHandler(int sig) {
     int savedErrno = errno;  // the interrupted code may be about to read it
     signalReceived().store(sig);
-    int fd = signalWakeFd().load();
+    Fd fd = signalWakeFd().load();
     if (fd >= 0) Waker::wake(fd);
     errno = savedErrno;
 }
@@ -7560,6 +7796,375 @@ REACTOR_INLINE SignalHandlers::~SignalHandlers() {
     ::sigaction(SIGTERM, &oldTerm_, nullptr);
     signalWakeFd().store(invalidFd);
 }
+
+#else  // REACTOR_OS_WINDOWS: the bodies of the calls above, on Winsock 2
+
+REACTOR_INLINE int winsockStarted() {
+    static const int error = [] {
+        WSADATA data;
+        return ::WSAStartup(MAKEWORD(2, 2), &data);
+    }();
+    return error;
+}
+
+REACTOR_INLINE std::string errorString(int err) {
+    // The errors a program meets on sockets read as on POSIX (the system's
+    // text is long, localised, and wine has none for some); others as the
+    // system words them.
+    switch (err) {
+        case WSAEADDRINUSE: return "Address already in use";
+        case WSAEADDRNOTAVAIL: return "Cannot assign requested address";
+        case WSAECONNREFUSED: return "Connection refused";
+        case WSAECONNRESET: return "Connection reset by peer";
+        case WSAECONNABORTED: return "Software caused connection abort";
+        case WSAETIMEDOUT: return "Connection timed out";
+        case WSAENETUNREACH: return "Network is unreachable";
+        case WSAEHOSTUNREACH: return "No route to host";
+        case WSAEMFILE: return "Too many open files";
+        case WSAEMSGSIZE: return "Message too long";
+        case WSAEWOULDBLOCK: return "Resource temporarily unavailable";
+        case WSAENOTSOCK: return "Socket operation on non-socket";
+        case WSAEAFNOSUPPORT: return "Address family not supported by protocol";
+        case WSAENOPROTOOPT: return "Protocol not available";
+        case WSAEACCES: return "Permission denied";
+        case WSAEINVAL: return "Invalid argument";
+        default: break;
+    }
+    char buf[256] = {};
+    DWORD n = ::FormatMessageA(FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS, nullptr,
+                               static_cast<DWORD>(err), 0, buf, sizeof buf, nullptr);
+    while (n > 0 && (buf[n - 1] == '\r' || buf[n - 1] == '\n' || buf[n - 1] == ' ' || buf[n - 1] == '.')) --n;
+    if (n == 0) return "error " + std::to_string(err);
+    return std::string(buf, n);
+}
+
+REACTOR_INLINE ConnectErrorKind classifyConnectError(int err) {
+    switch (err) {
+        case WSAECONNREFUSED: return ConnectErrorKind::refused;
+        case WSAETIMEDOUT: return ConnectErrorKind::timedOut;
+        case WSAENETUNREACH:
+        case WSAEHOSTUNREACH: return ConnectErrorKind::noRoute;
+        case WSAEADDRINUSE:
+        case WSAEADDRNOTAVAIL: return ConnectErrorKind::bindError;
+        default: return ConnectErrorKind::other;
+    }
+}
+
+REACTOR_INLINE void closeFd(Fd fd) {
+    if (validFd(fd)) ::closesocket(fd);
+}
+
+REACTOR_INLINE bool setNonBlocking(Fd fd) {
+    u_long on = 1;
+    return ::ioctlsocket(fd, static_cast<long>(FIONBIO), &on) == 0;
+}
+
+REACTOR_INLINE bool setReusePort(Fd) {
+    setLastError(WSAENOPROTOOPT);
+    return false;
+}
+
+REACTOR_INLINE bool setCloseOnExec(Fd fd) {
+    return ::SetHandleInformation(reinterpret_cast<HANDLE>(fd), HANDLE_FLAG_INHERIT, 0) != 0;
+}
+
+REACTOR_INLINE bool socketPair(Fd out[2]) {
+    out[0] = out[1] = invalidFd;
+    if (int err = winsockStarted()) {
+        setLastError(err);
+        return false;
+    }
+    // A listener on a free loopback port, a client connected to it, the
+    // accepted end; the listener is closed at once. The accepted peer must
+    // be our client (another local process could race us to the port).
+    Fd listener = ::socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+    if (!validFd(listener)) return false;
+    SockAddr a;
+    parseLiteral("127.0.0.1", 0, a);
+    Fd client = invalidFd, server = invalidFd;
+    SockAddr bound, mine, peer;
+    bool ok = ::bind(listener, a.get(), a.length) == 0 && ::listen(listener, 1) == 0 && localAddress(listener, bound);
+    if (ok) client = ::socket(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+    ok = ok && validFd(client) && ::connect(client, bound.get(), bound.length) == 0 && localAddress(client, mine);
+    if (ok) {
+        peer.length = sizeof peer.storage;
+        server = ::accept(listener, peer.get(), &peer.length);
+        ok = validFd(server) && peer.length == mine.length && std::memcmp(&peer.storage, &mine.storage, mine.length) == 0;
+    }
+    const int err = lastError();
+    ::closesocket(listener);
+    if (!ok) {
+        closeFd(client);
+        closeFd(server);
+        setLastError(err ? err : WSAECONNABORTED);
+        return false;
+    }
+    setCloseOnExec(client);
+    setCloseOnExec(server);
+    setNoDelay(client, true);
+    setNoDelay(server, true);
+    out[0] = server;
+    out[1] = client;
+    return true;
+}
+
+REACTOR_INLINE Waker::Waker() {
+    Fd p[2];
+    if (!socketPair(p)) {
+        error_ = lastError();
+        return;
+    }
+    readFd_ = p[0];
+    writeFd_ = p[1];
+    setNonBlocking(readFd_);
+    setNonBlocking(writeFd_);
+}
+
+REACTOR_INLINE Waker::~Waker() {
+    closeFd(readFd_);
+    closeFd(writeFd_);
+}
+
+REACTOR_INLINE void Waker::wake(Fd writeFd) {
+    if (!validFd(writeFd)) return;
+    char byte = 1;
+    ::send(writeFd, &byte, 1, 0);  // a full buffer already means "wake up"
+}
+
+REACTOR_INLINE void Waker::drain() const {
+    char buf[64];
+    while (::recv(readFd_, buf, sizeof buf, 0) > 0) {
+    }
+}
+
+REACTOR_INLINE Fd tcpSocket(int family) {
+    if (int err = winsockStarted()) {
+        setLastError(err);
+        return invalidFd;
+    }
+    if (family == AF_UNIX) {  // not offered: see unixAddress
+        setLastError(WSAEAFNOSUPPORT);
+        return invalidFd;
+    }
+    Fd fd = ::socket(family, SOCK_STREAM, IPPROTO_TCP);
+    if (validFd(fd)) { setNonBlocking(fd); setCloseOnExec(fd); }
+    if (validFd(fd) && family == AF_INET6) setIntOption(fd, IPPROTO_IPV6, IPV6_V6ONLY, 0);  // "::" takes IPv4 too, as on Linux
+    return fd;
+}
+
+REACTOR_INLINE bool setIntOption(Fd fd, int level, int name, int value) {
+    return ::setsockopt(fd, level, name, reinterpret_cast<const char*>(&value), sizeof value) == 0;
+}
+
+REACTOR_INLINE bool setNoDelay(Fd fd, bool on) { return setIntOption(fd, IPPROTO_TCP, TCP_NODELAY, on ? 1 : 0); }
+
+REACTOR_INLINE bool setKeepAlive(Fd fd, bool on) { return setIntOption(fd, SOL_SOCKET, SO_KEEPALIVE, on ? 1 : 0); }
+
+REACTOR_INLINE bool getIntOption(Fd fd, int level, int name) {
+    int value = 0;
+    socklen_t len = sizeof value;
+    return ::getsockopt(fd, level, name, reinterpret_cast<char*>(&value), &len) == 0 && value != 0;
+}
+
+REACTOR_INLINE void setLingerZero(Fd fd) {
+    linger l{};
+    l.l_onoff = 1;
+    l.l_linger = 0;
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, reinterpret_cast<const char*>(&l), sizeof l);
+}
+
+REACTOR_INLINE int startConnect(Fd fd, const SockAddr& a) { return ::connect(fd, a.get(), a.length); }
+
+REACTOR_INLINE int socketError(Fd fd) {
+    int err = 0;
+    socklen_t len = sizeof err;
+    if (::getsockopt(fd, SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&err), &len) != 0) return lastError();
+    return err;
+}
+
+REACTOR_INLINE Fd acceptOne(Fd listener, SockAddr& peer) {
+    peer.length = sizeof peer.storage;
+    Fd fd = ::accept(listener, peer.get(), &peer.length);
+    if (validFd(fd)) { setNonBlocking(fd); setCloseOnExec(fd); }
+    return fd;
+}
+
+REACTOR_INLINE bool outOfDescriptors(int err) { return err == WSAEMFILE || err == WSAENOBUFS; }
+
+REACTOR_INLINE bool localAddress(Fd fd, SockAddr& a) {
+    a.length = sizeof a.storage;
+    return ::getsockname(fd, a.get(), &a.length) == 0;
+}
+
+REACTOR_INLINE bool peerAddress(Fd fd, SockAddr& a) {
+    a.length = sizeof a.storage;
+    return ::getpeername(fd, a.get(), &a.length) == 0;
+}
+
+REACTOR_INLINE bool unixAddress(const std::string&, SockAddr&, std::string& why) {
+    why = "UNIX-domain sockets are not supported on Windows";
+    return false;
+}
+
+REACTOR_INLINE std::string unixName(const SockAddr&) { return ""; }
+
+REACTOR_INLINE void removeStaleSocket(const std::string&) {}
+
+REACTOR_INLINE PidLock lockPidFile(const std::string&) { return PidLock::failed; }
+
+REACTOR_INLINE bool pidFileLocked(const std::string&) { return false; }
+
+REACTOR_INLINE bool peerCredentials(Fd, long&, long&, long&) { return false; }
+
+/// Winsock counts in int: larger requests are cut (a short read or write,
+/// which every caller handles).
+inline int winsockLength(std::size_t size) { return static_cast<int>(std::min<std::size_t>(size, 0x40000000)); }
+
+REACTOR_INLINE long receive(Fd fd, char* buf, std::size_t size) {
+    return ::recv(fd, buf, winsockLength(size), 0);
+}
+
+REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t count) {
+    if (count == 1) return ::send(fd, parts[0].data(), winsockLength(parts[0].size()), 0);
+    constexpr std::size_t maxParts = 16;
+    WSABUF bufs[maxParts];
+    const std::size_t n = std::min(count, maxParts);
+    for (std::size_t i = 0; i < n; ++i) {
+        bufs[i].buf = const_cast<char*>(parts[i].data());
+        bufs[i].len = static_cast<ULONG>(winsockLength(parts[i].size()));
+    }
+    DWORD sent = 0;
+    if (::WSASend(fd, bufs, static_cast<DWORD>(n), &sent, 0, nullptr, nullptr) != 0) return -1;
+    return static_cast<long>(sent);
+}
+
+REACTOR_INLINE Fd udpSocket(int family) {
+    if (int err = winsockStarted()) {
+        setLastError(err);
+        return invalidFd;
+    }
+    Fd fd = ::socket(family, SOCK_DGRAM, IPPROTO_UDP);
+    if (validFd(fd)) { setNonBlocking(fd); setCloseOnExec(fd); }
+    if (validFd(fd) && family == AF_INET6) setIntOption(fd, IPPROTO_IPV6, IPV6_V6ONLY, 0);  // "::" takes IPv4 too, as on Linux
+    return fd;
+}
+
+REACTOR_INLINE long sendTo(Fd fd, std::string_view data, const SockAddr* to) {
+    return to ? ::sendto(fd, data.data(), winsockLength(data.size()), 0, to->get(), to->length)
+              : ::send(fd, data.data(), winsockLength(data.size()), 0);
+}
+
+REACTOR_INLINE long receiveFrom(Fd fd, char* buf, std::size_t size, SockAddr& from, bool& truncated,
+                                std::size_t& fullLength) {
+    from.length = sizeof from.storage;
+    int n = ::recvfrom(fd, buf, winsockLength(size), 0, from.get(), &from.length);
+    truncated = false;
+    if (n < 0) {
+        if (lastError() != WSAEMSGSIZE) return -1;
+        // Windows fills the buffer and reports the rest as an error; the
+        // datagram's real length is not told.
+        truncated = true;
+        n = winsockLength(size);
+    }
+    fullLength = static_cast<std::size_t>(n);
+    return n;
+}
+
+REACTOR_INLINE bool setReuseMultiple(Fd fd) { return setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1); }
+
+REACTOR_INLINE bool joinGroup(Fd fd, const SockAddr& group, const SockAddr* iface, bool join) {
+    if (group.ipv6()) {
+        ipv6_mreq m{};
+        m.ipv6mr_multiaddr = reinterpret_cast<const sockaddr_in6*>(&group.storage)->sin6_addr;
+        m.ipv6mr_interface = 0;
+        return ::setsockopt(fd, IPPROTO_IPV6, join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP,
+                            reinterpret_cast<const char*>(&m), sizeof m) == 0;
+    }
+    ip_mreq m{};
+    m.imr_multiaddr = reinterpret_cast<const sockaddr_in*>(&group.storage)->sin_addr;
+    m.imr_interface.s_addr = htonl(INADDR_ANY);
+    if (iface) m.imr_interface = reinterpret_cast<const sockaddr_in*>(&iface->storage)->sin_addr;
+    return ::setsockopt(fd, IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
+                        reinterpret_cast<const char*>(&m), sizeof m) == 0;
+}
+
+// Winsock's IPv4 multicast options are DWORDs (not bytes as on POSIX).
+REACTOR_INLINE bool setMulticastTTL(Fd fd, bool ipv6, int ttl) {
+    return setIntOption(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MULTICAST_HOPS : IP_MULTICAST_TTL, ttl);
+}
+
+REACTOR_INLINE int getMulticastTTL(Fd fd, bool ipv6) {
+    DWORD v = 0;
+    socklen_t len = sizeof v;
+    if (::getsockopt(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MULTICAST_HOPS : IP_MULTICAST_TTL,
+                     reinterpret_cast<char*>(&v), &len) != 0)
+        return -1;
+    return static_cast<int>(v & (len == 1 ? 0xffu : 0xffffffffu));
+}
+
+REACTOR_INLINE bool setMulticastLoop(Fd fd, bool ipv6, bool on) {
+    return setIntOption(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MULTICAST_LOOP : IP_MULTICAST_LOOP, on ? 1 : 0);
+}
+
+REACTOR_INLINE bool getMulticastLoop(Fd fd, bool ipv6) {
+    return getIntOption(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MULTICAST_LOOP : IP_MULTICAST_LOOP);
+}
+
+REACTOR_INLINE bool setMulticastInterface(Fd fd, const SockAddr& iface) {
+    in_addr a = reinterpret_cast<const sockaddr_in*>(&iface.storage)->sin_addr;
+    return ::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, reinterpret_cast<const char*>(&a), sizeof a) == 0;
+}
+
+REACTOR_INLINE std::string getMulticastInterface(Fd fd) {
+    in_addr a{};
+    socklen_t len = sizeof a;
+    if (::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, reinterpret_cast<char*>(&a), &len) != 0) return "";
+    char buf[INET_ADDRSTRLEN] = {};
+    ::inet_ntop(AF_INET, &a, buf, sizeof buf);
+    return buf;
+}
+
+REACTOR_INLINE std::atomic<Fd>& signalWakeFd() {
+    static std::atomic<Fd> fd{invalidFd};
+    return fd;
+}
+
+REACTOR_INLINE std::atomic<int>& signalReceived() {
+    static std::atomic<int> sig{0};
+    return sig;
+}
+
+REACTOR_INLINE BOOL WINAPI reactorConsoleHandler(DWORD event) {
+    if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT && event != CTRL_CLOSE_EVENT) return FALSE;
+    signalReceived().store(static_cast<int>(event) + 1);
+    Waker::wake(signalWakeFd().load());
+    // The console closing ends the process as soon as this returns (or
+    // after 5 s): give the reactor's shutdown that long to finish.
+    for (int waited = 0; event == CTRL_CLOSE_EVENT && validFd(signalWakeFd().load()) && waited < 4500; waited += 10)
+        ::Sleep(10);
+    return TRUE;  // handled: the reactor shuts down
+}
+
+REACTOR_INLINE const char* signalName(int sig) {
+    switch (sig - 1) {
+        case CTRL_C_EVENT: return "Ctrl-C";
+        case CTRL_BREAK_EVENT: return "Ctrl-Break";
+        case CTRL_CLOSE_EVENT: return "the console closing";
+        default: return "a console event";
+    }
+}
+
+REACTOR_INLINE SignalHandlers::SignalHandlers(Fd wakeFd) {
+    signalReceived().store(0);
+    signalWakeFd().store(wakeFd);
+    ::SetConsoleCtrlHandler(&reactorConsoleHandler, TRUE);
+}
+
+REACTOR_INLINE SignalHandlers::~SignalHandlers() {
+    ::SetConsoleCtrlHandler(&reactorConsoleHandler, FALSE);
+    signalWakeFd().store(invalidFd);
+}
+#endif  // REACTOR_OS_WINDOWS
 }  // namespace os
 }  // namespace detail
 
@@ -8263,7 +8868,7 @@ REACTOR_INLINE Reactor::Reactor() : epoch_(std::chrono::steady_clock::now()) {
     if (poller_.error() != 0)
         why = std::string("cannot create its ") + detail::os::Poller::name +
               " descriptor: " + detail::os::errorString(poller_.error());
-    else if (waker_.readFd() < 0)
+    else if (!os::validFd(waker_.readFd()))
         why = "cannot create its wake-up descriptor: " + detail::os::errorString(waker_.error());
     else if (!detail::os::Poller::canWatch(waker_.readFd()))
         why = "cannot watch its wake-up descriptor " + std::to_string(waker_.readFd()) + " (the " +
@@ -8308,7 +8913,7 @@ REACTOR_INLINE Reactor::~Reactor() {
         if (owned_.empty() && dead_.empty() && timers_.liveCount() == 0 && slots_.empty() && retired_.empty()) break;
     }
     *alive_ = false;  // a connector a user still holds (between attempts) no longer calls us
-    if (spareFd_ >= 0) detail::os::closeFd(spareFd_);
+    if (detail::os::validFd(spareFd_)) detail::os::closeFd(spareFd_);
 }
 
 REACTOR_INLINE void Reactor::crash() {
@@ -8372,33 +8977,33 @@ REACTOR_INLINE DelayedCall Reactor::callLater(double delay, std::function<void()
     return DelayedCall(timers_.schedule(delay, std::move(f), where));
 }
 
-REACTOR_INLINE bool Reactor::addReader(int fd, std::function<void()> f) {
+REACTOR_INLINE bool Reactor::addReader(os::Fd fd, std::function<void()> f) {
     bool ok = watch(fd, os::evRead, detail::makeHandler(std::move(f)), true) != npos;
     releaseRetired();  // the reader it replaced, if any
     return ok;
 }
 
-REACTOR_INLINE bool Reactor::addWriter(int fd, std::function<void()> f) {
+REACTOR_INLINE bool Reactor::addWriter(os::Fd fd, std::function<void()> f) {
     bool ok = watch(fd, os::evWrite, detail::makeHandler(std::move(f)), true) != npos;
     releaseRetired();
     return ok;
 }
 
-REACTOR_INLINE void Reactor::removeReader(int fd) {
+REACTOR_INLINE void Reactor::removeReader(os::Fd fd) {
     unwatch(fd, os::evRead);
     releaseRetired();
 }
 
-REACTOR_INLINE void Reactor::removeWriter(int fd) {
+REACTOR_INLINE void Reactor::removeWriter(os::Fd fd) {
     unwatch(fd, os::evWrite);
     releaseRetired();
 }
 
-REACTOR_INLINE std::vector<int> Reactor::removeAll() {
-    std::vector<int> fds;
+REACTOR_INLINE std::vector<Reactor::os::Fd> Reactor::removeAll() {
+    std::vector<os::Fd> fds;
     for (const Slot& slot : slots_)
         if (slot.foreign) fds.push_back(slot.fd);
-    for (int fd : fds) unwatch(fd, os::evRead | os::evWrite);
+    for (auto fd : fds) unwatch(fd, os::evRead | os::evWrite);
     releaseRetired();
     return fds;
 }
@@ -8408,7 +9013,7 @@ REACTOR_INLINE void Reactor::disconnectAll() {
     for (auto& o : all) o->shutdownNow();
 }
 
-REACTOR_INLINE std::string Reactor::describeSelectable(int fd) const {
+REACTOR_INLINE std::string Reactor::describeSelectable(os::Fd fd) const {
     for (const auto& o : owned_)
         if (o->descriptor() == fd) return o->describe();
     return "added with addReader/addWriter";
@@ -8507,9 +9112,9 @@ REACTOR_INLINE void Reactor::builtinDuring(const std::string& event) {
     }
 }
 
-REACTOR_INLINE std::size_t Reactor::watch(int fd, short event, detail::Handler handler, bool foreign) {
+REACTOR_INLINE std::size_t Reactor::watch(os::Fd fd, short event, detail::Handler handler, bool foreign) {
     using Poller = detail::os::Poller;
-    if (fd < 0) {
+    if (!os::validFd(fd)) {
         detail::raise<error::ValueError>("cannot watch a negative file descriptor");
         return npos;
     }
@@ -8530,8 +9135,9 @@ REACTOR_INLINE std::size_t Reactor::watch(int fd, short event, detail::Handler h
         slot = slots_.size();
         slots_.emplace_back();
         slots_[slot].fd = fd;
-        if (static_cast<std::size_t>(fd) >= slotOf_.size()) slotOf_.resize(static_cast<std::size_t>(fd) + 1, npos);
-        slotOf_[static_cast<std::size_t>(fd)] = slot;
+        const std::size_t at = detail::os::fdIndex(fd);
+        if (at >= slotOf_.size()) slotOf_.resize(at + 1, npos);
+        slotOf_[at] = slot;
     } else if ((interest != slots_[slot].interest || foreign) && !poller_.modify(fd, interest)) {
         // (A user's addReader may name a number closed and reused behind our
         // back: it tells the poller again; epoll forgot the old descriptor.)
@@ -8571,7 +9177,7 @@ REACTOR_INLINE void Reactor::releaseDead() {
     releasingDead_ = false;
 }
 
-REACTOR_INLINE void Reactor::unwatch(int fd, short events) {
+REACTOR_INLINE void Reactor::unwatch(os::Fd fd, short events) {
     std::size_t slot = slotOf(fd);
     if (slot == npos || slots_[slot].internal) return;
     Slot& s = slots_[slot];
@@ -8587,7 +9193,7 @@ REACTOR_INLINE void Reactor::unwatch(int fd, short events) {
         return;
     }
     poller_.remove(fd);
-    slotOf_[static_cast<std::size_t>(fd)] = npos;
+    slotOf_[detail::os::fdIndex(fd)] = npos;
     removeSlot(slot);
 }
 
@@ -8597,7 +9203,7 @@ REACTOR_INLINE void Reactor::removeSlot(std::size_t slot) {
     const std::size_t last = slots_.size() - 1;
     if (slot != last) {
         slots_[slot] = std::move(slots_[last]);
-        slotOf_[static_cast<std::size_t>(slots_[slot].fd)] = slot;
+        slotOf_[detail::os::fdIndex(slots_[slot].fd)] = slot;
     }
     slots_.pop_back();
 }
@@ -8613,13 +9219,13 @@ REACTOR_INLINE void Reactor::unwatchAll() {
     wakerWatched_ = false;
 }
 
-REACTOR_INLINE std::size_t Reactor::slotOf(int fd) const {
-    auto i = static_cast<std::size_t>(fd);
-    return fd >= 0 && i < slotOf_.size() ? slotOf_[i] : npos;
+REACTOR_INLINE std::size_t Reactor::slotOf(os::Fd fd) const {
+    const std::size_t i = detail::os::fdIndex(fd);
+    return os::validFd(fd) && i < slotOf_.size() ? slotOf_[i] : npos;
 }
 
-REACTOR_INLINE std::vector<int> Reactor::fdsWith(short events) const {
-    std::vector<int> out;
+REACTOR_INLINE std::vector<Reactor::os::Fd> Reactor::fdsWith(short events) const {
+    std::vector<os::Fd> out;
     for (const Slot& slot : slots_)
         if (!slot.internal && (slot.interest & events)) out.push_back(slot.fd);
     return out;
@@ -8637,7 +9243,7 @@ REACTOR_INLINE void Reactor::dispatch() {
         r.tag = found == npos ? 0 : slots_[found].armed;
     }
     for (const detail::os::Ready& r : ready_) {
-        const int fd = r.fd;
+        const os::Fd fd = r.fd;
         std::size_t slot = npos;
         auto stillArmed = [&] {  // finds the slot again: a callback may have moved or removed it
             slot = slotOf(fd);
@@ -9306,7 +9912,7 @@ REACTOR_INLINE ThreadPool& ReactorAccess::resolver(Reactor& r) {
     return *r.resolver_;
 }
 
-REACTOR_INLINE bool ReactorAccess::canWatch(int fd) { return os::Poller::canWatch(fd); }
+REACTOR_INLINE bool ReactorAccess::canWatch(os::Fd fd) { return os::Poller::canWatch(fd); }
 
 REACTOR_INLINE std::uint64_t randomSeed() {
     static std::atomic<std::uint64_t> counter{0};
@@ -9345,7 +9951,7 @@ REACTOR_INLINE Failure connectFailure(int err) {
     return connectError<error::ConnectError>(detail);
 }
 
-REACTOR_INLINE TcpConnection::TcpConnection(Reactor& r, int fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector)
+REACTOR_INLINE TcpConnection::TcpConnection(Reactor& r, os::Fd fd, std::unique_ptr<Protocol> p, std::shared_ptr<TcpConnector> connector)
     : reactor_(r), fd_(fd), protocol_(std::move(p)), connector_(std::move(connector)) {
     connected = true;
 }
@@ -9455,7 +10061,7 @@ REACTOR_INLINE Address TcpConnection::getPeer() const {
 
 REACTOR_INLINE std::optional<PeerCredentials> TcpConnection::getPeerCredentials() const {
     PeerCredentials c;
-    if (!unix_ || fd_ < 0 || !os::peerCredentials(fd_, c.pid, c.uid, c.gid)) return std::nullopt;
+    if (!unix_ || !os::validFd(fd_) || !os::peerCredentials(fd_, c.pid, c.uid, c.gid)) return std::nullopt;
     return c;
 }
 
@@ -9792,7 +10398,7 @@ REACTOR_INLINE void TcpConnector::tryNext(int lastErr) {
     while (next_ < candidates_.size()) {
         const os::SockAddr& a = candidates_[next_++];
         fd_ = os::tcpSocket(a.family());
-        if (fd_ < 0) {
+        if (!os::validFd(fd_)) {
             lastErr = os::lastError();
             continue;
         }
@@ -9840,10 +10446,10 @@ REACTOR_INLINE void TcpConnector::connectDone() {
 }
 
 REACTOR_INLINE void TcpConnector::dropSocket() {
-    if (fd_ >= 0) {
+    if (os::validFd(fd_)) {
         ReactorAccess::unwatch(reactor_, fd_, os::evRead | os::evWrite);
         os::closeFd(fd_);
-        fd_ = -1;
+        fd_ = os::invalidFd;
     }
 }
 
@@ -9939,15 +10545,15 @@ REACTOR_INLINE bool TcpPort::startListening(const os::SockAddr& a, int backlog, 
         return false;
     };
     fd_ = os::tcpSocket(a.family());
-    if (fd_ < 0 || (!a.isUnix() && !os::setReuseAddress(fd_))) return fail("");
+    if (!os::validFd(fd_) || (!a.isUnix() && !os::setReuseAddress(fd_))) return fail("");
     if (reusePort && !os::setReusePort(fd_)) return fail("SO_REUSEPORT: ");
     if (os::bindTo(fd_, a) != 0) return fail("");
     if (a.isUnix() && !os::abstractName(host_.host)) socketFile_ = host_.host;  // ours from here: removed on failure too
     if (os::listenOn(fd_, backlog) != 0) return fail("");
     os::SockAddr bound;
     if (!a.isUnix() && os::localAddress(fd_, bound)) host_ = toAddress(bound);
-    int& spare = ReactorAccess::spareFd(reactor_);
-    if (spare < 0) spare = os::openSpareFd();
+    os::Fd& spare = ReactorAccess::spareFd(reactor_);
+    if (!os::validFd(spare)) spare = os::openSpareFd();
     handler_ = makeHandler([this] { doRead(); });
     if (!ReactorAccess::watch(reactor_, fd_, os::evRead, handler_)) {
         why = "Couldn't listen on " + where + ": descriptor cannot be watched.";
@@ -9981,10 +10587,10 @@ REACTOR_INLINE void TcpPort::abandon() {
 }
 
 REACTOR_INLINE void TcpPort::closeSocket() {
-    if (fd_ >= 0) {
+    if (os::validFd(fd_)) {
         ReactorAccess::unwatch(reactor_, fd_, os::evRead);
         os::closeFd(fd_);
-        fd_ = -1;
+        fd_ = os::invalidFd;
     }
     // UNIX: the socket file goes with the socket (a later listener would
     // otherwise find the path taken), then the lock.
@@ -9995,12 +10601,12 @@ REACTOR_INLINE void TcpPort::closeSocket() {
 REACTOR_INLINE void TcpPort::acceptError(int err) {
     log(LogLevel::error, "accept() on " + host_.str() + " failed: " + os::errorString(err) +
                              "; dropping a pending connection and pausing accepts for 0.1s");
-    int& spare = ReactorAccess::spareFd(reactor_);
-    if (spare >= 0) {
+    os::Fd& spare = ReactorAccess::spareFd(reactor_);
+    if (os::validFd(spare)) {
         os::closeFd(spare);
         os::SockAddr peer;
-        int fd = os::acceptOne(fd_, peer);
-        if (fd >= 0) os::closeFd(fd);
+        os::Fd fd = os::acceptOne(fd_, peer);
+        if (os::validFd(fd)) os::closeFd(fd);
         spare = os::openSpareFd();
     }
     ReactorAccess::unwatch(reactor_, fd_, os::evRead);
@@ -10017,7 +10623,7 @@ REACTOR_INLINE bool TcpConnection::closeSocket(bool reset) {
     stopWriting();
     if (reset) os::setLingerZero(fd_);  // the peer sees a reset, not a clean close
     os::closeFd(fd_);
-    fd_ = -1;
+    fd_ = os::invalidFd;
     connected = false;
     disconnecting = true;  // a protocol method still on the stack stops delivering
     return true;
@@ -10070,8 +10676,8 @@ REACTOR_INLINE void TcpConnector::connect() {
     // Twisted's factoryStarted: connect() from inside clientConnectionFailed
     // or clientConnectionLost (its documented retry) is the same cycle.
     if (!std::exchange(factoryStarted_, true)) factory_.doStart();
-    if (timeout_ > 0) {
-        timeoutCall_ = reactor_.callLater(timeout_, [this] {
+    if (const double timeout = timeout_ > 0 ? timeout_ : os::fallbackConnectTimeout; timeout > 0) {
+        timeoutCall_ = reactor_.callLater(timeout, [this] {
             timeoutCall_ = DelayedCall();
             if (state_ == State::connecting) fail(Failure(error::TimeoutError()));
         });
@@ -10082,7 +10688,7 @@ REACTOR_INLINE void TcpConnector::connect() {
 
 REACTOR_INLINE void TcpConnector::connected(const os::SockAddr& peer) {
     cancelTimeout();
-    int fd = std::exchange(fd_, -1);
+    os::Fd fd = std::exchange(fd_, os::invalidFd);
     Address peerAddress = toAddress(peer);
     std::unique_ptr<Protocol> p;
     std::uint64_t attempt = attempt_;
@@ -10134,8 +10740,8 @@ REACTOR_INLINE void TcpPort::doRead() {
     int accepted = 0;
     for (; accepted < numberAccepts_ && listening_; ++accepted) {
         os::SockAddr peer;
-        int fd = os::acceptOne(fd_, peer);
-        if (fd < 0) {
+        os::Fd fd = os::acceptOne(fd_, peer);
+        if (!os::validFd(fd)) {
             int err = os::lastError();
             if (os::wouldBlock(err) || os::connectionAborted(err)) break;
             if (os::outOfDescriptors(err)) {
@@ -10747,7 +11353,7 @@ REACTOR_INLINE bool UdpPort::bind(std::uint16_t port, const os::SockAddr& where,
     const std::string place = shown.host + ":" + std::to_string(port);
     ipv6_ = where.ipv6();
     fd_ = os::udpSocket(where.family());
-    bool ok = fd_ >= 0 && (!listenMultiple || os::setReuseMultiple(fd_)) && os::bindTo(fd_, where) == 0;
+    bool ok = os::validFd(fd_) && (!listenMultiple || os::setReuseMultiple(fd_)) && os::bindTo(fd_, where) == 0;
     if (!ok) {
         int err = os::lastError();
         why = "Couldn't listen on " + place + ": [Errno " + std::to_string(err) + "] " + os::errorString(err) + ".";
@@ -10788,10 +11394,10 @@ REACTOR_INLINE DatagramProtocol* UdpPort::unlinkProtocol() {
 }
 
 REACTOR_INLINE void UdpPort::closeSocket() {
-    if (fd_ >= 0) {
+    if (os::validFd(fd_)) {
         if (handler_) ReactorAccess::unwatch(reactor_, fd_, os::evRead);
         os::closeFd(fd_);
-        fd_ = -1;
+        fd_ = os::invalidFd;
     }
 }
 
@@ -10983,12 +11589,12 @@ REACTOR_INLINE void UdpPort::connect(const std::string& host, int port) {
 }
 
 REACTOR_INLINE void UdpPort::setBroadcastAllowed(bool enabled) {
-    if (fd_ >= 0) os::setBroadcast(fd_, enabled);
+    if (os::validFd(fd_)) os::setBroadcast(fd_, enabled);
 }
 
 REACTOR_INLINE Deferred<void> UdpPort::changeGroup(const std::string& addr, const std::string& interface, bool join) {
     const char* verb = join ? "join" : "leave";
-    if (fd_ < 0)
+    if (!os::validFd(fd_))
         return fail<void>(Failure(error::MulticastJoinError(std::string("can't ") + verb + " " + addr +
                                                             ": the port is not listening")));
     os::SockAddr group, iface;
@@ -11020,11 +11626,11 @@ REACTOR_INLINE void UdpPort::setTTL(int ttl) {
         raise<error::ValueError>("setTTL(" + std::to_string(ttl) + "): a time-to-live is 0-255");
         return;
     }
-    if (fd_ >= 0) os::setMulticastTTL(fd_, ipv6_, ttl);
+    if (os::validFd(fd_)) os::setMulticastTTL(fd_, ipv6_, ttl);
 }
 
 REACTOR_INLINE void UdpPort::setLoopbackMode(bool enabled) {
-    if (fd_ >= 0) os::setMulticastLoop(fd_, ipv6_, enabled);
+    if (os::validFd(fd_)) os::setMulticastLoop(fd_, ipv6_, enabled);
 }
 
 REACTOR_INLINE bool UdpPort::setOutgoingInterface(const std::string& addr) {
@@ -11033,7 +11639,7 @@ REACTOR_INLINE bool UdpPort::setOutgoingInterface(const std::string& addr) {
         raise<error::InvalidAddressError>("'" + addr + "': setOutgoingInterface takes an IPv4 literal");
         return false;
     }
-    return fd_ >= 0 && !ipv6_ && os::setMulticastInterface(fd_, iface);
+    return os::validFd(fd_) && !ipv6_ && os::setMulticastInterface(fd_, iface);
 }
 
 }  // namespace detail
@@ -14086,12 +14692,9 @@ REACTOR_INLINE void IRCClient::ctcpQuery_ERRMSG(const std::string& user, const s
 REACTOR_INLINE void IRCClient::ctcpQuery_TIME(const std::string& user, const std::string& channel, const std::optional<std::string>& data) {
     (void)channel;
     if (data) quirkyMessage("Why did " + user + " send '" + *data + "' with a TIME query?");
-    char text[64] = {};
-    std::time_t now = std::time(nullptr);
-    std::tm local{};
-    if (localtime_r(&now, &local) == nullptr || std::strftime(text, sizeof text, "%a %b %e %H:%M:%S %Y", &local) == 0)
-        return;
-    ctcpMakeReply(detail::nickOf(user), {{"TIME", std::string(":") + text}});
+    const std::string text = reactor::detail::os::localTimeText();
+    if (text.empty()) return;
+    ctcpMakeReply(detail::nickOf(user), {{"TIME", ":" + text}});
 }
 
 REACTOR_INLINE void IRCClient::ctcpUnknownQuery(const std::string& user, const std::string& channel, const std::string& tag,
@@ -14581,7 +15184,7 @@ REACTOR_INLINE std::string dirtyReport(const Reactor& r) {
     }
     if (!fds.empty()) {
         report += "\nSelectables:";
-        for (int fd : fds) report += "\n  fd " + std::to_string(fd) + ": " + r.describeSelectable(fd);
+        for (auto fd : fds) report += "\n  fd " + std::to_string(fd) + ": " + r.describeSelectable(fd);
     }
     return report;
 }
@@ -15144,5 +15747,10 @@ REACTOR_INLINE void MemoryNetwork::advance(double seconds) {
 }  // namespace REACTOR_ABI
 }  // namespace reactor
 
+#if defined(_WIN32)
+#pragma pop_macro("interface")
+#pragma pop_macro("min")
+#pragma pop_macro("max")
+#endif
 #endif  // REACTOR_IMPLEMENTATION_INCLUDED
 #endif  // !REACTOR_SEPARATE_COMPILATION || REACTOR_IMPLEMENTATION

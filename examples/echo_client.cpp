@@ -8,7 +8,14 @@
 // One idea: a client is the same Protocol as a server. connectProtocol hands
 // you the connected protocol in a Deferred; you own it (a shared_ptr), so it
 // stays valid after the connection is gone.
+//
+// On Windows the reactor polls sockets only (WSAPoll): there a thread reads
+// stdin and hands each chunk to the loop with callFromThread.
+#if defined(_WIN32)
+#include <thread>
+#else
 #include <unistd.h>
+#endif
 
 #include <cstdio>
 #include <cstdlib>
@@ -26,19 +33,40 @@ struct EchoClient : reactor::Protocol {
     void connectionMade() override {
         std::printf("connected to %s; type lines, Ctrl-D to finish\n", transport->getPeer().str().c_str());
         std::fflush(stdout);
+#if defined(_WIN32)
+        std::thread([this, &loop = r] {
+            char buf[4096];
+            for (;;) {
+                std::size_t n = std::fread(buf, 1, sizeof buf, stdin);
+                loop.callFromThread([this, chunk = std::string(buf, n)] { input(chunk); });
+                if (n == 0) return;
+            }
+        }).detach();
+#else
         // stdin is just another descriptor for the reactor to watch.
         r.addReader(STDIN_FILENO, [this] {
             char buf[4096];
             ssize_t n = ::read(STDIN_FILENO, buf, sizeof buf);
-            if (n <= 0) {  // end of input: close once the echoes are back
-                r.removeReader(STDIN_FILENO);
-                inputDone = true;
-                if (outstanding == 0) transport->loseConnection();
-                return;
-            }
-            outstanding += static_cast<int>(n);
-            transport->write(std::string_view(buf, static_cast<size_t>(n)));
+            input(std::string_view(buf, n > 0 ? static_cast<size_t>(n) : 0));
         });
+#endif
+    }
+    /// A chunk of input; empty at its end.
+    void input(std::string_view chunk) {
+        if (inputDone || !transport) return;
+        if (chunk.empty()) {  // end of input: close once the echoes are back
+            stopInput();
+            inputDone = true;
+            if (outstanding == 0) transport->loseConnection();
+            return;
+        }
+        outstanding += static_cast<int>(chunk.size());
+        transport->write(chunk);
+    }
+    void stopInput() {
+#if !defined(_WIN32)
+        r.removeReader(STDIN_FILENO);
+#endif
     }
     void dataReceived(std::string_view data) override {
         std::printf("server: %.*s", static_cast<int>(data.size()), data.data());
@@ -47,7 +75,7 @@ struct EchoClient : reactor::Protocol {
         if (inputDone && outstanding <= 0) transport->loseConnection();
     }
     void connectionLost(const reactor::Failure& reason) override {
-        r.removeReader(STDIN_FILENO);
+        stopInput();
         std::printf("connection closed: %s\n", reason.getErrorMessage().c_str());
         r.stop();
     }

@@ -14,8 +14,10 @@
 //   serverFromString(reactor, "unix:/x/s")   # lockfile=1 and mode 0o666 by default
 //   d = endpoint.connect(f); d.cancel()      # ConnectingCancelledError(address)
 //   serverFromString(reactor, "bogus:1")     # ValueError: Unknown endpoint type: 'bogus'
+#if !defined(_WIN32)
 #include <sys/stat.h>
 #include <unistd.h>
+#endif
 
 #include <cstdlib>
 #include <map>
@@ -28,6 +30,7 @@ using namespace reactor;
 
 namespace {
 
+#if !defined(_WIN32)  // for the UNIX socket tests
 struct TempDir {
     std::string path;
     TempDir() {
@@ -43,6 +46,7 @@ bool exists(const std::string& path) {
     struct stat st {};
     return ::lstat(path.c_str(), &st) == 0;
 }
+#endif
 
 /// Echoes every byte back.
 struct Echo : Protocol {
@@ -169,6 +173,7 @@ TEST_CASE("listen and connect through strings over TCP; the protocol outlives it
     CHECK(testing::runUntilClean(t.r));
 }
 
+#if !defined(_WIN32)  // UNIX-domain sockets: not offered on Windows
 TEST_CASE("connectProtocol: a protocol you own, over TCP and over a UNIX socket") {
     TempDir dir;
     test::CleanReactor t;
@@ -205,6 +210,7 @@ TEST_CASE("connectProtocol: a protocol you own, over TCP and over a UNIX socket"
     CHECK_FALSE(exists(dir.path + "/echo.sock"));
     CHECK_FALSE(exists(dir.path + "/echo.sock.lock"));
 }
+#endif
 
 TEST_CASE("connect failures and listen failures arrive as Failures in the Deferred") {
     test::CleanReactor t;

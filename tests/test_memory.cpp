@@ -518,7 +518,7 @@ TEST_CASE("MemoryNetwork: reset() closes both ends with TCP's 'reset by peer' Co
     net.flush();
     CHECK(serverLog == Log{"made", "lost ConnectionLost"});
     CHECK(clientLog == Log{"made", "lost ConnectionLost"});
-    CHECK(detail::lostFailure(ECONNRESET).getErrorMessage().find("reset by peer") != std::string::npos);
+    CHECK(detail::lostFailure(detail::os::errConnectionReset).getErrorMessage().find("reset by peer") != std::string::npos);
 }
 
 TEST_CASE("MemoryNetwork: abortConnection drops the buffer; ConnectionAborted here, a reset there") {
@@ -544,7 +544,7 @@ TEST_CASE("MemoryNetwork: abortConnection drops the buffer; ConnectionAborted he
     CHECK(clientReason.check<error::ConnectionAborted>());
     CHECK(serverReason.check<error::ConnectionLost>());
     CHECK(!serverReason.check<error::ConnectionAborted>());
-    CHECK(serverReason.getErrorMessage() == detail::lostFailure(ECONNRESET).getErrorMessage());
+    CHECK(serverReason.getErrorMessage() == detail::lostFailure(detail::os::errConnectionReset).getErrorMessage());
 }
 
 TEST_CASE("MemoryNetwork: refused and timed-out attempts fail with TCP's reasons") {

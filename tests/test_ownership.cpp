@@ -4,11 +4,13 @@
 // Factory, and the read-side backpressure and EOF flush. Real loopback
 // sockets and pipes. Run under ASan+UBSan: most of these are memory bugs.
 // The comments say what each found before its fix, where it found one.
+#if !defined(_WIN32)
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#endif
 
 #include <cerrno>
 #include <cstring>
@@ -33,30 +35,20 @@ int refusingPort(Reactor& r) {
 }
 
 /// A blocking client socket connected to 127.0.0.1:port (a raw peer).
-int rawConnect(int port) {
-    int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in a{};
-    a.sin_family = AF_INET;
-    a.sin_port = htons(static_cast<std::uint16_t>(port));
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+test::Fd rawConnect(int port) {
+    test::Fd fd = test::rawConnect(port);
+    REQUIRE(detail::os::validFd(fd));
     return fd;
 }
 
-/// Closes with a reset (SO_LINGER 0).
-void resetClose(int fd) {
-    linger l{1, 0};
-    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof l);
-    ::close(fd);
-}
+using test::resetClose;
 
 /// Reads what is available without blocking; returns bytes read, 0 on EOF, -1 if nothing.
-long drain(int fd, std::string* into = nullptr) {
+long drain(test::Fd fd, std::string* into = nullptr) {
     char buf[65536];
     long total = -1;
     for (;;) {
-        long n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        long n = test::rawRecvNow(fd, buf, sizeof buf);
         if (n > 0) {
             if (into) into->append(buf, static_cast<std::size_t>(n));
             total = (total < 0 ? 0 : total) + n;
@@ -227,16 +219,16 @@ TEST_CASE("a server Factory destroyed from inside its own protocol's dataReceive
         return p;
     };
     ListeningPort port = r.listenTCP(0, *owner, 50, "127.0.0.1");
-    int a = rawConnect(port.getHost().port);
-    int b = rawConnect(port.getHost().port);
+    test::Fd a = rawConnect(port.getHost().port);
+    test::Fd b = rawConnect(port.getHost().port);
     REQUIRE(testing::runUntil(r, [&] { return made == 2; }));
-    REQUIRE(::send(a, "x", 1, 0) == 1);
+    REQUIRE(test::rawSend(a, "x", 1) == 1);
     REQUIRE(testing::runUntil(r, [&] { return !owner; }));
     CHECK_FALSE(port.listening());
     CHECK(lost == 0);
     CHECK(logs.contains("closed without connectionLost"));
-    ::close(a);
-    ::close(b);
+    test::closeFd(a);
+    test::closeFd(b);
     CHECK(testing::runUntilClean(r));
 }
 
@@ -313,9 +305,9 @@ TEST_CASE("a factory destroyed by stopProducing during a close gets no connectio
         return p;
     };
     ListeningPort port = r.listenTCP(0, *owner, 50, "127.0.0.1");
-    int fd = rawConnect(port.getHost().port);
+    test::Fd fd = rawConnect(port.getHost().port);
     REQUIRE(testing::runUntil(r, [&] { return made == 1; }));
-    ::close(fd);  // EOF -> closeWith(ConnectionDone) -> stopProducing -> ~Server -> connectionLost
+    test::closeFd(fd);  // EOF -> closeWith(ConnectionDone) -> stopProducing -> ~Server -> connectionLost
     REQUIRE(testing::runUntil(r, [&] { return !owner; }));
     CHECK(testing::runUntilClean(r));
 }
@@ -388,10 +380,10 @@ TEST_CASE("the peer resets during the EOF flush: connectionLost once, Connection
     FloodFactory f;
     f.produce = true;
     ListeningPort port = r.listenTCP(0, f, 50, "127.0.0.1");
-    int fd = rawConnect(port.getHost().port);
-    REQUIRE(::send(fd, "go", 2, 0) == 2);
+    test::Fd fd = rawConnect(port.getHost().port);
+    REQUIRE(test::rawSend(fd, "go", 2) == 2);
     REQUIRE(testing::runUntil(r, [&] { return f.transport && !f.live.empty() && f.live[0]->sent; }));
-    ::shutdown(fd, SHUT_WR);
+    detail::os::shutdownWrite(fd);
     REQUIRE(testing::runUntil(r, [&] { return f.transport && f.transport->disconnecting; }));
     CHECK(f.lost[0]->count == 0);  // flushing, not closed
     resetClose(fd);
@@ -408,10 +400,10 @@ TEST_CASE("abortConnection during the EOF flush: connectionLost once, Connection
     FloodFactory f;
     f.produce = true;
     ListeningPort port = r.listenTCP(0, f, 50, "127.0.0.1");
-    int fd = rawConnect(port.getHost().port);
-    REQUIRE(::send(fd, "go", 2, 0) == 2);
+    test::Fd fd = rawConnect(port.getHost().port);
+    REQUIRE(test::rawSend(fd, "go", 2) == 2);
     REQUIRE(testing::runUntil(r, [&] { return f.transport && !f.live.empty() && f.live[0]->sent; }));
-    ::shutdown(fd, SHUT_WR);
+    detail::os::shutdownWrite(fd);
     REQUIRE(testing::runUntil(r, [&] { return f.transport && f.transport->disconnecting; }));
     f.transport->abortConnection();
     f.transport->loseConnection();
@@ -419,7 +411,7 @@ TEST_CASE("abortConnection during the EOF flush: connectionLost once, Connection
     REQUIRE(testing::runUntil(r, [&] { return f.lost[0]->count > 0; }));
     CHECK(f.lost[0]->count == 1);
     CHECK(f.lost[0]->type == "ConnectionAborted");
-    ::close(fd);
+    test::closeFd(fd);
     port.stopListening();
     CHECK(testing::runUntilClean(r));
 }
@@ -432,14 +424,14 @@ TEST_CASE("read backpressure and pauseProducing/resumeProducing by the protocol 
     Reactor& r = t.r;
     FloodFactory f;
     ListeningPort port = r.listenTCP(0, f, 50, "127.0.0.1");
-    int fd = rawConnect(port.getHost().port);
-    REQUIRE(::send(fd, "go", 2, 0) == 2);
+    test::Fd fd = rawConnect(port.getHost().port);
+    REQUIRE(test::rawSend(fd, "go", 2) == 2);
     REQUIRE(testing::runUntil(r, [&] { return !f.live.empty() && f.live[0]->sent; }));
     Flood* p = f.live[0];
     // Paused by output; the protocol pauses and resumes: still paused by output.
     f.transport->pauseProducing();
     f.transport->resumeProducing();
-    REQUIRE(::send(fd, "A", 1, 0) == 1);
+    REQUIRE(test::rawSend(fd, "A", 1) == 1);
     CHECK_FALSE(testing::runUntil(r, [&] { return p->got.size() > 2; }, 0.3));
     // The protocol pauses; the client reads everything: still paused by the protocol.
     f.transport->pauseProducing();
@@ -452,7 +444,7 @@ TEST_CASE("read backpressure and pauseProducing/resumeProducing by the protocol 
     CHECK_FALSE(testing::runUntil(r, [&] { return p->got.size() > 2; }, 0.3));
     f.transport->resumeProducing();
     REQUIRE(testing::runUntil(r, [&] { return p->got == "goA"; }));
-    ::close(fd);
+    test::closeFd(fd);
     REQUIRE(testing::runUntil(r, [&] { return f.lost[0]->count == 1; }));
     CHECK(f.lost[0]->type == "ConnectionDone");
     port.stopListening();
@@ -467,13 +459,13 @@ TEST_CASE("half-close aware protocol replies to EOF with a big write and loseCon
     FloodFactory f;
     f.halfClose = true;
     ListeningPort port = r.listenTCP(0, f, 50, "127.0.0.1");
-    int fd = rawConnect(port.getHost().port);
-    ::shutdown(fd, SHUT_WR);
+    test::Fd fd = rawConnect(port.getHost().port);
+    detail::os::shutdownWrite(fd);
     std::string got;
     REQUIRE(testing::runUntil(r, [&] { return drain(fd, &got) == 0 && f.lost.size() == 1 && f.lost[0]->count == 1; }, 20));
     CHECK(got.size() == (8u << 20));
     CHECK(f.lost[0]->type == "ConnectionDone");
-    ::close(fd);
+    test::closeFd(fd);
     port.stopListening();
     CHECK(testing::runUntilClean(r));
 }
@@ -487,10 +479,10 @@ TEST_CASE("a producer registered and unregistered during the EOF flush") {
     FloodFactory f;
     f.produce = true;
     ListeningPort port = r.listenTCP(0, f, 50, "127.0.0.1");
-    int fd = rawConnect(port.getHost().port);
-    REQUIRE(::send(fd, "go", 2, 0) == 2);
+    test::Fd fd = rawConnect(port.getHost().port);
+    REQUIRE(test::rawSend(fd, "go", 2) == 2);
     REQUIRE(testing::runUntil(r, [&] { return !f.live.empty() && f.live[0]->sent; }));
-    ::shutdown(fd, SHUT_WR);
+    detail::os::shutdownWrite(fd);
     REQUIRE(testing::runUntil(r, [&] { return f.transport && f.transport->disconnecting; }));
     struct Prod : IProducer {
         ITransport* t = nullptr;
@@ -517,7 +509,7 @@ TEST_CASE("a producer registered and unregistered during the EOF flush") {
     CHECK(prod.paused == 1);
     CHECK(prod.resumed == 1);
     CHECK(prod.stopped == 0);
-    ::close(fd);
+    test::closeFd(fd);
     port.stopListening();
     CHECK(testing::runUntilClean(r));
 }
@@ -530,17 +522,17 @@ TEST_CASE("loseWriteConnection with output over the high-water mark") {
     Reactor& r = t.r;
     FloodFactory f;
     ListeningPort port = r.listenTCP(0, f, 50, "127.0.0.1");
-    int fd = rawConnect(port.getHost().port);
-    REQUIRE(::send(fd, "go", 2, 0) == 2);
+    test::Fd fd = rawConnect(port.getHost().port);
+    REQUIRE(test::rawSend(fd, "go", 2) == 2);
     REQUIRE(testing::runUntil(r, [&] { return !f.live.empty() && f.live[0]->sent; }));
     Flood* p = f.live[0];
     f.transport->loseWriteConnection();
     std::string got;
     REQUIRE(testing::runUntil(r, [&] { return drain(fd, &got) == 0; }, 20));  // all data, then EOF
     CHECK(got.size() == (8u << 20));
-    REQUIRE(::send(fd, "more", 4, 0) == 4);
+    REQUIRE(test::rawSend(fd, "more", 4) == 4);
     REQUIRE(testing::runUntil(r, [&] { return p->got == "gomore"; }));
-    ::close(fd);
+    test::closeFd(fd);
     REQUIRE(testing::runUntil(r, [&] { return f.lost[0]->count == 1; }));
     CHECK(f.lost[0]->type == "ConnectionDone");
     port.stopListening();
@@ -555,6 +547,7 @@ TEST_CASE("loseWriteConnection with output over the high-water mark") {
 // (ready, later in the pass), makes a new pipe that reuses B's descriptor
 // number, and watches it: the new reader is not called with B's stale
 // readiness, and B's old callback is not called either.
+#if !defined(_WIN32)  // POSIX reuses the lowest free number; Windows handles are not reused predictably
 TEST_CASE("a descriptor number reused within one dispatch pass") {
     test::CleanReactor t;
     Reactor& r = t.r;
@@ -586,6 +579,7 @@ TEST_CASE("a descriptor number reused within one dispatch pass") {
     r.removeAll();
     for (int fd : {a[0], a[1], b[1], c[0], c[1]}) ::close(fd);
 }
+#endif
 
 // A LoopingCall destroyed by its own function, on a real reactor, and one
 // destroyed by another timer due in the same pass.
@@ -654,15 +648,15 @@ TEST_CASE("a protocol's destructor at the end of the turn calls the reactor and 
         return p;
     };
     ListeningPort minePort = r.listenTCP(0, mine, 50, "127.0.0.1");
-    int x = rawConnect(otherPort.getHost().port);
-    int y = rawConnect(minePort.getHost().port);
+    test::Fd x = rawConnect(otherPort.getHost().port);
+    test::Fd y = rawConnect(minePort.getHost().port);
     REQUIRE(testing::runUntil(r, [&] { return otherMade == 1 && r.selectables().size() == 4; }));
-    ::close(y);  // D: ConnectionDone, destroyed at the end of that turn
+    test::closeFd(y);  // D: ConnectionDone, destroyed at the end of that turn
     REQUIRE(testing::runUntil(r, [&] { return destroyed == 1; }));
     CHECK_FALSE(other);
     CHECK(otherLost == 0);  // its factory went first: closed silently
     CHECK_FALSE(minePort.listening());  // disconnectAll
-    ::close(x);
+    test::closeFd(x);
     CHECK(testing::runUntilClean(r));
 }
 
@@ -694,15 +688,15 @@ TEST_CASE("connectionLost during shutdown destroys its factory and calls stop() 
         return p;
     };
     ListeningPort port = r.listenTCP(0, *owner, 50, "127.0.0.1");
-    int a = rawConnect(port.getHost().port);
-    int b = rawConnect(port.getHost().port);
+    test::Fd a = rawConnect(port.getHost().port);
+    test::Fd b = rawConnect(port.getHost().port);
     REQUIRE(testing::runUntil(r, [&] { return made == 2; }));
     r.callLater(0, [&] { r.stop(); });
     r.run();
     CHECK(lost == 1);  // the second one was closed by ~Factory, silently
     CHECK_FALSE(owner);
-    ::close(a);
-    ::close(b);
+    test::closeFd(a);
+    test::closeFd(b);
     CHECK(testing::cleanUp(r) == "");
 }
 

@@ -1,7 +1,9 @@
 // The Reactor core: running and stopping, system event triggers, timers,
 // the Clock, foreign descriptors, cross-thread calls, errors at the edge.
+#if !defined(_WIN32)
 #include <fcntl.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <atomic>
@@ -22,19 +24,20 @@ using namespace reactor;
 namespace {
 
 /// A pipe closed on scope exit; the write end makes the read end readable.
+/// (A loopback socket pair on Windows: test::makePipe.)
 struct Pipe {
-    int fds[2] = {-1, -1};
-    Pipe() { REQUIRE(::pipe(fds) == 0); }
+    test::Fd fds[2] = {detail::os::invalidFd, detail::os::invalidFd};
+    Pipe() { REQUIRE(test::makePipe(fds)); }
     ~Pipe() {
-        for (int fd : fds)
-            if (fd >= 0) ::close(fd);
+        for (test::Fd fd : fds)
+            if (detail::os::validFd(fd)) test::closeFd(fd);
     }
-    int readEnd() const { return fds[0]; }
-    int writeEnd() const { return fds[1]; }
-    void put(char c = 'x') const { REQUIRE(::write(fds[1], &c, 1) == 1); }
+    test::Fd readEnd() const { return fds[0]; }
+    test::Fd writeEnd() const { return fds[1]; }
+    void put(char c = 'x') const { REQUIRE(test::writeFd(fds[1], &c, 1) == 1); }
     char take() const {
         char c = 0;
-        REQUIRE(::read(fds[0], &c, 1) == 1);
+        REQUIRE(test::readFd(fds[0], &c, 1) == 1);
         return c;
     }
 };
@@ -381,7 +384,7 @@ TEST_CASE("addReader dispatches when readable, removeReader stops it") {
     Pipe p;
     std::string got;
     CHECK(r.addReader(p.readEnd(), [&] { got += p.take(); }));
-    CHECK(r.getReaders() == std::vector<int>{p.readEnd()});
+    CHECK(r.getReaders() == std::vector<test::Fd>{p.readEnd()});
     p.put('a');
     CHECK(testing::runUntil(r, [&] { return got == "a"; }));
     p.put('b');
@@ -431,6 +434,7 @@ TEST_CASE("removing an fd that is ready in the same pass does not dispatch it") 
     CHECK(r.selectables().empty());
 }
 
+#if !defined(_WIN32)  // dup2() onto a socket handle: POSIX descriptors only
 // The poller's ready list is taken before any callback runs. An earlier
 // callback of the pass closes a ready descriptor and puts a new, empty one
 // under the same number: what the wait saw is about the old one, so the new
@@ -473,6 +477,7 @@ TEST_CASE("an fd closed and its number reused within a pass gets no stale readin
     ::close(fresh[0]);
     ::close(fresh[1]);
 }
+#endif
 
 TEST_CASE("a callback may remove itself and add a new reader for the same fd") {
     test::CleanReactor t;
@@ -510,8 +515,8 @@ TEST_CASE("reader and writer on one fd; removing the writer from the reader skip
         r.removeWriter(p.writeEnd());
         r.removeReader(p.writeEnd());
     });
-    ::close(p.fds[0]);
-    p.fds[0] = -1;  // POLLERR on the write end: both would be dispatched
+    test::closeFd(p.fds[0]);
+    p.fds[0] = detail::os::invalidFd;  // POLLERR on the write end: both would be dispatched
     CHECK(testing::runUntil(r, [&] { return reads == 1; }));
     CHECK(writes == 0);
 }
@@ -524,7 +529,7 @@ TEST_CASE("removeAll returns the watched fds and leaves internal ones") {
     r.addWriter(q.writeEnd(), [] {});
     auto removed = r.removeAll();
     std::sort(removed.begin(), removed.end());
-    std::vector<int> expected{p.readEnd(), q.writeEnd()};
+    std::vector<test::Fd> expected{p.readEnd(), q.writeEnd()};
     std::sort(expected.begin(), expected.end());
     CHECK(removed == expected);
     CHECK(r.selectables().empty());
@@ -660,6 +665,7 @@ TEST_CASE("Failure::current captures a thrown library error with its hierarchy")
 }
 #endif
 
+#if !defined(_WIN32)  // POSIX signals (Windows: console control events, not raisable here)
 TEST_CASE("signal handling is off by default and stops cleanly when asked") {
     Reactor r;
     struct sigaction before {};
@@ -678,6 +684,32 @@ TEST_CASE("signal handling is off by default and stops cleanly when asked") {
     ::sigaction(SIGTERM, nullptr, &now);
     CHECK((now.sa_handler == before.sa_handler));
 }
+#else
+// Windows: run(true) installs a console control handler, which Windows
+// calls on a thread of its own for Ctrl-C, Ctrl-Break and the console
+// closing; other events are left to the next handler (FALSE).
+TEST_CASE("run(true) on Windows: a console Ctrl-Break stops the reactor; other events are not ours") {
+    Reactor r;
+    bool stoppedByEvent = false;
+    r.addSystemEventTrigger("during", "shutdown", [&] { stoppedByEvent = true; });
+    BOOL logoff = TRUE;
+    r.callWhenRunning([&] {
+        std::thread([&] {
+            logoff = detail::os::reactorConsoleHandler(CTRL_LOGOFF_EVENT);
+            detail::os::reactorConsoleHandler(CTRL_BREAK_EVENT);
+        }).join();
+    });
+    DelayedCall watchdog = r.callLater(10, [&] { r.stop(); });  // bounded even if the event is lost
+    test::LogCapture logs;
+    r.run(true);
+    if (watchdog.active()) watchdog.cancel();
+    CHECK(stoppedByEvent);
+    CHECK(logs.contains("Received Ctrl-Break, shutting down."));
+    CHECK(logoff == FALSE);
+    // After run(): no reactor to wake; the handler takes the event but wakes nothing.
+    CHECK(detail::os::signalWakeFd().load() == detail::os::invalidFd);
+}
+#endif
 
 }  // TEST_SUITE errors
 
@@ -839,14 +871,14 @@ TEST_CASE("a descriptor closed while watched is reported once and dropped, witho
     test::LogCapture logs;
     test::CleanReactor t;
     Reactor& r = t.r;
-    int fds[2];
-    REQUIRE(::pipe(fds) == 0);
+    test::Fd fds[2];
+    REQUIRE(test::makePipe(fds));
     r.addReader(fds[0], [] {});
-    ::close(fds[0]);  // the user's bug: closed without removeReader
+    test::closeFd(fds[0]);  // the user's bug: closed without removeReader
     CHECK(testing::runUntil(r, [&] { return r.selectables().empty(); }, 2));
     // Drive a few more turns: no repeated errors.
     testing::runUntil(r, [] { return false; }, 0.1);
-    ::close(fds[1]);
+    test::closeFd(fds[1]);
     std::size_t complaints = 0;
     for (auto& l : logs.lines) complaints += l.find("closed while still watched") != std::string::npos;
     CHECK(complaints == 1);
@@ -884,6 +916,7 @@ TEST_CASE("epoll: a descriptor closed while watched is forgotten, and its reused
 }
 #endif
 
+#if !defined(_WIN32)  // WSAPoll watches sockets only
 // poll() and select() call a regular file always ready; epoll refuses to
 // watch one (EPERM), so that backend reports it ready on every turn instead,
 // as Twisted's epoll reactor does: `stdin_echo < file` works on all three.
@@ -912,6 +945,7 @@ TEST_CASE("a regular file is watched like a pipe, on every backend") {
     CHECK(r.getReaders().empty());
     ::close(fd);
 }
+#endif
 
 }  // TEST_SUITE descriptors
 
@@ -1029,17 +1063,21 @@ TEST_CASE("a log sink may log and may replace itself while it runs") {
 
 // ---- ownership and re-entrancy: regressions for confirmed defects ----------
 
+#if !defined(_WIN32)
 #include <sys/resource.h>
+#endif
 
 namespace {
 /// Removes its descriptor's reader when destroyed (an RAII wrapper a
 /// program keeps inside a callback's captures).
 struct Unregisters {
     Reactor& r;
-    int fd;
-    Unregisters(Reactor& reactorRef, int watched) : r(reactorRef), fd(watched) {}
+    test::Fd fd;
+    Unregisters(Reactor& reactorRef, test::Fd watched) : r(reactorRef), fd(watched) {}
     ~Unregisters() { r.removeReader(fd); }
 };
+
+#if !defined(_WIN32)  // RLIMIT_NOFILE: Windows has no per-process descriptor limit
 
 /// Lowers RLIMIT_NOFILE so that no descriptor is left; restores it on exit.
 struct NoDescriptorsLeft {
@@ -1055,6 +1093,7 @@ struct NoDescriptorsLeft {
     }
     ~NoDescriptorsLeft() { ::setrlimit(RLIMIT_NOFILE, &old); }
 };
+#endif
 }  // namespace
 
 TEST_SUITE("descriptors") {
@@ -1081,7 +1120,7 @@ TEST_CASE("a removed reader whose destructor removes another descriptor, during 
     owner.reset();
     a.put();
     REQUIRE(testing::runUntil(r, [&] { return r.getReaders().size() == 1; }, 2));
-    CHECK(r.getReaders() == std::vector<int>{d.readEnd()});
+    CHECK(r.getReaders() == std::vector<test::Fd>{d.readEnd()});
     d.put();
     CHECK(testing::runUntil(r, [&] { return dReads == 1; }, 2));
     r.removeAll();
@@ -1109,7 +1148,7 @@ TEST_CASE("a removed reader whose destructor removes another descriptor, from a 
         removed = true;
     });
     REQUIRE(testing::runUntil(r, [&] { return removed; }, 2));
-    CHECK(r.getReaders() == std::vector<int>{d.readEnd()});
+    CHECK(r.getReaders() == std::vector<test::Fd>{d.readEnd()});
     d.put();
     CHECK(testing::runUntil(r, [&] { return dReads == 1; }, 2));
     // Replacing a reader destroys the old one the same way.
@@ -1117,7 +1156,7 @@ TEST_CASE("a removed reader whose destructor removes another descriptor, from a 
     r.addReader(a.readEnd(), [owner2] {});
     owner2.reset();
     r.addReader(a.readEnd(), [] {});  // the old reader dies; it removes d's
-    CHECK(r.getReaders() == std::vector<int>{a.readEnd()});
+    CHECK(r.getReaders() == std::vector<test::Fd>{a.readEnd()});
     r.removeAll();
 }
 
@@ -1152,6 +1191,7 @@ TEST_SUITE("reactor") {
 
 // defects: core_emfile_ctor. Out of descriptors, the constructor indexed the
 // slot table with watch()'s "not watched" value.
+#if !defined(_WIN32)  // RLIMIT_NOFILE
 TEST_CASE("a Reactor made with no descriptor left fails clearly, or wakes by polling") {
     // UBSan's vptr check reads /proc the first time it sees a type: let it
     // see Reactor before the descriptors run out, and assert after.
@@ -1198,6 +1238,7 @@ TEST_CASE("a Reactor made with no descriptor left fails clearly, or wakes by pol
     if (guard.active()) guard.cancel();
 #endif
 }
+#endif
 
 #if defined(REACTOR_USE_SELECT)
 // defects: core_select_waker. With descriptors >= FD_SETSIZE the only ones

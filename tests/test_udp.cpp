@@ -3,10 +3,12 @@
 // per-wake-up bound, connected ports and ICMP refusals, and the
 // compositions (stop or destroy from inside a callback, the reactor or the
 // protocol destroyed first).
+#if !defined(_WIN32)
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#endif
 
 #include <functional>
 #include <memory>
@@ -56,36 +58,36 @@ struct Recorder : DatagramProtocol {
 
 /// A plain blocking socket for the other end, where the library is not the point.
 struct RawUdp {
-    int fd = -1;
-    explicit RawUdp(int family = AF_INET) { fd = ::socket(family, SOCK_DGRAM, 0); }
-    ~RawUdp() { ::close(fd); }
+    test::Fd fd = detail::os::invalidFd;
+    explicit RawUdp(int family = AF_INET) { fd = test::rawSocket(family, SOCK_DGRAM); }
+    ~RawUdp() { test::closeFd(fd); }
     void sendTo(const std::string& data, const char* host, std::uint16_t port) const {
         if (std::string(host).find(':') != std::string::npos) {
             sockaddr_in6 a{};
             a.sin6_family = AF_INET6;
             a.sin6_port = htons(port);
             ::inet_pton(AF_INET6, host, &a.sin6_addr);
-            ::sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
+            ::sendto(fd, data.data(), static_cast<test::SendLength>(data.size()), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
         } else {
             sockaddr_in a{};
             a.sin_family = AF_INET;
             a.sin_port = htons(port);
             ::inet_pton(AF_INET, host, &a.sin_addr);
-            ::sendto(fd, data.data(), data.size(), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
+            ::sendto(fd, data.data(), static_cast<test::SendLength>(data.size()), 0, reinterpret_cast<sockaddr*>(&a), sizeof a);
         }
     }
 };
 
 /// A UDP port number nothing listens on (bound, read, closed).
 std::uint16_t deadPort() {
-    int fd = ::socket(AF_INET, SOCK_DGRAM, 0);
+    test::Fd fd = test::rawSocket(AF_INET, SOCK_DGRAM);
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
     socklen_t len = sizeof a;
     ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
-    ::close(fd);
+    test::closeFd(fd);
     return ntohs(a.sin_port);
 }
 
@@ -217,7 +219,7 @@ TEST_CASE("\"::\" listens on both families; an empty datagram is a datagram") {
     // The answer goes back through the mapped address.
     CHECK(port->write("back", p.from[1]));
     char buf[16] = {};
-    CHECK(::recv(raw.fd, buf, sizeof buf, MSG_DONTWAIT) == 4);  // loopback delivers at once
+    CHECK(test::rawRecvNow(raw.fd, buf, sizeof buf) == 4);  // loopback delivers at once
     CHECK(std::string(buf) == "back");
     port->stopListening();
 }
@@ -429,10 +431,12 @@ TEST_CASE("a flooded port yields: at most 256 datagrams per wake-up") {
     test::CleanReactor c;
     Recorder p;
     auto port = c.r.listenUDP(0, p, "127.0.0.1");
-    int fd = c.r.selectables().at(0);
+    test::Fd fd = c.r.selectables().at(0);
     int big = 4 << 20;
-    if (::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big) != 0)
-        ::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &big, sizeof big);
+#if defined(SO_RCVBUFFORCE)
+    if (!detail::os::setIntOption(fd, SOL_SOCKET, SO_RCVBUFFORCE, big))
+#endif
+        detail::os::setIntOption(fd, SOL_SOCKET, SO_RCVBUF, big);
     RawUdp raw;
     for (int i = 0; i < 300; ++i) raw.sendTo(std::to_string(i), "127.0.0.1", port->getHost().port);
     c.r.iterate(1.0);  // one turn: one doRead

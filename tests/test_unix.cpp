@@ -10,6 +10,7 @@
 //   reactor.connectUNIX(path + "nope", cf)
 //       # ConnectError: An error occurred while connecting: 2: No such file or directory.
 //   port.stopListening()            # the socket file is removed
+#if !defined(_WIN32)  // UNIX-domain sockets and pid lock files: not offered on Windows
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -404,3 +405,4 @@ TEST_CASE("the shared_ptr factory overload of connectUNIX owns the factory") {
 }
 
 }  // TEST_SUITE
+#endif  // !_WIN32
