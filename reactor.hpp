@@ -2729,6 +2729,10 @@ struct ListenOptions {
     bool reusePort = false;
 };
 
+/// A descriptor as the system names it, what addReader/addWriter watch: an
+/// int on POSIX, a SOCKET on Windows (where only sockets can be watched).
+using Descriptor = detail::os::Fd;
+
 /// The event loop (Twisted's reactor). Create as many as you like; nothing
 /// is shared between two reactors. Not thread-safe except callFromThread.
 class Reactor : public IReactorTime {
@@ -2829,24 +2833,24 @@ public:
 
     /// Calls `f` whenever `fd` is readable (or has hung up / failed).
     /// Replaces an earlier reader of the same fd. Returns false if the fd
-    /// cannot be watched (negative, or >= FD_SETSIZE with select()). The
-    /// descriptor type is os::Fd: an int on POSIX, a SOCKET on Windows,
-    /// where only sockets can be watched (WSAPoll).
-    bool addReader(detail::os::Fd fd, std::function<void()> f);
+    /// cannot be watched (negative, or >= FD_SETSIZE with select()). A
+    /// Descriptor is an int on POSIX, a SOCKET on Windows, where only
+    /// sockets can be watched (WSAPoll).
+    bool addReader(Descriptor fd, std::function<void()> f);
     /// Calls `f` whenever `fd` is writable.
-    bool addWriter(detail::os::Fd fd, std::function<void()> f);
+    bool addWriter(Descriptor fd, std::function<void()> f);
     /// Stops calling the reader of `fd`; removing what is not watched is not an
     /// error. Safe inside any callback: a removed fd is not dispatched later in
     /// the turn. The callback is destroyed once it is not running and the
     /// descriptor table is consistent (so its destructor, too, may add or
     /// remove descriptors): before this returns, or after the current pass.
-    void removeReader(detail::os::Fd fd);
+    void removeReader(Descriptor fd);
     /// Stops calling the writer of `fd` (as removeReader).
-    void removeWriter(detail::os::Fd fd);
+    void removeWriter(Descriptor fd);
     /// Removes every reader and writer added with addReader/addWriter and returns their fds.
     /// TCP transports and ports are not touched: close them (disconnectAll),
     /// or they would be left open and deaf.
-    std::vector<detail::os::Fd> removeAll();
+    std::vector<Descriptor> removeAll();
     /// Closes every TCP connection (their protocols get connectionLost with
     /// ConnectionLost), listening port and connection attempt. Shutdown
     /// does this; tests use it to clean up. Safe from any callback, even one
@@ -2854,14 +2858,14 @@ public:
     void disconnectAll();
     /// Every fd watched for reading: addReader's, TCP connections and ports
     /// (not the reactor's own wake-up pipe). Twisted's getReaders.
-    std::vector<detail::os::Fd> getReaders() const { return fdsWith(os::evRead); }
+    std::vector<Descriptor> getReaders() const { return fdsWith(os::evRead); }
     /// Every fd watched for writing (addWriter's, TCP connections with data to send).
-    std::vector<detail::os::Fd> getWriters() const { return fdsWith(os::evWrite); }
+    std::vector<Descriptor> getWriters() const { return fdsWith(os::evWrite); }
     /// Every watched fd (the dirty-reactor check: empty after a clean test).
-    std::vector<detail::os::Fd> selectables() const { return fdsWith(os::evRead | os::evWrite); }
+    std::vector<Descriptor> selectables() const { return fdsWith(os::evRead | os::evWrite); }
     /// What is behind a watched descriptor, for reports: a TCP connection or
     /// port (with its protocol), or "added with addReader/addWriter".
-    std::string describeSelectable(detail::os::Fd fd) const;
+    std::string describeSelectable(Descriptor fd) const;
     /// Pending timers (the dirty-reactor check: empty after a clean test).
     std::vector<DelayedCall> pendingCalls() const { return getDelayedCalls(); }
 
