@@ -221,6 +221,9 @@ compile-checks:
 	@# Without REACTOR_WITH_IRC, using the IRC client fails to compile and says why.
 	! $(CXX) -std=$(STD) -I. -fsyntax-only tests/compile/irc_not_asked.cpp 2>build/compile/irc_not_asked.log
 	grep -q 'needs #define REACTOR_WITH_IRC' build/compile/irc_not_asked.log
+	@# ...and defining it after the first #include is refused, not ignored.
+	! $(CXX) -std=$(STD) -I. -fsyntax-only tests/compile/irc_defined_late.cpp 2>build/compile/irc_defined_late.log
+	grep -q 'define REACTOR_WITH_IRC before the first #include' build/compile/irc_defined_late.log
 	@# Separate compilation: the same program from three TUs, of which only
 	@# implementation.cpp compiles the library's bodies (alone.o must leave
 	@# Reactor::run undefined, for the linker to find in implementation.o).

@@ -92,6 +92,19 @@
 //  15. IMPLEMENTATION  the bodies of the non-template functions above
 //
 // ============================================================================
+// A switch defined after this file was first included in a TU would be
+// ignored (the include guard): refuse it instead of building without it.
+#if defined(REACTOR_HPP_INCLUDED) && defined(REACTOR_WITH_IRC) && !REACTOR_HAS_IRC
+#error "define REACTOR_WITH_IRC before the first #include \"reactor.hpp\" of this file"
+#endif
+#if defined(REACTOR_HPP_INCLUDED) && defined(REACTOR_WITH_OPENSSL) && !REACTOR_HAS_OPENSSL
+#error "define REACTOR_WITH_OPENSSL before the first #include \"reactor.hpp\" of this file (and in every file)"
+#endif
+#if defined(REACTOR_HPP_INCLUDED) && defined(REACTOR_SEPARATE_COMPILATION) && defined(REACTOR_IMPLEMENTATION) && \
+    !REACTOR_HAS_IRC
+#error "define REACTOR_IMPLEMENTATION before the first #include \"reactor.hpp\" of its file"
+#endif
+
 #ifndef REACTOR_HPP_INCLUDED
 #define REACTOR_HPP_INCLUDED
 
@@ -132,6 +145,11 @@
 // to link together instead of crashing at run time. A new major version
 // would change the v0 (two vendored copies of different versions can then
 // coexist).
+#if defined(REACTOR_WITH_OPENSSL)
+#define REACTOR_HAS_OPENSSL 1
+#else
+#define REACTOR_HAS_OPENSSL 0
+#endif
 #if REACTOR_HAS_EXCEPTIONS && defined(REACTOR_WITH_OPENSSL)
 #define REACTOR_ABI v0_tls
 #elif REACTOR_HAS_EXCEPTIONS
