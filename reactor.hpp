@@ -7335,7 +7335,13 @@ REACTOR_INLINE std::vector<SockAddr> resolve(const std::string& host, std::uint1
 #endif
     int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
     if (rc != 0) {
+#if defined(REACTOR_OS_WINDOWS)
+        // mingw's gai_strerror writes into one static buffer (resolver
+        // threads would race on it) and keeps the system's ". " ending.
+        error = errorString(rc);
+#else
         error = ::gai_strerror(rc);
+#endif
         return out;
     }
     for (addrinfo* ai = list; ai; ai = ai->ai_next) {
@@ -7832,6 +7838,29 @@ REACTOR_INLINE std::string errorString(int err) {
         case WSAENOPROTOOPT: return "Protocol not available";
         case WSAEACCES: return "Permission denied";
         case WSAEINVAL: return "Invalid argument";
+        // wine's FormatMessage has no text for these ("error 10055" was all
+        // a log line said); Windows' is long and localised.
+        case WSAENETDOWN: return "Network is down";
+        case WSAENETRESET: return "Network dropped connection on reset";
+        case WSAENOBUFS: return "No buffer space available";
+        case WSAEISCONN: return "Transport endpoint is already connected";
+        case WSAENOTCONN: return "Transport endpoint is not connected";
+        case WSAESHUTDOWN: return "Cannot send after transport endpoint shutdown";
+        case WSAEHOSTDOWN: return "Host is down";
+        case WSAEINPROGRESS: return "Operation now in progress";
+        case WSAEALREADY: return "Operation already in progress";
+        case WSAEDESTADDRREQ: return "Destination address required";
+        case WSAEPROTONOSUPPORT: return "Protocol not supported";
+        case WSAEOPNOTSUPP: return "Operation not supported";
+        case WSAEINTR: return "Interrupted system call";
+        case WSAEFAULT: return "Bad address";
+        // getaddrinfo's EAI_* values are these on Windows (resolve()).
+        case WSAHOST_NOT_FOUND: return "Name or service not known";
+        case WSATRY_AGAIN: return "Temporary failure in name resolution";
+        case WSANO_RECOVERY: return "Non-recoverable failure in name resolution";
+        case WSANO_DATA: return "No address associated with hostname";
+        case WSATYPE_NOT_FOUND: return "Servname not supported for ai_socktype";
+        case WSAESOCKTNOSUPPORT: return "ai_socktype not supported";
         default: break;
     }
     char buf[256] = {};
