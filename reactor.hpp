@@ -8061,10 +8061,17 @@ REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t 
     if (count == 1) return ::send(fd, parts[0].data(), winsockLength(parts[0].size()), 0);
     constexpr std::size_t maxParts = 16;
     WSABUF bufs[maxParts];
-    const std::size_t n = std::min(count, maxParts);
-    for (std::size_t i = 0; i < n; ++i) {
-        bufs[i].buf = const_cast<char*>(parts[i].data());
-        bufs[i].len = static_cast<ULONG>(winsockLength(parts[i].size()));
+    // At most winsockLength's limit in all (the count returned is a long,
+    // 32 bits on Windows); a part cut to it ends the gather: bytes of the
+    // next part sent after a cut one would be counted as the cut part's.
+    std::size_t n = 0, room = static_cast<std::size_t>(winsockLength(static_cast<std::size_t>(-1)));
+    while (n < std::min(count, maxParts) && room > 0) {
+        bufs[n].buf = const_cast<char*>(parts[n].data());
+        bufs[n].len = static_cast<ULONG>(std::min(parts[n].size(), room));
+        room -= bufs[n].len;
+        const bool cut = bufs[n].len != parts[n].size();
+        ++n;
+        if (cut) break;
     }
     DWORD sent = 0;
     if (::WSASend(fd, bufs, static_cast<DWORD>(n), &sent, 0, nullptr, nullptr) != 0) return -1;
