@@ -7353,7 +7353,13 @@ REACTOR_INLINE std::vector<SockAddr> resolve(const std::string& host, std::uint1
 #endif
     int rc = ::getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &list);
     if (rc != 0) {
+#if defined(REACTOR_OS_WINDOWS)
+        // mingw's gai_strerror writes into one static buffer (resolver
+        // threads would race on it) and keeps the system's ". " ending.
+        error = errorString(rc);
+#else
         error = ::gai_strerror(rc);
+#endif
         return out;
     }
     for (addrinfo* ai = list; ai; ai = ai->ai_next) {
@@ -7850,6 +7856,29 @@ REACTOR_INLINE std::string errorString(int err) {
         case WSAENOPROTOOPT: return "Protocol not available";
         case WSAEACCES: return "Permission denied";
         case WSAEINVAL: return "Invalid argument";
+        // wine's FormatMessage has no text for these ("error 10055" was all
+        // a log line said); Windows' is long and localised.
+        case WSAENETDOWN: return "Network is down";
+        case WSAENETRESET: return "Network dropped connection on reset";
+        case WSAENOBUFS: return "No buffer space available";
+        case WSAEISCONN: return "Transport endpoint is already connected";
+        case WSAENOTCONN: return "Transport endpoint is not connected";
+        case WSAESHUTDOWN: return "Cannot send after transport endpoint shutdown";
+        case WSAEHOSTDOWN: return "Host is down";
+        case WSAEINPROGRESS: return "Operation now in progress";
+        case WSAEALREADY: return "Operation already in progress";
+        case WSAEDESTADDRREQ: return "Destination address required";
+        case WSAEPROTONOSUPPORT: return "Protocol not supported";
+        case WSAEOPNOTSUPP: return "Operation not supported";
+        case WSAEINTR: return "Interrupted system call";
+        case WSAEFAULT: return "Bad address";
+        // getaddrinfo's EAI_* values are these on Windows (resolve()).
+        case WSAHOST_NOT_FOUND: return "Name or service not known";
+        case WSATRY_AGAIN: return "Temporary failure in name resolution";
+        case WSANO_RECOVERY: return "Non-recoverable failure in name resolution";
+        case WSANO_DATA: return "No address associated with hostname";
+        case WSATYPE_NOT_FOUND: return "Servname not supported for ai_socktype";
+        case WSAESOCKTNOSUPPORT: return "ai_socktype not supported";
         default: break;
     }
     char buf[256] = {};
@@ -8050,10 +8079,17 @@ REACTOR_INLINE long sendParts(Fd fd, const std::string_view* parts, std::size_t 
     if (count == 1) return ::send(fd, parts[0].data(), winsockLength(parts[0].size()), 0);
     constexpr std::size_t maxParts = 16;
     WSABUF bufs[maxParts];
-    const std::size_t n = std::min(count, maxParts);
-    for (std::size_t i = 0; i < n; ++i) {
-        bufs[i].buf = const_cast<char*>(parts[i].data());
-        bufs[i].len = static_cast<ULONG>(winsockLength(parts[i].size()));
+    // At most winsockLength's limit in all (the count returned is a long,
+    // 32 bits on Windows); a part cut to it ends the gather: bytes of the
+    // next part sent after a cut one would be counted as the cut part's.
+    std::size_t n = 0, room = static_cast<std::size_t>(winsockLength(static_cast<std::size_t>(-1)));
+    while (n < std::min(count, maxParts) && room > 0) {
+        bufs[n].buf = const_cast<char*>(parts[n].data());
+        bufs[n].len = static_cast<ULONG>(std::min(parts[n].size(), room));
+        room -= bufs[n].len;
+        const bool cut = bufs[n].len != parts[n].size();
+        ++n;
+        if (cut) break;
     }
     DWORD sent = 0;
     if (::WSASend(fd, bufs, static_cast<DWORD>(n), &sent, 0, nullptr, nullptr) != 0) return -1;
