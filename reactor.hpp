@@ -480,6 +480,23 @@ public:
     static std::string limit() { return ""; }
     int error() const { return 0; }
     int wait(int timeoutMs, std::vector<Ready>& ready);
+#if defined(REACTOR_OS_WINDOWS)
+    bool add(Fd fd, short interest) { unstall(fd); return PollArray::add(fd, interest); }
+    bool modify(Fd fd, short interest) { return add(fd, interest); }
+    void remove(Fd fd) { unstall(fd); PollArray::remove(fd); }
+
+private:
+    /// After the peer's FIN, WSAPoll reports a socket as hung up on every
+    /// wait (poll() does not): one watched only for writing whose output
+    /// the peer is not reading would be reported, and its writer called,
+    /// thousands of times a second. Such a socket is reported once, then
+    /// left out of the wait and probed at least every stallProbeMs until
+    /// it is writable or fails.
+    static constexpr int stallProbeMs = 20;
+    void unstall(Fd fd);
+    std::vector<Fd> stalled_;
+    std::vector<pollfd> call_;  // what one WSAPoll call watches (reused)
+#endif
 };
 
 #if !defined(REACTOR_OS_WINDOWS)
@@ -7104,18 +7121,55 @@ REACTOR_INLINE int PollArray::collect(int n, std::vector<Ready>& ready) {
     return static_cast<int>(ready.size());
 }
 
+#if defined(REACTOR_OS_WINDOWS)
+REACTOR_INLINE void PollBackend::unstall(Fd fd) {
+    for (std::size_t i = 0; i < stalled_.size(); ++i) {
+        if (stalled_[i] != fd) continue;
+        stalled_[i] = stalled_.back();
+        stalled_.pop_back();
+        return;
+    }
+}
+#endif
+
 REACTOR_INLINE int PollBackend::wait(int timeoutMs, std::vector<Ready>& ready) {
     ready.clear();
 #if defined(REACTOR_OS_WINDOWS)
-    if (fds_.empty()) {  // WSAPoll refuses an empty set (WSAEINVAL)
-        pause(timeoutMs < 0 ? 10 : timeoutMs);
-        return 0;
+    // The stalled sockets first, without waiting: back in the wait once
+    // writable or failed (reported now); while any stays out, the wait is
+    // capped so that they are probed again soon.
+    for (std::size_t i = 0; i < stalled_.size();) {
+        pollfd probe{};
+        probe.fd = stalled_[i];
+        probe.events = evWrite;
+        if (::WSAPoll(&probe, 1, 0) != 0 && (probe.revents & (evWrite | POLLERR | evInvalid))) {
+            ready.push_back(Ready{probe.fd, probe.revents, 0});
+            stalled_[i] = stalled_.back();
+            stalled_.pop_back();
+        } else {
+            ++i;
+        }
     }
-    int n = ::WSAPoll(fds_.data(), static_cast<ULONG>(fds_.size()), timeoutMs);
+    if (!ready.empty()) timeoutMs = 0;
+    else if (!stalled_.empty() && (timeoutMs < 0 || timeoutMs > stallProbeMs)) timeoutMs = stallProbeMs;
+    // Usually nothing is stalled and the array is handed over as it is.
+    std::vector<pollfd>& set = stalled_.empty() ? fds_ : call_;
+    if (!stalled_.empty()) {
+        call_.clear();
+        for (const pollfd& p : fds_) {
+            if (std::find(stalled_.begin(), stalled_.end(), p.fd) == stalled_.end()) call_.push_back(p);
+        }
+    }
+    if (set.empty()) {  // WSAPoll refuses an empty set (WSAEINVAL)
+        if (ready.empty()) pause(timeoutMs < 0 ? 10 : timeoutMs);
+        return static_cast<int>(ready.size());
+    }
+    int n = ::WSAPoll(set.data(), static_cast<ULONG>(set.size()), timeoutMs);
     if (n < 0 && lastError() == WSAENOTSOCK) {
         // A watched socket was closed (wine fails the whole call where
         // Windows reports POLLNVAL): report it as POLLNVAL.
-        for (pollfd& p : fds_) {
+        const std::size_t before = ready.size();
+        for (pollfd& p : set) {
             int type = 0;
             socklen_t len = sizeof type;
             if ((p.revents & evInvalid) ||
@@ -7123,12 +7177,20 @@ REACTOR_INLINE int PollBackend::wait(int timeoutMs, std::vector<Ready>& ready) {
                 ready.push_back(Ready{p.fd, evInvalid, 0});
             p.revents = 0;
         }
-        if (!ready.empty()) return static_cast<int>(ready.size());
+        if (ready.size() > before) return static_cast<int>(ready.size());
         setLastError(WSAENOTSOCK);
     }
+    if (n < 0) return ready.empty() ? n : static_cast<int>(ready.size());
     // Every entry is looked at: wine leaves a closed socket's POLLNVAL out
     // of the count it returns.
-    return n < 0 ? n : collect(static_cast<int>(fds_.size()), ready);
+    for (pollfd& p : set) {
+        if (p.revents == 0) continue;
+        const bool hungUpOnly = (p.revents & POLLHUP) && !(p.revents & (evRead | evWrite | POLLERR | evInvalid));
+        if (hungUpOnly && p.events == evWrite) stalled_.push_back(p.fd);  // reported this once
+        ready.push_back(Ready{p.fd, p.revents, 0});
+        p.revents = 0;
+    }
+    return static_cast<int>(ready.size());
 #else
     int n = ::poll(fds_.data(), static_cast<nfds_t>(fds_.size()), timeoutMs);
     return n <= 0 ? n : collect(n, ready);
