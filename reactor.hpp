@@ -7786,20 +7786,6 @@ REACTOR_INLINE bool setReuseMultiple(Fd fd) {
     return true;
 }
 
-REACTOR_INLINE bool joinGroup(Fd fd, const SockAddr& group, const SockAddr* iface, bool join) {
-    if (group.ipv6()) {
-        ipv6_mreq m{};
-        m.ipv6mr_multiaddr = reinterpret_cast<const sockaddr_in6*>(&group.storage)->sin6_addr;
-        m.ipv6mr_interface = 0;
-        return ::setsockopt(fd, IPPROTO_IPV6, join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP, &m, sizeof m) == 0;
-    }
-    ip_mreq m{};
-    m.imr_multiaddr = reinterpret_cast<const sockaddr_in*>(&group.storage)->sin_addr;
-    m.imr_interface.s_addr = htonl(INADDR_ANY);
-    if (iface) m.imr_interface = reinterpret_cast<const sockaddr_in*>(&iface->storage)->sin_addr;
-    return ::setsockopt(fd, IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP, &m, sizeof m) == 0;
-}
-
 REACTOR_INLINE bool setMulticastTTL(Fd fd, bool ipv6, int ttl) {
     if (ipv6) return setIntOption(fd, IPPROTO_IPV6, IPV6_MULTICAST_HOPS, ttl);
     unsigned char v = static_cast<unsigned char>(ttl);  // a byte on every system
@@ -7835,30 +7821,6 @@ REACTOR_INLINE bool getMulticastLoop(Fd fd, bool ipv6) {
     unsigned char v = 0;
     socklen_t len = sizeof v;
     return ::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_LOOP, &v, &len) == 0 && v != 0;
-}
-
-REACTOR_INLINE bool setMulticastInterface(Fd fd, const SockAddr& iface) {
-    in_addr a = reinterpret_cast<const sockaddr_in*>(&iface.storage)->sin_addr;
-    return ::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &a, sizeof a) == 0;
-}
-
-REACTOR_INLINE std::string getMulticastInterface(Fd fd) {
-    in_addr a{};
-    socklen_t len = sizeof a;
-    if (::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, &a, &len) != 0) return "";
-    char buf[INET_ADDRSTRLEN] = {};
-    ::inet_ntop(AF_INET, &a, buf, sizeof buf);
-    return buf;
-}
-
-REACTOR_INLINE std::atomic<Fd>& signalWakeFd() {
-    static std::atomic<Fd> fd{invalidFd};
-    return fd;
-}
-
-REACTOR_INLINE std::atomic<int>& signalReceived() {
-    static std::atomic<int> sig{0};
-    return sig;
 }
 
 REACTOR_INLINE void reactorSignalHandler(int sig) {
@@ -8192,22 +8154,6 @@ REACTOR_INLINE long receiveFrom(Fd fd, char* buf, std::size_t size, SockAddr& fr
 
 REACTOR_INLINE bool setReuseMultiple(Fd fd) { return setIntOption(fd, SOL_SOCKET, SO_REUSEADDR, 1); }
 
-REACTOR_INLINE bool joinGroup(Fd fd, const SockAddr& group, const SockAddr* iface, bool join) {
-    if (group.ipv6()) {
-        ipv6_mreq m{};
-        m.ipv6mr_multiaddr = reinterpret_cast<const sockaddr_in6*>(&group.storage)->sin6_addr;
-        m.ipv6mr_interface = 0;
-        return ::setsockopt(fd, IPPROTO_IPV6, join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP,
-                            reinterpret_cast<const char*>(&m), sizeof m) == 0;
-    }
-    ip_mreq m{};
-    m.imr_multiaddr = reinterpret_cast<const sockaddr_in*>(&group.storage)->sin_addr;
-    m.imr_interface.s_addr = htonl(INADDR_ANY);
-    if (iface) m.imr_interface = reinterpret_cast<const sockaddr_in*>(&iface->storage)->sin_addr;
-    return ::setsockopt(fd, IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
-                        reinterpret_cast<const char*>(&m), sizeof m) == 0;
-}
-
 // Winsock's IPv4 multicast options are DWORDs (not bytes as on POSIX).
 REACTOR_INLINE bool setMulticastTTL(Fd fd, bool ipv6, int ttl) {
     return setIntOption(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MULTICAST_HOPS : IP_MULTICAST_TTL, ttl);
@@ -8228,30 +8174,6 @@ REACTOR_INLINE bool setMulticastLoop(Fd fd, bool ipv6, bool on) {
 
 REACTOR_INLINE bool getMulticastLoop(Fd fd, bool ipv6) {
     return getIntOption(fd, ipv6 ? IPPROTO_IPV6 : IPPROTO_IP, ipv6 ? IPV6_MULTICAST_LOOP : IP_MULTICAST_LOOP);
-}
-
-REACTOR_INLINE bool setMulticastInterface(Fd fd, const SockAddr& iface) {
-    in_addr a = reinterpret_cast<const sockaddr_in*>(&iface.storage)->sin_addr;
-    return ::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, reinterpret_cast<const char*>(&a), sizeof a) == 0;
-}
-
-REACTOR_INLINE std::string getMulticastInterface(Fd fd) {
-    in_addr a{};
-    socklen_t len = sizeof a;
-    if (::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, reinterpret_cast<char*>(&a), &len) != 0) return "";
-    char buf[INET_ADDRSTRLEN] = {};
-    ::inet_ntop(AF_INET, &a, buf, sizeof buf);
-    return buf;
-}
-
-REACTOR_INLINE std::atomic<Fd>& signalWakeFd() {
-    static std::atomic<Fd> fd{invalidFd};
-    return fd;
-}
-
-REACTOR_INLINE std::atomic<int>& signalReceived() {
-    static std::atomic<int> sig{0};
-    return sig;
 }
 
 REACTOR_INLINE BOOL WINAPI reactorConsoleHandler(DWORD event) {
@@ -8285,6 +8207,49 @@ REACTOR_INLINE SignalHandlers::~SignalHandlers() {
     signalWakeFd().store(invalidFd);
 }
 #endif  // REACTOR_OS_WINDOWS
+
+// The same on both: the option buffers are passed as char* (Winsock's type;
+// POSIX takes void*, which a char* converts to).
+REACTOR_INLINE bool joinGroup(Fd fd, const SockAddr& group, const SockAddr* iface, bool join) {
+    if (group.ipv6()) {
+        ipv6_mreq m{};
+        m.ipv6mr_multiaddr = reinterpret_cast<const sockaddr_in6*>(&group.storage)->sin6_addr;
+        m.ipv6mr_interface = 0;
+        return ::setsockopt(fd, IPPROTO_IPV6, join ? IPV6_JOIN_GROUP : IPV6_LEAVE_GROUP,
+                            reinterpret_cast<const char*>(&m), sizeof m) == 0;
+    }
+    ip_mreq m{};
+    m.imr_multiaddr = reinterpret_cast<const sockaddr_in*>(&group.storage)->sin_addr;
+    m.imr_interface.s_addr = htonl(INADDR_ANY);
+    if (iface) m.imr_interface = reinterpret_cast<const sockaddr_in*>(&iface->storage)->sin_addr;
+    return ::setsockopt(fd, IPPROTO_IP, join ? IP_ADD_MEMBERSHIP : IP_DROP_MEMBERSHIP,
+                        reinterpret_cast<const char*>(&m), sizeof m) == 0;
+}
+
+REACTOR_INLINE bool setMulticastInterface(Fd fd, const SockAddr& iface) {
+    in_addr a = reinterpret_cast<const sockaddr_in*>(&iface.storage)->sin_addr;
+    return ::setsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, reinterpret_cast<const char*>(&a), sizeof a) == 0;
+}
+
+REACTOR_INLINE std::string getMulticastInterface(Fd fd) {
+    in_addr a{};
+    socklen_t len = sizeof a;
+    if (::getsockopt(fd, IPPROTO_IP, IP_MULTICAST_IF, reinterpret_cast<char*>(&a), &len) != 0) return "";
+    char buf[INET_ADDRSTRLEN] = {};
+    ::inet_ntop(AF_INET, &a, buf, sizeof buf);
+    return buf;
+}
+
+REACTOR_INLINE std::atomic<Fd>& signalWakeFd() {
+    static std::atomic<Fd> fd{invalidFd};
+    return fd;
+}
+
+REACTOR_INLINE std::atomic<int>& signalReceived() {
+    static std::atomic<int> sig{0};
+    return sig;
+}
+
 }  // namespace os
 }  // namespace detail
 
