@@ -203,7 +203,6 @@
 #include <string_view>  // zero-copy data to protocols
 #include <type_traits>  // SFINAE helpers
 #include <utility>      // std::move, std::exchange
-#include <variant>      // Result<T>: a value or a Failure
 #include <vector>       // everything array-like
 #include <optional>     // a log-only errback's Deferred<optional<T>>; IRC: absent CTCP data, optional arguments
 
@@ -1529,31 +1528,35 @@ public:
     using value_type = T;
     using Stored = detail::Stored<T>;
     /// A success holding a default value (for `Result<void>`: plain success).
-    Result() : v_(std::in_place_index<1>) {}
-    Result(Stored value) : v_(std::in_place_index<1>, std::move(value)) {}  // NOLINT: implicit on purpose
-    Result(Failure failure) : v_(std::in_place_index<0>, std::move(failure)) {}  // NOLINT
+    Result() : value_(std::in_place) {}
+    Result(Stored value) : value_(std::move(value)) {}  // NOLINT: implicit on purpose
+    Result(Failure failure) : failure_(std::move(failure)) {}  // NOLINT
 
     /// Holds a value (for Result<void>: a success).
-    bool ok() const { return v_.index() == 1; }
+    bool ok() const { return value_.has_value(); }
     /// Holds a Failure.
-    bool failed() const { return v_.index() == 0; }
+    bool failed() const { return !ok(); }
     /// Same as ok().
     explicit operator bool() const { return ok(); }
     /// The value; on a failure this raises it (Failure::raiseException).
     Stored& value() {
         if (!ok()) failure().raiseException();
-        return *std::get_if<1>(&v_);
+        return *value_;
     }
     const Stored& value() const {
         if (!ok()) failure().raiseException();
-        return *std::get_if<1>(&v_);
+        return *value_;
     }
     /// The failure; only meaningful when failed().
-    Failure& failure() { return *std::get_if<0>(&v_); }
-    const Failure& failure() const { return *std::get_if<0>(&v_); }
+    Failure& failure() { return *failure_; }
+    const Failure& failure() const { return *failure_; }
 
 private:
-    std::variant<Failure, Stored> v_;
+    // Exactly one is engaged. Two optionals rather than a std::variant: the
+    // variant's machinery, instantiated for every T, was a fifth of what a
+    // new Deferred<T> cost to compile; optional<Failure> is shared by all.
+    std::optional<Stored> value_;
+    std::optional<Failure> failure_;
 };
 
 namespace detail {
@@ -1589,10 +1592,32 @@ public:
     /// (an inner or a feeder): going on once per pass ends cycles.
     std::uint64_t forwardedIn = 0;
 
+    /// One link of the chain. It runs on this Deferred (a DeferredState<T>
+    /// its own code knows the T of) and returns a Deferred the loop must run
+    /// first, or null. Untyped on purpose: every Deferred<T> shares this
+    /// vector, the loop and the teardown, so a new T costs its compiler only
+    /// its result type and its callbacks.
+    using Step = std::function<DeferredPtr(DeferredBase&)>;
+    std::vector<Step> steps;
+    std::size_t nextStep = 0;  // the index of the next step to run
+
     /// Runs the chain's pairs until it is exhausted or paused. Returns a
     /// Deferred the loop must run first (then this one again), or null.
-    virtual DeferredPtr advance() = 0;
+    DeferredPtr advance();
     virtual void errbackCancelled() = 0;
+
+    /// Appends a step (running it now if the chain is fired and idle) and
+    /// returns its index in `steps`, which holds until it runs: steps are
+    /// cleared only once all have run.
+    std::size_t addStep(Step step);
+    /// Turns the step at `index`, not run yet, into a pass-through: its
+    /// owner is gone (the coroutine frame of a DeferredAwaiter).
+    void dropStep(std::size_t index);
+    /// Destroys the pending steps without recursion: a step may own the
+    /// last reference to another Deferred whose steps own the next... (a
+    /// nest of 10,000 unfired Deferreds). Nested destructors hand their
+    /// steps to the outermost one, which destroys them in a loop.
+    void destroySteps();
 
     /// Twisted's cancel(): the canceller (or "suppress the next fire"), then
     /// CancelledError if still unfired; a fired Deferred waiting on an inner
@@ -1616,59 +1641,30 @@ public:
 Failure consumedFailure();
 inline bool isConsumedMarker(const Failure& f) { return f.check("ResultConsumed"); }
 
-/// The teardown list of the outermost Deferred destructor running on this
-/// thread (null when none): a pointer, so it needs no thread-exit destructor.
-std::vector<std::shared_ptr<void>>*& teardownList();
-/// Destroys `v` (a dying Deferred's pending steps) without recursion: a
-/// step may own the last reference to another Deferred whose steps own the
-/// next... (a nest of 10,000 unfired Deferreds). Nested destructors hand
-/// their steps to the outermost one, which destroys them in a loop.
-template <class V>
-void destroyIteratively(V& v) {
-    if (v.empty()) return;
-    std::vector<std::shared_ptr<void>>*& list = teardownList();
-    if (list) {
-        list->push_back(std::make_shared<V>(std::move(v)));
-        return;
-    }
-    std::vector<std::shared_ptr<void>> pending;
-    list = &pending;
-    { V dying = std::move(v); }
-    while (!pending.empty()) {
-        std::shared_ptr<void> next = std::move(pending.back());
-        pending.pop_back();
-        next.reset();
-    }
-    list = nullptr;
-}
-
 /// One Deferred's chain and result.
 template <class T>
 class DeferredState final : public DeferredBase {
 public:
-    using Step = std::function<DeferredPtr(DeferredState&)>;
-
     Result<T> result{Failure()};
     bool consumed = false;  // the result moved on: nothing to report
-    std::vector<Step> steps;
-    std::size_t next = 0;
 
     ~DeferredState() override {
         if (called && !consumed && result.failed())
             log(LogLevel::critical, "Unhandled error in Deferred: " + result.failure().str());
-        destroyIteratively(steps);
+        destroySteps();
     }
 
-    DeferredPtr advance() override {
-        while (next < steps.size()) {
-            if (paused) return nullptr;
-            Step step = std::move(steps[next++]);
-            if (DeferredPtr other = step(*this)) return other;
-        }
-        steps.clear();
-        next = 0;
-        return nullptr;
+    /// DeferredBase::addStep for a step written against this state's type.
+    template <class F>
+    std::size_t addStep(F f) {
+        return DeferredBase::addStep(typed(std::move(f)));
     }
+    /// `f(DeferredState&)` as an untyped Step.
+    template <class F>
+    static Step typed(F f) {
+        return [f = std::move(f)](DeferredBase& b) mutable -> DeferredPtr { return f(static_cast<DeferredState&>(b)); };
+    }
+
     void errbackCancelled() override { fire(Result<T>(Failure(defer::CancelledError()))); }
 
     std::shared_ptr<DeferredState> self() { return std::static_pointer_cast<DeferredState>(shared_from_this()); }
@@ -1718,20 +1714,6 @@ public:
         setResult(std::move(r));
         return shared_from_this();
     }
-    /// Appends a step (running it now if the chain is fired and idle) and
-    /// returns its index in `steps`, which holds until it runs: steps are
-    /// cleared only once all have run.
-    std::size_t addStep(Step step) {
-        const std::size_t index = steps.size();
-        steps.push_back(std::move(step));
-        if (called && !running && paused == 0) run(shared_from_this());
-        return index;
-    }
-    /// Turns the step at `index`, not run yet, into a pass-through: its
-    /// owner is gone (the coroutine frame of a DeferredAwaiter).
-    void dropStep(std::size_t index) {
-        steps[index] = [](DeferredState&) -> DeferredPtr { return nullptr; };
-    }
 };
 
 /// Reaches a handle's state (the handle class befriends it).
@@ -1761,7 +1743,7 @@ template <class U>
 DeferredPtr settleDeferred(DeferredState<U>& s, const std::shared_ptr<DeferredState<U>>& inner) {
     if (inner.get() == &s)
         return settle(s, Result<U>(Failure(error::RuntimeError("a callback returned the Deferred it was attached to"))));
-    if (inner->called && !inner->running && inner->paused == 0 && inner->next == inner->steps.size())
+    if (inner->called && !inner->running && inner->paused == 0 && inner->nextStep == inner->steps.size())
         return settle(s, inner->take());
     ++s.paused;
     s.waitingOn = inner;
@@ -1769,11 +1751,11 @@ DeferredPtr settleDeferred(DeferredState<U>& s, const std::shared_ptr<DeferredSt
     // into it): nothing to report if this Deferred is dropped meanwhile.
     s.setResult(Result<U>(Failure("ResultConsumed", "waiting for the Deferred a callback returned")));
     std::shared_ptr<DeferredState<U>> parent = s.self();
-    inner->steps.push_back([parent](DeferredState<U>& me) -> DeferredPtr {
+    inner->steps.push_back(DeferredState<U>::typed([parent](DeferredState<U>& me) -> DeferredPtr {
         parent->setResult(me.take());
         parent->waitingOn.reset();
         return --parent->paused == 0 ? DeferredPtr(parent) : nullptr;
-    });
+    }));
     return inner->called && !inner->running ? DeferredPtr(inner) : nullptr;
 }
 
@@ -8801,13 +8783,54 @@ REACTOR_INLINE void DeferredBase::run(DeferredPtr start) {
     }
 }
 
-REACTOR_INLINE Failure consumedFailure() {
-    return Failure("ResultConsumed", "this Deferred's result was passed on to another Deferred");
+REACTOR_INLINE DeferredPtr DeferredBase::advance() {
+    while (nextStep < steps.size()) {
+        if (paused) return nullptr;
+        Step step = std::move(steps[nextStep++]);
+        if (DeferredPtr other = step(*this)) return other;
+    }
+    steps.clear();
+    nextStep = 0;
+    return nullptr;
 }
 
-REACTOR_INLINE std::vector<std::shared_ptr<void>>*& teardownList() {
-    static thread_local std::vector<std::shared_ptr<void>>* list = nullptr;
+REACTOR_INLINE std::size_t DeferredBase::addStep(Step step) {
+    const std::size_t index = steps.size();
+    steps.push_back(std::move(step));
+    if (called && !running && paused == 0) run(shared_from_this());
+    return index;
+}
+
+REACTOR_INLINE void DeferredBase::dropStep(std::size_t index) {
+    steps[index] = [](DeferredBase&) -> DeferredPtr { return nullptr; };
+}
+
+/// The teardown list of the outermost Deferred destructor running on this
+/// thread (null when none): a pointer, so it needs no thread-exit destructor.
+REACTOR_INLINE std::vector<std::vector<DeferredBase::Step>>*& teardownList() {
+    static thread_local std::vector<std::vector<DeferredBase::Step>>* list = nullptr;
     return list;
+}
+
+REACTOR_INLINE void DeferredBase::destroySteps() {
+    if (steps.empty()) return;
+    std::vector<std::vector<Step>>*& list = teardownList();
+    if (list) {
+        list->push_back(std::move(steps));
+        return;
+    }
+    std::vector<std::vector<Step>> pending;
+    list = &pending;
+    { std::vector<Step> dying = std::move(steps); }
+    while (!pending.empty()) {
+        std::vector<Step> batch = std::move(pending.back());
+        pending.pop_back();
+    }
+    list = nullptr;
+}
+
+REACTOR_INLINE Failure consumedFailure() {
+    return Failure("ResultConsumed", "this Deferred's result was passed on to another Deferred");
 }
 
 REACTOR_INLINE std::string formatSeconds(double s) {
