@@ -217,6 +217,9 @@ compile-checks:
 	clang++ -std=c++17 $(WARN) -fno-exceptions -fno-rtti -I. tests/compile/no_exceptions.cpp -o build/compile/no_exceptions_clang $(LDFLAGS)
 	./build/compile/no_exceptions_clang
 	$(CXX) -std=$(STD) $(WARN) -I. -c tests/compile/include_only.cpp -o build/compile/include_only.o
+	@# The TUs `make footprint` times still compile (it is not run in CI).
+	$(CXX) -std=$(STD) $(WARN) -I. -fsyntax-only tests/bench/echo_minimal.cpp
+	$(CXX) -std=$(STD) $(WARN) -I. -fsyntax-only tests/bench/deferred_types.cpp
 	@# Without REACTOR_WITH_OPENSSL the header includes nothing of OpenSSL.
 	! $(CXX) -std=$(STD) -I. -E tests/compile/alone.cpp | grep -qi openssl
 	! nm -C build/compile/include_only.o | grep 'reactor::'

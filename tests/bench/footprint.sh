@@ -7,6 +7,8 @@
 #   echo (Asio)      tests/bench/echo_asio.cpp: the same program on standalone
 #                    Asio (libasio-dev; skipped, loudly, where it is missing)
 #   echo_server      examples/echo_server.cpp: endpoint strings and threads too
+#   deferred_types   tests/bench/deferred_types.cpp: five Deferred<T> types
+#                    (compile time only: what one more Deferred<T> costs)
 # plus the chat server and IRC bot examples, the header-only and
 # REACTOR_SEPARATE_COMPILATION modes, and a reference TU with only the POSIX
 # socket and common std headers. Compile time is CPU time (user + sys) of
@@ -75,6 +77,8 @@ if [ "$asio" = 1 ]; then row "echo (Asio) TU" tests/bench/echo_asio.cpp; fi
 row "echo (reactor) TU, REACTOR_SEPARATE_COMPILATION" tests/bench/echo_minimal.cpp $sep
 row "examples/echo_server.cpp, header-only" examples/echo_server.cpp
 row "examples/echo_server.cpp, REACTOR_SEPARATE_COMPILATION" examples/echo_server.cpp $sep
+row "five Deferred<T> types (tests/bench/deferred_types.cpp), header-only" tests/bench/deferred_types.cpp
+row "five Deferred<T> types, REACTOR_SEPARATE_COMPILATION" tests/bench/deferred_types.cpp $sep
 row "#include \"reactor.hpp\" alone, header-only" "$out/include_only.cpp"
 row "#include \"reactor.hpp\" alone, REACTOR_SEPARATE_COMPILATION" "$out/include_only.cpp" $sep
 row "the implementation TU (once per program)" "$out/implementation.cpp" $sep
