@@ -1531,6 +1531,23 @@ public:
     Result() : value_(std::in_place) {}
     Result(Stored value) : value_(std::move(value)) {}  // NOLINT: implicit on purpose
     Result(Failure failure) : failure_(std::move(failure)) {}  // NOLINT
+    Result(const Result&) = default;
+    Result(Result&&) = default;
+    /// Copy or move assignment. The copy is made before anything changes,
+    /// and the new state is engaged before the old one is dropped: a copy
+    /// or move that throws leaves the Result as it was (holding a value
+    /// or a Failure, never neither).
+    Result& operator=(Result other) noexcept(std::is_nothrow_move_constructible<Stored>::value &&
+                                             std::is_nothrow_move_assignable<Stored>::value) {
+        if (other.ok()) {
+            value_ = std::move(other.value_);
+            failure_.reset();
+        } else {
+            failure_ = std::move(other.failure_);
+            value_.reset();
+        }
+        return *this;
+    }
 
     /// Holds a value (for Result<void>: a success).
     bool ok() const { return value_.has_value(); }
@@ -1698,20 +1715,20 @@ public:
             raise<defer::AlreadyCalledError>();
             return;
         }
+        setResult(std::move(r));  // first: a T whose move throws leaves it unfired
         called = true;
         canceller = nullptr;
         if (const Tracer* tracer = activeTracer())
-            (*tracer)(r.ok() ? std::string("  Deferred fired with a value")
-                             : "  Deferred fired with a failure: " + r.failure().str());
-        setResult(std::move(r));
+            (*tracer)(result.ok() ? std::string("  Deferred fired with a value")
+                                  : "  Deferred fired with a failure: " + result.failure().str());
         run(shared_from_this());
     }
     /// Fires without running: the caller (a step) returns it to the loop.
     DeferredPtr prime(Result<T>&& r) {
         if (called) return nullptr;
+        setResult(std::move(r));
         called = true;
         canceller = nullptr;
-        setResult(std::move(r));
         return shared_from_this();
     }
 };

@@ -1702,3 +1702,98 @@ TEST_CASE("a log-only errback (returns nothing) is a one-liner on any Deferred")
 }
 
 }  // TEST_SUITE deferred
+
+// ---- a copy or move that throws inside Result and callback() -------------
+//
+// Found by the second reader of the untyped-chain change (2026-12-06):
+// Result<T> holds two optionals, and a member-wise assignment that threw
+// half-way left it holding neither a value nor a Failure; a T whose move
+// threw inside callback() left the Deferred fired with a placeholder
+// Failure that was then reported as unhandled.
+
+#if REACTOR_HAS_EXCEPTIONS
+#include <cstdlib>
+#include <new>
+#include <stdexcept>
+
+namespace {
+/// Allocations left before operator new fails (-1: never fails). Per
+/// thread, so that other threads of the test program are not affected.
+thread_local int allocationsBeforeFailure = -1;
+}  // namespace
+
+// The test program's operator new, with the failure switch above.
+void* operator new(std::size_t n) {
+    if (allocationsBeforeFailure == 0) throw std::bad_alloc();
+    if (allocationsBeforeFailure > 0) --allocationsBeforeFailure;
+    if (void* p = std::malloc(n != 0 ? n : 1)) return p;
+    throw std::bad_alloc();
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+
+namespace {
+/// A value whose move constructor throws on the n-th move from now.
+struct MoveThrows {
+    static inline int throwOnMove = 0;
+    int v;
+    explicit MoveThrows(int x) : v(x) {}
+    MoveThrows(const MoveThrows&) = default;
+    MoveThrows(MoveThrows&& o) : v(o.v) {
+        if (throwOnMove > 0 && --throwOnMove == 0) throw std::runtime_error("move threw");
+    }
+    MoveThrows& operator=(const MoveThrows&) = default;
+    MoveThrows& operator=(MoveThrows&& o) {
+        v = o.v;
+        return *this;
+    }
+};
+}  // namespace
+
+TEST_CASE("a Result whose assignment runs out of memory keeps what it held") {
+    // Longer than the small-string buffer: copying the Failure allocates.
+    const std::string message = "a message longer than any small-string buffer";
+    Result<int> value(5);
+    Result<int> failure{Failure(error::ValueError(message))};
+    allocationsBeforeFailure = 0;
+    CHECK_THROWS_AS(value = failure, std::bad_alloc);
+    allocationsBeforeFailure = -1;
+    REQUIRE(value.ok());
+    CHECK(value.value() == 5);
+
+    Result<std::string> failed{Failure(error::ValueError(message))};
+    Result<std::string> text(message);
+    allocationsBeforeFailure = 0;
+    CHECK_THROWS_AS(failed = text, std::bad_alloc);
+    allocationsBeforeFailure = -1;
+    REQUIRE(failed.failed());
+    CHECK(failed.failure().getErrorMessage() == message);
+
+    // And the assignments themselves, both ways.
+    value = failure;
+    CHECK(value.failed());
+    failed = text;
+    REQUIRE(failed.ok());
+    CHECK(failed.value() == message);
+}
+
+TEST_CASE("callback() whose value's move throws leaves the Deferred unfired") {
+    Deferred<MoveThrows> d;
+    int got = 0;
+    d.addCallback([&got](MoveThrows m) {
+        got = m.v;
+        return m;
+    });
+    // Each of the moves between callback() and the stored result in turn.
+    for (int k = 1; k <= 4; ++k) {
+        CAPTURE(k);
+        MoveThrows::throwOnMove = k;
+        CHECK_THROWS_AS(d.callback(MoveThrows(7)), std::runtime_error);
+        MoveThrows::throwOnMove = 0;
+        CHECK_FALSE(d.called());
+    }
+    d.callback(MoveThrows(8));
+    CHECK(d.called());
+    CHECK(got == 8);
+}
+#endif
