@@ -184,13 +184,21 @@
 #define REACTOR_INLINE inline
 #endif
 
+// The library's internal classes (the TCP connection, port and connector,
+// the UDP port) are defined only where their bodies are compiled: in every
+// header-only TU, and in the one implementation TU of a separately compiled
+// program. The other TUs of such a program never name them, and skip the
+// work of compiling their definitions.
+#if !defined(REACTOR_SEPARATE_COMPILATION) || defined(REACTOR_IMPLEMENTATION)
+#define REACTOR_SEES_INTERNALS 1
+#else
+#define REACTOR_SEES_INTERNALS 0
+#endif
+
 // ============================================================================
 // ==== 2. INCLUDES ====
 // ============================================================================
 
-#include <algorithm>    // std::push_heap, std::pop_heap, std::find_if
-#include <atomic>       // wake-up flag, signal flag
-#include <chrono>       // steady_clock: the monotonic time source
 #include <cstddef>      // offsetof (sockaddr_un lengths)
 #include <cstdint>      // fixed-width integers
 #include <cstring>      // std::strerror, std::memcpy
@@ -198,7 +206,6 @@
 #include <functional>   // std::function for user callbacks
 #include <initializer_list>  // writeSequence({a, b})
 #include <memory>       // std::shared_ptr, std::unique_ptr
-#include <mutex>        // cross-thread call queue
 #include <string>       // messages, buffers
 #include <string_view>  // zero-copy data to protocols
 #include <type_traits>  // SFINAE helpers
@@ -212,11 +219,6 @@
 #include <coroutine>    // std::coroutine_handle, std::suspend_never
 #define REACTOR_HAS_COROUTINES 1
 #endif
-#endif
-
-#if REACTOR_HAS_RTTI && defined(__GNUG__)
-#include <cxxabi.h>     // demangled type names for Failure
-#include <typeinfo>
 #endif
 
 // The OS headers, used by section 3 alone.
@@ -770,14 +772,6 @@ bool getMulticastLoop(Fd fd, bool ipv6);
 bool setMulticastInterface(Fd fd, const SockAddr& iface);
 std::string getMulticastInterface(Fd fd);
 
-
-/// SIGINT/SIGTERM handling for `Reactor::run(true)`. A signal handler can
-/// only touch lock-free atomics, so the one reactor that asked for signals
-/// publishes its wake-up descriptor here while it runs. Windows: a console
-/// control handler (Ctrl-C, Ctrl-Break, the console closing), which Windows
-/// runs on a thread of its own; the "signal" is the CTRL_*_EVENT value + 1.
-std::atomic<Fd>& signalWakeFd();
-std::atomic<int>& signalReceived();
 #if defined(REACTOR_OS_WINDOWS)
 BOOL WINAPI reactorConsoleHandler(DWORD event);
 #else
@@ -3094,7 +3088,7 @@ private:
 
     // ---- state ----------------------------------------------------------
 
-    std::chrono::steady_clock::time_point epoch_;
+    std::int64_t epochNanos_;  // the monotonic clock at construction (std::chrono::steady_clock, in ns)
     Tracer tracer_;
     std::uint64_t turnNumber_ = 0;
     detail::TimerQueue timers_{*this};
@@ -3111,11 +3105,11 @@ private:
     bool dispatching_ = false;
     bool releasingRetired_ = false;
 
-    std::mutex threadMutex_;
-    std::vector<std::function<void()>> threadCalls_;
-    std::vector<std::function<void()>> runningCalls_;  // swapped in: no allocation per turn
-    std::atomic<bool> threadCallsPending_{false};
-    std::atomic<bool> wakePending_{false};
+    // callFromThread's queue (section 15: its mutex and atomics stay out of
+    // the declarations every TU of a separately compiled program reads).
+    struct CrossThread;
+    std::unique_ptr<CrossThread> crossThread_;
+    static std::int64_t steadyNanos();
 
     std::unique_ptr<ThreadPool> pool_;
     std::size_t poolSize_ = 10;
@@ -3920,7 +3914,21 @@ inline Failure connectError(const std::string& detail) {
 Failure connectFailure(int err);
 
 class TcpConnector;
+class TcpConnection;
+class TcpPort;
 
+/// A TCP connection's output flow control (the in-memory network's ends
+/// follow it too), here for the tests of every build to read.
+struct TcpFlow {
+    /// Outgoing data above this many buffered bytes pauses a streaming
+    /// producer, or (with no producer registered, when a dataReceived call
+    /// took it there) reading from the socket...
+    static constexpr std::size_t highWaterMark = 64 * 1024;
+    /// ...and at or below this many resumes it.
+    static constexpr std::size_t lowWaterMark = 16 * 1024;
+};
+
+#if REACTOR_SEES_INTERNALS
 /// A connection's unsent bytes. Eight bytes until something is queued (most
 /// connections never queue: writes go straight to the socket), then a
 /// string whose capacity is kept for the next burst (up to a limit).
@@ -3955,12 +3963,8 @@ class TcpConnection final : public ITransport,
                             private IoHandler,
                             public std::enable_shared_from_this<TcpConnection> {
 public:
-    /// Outgoing data above this many buffered bytes pauses a streaming
-    /// producer, or (with no producer registered, when a dataReceived call
-    /// took it there) reading from the socket...
-    static constexpr std::size_t highWaterMark = 64 * 1024;
-    /// ...and at or below this many resumes it.
-    static constexpr std::size_t lowWaterMark = 16 * 1024;
+    static constexpr std::size_t highWaterMark = TcpFlow::highWaterMark;  // see TcpFlow
+    static constexpr std::size_t lowWaterMark = TcpFlow::lowWaterMark;
     /// A drained output buffer keeps at most this much capacity; a burst
     /// larger than that gives its memory back once sent.
     static constexpr std::size_t retainedBufferLimit = 128 * 1024;
@@ -4221,6 +4225,12 @@ private:
     std::string lockFile_;    // UNIX with wantPID: "<path>.lock", released at the close
 };
 
+/// listenTCP, listenUNIX and the server endpoints: a new port that `listen`
+/// sets up; the port, or an empty handle and the reason (nothing raised).
+template <class Listen>
+ListeningPort startPort(Reactor& r, Factory& factory, std::string& why, Listen listen);
+#endif  // REACTOR_SEES_INTERNALS
+
 }  // namespace detail
 
 /// A handle to a listening port (Twisted's IListeningPort). Copies refer to
@@ -4232,15 +4242,13 @@ public:
     /// Wraps a port; Reactor::listenTCP makes these.
     explicit ListeningPort(std::shared_ptr<detail::TcpPort> port) : port_(std::move(port)) {}
     /// Where it listens; with port 0, the port the OS picked.
-    Address getHost() const { return port_ ? port_->getHost() : Address{}; }
+    Address getHost() const;
     /// Stops accepting (now; Twisted returns a Deferred). Established
     /// connections stay open. The factory's stopFactory runs if this was
     /// its last port.
-    void stopListening() {
-        if (port_) port_->stopListening();
-    }
+    void stopListening();
     /// Accepting connections: the bind succeeded and stopListening() has not run.
-    bool listening() const { return port_ && port_->listening(); }
+    bool listening() const;
     /// Same as listening().
     explicit operator bool() const { return listening(); }
 
@@ -4248,9 +4256,8 @@ private:
     std::shared_ptr<detail::TcpPort> port_;
 };
 
+#if REACTOR_SEES_INTERNALS
 namespace detail {
-/// listenTCP, listenUNIX and the server endpoints: a new port that `listen`
-/// sets up; the port, or an empty handle and the reason (nothing raised).
 template <class Listen>
 ListeningPort startPort(Reactor& r, Factory& factory, std::string& why, Listen listen) {
     auto p = std::make_shared<TcpPort>(r, factory);
@@ -4259,6 +4266,7 @@ ListeningPort startPort(Reactor& r, Factory& factory, std::string& why, Listen l
     return ListeningPort(std::move(p));
 }
 }  // namespace detail
+#endif
 
 
 
@@ -4687,15 +4695,23 @@ private:
 };
 
 namespace detail {
+/// How much a UDP port reads per wake-up (Twisted's maxThroughput), so that
+/// a flooded port cannot starve the loop; here for the tests of every build.
+struct UdpLimits {
+    static constexpr std::size_t maxThroughput = 256 * 1024;
+    static constexpr int maxDatagramsPerRead = 256;
+};
+}  // namespace detail
+
+#if REACTOR_SEES_INTERNALS
+namespace detail {
 
 /// A bound UDP socket (Twisted's udp.Port / MulticastPort). Owned by the
 /// reactor while open; it reads for its protocol and is its transport.
 class UdpPort final : public IUDPTransport, public Owned, public std::enable_shared_from_this<UdpPort> {
 public:
-    /// At most this many bytes (Twisted's maxThroughput) or datagrams are
-    /// read per wake-up, so that a flooded port cannot starve the loop.
-    static constexpr std::size_t maxThroughput = 256 * 1024;
-    static constexpr int maxDatagramsPerRead = 256;
+    static constexpr std::size_t maxThroughput = UdpLimits::maxThroughput;  // see UdpLimits
+    static constexpr int maxDatagramsPerRead = UdpLimits::maxDatagramsPerRead;
 
     UdpPort(Reactor& r, DatagramProtocol& p) : reactor_(r), protocol_(&p) {}
     ~UdpPort() override { closeSocket(); }
@@ -4759,6 +4775,7 @@ private:
 };
 
 }  // namespace detail
+#endif  // REACTOR_SEES_INTERNALS
 
 // ============================================================================
 // ==== 10a. TLS ====
@@ -4968,6 +4985,7 @@ private:
     Address bindAddress_;
 };
 
+#if REACTOR_SEES_INTERNALS
 namespace detail {
 namespace tls {
 
@@ -5154,6 +5172,7 @@ private:
 
 }  // namespace tls
 }  // namespace detail
+#endif  // REACTOR_SEES_INTERNALS
 
 #endif  // REACTOR_WITH_OPENSSL
 
@@ -7007,7 +7026,16 @@ private:
 #define REACTOR_IMPLEMENTATION_INCLUDED
 
 // What the bodies need beyond section 2: in a separately compiled build the
-// other TUs never parse these.
+// other TUs never parse these (<mutex>, <atomic> and <chrono> alone were a
+// fifth of such a TU's compile time).
+#include <algorithm>    // std::push_heap, std::pop_heap, std::find_if
+#include <atomic>       // wake-up flag, signal flag
+#include <chrono>       // steady_clock: the monotonic time source
+#include <mutex>        // cross-thread call queue
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+#include <cxxabi.h>     // demangled type names for Failure
+#include <typeinfo>
+#endif
 #include <cmath>        // std::floor (LoopingCall), std::sqrt/log/cos (reconnect jitter)
 #include <cstdio>       // std::fputs for the default logger
 #include <cstdlib>      // std::getenv for REACTOR_TRACE
@@ -7030,6 +7058,14 @@ inline namespace REACTOR_ABI {
 // ---- 3. PLATFORM -----------------------------------------------------------
 namespace detail {
 namespace os {
+
+/// SIGINT/SIGTERM handling for `Reactor::run(true)`. A signal handler can
+/// only touch lock-free atomics, so the one reactor that asked for signals
+/// publishes its wake-up descriptor here while it runs. Windows: a console
+/// control handler (Ctrl-C, Ctrl-Break, the console closing), which Windows
+/// runs on a thread of its own; the "signal" is the CTRL_*_EVENT value + 1.
+std::atomic<Fd>& signalWakeFd();
+std::atomic<int>& signalReceived();
 
 #if !defined(REACTOR_OS_WINDOWS)
 REACTOR_INLINE ConnectErrorKind classifyConnectError(int err) {
@@ -8975,7 +9011,21 @@ REACTOR_INLINE std::string Address::str() const {
     return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
 
-REACTOR_INLINE Reactor::Reactor() : epoch_(std::chrono::steady_clock::now()) {
+REACTOR_INLINE std::int64_t Reactor::steadyNanos() {
+    using namespace std::chrono;
+    return duration_cast<nanoseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+struct Reactor::CrossThread {
+    std::mutex mutex;
+    std::vector<std::function<void()>> calls;
+    std::vector<std::function<void()>> running;  // swapped in: no allocation per turn
+    std::atomic<bool> pending{false};
+    std::atomic<bool> wakePending{false};
+};
+
+REACTOR_INLINE Reactor::Reactor()
+    : epochNanos_(steadyNanos()), crossThread_(std::make_unique<CrossThread>()) {
     const char* env = std::getenv("REACTOR_TRACE");
     if (env && *env && std::strcmp(env, "0") != 0)
         tracer_ = [](std::string_view line) {
@@ -9001,7 +9051,7 @@ REACTOR_INLINE Reactor::Reactor() : epoch_(std::chrono::steady_clock::now()) {
     else
         wakerSlot = watch(waker_.readFd(), os::evRead, detail::makeHandler([this] {
                               waker_.drain();
-                              wakePending_.store(false);
+                              crossThread_->wakePending.store(false);
                           }));
     if (wakerSlot == npos) {
         if (why.empty()) why = "cannot watch its wake-up descriptor " + std::to_string(waker_.readFd());
@@ -9030,9 +9080,9 @@ REACTOR_INLINE Reactor::~Reactor() {
         releaseRetired();
         std::vector<std::function<void()>> calls;
         {
-            std::lock_guard<std::mutex> lock(threadMutex_);
-            calls.swap(threadCalls_);
-            threadCallsPending_.store(false);
+            std::lock_guard<std::mutex> lock(crossThread_->mutex);
+            calls.swap(crossThread_->calls);
+            crossThread_->pending.store(false);
         }
         calls.clear();
         if (owned_.empty() && dead_.empty() && timers_.liveCount() == 0 && slots_.empty() && retired_.empty()) break;
@@ -9095,7 +9145,7 @@ REACTOR_INLINE void Reactor::trace(std::string_view line) const {
 }
 
 REACTOR_INLINE double Reactor::seconds() const {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - epoch_).count();
+    return static_cast<double>(steadyNanos() - epochNanos_) / 1e9;
 }
 
 REACTOR_INLINE DelayedCall Reactor::callLater(double delay, std::function<void()> f, detail::Where where) {
@@ -9146,11 +9196,11 @@ REACTOR_INLINE std::string Reactor::describeSelectable(os::Fd fd) const {
 
 REACTOR_INLINE void Reactor::callFromThread(std::function<void()> f) {
     {
-        std::lock_guard<std::mutex> lock(threadMutex_);
-        threadCalls_.push_back(std::move(f));
-        threadCallsPending_.store(true);
+        std::lock_guard<std::mutex> lock(crossThread_->mutex);
+        crossThread_->calls.push_back(std::move(f));
+        crossThread_->pending.store(true);
     }
-    if (!wakePending_.exchange(true)) waker_.wake();
+    if (!crossThread_->wakePending.exchange(true)) waker_.wake();
 }
 
 REACTOR_INLINE ThreadPool& Reactor::getThreadPool() {
@@ -9412,7 +9462,7 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
         timerLimited = wait < 0 || untilNext <= wait;
         wait = wait < 0 ? untilNext : std::min(wait, untilNext);
     }
-    if (threadCallsPending_.load() || (stopRequested_ && !shutdownStarted_) || (inRun_ && loopDone_)) wait = 0;
+    if (crossThread_->pending.load() || (stopRequested_ && !shutdownStarted_) || (inRun_ && loopDone_)) wait = 0;
     if (!wakerWatched_ && (wait < 0 || wait > 0.01)) wait = 0.01;  // no waker: look for other threads' calls
     int ms = -1;
     if (wait >= 0) ms = static_cast<int>(std::min(std::ceil(wait * 1000.0), 2147483000.0));
@@ -9444,15 +9494,16 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
         });
     }
 
-    if (threadCallsPending_.load()) {
+    if (crossThread_->pending.load()) {
         {
-            std::lock_guard<std::mutex> lock(threadMutex_);
-            runningCalls_.swap(threadCalls_);
-            threadCallsPending_.store(false);
+            std::lock_guard<std::mutex> lock(crossThread_->mutex);
+            crossThread_->running.swap(crossThread_->calls);
+            crossThread_->pending.store(false);
         }
-        if (tracer_) trace(std::to_string(runningCalls_.size()) + " call(s) from other threads");
-        for (auto& f : runningCalls_) detail::runGuarded("callFromThread call", f);
-        runningCalls_.clear();
+        std::vector<std::function<void()>>& running = crossThread_->running;
+        if (tracer_) trace(std::to_string(running.size()) + " call(s) from other threads");
+        for (auto& f : running) detail::runGuarded("callFromThread call", f);
+        running.clear();
     }
 
     releaseRetired();
@@ -10910,6 +10961,14 @@ REACTOR_INLINE void TcpPort::doRead() {
     numberAccepts_ = std::max(numberAccepts_, 100);
 }
 }  // namespace detail
+
+REACTOR_INLINE Address ListeningPort::getHost() const { return port_ ? port_->getHost() : Address{}; }
+
+REACTOR_INLINE void ListeningPort::stopListening() {
+    if (port_) port_->stopListening();
+}
+
+REACTOR_INLINE bool ListeningPort::listening() const { return port_ && port_->listening(); }
 
 REACTOR_INLINE ListeningPort Reactor::listenTCP(int port, Factory& factory, int backlog, std::string_view interface) {
     ListenOptions options;

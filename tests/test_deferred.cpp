@@ -1751,15 +1751,16 @@ namespace {
 thread_local int allocationsBeforeFailure = -1;
 }  // namespace
 
-// The test program's operator new, with the failure switch above.
-void* operator new(std::size_t n) {
+// The test program's operator new, with the failure switch above. Never
+// inlined: GCC would then see free() on what `new` returned, and warn.
+__attribute__((noinline)) void* operator new(std::size_t n) {
     if (allocationsBeforeFailure == 0) throw std::bad_alloc();
     if (allocationsBeforeFailure > 0) --allocationsBeforeFailure;
     if (void* p = std::malloc(n != 0 ? n : 1)) return p;
     throw std::bad_alloc();
 }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+__attribute__((noinline)) void operator delete(void* p) noexcept { std::free(p); }
+__attribute__((noinline)) void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 
 TEST_CASE("a Result whose assignment runs out of memory keeps what it held") {

@@ -2,6 +2,7 @@
 // parseModes, split, and IRCClient driven through a StringTransport and a
 // Clock: every server line to its callback, every command to its bytes,
 // splitting, flood control, CTCP, nick collision, injection, bad input.
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>

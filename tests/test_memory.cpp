@@ -4,6 +4,7 @@
 // loopback TCP too and the callbacks each side saw must be identical.
 #include <algorithm>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -429,17 +430,17 @@ TEST_CASE("MemoryNetwork: a stopped reader pauses a streaming producer at the hi
     CHECK(hose.pauses == 1);
     CHECK(got == 0);
     // It wrote until the buffer went over 64 KiB, then stopped.
-    CHECK(c.server()->pending() > detail::TcpConnection::highWaterMark);
-    CHECK(c.server()->pending() <= detail::TcpConnection::highWaterMark + live->chunk);
+    CHECK(c.server()->pending() > detail::TcpFlow::highWaterMark);
+    CHECK(c.server()->pending() <= detail::TcpFlow::highWaterMark + live->chunk);
     // A slow reader: 8 KiB a step. The producer resumes once the unsent
     // bytes are down to the low-water mark, not before.
     c.client()->readerStopped = false;
     c.client()->readRate = 8192;
     while (hose.resumes == 0) {
-        CHECK(c.server()->pending() > detail::TcpConnection::lowWaterMark);
+        CHECK(c.server()->pending() > detail::TcpFlow::lowWaterMark);
         REQUIRE(net.pump());
     }
-    CHECK(c.server()->pending() > detail::TcpConnection::highWaterMark);  // it wrote again, and paused
+    CHECK(c.server()->pending() > detail::TcpFlow::highWaterMark);  // it wrote again, and paused
     CHECK(hose.pauses == 2);
     c.client()->readRate = 0;
     const std::size_t total = live->total;
@@ -491,8 +492,8 @@ TEST_CASE("MemoryNetwork: with no producer, an echo server stops reading while i
     net.flush();
     // The server echoed until its unsent output passed 64 KiB, then stopped
     // reading: the rest waits on the client's side (TCP's backpressure).
-    CHECK(c.server()->pending() > detail::TcpConnection::highWaterMark);
-    CHECK(c.server()->pending() <= detail::TcpConnection::highWaterMark + 8192);
+    CHECK(c.server()->pending() > detail::TcpFlow::highWaterMark);
+    CHECK(c.server()->pending() <= detail::TcpFlow::highWaterMark + 8192);
     CHECK(c.client()->pending() == total - c.server()->pending());
     c.client()->readerStopped = false;
     net.flush();

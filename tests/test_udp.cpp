@@ -441,14 +441,14 @@ TEST_CASE("a flooded port yields: at most 256 datagrams per wake-up") {
     for (int i = 0; i < 300; ++i) raw.sendTo(std::to_string(i), "127.0.0.1", port->getHost().port);
     c.r.iterate(1.0);  // one turn: one doRead
     const std::size_t first = p.data.size();
-    CHECK(first <= static_cast<std::size_t>(detail::UdpPort::maxDatagramsPerRead));
+    CHECK(first <= static_cast<std::size_t>(detail::UdpLimits::maxDatagramsPerRead));
     REQUIRE(!p.data.empty());
     CHECK(p.data.front() == "0");
     testing::runUntil(c.r, [&] { return p.data.size() == 300; }, 0.5);
     // The kernel may drop some of the 300 (a small receive buffer without
     // root); what matters is that more than one wake-up's worth arrived.
-    if (p.data.size() > static_cast<std::size_t>(detail::UdpPort::maxDatagramsPerRead)) {
-        CHECK(first == static_cast<std::size_t>(detail::UdpPort::maxDatagramsPerRead));
+    if (p.data.size() > static_cast<std::size_t>(detail::UdpLimits::maxDatagramsPerRead)) {
+        CHECK(first == static_cast<std::size_t>(detail::UdpLimits::maxDatagramsPerRead));
         CHECK(p.data[first] == std::to_string(first));  // the rest came next turn, in order
     } else {
         MESSAGE("only " << p.data.size() << " of 300 datagrams fit the receive buffer: bound not exercised");
