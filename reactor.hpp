@@ -2833,9 +2833,7 @@ public:
     /// Removes a trigger; false if the id is unknown.
     bool removeSystemEventTrigger(TriggerId id);
     /// Runs an event's before/during/after triggers.
-    void fireSystemEvent(std::string_view eventType) {
-        fireEvent(std::string(eventType), [] {});
-    }
+    void fireSystemEvent(std::string_view eventType);
 
     // ---- tracing (for teaching) ----------------------------------------
 
@@ -2844,7 +2842,7 @@ public:
     /// callback it led to, timers (and how late), thread calls, connections
     /// made and lost, Deferreds fired. REACTOR_TRACE=1 in the environment
     /// turns it on (to stderr) for every new Reactor. Off: one branch per event.
-    void setTracer(Tracer tracer) { tracer_ = std::move(tracer); }
+    void setTracer(Tracer tracer);
     /// A tracer is set: callers can skip building trace lines when not.
     bool tracing() const { return static_cast<bool>(tracer_); }
     /// Sends a line to the tracer (indented under the current turn).
@@ -3134,7 +3132,7 @@ private:
     std::vector<char> readBuffer_;                       // one buffer for every recv()
     std::unique_ptr<ThreadPool> resolver_;               // name lookups, apart from the user's pool
     os::Fd spareFd_ = os::invalidFd;                     // see TcpPort::acceptError
-    std::shared_ptr<bool> alive_ = std::make_shared<bool>(true);  // false from ~Reactor on
+    std::shared_ptr<bool> alive_;  // false from ~Reactor on
 };
 
 
@@ -4526,14 +4524,11 @@ public:
     DelayedCall callID;
 
     /// The random source for jitter; replace it for deterministic tests.
-    std::function<double()> uniform01 = [state = detail::randomSeed()]() mutable {
-        state ^= state << 13;  // xorshift64: plenty for jitter, no <random> cost
-        state ^= state >> 7;
-        state ^= state << 17;
-        return static_cast<double>(state >> 11) * (1.0 / 9007199254740992.0);
-    };
+    std::function<double()> uniform01 = defaultUniform01();
 
 private:
+    /// xorshift64 from a fresh seed: plenty for jitter, no <random> cost.
+    static std::function<double()> defaultUniform01();
     double normalVariate(double mean, double stddev);
     Reactor* reactor_ = nullptr;  // set by the Reactor constructor: no retry while it stops
 };
@@ -6925,9 +6920,9 @@ private:
 /// caused them: always from a pump step, as TCP reports them from the loop.
 class MemoryNetwork {
 public:
-    explicit MemoryNetwork(Clock& clockRef) : clock(clockRef) {}
+    REACTOR_INLINE explicit MemoryNetwork(Clock& clockRef);
     /// With a Clock of its own (`net.clock`), for tests that need no other.
-    MemoryNetwork() : ownClock_(std::make_unique<Clock>()), clock(*ownClock_) {}
+    REACTOR_INLINE MemoryNetwork();
     REACTOR_INLINE ~MemoryNetwork();
     MemoryNetwork(const MemoryNetwork&) = delete;
     MemoryNetwork& operator=(const MemoryNetwork&) = delete;
@@ -9025,7 +9020,9 @@ struct Reactor::CrossThread {
 };
 
 REACTOR_INLINE Reactor::Reactor()
-    : epochNanos_(steadyNanos()), crossThread_(std::make_unique<CrossThread>()) {
+    : epochNanos_(steadyNanos()),
+      crossThread_(std::make_unique<CrossThread>()),
+      alive_(std::make_shared<bool>(true)) {
     const char* env = std::getenv("REACTOR_TRACE");
     if (env && *env && std::strcmp(env, "0") != 0)
         tracer_ = [](std::string_view line) {
@@ -9193,6 +9190,12 @@ REACTOR_INLINE std::string Reactor::describeSelectable(os::Fd fd) const {
         if (o->descriptor() == fd) return o->describe();
     return "added with addReader/addWriter";
 }
+
+REACTOR_INLINE void Reactor::fireSystemEvent(std::string_view eventType) {
+    fireEvent(std::string(eventType), [] {});
+}
+
+REACTOR_INLINE void Reactor::setTracer(Tracer tracer) { tracer_ = std::move(tracer); }
 
 REACTOR_INLINE void Reactor::callFromThread(std::function<void()> f) {
     {
@@ -11495,6 +11498,15 @@ REACTOR_INLINE void ReconnectingClientFactory::resetDelay() {
     retries = 0;
     callID = DelayedCall();
     continueTrying = true;
+}
+
+REACTOR_INLINE std::function<double()> ReconnectingClientFactory::defaultUniform01() {
+    return [state = detail::randomSeed()]() mutable {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        return static_cast<double>(state >> 11) * (1.0 / 9007199254740992.0);
+    };
 }
 
 REACTOR_INLINE double ReconnectingClientFactory::normalVariate(double mean, double stddev) {
@@ -15819,6 +15831,11 @@ REACTOR_INLINE bool MemoryConnection::stepPair(MemoryTransport& c, MemoryTranspo
     if (readEof(c)) did = true;
     return did;
 }
+
+// Out of line: the constructors name every member's destructor, which a
+// separately compiled program's other files would compile again.
+REACTOR_INLINE MemoryNetwork::MemoryNetwork(Clock& clockRef) : clock(clockRef) {}
+REACTOR_INLINE MemoryNetwork::MemoryNetwork() : ownClock_(std::make_unique<Clock>()), clock(*ownClock_) {}
 
 REACTOR_INLINE MemoryNetwork::~MemoryNetwork() {
     ++depth_;  // nothing pumps from a destructor
