@@ -820,6 +820,34 @@ using Logger = std::function<void(LogLevel, std::string_view)>;
 
 namespace detail {
 void defaultLog(LogLevel level, std::string_view message);
+
+/// Owns one object made with `new`: std::unique_ptr for the private
+/// members the declarations name (a class's hidden state, a pool made on
+/// first use), without instantiating std::unique_ptr in every TU (each
+/// instantiation cost a separately compiled TU about 1%). T may be
+/// incomplete wherever the owner's destructor is not compiled.
+template <class T>
+class Owner {
+public:
+    Owner() = default;
+    explicit Owner(T* p) : p_(p) {}
+    ~Owner() { delete p_; }
+    Owner(const Owner&) = delete;
+    Owner& operator=(const Owner&) = delete;
+    /// Holds `p` instead, then deletes the object held before.
+    void reset(T* p = nullptr) {
+        T* old = p_;
+        p_ = p;
+        delete old;
+    }
+    T* get() const { return p_; }
+    T* operator->() const { return p_; }
+    T& operator*() const { return *p_; }
+    explicit operator bool() const { return p_ != nullptr; }
+
+private:
+    T* p_ = nullptr;
+};
 }  // namespace detail
 
 /// Replaces the log hook and returns the previous one; an empty function
@@ -2586,7 +2614,7 @@ private:
     // separately compiled TU that uses the pool never parses <thread> or
     // <condition_variable>.
     struct State;
-    std::unique_ptr<State> state_;
+    detail::Owner<State> state_;
 };
 
 // ============================================================================
@@ -3106,10 +3134,10 @@ private:
     // callFromThread's queue (section 15: its mutex and atomics stay out of
     // the declarations every TU of a separately compiled program reads).
     struct CrossThread;
-    std::unique_ptr<CrossThread> crossThread_;
+    detail::Owner<CrossThread> crossThread_;
     static std::int64_t steadyNanos();
 
-    std::unique_ptr<ThreadPool> pool_;
+    detail::Owner<ThreadPool> pool_;
     std::size_t poolSize_ = 10;
 
     std::vector<Trigger> triggers_;
@@ -3122,7 +3150,7 @@ private:
     bool stopRequested_ = false;
     bool shutdownStarted_ = false;
     bool loopDone_ = false;
-    std::unique_ptr<os::SignalHandlers> signalHandlers_;
+    detail::Owner<os::SignalHandlers> signalHandlers_;
 
     // TCP state (section 9).
     std::vector<std::shared_ptr<detail::Owned>> owned_;  // live connections, ports, connectors
@@ -3130,7 +3158,7 @@ private:
     std::vector<std::shared_ptr<detail::Owned>> dying_;  // the batch being freed (reused)
     bool releasingDead_ = false;
     std::vector<char> readBuffer_;                       // one buffer for every recv()
-    std::unique_ptr<ThreadPool> resolver_;               // name lookups, apart from the user's pool
+    detail::Owner<ThreadPool> resolver_;               // name lookups, apart from the user's pool
     os::Fd spareFd_ = os::invalidFd;                     // see TcpPort::acceptError
     std::shared_ptr<bool> alive_;  // false from ~Reactor on
 };
@@ -3871,6 +3899,7 @@ private:
 
 namespace detail {
 
+#if REACTOR_SEES_INTERNALS
 /// The reactor internals the TCP classes use (a narrow friend interface).
 struct ReactorAccess {
     static bool watch(Reactor& r, os::Fd fd, short event, const Handler& h) {
@@ -3890,6 +3919,7 @@ struct ReactorAccess {
     /// False for a descriptor the backend cannot watch (select(): >= FD_SETSIZE).
     static bool canWatch(os::Fd fd);
 };
+#endif  // REACTOR_SEES_INTERNALS
 
 /// A seed that differs between objects and runs (time, a counter), mixed
 /// with splitmix64; for jitter, not for cryptography.
@@ -8911,7 +8941,7 @@ struct ThreadPool::State {
 };
 
 REACTOR_INLINE ThreadPool::ThreadPool(std::size_t maxThreads)
-    : state_(std::make_unique<State>(maxThreads ? maxThreads : 1)) {}
+    : state_(new State(maxThreads ? maxThreads : 1)) {}
 
 REACTOR_INLINE ThreadPool::~ThreadPool() { stop(); }
 
@@ -9021,7 +9051,7 @@ struct Reactor::CrossThread {
 
 REACTOR_INLINE Reactor::Reactor()
     : epochNanos_(steadyNanos()),
-      crossThread_(std::make_unique<CrossThread>()),
+      crossThread_(new CrossThread()),
       alive_(std::make_shared<bool>(true)) {
     const char* env = std::getenv("REACTOR_TRACE");
     if (env && *env && std::strcmp(env, "0") != 0)
@@ -9207,7 +9237,7 @@ REACTOR_INLINE void Reactor::callFromThread(std::function<void()> f) {
 }
 
 REACTOR_INLINE ThreadPool& Reactor::getThreadPool() {
-    if (!pool_) pool_ = std::make_unique<ThreadPool>(poolSize_);
+    if (!pool_) pool_.reset(new ThreadPool(poolSize_));
     return *pool_;
 }
 
@@ -9543,7 +9573,7 @@ REACTOR_INLINE void Reactor::run(bool installSignalHandlers) {
     }
     inRun_ = true;
     stopRequested_ = shutdownStarted_ = loopDone_ = false;
-    if (installSignalHandlers) signalHandlers_ = std::make_unique<os::SignalHandlers>(waker_.writeFd());
+    if (installSignalHandlers) signalHandlers_.reset(new os::SignalHandlers(waker_.writeFd()));
     fireEvent("startup", [] {});
     while (!loopDone_) {
         turn(-1);
@@ -10087,7 +10117,7 @@ REACTOR_INLINE std::vector<char>& ReactorAccess::readBuffer(Reactor& r) {
 }
 
 REACTOR_INLINE ThreadPool& ReactorAccess::resolver(Reactor& r) {
-    if (!r.resolver_) r.resolver_ = std::make_unique<ThreadPool>(2);
+    if (!r.resolver_) r.resolver_.reset(new ThreadPool(2));
     return *r.resolver_;
 }
 
