@@ -3343,7 +3343,7 @@ public:
     template <class P, class... Args>
     static Factory forProtocol(Args... args) {
         Factory f;
-        f.protocol = [args...]() -> std::unique_ptr<Protocol> { return std::make_unique<P>(args...); };
+        f.setProtocol<P>(args...);
         return f;
     }
 
@@ -3365,6 +3365,19 @@ public:
     void doStop();
     /// How many ports and connectors are using the factory (Twisted's numPorts).
     int numPorts = 0;
+
+protected:
+    /// `protocol` = make `P(args...)`. Without arguments, a plain function
+    /// whose std::function wrapper is compiled once (section 15), not in
+    /// every file that names a protocol class.
+    template <class P, class... Args>
+    void setProtocol(Args... args) {
+        if constexpr (sizeof...(Args) == 0)
+            setProtocolMaker([]() -> std::unique_ptr<Protocol> { return std::unique_ptr<Protocol>(new P()); });
+        else
+            protocol = [args...]() -> std::unique_ptr<Protocol> { return std::make_unique<P>(args...); };
+    }
+    void setProtocolMaker(std::unique_ptr<Protocol> (*make)());
 
 private:
     friend class detail::Owned;
@@ -3397,7 +3410,7 @@ public:
     template <class P, class... Args>
     static ClientFactory forProtocol(Args... args) {
         ClientFactory f;
-        f.protocol = [args...]() -> std::unique_ptr<Protocol> { return std::make_unique<P>(args...); };
+        f.setProtocol<P>(args...);
         return f;
     }
     /// An attempt started (called before connectTCP returns).
@@ -9630,6 +9643,8 @@ REACTOR_INLINE std::unique_ptr<Protocol> Factory::buildProtocol(const Address& a
     if (p) p->factory = this;
     return p;
 }
+
+REACTOR_INLINE void Factory::setProtocolMaker(std::unique_ptr<Protocol> (*make)()) { protocol = make; }
 
 REACTOR_INLINE Factory::~Factory() {
     // Ports and connection attempts simply stop. Open connections are closed
