@@ -1722,6 +1722,7 @@ TEST_CASE("a log-only errback (returns nothing) is a one-liner on any Deferred")
 #endif
 
 #if REACTOR_HAS_EXCEPTIONS
+#include <atomic>
 #include <cstdlib>
 #include <new>
 #include <stdexcept>
@@ -1746,16 +1747,23 @@ struct MoveThrows {
 
 #if !defined(TEST_UNDER_TSAN)
 namespace {
-/// Allocations left before operator new fails (-1: never fails). Per
-/// thread, so that other threads of the test program are not affected.
-thread_local int allocationsBeforeFailure = -1;
+/// Allocations left before operator new fails once (-1: never fails);
+/// once, so that what runs while the bad_alloc propagates can allocate.
+/// Not thread_local: with mingw's emulated TLS, an allocation made while a
+/// thread exits would read it after its storage is gone. The tests that
+/// set it run no other thread meanwhile.
+std::atomic<int> allocationsBeforeFailure{-1};
 }  // namespace
 
 // The test program's operator new, with the failure switch above. Never
 // inlined: GCC would then see free() on what `new` returned, and warn.
 __attribute__((noinline)) void* operator new(std::size_t n) {
-    if (allocationsBeforeFailure == 0) throw std::bad_alloc();
-    if (allocationsBeforeFailure > 0) --allocationsBeforeFailure;
+    if (allocationsBeforeFailure.load(std::memory_order_relaxed) >= 0) {
+        if (allocationsBeforeFailure.fetch_sub(1) == 0) {
+            allocationsBeforeFailure = -1;
+            throw std::bad_alloc();
+        }
+    }
     if (void* p = std::malloc(n != 0 ? n : 1)) return p;
     throw std::bad_alloc();
 }
@@ -1768,16 +1776,19 @@ TEST_CASE("a Result whose assignment runs out of memory keeps what it held") {
     const std::string message = "a message longer than any small-string buffer";
     Result<int> value(5);
     Result<int> failure{Failure(error::ValueError(message))};
-    allocationsBeforeFailure = 0;
-    CHECK_THROWS_AS(value = failure, std::bad_alloc);
+    // The next allocation, the first inside the assignment, fails.
+    auto assignRunningOut = [](auto& to, const auto& from) {
+        allocationsBeforeFailure = 0;
+        to = from;
+    };
+    CHECK_THROWS_AS(assignRunningOut(value, failure), std::bad_alloc);
     allocationsBeforeFailure = -1;
     REQUIRE(value.ok());
     CHECK(value.value() == 5);
 
     Result<std::string> failed{Failure(error::ValueError(message))};
     Result<std::string> text(message);
-    allocationsBeforeFailure = 0;
-    CHECK_THROWS_AS(failed = text, std::bad_alloc);
+    CHECK_THROWS_AS(assignRunningOut(failed, text), std::bad_alloc);
     allocationsBeforeFailure = -1;
     REQUIRE(failed.failed());
     CHECK(failed.failure().getErrorMessage() == message);
