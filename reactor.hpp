@@ -185,10 +185,10 @@
 #endif
 
 // The library's internal classes (the TCP connection, port and connector,
-// the UDP port) are defined only where their bodies are compiled: in every
-// header-only TU, and in the one implementation TU of a separately compiled
-// program. The other TUs of such a program never name them, and skip the
-// work of compiling their definitions.
+// the UDP port, the TLS layer) are defined only where their bodies are
+// compiled: in every header-only TU, and in the one implementation TU of a
+// separately compiled program. The other TUs of such a program never name
+// them, and skip the work of compiling their definitions.
 #if !defined(REACTOR_SEPARATE_COMPILATION) || defined(REACTOR_IMPLEMENTATION)
 #define REACTOR_SEES_INTERNALS 1
 #else
@@ -6746,7 +6746,7 @@ class MemoryConnector;
 /// (ConnectionLost) there; a peer's half-close reaches readConnectionLost()
 /// of a halfCloseable protocol; bytes written after loseConnection() are
 /// still sent, bytes arriving after it are dropped; flow control pauses a
-/// streaming producer above TcpConnection::highWaterMark unsent bytes and
+/// streaming producer above detail::TcpFlow::highWaterMark unsent bytes and
 /// resumes it at lowWaterMark, and with no producer the end stops reading
 /// while input it got pushed its unsent output over the mark.
 ///
@@ -15460,7 +15460,7 @@ REACTOR_INLINE void MemoryTransport::writeSequence(const std::string_view* parts
     written_ += total;
     marks_.emplace_back(written_, connection_.net_.clock.seconds() + connection_.latency);
     if (producer_ && !streaming_) wantPull_ = true;  // asked for more once this has drained
-    if (producer_ && streaming_ && !producerPaused_ && pending() > detail::TcpConnection::highWaterMark) {
+    if (producer_ && streaming_ && !producerPaused_ && pending() > detail::TcpFlow::highWaterMark) {
         producerPaused_ = true;
         producer_->pauseProducing();
     }
@@ -15506,7 +15506,7 @@ REACTOR_INLINE void MemoryTransport::registerProducer(IProducer* producer, bool 
     outputPaused_ = false;  // the producer limits the output from now on
     if (!streaming) {
         producer->resumeProducing();  // a pull producer is asked at once
-    } else if (pending() > detail::TcpConnection::highWaterMark) {
+    } else if (pending() > detail::TcpFlow::highWaterMark) {
         producerPaused_ = true;
         producer->pauseProducing();
     }
@@ -15728,8 +15728,8 @@ REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTrans
         }
         // TCP's read-side backpressure: this input took the unsent output
         // over the mark and no producer limits it: stop reading until it drains.
-        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && before <= detail::TcpConnection::highWaterMark &&
-            to.pending() > detail::TcpConnection::highWaterMark)
+        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && before <= detail::TcpFlow::highWaterMark &&
+            to.pending() > detail::TcpFlow::highWaterMark)
             to.outputPaused_ = true;
     }
     if (from.outPos_ == from.out_.size()) {
@@ -15749,13 +15749,13 @@ REACTOR_INLINE bool MemoryConnection::settle(MemoryTransport& end) {
         return true;
     }
     bool did = false;
-    if (end.producer_ && end.streaming_ && end.producerPaused_ && end.pending() <= detail::TcpConnection::lowWaterMark) {
+    if (end.producer_ && end.streaming_ && end.producerPaused_ && end.pending() <= detail::TcpFlow::lowWaterMark) {
         end.producerPaused_ = false;
         end.producer_->resumeProducing();
         did = true;
         if (end.closed_ || end.aborting_) return did;
     }
-    if (end.outputPaused_ && end.pending() <= detail::TcpConnection::lowWaterMark) {
+    if (end.outputPaused_ && end.pending() <= detail::TcpFlow::lowWaterMark) {
         end.outputPaused_ = false;
         did = true;
     }
