@@ -1294,7 +1294,8 @@ public:
     /// Runs `f` after `delay` seconds (>= 0). Calls due at the same time run
     /// in the order they were scheduled.
     virtual DelayedCall callLater(double delay, std::function<void()> f, detail::Where where = {}) = 0;
-    /// The calls that are scheduled and neither called nor cancelled.
+    /// The calls that are scheduled and neither called nor cancelled, in
+    /// the order they will run (time, then scheduling order).
     virtual std::vector<DelayedCall> getDelayedCalls() const = 0;
 };
 
@@ -8635,12 +8636,21 @@ REACTOR_INLINE bool TimerQueue::nextTime(double& time) {
 }
 
 REACTOR_INLINE std::vector<DelayedCall> TimerQueue::delayedCalls() const {
+    // Every live call, including those a pass has set aside for the next
+    // one (deferred_), in the order they will run: time, then scheduling
+    // order. Popping a heap of them uses the queue's own heap functions,
+    // so no sort is compiled into every program for this one query.
+    std::vector<Node> live;
+    for (const std::vector<Node>* nodes : {&heap_, &deferred_})
+        for (const Node& node : *nodes)
+            if (!isStale(node)) live.push_back(node);
+    std::make_heap(live.begin(), live.end(), later);
     std::vector<DelayedCall> out;
-    for (const Node& node : heap_)
-        if (!isStale(node)) out.emplace_back(node.entry);
-    std::sort(out.begin(), out.end(), [](const DelayedCall& a, const DelayedCall& b) {
-        return a.getTime() < b.getTime();
-    });
+    while (!live.empty()) {
+        std::pop_heap(live.begin(), live.end(), later);
+        out.emplace_back(std::move(live.back().entry));
+        live.pop_back();
+    }
     return out;
 }
 

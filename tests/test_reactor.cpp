@@ -214,6 +214,35 @@ TEST_CASE("a zero-delay call scheduled by a timer runs in the next pass, not thi
     CHECK(order == std::vector<std::string>{"t0", "t1", "nested-zero"});
 }
 
+TEST_CASE("getDelayedCalls lists every pending call in the order they will run, also during a pass") {
+    Reactor r;
+    // Equal times keep their scheduling order (the order they run in).
+    DelayedCall late = r.callLater(60, [] {});
+    DelayedCall a = r.callLater(30, [] {});
+    DelayedCall b = r.callLater(30, [] {});
+    DelayedCall cancelled = r.callLater(10, [] {});
+    cancelled.cancel();
+    std::vector<DelayedCall> calls = r.getDelayedCalls();
+    REQUIRE(calls.size() == 3);
+    CHECK(calls[0] == a);
+    CHECK(calls[1] == b);
+    CHECK(calls[2] == late);
+    // A call a timer schedules for a time already due waits for the next
+    // pass, and is pending meanwhile: another timer of the pass sees it.
+    DelayedCall nested;
+    std::vector<DelayedCall> seen;
+    r.callLater(0, [&] {
+        nested = r.callLater(1, [] {});
+        nested.delay(-10);  // due before this pass's time
+    });
+    r.callLater(0, [&] { seen = r.getDelayedCalls(); });
+    r.iterate(0);
+    REQUIRE(nested.active());
+    CHECK(std::find(seen.begin(), seen.end(), nested) != seen.end());
+    CHECK(seen.size() == 4);
+    for (DelayedCall& d : r.getDelayedCalls()) d.cancel();
+}
+
 TEST_CASE("Clock runs calls scheduled during advance in the same advance (Twisted's Clock)") {
     Clock clock;
     std::vector<std::string> order;
