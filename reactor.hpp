@@ -3968,6 +3968,12 @@ struct TcpFlow {
     static constexpr std::size_t highWaterMark = 64 * 1024;
     /// ...and at or below this many resumes it.
     static constexpr std::size_t lowWaterMark = 16 * 1024;
+    /// Whether a buffer that never quite drains drops its `sent` prefix now:
+    /// once it is large and at least half of the `size` bytes (a memmove of
+    /// the rest, paid for by the bytes sent since the last one).
+    static constexpr bool dropSentPrefix(std::size_t sent, std::size_t size) {
+        return sent >= 64 * 1024 && sent * 2 >= size;
+    }
 };
 
 #if REACTOR_SEES_INTERNALS
@@ -10484,7 +10490,7 @@ REACTOR_INLINE void TcpConnection::doWrite() {
         else
             out_.clear();  // keeps its capacity: no allocation next time
         outPos_ = 0;
-    } else if (outPos_ >= 64 * 1024 && outPos_ * 2 >= out_.size()) {
+    } else if (TcpFlow::dropSentPrefix(outPos_, out_.size())) {
         out_.consume(outPos_);  // a buffer that never quite drains must not keep its sent prefix
         outPos_ = 0;
     }
@@ -15745,7 +15751,7 @@ REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTrans
     if (from.outPos_ == from.out_.size()) {
         from.out_.clear();
         from.outPos_ = 0;
-    } else if (from.outPos_ >= 64 * 1024 && from.outPos_ * 2 >= from.out_.size()) {
+    } else if (detail::TcpFlow::dropSentPrefix(from.outPos_, from.out_.size())) {
         from.out_.erase(0, from.outPos_);
         from.outPos_ = 0;
     }
