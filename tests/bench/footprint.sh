@@ -53,6 +53,16 @@ size_row "echo (reactor)" echo_minimal tests/bench/echo_minimal.cpp
 if [ "$asio" = 1 ]; then size_row "echo (Asio)" echo_asio tests/bench/echo_asio.cpp
 else printf '%-16s %14s\n' "echo (Asio)" "SKIPPED: apt-get install libasio-dev"; fi
 for name in echo_server chat_server irc_bot; do size_row "$name" "$name" "examples/$name.cpp"; done
+# A file grows in whole 4 KiB pages (each ELF segment starts on a page), so
+# a change of a few hundred bytes may not move the sizes above at all, or
+# may move them by 4 KiB: the sections' own bytes show it.
+sections() { size -A "$1" | awk '$1 ~ /^\./ && $1 !~ /^\.(comment|gnu_debuglink|shstrtab)$/ { t += $2 } END { print t }'; }
+printf '%-16s %14s %14s\n' "sections' bytes" "dynamic" "dyn. smallest"
+for name in echo_minimal echo_asio; do
+  [ -f "$out/$name" ] || continue
+  printf '%-16s %14s %14s\n' "$name" "$(sections "$out/$name") B" \
+    "$( [ -f "$out/$name-smallest" ] && echo "$(sections "$out/$name-smallest") B" || echo n/a)"
+done
 
 # ---- compile time -------------------------------------------------------
 # CPU seconds (user + sys) of one `CXX -c`, median of $RUNS.
