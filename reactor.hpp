@@ -8649,7 +8649,7 @@ REACTOR_INLINE std::vector<DelayedCall> TimerQueue::delayedCalls() const {
     std::vector<Node> live;
     for (const std::vector<Node>* nodes : {&heap_, &deferred_})
         for (const Node& node : *nodes)
-            if (!isStale(node)) live.push_back(node);
+            if (!isStale(node)) live.push_back(Node{node.time, node.seq, node.entry});  // (pushNode's growth path)
     std::make_heap(live.begin(), live.end(), later);
     std::vector<DelayedCall> out;
     while (!live.empty()) {
