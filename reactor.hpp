@@ -5610,7 +5610,8 @@ public:
     /// Will call `f` on `clock` (which must outlive it); nothing runs before start().
     template <class F>
     LoopingCall(IReactorTime& clock, F f) : clock_(clock), alive_(std::make_shared<LoopingCall*>(this)) {
-        f_ = [f = std::move(f)]() mutable { return detail::asVoid(maybeDeferred(f)); };
+        f_ = std::make_shared<std::function<Deferred<void>()>>(
+            [f = std::move(f)]() mutable { return detail::asVoid(maybeDeferred(f)); });
     }
     ~LoopingCall();
     LoopingCall(const LoopingCall&) = delete;
@@ -5652,7 +5653,9 @@ private:
     void finish();
 
     IReactorTime& clock_;
-    std::function<Deferred<void>()> f_;
+    // Shared with a call in progress: `f` may destroy this LoopingCall
+    // (its owner), and must not be destroyed while it runs.
+    std::shared_ptr<std::function<Deferred<void>()>> f_;
     std::shared_ptr<LoopingCall*> alive_;  // callbacks hold it weakly: safe after destruction
     Deferred<LoopingCall*> deferred_;
     DelayedCall call_;
@@ -8698,7 +8701,11 @@ REACTOR_INLINE void TimerQueue::maybeCompact() {
     heap_.erase(std::remove_if(heap_.begin(), heap_.end(), [](const Node& n) { return isStale(n); }),
                 heap_.end());
     std::make_heap(heap_.begin(), heap_.end(), later);
+    // Nodes a pass has set aside (runDue's deferred_) come back to the
+    // heap when it ends: the stale ones among them are still to be counted.
     stale_ = 0;
+    for (const Node& node : deferred_)
+        if (isStale(node)) ++stale_;
 }
 }  // namespace detail
 
@@ -9141,7 +9148,21 @@ REACTOR_INLINE Reactor::~Reactor() {
             crossThread_->pending.store(false);
         }
         calls.clear();
-        if (owned_.empty() && dead_.empty() && timers_.liveCount() == 0 && slots_.empty() && retired_.empty()) break;
+        // The system event triggers: each one's function is destroyed while
+        // its entry is still listed (so a destructor that removes it, or
+        // another, finds it), then the entry goes.
+        for (std::size_t n = triggers_.size(); n > 0 && !triggers_.empty(); --n) {
+            const TriggerId id = triggers_.back().id;
+            {
+                std::function<void(std::function<void()>)> fn = std::move(triggers_.back().fn);
+                triggers_.back().fn = nullptr;
+            }
+            auto it = std::find_if(triggers_.begin(), triggers_.end(), [id](const Trigger& t) { return t.id == id; });
+            if (it != triggers_.end()) triggers_.erase(it);
+        }
+        if (owned_.empty() && dead_.empty() && timers_.liveCount() == 0 && slots_.empty() && retired_.empty() &&
+            triggers_.empty())
+            break;
     }
     *alive_ = false;  // a connector a user still holds (between attempts) no longer calls us
     if (detail::os::validFd(spareFd_)) detail::os::closeFd(spareFd_);
@@ -9302,29 +9323,47 @@ REACTOR_INLINE TriggerId Reactor::addTrigger(detail::Phase phase, std::string_vi
 }
 
 REACTOR_INLINE void Reactor::runPhase(const std::string& event, detail::Phase phase, std::function<void()> done) {
-    std::vector<Trigger> batch;
-    for (auto it = triggers_.begin(); it != triggers_.end();) {
-        if (it->event == event && it->phase == phase) {
-            batch.push_back(*it);
-            if (it->once) {
-                it = triggers_.erase(it);
-                continue;
-            }
-        }
-        ++it;
-    }
-    auto outstanding = std::make_shared<std::size_t>(batch.size() + 1);
+    // The phase's triggers as it starts (one added meanwhile waits for the
+    // next firing), each run unless an earlier one of the phase removed it.
+    // A trigger runs as its stored function, moved out for the call and put
+    // back after (so state it keeps persists from one firing to the next,
+    // and removing itself, or any trigger, from inside is safe); a trigger
+    // already running higher up the stack (an event fired from inside its
+    // own trigger) is not run again. Only "before" triggers are waited for:
+    // the results of "during" and "after" ones are ignored, as in Twisted.
+    std::vector<TriggerId> ids;
+    for (const Trigger& t : triggers_)
+        if (t.event == event && t.phase == phase) ids.push_back(t.id);
+    const bool wait = phase == detail::Phase::before;
+    auto outstanding = std::make_shared<std::size_t>(1);
     auto finishOne = [outstanding, done]() {
         if (--*outstanding == 0) done();
     };
-    for (Trigger& t : batch) {
-        auto fired = std::make_shared<bool>(false);
-        auto doneOnce = [fired, finishOne]() {
-            if (*fired) return;
-            *fired = true;
-            finishOne();
-        };
-        if (!detail::runGuarded("system event trigger", [&] { t.fn(doneOnce); })) doneOnce();
+    auto find = [this](TriggerId id) {
+        return std::find_if(triggers_.begin(), triggers_.end(), [id](const Trigger& t) { return t.id == id; });
+    };
+    for (TriggerId id : ids) {
+        auto it = find(id);
+        if (it == triggers_.end() || !it->fn) continue;
+        std::function<void(std::function<void()>)> fn = std::move(it->fn);
+        it->fn = nullptr;
+        const bool once = it->once;
+        if (once) triggers_.erase(it);
+        std::function<void()> doneOnce = [] {};
+        if (wait) {
+            ++*outstanding;
+            auto fired = std::make_shared<bool>(false);
+            doneOnce = [fired, finishOne]() {
+                if (*fired) return;
+                *fired = true;
+                finishOne();
+            };
+        }
+        if (!detail::runGuarded("system event trigger", [&] { fn(doneOnce); }) && wait) doneOnce();
+        if (!once) {
+            it = find(id);  // unless it removed itself meanwhile
+            if (it != triggers_.end()) it->fn = std::move(fn);
+        }
     }
     finishOne();
 }
@@ -9574,7 +9613,7 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
     if (signalHandlers_ && detail::os::signalReceived().load() != 0) {
         int sig = detail::os::signalReceived().exchange(0);
         log(LogLevel::info, std::string("Received ") + detail::os::signalName(sig) + ", shutting down.");
-        if (running_ && !stopRequested_) stop();
+        if (inRun_ && !stopRequested_) stop();
     }
 }
 
@@ -9618,7 +9657,9 @@ REACTOR_INLINE void Reactor::run(bool installSignalHandlers) {
 }
 
 REACTOR_INLINE void Reactor::stop() {
-    if (!running_ || stopRequested_) {
+    // From run()'s start, as Twisted: a "before startup" trigger, or a timer
+    // while an asynchronous one is pending, may stop the reactor too.
+    if (!inRun_ || stopRequested_) {
         detail::raise<error::ReactorNotRunning>();
         return;
     }
@@ -13351,7 +13392,8 @@ REACTOR_INLINE void LoopingCall::call() {
     // Two pairs, not one (Twisted chains addCallback then addErrback): if
     // scheduling the next call fails, the errback ends the loop and fails
     // the start() Deferred instead of the failure being left on f's chain.
-    f_().addCallback(
+    std::shared_ptr<std::function<Deferred<void>()>> f = f_;  // (f may destroy this LoopingCall)
+    (*f)().addCallback(
         [alive, generation, mine]() mutable -> Result<void> {
             auto self = alive.lock();
             if (!self || !*self) return {};
@@ -15453,7 +15495,16 @@ REACTOR_INLINE bool runUntilClean(Reactor& r, double timeout) {
 REACTOR_INLINE std::string cleanUp(Reactor& r) {
     std::string report = dirtyReport(r);
     r.disconnectAll();  // may schedule nothing: closing is synchronous here
-    for (auto& c : r.pendingCalls()) c.cancel();
+    // Cancelling a call destroys its function, and what that owned may
+    // cancel another listed call (a session's idle timer) or schedule a new
+    // one: cancel what is still active, until nothing is left (bounded: a
+    // destructor that always schedules again is not chased forever).
+    for (int round = 0; round < 100; ++round) {
+        std::vector<DelayedCall> calls = r.pendingCalls();
+        if (calls.empty()) break;
+        for (DelayedCall& c : calls)
+            if (c.active()) c.cancel();
+    }
     r.removeAll();
     return report;
 }

@@ -593,6 +593,16 @@ TEST_CASE("a LoopingCall destroyed from inside its own function and from a sibli
     });
     lc->start(0.01);
     REQUIRE(testing::runUntil(r, [&] { return !lc; }));
+    // Its function runs on after destroying it, using its own captures
+    // (before the fix: freed with the LoopingCall, found by ASan).
+    std::string said;
+    lc = std::make_unique<task::LoopingCall>(r, [&, name = std::string(64, 'x')] {
+        lc.reset();
+        said = name;
+    });
+    lc->start(0.01, false);
+    REQUIRE(testing::runUntil(r, [&] { return !lc; }));
+    CHECK(said == std::string(64, 'x'));
     auto lc2 = std::make_unique<task::LoopingCall>(r, [&] { ++calls; });
     lc2->start(0.02, false);
     r.callLater(0.02, [&] { lc2.reset(); });

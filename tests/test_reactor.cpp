@@ -161,6 +161,106 @@ TEST_CASE("custom system events fire with fireSystemEvent") {
     CHECK(order == std::vector<int>{1, 2, 3});
 }
 
+TEST_CASE("a trigger removed by an earlier trigger of its phase does not run; its own state persists") {
+    // Twisted 22.4 (_ThreePhaseEvent): a trigger removed before its turn
+    // does not run. Here a trigger also keeps its state between firings
+    // (a Twisted reactor fires "startup" once; this one may run again).
+    Reactor r;
+    std::vector<std::string> order;
+    TriggerId second = 0, once = 0;
+    r.addSystemEventTrigger("before", "reload", [&] {
+        order.push_back("first");
+        if (second != 0) {
+            r.removeSystemEventTrigger(second);
+            second = 0;
+        }
+    });
+    second = r.addSystemEventTrigger("before", "reload", [&] { order.push_back("second"); });
+    r.addSystemEventTrigger("during", "reload", [&, n = 0]() mutable { order.push_back("count " + std::to_string(++n)); });
+    r.fireSystemEvent("reload");
+    r.fireSystemEvent("reload");
+    CHECK(order == std::vector<std::string>{"first", "count 1", "first", "count 2"});
+    // A trigger that removes itself while it runs, and a callWhenRunning
+    // call removed by id before the reactor starts.
+    TriggerId self = 0;
+    int selfCalls = 0;
+    self = r.addSystemEventTrigger("after", "reload", [&] {
+        ++selfCalls;
+        r.removeSystemEventTrigger(self);
+    });
+    r.fireSystemEvent("reload");
+    r.fireSystemEvent("reload");
+    CHECK(selfCalls == 1);
+    bool ran = false;
+    once = r.callWhenRunning([&] { ran = true; });
+    CHECK(r.removeSystemEventTrigger(once));
+    r.callWhenRunning([&] { r.stop(); });
+    r.run();
+    CHECK_FALSE(ran);
+}
+
+TEST_CASE("stop() is accepted from run()'s start, before \"during startup\"") {
+    // Twisted 22.4: reactor.stop() from a "before startup" trigger, or from a
+    // timer while an asynchronous one is pending, stops the reactor.
+    Reactor r;
+    std::vector<std::string> order;
+    TriggerId id = r.addSystemEventTrigger("before", "startup", [&] {
+        order.push_back(r.running() ? "before(running)" : "before");
+        r.stop();
+    });
+    r.addSystemEventTrigger("after", "shutdown", [&] { order.push_back("after shutdown"); });
+    DelayedCall rescueFirst = r.callLater(1, [&] { r.crash(); });  // ends the test if stop() is refused
+    r.run();
+    CHECK(rescueFirst.active());
+    if (rescueFirst.active()) rescueFirst.cancel();
+    CHECK(order == std::vector<std::string>{"before", "after shutdown"});
+    r.removeSystemEventTrigger(id);
+
+    // An asynchronous "before startup" trigger that never finishes: a timer
+    // can still stop the loop (a crash() a second later ends a hung test).
+    order.clear();
+    r.addAsyncSystemEventTrigger("before", "startup", [&](std::function<void()>) { order.push_back("pending"); });
+    bool stopped = false;
+    r.callLater(0.01, [&] {
+        r.stop();
+        stopped = true;
+    });
+    DelayedCall rescue = r.callLater(1, [&] { r.crash(); });
+    r.run();
+    CHECK(stopped);
+    CHECK(rescue.active());
+    if (rescue.active()) rescue.cancel();
+    CHECK(order == std::vector<std::string>{"pending", "after shutdown"});
+}
+
+TEST_CASE("a reactor whose shutdown event was fired by hand can still be stopped") {
+    Reactor r;
+    int shutdowns = 0;
+    r.addSystemEventTrigger("during", "shutdown", [&] { ++shutdowns; });
+    r.callLater(0, [&] { r.fireSystemEvent("shutdown"); });
+    r.callLater(0.01, [&] { r.stop(); });
+    DelayedCall rescue = r.callLater(1, [&] { r.crash(); });
+    r.run();
+    CHECK(rescue.active());
+    if (rescue.active()) rescue.cancel();
+    CHECK(shutdowns == 2);
+}
+
+TEST_CASE("\"during\" and \"after\" triggers are not waited for") {
+    // Twisted 22.4 ignores what "during" and "after" triggers return; only
+    // "before" triggers can hold an event up.
+    Reactor r;
+    std::vector<std::string> order;
+    r.addAsyncSystemEventTrigger("during", "shutdown", [&](std::function<void()>) { order.push_back("during"); });
+    r.addAsyncSystemEventTrigger("after", "shutdown", [&](std::function<void()>) { order.push_back("after"); });
+    r.callWhenRunning([&] { r.stop(); });
+    DelayedCall rescue = r.callLater(1, [&] { r.crash(); });
+    r.run();
+    CHECK(rescue.active());
+    if (rescue.active()) rescue.cancel();
+    CHECK(order == std::vector<std::string>{"during", "after"});
+}
+
 }  // TEST_SUITE reactor
 
 TEST_SUITE("timers") {
@@ -689,6 +789,31 @@ TEST_CASE("the dirty-reactor report names leftover timers with their call site, 
     CHECK(report.find("test_reactor.cpp:") != std::string::npos);
     CHECK(report.find("fd " + std::to_string(p.readEnd())) != std::string::npos);
     CHECK(testing::dirtyReport(r).empty());  // cleanUp left it clean
+}
+
+TEST_CASE("cleanUp: a call whose function owns another call's owner, and a Deferred's timeout") {
+    // Cancelling the first call destroys a session it owned, whose
+    // destructor cancels the session's idle timer, also in the list (before
+    // the fix: AlreadyCancelled out of cleanUp). Twisted's janitor cancels
+    // only what is still active() too.
+    struct Session {
+        DelayedCall idle;
+        ~Session() {
+            if (idle.active()) idle.cancel();
+        }
+    };
+    Reactor r;
+    auto session = std::make_shared<Session>();
+    session->idle = r.callLater(60, [] {});
+    r.callLater(30, [session] {});
+    session.reset();
+    Deferred<int> d;
+    d.addTimeout(90, r);
+    r.callLater(45, [d]() mutable { d.callback(1); });
+    d = Deferred<int>();  // only the timer's function holds it now
+    std::string report = testing::cleanUp(r);
+    CHECK(report.find("DelayedCalls:") != std::string::npos);
+    CHECK(testing::dirtyReport(r).empty());
 }
 
 TEST_CASE("Failure: type, message, check through the hierarchy") {
@@ -1341,6 +1466,34 @@ TEST_CASE("select backend: a Reactor whose wake-up descriptor is over FD_SETSIZE
 #endif
 
 // What ~Reactor does: no user callback, every destructor, nothing left.
+TEST_CASE("destroying a Reactor: what its triggers own may call the reactor from a destructor") {
+    // Before the fix the triggers died with their member, after the parts
+    // of the reactor such a destructor uses (ASan: heap-use-after-free).
+    struct Service {
+        Reactor& r;
+        TriggerId other = 0;
+        int* destroyed;
+        Service(Reactor& reactor, int* counter) : r(reactor), destroyed(counter) {}
+        ~Service() {
+            r.removeSystemEventTrigger(other);  // unregisters what it registered
+            r.callLater(5, [] {});              // destroyed uncalled, in the same teardown
+            r.callFromThread([] {});
+            ++*destroyed;
+        }
+    };
+    int destroyed = 0, calls = 0;
+    {
+        Reactor r;
+        auto service = std::make_shared<Service>(r, &destroyed);
+        service->other = r.addSystemEventTrigger("after", "shutdown", [&calls] { ++calls; });
+        r.addSystemEventTrigger("before", "shutdown", [service, &calls] { ++calls; });
+        r.callWhenRunning([service, &calls] { ++calls; });
+        service.reset();
+    }
+    CHECK(destroyed == 1);
+    CHECK(calls == 0);
+}
+
 TEST_CASE("destroying a Reactor calls no callback and destroys pending calls and readers") {
     Pipe p;
     int calls = 0, destroyed = 0;
