@@ -229,6 +229,13 @@ compile-checks:
 	@# ...and defining it after the first #include is refused, not ignored.
 	! $(CXX) -std=$(STD) -I. -fsyntax-only tests/compile/irc_defined_late.cpp 2>build/compile/irc_defined_late.log
 	grep -q 'define REACTOR_WITH_IRC before the first #include' build/compile/irc_defined_late.log
+	@# The same for a late REACTOR_IMPLEMENTATION, with and without the IRC module.
+	for irc in "" -DREACTOR_WITH_IRC; do \
+	  ! $(CXX) -std=$(STD) -I. -DREACTOR_SEPARATE_COMPILATION $$irc -fsyntax-only tests/compile/implementation_late.cpp \
+	    2>build/compile/implementation_late.log || exit 1; \
+	  grep -q 'define REACTOR_IMPLEMENTATION before the first #include' build/compile/implementation_late.log || exit 1; \
+	  test "$$(grep -c 'error' build/compile/implementation_late.log)" -le 2 || exit 1; \
+	done
 	@# Separate compilation: the same program from three TUs, of which only
 	@# implementation.cpp compiles the library's bodies (alone.o must leave
 	@# Reactor::run undefined, for the linker to find in implementation.o).

@@ -101,8 +101,9 @@
 #error "define REACTOR_WITH_OPENSSL before the first #include \"reactor.hpp\" of this file (and in every file)"
 #endif
 #if defined(REACTOR_HPP_INCLUDED) && defined(REACTOR_SEPARATE_COMPILATION) && defined(REACTOR_IMPLEMENTATION) && \
-    !REACTOR_HAS_IRC
+    !REACTOR_SEES_INTERNALS
 #error "define REACTOR_IMPLEMENTATION before the first #include \"reactor.hpp\" of its file"
+#define REACTOR_IMPLEMENTATION_INCLUDED  // (and nothing else: one clear error)
 #endif
 
 #ifndef REACTOR_HPP_INCLUDED
@@ -2928,7 +2929,9 @@ public:
 
     /// The only thread-safe method: runs `f` on the reactor thread at the
     /// next turn, waking the loop. Calls from one thread keep their order.
-    /// Queued calls wait if the reactor is not running.
+    /// Queued calls wait if the reactor is not running. From another thread,
+    /// stop() is `callFromThread([&r] { r.stop(); })`. The reactor must
+    /// outlive every thread that may still call this: join them first.
     void callFromThread(std::function<void()> f);
     /// Runs `f` on the reactor's thread pool (blocking work goes here).
     void callInThread(std::function<void()> f) { getThreadPool().callInThread(std::move(f)); }
@@ -9098,7 +9101,7 @@ REACTOR_INLINE Reactor::Reactor()
             std::fputs(out.c_str(), stderr);
         };
     // Without its wake-up descriptor the reactor cannot hear other threads
-    // (callFromThread, stop() from a signal or thread) while it waits: refuse
+    // (callFromThread, a signal's stop() under run(true)) while it waits: refuse
     // to exist, or (no exceptions) poll for them every 10 ms instead.
     // The same for the epoll backend's own descriptor.
     std::string why;
