@@ -1646,6 +1646,10 @@ public:
     /// Deferred the loop must run first (then this one again), or null.
     DeferredPtr advance();
     virtual void errbackCancelled() = 0;
+    /// Replaces the result with `f`: a step threw outside a callback (the
+    /// copy or move of a value whose copy throws), and the chain goes on
+    /// with the failure as if a callback had thrown it.
+    virtual void failWith(Failure f) = 0;
 
     /// Appends a step (running it now if the chain is fired and idle) and
     /// returns its index in `steps`, which holds until it runs: steps are
@@ -1707,6 +1711,7 @@ public:
     }
 
     void errbackCancelled() override { fire(Result<T>(Failure(defer::CancelledError()))); }
+    void failWith(Failure f) override { setResult(Result<T>(std::move(f))); }
 
     std::shared_ptr<DeferredState> self() { return std::static_pointer_cast<DeferredState>(shared_from_this()); }
 
@@ -2126,15 +2131,26 @@ private:
             std::shared_ptr<detail::DeferredState<U>> target = out.s_;
             target->feeder = s_;  // until fed, cancelling the branch cancels its source
             s_->addStep([target, fn = std::move(fn)](detail::DeferredState<T>& s) mutable -> detail::DeferredPtr {
-                Result<T> r = s.take();
-                if (target->called) return nullptr;  // fired by hand meanwhile (misuse): drop
+                if (target->called) {  // fired by hand meanwhile (misuse): drop
+                    s.take();
+                    return nullptr;
+                }
                 target->called = true;
                 target->feeder.reset();
                 // Callbacks added to the branch while `fn` runs wait for its
                 // result, as on one Deferred in Twisted: the loop runs them
                 // once `fn` has stored it.
                 target->running = true;
-                detail::DeferredPtr first = fn(*target, std::move(r));
+                detail::DeferredPtr first;
+#if REACTOR_HAS_EXCEPTIONS
+                try {
+                    first = fn(*target, s.take());
+                } catch (...) {  // taking or passing on a value whose copy throws
+                    target->failWith(Failure::current());
+                }
+#else
+                first = fn(*target, s.take());
+#endif
                 target->running = false;
                 if (first) return first;
                 return target->paused == 0 ? detail::DeferredPtr(target) : nullptr;
@@ -8904,7 +8920,18 @@ REACTOR_INLINE DeferredPtr DeferredBase::advance() {
     while (nextStep < steps.size()) {
         if (paused) return nullptr;
         Step step = std::move(steps[nextStep++]);
+#if REACTOR_HAS_EXCEPTIONS
+        DeferredPtr other;
+        try {
+            other = step(*this);
+        } catch (...) {
+            failWith(Failure::current());
+            continue;
+        }
+        if (other) return other;
+#else
         if (DeferredPtr other = step(*this)) return other;
+#endif
     }
     steps.clear();
     nextStep = 0;

@@ -1745,6 +1745,75 @@ struct MoveThrows {
 };
 }  // namespace
 
+namespace {
+/// A value with a copy and no move, whose n-th copy from now throws.
+struct CopyThrows {
+    static inline int copiesBeforeThrow = -1;  // < 0: never
+    int v = 0;
+    explicit CopyThrows(int x) : v(x) {}
+    CopyThrows(const CopyThrows& o) : v(o.v) { tick(); }
+    CopyThrows& operator=(const CopyThrows& o) {
+        tick();
+        v = o.v;
+        return *this;
+    }
+    static void tick() {
+        if (copiesBeforeThrow == 0) {
+            copiesBeforeThrow = -1;
+            throw std::runtime_error("copy threw");
+        }
+        if (copiesBeforeThrow > 0) --copiesBeforeThrow;
+    }
+};
+}  // namespace
+
+TEST_CASE("a value whose copy throws inside the chain is a failure on it, never a stuck Deferred") {
+    // Wherever the n-th copy after callback() throws: inside callback()
+    // itself the Deferred stays unfired (see above); further on, the chain
+    // goes on with the failure, as if a callback had thrown it (before the
+    // fix, copies outside a callback escaped callback() and left the
+    // Deferred running forever: nothing added later ever ran). Both the
+    // same-type chain and a branch of another type.
+    for (int n = 0; n < 24; ++n) {
+        CAPTURE(n);
+        Deferred<CopyThrows> d;
+        int errbacks = 0;
+        d.addCallback([](CopyThrows p) { return CopyThrows(p.v + 1); });
+        d.addErrback([&](Failure) {
+            ++errbacks;
+            return CopyThrows(100);
+        });
+        Deferred<int> branch = d.addCallback([](CopyThrows p) { return p.v; });
+        bool threw = false;
+        CopyThrows value(1);
+        CopyThrows::copiesBeforeThrow = n;
+        try {
+            d.callback(value);
+        } catch (const std::runtime_error&) {
+            threw = true;
+        }
+        CopyThrows::copiesBeforeThrow = -1;
+        if (threw) {
+            CHECK_FALSE(d.called());
+            continue;
+        }
+        bool branchEnded = false;
+        branch.addBoth([&](Result<int> r) -> Result<int> {
+            branchEnded = true;
+            if (!r.ok()) CHECK(r.failure().str().find("copy threw") != std::string::npos);
+            return 0;
+        });
+        CHECK(branchEnded);
+        bool ended = false;
+        d.addBoth([&](Result<CopyThrows> r) {
+            ended = true;
+            return r;
+        });
+        CHECK(ended);
+        CHECK(errbacks <= 1);
+    }
+}
+
 #if !defined(TEST_UNDER_TSAN)
 namespace {
 /// Allocations left before operator new fails once (-1: never fails);
