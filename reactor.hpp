@@ -8758,7 +8758,7 @@ REACTOR_INLINE void DelayedCall::cancel() {
 
 REACTOR_INLINE void DelayedCall::reset(double secondsFromNow) {
     if (!checkActive("reset")) return;
-    if (!(secondsFromNow >= 0) || !std::isfinite(secondsFromNow)) {  // also NaN
+    if (!(secondsFromNow >= 0)) {  // also NaN; infinity is "not until reset again", as callLater's
         detail::raise<error::ValueError>("DelayedCall::reset: seconds must be >= 0, got " +
                                          std::to_string(secondsFromNow));
         return;

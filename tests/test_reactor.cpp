@@ -10,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <limits>
 #include <mutex>
 #include <stdexcept>
 #include <csignal>
@@ -460,6 +461,18 @@ TEST_CASE("a negative or NaN delay is an error") {
     CHECK_MISUSE_WITH(r.callLater(-1, [] {}), error::ValueError, "delay must be >= 0");
     CHECK(clock.getDelayedCalls().empty());
     CHECK(r.pendingCalls().empty());
+    // reset() takes what callLater takes: infinity (never, until reset
+    // again) but not a negative or NaN time.
+    bool ran = false;
+    DelayedCall call = clock.callLater(std::numeric_limits<double>::infinity(), [&] { ran = true; });
+    CHECK_MISUSE(call.reset(-1), error::ValueError);
+    CHECK_MISUSE(call.reset(std::nan("")), error::ValueError);
+    call.reset(std::numeric_limits<double>::infinity());
+    clock.advance(1e300);
+    CHECK_FALSE(ran);
+    call.reset(1);
+    clock.advance(1);
+    CHECK(ran);
 }
 
 TEST_CASE("the reactor clock is monotonic and timers wait at least their delay") {
