@@ -10484,13 +10484,16 @@ REACTOR_INLINE void TcpConnection::doRead() {
             closeWith(failure, true);
             return;
         }
-        // Read-side backpressure: this input took the unsent output over the
-        // high-water mark, and nobody else limits it (no producer). Reading
-        // more would only make more output for a peer that is not taking
-        // it, so stop until it drains. Only input-driven output counts: a
-        // protocol that sends a bulk of its own (from connectionMade, a
-        // timer) keeps reading, so two such peers never wait on each other.
-        if (!producer_ && !outputPaused_ && connected && !closing_ && before <= highWaterMark &&
+        // Read-side backpressure: this input added output while the unsent
+        // output is over the high-water mark, and nobody else limits it (no
+        // producer). Reading more would only make more output for a peer
+        // that is not taking it, so stop until it drains. Only input-driven
+        // output counts: a protocol that sends a bulk of its own (from
+        // connectionMade, a timer) keeps reading while its input makes no
+        // output; once its input adds to a queue over the mark, it waits
+        // like any other (a client that floods and never reads cannot make
+        // a server with a large reply pending buffer without bound).
+        if (!producer_ && !outputPaused_ && connected && !closing_ && pending() > before &&
             pending() > highWaterMark) {
             outputPaused_ = true;
             if (reactor_.tracing())
@@ -10591,6 +10594,7 @@ REACTOR_INLINE void TcpConnection::doWrite() {
         if (protocol_->halfCloseable()) {
             Protocol* p = protocol_.get();
             runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
+            if (closing_ || aborting_) return;  // it aborted: a reset, not the clean close below
         }
     }
     // Closing waits for the buffer, not for the producer: a streaming
@@ -15825,7 +15829,7 @@ REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTrans
         }
         // TCP's read-side backpressure: this input took the unsent output
         // over the mark and no producer limits it: stop reading until it drains.
-        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && before <= detail::TcpFlow::highWaterMark &&
+        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && to.pending() > before &&
             to.pending() > detail::TcpFlow::highWaterMark)
             to.outputPaused_ = true;
     }
@@ -15869,7 +15873,7 @@ REACTOR_INLINE bool MemoryConnection::settle(MemoryTransport& end) {
         did = true;
         Protocol* p = end.protocol_.get();
         if (p->halfCloseable()) detail::runGuarded("writeConnectionLost", [&] { p->writeConnectionLost(); });
-        if (end.closed_) return did;
+        if (end.closed_ || end.aborting_) return did;
     }
     // Closing waits for the buffer, not for a producer (which is told stopProducing).
     if (end.disconnecting) {

@@ -1669,6 +1669,107 @@ TEST_CASE("a client that never reads cannot make a line echo server buffer its f
     port.stopListening();
 }
 
+// The same with a server whose own reply is already over the mark when the
+// flood begins (8 MiB sent from connectionMade): its echo of the flood still
+// counts (before: "took it past the mark" never held, and it buffered the
+// whole flood: +182 MB for 32 MiB, found by a second reader).
+TEST_CASE("a client that never reads cannot make a server with a large reply pending buffer its flood") {
+    static constexpr std::size_t banner = 8u << 20;
+    struct BannerEcho : Protocol {
+        void connectionMade() override { transport->write(std::string(banner, 'b')); }
+        void dataReceived(std::string_view data) override { transport->write(data); }
+    };
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    Factory f;
+    f.protocol = [] { return std::make_unique<BannerEcho>(); };
+    ListeningPort port = r.listenTCP(0, f, 50, "127.0.0.1");
+    const std::size_t flood = 64u << 20;
+    std::atomic<std::size_t> sent{0};
+    std::atomic<bool> stalled{false};
+    long before = heapInUseKiB();
+    std::thread peer([&] {
+        RawClient c(port.getHost().port);
+        c.setTimeout(0.3, false);  // blocked this long: the server stopped reading
+        const std::string chunk(64 * 1024, 'f');
+        while (sent < flood) {
+            long n = test::rawSend(c.fd, chunk.data(), chunk.size());
+            if (n <= 0) break;
+            sent += static_cast<std::size_t>(n);
+        }
+        stalled = true;
+    });
+    bool ended = testing::runUntil(r, [&] { return stalled.load(); }, 60);
+    long grown = heapInUseKiB() - before;
+    peer.join();
+    REQUIRE(ended);
+    CHECK(sent.load() < flood / 4);
+    if (!underASan && before >= 0) CHECK(grown < static_cast<long>(banner / 1024) + 2048);
+    port.stopListening();  // the peer closed with unread data: a reset ends the connection
+    CHECK(testing::runUntil(r, [&] { return testing::dirtyReport(r).empty(); }, 10));
+}
+
+// abortConnection() from writeConnectionLost(), with a loseConnection()
+// pending: an abort (ConnectionAborted, a reset after the FIN), not the
+// clean close that was pending (before: ConnectionDone on both ends, over
+// TCP and in the memory network; found by a second reader).
+TEST_CASE("abortConnection inside writeConnectionLost aborts, over TCP and in memory") {
+    struct Reasons {
+        std::string client, server;
+    };
+    struct Client : Protocol {
+        Reasons* reasons = nullptr;
+        bool halfCloseable() const override { return true; }
+        void connectionMade() override {
+            transport->write("w");
+            transport->loseWriteConnection();
+            transport->loseConnection();
+        }
+        void writeConnectionLost() override { transport->abortConnection(); }
+        void connectionLost(const Failure& reason) override { reasons->client = reason.type(); }
+    };
+    struct Server : Protocol {
+        Reasons* reasons = nullptr;
+        void connectionLost(const Failure& reason) override { reasons->server = reason.type(); }
+    };
+    auto factories = [](Reasons& reasons, Factory& sf, ClientFactory& cf) {
+        sf.protocol = [&reasons] {
+            auto p = std::make_unique<Server>();
+            p->reasons = &reasons;
+            return p;
+        };
+        cf.protocol = [&reasons] {
+            auto p = std::make_unique<Client>();
+            p->reasons = &reasons;
+            return p;
+        };
+    };
+    {
+        test::CleanReactor t;
+        Reactor& r = t.r;
+        Reasons reasons;
+        Factory sf;
+        ClientFactory cf;
+        factories(reasons, sf, cf);
+        ListeningPort port = r.listenTCP(0, sf, 50, "127.0.0.1");
+        r.connectTCP("127.0.0.1", port.getHost().port, cf);
+        REQUIRE(testing::runUntil(r, [&] { return !reasons.client.empty() && !reasons.server.empty(); }, 10));
+        CHECK(reasons.client == "ConnectionAborted");
+        // (The peer read the FIN sent before the abort, or the reset first.)
+        CHECK((reasons.server == "ConnectionDone" || reasons.server == "ConnectionLost"));
+        port.stopListening();
+    }
+    Reasons reasons;
+    Factory sf;
+    ClientFactory cf;
+    factories(reasons, sf, cf);
+    testing::MemoryNetwork net;
+    net.connect(sf, cf);
+    net.flush();
+    CHECK(reasons.client == "ConnectionAborted");
+    CHECK(reasons.server == "ConnectionDone");  // the FIN went first
+}
+
 }  // TEST_SUITE tcp
 
 
