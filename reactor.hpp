@@ -4565,7 +4565,9 @@ public:
     std::weak_ptr<IConnector> connector;
     IReactorTime* clock;  ///< where the retry timers are scheduled
 
-    /// Cancels a pending retry: its timer must not call a destroyed factory.
+    /// Cancels a pending retry. A retry timer it no longer holds (one
+    /// resetDelay() forgot, or another connector's) finds the factory gone
+    /// and does nothing: no timer ever calls a destroyed factory.
     ~ReconnectingClientFactory() override {
         if (callID.active()) callID.cancel();
     }
@@ -4600,6 +4602,7 @@ private:
     static std::function<double()> defaultUniform01();
     double normalVariate(double mean, double stddev);
     Reactor* reactor_ = nullptr;  // set by the Reactor constructor: no retry while it stops
+    std::shared_ptr<bool> alive_;  // made by the first retry(); its timers hold it weakly
 };
 
 // ---- UDP ----
@@ -10042,7 +10045,7 @@ REACTOR_INLINE int* LimitConnectionsByPeer::countOf(const std::string& host) {
 
 REACTOR_INLINE std::unique_ptr<Protocol> LimitConnectionsByPeer::buildProtocol(const Address& addr) {
     int* count = countOf(addr.host);
-    if (count && *count >= maxConnectionsPerPeer) return nullptr;
+    if ((count ? *count : 0) >= maxConnectionsPerPeer) return nullptr;  // (a limit of 0 refuses all, as Twisted)
     std::unique_ptr<Protocol> built = WrappingFactory::buildProtocol(addr);
     if (!built) return nullptr;
     if (count)
@@ -11601,7 +11604,9 @@ REACTOR_INLINE void ReconnectingClientFactory::retry(std::shared_ptr<IConnector>
     }
     delay = std::min(delay * factor, maxDelay);
     if (jitter > 0) delay = std::max(0.0, normalVariate(delay, delay * jitter));
-    callID = clock->callLater(delay, [this, c] {
+    if (!alive_) alive_ = std::make_shared<bool>(true);
+    callID = clock->callLater(delay, [this, c, alive = std::weak_ptr<bool>(alive_)] {
+        if (alive.expired()) return;  // the factory is gone (its destructor cancels only callID)
         callID = DelayedCall();
         // A retry due while the reactor shuts down (its "before" triggers
         // can wait on Deferreds) would start an attempt shutdown must undo.

@@ -1200,6 +1200,14 @@ TEST_CASE("LimitConnectionsByPeer: per host, counted until connectionLost") {
     CHECK(byPeer.peerConnections == std::vector<std::pair<std::string, int>>{{"1.2.3.4", 1}});
     CHECK(byPeer.buildProtocol({"TCP", "1.2.3.4", 4, false}));
     byPeer.doStop();
+    // A limit of 0 refuses every connection, from a host never seen too
+    // (Twisted: peerConnections.get(host, 0) >= max; before: one let in).
+    policies::LimitConnectionsByPeer none(inner);
+    none.maxConnectionsPerPeer = 0;
+    none.doStart();
+    CHECK(!none.buildProtocol({"TCP", "9.9.9.9", 1, false}));
+    CHECK(none.peerConnections.empty());
+    none.doStop();
 }
 
 // Twisted 22.4: ThrottlingFactory(wrapped, maxConnectionCount=2,

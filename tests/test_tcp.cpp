@@ -1196,6 +1196,28 @@ TEST_CASE("a ReconnectingClientFactory destroyed with a retry pending cancels it
     CHECK(c->connects == 0);
 }
 
+// Timers the factory no longer holds: one resetDelay() forgot (as Twisted's
+// resetDelay does), and one of a second connector sharing the factory
+// (callID holds only the last). Before: both fired into the freed factory
+// (ASan: heap-use-after-free, found by a second reader).
+TEST_CASE("a ReconnectingClientFactory destroyed with retries it no longer holds: they do nothing") {
+    Clock clock;
+    auto first = std::make_shared<FakeConnector>();
+    auto second = std::make_shared<FakeConnector>();
+    {
+        auto f = std::make_unique<ReconnectingClientFactory>(clock);
+        f->clientConnectionFailed(*first, Failure(error::ConnectionRefusedError()));
+        f->resetDelay();  // forgets the pending retry
+        f->clientConnectionFailed(*second, Failure(error::ConnectionRefusedError()));
+        CHECK(clock.getDelayedCalls().size() == 2);
+    }
+    CHECK(clock.getDelayedCalls().size() == 1);  // the one it held was cancelled
+    clock.advance(100);
+    CHECK(first->connects == 0);
+    CHECK(second->connects == 0);
+    CHECK(clock.getDelayedCalls().empty());
+}
+
 }  // TEST_SUITE reconnect
 
 // ---- ownership, re-entrancy and safe defaults: regressions ----------------
