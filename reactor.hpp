@@ -871,6 +871,10 @@ const Tracer*& activeTracer();
 /// "12.3 ms" / "850 us": a short human duration for trace lines.
 std::string formatDuration(double seconds);
 
+/// `text` with each NUL byte written as \0: for messages, which what()
+/// would otherwise cut at the first one.
+std::string showNul(std::string_view text);
+
 /// Where a call was made from, captured by default arguments so that a
 /// leaked timer can be reported with the line that scheduled it.
 struct Where {
@@ -4268,7 +4272,8 @@ public:
 private:
     /// What listen and listenUnix share once the address is known.
     bool startListening(const os::SockAddr& a, int backlog, bool reusePort, const std::string& where,
-                        std::string& why);
+                        std::string& why,
+                        int fileMode = -1);
     void closeSocket();
 
     /// Accepts a bounded batch per wake-up (Twisted: 100, growing by 20 when
@@ -7488,6 +7493,7 @@ REACTOR_INLINE void Waker::drain() const {
 
 REACTOR_INLINE bool parseLiteral(const std::string& host, std::uint16_t port, SockAddr& out) {
     out = SockAddr{};
+    if (host.find('\0') != std::string::npos) return false;  // inet_pton would read only the part before it
     auto* v4 = reinterpret_cast<sockaddr_in*>(&out.storage);
     if (::inet_pton(AF_INET, host.c_str(), &v4->sin_addr) == 1) {
         v4->sin_family = AF_INET;
@@ -7512,6 +7518,10 @@ REACTOR_INLINE std::vector<SockAddr> resolve(const std::string& host, std::uint1
     hints.ai_flags = AI_ADDRCONFIG;
     addrinfo* list = nullptr;
     std::vector<SockAddr> out;
+    if (host.find('\0') != std::string::npos) {  // getaddrinfo would look up only the part before it
+        error = "the host name contains a NUL byte";
+        return out;
+    }
 #if defined(REACTOR_OS_WINDOWS)
     if (int err = winsockStarted()) {
         error = errorString(err);
@@ -7668,6 +7678,10 @@ REACTOR_INLINE bool unixAddress(const std::string& path, SockAddr& out, std::str
     auto* un = reinterpret_cast<sockaddr_un*>(&out.storage);
     if (path.empty()) {
         why = "a UNIX socket needs a path";
+        return false;
+    }
+    if (!abstractName(path) && path.find('\0') != std::string::npos) {  // the file would be named by the part before it
+        why = "the path contains a NUL byte";
         return false;
     }
     if (path.size() >= sizeof un->sun_path + (abstractName(path) ? 1 : 0)) {
@@ -8545,6 +8559,17 @@ REACTOR_INLINE const Tracer*& activeTracer() {
     return tracer;
 }
 
+REACTOR_INLINE std::string showNul(std::string_view text) {
+    std::string out;
+    for (char c : text) {
+        if (c == '\0')
+            out += "\\0";
+        else
+            out += c;
+    }
+    return out;
+}
+
 REACTOR_INLINE std::string formatDuration(double seconds) {
     char buf[32];
     if (seconds >= 1)
@@ -9100,7 +9125,7 @@ REACTOR_INLINE Handler makeHandler(std::function<void()> f) {
 REACTOR_INLINE std::string Address::str() const {
     if (type == "UNIX") {
         if (host.empty()) return "(unnamed)";
-        return host[0] == '\0' ? "@" + host.substr(1) : host;
+        return host[0] == '\0' ? "@" + detail::showNul(std::string_view(host).substr(1)) : detail::showNul(host);
     }
     return (ipv6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
 }
@@ -10814,7 +10839,7 @@ REACTOR_INLINE bool TcpPort::listen(int port, const ListenOptions& options, std:
     }
     const std::string host = options.interface.empty() ? "0.0.0.0" : options.interface;
     os::SockAddr a;
-    const std::string where = host + ":" + std::to_string(port);
+    const std::string where = detail::showNul(host) + ":" + std::to_string(port);
     if (!os::parseLiteral(host, static_cast<std::uint16_t>(port), a)) {
         why = "Couldn't listen on " + where + ": the interface must be an IP address.";
         return false;
@@ -10848,13 +10873,11 @@ REACTOR_INLINE bool TcpPort::listenUnix(const std::string& path, int backlog, in
         lockFile_ = lock;
         if (got == os::PidLock::acquiredStale) os::removeStaleSocket(path);
     }
-    if (!startListening(a, backlog, false, where, why)) return false;
-    if (!socketFile_.empty()) os::changeMode(path, mode);  // Twisted: after bind, before clients come
-    return true;
+    return startListening(a, backlog, false, where, why, mode);
 }
 
 REACTOR_INLINE bool TcpPort::startListening(const os::SockAddr& a, int backlog, bool reusePort,
-                                            const std::string& where, std::string& why) {
+                                            const std::string& where, std::string& why, int fileMode) {
     auto fail = [&](const char* step) {
         int err = os::lastError();
         why = "Couldn't listen on " + where + ": " + step + "[Errno " + std::to_string(err) + "] " +
@@ -10867,6 +10890,9 @@ REACTOR_INLINE bool TcpPort::startListening(const os::SockAddr& a, int backlog, 
     if (reusePort && !os::setReusePort(fd_)) return fail("SO_REUSEPORT: ");
     if (os::bindTo(fd_, a) != 0) return fail("");
     if (a.isUnix() && !os::abstractName(host_.host)) socketFile_ = host_.host;  // ours from here: removed on failure too
+    // The file's mode before listen(), as Twisted: nobody the mode keeps
+    // out can connect in between (bind made it with the umask's mode).
+    if (fileMode >= 0 && !socketFile_.empty() && !os::changeMode(socketFile_, fileMode)) return fail("chmod: ");
     if (os::listenOn(fd_, backlog) != 0) return fail("");
     os::SockAddr bound;
     if (!a.isUnix() && os::localAddress(fd_, bound)) host_ = toAddress(bound);
@@ -11300,6 +11326,10 @@ REACTOR_INLINE EndpointDescription parseDescription(std::string_view text) {
     };
     for (std::size_t i = 0; i < text.size(); ++i) {
         char c = text[i];
+        if (c == '\0') {  // no field may hold one: the OS would read up to it ("tcp:80\0x" as port 80)
+            out.error = "contains a NUL byte";
+            return out;
+        }
         if (c == '\\') {
             if (++i == text.size()) {
                 out.error = "ends with a lone backslash";
@@ -11430,7 +11460,7 @@ private:
 /// exceptions) an endpoint that fails with it.
 inline std::shared_ptr<BrokenEndpoint> refuseDescription(const char* kind, std::string_view description,
                                                          const std::string& why) {
-    std::string message = std::string("invalid ") + kind + " endpoint '" + std::string(description) + "': " + why;
+    std::string message = std::string("invalid ") + kind + " endpoint '" + detail::showNul(description) + "': " + why;
     raise<error::ValueError>(message);
     return std::make_shared<BrokenEndpoint>(Failure(error::ValueError(message)));
 }

@@ -118,6 +118,15 @@ TEST_CASE("bad descriptions are refused with a message that names the problem") 
         CAPTURE(c.text);
         CHECK_MISUSE_WITH(clientFromString(r, c.text), error::ValueError, c.why);
     }
+    // A NUL byte in a description: the OS would read only what precedes it
+    // ("tcp:80\0garbage" listened on port 80; Twisted: ValueError).
+    using namespace std::string_literals;
+    for (const std::string& text : {"tcp:80\0garbage"s, "tcp:0:backlog=5\0x"s, "tcp:0:interface=127.0.0.1\0evil"s,
+                                    "unix:/tmp/a\0b"s}) {
+        CAPTURE(text.size());
+        CHECK_MISUSE_WITH(serverFromString(r, text), error::ValueError, "contains a NUL byte");
+    }
+    CHECK_MISUSE_WITH(clientFromString(r, "tcp:127.0.0.1:80\0x"s), error::ValueError, "contains a NUL byte");
     CHECK(testing::cleanUp(r) == "");
 }
 

@@ -297,6 +297,12 @@ TEST_CASE("an unresolvable name fails with DNSLookupError naming the host" * doc
     CHECK_FALSE(contains(client.failed[0], ". ."));
     CHECK_FALSE(contains(client.failed[0], "  "));
 #endif
+    // A NUL byte in the name: getaddrinfo would look up "localhost" alone.
+    Client nul;
+    r.connectTCP(std::string("localhost\0.evil", 15), 80, nul);
+    REQUIRE(testing::runUntil(r, [&] { return !nul.failed.empty(); }, 20));
+    CHECK(contains(nul.failed[0], "DNSLookupError"));
+    CHECK(contains(nul.failed[0], "NUL byte"));
 }
 
 TEST_CASE("a refused connect fails with ConnectionRefusedError, after connectTCP returns") {

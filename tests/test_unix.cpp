@@ -199,6 +199,35 @@ TEST_CASE("mode sets the socket file's permissions") {
     port.stopListening();
 }
 
+// The mode holds before the socket listens, as in Twisted (bind, chmod,
+// listen): with a umask of 0 (a daemon's), the file was 0777 while the
+// port already listened and its factory started: anyone could connect in
+// that window (found by a second reader with a connection from another uid).
+TEST_CASE("mode holds before the UNIX socket listens, whatever the umask") {
+    struct StatsOnStart : ProbeServer {
+        std::string path;
+        unsigned modeAtStart = 0;
+        void startFactory() override {
+            struct stat st {};
+            if (::stat(path.c_str(), &st) == 0) modeAtStart = st.st_mode & 0777;
+        }
+    };
+    TempDir dir;
+    test::CleanReactor t;
+    StatsOnStart server;
+    server.path = dir / "daemon.sock";
+    const mode_t previous = ::umask(0);
+    ListeningPort port = t.r.listenUNIX(server.path, server, defaultBacklog, 0600);
+    ::umask(previous);
+    CHECK(server.modeAtStart == 0600);
+    port.stopListening();
+    // A path with a NUL byte would bind the part before it: refused.
+    ProbeServer other;
+    CHECK_MISUSE_WITH(t.r.listenUNIX(std::string("/tmp/nul\0byte", 13), other), error::CannotListenError,
+                      "contains a NUL byte");
+    CHECK(other.numPorts == 0);
+}
+
 TEST_CASE("a file already at the path: CannotListenError, and the file is left alone") {
     TempDir dir;
     const std::string path = dir / "busy.sock";
