@@ -2630,6 +2630,10 @@ public:
     /// Finishes the queued jobs, including those that jobs queue meanwhile,
     /// and joins every worker. Call from the owner's thread, not from a job.
     void stop();
+    /// Destroys the jobs no worker has started (the running ones go on) and
+    /// returns how many: the reactor does this to its name lookups when it
+    /// stops, so that shutdown waits for no lookup that has not begun.
+    std::size_t discardQueued();
 
 private:
     // The queue, its lock and the workers, defined in section 15: a
@@ -5610,14 +5614,24 @@ template <class F>
 auto deferToThread(Reactor& r, F f) {
     using R = std::decay_t<std::invoke_result_t<F&>>;
     static_assert(!detail::IsDeferred<R>::value, "deferToThread: f runs on a worker thread; it cannot return a Deferred");
-    using U = typename detail::Unwrap<R, void>::type;
-    Deferred<U> d;
-    r.getThreadPool().callInThread([&r, d, f = std::move(f)]() mutable {
-        auto outcome = std::make_shared<Result<U>>(detail::captureResult<U>(f));
-        // Move the handle out so this worker never drops the last reference.
-        r.callFromThread([d = std::move(d), outcome]() mutable { detail::stateOf(d)->fire(std::move(*outcome)); });
-    });
-    return d;
+    if constexpr (!std::is_copy_constructible<F>::value) {
+        // The pool's jobs are std::functions, which copy: a move-only `f`
+        // (one that owns a unique_ptr) goes in shared.
+        auto shared = std::make_shared<F>(std::move(f));
+        return deferToThread(r, [shared]() -> R { return (*shared)(); });
+    } else {
+        using U = typename detail::Unwrap<R, void>::type;
+        Deferred<U> d;
+        r.getThreadPool().callInThread([&r, d, f = std::move(f)]() mutable {
+            auto outcome = std::make_shared<Result<U>>(detail::captureResult<U>(f));
+            // Move the handle and the result out: this worker keeps no
+            // reference, so neither is ever destroyed on it.
+            r.callFromThread([d = std::move(d), outcome = std::move(outcome)]() mutable {
+                detail::stateOf(d)->fire(std::move(*outcome));
+            });
+        });
+        return d;
+    }
 }
 
 namespace task {
@@ -9090,6 +9104,18 @@ REACTOR_INLINE void ThreadPool::stop() {
     st.idle = 0;
 }
 
+REACTOR_INLINE std::size_t ThreadPool::discardQueued() {
+    State& st = *state_;
+    std::vector<std::function<void()>> dropped;
+    {
+        std::lock_guard<std::mutex> lock(st.mutex);
+        for (std::size_t i = st.head; i < st.queue.size(); ++i) dropped.push_back(std::move(st.queue[i]));
+        st.queue.clear();
+        st.head = 0;
+    }
+    return dropped.size();  // destroyed here, outside the lock (their captures may call back)
+}
+
 REACTOR_INLINE void ThreadPool::State::work() {
     std::unique_lock<std::mutex> lock(mutex);
     for (;;) {
@@ -9100,6 +9126,11 @@ REACTOR_INLINE void ThreadPool::State::work() {
         std::function<void()> job = std::move(queue[head++]);
         if (head == queue.size()) {
             queue.clear();
+            head = 0;
+        } else if (head >= 1024 && head * 2 >= queue.size()) {
+            // A queue that never empties (jobs that queue jobs) must not
+            // keep a slot for every job it ever ran.
+            queue.erase(queue.begin(), queue.begin() + static_cast<std::ptrdiff_t>(head));
             head = 0;
         }
         lock.unlock();
@@ -9189,7 +9220,10 @@ REACTOR_INLINE Reactor::~Reactor() {
     // do run, and may call back into this reactor (cancel a timer, remove a
     // descriptor, close a connection): each step leaves the reactor
     // consistent, and the loop repeats until nothing is left.
-    if (resolver_) resolver_->stop();
+    if (resolver_) {  // lookups not begun are dropped; running ones cannot be interrupted
+        resolver_->discardQueued();
+        resolver_->stop();
+    }
     if (pool_) pool_->stop();
     for (int round = 0; round < 16; ++round) {
         std::vector<std::shared_ptr<detail::Owned>> all = owned_;
@@ -9352,6 +9386,7 @@ REACTOR_INLINE ThreadPool& Reactor::getThreadPool() {
 REACTOR_INLINE void Reactor::suggestThreadPoolSize(std::size_t n) {
     poolSize_ = n;
     if (pool_) pool_->setMaxThreads(n);
+    if (resolver_) resolver_->setMaxThreads(n);
 }
 
 REACTOR_INLINE std::function<void(std::function<void()>)> Reactor::syncTrigger(std::function<void()> f) {
@@ -9441,7 +9476,10 @@ REACTOR_INLINE void Reactor::builtinDuring(const std::string& event) {
     } else if (event == "shutdown") {
         running_ = false;
         disconnectAll();
-        if (resolver_) resolver_->stop();
+        if (resolver_) {  // shutdown waits for no lookup that has not begun
+            resolver_->discardQueued();
+            resolver_->stop();
+        }
         if (pool_) pool_->stop();
     }
 }
@@ -10247,7 +10285,9 @@ REACTOR_INLINE std::vector<char>& ReactorAccess::readBuffer(Reactor& r) {
 }
 
 REACTOR_INLINE ThreadPool& ReactorAccess::resolver(Reactor& r) {
-    if (!r.resolver_) r.resolver_.reset(new ThreadPool(2));
+    // As many lookups at once as the reactor's pool has threads (Twisted
+    // resolves on that pool): a name that never answers holds one thread.
+    if (!r.resolver_) r.resolver_.reset(new ThreadPool(r.poolSize_));
     return *r.resolver_;
 }
 

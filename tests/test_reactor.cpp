@@ -1024,6 +1024,36 @@ TEST_CASE("ThreadPool::stop finishes queued jobs and the pool is reusable") {
     CHECK(done == 101);
 }
 
+TEST_CASE("ThreadPool::discardQueued drops the jobs not started; the running one finishes") {
+    ThreadPool pool(1);
+    std::mutex m;
+    std::condition_variable cv;
+    bool started = false, release = false;
+    std::atomic<int> ran{0};
+    pool.callInThread([&] {
+        std::unique_lock<std::mutex> lock(m);
+        started = true;
+        cv.notify_all();
+        cv.wait(lock, [&] { return release; });
+        ++ran;
+    });
+    {
+        std::unique_lock<std::mutex> lock(m);
+        REQUIRE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return started; }));
+    }
+    for (int i = 0; i < 5; ++i) pool.callInThread([&] { ran += 100; });
+    CHECK(pool.queueDepth() == 5);
+    CHECK(pool.discardQueued() == 5);
+    CHECK(pool.queueDepth() == 0);
+    {
+        std::lock_guard<std::mutex> lock(m);
+        release = true;
+    }
+    cv.notify_all();
+    pool.stop();
+    CHECK(ran == 1);
+}
+
 }  // TEST_SUITE threads
 
 TEST_SUITE("reactor") {

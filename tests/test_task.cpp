@@ -224,6 +224,21 @@ TEST_CASE("deferToThread: the value arrives on the reactor thread") {
     r.getThreadPool().stop();
 }
 
+TEST_CASE("deferToThread takes a move-only function, as Twisted takes any callable") {
+    // Before: "std::function target must be copy-constructible" (found by a
+    // second reader).
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    auto owned = std::make_unique<int>(41);
+    int got = 0;
+    deferToThread(r, [p = std::move(owned)] { return *p + 1; }).addCallback([&](int v) { got = v; });
+    bool ran = false;
+    deferToThread(r, [p = std::make_unique<int>(1)] { (void)p; }).addCallback([&] { ran = true; });
+    CHECK(testing::runUntil(r, [&] { return got != 0 && ran; }));
+    CHECK(got == 42);
+    r.getThreadPool().stop();
+}
+
 TEST_CASE("deferToThread: a returned Failure (and a throw) arrive as failures") {
     test::CleanReactor t;
     Reactor& r = t.r;

@@ -17,8 +17,10 @@
 #include <chrono>
 #include <cerrno>
 #include <cmath>
+#include <condition_variable>
 #include <cstdio>
 #include <memory>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -1658,6 +1660,43 @@ TEST_CASE("a burst of 128 connects fits the default accept queue") {
     port.stopListening();
 }
 #endif
+
+// A pool whose queue never empties (jobs that queue the next job) kept a
+// slot for every job it had run: 32 bytes each, for good (found by a second
+// reader: +94 MB after 3 million jobs). It drops the slots once they are
+// most of the queue.
+TEST_CASE("a ThreadPool whose queue never empties keeps bounded memory") {
+    static constexpr int jobs = 300000;
+    ThreadPool pool(1);
+    std::atomic<int> done{0};
+    std::mutex m;
+    std::condition_variable finished;
+    struct Again {
+        ThreadPool* pool;
+        std::atomic<int>* done;
+        std::mutex* m;
+        std::condition_variable* finished;
+        void operator()() const {
+            if (done->fetch_add(1) + 1 < jobs) {
+                pool->callInThread(*this);
+            } else {
+                std::lock_guard<std::mutex> lock(*m);
+                finished->notify_all();
+            }
+        }
+    };
+    long before = heapInUseKiB();
+    // Two of them: whenever one is taken, the other is still queued.
+    pool.callInThread(Again{&pool, &done, &m, &finished});
+    pool.callInThread(Again{&pool, &done, &m, &finished});
+    {
+        std::unique_lock<std::mutex> lock(m);
+        REQUIRE(finished.wait_for(lock, std::chrono::seconds(60), [&] { return done.load() >= jobs; }));
+    }
+    long grown = heapInUseKiB() - before;
+    pool.stop();
+    if (!underASan && before >= 0) CHECK(grown < 2048);  // before: 300,000 x 32 B = 9.4 MB
+}
 
 // Read-side backpressure by default: an echo server facing a client that
 // sends without ever reading stops reading once its unsent output passes
