@@ -12148,9 +12148,20 @@ REACTOR_INLINE bool pemText(const ssl::PEM& pem, const char* what, std::string& 
         why = std::string("cannot read the ") + what + " file '" + pem.path + "': " + os::errorString(errno);
         return false;
     }
+    // PEM files of keys and chains are kilobytes: a path naming a device or
+    // a huge file (ssl:...:privateKey=/dev/zero) is refused, not read on.
+    constexpr std::size_t limit = 16u << 20;
     char buf[4096];
     int n;
-    while ((n = BIO_read(b, buf, sizeof buf)) > 0) text.append(buf, static_cast<std::size_t>(n));
+    while ((n = BIO_read(b, buf, sizeof buf)) > 0) {
+        text.append(buf, static_cast<std::size_t>(n));
+        if (text.size() > limit) {
+            BIO_free(b);
+            text.clear();
+            why = std::string("the ") + what + " file '" + pem.path + "' is larger than 16 MiB: not a PEM file";
+            return false;
+        }
+    }
     BIO_free(b);
     return true;
 }

@@ -1106,6 +1106,12 @@ TEST_CASE("bad TLS options: a clear error naming the file; a connection with the
     ssl::ClientTLSSettings garbage;
     garbage.trust = ssl::trustRoot(ssl::pemData("not a certificate"));
     CHECK_MISUSE_WITH(ssl::optionsForClientTLS("localhost", garbage), error::ValueError, "no PEM certificate");
+    // A device as a key file is refused, not read forever (before: memory
+    // grew without end; found by a second reader).
+    ssl::ServerTLSSettings device;
+    device.certificate = ssl::pemFile(p.path("server.pem"));
+    device.privateKey = ssl::pemFile("/dev/zero");
+    CHECK_MISUSE_WITH(ssl::serverOptions(device), error::ValueError, "larger than 16 MiB");
     // Default-made options: the connection is made and fails with the reason.
     ServerFactory server;
     ListeningPort port = r.listenTCP(0, server, 50, "127.0.0.1");
