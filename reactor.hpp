@@ -15913,7 +15913,7 @@ REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTrans
             closeEnd(to, failure, true);  // a protocol that throws loses its own connection
             continue;
         }
-        // TCP's read-side backpressure: this input took the unsent output
+        // TCP's read-side backpressure: this input added to unsent output
         // over the mark and no producer limits it: stop reading until it drains.
         if (!to.producer_ && !to.outputPaused_ && !to.closed_ && to.pending() > before &&
             to.pending() > detail::TcpFlow::highWaterMark)
