@@ -864,9 +864,14 @@ using Tracer = std::function<void(std::string_view line)>;
 
 namespace detail {
 
-/// The tracer of the reactor turning on this thread, or null. Lets code that
-/// does not know its reactor (a Deferred firing) report to the trace.
-const Tracer*& activeTracer();
+/// Where the tracer of the reactor turning on this thread is kept, or null.
+/// Lets code that does not know its reactor (a Deferred firing) report to
+/// the trace.
+const std::shared_ptr<const Tracer>*& activeTracer();
+/// Sends `line` to the tracer kept at `slot`, if there is one. The tracer is
+/// held for the call (it may replace itself), and one that throws is
+/// logged, not let through: tracing never changes what a program does.
+void emitTrace(const std::shared_ptr<const Tracer>* slot, std::string_view line);
 
 /// "12.3 ms" / "850 us": a short human duration for trace lines.
 std::string formatDuration(double seconds);
@@ -1751,9 +1756,9 @@ public:
         setResult(std::move(r));  // first: a T whose move throws leaves it unfired
         called = true;
         canceller = nullptr;
-        if (const Tracer* tracer = activeTracer())
-            (*tracer)(result.ok() ? std::string("  Deferred fired with a value")
-                                  : "  Deferred fired with a failure: " + result.failure().str());
+        if (const auto* tracer = activeTracer(); tracer && *tracer)
+            emitTrace(tracer, result.ok() ? std::string("  Deferred fired with a value")
+                                          : "  Deferred fired with a failure: " + result.failure().str());
         run(shared_from_this());
     }
     /// Fires without running: the caller (a step) returns it to the loop.
@@ -3129,7 +3134,7 @@ private:
     /// Publishes this reactor's tracer to code that does not know it
     /// (Deferreds) for the duration of a turn.
     struct TraceScope {
-        const Tracer* previous;
+        const std::shared_ptr<const Tracer>* previous;
         explicit TraceScope(const Reactor& r) : previous(detail::activeTracer()) {
             if (r.tracer_) detail::activeTracer() = &r.tracer_;
         }
@@ -3143,7 +3148,7 @@ private:
     // ---- state ----------------------------------------------------------
 
     std::int64_t epochNanos_;  // the monotonic clock at construction (std::chrono::steady_clock, in ns)
-    Tracer tracer_;
+    std::shared_ptr<const Tracer> tracer_;  // shared with a trace call running: it may replace itself
     std::uint64_t turnNumber_ = 0;
     detail::TimerQueue timers_{*this};
     detail::os::Waker waker_;
@@ -4147,6 +4152,7 @@ private:
     bool reading_ = false, writing_ = false;
     bool userPaused_ = false;    // pauseProducing() until resumeProducing()
     bool outputPaused_ = false;  // read-side backpressure: too much unsent output
+    std::size_t answered_ = 0;   // unsent bytes written by dataReceived (at most pending())
     bool readShut_ = false, writeShut_ = false, wantWriteShut_ = false;
     bool aborting_ = false, closing_ = false;
     bool abandoned_ = false;  // no more user callbacks, even in a close under way
@@ -6870,6 +6876,7 @@ private:
     IProducer* producer_ = nullptr;
     bool streaming_ = false, producerPaused_ = false, wantPull_ = false;
     bool userPaused_ = false, outputPaused_ = false;
+    std::size_t answered_ = 0;  // unsent bytes written by dataReceived, as TcpConnection's
     bool wantWriteShut_ = false, writeShut_ = false;
     bool eofIncoming_ = false, readShut_ = false;  // the peer sent its FIN / we processed it
     bool aborting_ = false, closed_ = false;
@@ -8568,9 +8575,25 @@ REACTOR_INLINE void log(LogLevel level, std::string_view message) {
 }
 namespace detail {
 
-REACTOR_INLINE const Tracer*& activeTracer() {
-    static thread_local const Tracer* tracer = nullptr;
+REACTOR_INLINE const std::shared_ptr<const Tracer>*& activeTracer() {
+    static thread_local const std::shared_ptr<const Tracer>* tracer = nullptr;
     return tracer;
+}
+
+REACTOR_INLINE void emitTrace(const std::shared_ptr<const Tracer>* slot, std::string_view line) {
+    if (!slot || !*slot) return;
+    std::shared_ptr<const Tracer> tracer = *slot;  // kept alive while it runs
+#if REACTOR_HAS_EXCEPTIONS
+    try {
+        (*tracer)(line);
+    } catch (const std::exception& e) {
+        log(LogLevel::error, std::string("the tracer threw: ") + e.what());
+    } catch (...) {
+        log(LogLevel::error, "the tracer threw");
+    }
+#else
+    (*tracer)(line);
+#endif
 }
 
 REACTOR_INLINE std::string showNul(std::string_view text) {
@@ -9180,12 +9203,12 @@ REACTOR_INLINE Reactor::Reactor()
       alive_(std::make_shared<bool>(true)) {
     const char* env = std::getenv("REACTOR_TRACE");
     if (env && *env && std::strcmp(env, "0") != 0)
-        tracer_ = [](std::string_view line) {
+        tracer_ = std::make_shared<const Tracer>([](std::string_view line) {
             std::string out(line);
             out += '\n';
             std::fflush(stdout);  // keep the program's own output in order with the trace
             std::fputs(out.c_str(), stderr);
-        };
+        });
     // Without its wake-up descriptor the reactor cannot hear other threads
     // (callFromThread, a signal's stop() under run(true)) while it waits: refuse
     // to exist, or (no exceptions) poll for them every 10 ms instead.
@@ -9310,7 +9333,7 @@ REACTOR_INLINE void Reactor::trace(std::string_view line) const {
     if (!tracer_) return;
     std::string out = "  ";
     out += line;
-    tracer_(out);
+    detail::emitTrace(&tracer_, out);
 }
 
 REACTOR_INLINE double Reactor::seconds() const {
@@ -9367,7 +9390,9 @@ REACTOR_INLINE void Reactor::fireSystemEvent(std::string_view eventType) {
     fireEvent(std::string(eventType), [] {});
 }
 
-REACTOR_INLINE void Reactor::setTracer(Tracer tracer) { tracer_ = std::move(tracer); }
+REACTOR_INLINE void Reactor::setTracer(Tracer tracer) {
+    tracer_ = tracer ? std::make_shared<const Tracer>(std::move(tracer)) : nullptr;
+}
 
 REACTOR_INLINE void Reactor::callFromThread(std::function<void()> f) {
     {
@@ -9628,15 +9653,25 @@ REACTOR_INLINE void Reactor::dispatch() {
             continue;
         }
         if ((r.events & (os::evRead | os::evError)) && slots_[slot].reader) {
-            if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " readable -> reader callback");
-            detail::IoHandler& h = *slots_[slot].reader;  // kept alive by retire() if removed
-            detail::runGuarded("reader callback", [&h] { h.onReady(os::evRead); });
-            if (!stillArmed()) continue;  // the reader may have removed the writer, or the whole fd
+            if (tracer_ && slots_[slot].foreign) {
+                trace("fd " + std::to_string(fd) + " readable -> reader callback");
+                if (!stillArmed()) continue;  // (a tracer that calls the reactor)
+            }
+            if (slots_[slot].reader) {
+                detail::IoHandler& h = *slots_[slot].reader;  // kept alive by retire() if removed
+                detail::runGuarded("reader callback", [&h] { h.onReady(os::evRead); });
+                if (!stillArmed()) continue;  // the reader may have removed the writer, or the whole fd
+            }
         }
         if ((r.events & (os::evWrite | os::evError)) && slots_[slot].writer) {
-            if (tracer_ && slots_[slot].foreign) trace("fd " + std::to_string(fd) + " writable -> writer callback");
-            detail::IoHandler& h = *slots_[slot].writer;
-            detail::runGuarded("writer callback", [&h] { h.onReady(os::evWrite); });
+            if (tracer_ && slots_[slot].foreign) {
+                trace("fd " + std::to_string(fd) + " writable -> writer callback");
+                if (!stillArmed()) continue;
+            }
+            if (slots_[slot].writer) {
+                detail::IoHandler& h = *slots_[slot].writer;
+                detail::runGuarded("writer callback", [&h] { h.onReady(os::evWrite); });
+            }
         }
     }
     dispatching_ = false;
@@ -9727,7 +9762,7 @@ REACTOR_INLINE void Reactor::traceTurn(int ready, int timeoutMs, bool timerLimit
         line += "timeout (a timer is due)";
     else
         line += "timeout (the caller's time limit)";
-    tracer_(line);
+    detail::emitTrace(&tracer_, line);
 }
 
 REACTOR_INLINE void Reactor::run(bool installSignalHandlers) {
@@ -10552,17 +10587,18 @@ REACTOR_INLINE void TcpConnection::doRead() {
             closeWith(failure, true);
             return;
         }
-        // Read-side backpressure: this input added output while the unsent
-        // output is over the high-water mark, and nobody else limits it (no
-        // producer). Reading more would only make more output for a peer
-        // that is not taking it, so stop until it drains. Only input-driven
-        // output counts: a protocol that sends a bulk of its own (from
-        // connectionMade, a timer) keeps reading while its input makes no
-        // output; once its input adds to a queue over the mark, it waits
-        // like any other (a client that floods and never reads cannot make
-        // a server with a large reply pending buffer without bound).
-        if (!producer_ && !outputPaused_ && connected && !closing_ && pending() > before &&
-            pending() > highWaterMark) {
+        // Read-side backpressure: the output written in answer to input
+        // and not sent yet is over the high-water mark, and nobody else
+        // limits it (no producer). Reading more would only make more output
+        // for a peer that is not taking it, so stop until it drains. Only
+        // answers count: a bulk the protocol sends of its own (from
+        // connectionMade, a timer) never stops reading, so two peers that
+        // both send megabytes and acknowledge what they read finish; and a
+        // client that floods without reading cannot make a server buffer its
+        // flood, whatever that server had queued before. (The answers are
+        // the queue's newest bytes: at most pending() of them are unsent.)
+        answered_ = std::min(answered_, before) + (pending() - before);
+        if (!producer_ && !outputPaused_ && connected && !closing_ && answered_ > highWaterMark) {
             outputPaused_ = true;
             if (reactor_.tracing())
                 reactor_.trace("fd " + std::to_string(fd_) + ": " + std::to_string(pending()) +
@@ -13245,9 +13281,9 @@ REACTOR_INLINE void LineReceiver::process() {
 }
 
 REACTOR_INLINE void LineReceiver::traceExceeded(std::size_t length) {
-    if (const Tracer* tracer = detail::activeTracer())
-        (*tracer)("  line of " + std::to_string(length) + "+ bytes over MAX_LENGTH (" + std::to_string(MAX_LENGTH) +
-                  ") -> " + logPrefix() + ".lineLengthExceeded");
+    if (const auto* tracer = detail::activeTracer(); tracer && *tracer)
+        detail::emitTrace(tracer, "  line of " + std::to_string(length) + "+ bytes over MAX_LENGTH (" +
+                                      std::to_string(MAX_LENGTH) + ") -> " + logPrefix() + ".lineLengthExceeded");
 }
 
 REACTOR_INLINE void LineOnlyReceiver::lineLengthExceeded(std::string_view line) {
@@ -15915,8 +15951,8 @@ REACTOR_INLINE bool MemoryConnection::deliver(MemoryTransport& from, MemoryTrans
         }
         // TCP's read-side backpressure: this input added to unsent output
         // over the mark and no producer limits it: stop reading until it drains.
-        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && to.pending() > before &&
-            to.pending() > detail::TcpFlow::highWaterMark)
+        to.answered_ = std::min(to.answered_, before) + (to.pending() - before);
+        if (!to.producer_ && !to.outputPaused_ && !to.closed_ && to.answered_ > detail::TcpFlow::highWaterMark)
             to.outputPaused_ = true;
     }
     if (from.outPos_ == from.out_.size()) {

@@ -1776,6 +1776,57 @@ TEST_CASE("a client that never reads cannot make a server with a large reply pen
     CHECK(testing::runUntil(r, [&] { return testing::dirtyReport(r).empty(); }, 10));
 }
 
+// Only answers count: two peers that each send 16 MiB of their own and
+// acknowledge every read with 4 bytes both finish (a rule that paused on
+// any answer written while the queue was over the mark hung both ends
+// at 64 KiB; found by a second reader and by the stress harness, seed 3900).
+TEST_CASE("two peers that send bulk and acknowledge every read both finish, over TCP and in memory") {
+    static constexpr std::size_t size = 16u << 20;
+    struct Bulk : Protocol {
+        std::size_t* got = nullptr;
+        void connectionMade() override { transport->write(std::string(size, 'x')); }
+        void dataReceived(std::string_view data) override {
+            std::size_t n = static_cast<std::size_t>(std::count(data.begin(), data.end(), 'x'));
+            *got += n;
+            if (n > 0) transport->write("ack\n");
+        }
+    };
+    auto factories = [](std::size_t& serverGot, std::size_t& clientGot, Factory& sf, ClientFactory& cf) {
+        sf.protocol = [&serverGot] {
+            auto p = std::make_unique<Bulk>();
+            p->got = &serverGot;
+            return p;
+        };
+        cf.protocol = [&clientGot] {
+            auto p = std::make_unique<Bulk>();
+            p->got = &clientGot;
+            return p;
+        };
+    };
+    {
+        test::CleanReactor t;
+        Reactor& r = t.r;
+        std::size_t serverGot = 0, clientGot = 0;
+        Factory sf;
+        ClientFactory cf;
+        factories(serverGot, clientGot, sf, cf);
+        ListeningPort port = r.listenTCP(0, sf, 50, "127.0.0.1");
+        r.connectTCP("127.0.0.1", port.getHost().port, cf);
+        CHECK(testing::runUntil(r, [&] { return serverGot >= size && clientGot >= size; }, 30));
+        port.stopListening();
+        r.disconnectAll();
+    }
+    std::size_t serverGot = 0, clientGot = 0;
+    Factory sf;
+    ClientFactory cf;
+    factories(serverGot, clientGot, sf, cf);
+    testing::MemoryNetwork net;
+    net.connect(sf, cf);
+    net.flush();
+    CHECK(serverGot == size);
+    CHECK(clientGot == size);
+}
+
 // abortConnection() from writeConnectionLost(), with a loseConnection()
 // pending: an abort (ConnectionAborted, a reset after the FIN), not the
 // clean close that was pending (before: ConnectionDone on both ends, over

@@ -2,6 +2,8 @@
 #include <string>
 #include <vector>
 
+#include <stdexcept>
+
 #include "support.hpp"
 
 using namespace reactor;
@@ -135,12 +137,12 @@ TEST_CASE("our own loseConnection is traced as such") {
 
 TEST_CASE("a line over MAX_LENGTH is traced before lineLengthExceeded") {
     std::vector<std::string> lines;
-    Tracer tracer = [&](std::string_view line) { lines.emplace_back(line); };
+    auto tracer = std::make_shared<const Tracer>([&](std::string_view line) { lines.emplace_back(line); });
     Lines p;
     p.MAX_LENGTH = 4;
     StringTransport st;
     p.makeConnection(&st);
-    const Tracer* previous = detail::activeTracer();
+    const std::shared_ptr<const Tracer>* previous = detail::activeTracer();
     detail::activeTracer() = &tracer;  // what a traced reactor turn publishes
     p.dataReceived("0123456789\r\n");
     detail::activeTracer() = previous;
@@ -168,6 +170,42 @@ TEST_CASE("the wake reason tells a due timer from the caller's time limit") {
     r.iterate(5);  // the timer ends the wait
     CHECK(fired);
     CHECK(anyLine(lines, "woke: timeout (a timer is due)"));
+}
+
+// A tracer is an observer: replacing or clearing it from inside a trace
+// line, or throwing from it, changes nothing else (before: a freed function
+// ran on, an empty one threw bad_function_call when a Deferred fired later
+// in the turn, and a throw left run() unusable; found by a second reader).
+TEST_CASE("a tracer that replaces or clears itself, or throws, changes nothing else") {
+    Reactor r;
+    std::vector<std::string> lines;
+    int replaced = 0;
+    r.setTracer([&, name = std::string(64, 't')](std::string_view) {
+        ++replaced;
+        r.setTracer([&lines, name](std::string_view line) { lines.emplace_back(name.substr(0, 1) + std::string(line)); });
+    });
+    bool fired = false;
+    r.callLater(0, [&] {
+        r.setTracer(nullptr);  // mid-turn; the Deferred below fires after it
+        Deferred<int> d;
+        d.addCallback([&](int) { fired = true; });
+        d.callback(1);
+    });
+    r.iterate(0);
+    CHECK(replaced == 1);
+    CHECK(fired);
+    CHECK_FALSE(r.tracing());
+    r.setTracer([](std::string_view) { throw std::runtime_error("tracer broke"); });
+    bool ran = false;
+    r.callLater(0, [&] {
+        ran = true;
+        r.stop();
+    });
+    r.run();
+    CHECK(ran);
+    r.callLater(0, [&] { r.stop(); });
+    r.run();  // usable again
+    r.setTracer(nullptr);
 }
 
 TEST_CASE("tracing off: nothing is produced and nothing is published") {
