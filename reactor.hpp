@@ -1807,7 +1807,15 @@ DeferredPtr settleDeferred(DeferredState<U>& s, const std::shared_ptr<DeferredSt
     s.setResult(Result<U>(Failure("ResultConsumed", "waiting for the Deferred a callback returned")));
     std::shared_ptr<DeferredState<U>> parent = s.self();
     inner->steps.push_back(DeferredState<U>::typed([parent](DeferredState<U>& me) -> DeferredPtr {
+#if REACTOR_HAS_EXCEPTIONS
+        try {
+            parent->setResult(me.take());
+        } catch (...) {  // a value whose copy throws: the outer chain gets the failure
+            parent->failWith(Failure::current());
+        }
+#else
         parent->setResult(me.take());
+#endif
         parent->waitingOn.reset();
         return --parent->paused == 0 ? DeferredPtr(parent) : nullptr;
     }));
@@ -1828,7 +1836,17 @@ DeferredPtr settleReturn(DeferredState<U>& s, R&& r) {
 /// unless a cancel() without canceller said to ignore its next fire.
 template <class T>
 DeferredPtr forwardTo(DeferredState<T>& s, DeferredState<T>& target) {
+#if REACTOR_HAS_EXCEPTIONS
+    if (!target.called) {
+        try {
+            return target.prime(s.take());
+        } catch (...) {  // a value whose copy throws: the target gets the failure
+            return target.prime(Result<T>(Failure::current()));
+        }
+    }
+#else
     if (!target.called) return target.prime(s.take());
+#endif
     if (target.suppressAlreadyCalled) {
         target.suppressAlreadyCalled = false;
         s.take();
@@ -3178,6 +3196,7 @@ private:
 
     bool running_ = false;
     bool inRun_ = false;
+    std::uint64_t runNumber_ = 0;  // changes as each run() starts and ends
     bool inTurn_ = false;
     std::uint64_t pollErrors_ = 0;
     bool stopRequested_ = false;
@@ -9325,6 +9344,9 @@ REACTOR_INLINE bool Reactor::removeSystemEventTrigger(TriggerId id) {
         detail::raise<error::ValueError>("removeSystemEventTrigger: unknown trigger id " + std::to_string(id));
         return false;
     }
+    // The function goes after its entry: what it owns may add or remove
+    // triggers from a destructor, which must not run inside erase().
+    std::function<void(std::function<void()>)> fn = std::move(it->fn);
     triggers_.erase(it);
     return true;
 }
@@ -9487,7 +9509,13 @@ REACTOR_INLINE void Reactor::runPhase(const std::string& event, detail::Phase ph
 }
 
 REACTOR_INLINE void Reactor::fireEvent(const std::string& event, std::function<void()> whenDone) {
-    runPhase(event, detail::Phase::before, [this, event, whenDone]() {
+    // The startup of a run() that has ended, or is shutting down (stop()
+    // while an asynchronous "before startup" trigger was pending), does not
+    // go on when that trigger finishes: the reactor is not running.
+    const bool runStartup = event == "startup" && inRun_;
+    const std::uint64_t run = runNumber_;
+    runPhase(event, detail::Phase::before, [this, event, whenDone, runStartup, run]() {
+        if (runStartup && (runNumber_ != run || shutdownStarted_)) return;
         builtinDuring(event);
         runPhase(event, detail::Phase::during, [this, event, whenDone]() {
             runPhase(event, detail::Phase::after, whenDone);
@@ -9771,6 +9799,7 @@ REACTOR_INLINE void Reactor::run(bool installSignalHandlers) {
         return;
     }
     inRun_ = true;
+    ++runNumber_;
     stopRequested_ = shutdownStarted_ = loopDone_ = false;
     if (installSignalHandlers) signalHandlers_.reset(new os::SignalHandlers(waker_.writeFd()));
     fireEvent("startup", [] {});
@@ -9784,6 +9813,7 @@ REACTOR_INLINE void Reactor::run(bool installSignalHandlers) {
     signalHandlers_.reset();
     running_ = false;
     inRun_ = false;
+    ++runNumber_;
     loopDone_ = false;  // iterate() after run() waits normally again
 }
 

@@ -1812,6 +1812,38 @@ TEST_CASE("a value whose copy throws inside the chain is a failure on it, never 
         CHECK(ended);
         CHECK(errbacks <= 1);
     }
+    // Through a Deferred a callback returned, and through chainDeferred:
+    // the outer chain (the target) gets the failure, never stays paused.
+    for (int n = 0; n < 16; ++n) {
+        CAPTURE(n);
+        Deferred<CopyThrows> outer, inner, source, target;
+        outer.addCallback([inner](CopyThrows) { return inner; });
+        outer.callback(CopyThrows(1));
+        source.chainDeferred(target);
+        CopyThrows value(2);
+        bool threw[2] = {false, false};
+        Deferred<CopyThrows>* fired[2] = {&inner, &source};
+        for (int i = 0; i < 2; ++i) {
+            CopyThrows::copiesBeforeThrow = n;
+            try {
+                fired[i]->callback(value);
+            } catch (const std::runtime_error&) {
+                threw[i] = true;
+            }
+            CopyThrows::copiesBeforeThrow = -1;
+        }
+        bool outerEnded = false, targetEnded = false;
+        outer.addBoth([&](Result<CopyThrows> r) {
+            outerEnded = true;
+            return r;
+        });
+        target.addBoth([&](Result<CopyThrows> r) {
+            targetEnded = true;
+            return r;
+        });
+        CHECK((threw[0] || outerEnded));
+        CHECK((threw[1] || targetEnded));
+    }
 }
 
 #if !defined(TEST_UNDER_TSAN)

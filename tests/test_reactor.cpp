@@ -234,6 +234,67 @@ TEST_CASE("stop() is accepted from run()'s start, before \"during startup\"") {
     CHECK(order == std::vector<std::string>{"pending", "after shutdown"});
 }
 
+TEST_CASE("a startup still pending when run() ends does not go on later") {
+    // stop() while an asynchronous "before startup" trigger is pending ends
+    // run(); when that trigger finishes afterwards, the reactor must not
+    // call itself running, nor run "after startup" triggers outside run()
+    // (before: running() read true and callWhenRunning calls ran at once).
+    Reactor r;
+    std::function<void()> finishStartup;
+    TriggerId pending = r.addAsyncSystemEventTrigger("before", "startup", [&](std::function<void()> done) {
+        finishStartup = std::move(done);
+    });
+    int afterStartup = 0;
+    r.addSystemEventTrigger("after", "startup", [&] { ++afterStartup; });
+    r.callLater(0, [&] { r.stop(); });
+    DelayedCall rescue = r.callLater(1, [&] { r.crash(); });
+    r.run();
+    CHECK(rescue.active());
+    if (rescue.active()) rescue.cancel();
+    REQUIRE(finishStartup);
+    finishStartup();
+    CHECK_FALSE(r.running());
+    CHECK(afterStartup == 0);
+    // The next run starts normally.
+    r.removeSystemEventTrigger(pending);
+    bool ran = false;
+    r.callWhenRunning([&] {
+        ran = true;
+        r.stop();
+    });
+    DelayedCall rescue2 = r.callLater(1, [&] { r.crash(); });
+    r.run();
+    CHECK(ran);
+    CHECK(afterStartup == 1);
+    CHECK(rescue2.active());
+    if (rescue2.active()) rescue2.cancel();
+}
+
+TEST_CASE("removing a trigger whose function's destructor adds and removes triggers") {
+    // The function is destroyed after its entry is erased, not inside
+    // erase() (ASan: heap-use-after-free before; found by a second reader).
+    Reactor r;
+    struct AddsOnDestroy {
+        Reactor* r;
+        TriggerId* other;
+        int* fired;
+        AddsOnDestroy(Reactor* reactor, TriggerId* o, int* f) : r(reactor), other(o), fired(f) {}
+        AddsOnDestroy(const AddsOnDestroy&) = delete;
+        ~AddsOnDestroy() {
+            for (int i = 0; i < 8; ++i) r->addSystemEventTrigger("during", "reload", [f = fired] { ++*f; });
+            r->removeSystemEventTrigger(*other);
+        }
+    };
+    int fired = 0;
+    TriggerId other = r.addSystemEventTrigger("during", "reload", [&fired] { fired += 100; });
+    auto owned = std::make_shared<AddsOnDestroy>(&r, &other, &fired);
+    TriggerId id = r.addSystemEventTrigger("before", "reload", [owned] {});
+    owned.reset();
+    CHECK(r.removeSystemEventTrigger(id));
+    r.fireSystemEvent("reload");
+    CHECK(fired == 8);
+}
+
 TEST_CASE("a reactor whose shutdown event was fired by hand can still be stopped") {
     Reactor r;
     int shutdowns = 0;
