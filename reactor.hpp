@@ -542,6 +542,7 @@ private:
     std::size_t alwaysReadyIndex(Fd fd) const;
     Fd epfd_ = invalidFd;
     int error_ = 0;
+    long owner_ = 0;  // the process that made epfd_: a forked child shares its set, and must not edit it
     std::size_t watched_ = 0;                   // registered with the kernel
     std::vector<epoll_event> events_;           // epoll_wait's output, reused
     std::vector<std::pair<Fd, short>> alwaysReady_;  // regular files (EPERM)
@@ -7393,6 +7394,7 @@ REACTOR_INLINE int SelectBackend::wait(int timeoutMs, std::vector<Ready>& ready)
 REACTOR_INLINE EpollBackend::EpollBackend() {
     epfd_ = ::epoll_create1(EPOLL_CLOEXEC);
     if (epfd_ < 0) error_ = errno;
+    owner_ = static_cast<long>(::getpid());
     events_.resize(64);
 }
 
@@ -7416,6 +7418,13 @@ REACTOR_INLINE std::size_t EpollBackend::alwaysReadyIndex(Fd fd) const {
 REACTOR_INLINE bool EpollBackend::add(Fd fd, short interest) {
     const std::size_t i = alwaysReadyIndex(fd);
     if (i < alwaysReady_.size()) {
+        // Still the regular file? Its number may have been closed behind our
+        // back and reused by something epoll can watch.
+        if (control(EPOLL_CTL_ADD, fd, interest)) {
+            alwaysReady_.erase(alwaysReady_.begin() + static_cast<std::ptrdiff_t>(i));
+            ++watched_;
+            return true;
+        }
         alwaysReady_[i].second = interest;
         return true;
     }
@@ -7432,11 +7441,7 @@ REACTOR_INLINE bool EpollBackend::add(Fd fd, short interest) {
 }
 
 REACTOR_INLINE bool EpollBackend::modify(Fd fd, short interest) {
-    const std::size_t i = alwaysReadyIndex(fd);
-    if (i < alwaysReady_.size()) {
-        alwaysReady_[i].second = interest;
-        return true;
-    }
+    if (alwaysReadyIndex(fd) < alwaysReady_.size()) return add(fd, interest);
     if (control(EPOLL_CTL_MOD, fd, interest)) return true;
     if (errno != ENOENT) return false;
     // The kernel forgot it (closed behind our back, the number reused).
@@ -7450,10 +7455,13 @@ REACTOR_INLINE void EpollBackend::remove(Fd fd) {
         alwaysReady_.erase(alwaysReady_.begin() + static_cast<std::ptrdiff_t>(i));
         return;
     }
+    if (watched_) --watched_;
+    // A forked child's reactor going away (its copy of the descriptors
+    // closing) must not take them out of the set it shares with its parent.
+    if (static_cast<long>(::getpid()) != owner_) return;
     // EBADF/ENOENT: already closed, and with it gone from the kernel's set.
     epoll_event e{};
     ::epoll_ctl(epfd_, EPOLL_CTL_DEL, fd, &e);
-    if (watched_) --watched_;
 }
 
 REACTOR_INLINE int EpollBackend::wait(int timeoutMs, std::vector<Ready>& ready) {

@@ -1246,6 +1246,41 @@ TEST_CASE("a regular file is watched like a pipe, on every backend") {
     CHECK(r.getReaders().empty());
     ::close(fd);
 }
+
+// The misuse above's neighbour: a watched regular file closed without
+// removeReader, its number reused by an empty pipe and watched again. epoll
+// kept calling the number's reader every turn as if it were still the file
+// (found by a second reader); every backend now waits for the pipe.
+TEST_CASE("a regular file's number reused by a pipe is watched as the pipe") {
+    test::CleanReactor t;
+    Reactor& r = t.r;
+    char path[] = "/tmp/reactor-file-XXXXXX";
+    int fd = ::mkstemp(path);
+    REQUIRE(fd >= 0);
+    ::unlink(path);
+    int fileReads = 0;
+    r.addReader(fd, [&] { ++fileReads; });
+    r.iterate(0);
+    CHECK(fileReads == 1);
+    int p[2];
+    REQUIRE(::pipe(p) == 0);
+    REQUIRE(::fcntl(p[0], F_SETFL, O_NONBLOCK) == 0);  // a stray call must not block the test
+    REQUIRE(::dup2(p[0], fd) == fd);  // closes the file under the reactor (the misuse)
+    ::close(p[0]);
+    int pipeCalls = 0, pipeReads = 0;
+    r.addReader(fd, [&] {
+        ++pipeCalls;
+        char c;
+        if (::read(fd, &c, 1) == 1) ++pipeReads;
+    });
+    for (int i = 0; i < 5; ++i) r.iterate(0);
+    CHECK(pipeCalls == 0);
+    REQUIRE(::write(p[1], "x", 1) == 1);
+    CHECK(testing::runUntil(r, [&] { return pipeReads == 1; }, 2));
+    r.removeReader(fd);
+    ::close(fd);
+    ::close(p[1]);
+}
 #endif
 
 }  // TEST_SUITE descriptors

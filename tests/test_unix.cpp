@@ -433,5 +433,29 @@ TEST_CASE("the shared_ptr factory overload of connectUNIX owns the factory") {
     port.stopListening();
 }
 
+// (POSIX-only, so kept in this file.) A child forked from a process whose
+// reactor listens, and that destroys its copy of that reactor as it exits:
+// with epoll the child's removals edited the set it shares with its parent,
+// whose port then never heard another connection (found by a second reader).
+TEST_CASE("a forked child destroying its copy of the reactor leaves the parent's port working") {
+    test::CleanReactor t;
+    ProbeServer server;
+    ListeningPort port = t.r.listenTCP(0, server, 50, "127.0.0.1");
+    pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        t.r.~Reactor();  // what returning from main would do in the child
+        ::_exit(0);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    CHECK(WIFEXITED(status));
+    ProbeClient client;
+    t.r.connectTCP("127.0.0.1", port.getHost().port, client);
+    CHECK(testing::runUntil(t.r, [&] { return server.seen->made; }, 10));
+    port.stopListening();
+    t.r.disconnectAll();
+}
+
 }  // TEST_SUITE
 #endif  // !_WIN32
