@@ -789,12 +789,11 @@ public:
     ~SignalHandlers();
     SignalHandlers(const SignalHandlers&) = delete;
     SignalHandlers& operator=(const SignalHandlers&) = delete;
+    /// The signal this reactor was sent since the last call, or 0.
+    int take();
 
 private:
-#if !defined(REACTOR_OS_WINDOWS)
-    struct sigaction oldInt_ {};
-    struct sigaction oldTerm_ {};
-#endif
+    int slot_ = -1;  // in signalSlots(): every reactor in run(true) has one
 };
 
 }  // namespace os
@@ -7176,12 +7175,31 @@ namespace detail {
 namespace os {
 
 /// SIGINT/SIGTERM handling for `Reactor::run(true)`. A signal handler can
-/// only touch lock-free atomics, so the one reactor that asked for signals
-/// publishes its wake-up descriptor here while it runs. Windows: a console
-/// control handler (Ctrl-C, Ctrl-Break, the console closing), which Windows
-/// runs on a thread of its own; the "signal" is the CTRL_*_EVENT value + 1.
-std::atomic<Fd>& signalWakeFd();
-std::atomic<int>& signalReceived();
+/// only touch lock-free atomics, so each reactor in run(true) publishes its
+/// wake-up descriptor in a slot of its own while it runs, and the handler,
+/// installed while at least one does, tells every one of them (two reactors
+/// on two threads both stop). Windows: a console control handler (Ctrl-C,
+/// Ctrl-Break, the console closing), which Windows runs on a thread of its
+/// own; the "signal" is the CTRL_*_EVENT value + 1.
+struct SignalSlot {
+    std::atomic<Fd> wakeFd{invalidFd};
+    std::atomic<int> received{0};
+};
+constexpr int signalSlotCount = 64;
+SignalSlot* signalSlots();
+/// Guards taking and giving back slots, and installing the handler.
+std::mutex& signalSlotsLock();
+/// How many slots are taken (the handler is installed while it is not 0).
+int& signalSlotsTaken();
+/// Stores `sig` for, and wakes, every reactor with a slot.
+void deliverSignal(int sig);
+/// A reactor has a slot now.
+bool anySignalSlot();
+/// Takes a free slot for `wakeFd` (-1 if all are taken) and says whether
+/// it is the first, so the caller installs the handler.
+int takeSignalSlot(Fd wakeFd, bool& first);
+/// Gives the slot back and says whether it was the last.
+bool giveSignalSlot(int slot);
 
 #if !defined(REACTOR_OS_WINDOWS)
 REACTOR_INLINE ConnectErrorKind classifyConnectError(int err) {
@@ -7992,28 +8010,36 @@ REACTOR_INLINE bool getMulticastLoop(Fd fd, bool ipv6) {
 
 REACTOR_INLINE void reactorSignalHandler(int sig) {
     int savedErrno = errno;  // the interrupted code may be about to read it
-    signalReceived().store(sig);
-    Fd fd = signalWakeFd().load();
-    if (fd >= 0) Waker::wake(fd);
+    deliverSignal(sig);
     errno = savedErrno;
 }
 
 REACTOR_INLINE const char* signalName(int sig) { return sig == SIGINT ? "SIGINT" : sig == SIGTERM ? "SIGTERM" : "a signal"; }
 
+// The program's own handlers, put back when the last reactor in run(true)
+// returns (not when the first does: another may still be running).
+REACTOR_INLINE struct sigaction* savedSignalActions() {
+    static struct sigaction saved[2] = {};
+    return saved;
+}
+
 REACTOR_INLINE SignalHandlers::SignalHandlers(Fd wakeFd) {
-    signalReceived().store(0);
-    signalWakeFd().store(wakeFd);
+    std::lock_guard<std::mutex> lock(signalSlotsLock());
+    bool first = false;
+    slot_ = takeSignalSlot(wakeFd, first);
+    if (!first) return;
     struct sigaction sa {};
     sa.sa_handler = &reactorSignalHandler;
     sigemptyset(&sa.sa_mask);
-    ::sigaction(SIGINT, &sa, &oldInt_);
-    ::sigaction(SIGTERM, &sa, &oldTerm_);
+    ::sigaction(SIGINT, &sa, &savedSignalActions()[0]);
+    ::sigaction(SIGTERM, &sa, &savedSignalActions()[1]);
 }
 
 REACTOR_INLINE SignalHandlers::~SignalHandlers() {
-    ::sigaction(SIGINT, &oldInt_, nullptr);
-    ::sigaction(SIGTERM, &oldTerm_, nullptr);
-    signalWakeFd().store(invalidFd);
+    std::lock_guard<std::mutex> lock(signalSlotsLock());
+    if (!giveSignalSlot(slot_)) return;
+    ::sigaction(SIGINT, &savedSignalActions()[0], nullptr);
+    ::sigaction(SIGTERM, &savedSignalActions()[1], nullptr);
 }
 
 #else  // REACTOR_OS_WINDOWS: the bodies of the calls above, on Winsock 2
@@ -8345,11 +8371,10 @@ REACTOR_INLINE bool getMulticastLoop(Fd fd, bool ipv6) {
 
 REACTOR_INLINE BOOL WINAPI reactorConsoleHandler(DWORD event) {
     if (event != CTRL_C_EVENT && event != CTRL_BREAK_EVENT && event != CTRL_CLOSE_EVENT) return FALSE;
-    signalReceived().store(static_cast<int>(event) + 1);
-    Waker::wake(signalWakeFd().load());
+    deliverSignal(static_cast<int>(event) + 1);
     // The console closing ends the process as soon as this returns (or
-    // after 5 s): give the reactor's shutdown that long to finish.
-    for (int waited = 0; event == CTRL_CLOSE_EVENT && validFd(signalWakeFd().load()) && waited < 4500; waited += 10)
+    // after 5 s): give the reactors' shutdown that long to finish.
+    for (int waited = 0; event == CTRL_CLOSE_EVENT && anySignalSlot() && waited < 4500; waited += 10)
         ::Sleep(10);
     return TRUE;  // handled: the reactor shuts down
 }
@@ -8364,14 +8389,15 @@ REACTOR_INLINE const char* signalName(int sig) {
 }
 
 REACTOR_INLINE SignalHandlers::SignalHandlers(Fd wakeFd) {
-    signalReceived().store(0);
-    signalWakeFd().store(wakeFd);
-    ::SetConsoleCtrlHandler(&reactorConsoleHandler, TRUE);
+    std::lock_guard<std::mutex> lock(signalSlotsLock());
+    bool first = false;
+    slot_ = takeSignalSlot(wakeFd, first);
+    if (first) ::SetConsoleCtrlHandler(&reactorConsoleHandler, TRUE);
 }
 
 REACTOR_INLINE SignalHandlers::~SignalHandlers() {
-    ::SetConsoleCtrlHandler(&reactorConsoleHandler, FALSE);
-    signalWakeFd().store(invalidFd);
+    std::lock_guard<std::mutex> lock(signalSlotsLock());
+    if (giveSignalSlot(slot_)) ::SetConsoleCtrlHandler(&reactorConsoleHandler, FALSE);
 }
 #endif  // REACTOR_OS_WINDOWS
 
@@ -8407,15 +8433,55 @@ REACTOR_INLINE std::string getMulticastInterface(Fd fd) {
     return buf;
 }
 
-REACTOR_INLINE std::atomic<Fd>& signalWakeFd() {
-    static std::atomic<Fd> fd{invalidFd};
-    return fd;
+REACTOR_INLINE SignalSlot* signalSlots() {
+    static SignalSlot slots[signalSlotCount];
+    return slots;
 }
 
-REACTOR_INLINE std::atomic<int>& signalReceived() {
-    static std::atomic<int> sig{0};
-    return sig;
+REACTOR_INLINE std::mutex& signalSlotsLock() {
+    static std::mutex lock;
+    return lock;
 }
+
+REACTOR_INLINE int& signalSlotsTaken() {
+    static int taken = 0;
+    return taken;
+}
+
+REACTOR_INLINE void deliverSignal(int sig) {
+    for (int i = 0; i < signalSlotCount; ++i) {
+        SignalSlot& slot = signalSlots()[i];
+        Fd fd = slot.wakeFd.load();
+        if (!validFd(fd)) continue;
+        slot.received.store(sig);
+        Waker::wake(fd);
+    }
+}
+
+REACTOR_INLINE bool anySignalSlot() {
+    for (int i = 0; i < signalSlotCount; ++i)
+        if (validFd(signalSlots()[i].wakeFd.load())) return true;
+    return false;
+}
+
+REACTOR_INLINE int takeSignalSlot(Fd wakeFd, bool& first) {
+    first = signalSlotsTaken()++ == 0;
+    for (int i = 0; i < signalSlotCount; ++i) {
+        SignalSlot& slot = signalSlots()[i];
+        if (validFd(slot.wakeFd.load())) continue;
+        slot.received.store(0);
+        slot.wakeFd.store(wakeFd);
+        return i;
+    }
+    return -1;  // 64 reactors in run(true) at once: this one hears no signals
+}
+
+REACTOR_INLINE bool giveSignalSlot(int slot) {
+    if (slot >= 0) signalSlots()[slot].wakeFd.store(invalidFd);
+    return --signalSlotsTaken() == 0;
+}
+
+REACTOR_INLINE int SignalHandlers::take() { return slot_ < 0 ? 0 : signalSlots()[slot_].received.exchange(0); }
 
 }  // namespace os
 }  // namespace detail
@@ -9777,8 +9843,7 @@ REACTOR_INLINE void Reactor::turn(double maxWait /* < 0: no limit */) {
     releaseRetired();
     releaseDead();  // connections closed this turn: nothing on the stack uses them now
 
-    if (signalHandlers_ && detail::os::signalReceived().load() != 0) {
-        int sig = detail::os::signalReceived().exchange(0);
+    if (int sig = signalHandlers_ ? signalHandlers_->take() : 0) {
         log(LogLevel::info, std::string("Received ") + detail::os::signalName(sig) + ", shutting down.");
         if (inRun_ && !stopRequested_) stop();
     }

@@ -955,6 +955,59 @@ TEST_CASE("signal handling is off by default and stops cleanly when asked") {
     ::sigaction(SIGTERM, nullptr, &now);
     CHECK((now.sa_handler == before.sa_handler));
 }
+
+namespace {
+std::atomic<int> programHandlerCalls{0};
+extern "C" void programSigtermHandler(int) { ++programHandlerCalls; }
+}  // namespace
+
+// Two reactors in run(true) on two threads (found by a second reader: the
+// first to return put the program's handler back while the second still
+// ran, and the second to install took the signal from the first). A signal
+// stops every reactor in run(true); the program's handler comes back when
+// the last one returns.
+TEST_CASE("two reactors in run(true) on two threads: a signal stops each, and the handler comes back last") {
+    struct sigaction mine {}, before {};
+    mine.sa_handler = &programSigtermHandler;
+    sigemptyset(&mine.sa_mask);
+    ::sigaction(SIGTERM, &mine, &before);
+    programHandlerCalls = 0;
+    Reactor a, b, c;
+    std::atomic<int> running{0};
+    std::atomic<bool> aStoppedBySignal{false}, bStoppedBySignal{false}, cStopped{false};
+    auto runIt = [&](Reactor& r, std::atomic<bool>* bySignal) {
+        DelayedCall watchdog = r.callLater(10, [&r] { r.stop(); });  // bounded even if the signal is lost
+        r.callWhenRunning([&] { ++running; });
+        r.run(true);
+        if (bySignal) *bySignal = watchdog.active();
+        if (watchdog.active()) watchdog.cancel();
+    };
+    std::thread ta([&] { runIt(a, &aStoppedBySignal); });
+    std::thread tb([&] { runIt(b, &bStoppedBySignal); });
+    std::thread tc([&] {
+        runIt(c, nullptr);
+        cStopped = true;
+    });
+    auto waitFor = [](auto&& condition) {  // polled, at most 10 s
+        for (int i = 0; i < 10000 && !condition(); ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+        return condition();
+    };
+    REQUIRE(waitFor([&] { return running.load() == 3; }));
+    // The first of them returns while the others run: signals still reach them.
+    c.callFromThread([&c] { c.stop(); });
+    tc.join();
+    CHECK(cStopped);
+    ::kill(::getpid(), SIGTERM);
+    ta.join();
+    tb.join();
+    CHECK(aStoppedBySignal);
+    CHECK(bStoppedBySignal);
+    CHECK(programHandlerCalls == 0);  // not the program's handler while a reactor listened
+    struct sigaction now {};
+    ::sigaction(SIGTERM, nullptr, &now);
+    CHECK((now.sa_handler == &programSigtermHandler));
+    ::sigaction(SIGTERM, &before, nullptr);
+}
 #else
 // Windows: run(true) installs a console control handler, which Windows
 // calls on a thread of its own for Ctrl-C, Ctrl-Break and the console
@@ -978,7 +1031,7 @@ TEST_CASE("run(true) on Windows: a console Ctrl-Break stops the reactor; other e
     CHECK(logs.contains("Received Ctrl-Break, shutting down."));
     CHECK(logoff == FALSE);
     // After run(): no reactor to wake; the handler takes the event but wakes nothing.
-    CHECK(detail::os::signalWakeFd().load() == detail::os::invalidFd);
+    CHECK_FALSE(detail::os::anySignalSlot());
 }
 #endif
 
