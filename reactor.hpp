@@ -1019,6 +1019,8 @@ namespace detail {
 
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
 std::string demangle(const char* name);
+/// "a::b::Echo<x::Y>" -> "Echo<x::Y>": the class's own name, for logPrefix.
+std::string unqualifiedName(const std::string& name);
 #endif
 
 /// What Failure::raiseException throws for a Failure known only by name
@@ -8602,6 +8604,25 @@ REACTOR_ERROR_CONSTRUCTOR(MulticastJoinError)
 
 namespace detail {
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
+REACTOR_INLINE std::string unqualifiedName(const std::string& name) {
+    // The last "::" outside template (and function) arguments: the name
+    // of a class template's instance keeps its arguments whole.
+    std::size_t start = 0;
+    int depth = 0;
+    for (std::size_t i = 0; i + 1 < name.size(); ++i) {
+        const char c = name[i];
+        if (c == '<' || c == '(') {
+            ++depth;
+        } else if ((c == '>' || c == ')') && depth > 0) {
+            --depth;
+        } else if (depth == 0 && c == ':' && name[i + 1] == ':') {
+            start = i + 2;
+            ++i;
+        }
+    }
+    return name.substr(start);
+}
+
 REACTOR_INLINE std::string demangle(const char* name) {
     int status = 0;
     char* out = abi::__cxa_demangle(name, nullptr, nullptr, &status);
@@ -9919,9 +9940,7 @@ REACTOR_INLINE void Protocol::makeConnection(ITransport* t) {
 
 REACTOR_INLINE std::string Protocol::logPrefix() const {
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
-    std::string name = detail::demangle(typeid(*this).name());
-    std::size_t colon = name.rfind("::");
-    return colon == std::string::npos ? name : name.substr(colon + 2);
+    return detail::unqualifiedName(detail::demangle(typeid(*this).name()));
 #else
     return "Protocol";
 #endif
@@ -11883,9 +11902,7 @@ REACTOR_INLINE void DatagramProtocol::doStop() {
 
 REACTOR_INLINE std::string DatagramProtocol::logPrefix() const {
 #if REACTOR_HAS_RTTI && defined(__GNUG__)
-    std::string name = detail::demangle(typeid(*this).name());
-    std::size_t colon = name.rfind("::");
-    return colon == std::string::npos ? name : name.substr(colon + 2);
+    return detail::unqualifiedName(detail::demangle(typeid(*this).name()));
 #else
     return "DatagramProtocol";
 #endif

@@ -208,6 +208,23 @@ TEST_CASE("a tracer that replaces or clears itself, or throws, changes nothing e
     r.setTracer(nullptr);
 }
 
+#if REACTOR_HAS_RTTI && defined(__GNUG__)
+namespace {
+template <class T>
+struct Tagged : Protocol {};
+}  // namespace
+
+// The name in trace lines is the class's own, template arguments whole
+// (before: cut at the last "::", inside them: "allocator<char> > >").
+TEST_CASE("logPrefix names a class template's instance with its arguments") {
+    Tagged<std::string> p;
+    CHECK(p.logPrefix().rfind("Tagged<std::", 0) == 0);
+    CHECK(p.logPrefix().back() == '>');
+    CHECK(detail::unqualifiedName("a::b::Echo<x::Y, z::W<q::R>>") == "Echo<x::Y, z::W<q::R>>");
+    CHECK(detail::unqualifiedName("Plain") == "Plain");
+}
+#endif
+
 TEST_CASE("tracing off: nothing is produced and nothing is published") {
     Reactor r;
     CHECK_FALSE(r.tracing());
