@@ -1271,16 +1271,22 @@ TEST_CASE("epoll: a descriptor closed while watched is forgotten, and its reused
 #endif
 
 #if !defined(_WIN32)  // WSAPoll watches sockets only
+/// A regular file nobody else can see (created and unlinked): -1 on failure.
+int anonymousFile() {
+    char path[] = "/tmp/reactor-file-XXXXXX";
+    int fd = ::mkstemp(path);
+    if (fd >= 0) ::unlink(path);
+    return fd;
+}
+
 // poll() and select() call a regular file always ready; epoll refuses to
 // watch one (EPERM), so that backend reports it ready on every turn instead,
 // as Twisted's epoll reactor does: `stdin_echo < file` works on all three.
 TEST_CASE("a regular file is watched like a pipe, on every backend") {
     test::CleanReactor t;
     Reactor& r = t.r;
-    char path[] = "/tmp/reactor-file-XXXXXX";
-    int fd = ::mkstemp(path);
+    int fd = anonymousFile();
     REQUIRE(fd >= 0);
-    ::unlink(path);
     REQUIRE(::write(fd, "line one\nline two\n", 18) == 18);
     REQUIRE(::lseek(fd, 0, SEEK_SET) == 0);
     std::string got;
@@ -1307,10 +1313,8 @@ TEST_CASE("a regular file is watched like a pipe, on every backend") {
 TEST_CASE("a regular file's number reused by a pipe is watched as the pipe") {
     test::CleanReactor t;
     Reactor& r = t.r;
-    char path[] = "/tmp/reactor-file-XXXXXX";
-    int fd = ::mkstemp(path);
+    int fd = anonymousFile();
     REQUIRE(fd >= 0);
-    ::unlink(path);
     int fileReads = 0;
     r.addReader(fd, [&] { ++fileReads; });
     r.iterate(0);
