@@ -7187,7 +7187,7 @@ struct SignalSlot {
     std::atomic<Fd> wakeFd{invalidFd};
     std::atomic<int> received{0};
 };
-constexpr int signalSlotCount = 64;
+enum : int { signalSlotCount = 64 };  // (an enumerator: no symbol in a TU that only includes)
 SignalSlot* signalSlots();
 /// Guards taking and giving back slots, and installing the handler.
 std::mutex& signalSlotsLock();
