@@ -2921,6 +2921,8 @@ public:
     /// callback it led to, timers (and how late), thread calls, connections
     /// made and lost, Deferreds fired. REACTOR_TRACE=1 in the environment
     /// turns it on (to stderr) for every new Reactor. Off: one branch per event.
+    /// The tracer observes: it may replace itself, and what it throws is
+    /// logged, but it must not call the reactor.
     void setTracer(Tracer tracer);
     /// A tracer is set: callers can skip building trace lines when not.
     bool tracing() const { return static_cast<bool>(tracer_); }
